@@ -1,0 +1,1 @@
+//! Capstan's end-to-end test harness (see README.md in this directory).

@@ -1,0 +1,302 @@
+//! The `PostgresCluster` custom resource (`capstan.dev/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::defaults;
+use super::rules;
+use super::status::PostgresClusterStatus;
+
+/// A PostgreSQL cluster: one primary and streaming replicas, each on its own
+/// volume, behind a PgBouncer proxy tier.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capstan.dev",
+    version = "v1alpha1",
+    kind = "PostgresCluster",
+    plural = "postgresclusters",
+    shortname = "pgc",
+    category = "capstan",
+    namespaced,
+    status = "PostgresClusterStatus",
+    derive = "PartialEq",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary"),
+    printcolumn(name = "Instances", type_ = "integer", json_path = ".spec.instances"),
+    printcolumn(name = "Ready Instances", type_ = "integer", json_path = ".status.readyInstances"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = rules::cluster_name()
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::wal_storage_presence_immutable())]
+#[x_kube(validation = rules::bootstrap_immutable())]
+pub struct PostgresClusterSpec {
+    /// Number of PostgreSQL instances (one primary plus `instances - 1`
+    /// streaming replicas).
+    #[serde(default = "defaults::instances")]
+    #[x_kube(validation = rules::instances_range())]
+    pub instances: i32,
+
+    /// PostgreSQL version, image and settings.
+    pub postgres: PostgresSpec,
+
+    /// Volume for each instance's data directory.
+    pub storage: StorageSpec,
+
+    /// Optional separate volume for each instance's WAL (`pg_wal`). Can only
+    /// be chosen when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_storage: Option<StorageSpec>,
+
+    /// CPU and memory for each PostgreSQL container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Affinity rules for the instance pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Tolerations for the instance pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Topology spread constraints for the instance pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// Node selector for the instance pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// The PgBouncer proxy tier clients connect to.
+    #[serde(default = "defaults::proxy")]
+    pub proxy: ProxySpec,
+
+    /// TLS for every connection: certificates managed by Capstan (default)
+    /// or provided by you.
+    #[serde(default = "defaults::tls")]
+    #[x_kube(validation = rules::tls_mode_consistent())]
+    pub tls: TlsSpec,
+
+    /// How the first instance's data is created. Immutable after creation.
+    #[serde(default = "defaults::bootstrap")]
+    pub bootstrap: BootstrapSpec,
+}
+
+/// PostgreSQL version, image and configuration.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::version_not_lowered())]
+pub struct PostgresSpec {
+    /// PostgreSQL major version (14 to 18). May be raised, never lowered.
+    #[x_kube(validation = rules::version_supported())]
+    pub version: i32,
+
+    /// Container image; defaults to the official `postgres:<version>-bookworm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// `postgresql.conf` settings. Settings Capstan manages itself (listen
+    /// address, port, TLS files, WAL and replication settings, …) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[x_kube(validation = rules::parameter_names())]
+    #[x_kube(validation = rules::parameter_values_single_line())]
+    #[x_kube(validation = rules::postgres_parameters_not_managed())]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Extra `pg_hba.conf` lines, each a single `hostssl` rule. They are
+    /// placed after Capstan's own rules (replication, pooler, superuser) and
+    /// before the default `hostssl all all all scram-sha-256`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 64, "items" = {"type": "string", "maxLength": 512}))]
+    #[x_kube(validation = rules::hba_lines())]
+    pub hba: Vec<String>,
+}
+
+/// A persistent volume for each instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::storage_size_valid())]
+#[x_kube(validation = rules::storage_size_not_shrunk())]
+#[x_kube(validation = rules::storage_class_immutable())]
+pub struct StorageSpec {
+    /// Volume size, e.g. `20Gi`. May grow (when the StorageClass allows
+    /// expansion), never shrink.
+    pub size: Quantity,
+
+    /// StorageClass of the volumes; the cluster default when empty.
+    /// Immutable: existing volumes cannot move to another class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to the volumes when the cluster is deleted or scaled down.
+    #[serde(default = "defaults::pvc_retention")]
+    pub retention: PvcRetentionPolicy,
+}
+
+/// Whether volumes outlive the instances that used them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcRetentionPolicy {
+    /// When the `PostgresCluster` is deleted (default `Retain`: deleting the
+    /// resource by mistake never deletes the data).
+    #[serde(default = "defaults::when_deleted")]
+    pub when_deleted: RetentionRule,
+    /// When `instances` is lowered (default `Delete`: a removed replica only
+    /// held a copy).
+    #[serde(default = "defaults::when_scaled")]
+    pub when_scaled: RetentionRule,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RetentionRule {
+    Retain,
+    Delete,
+}
+
+/// The proxy tier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// PgBouncer in front of the primary.
+    #[serde(default = "defaults::pgbouncer")]
+    pub pgbouncer: PgBouncerSpec,
+}
+
+/// PgBouncer settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBouncerSpec {
+    /// Number of PgBouncer pods (1 to 32).
+    #[serde(default = "defaults::pooler_replicas")]
+    #[x_kube(validation = rules::pooler_replicas_range())]
+    pub replicas: i32,
+
+    /// When a server connection is returned to the pool.
+    #[serde(default = "defaults::pool_mode")]
+    pub pool_mode: PoolMode,
+
+    /// `max_client_conn`: client connections each PgBouncer accepts.
+    #[serde(default = "defaults::max_client_conn")]
+    #[x_kube(validation = rules::positive("maxClientConn"))]
+    pub max_client_conn: i32,
+
+    /// `default_pool_size`: server connections per user/database pair.
+    #[serde(default = "defaults::default_pool_size")]
+    #[x_kube(validation = rules::positive("defaultPoolSize"))]
+    pub default_pool_size: i32,
+
+    /// Other `[pgbouncer]` settings. Settings Capstan manages (listen
+    /// address, authentication, TLS, pool mode and sizes, …) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 128, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[x_kube(validation = rules::parameter_names())]
+    #[x_kube(validation = rules::parameter_values_single_line())]
+    #[x_kube(validation = rules::pgbouncer_parameters_not_managed())]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Container image; defaults to a stock PgBouncer image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// CPU and memory for each PgBouncer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+    Statement,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+/// TLS configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `Managed`: Capstan runs a CA for this cluster and issues every
+    /// certificate. `Provided`: you supply the secrets named in `provided`.
+    #[serde(default = "defaults::tls_mode")]
+    pub mode: TlsMode,
+
+    /// Secrets to use when `mode` is `Provided` (required then, and only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provided: Option<ProvidedTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    Managed,
+    Provided,
+}
+
+/// User-provided certificates. Each named Secret holds `tls.crt` and
+/// `tls.key` (type `kubernetes.io/tls`); the CA Secret holds `ca.crt`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvidedTls {
+    /// Secret with `ca.crt`: the CA that signed every certificate below.
+    pub ca_secret_name: String,
+    /// Server certificate for the instances; its SANs must cover the
+    /// `<name>-rw`, `<name>-ro` and `<name>-r` Services.
+    pub server_secret_name: String,
+    /// Client certificate with common name `streaming_replica`.
+    pub replication_secret_name: String,
+    /// Server certificate for the poolers; its SANs must cover the
+    /// `<name>-pooler` Service.
+    pub pooler_secret_name: String,
+}
+
+/// How the cluster's data is first created.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Create a new, empty cluster with `initdb`.
+    #[serde(default = "defaults::initdb")]
+    pub initdb: InitdbSpec,
+}
+
+/// `initdb` settings and the application database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitdbSpec {
+    /// Application database to create.
+    #[serde(default = "defaults::database")]
+    #[x_kube(validation = rules::sql_identifier("database"))]
+    pub database: String,
+    /// Owner of the application database; its password is in the
+    /// `<name>-app` Secret.
+    #[serde(default = "defaults::owner")]
+    #[x_kube(validation = rules::sql_identifier("owner"))]
+    pub owner: String,
+    /// Database encoding.
+    #[serde(default = "defaults::encoding")]
+    pub encoding: String,
+    /// Locale (`LC_COLLATE`, `LC_CTYPE`).
+    #[serde(default = "defaults::locale")]
+    pub locale: String,
+    /// Page checksums (recommended; also lets `pg_rewind` work).
+    #[serde(default = "defaults::data_checksums")]
+    pub data_checksums: bool,
+}

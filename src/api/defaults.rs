@@ -1,0 +1,123 @@
+//! Every default of the `PostgresCluster` API, in one place.
+//!
+//! serde fills these when a spec is read, and schemars copies them into the
+//! CRD's `default:` fields, so the API server, `capstan render` and the
+//! operator all see the same values.
+
+use std::collections::BTreeMap;
+
+use super::cluster::{
+    BootstrapSpec, InitdbSpec, PgBouncerSpec, PoolMode, ProxySpec, PvcRetentionPolicy,
+    RetentionRule, TlsMode, TlsSpec,
+};
+
+pub fn instances() -> i32 {
+    1
+}
+
+pub fn pooler_replicas() -> i32 {
+    2
+}
+
+pub fn pool_mode() -> PoolMode {
+    PoolMode::Transaction
+}
+
+pub fn max_client_conn() -> i32 {
+    1000
+}
+
+pub fn default_pool_size() -> i32 {
+    20
+}
+
+pub fn proxy() -> ProxySpec {
+    ProxySpec {
+        pgbouncer: pgbouncer(),
+    }
+}
+
+pub fn pgbouncer() -> PgBouncerSpec {
+    PgBouncerSpec {
+        replicas: pooler_replicas(),
+        pool_mode: pool_mode(),
+        max_client_conn: max_client_conn(),
+        default_pool_size: default_pool_size(),
+        parameters: BTreeMap::new(),
+        image: None,
+        resources: None,
+    }
+}
+
+pub fn tls_mode() -> TlsMode {
+    TlsMode::Managed
+}
+
+pub fn tls() -> TlsSpec {
+    TlsSpec {
+        mode: tls_mode(),
+        provided: None,
+    }
+}
+
+pub fn database() -> String {
+    "app".to_string()
+}
+
+pub fn owner() -> String {
+    "app".to_string()
+}
+
+pub fn encoding() -> String {
+    "UTF8".to_string()
+}
+
+pub fn locale() -> String {
+    "C.UTF-8".to_string()
+}
+
+pub fn data_checksums() -> bool {
+    true
+}
+
+pub fn initdb() -> InitdbSpec {
+    InitdbSpec {
+        database: database(),
+        owner: owner(),
+        encoding: encoding(),
+        locale: locale(),
+        data_checksums: data_checksums(),
+    }
+}
+
+pub fn bootstrap() -> BootstrapSpec {
+    BootstrapSpec { initdb: initdb() }
+}
+
+/// Keeping volumes when the cluster is deleted is the safe choice: deleting a
+/// `PostgresCluster` by mistake must not delete the data with it.
+pub fn when_deleted() -> RetentionRule {
+    RetentionRule::Retain
+}
+
+/// A scaled-away replica holds only a copy of the primary's data, so its
+/// volume can go.
+pub fn when_scaled() -> RetentionRule {
+    RetentionRule::Delete
+}
+
+pub fn pvc_retention() -> PvcRetentionPolicy {
+    PvcRetentionPolicy {
+        when_deleted: when_deleted(),
+        when_scaled: when_scaled(),
+    }
+}
+
+/// Image used when `spec.postgres.image` is empty: the official Debian-based
+/// PostgreSQL image of that major version.
+pub fn postgres_image(version: i32) -> String {
+    format!("docker.io/library/postgres:{version}-bookworm")
+}
+
+/// Image used when `spec.proxy.pgbouncer.image` is empty.
+pub const PGBOUNCER_IMAGE: &str = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1";

@@ -1,0 +1,653 @@
+//! Admission rules: CEL `x-kubernetes-validations` embedded in the CRD.
+//!
+//! The API server evaluates them, so a bad spec is refused at `kubectl apply`
+//! time with the message below instead of reaching the operator. Each rule is
+//! unit-tested in `tests` against the generated CRD with kube's local CEL
+//! evaluator (the same rule text the API server gets).
+
+use kube::core::{Message, Reason, Rule};
+
+use crate::pooler::managed as pgbouncer_managed;
+use crate::postgres::parameters as postgres_managed;
+
+/// Child objects are named `<name>-pooler`, `<name>-rw`, … and Services must
+/// be DNS-1035 labels (≤ 63 characters, starting with a letter).
+pub fn cluster_name() -> Rule {
+    Rule::new("self.metadata.name.size() <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be at most 50 characters of lowercase letters, digits and '-', starting with a letter (it prefixes Service names such as <name>-pooler)")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// One primary plus up to eight replicas. Beyond that, cascading replication
+/// or a second cluster serves better than one WAL sender fan-out.
+pub fn instances_range() -> Rule {
+    Rule::new("self >= 1 && self <= 9")
+        .message("spec.instances must be between 1 and 9")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn version_supported() -> Rule {
+    Rule::new("self >= 14 && self <= 18")
+        .message("spec.postgres.version must be a supported PostgreSQL major version: 14, 15, 16, 17 or 18")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// Data files of a newer major cannot be read by an older one.
+pub fn version_not_lowered() -> Rule {
+    Rule::new("self.version >= oldSelf.version")
+        .message("spec.postgres.version may not be lowered: PostgreSQL cannot downgrade data files to an older major version; restore a backup into a new cluster instead")
+        .field_path(".version")
+        .reason(Reason::FieldValueForbidden)
+}
+
+pub fn parameter_names() -> Rule {
+    Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_.]*$'))")
+        .message("parameter names may contain only letters, digits, '_' and '.' (e.g. work_mem, pg_stat_statements.max)")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// A newline in a value would let it inject further settings into the
+/// rendered configuration file.
+pub fn parameter_values_single_line() -> Rule {
+    Rule::new("self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))")
+        .message("parameter values must be a single line")
+        .reason(Reason::FieldValueInvalid)
+}
+
+fn cel_string_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn not_managed(field: &str, names: &[&str]) -> Rule {
+    let list = cel_string_list(names);
+    Rule::new(format!("self.all(k, !(k.lowerAscii() in {list}))"))
+        .message(Message::Expression(format!(
+            "'{field}: ' + self.filter(k, k.lowerAscii() in {list}).join(', ') + ' is managed by Capstan and may not be set; remove it'"
+        )))
+        .reason(Reason::FieldValueForbidden)
+}
+
+pub fn postgres_parameters_not_managed() -> Rule {
+    not_managed("spec.postgres.parameters", postgres_managed::MANAGED)
+}
+
+pub fn pgbouncer_parameters_not_managed() -> Rule {
+    not_managed(
+        "spec.proxy.pgbouncer.parameters",
+        pgbouncer_managed::MANAGED,
+    )
+}
+
+/// Capstan serves PostgreSQL over TLS only; extra rules may narrow or
+/// widen access but never open a plain-text path.
+pub fn hba_lines() -> Rule {
+    Rule::new("self.all(l, l.matches('^hostssl[ \\t]') && !l.contains('\\n') && !l.contains('\\r'))")
+        .message("spec.postgres.hba entries must be single-line 'hostssl ...' rules: Capstan accepts TLS connections only")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn storage_size_valid() -> Rule {
+    Rule::new(
+        "isQuantity(string(self.size)) && quantity(string(self.size)).isGreaterThan(quantity('0'))",
+    )
+    .message("size must be a positive quantity such as 10Gi")
+    .field_path(".size")
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// A PersistentVolumeClaim can grow but never shrink.
+pub fn storage_size_not_shrunk() -> Rule {
+    Rule::new("quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0")
+        .message("size may not be decreased: volumes can only grow; to use smaller volumes, create a new cluster from a backup")
+        .field_path(".size")
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// A PersistentVolumeClaim's class is immutable.
+pub fn storage_class_immutable() -> Rule {
+    Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("storageClassName is immutable: existing volumes cannot move to another StorageClass")
+        .field_path(".storageClassName")
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// Moving `pg_wal` onto or off a separate volume would need every instance
+/// re-created; refuse it rather than half-apply it.
+pub fn wal_storage_presence_immutable() -> Rule {
+    Rule::new("has(self.walStorage) == has(oldSelf.walStorage)")
+        .message("spec.walStorage can only be chosen when the cluster is created; it may be resized but not added or removed")
+        .field_path(".walStorage")
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// The bootstrap method only matters once; changing it later would suggest
+/// the data could be re-created, which Capstan never does.
+pub fn bootstrap_immutable() -> Rule {
+    Rule::new("has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)")
+        .message("spec.bootstrap is immutable after the cluster is created")
+        .field_path(".bootstrap")
+        .reason(Reason::FieldValueForbidden)
+}
+
+pub fn tls_mode_consistent() -> Rule {
+    Rule::new("self.mode == 'Provided' ? has(self.provided) : !has(self.provided)")
+        .message("spec.tls.provided must be set when spec.tls.mode is Provided, and only then")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn pooler_replicas_range() -> Rule {
+    Rule::new("self >= 1 && self <= 32")
+        .message("spec.proxy.pgbouncer.replicas must be between 1 and 32")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn positive(field: &str) -> Rule {
+    Rule::new("self >= 1")
+        .message(Message::Message(format!(
+            "spec.proxy.pgbouncer.{field} must be at least 1"
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// Names are used unquoted in generated SQL and in connection strings;
+/// keeping them to plain identifiers avoids quoting surprises for users.
+pub fn sql_identifier(field: &str) -> Rule {
+    Rule::new("self.matches('^[a-z_][a-z0-9_]{0,62}$') && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])")
+        .message(Message::Message(format!(
+            "spec.bootstrap.initdb.{field} must be a lowercase SQL identifier (letters, digits, '_', at most 63) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
+        )))
+        .reason(Reason::FieldValueInvalid)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each rule is evaluated by kube's local CEL engine against the schema in
+    //! the generated CRD, after schema defaults, as the API server does.
+
+    use kube::CustomResourceExt;
+    use kube::core::cel::Validator;
+    use serde_json::{Value, json};
+
+    use crate::api::PostgresCluster;
+
+    fn schema() -> Value {
+        let crd = PostgresCluster::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema");
+        serde_json::to_value(schema).expect("json")
+    }
+
+    fn cluster(spec: Value) -> Value {
+        json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "PostgresCluster",
+            "metadata": {"name": "db", "namespace": "ns"},
+            "spec": spec,
+        })
+    }
+
+    fn minimal() -> Value {
+        cluster(json!({"postgres": {"version": 17}, "storage": {"size": "1Gi"}}))
+    }
+
+    fn with(mut obj: Value, pointer: &str, value: Value) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        let mut node = &mut obj;
+        for part in parent.split('/').filter(|p| !p.is_empty()) {
+            if node.get(part).is_none() {
+                node[part] = json!({});
+            }
+            node = node.get_mut(part).expect("path");
+        }
+        node[key] = value;
+        obj
+    }
+
+    fn without(mut obj: Value, pointer: &str) -> Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+        if let Some(Value::Object(map)) = obj.pointer_mut(parent) {
+            map.remove(key);
+        }
+        obj
+    }
+
+    fn errors(obj: &Value, old: Option<&Value>) -> Vec<String> {
+        match Validator::new().validate(&schema(), obj, old) {
+            Ok(()) => vec![],
+            Err(errs) => errs
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message))
+                .collect(),
+        }
+    }
+
+    #[track_caller]
+    fn assert_ok(obj: &Value, old: Option<&Value>) {
+        let errs = errors(obj, old);
+        assert!(errs.is_empty(), "expected no errors, got {errs:?}");
+    }
+
+    #[track_caller]
+    fn assert_refused(obj: &Value, old: Option<&Value>, needle: &str) {
+        let errs = errors(obj, old);
+        assert!(
+            errs.iter().any(|e| e.contains(needle)),
+            "expected an error containing {needle:?}, got {errs:?}"
+        );
+    }
+
+    #[test]
+    fn minimal_cluster_is_accepted() {
+        assert_ok(&minimal(), None);
+        assert_ok(&minimal(), Some(&minimal()));
+    }
+
+    #[test]
+    fn cluster_name_must_fit_child_names() {
+        assert_refused(
+            &with(minimal(), "/metadata/name", json!("a".repeat(51))),
+            None,
+            "at most 50 characters",
+        );
+        assert_refused(
+            &with(minimal(), "/metadata/name", json!("1db")),
+            None,
+            "starting with a letter",
+        );
+        assert_refused(
+            &with(minimal(), "/metadata/name", json!("db.prod")),
+            None,
+            "starting with a letter",
+        );
+        assert_ok(
+            &with(minimal(), "/metadata/name", json!("a".repeat(50))),
+            None,
+        );
+        assert_ok(
+            &with(minimal(), "/metadata/name", json!("orders-db-2")),
+            None,
+        );
+    }
+
+    #[test]
+    fn instances_between_one_and_nine() {
+        for n in [0, -1, 10] {
+            assert_refused(
+                &with(minimal(), "/spec/instances", json!(n)),
+                None,
+                "spec.instances must be between 1 and 9",
+            );
+        }
+        for n in [1, 3, 9] {
+            assert_ok(&with(minimal(), "/spec/instances", json!(n)), None);
+        }
+    }
+
+    #[test]
+    fn version_must_be_supported() {
+        for v in [13, 19, 0] {
+            assert_refused(
+                &with(minimal(), "/spec/postgres/version", json!(v)),
+                None,
+                "supported PostgreSQL major",
+            );
+        }
+        for v in 14..=18 {
+            assert_ok(&with(minimal(), "/spec/postgres/version", json!(v)), None);
+        }
+    }
+
+    #[test]
+    fn version_may_rise_but_not_fall() {
+        let v16 = with(minimal(), "/spec/postgres/version", json!(16));
+        let v17 = with(minimal(), "/spec/postgres/version", json!(17));
+        assert_ok(&v17, Some(&v16));
+        assert_ok(&v16, Some(&v16));
+        assert_refused(&v16, Some(&v17), "may not be lowered");
+    }
+
+    #[test]
+    fn managed_postgres_parameters_are_refused_by_name() {
+        let obj = with(
+            minimal(),
+            "/spec/postgres/parameters",
+            json!({"work_mem": "8MB", "Port": "6000", "wal_level": "minimal"}),
+        );
+        assert_refused(
+            &obj,
+            None,
+            "spec.postgres.parameters: Port, wal_level is managed by Capstan",
+        );
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/postgres/parameters",
+                json!({"work_mem": "8MB", "pg_stat_statements.max": "5000"}),
+            ),
+            None,
+        );
+    }
+
+    #[test]
+    fn parameter_names_and_values_are_checked() {
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/postgres/parameters",
+                json!({"work mem": "8MB"}),
+            ),
+            None,
+            "parameter names may contain only",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/postgres/parameters",
+                json!({"work_mem": "8MB\nport = 1"}),
+            ),
+            None,
+            "single line",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/proxy/pgbouncer/parameters",
+                json!({"x": "1\r2"}),
+            ),
+            None,
+            "single line",
+        );
+    }
+
+    #[test]
+    fn managed_pgbouncer_parameters_are_refused_by_name() {
+        let obj = with(
+            minimal(),
+            "/spec/proxy/pgbouncer/parameters",
+            json!({"auth_type": "trust", "server_idle_timeout": "60"}),
+        );
+        assert_refused(
+            &obj,
+            None,
+            "spec.proxy.pgbouncer.parameters: auth_type is managed by Capstan",
+        );
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/proxy/pgbouncer/parameters",
+                json!({"server_idle_timeout": "60"}),
+            ),
+            None,
+        );
+    }
+
+    #[test]
+    fn hba_lines_must_be_hostssl() {
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/postgres/hba",
+                json!(["hostssl app app 10.0.0.0/8 scram-sha-256"]),
+            ),
+            None,
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/postgres/hba",
+                json!(["host all all 0.0.0.0/0 trust"]),
+            ),
+            None,
+            "hostssl",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/postgres/hba",
+                json!(["hostssl all all all scram-sha-256\nhost all all all trust"]),
+            ),
+            None,
+            "hostssl",
+        );
+    }
+
+    #[test]
+    fn storage_size_must_be_a_positive_quantity() {
+        assert_refused(
+            &with(minimal(), "/spec/storage/size", json!("lots")),
+            None,
+            "positive quantity",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/storage/size", json!("0")),
+            None,
+            "positive quantity",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/walStorage", json!({"size": "-1Gi"})),
+            None,
+            "positive quantity",
+        );
+        assert_ok(&with(minimal(), "/spec/storage/size", json!("500Mi")), None);
+    }
+
+    #[test]
+    fn storage_may_grow_but_not_shrink() {
+        let small = with(minimal(), "/spec/storage/size", json!("1Gi"));
+        let big = with(minimal(), "/spec/storage/size", json!("1536Mi"));
+        assert_ok(&big, Some(&small));
+        assert_refused(&small, Some(&big), "may not be decreased");
+        // The same amount written another way is not a shrink.
+        assert_ok(
+            &with(minimal(), "/spec/storage/size", json!("1024Mi")),
+            Some(&small),
+        );
+        let wal_small = with(minimal(), "/spec/walStorage", json!({"size": "2Gi"}));
+        let wal_smaller = with(minimal(), "/spec/walStorage", json!({"size": "1Gi"}));
+        assert_refused(&wal_smaller, Some(&wal_small), "may not be decreased");
+    }
+
+    #[test]
+    fn storage_class_is_immutable() {
+        let fast = with(minimal(), "/spec/storage/storageClassName", json!("fast"));
+        let slow = with(minimal(), "/spec/storage/storageClassName", json!("slow"));
+        assert_ok(&fast, Some(&fast));
+        assert_refused(&slow, Some(&fast), "storageClassName is immutable");
+        assert_refused(&minimal(), Some(&fast), "storageClassName is immutable");
+        assert_refused(&fast, Some(&minimal()), "storageClassName is immutable");
+    }
+
+    #[test]
+    fn wal_storage_cannot_be_added_or_removed() {
+        let with_wal = with(minimal(), "/spec/walStorage", json!({"size": "1Gi"}));
+        assert_ok(&with_wal, None);
+        assert_refused(
+            &with_wal,
+            Some(&minimal()),
+            "only be chosen when the cluster is created",
+        );
+        assert_refused(
+            &minimal(),
+            Some(&with_wal),
+            "only be chosen when the cluster is created",
+        );
+        let grown = with(minimal(), "/spec/walStorage", json!({"size": "2Gi"}));
+        assert_ok(&grown, Some(&with_wal));
+    }
+
+    #[test]
+    fn bootstrap_is_immutable() {
+        let other = with(
+            minimal(),
+            "/spec/bootstrap/initdb/database",
+            json!("orders"),
+        );
+        assert_ok(&other, None);
+        assert_ok(&other, Some(&other));
+        assert_refused(&other, Some(&minimal()), "spec.bootstrap is immutable");
+        // Spelling out the defaults is not a change.
+        let explicit = with(minimal(), "/spec/bootstrap/initdb/database", json!("app"));
+        assert_ok(&explicit, Some(&minimal()));
+    }
+
+    #[test]
+    fn tls_mode_and_provided_secrets_agree() {
+        let provided = json!({"caSecretName": "ca", "serverSecretName": "srv", "replicationSecretName": "repl", "poolerSecretName": "pool"});
+        assert_refused(
+            &with(minimal(), "/spec/tls", json!({"mode": "Provided"})),
+            None,
+            "spec.tls.provided must be set",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/tls",
+                json!({"mode": "Managed", "provided": provided.clone()}),
+            ),
+            None,
+            "spec.tls.provided must be set",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/tls",
+                json!({"provided": provided.clone()}),
+            ),
+            None,
+            "spec.tls.provided must be set",
+        );
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/tls",
+                json!({"mode": "Provided", "provided": provided}),
+            ),
+            None,
+        );
+    }
+
+    #[test]
+    fn pooler_sizes_are_bounded() {
+        assert_refused(
+            &with(minimal(), "/spec/proxy/pgbouncer/replicas", json!(0)),
+            None,
+            "replicas must be between 1 and 32",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/proxy/pgbouncer/replicas", json!(33)),
+            None,
+            "replicas must be between 1 and 32",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/proxy/pgbouncer/maxClientConn", json!(0)),
+            None,
+            "maxClientConn must be at least 1",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/proxy/pgbouncer/defaultPoolSize", json!(0)),
+            None,
+            "defaultPoolSize must be at least 1",
+        );
+    }
+
+    #[test]
+    fn database_and_owner_are_plain_identifiers() {
+        assert_refused(
+            &with(minimal(), "/spec/bootstrap/initdb/owner", json!("postgres")),
+            None,
+            "initdb.owner must be",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/bootstrap/initdb/database", json!("My-DB")),
+            None,
+            "initdb.database must be",
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/bootstrap/initdb/database",
+                json!("a".repeat(64)),
+            ),
+            None,
+            "initdb.database must be",
+        );
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/bootstrap/initdb/owner",
+                json!("orders_owner"),
+            ),
+            None,
+        );
+    }
+
+    #[test]
+    fn optional_fields_can_be_absent() {
+        assert_ok(&without(minimal(), "/spec/postgres/parameters"), None);
+    }
+
+    /// The API server estimates each rule's worst-case cost from the schema
+    /// bounds and refuses the CRD when a rule over an unbounded list or map
+    /// could exceed its budget. Every rule that iterates must therefore sit
+    /// on a node with maxItems/maxProperties and bounded string elements.
+    #[test]
+    fn every_iterating_rule_has_bounded_input() {
+        let schema = schema();
+        let mut nodes = vec![];
+        collect_rule_nodes(&schema, &mut nodes);
+        assert!(
+            nodes.len() >= 15,
+            "expected every rule in the CRD, found {}",
+            nodes.len()
+        );
+        let iterating = ["all(", "exists(", "filter(", "map(", "exists_one("];
+        let mut checked = 0;
+        for (node, rule) in nodes {
+            if !iterating.iter().any(|f| rule.contains(f)) {
+                continue;
+            }
+            checked += 1;
+            let (bound, element) = match node["type"].as_str() {
+                Some("array") => (node.get("maxItems"), &node["items"]),
+                Some("object") => (node.get("maxProperties"), &node["additionalProperties"]),
+                other => panic!("{rule}: iterates over a {other:?}"),
+            };
+            assert!(
+                bound.and_then(Value::as_u64).is_some(),
+                "{rule}: no maxItems/maxProperties on its node"
+            );
+            if element["type"] == "string" {
+                assert!(
+                    element["maxLength"].as_u64().is_some(),
+                    "{rule}: elements have no maxLength"
+                );
+            }
+        }
+        assert!(
+            checked >= 4,
+            "expected the parameter and hba rules, checked {checked}"
+        );
+    }
+
+    fn collect_rule_nodes<'a>(node: &'a Value, out: &mut Vec<(&'a Value, String)>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::Array(rules)) = map.get("x-kubernetes-validations") {
+                    out.extend(
+                        rules
+                            .iter()
+                            .filter_map(|r| r["rule"].as_str().map(|s| (node, s.to_string()))),
+                    );
+                }
+                map.values().for_each(|v| collect_rule_nodes(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect_rule_nodes(v, out)),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! JSON of the instance manager's HTTPS API (port [`super::layout::AGENT_PORT`]).
+//!
+//! `GET /healthz`, `GET /readyz` and `GET /metrics` need no client
+//! certificate (kubelet probes, Prometheus); `GET /status`, `POST /promote`
+//! and `POST /demote` require the operator's client certificate.
+
+use serde::{Deserialize, Serialize};
+
+/// Role of an instance as its manager sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+    /// PostgreSQL is not running (bootstrapping, crashed, fenced, stopped).
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// `GET /status`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    /// Pod name.
+    pub name: String,
+    pub role: Role,
+    /// PostgreSQL accepts connections.
+    pub running: bool,
+    /// What `/readyz` answers.
+    pub ready: bool,
+    /// The primary this instance follows or is, per the cluster's authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// `pg_control` system identifier, as a string (it exceeds 2^53).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// Primary: `pg_current_wal_lsn()`. Replica: last replayed LSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_lsn: Option<String>,
+    /// Replica: last WAL location received and flushed to disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<String>,
+    /// Replica: bytes received but not yet replayed, or behind the primary
+    /// when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Replica: `pg_stat_wal_receiver.status` (`streaming`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_receiver: Option<String>,
+    /// A changed setting needs a restart to take effect.
+    #[serde(default)]
+    pub pending_restart: bool,
+    /// `server_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_uptime_seconds: Option<u64>,
+    /// The last error the manager hit, for people to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `POST /promote` body.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteRequest {
+    /// Fail instead of promoting when the replica is further behind its
+    /// last known primary LSN than this (None: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_bytes: Option<u64>,
+}
+
+/// `POST /promote` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteResult {
+    /// Timeline after promotion.
+    pub timeline: u32,
+    /// From the request until a write was accepted.
+    pub elapsed_ms: u64,
+    /// The instance was already primary; nothing was done.
+    pub already_primary: bool,
+}
+
+/// `POST /demote` body.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteRequest {
+    /// Pod name of the new primary.
+    pub new_primary: String,
+}
+
+/// Error body of every endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,108 @@
+//! Ports, mount paths and environment variables inside Capstan's pods.
+//!
+//! Every listener binds the pod IP (`POD_IP`), never a wildcard, and local
+//! connections use Unix sockets: that works in a real pod and on the e2e
+//! harness, where pods share the host's network stack on their own loopback
+//! addresses.
+
+/// PostgreSQL, in instance pods; also the port of the `-rw`/`-ro`/`-r` Services.
+pub const POSTGRES_PORT: u16 = 5432;
+/// PgBouncer, in pooler pods; the `-pooler` Service also serves it on 5432.
+pub const POOLER_PORT: u16 = 5432;
+/// The agent's HTTPS API (status, health, metrics, commands) in every pod.
+pub const AGENT_PORT: u16 = 8000;
+
+/// emptyDir the init container copies the `capstan` binary into.
+pub const BIN_DIR: &str = "/capstan/bin";
+/// The `capstan` binary as the agents run it.
+pub const BINARY: &str = "/capstan/bin/capstan";
+/// Where the `capstan` binary lives in the operator image.
+pub const IMAGE_BINARY: &str = "/usr/local/bin/capstan";
+
+/// Mount point of an instance's data volume (PVC `<pod>`).
+pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+/// `PGDATA`: a subdirectory, so `lost+found` on a fresh filesystem is not in it.
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Mount point of an instance's WAL volume (PVC `<pod>-wal`), when configured.
+pub const WAL_MOUNT: &str = "/var/lib/postgresql/wal";
+/// `pg_wal` directory on the WAL volume.
+pub const WAL_DIR: &str = "/var/lib/postgresql/wal/pg_wal";
+/// emptyDir for Unix sockets and lock files.
+pub const RUN_DIR: &str = "/var/run/postgresql";
+/// emptyDir for scratch files (the root filesystem is read-only).
+pub const TMP_DIR: &str = "/tmp";
+
+/// ConfigMap `<name>-config`, mounted in instance and pooler pods.
+pub const CONFIG_DIR: &str = "/etc/capstan/config";
+/// Password Secrets, one directory each with `username` and `password` files:
+/// `superuser/`, `app/` (also `dbname`), `pooler/`.
+pub const SECRETS_DIR: &str = "/etc/capstan/secrets";
+/// TLS Secrets, one directory each with `tls.crt`, `tls.key` and `ca.crt`:
+/// `server/` (instances), `replication/` (client cert `streaming_replica`),
+/// `pooler/` (PgBouncer's server cert), `operator-client/` is never mounted
+/// in pods (the operator's own client certificate).
+pub const TLS_DIR: &str = "/etc/capstan/tls";
+
+/// emptyDir in pooler pods for the rendered `pgbouncer.ini`, auth files and socket.
+pub const POOLER_RUN_DIR: &str = "/var/run/pgbouncer";
+
+/// Sub-directories of [`SECRETS_DIR`] and [`TLS_DIR`].
+pub mod mounts {
+    pub const SUPERUSER: &str = "superuser";
+    pub const APP: &str = "app";
+    pub const POOLER: &str = "pooler";
+    pub const SERVER_TLS: &str = "server";
+    pub const REPLICATION_TLS: &str = "replication";
+    pub const POOLER_TLS: &str = "pooler";
+}
+
+/// File names inside mounted Secrets and the ConfigMap.
+pub mod files {
+    pub const USERNAME: &str = "username";
+    pub const PASSWORD: &str = "password";
+    pub const DBNAME: &str = "dbname";
+    pub const TLS_CRT: &str = "tls.crt";
+    pub const TLS_KEY: &str = "tls.key";
+    pub const CA_CRT: &str = "ca.crt";
+    pub const CA_KEY: &str = "ca.key";
+    /// ConfigMap key read by instance managers ([`super::super::settings::InstanceSettings`]).
+    pub const INSTANCE_SETTINGS: &str = "instance.json";
+    /// ConfigMap key read by pooler supervisors ([`super::super::settings::PoolerSettings`]).
+    pub const POOLER_SETTINGS: &str = "pooler.json";
+}
+
+/// Environment variables set on agent containers.
+pub mod env {
+    /// Downward API `metadata.name`.
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Downward API `metadata.namespace`.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// Downward API `status.podIP`: the address every listener binds.
+    pub const POD_IP: &str = "POD_IP";
+    /// Name of the `PostgresCluster`.
+    pub const CLUSTER_NAME: &str = "CLUSTER_NAME";
+    /// Seconds the agent may spend shutting down after SIGTERM (a little
+    /// less than the pod's `terminationGracePeriodSeconds`).
+    pub const SHUTDOWN_SECONDS: &str = "CAPSTAN_SHUTDOWN_SECONDS";
+    /// `json` or `text`.
+    pub const LOG_FORMAT: &str = "CAPSTAN_LOG_FORMAT";
+}
+
+/// Pod `terminationGracePeriodSeconds` for instance pods; a primary's clean
+/// shutdown includes a checkpoint.
+pub const INSTANCE_GRACE_SECONDS: i64 = 60;
+/// What the instance manager is told it may use of that grace period.
+pub const INSTANCE_SHUTDOWN_SECONDS: i64 = 50;
+/// Pod `terminationGracePeriodSeconds` for pooler pods.
+pub const POOLER_GRACE_SECONDS: i64 = 40;
+/// What the pooler supervisor may use to drain clients.
+pub const POOLER_SHUTDOWN_SECONDS: i64 = 30;
+
+/// Common name of the operator's client certificate; the agents' command
+/// endpoints accept only this identity, signed by the cluster CA.
+pub const OPERATOR_CLIENT_CN: &str = "capstan-operator";
+
+/// UID/GID of the `postgres` user in the official Debian-based images.
+pub const POSTGRES_UID: i64 = 999;
+/// UID/GID PgBouncer runs as in pooler pods.
+pub const POOLER_UID: i64 = 998;

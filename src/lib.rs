@@ -1,0 +1,6 @@
+//! Capstan: a Kubernetes operator for PostgreSQL behind PgBouncer.
+
+pub mod api;
+pub mod contract;
+pub mod pooler;
+pub mod postgres;

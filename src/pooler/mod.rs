@@ -1,0 +1,3 @@
+//! The proxy tier: PgBouncer settings.
+
+pub mod managed;

@@ -1,0 +1,5 @@
+//! PostgreSQL facts shared by the operator and the instance manager.
+
+pub mod lsn;
+pub mod parameters;
+pub mod roles;
