@@ -25,12 +25,24 @@ pub struct InstanceSettings {
     pub hba: Vec<String>,
     /// How the first primary creates its data.
     pub initdb: InitdbSettings,
-    /// Host replicas stream from and clone from: the `<name>-rw` Service,
-    /// which always selects the current primary.
+    /// Host replicas stream from, clone from and rewind from: the
+    /// `<name>-rw` Service, which always selects the current primary.
     pub primary_host: String,
+    /// Port on `primary_host` (5432 in pods; tests use their own).
+    #[serde(default = "default_postgres_port")]
+    pub primary_port: u16,
+    /// Every instance (pod name) the cluster should have. The primary keeps a
+    /// physical replication slot for each of the others, so a replica that
+    /// falls behind never loses WAL it still needs, also after a failover.
+    #[serde(default)]
+    pub instances: Vec<String>,
     /// Whether `pg_wal` lives on its own volume ([`super::layout::WAL_DIR`]).
     #[serde(default)]
     pub separate_wal: bool,
+}
+
+fn default_postgres_port() -> u16 {
+    super::layout::POSTGRES_PORT
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

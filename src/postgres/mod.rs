@@ -2,4 +2,5 @@
 
 pub mod lsn;
 pub mod parameters;
+pub mod pooler_auth;
 pub mod roles;

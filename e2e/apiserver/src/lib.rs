@@ -1,0 +1,1 @@
+//! Emulated Kubernetes API server for the e2e harness.

@@ -1,0 +1,1 @@
+//! Process kubelet and Service proxy for the e2e harness.
