@@ -4,3 +4,5 @@ pub mod api;
 pub mod contract;
 pub mod pooler;
 pub mod postgres;
+pub mod resources;
+pub mod tls;

@@ -37,10 +37,12 @@ pub const CONFIG_DIR: &str = "/etc/capstan/config";
 /// Password Secrets, one directory each with `username` and `password` files:
 /// `superuser/`, `app/` (also `dbname`), `pooler/`.
 pub const SECRETS_DIR: &str = "/etc/capstan/secrets";
-/// TLS Secrets, one directory each with `tls.crt`, `tls.key` and `ca.crt`:
-/// `server/` (instances), `replication/` (client cert `streaming_replica`),
-/// `pooler/` (PgBouncer's server cert), `operator-client/` is never mounted
-/// in pods (the operator's own client certificate).
+/// TLS material, one directory each with `tls.crt`, `tls.key` and `ca.crt`
+/// (the CA that signed it): `server/` (PostgreSQL's server certificate),
+/// `replication/` (client certificate `streaming_replica`), `pooler/`
+/// (PgBouncer's server certificate), `agent/` (the agent HTTPS API's server
+/// certificate; its `ca.crt` is the CA that signs the operator's client
+/// certificate, so agents verify the operator with it).
 pub const TLS_DIR: &str = "/etc/capstan/tls";
 
 /// emptyDir in pooler pods for the rendered `pgbouncer.ini`, auth files and socket.
@@ -54,6 +56,7 @@ pub mod mounts {
     pub const SERVER_TLS: &str = "server";
     pub const REPLICATION_TLS: &str = "replication";
     pub const POOLER_TLS: &str = "pooler";
+    pub const AGENT_TLS: &str = "agent";
 }
 
 /// File names inside mounted Secrets and the ConfigMap.

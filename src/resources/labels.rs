@@ -1,0 +1,76 @@
+//! Labels on every object Capstan creates. Selectors use only
+//! `capstan.dev/*` keys, which users have no reason to touch.
+
+use std::collections::BTreeMap;
+
+pub const CLUSTER: &str = "capstan.dev/cluster";
+pub const INSTANCE: &str = "capstan.dev/instance";
+pub const ROLE: &str = "capstan.dev/role";
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const NAME: &str = "app.kubernetes.io/name";
+pub const INSTANCE_K8S: &str = "app.kubernetes.io/instance";
+
+pub const MANAGER: &str = "capstan";
+pub const ROLE_PRIMARY: &str = "primary";
+pub const ROLE_REPLICA: &str = "replica";
+
+/// `app.kubernetes.io/component` values.
+pub const COMPONENT_DATABASE: &str = "database";
+pub const COMPONENT_POOLER: &str = "pooler";
+pub const COMPONENT_CONTROL: &str = "control";
+
+/// Labels every child of `cluster` carries.
+pub fn common(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), component.to_string()),
+        (MANAGED_BY.to_string(), MANAGER.to_string()),
+        (NAME.to_string(), "postgresql".to_string()),
+        (INSTANCE_K8S.to_string(), cluster.to_string()),
+    ])
+}
+
+/// Labels of an instance pod (and its volumes, without the role).
+pub fn instance(cluster: &str, instance: &str) -> BTreeMap<String, String> {
+    let mut labels = common(cluster, COMPONENT_DATABASE);
+    labels.insert(INSTANCE.to_string(), instance.to_string());
+    labels
+}
+
+/// Selector for every instance pod of a cluster.
+pub fn instances_selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), COMPONENT_DATABASE.to_string()),
+    ])
+}
+
+/// Selector for the instance pods in `role`.
+pub fn role_selector(cluster: &str, role: &str) -> BTreeMap<String, String> {
+    let mut selector = instances_selector(cluster);
+    selector.insert(ROLE.to_string(), role.to_string());
+    selector
+}
+
+/// Selector for the pooler pods of a cluster.
+pub fn pooler_selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), COMPONENT_POOLER.to_string()),
+    ])
+}
+
+/// Label selector string for every child of a cluster.
+pub fn children_selector(cluster: &str) -> String {
+    format!("{CLUSTER}={cluster},{MANAGED_BY}={MANAGER}")
+}
+
+/// Label selector string as a Kubernetes list query parameter.
+pub fn to_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

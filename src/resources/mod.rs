@@ -1,0 +1,13 @@
+//! Pure builders of every child object of a `PostgresCluster`.
+
+pub mod config;
+pub mod instance;
+pub mod labels;
+pub mod model;
+pub mod names;
+pub mod pdb;
+pub mod proxy;
+pub mod quantity;
+pub mod rbac;
+pub mod secrets;
+pub mod services;

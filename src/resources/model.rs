@@ -1,0 +1,90 @@
+//! The checked picture of one cluster that every builder works from.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::api::PostgresClusterSpec;
+
+/// Images the children run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Images {
+    /// Carries the `capstan` binary; the init container of every pod copies it.
+    pub operator: String,
+    pub postgres: String,
+    pub pgbouncer: String,
+}
+
+/// A validated `PostgresCluster` with its defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub spec: PostgresClusterSpec,
+    pub images: Images,
+    /// PostgreSQL major the instances run. Equals `spec.postgres.version`
+    /// except while a requested major upgrade has not happened yet.
+    pub postgres_version: i32,
+}
+
+impl Model {
+    /// Owner reference making the cluster the controller of a child, so
+    /// deleting the cluster deletes the child and child events wake the
+    /// controller.
+    pub fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "capstan.dev/v1alpha1".to_string(),
+            kind: "PostgresCluster".to_string(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// Metadata for a child named `name` with `labels`, owned by the cluster.
+    pub fn child_meta(
+        &self,
+        name: String,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner_reference()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// `host:port` of a Service of this cluster, by its namespaced DNS name.
+    pub fn service_endpoint(&self, service: &str, port: u16) -> String {
+        format!("{service}.{}.svc:{port}", self.namespace)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A 3-instance cluster `db` in `ns` with every default.
+    pub fn model() -> Model {
+        let spec: PostgresClusterSpec = serde_json::from_value(serde_json::json!({
+            "instances": 3,
+            "postgres": {"version": 17},
+            "storage": {"size": "10Gi"},
+        }))
+        .expect("valid spec");
+        Model {
+            name: "db".into(),
+            namespace: "ns".into(),
+            uid: "uid-1".into(),
+            spec,
+            images: Images {
+                operator: "capstan:test".into(),
+                postgres: "postgres:17".into(),
+                pgbouncer: "pgbouncer:1".into(),
+            },
+            postgres_version: 17,
+        }
+    }
+}

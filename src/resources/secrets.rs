@@ -1,0 +1,400 @@
+//! Secrets: generated passwords, the cluster CA and the certificates it
+//! issues, and how pods mount them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    KeyToPath, ProjectedVolumeSource, Secret, SecretProjection, Volume, VolumeProjection,
+};
+
+use super::labels;
+use super::model::Model;
+use super::names;
+use crate::api::TlsMode;
+use crate::contract::layout::{self, files};
+use crate::postgres::roles;
+use crate::tls::Issued;
+
+/// Where each TLS certificate and its CA come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSources {
+    /// Secret with the data-plane CA certificate (`ca.crt`) clients trust.
+    pub ca: String,
+    /// PostgreSQL's server certificate (`tls.crt`, `tls.key`).
+    pub server: String,
+    /// Client certificate of `streaming_replica`.
+    pub replication: String,
+    /// PgBouncer's server certificate.
+    pub pooler: String,
+}
+
+/// The Secrets that hold the data-plane certificates, operator-managed or
+/// user-provided.
+pub fn tls_sources(model: &Model) -> TlsSources {
+    let cluster = &model.name;
+    match (&model.spec.tls.mode, &model.spec.tls.provided) {
+        (TlsMode::Provided, Some(p)) => TlsSources {
+            ca: p.ca_secret_name.clone(),
+            server: p.server_secret_name.clone(),
+            replication: p.replication_secret_name.clone(),
+            pooler: p.pooler_secret_name.clone(),
+        },
+        _ => TlsSources {
+            ca: names::ca_secret(cluster),
+            server: names::server_tls_secret(cluster),
+            replication: names::replication_tls_secret(cluster),
+            pooler: names::pooler_tls_secret(cluster),
+        },
+    }
+}
+
+/// A projected volume with `tls.crt` and `tls.key` from `cert_secret` and
+/// `ca.crt` from `ca_secret`, readable by the pod's user only.
+pub fn tls_volume(name: &str, cert_secret: &str, ca_secret: &str) -> Volume {
+    let items = |keys: &[&str]| {
+        Some(
+            keys.iter()
+                .map(|k| KeyToPath {
+                    key: (*k).to_string(),
+                    path: (*k).to_string(),
+                    mode: None,
+                })
+                .collect(),
+        )
+    };
+    let project = |secret: &str, keys: &[&str]| VolumeProjection {
+        secret: Some(SecretProjection {
+            name: secret.to_string(),
+            items: items(keys),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    };
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o600),
+            sources: Some(vec![
+                project(cert_secret, &[files::TLS_CRT, files::TLS_KEY]),
+                project(ca_secret, &[files::CA_CRT]),
+            ]),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Secrets holding a generated password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PasswordSecret {
+    Superuser,
+    App,
+    Pooler,
+}
+
+impl PasswordSecret {
+    pub const ALL: [PasswordSecret; 3] = [
+        PasswordSecret::Superuser,
+        PasswordSecret::App,
+        PasswordSecret::Pooler,
+    ];
+
+    pub fn name(self, cluster: &str) -> String {
+        match self {
+            PasswordSecret::Superuser => names::superuser_secret(cluster),
+            PasswordSecret::App => names::app_secret(cluster),
+            PasswordSecret::Pooler => names::pooler_secret(cluster),
+        }
+    }
+
+    pub fn username(self, model: &Model) -> String {
+        match self {
+            PasswordSecret::Superuser => roles::SUPERUSER.to_string(),
+            PasswordSecret::App => model.spec.bootstrap.initdb.owner.clone(),
+            PasswordSecret::Pooler => roles::POOLER.to_string(),
+        }
+    }
+}
+
+/// A `kubernetes.io/basic-auth` Secret. The App secret also carries what an
+/// application needs to connect through the pooler.
+pub fn password_secret(model: &Model, kind: PasswordSecret, password: &str) -> Secret {
+    let username = kind.username(model);
+    let mut data = BTreeMap::from([
+        (files::USERNAME.to_string(), username.clone()),
+        (files::PASSWORD.to_string(), password.to_string()),
+    ]);
+    if kind == PasswordSecret::App {
+        let db = &model.spec.bootstrap.initdb.database;
+        let host = format!("{}.{}.svc", names::pooler(&model.name), model.namespace);
+        let port = layout::POOLER_PORT;
+        data.insert(files::DBNAME.into(), db.clone());
+        data.insert("host".into(), host.clone());
+        data.insert("port".into(), port.to_string());
+        data.insert(
+            "uri".into(),
+            format!("postgresql://{username}:{password}@{host}:{port}/{db}?sslmode=verify-full"),
+        );
+    }
+    Secret {
+        metadata: model.child_meta(
+            kind.name(&model.name),
+            labels::common(&model.name, labels::COMPONENT_CONTROL),
+        ),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        string_data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// Certificates the operator issues from the cluster CA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CertKind {
+    /// PostgreSQL server certificate (managed TLS only).
+    Server,
+    /// `streaming_replica` client certificate (managed TLS only).
+    Replication,
+    /// PgBouncer server certificate (managed TLS only).
+    Pooler,
+    /// Agent HTTPS API server certificate (always).
+    Agent,
+    /// The operator's client certificate (always).
+    Operator,
+}
+
+/// What a certificate must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertIdentity {
+    Server(Vec<String>),
+    Client(String),
+}
+
+impl CertKind {
+    /// The kinds the operator issues for `model`.
+    pub fn managed(model: &Model) -> Vec<CertKind> {
+        match model.spec.tls.mode {
+            TlsMode::Managed => vec![
+                CertKind::Server,
+                CertKind::Replication,
+                CertKind::Pooler,
+                CertKind::Agent,
+                CertKind::Operator,
+            ],
+            TlsMode::Provided => vec![CertKind::Agent, CertKind::Operator],
+        }
+    }
+
+    pub fn secret_name(self, cluster: &str) -> String {
+        match self {
+            CertKind::Server => names::server_tls_secret(cluster),
+            CertKind::Replication => names::replication_tls_secret(cluster),
+            CertKind::Pooler => names::pooler_tls_secret(cluster),
+            CertKind::Agent => names::agent_tls_secret(cluster),
+            CertKind::Operator => names::operator_tls_secret(cluster),
+        }
+    }
+
+    pub fn identity(self, model: &Model) -> CertIdentity {
+        let (cluster, ns) = (&model.name, &model.namespace);
+        match self {
+            CertKind::Server => CertIdentity::Server(
+                [
+                    names::rw_service(cluster),
+                    names::ro_service(cluster),
+                    names::r_service(cluster),
+                ]
+                .iter()
+                .flat_map(|s| names::service_dns_names(s, ns))
+                .collect(),
+            ),
+            CertKind::Pooler => {
+                CertIdentity::Server(names::service_dns_names(&names::pooler(cluster), ns))
+            }
+            CertKind::Agent => CertIdentity::Server(vec![names::agent_server_name(cluster, ns)]),
+            CertKind::Replication => CertIdentity::Client(roles::REPLICATION.to_string()),
+            CertKind::Operator => CertIdentity::Client(layout::OPERATOR_CLIENT_CN.to_string()),
+        }
+    }
+}
+
+/// A `kubernetes.io/tls` Secret with the certificate, its key and the CA.
+pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, ca_cert_pem: &str) -> Secret {
+    Secret {
+        metadata: model.child_meta(
+            kind.secret_name(&model.name),
+            labels::common(&model.name, labels::COMPONENT_CONTROL),
+        ),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                files::TLS_CRT.to_string(),
+                ByteString(issued.cert_pem.clone().into_bytes()),
+            ),
+            (
+                files::TLS_KEY.to_string(),
+                ByteString(issued.key_pem.clone().into_bytes()),
+            ),
+            (
+                files::CA_CRT.to_string(),
+                ByteString(ca_cert_pem.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The CA's key pair (operator-only) and, with managed TLS, its public
+/// certificate for clients.
+pub fn ca_secrets(model: &Model, ca: &Issued) -> Vec<Secret> {
+    let labels = labels::common(&model.name, labels::COMPONENT_CONTROL);
+    let mut out = vec![Secret {
+        metadata: model.child_meta(names::ca_key_secret(&model.name), labels.clone()),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([
+            (
+                files::CA_CRT.to_string(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+            (
+                files::CA_KEY.to_string(),
+                ByteString(ca.key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Secret::default()
+    }];
+    if model.spec.tls.mode == TlsMode::Managed {
+        out.push(Secret {
+            metadata: model.child_meta(names::ca_secret(&model.name), labels),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                files::CA_CRT.to_string(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            )])),
+            ..Secret::default()
+        });
+    }
+    out
+}
+
+/// A new random password: 32 alphanumeric characters from the thread-local
+/// CSPRNG (about 190 bits), safe in URIs and config files without quoting.
+pub fn generate_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), 32)
+}
+
+/// Replace every value in a Secret with a placeholder (for `capstan render`).
+pub fn redact(secret: &mut Secret) {
+    const REDACTED: &str = "<redacted>";
+    if let Some(data) = secret.data.as_mut() {
+        for v in data.values_mut() {
+            *v = ByteString(REDACTED.as_bytes().to_vec());
+        }
+    }
+    if let Some(data) = secret.string_data.as_mut() {
+        for v in data.values_mut() {
+            *v = REDACTED.to_string();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ProvidedTls;
+    use crate::resources::model::fixtures::model;
+
+    #[test]
+    fn passwords_are_long_random_and_distinct() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn app_secret_says_how_to_connect_through_the_pooler() {
+        let s = password_secret(&model(), PasswordSecret::App, "pw");
+        let data = s.string_data.unwrap();
+        assert_eq!(data["username"], "app");
+        assert_eq!(data["dbname"], "app");
+        assert_eq!(data["host"], "db-pooler.ns.svc");
+        assert_eq!(
+            data["uri"],
+            "postgresql://app:pw@db-pooler.ns.svc:5432/app?sslmode=verify-full"
+        );
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    }
+
+    #[test]
+    fn server_certificate_covers_every_service_name() {
+        let CertIdentity::Server(names) = CertKind::Server.identity(&model()) else {
+            panic!()
+        };
+        for n in [
+            "db-rw",
+            "db-rw.ns.svc",
+            "db-ro.ns.svc.cluster.local",
+            "db-r.ns",
+        ] {
+            assert!(names.contains(&n.to_string()), "{n}");
+        }
+        assert_eq!(
+            CertKind::Replication.identity(&model()),
+            CertIdentity::Client("streaming_replica".into())
+        );
+    }
+
+    #[test]
+    fn provided_tls_uses_the_users_secrets_and_keeps_control_certs() {
+        let mut m = model();
+        m.spec.tls.mode = TlsMode::Provided;
+        m.spec.tls.provided = Some(ProvidedTls {
+            ca_secret_name: "my-ca".into(),
+            server_secret_name: "my-server".into(),
+            replication_secret_name: "my-repl".into(),
+            pooler_secret_name: "my-pooler".into(),
+        });
+        let src = tls_sources(&m);
+        assert_eq!(
+            (src.ca.as_str(), src.server.as_str()),
+            ("my-ca", "my-server")
+        );
+        assert_eq!(
+            CertKind::managed(&m),
+            vec![CertKind::Agent, CertKind::Operator]
+        );
+        // No public CA Secret of ours competes with the user's.
+        assert_eq!(
+            ca_secrets(
+                &m,
+                &Issued {
+                    cert_pem: "c".into(),
+                    key_pem: "k".into()
+                }
+            )
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn tls_volume_projects_cert_key_and_ca() {
+        let v = tls_volume("server-tls", "db-server-tls", "db-ca");
+        let sources = v.projected.unwrap().sources.unwrap();
+        assert_eq!(sources[0].secret.as_ref().unwrap().name, "db-server-tls");
+        assert_eq!(sources[1].secret.as_ref().unwrap().name, "db-ca");
+        assert_eq!(
+            sources[1].secret.as_ref().unwrap().items.as_ref().unwrap()[0].key,
+            "ca.crt"
+        );
+    }
+
+    #[test]
+    fn redaction_hides_every_value() {
+        let mut s = password_secret(&model(), PasswordSecret::Superuser, "hunter2");
+        redact(&mut s);
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+    }
+}
