@@ -2,7 +2,9 @@
 
 pub mod api;
 pub mod contract;
+pub mod operator;
 pub mod pooler;
 pub mod postgres;
+pub mod render;
 pub mod resources;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! `capstan`: one binary, several roles (DESIGN §2).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,20 +18,61 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller manager against the current kubeconfig or in-cluster config.
+    Operator(capstan::operator::Args),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
+    /// Print every object the operator would create for the PostgresClusters
+    /// in FILE (defaults filled in, secrets redacted), without a cluster.
+    Render {
+        /// YAML file(s) with PostgresCluster documents.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Image the init containers would use.
+        #[arg(long, env = "CAPSTAN_IMAGE", default_value = concat!("ghcr.io/capstan-dev/capstan:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+    },
     /// Copy this binary to DEST (run by the init container of Capstan's pods,
     /// so stock PostgreSQL and PgBouncer images can run the agents).
     CopyBinary {
         /// Destination path, e.g. /capstan/bin/capstan.
-        dest: std::path::PathBuf,
+        dest: PathBuf,
     },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var(capstan::contract::layout::env::LOG_FORMAT).is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Operator(args) => {
+            init_tracing();
+            runtime().and_then(|rt| {
+                rt.block_on(capstan::operator::run(args))
+                    .map_err(|e| e.to_string())
+            })
+        }
         Command::Crd => print_crds(),
+        Command::Render { files, image } => render(&files, &image),
         Command::CopyBinary { dest } => copy_binary(&dest),
     };
     match result {
@@ -49,6 +91,14 @@ fn print_crds() -> Result<(), String> {
         }
         let text =
             capstan::api::crd::to_yaml(crd).map_err(|e| format!("cannot serialize CRD: {e}"))?;
+        print!("{text}");
+    }
+    Ok(())
+}
+
+fn render(files: &[PathBuf], image: &str) -> Result<(), String> {
+    for file in files {
+        let text = capstan::render::render_file(file, image).map_err(|e| e.to_string())?;
         print!("{text}");
     }
     Ok(())

@@ -28,6 +28,11 @@ pub struct PostgresClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_primary: Option<String>,
 
+    /// PostgreSQL major version of the data files. Set when the cluster is
+    /// created; only a completed major upgrade changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<i32>,
+
     /// Instances that are ready.
     #[serde(default)]
     pub ready_instances: i32,

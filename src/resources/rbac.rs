@@ -53,7 +53,7 @@ pub fn instance_role(model: &Model) -> Role {
             rule(
                 &["capstan.dev"],
                 &["postgresclusters"],
-                &[cluster.clone()],
+                std::slice::from_ref(cluster),
                 &["get", "list", "watch"],
             ),
             rule(

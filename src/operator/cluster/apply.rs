@@ -1,0 +1,325 @@
+//! Apply: carry out a [`Plan`] against the API server.
+//!
+//! Shared children go through server-side apply with one field manager.
+//! Three kinds cannot: Pods (their spec is immutable, so they are created and
+//! only their role label is patched), generated Secrets (created only when
+//! absent, so a stale read can never overwrite a password), and deletions.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use tracing::{debug, info, warn};
+
+use super::plan::{CertReason, Child, Deletion, Plan, SecretAction};
+use crate::contract::layout::files;
+use crate::resources::model::Model;
+use crate::resources::names;
+use crate::resources::secrets::{self, CertIdentity, CertKind};
+use crate::tls::{self, Issued};
+
+/// The one field manager Capstan writes with.
+pub const FIELD_MANAGER: &str = "capstan-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("Kubernetes API error on {what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the CA Secret {0} has no usable ca.crt/ca.key; delete it to have a new CA issued")]
+    BrokenCa(String),
+}
+
+impl ApplyError {
+    fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ApplyError {
+        let what = what.into();
+        move |source| ApplyError::Api { what, source }
+    }
+}
+
+/// What was done, for Events and logs.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    pub created_pods: Vec<String>,
+    pub deleted: Vec<Deletion>,
+    pub created_secrets: Vec<String>,
+    pub issued: Vec<(CertKind, CertReason)>,
+    /// Children the API server refused for a reason a person must fix
+    /// (e.g. a StorageClass that cannot expand volumes); the rest was applied.
+    pub refused: Vec<String>,
+}
+
+fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == code)
+}
+
+/// A refusal (4xx other than conflicts and throttling) is about the object,
+/// not the connection: report it and go on with the other children.
+fn is_refusal(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+}
+
+async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map(|_| ())
+}
+
+async fn apply_child(client: &Client, ns: &str, child: &Child) -> Result<(), kube::Error> {
+    match child {
+        Child::ConfigMap(o) => ssa(client, ns, o).await,
+        Child::Service(o) => ssa(client, ns, o).await,
+        Child::ServiceAccount(o) => ssa(client, ns, o).await,
+        Child::Role(o) => ssa(client, ns, o).await,
+        Child::RoleBinding(o) => ssa(client, ns, o).await,
+        Child::Pvc(o) => ssa(client, ns, o).await,
+        Child::Deployment(o) => ssa(client, ns, o.as_ref()).await,
+        Child::Pdb(o) => ssa(client, ns, o).await,
+    }
+}
+
+fn child_name(child: &Child) -> String {
+    let (kind, meta) = match child {
+        Child::ConfigMap(o) => ("ConfigMap", &o.metadata),
+        Child::Service(o) => ("Service", &o.metadata),
+        Child::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
+        Child::Role(o) => ("Role", &o.metadata),
+        Child::RoleBinding(o) => ("RoleBinding", &o.metadata),
+        Child::Pvc(o) => ("PersistentVolumeClaim", &o.metadata),
+        Child::Deployment(o) => ("Deployment", &o.metadata),
+        Child::Pdb(o) => ("PodDisruptionBudget", &o.metadata),
+    };
+    format!("{kind} {}", meta.name.as_deref().unwrap_or_default())
+}
+
+pub async fn apply(client: &Client, model: &Model, plan: &Plan) -> Result<Applied, ApplyError> {
+    let ns = model.namespace.as_str();
+    let mut applied = Applied::default();
+
+    // Secrets first: pods cannot start without them.
+    apply_secrets(client, model, &plan.secrets, &mut applied).await?;
+
+    for child in &plan.apply {
+        match apply_child(client, ns, child).await {
+            Ok(()) => {}
+            Err(e) if is_refusal(&e) => {
+                let what = child_name(child);
+                warn!(cluster = %model.name, object = %what, error = %e, "API server refused a child");
+                applied
+                    .refused
+                    .push(format!("{what}: {}", refusal_message(&e)));
+            }
+            Err(e) => {
+                return Err(ApplyError::Api {
+                    what: child_name(child),
+                    source: e,
+                });
+            }
+        }
+    }
+
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    for pod in &plan.create_pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match pods.create(&params, pod).await {
+            Ok(_) => {
+                info!(cluster = %model.name, instance = %name, operation = "create-pod", "created instance pod");
+                applied.created_pods.push(name);
+            }
+            Err(e) if is_status(&e, 409) => debug!(instance = %name, "pod already exists"),
+            Err(e) => return Err(ApplyError::api(format!("Pod {name}"))(e)),
+        }
+    }
+
+    for (name, role) in &plan.relabel {
+        let patch =
+            serde_json::json!({"metadata": {"labels": {crate::resources::labels::ROLE: role}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match pods.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                info!(cluster = %model.name, instance = %name, role = %role, operation = "relabel", "role label updated")
+            }
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(ApplyError::api(format!("Pod {name}"))(e)),
+        }
+    }
+
+    for deletion in &plan.delete {
+        let result = match deletion {
+            Deletion::Pod(n) => delete::<Pod>(client, ns, n).await,
+            Deletion::Pvc(n) => delete::<PersistentVolumeClaim>(client, ns, n).await,
+            Deletion::Pdb(n) => delete::<PodDisruptionBudget>(client, ns, n).await,
+        };
+        result.map_err(ApplyError::api(format!("{deletion:?}")))?;
+        info!(cluster = %model.name, operation = "delete", object = ?deletion, "deleted");
+        applied.deleted.push(deletion.clone());
+    }
+    Ok(applied)
+}
+
+fn refusal_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn delete<K>(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    match Api::<K>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn create_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube::Error> {
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, secret).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 409) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_ca(secret: &Secret, name: &str) -> Result<Issued, ApplyError> {
+    let data = secret
+        .data
+        .as_ref()
+        .ok_or_else(|| ApplyError::BrokenCa(name.into()))?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .ok_or_else(|| ApplyError::BrokenCa(name.into()))
+    };
+    Ok(Issued {
+        cert_pem: text(files::CA_CRT)?,
+        key_pem: text(files::CA_KEY)?,
+    })
+}
+
+/// The CA created in this pass, or the one stored in its Secret.
+async fn load_ca<'a>(
+    api: &Api<Secret>,
+    name: &str,
+    ca: &'a mut Option<Issued>,
+) -> Result<&'a Issued, ApplyError> {
+    if ca.is_none() {
+        let secret = api.get(name).await.map_err(ApplyError::api(name))?;
+        *ca = Some(read_ca(&secret, name)?);
+    }
+    ca.as_ref()
+        .ok_or_else(|| ApplyError::BrokenCa(name.to_string()))
+}
+
+async fn apply_secrets(
+    client: &Client,
+    model: &Model,
+    actions: &[SecretAction],
+    applied: &mut Applied,
+) -> Result<(), ApplyError> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let ns = &model.namespace;
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let now = OffsetDateTime::now_utc();
+    let ca_name = names::ca_key_secret(&model.name);
+    let mut ca: Option<Issued> = None;
+
+    for action in actions {
+        match action {
+            SecretAction::CreatePassword(kind) => {
+                let secret = secrets::password_secret(model, *kind, &secrets::generate_password());
+                if create_secret(&api, &secret)
+                    .await
+                    .map_err(ApplyError::api(kind.name(&model.name)))?
+                {
+                    info!(cluster = %model.name, secret = %kind.name(&model.name), operation = "create-secret", "generated credentials");
+                    applied.created_secrets.push(kind.name(&model.name));
+                }
+            }
+            SecretAction::CreateCa => {
+                let new_ca = tls::new_ca(&format!("{}.{} CA", model.name, model.namespace), now)?;
+                let mut created = false;
+                for secret in secrets::ca_secrets(model, &new_ca) {
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    if name == ca_name {
+                        created = create_secret(&api, &secret)
+                            .await
+                            .map_err(ApplyError::api(&name))?;
+                    } else {
+                        ssa(client, ns, &secret)
+                            .await
+                            .map_err(ApplyError::api(&name))?;
+                    }
+                }
+                if created {
+                    info!(cluster = %model.name, operation = "create-ca", "created the cluster CA");
+                    applied.created_secrets.push(ca_name.clone());
+                    ca = Some(new_ca);
+                }
+            }
+            SecretAction::PublishCa => {
+                let authority = load_ca(&api, &ca_name, &mut ca).await?;
+                for public in secrets::ca_secrets(model, authority).into_iter().skip(1) {
+                    ssa(client, ns, &public)
+                        .await
+                        .map_err(ApplyError::api(names::ca_secret(&model.name)))?;
+                }
+            }
+            SecretAction::IssueCert(kind, reason) => {
+                let authority = load_ca(&api, &ca_name, &mut ca).await?;
+                let issued = match kind.identity(model) {
+                    CertIdentity::Server(dns) => tls::issue_server(authority, &dns, now)?,
+                    CertIdentity::Client(cn) => tls::issue_client(authority, &cn, now)?,
+                };
+                let secret = secrets::cert_secret(model, *kind, &issued, &authority.cert_pem);
+                let name = kind.secret_name(&model.name);
+                ssa(client, ns, &secret)
+                    .await
+                    .map_err(ApplyError::api(&name))?;
+                info!(cluster = %model.name, secret = %name, reason = ?reason, operation = "issue-certificate", "issued certificate");
+                applied.issued.push((*kind, *reason));
+            }
+        }
+    }
+    Ok(())
+}

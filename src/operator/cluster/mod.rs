@@ -1,0 +1,8 @@
+//! The `PostgresCluster` reconcile pipeline (DESIGN §4):
+//! observe → validate → plan → apply → report.
+
+pub mod apply;
+pub mod observe;
+pub mod plan;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,555 @@
+//! Report: the status Capstan writes, with kstatus-compatible conditions
+//! (`Ready`, `Reconciling`, `Stalled`, `Degraded`), and the transitions
+//! worth an Event. Pure.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::observe::Observed;
+use super::plan::{Plan, is_ready};
+use super::validate::{Blocked, SpecError};
+use crate::api::{
+    Endpoints, InstanceStatus, Phase, PostgresClusterStatus, ProxyStatus, SecretNames, TlsStatus,
+};
+use crate::contract::layout;
+use crate::resources::model::Model;
+use crate::resources::secrets::{CertKind, PasswordSecret, tls_sources};
+use crate::resources::{labels, names};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const DEGRADED: &str = "Degraded";
+
+/// A change people care about, published as an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Sets condition `type_`, keeping `lastTransitionTime` when the status did
+/// not change.
+fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: &Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let previous = conditions.iter().find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: Some(generation),
+        last_transition_time,
+    };
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(condition);
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+pub fn condition_is(status: Option<&PostgresClusterStatus>, type_: &str, value: &str) -> bool {
+    status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .is_some_and(|c| c.status == value)
+}
+
+fn pooler_counts(deployment: Option<&Deployment>) -> (i32, i32) {
+    let status = deployment.and_then(|d| d.status.as_ref());
+    (
+        status.and_then(|s| s.replicas).unwrap_or(0),
+        status.and_then(|s| s.ready_replicas).unwrap_or(0),
+    )
+}
+
+pub struct Report<'a> {
+    pub model: &'a Model,
+    pub observed: &'a Observed,
+    pub plan: &'a Plan,
+    pub previous: Option<&'a PostgresClusterStatus>,
+    pub generation: i64,
+    pub now: Time,
+    pub blocked: Option<&'a Blocked>,
+    /// An error applying the plan, for people to read.
+    pub apply_error: Option<String>,
+}
+
+pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
+    let model = r.model;
+    let cluster = &model.name;
+    let mut instances: Vec<InstanceStatus> = r
+        .plan
+        .instances
+        .iter()
+        .map(|name| {
+            let pod = r.observed.pod(name);
+            let role = if *name == r.plan.target_primary {
+                labels::ROLE_PRIMARY
+            } else {
+                labels::ROLE_REPLICA
+            };
+            InstanceStatus {
+                name: name.clone(),
+                role: role.to_string(),
+                ready: pod.is_some_and(is_ready),
+                pod_phase: pod.and_then(|p| p.status.as_ref()?.phase.clone()),
+                pod_ip: pod.and_then(|p| p.status.as_ref()?.pod_ip.clone()),
+            }
+        })
+        .collect();
+    instances.sort_by_key(|i| {
+        (
+            i.role != labels::ROLE_PRIMARY,
+            names::instance_index(cluster, &i.name),
+        )
+    });
+    let ready_instances = instances.iter().filter(|i| i.ready).count() as i32;
+    let primary_ready = instances
+        .iter()
+        .any(|i| i.role == labels::ROLE_PRIMARY && i.ready);
+    let current_primary = if primary_ready {
+        Some(r.plan.target_primary.clone())
+    } else {
+        r.previous.and_then(|s| s.current_primary.clone())
+    };
+
+    let wanted_poolers = model.spec.proxy.pgbouncer.replicas;
+    let (pooler_replicas, pooler_ready) = pooler_counts(r.observed.pooler.as_ref());
+    let all_instances_ready =
+        ready_instances == model.spec.instances && instances.len() as i32 == model.spec.instances;
+    let ready = all_instances_ready && pooler_ready >= wanted_poolers;
+
+    let mut conditions = r.previous.map(|s| s.conditions.clone()).unwrap_or_default();
+    let g = r.generation;
+    let ready_message = if ready {
+        format!("{ready_instances} instance(s) and {pooler_ready} pooler(s) ready")
+    } else {
+        format!(
+            "{ready_instances}/{} instance(s) and {pooler_ready}/{wanted_poolers} pooler(s) ready",
+            model.spec.instances
+        )
+    };
+    set(
+        &mut conditions,
+        READY,
+        ready,
+        if ready { "Ready" } else { "NotReady" },
+        &ready_message,
+        g,
+        &r.now,
+    );
+    let progressing = !r.plan.step.is_steady() || !ready;
+    let (reason, message) = if r.plan.step.is_steady() && !ready {
+        (
+            "WaitingForPoolers",
+            format!("{pooler_ready}/{wanted_poolers} pooler(s) ready"),
+        )
+    } else {
+        (r.plan.step.reason(), r.plan.step.describe())
+    };
+    set(
+        &mut conditions,
+        RECONCILING,
+        progressing,
+        reason,
+        &message,
+        g,
+        &r.now,
+    );
+    match r.blocked {
+        Some(b) => set(
+            &mut conditions,
+            STALLED,
+            true,
+            b.reason,
+            &b.message,
+            g,
+            &r.now,
+        ),
+        None => set(
+            &mut conditions,
+            STALLED,
+            false,
+            "Reconciled",
+            "the spec can be applied",
+            g,
+            &r.now,
+        ),
+    }
+    let was_ready_once = r
+        .previous
+        .and_then(|s| s.current_primary.as_ref())
+        .is_some();
+    let degraded = r.apply_error.is_some() || (was_ready_once && !ready);
+    let degraded_message = match &r.apply_error {
+        Some(e) => e.clone(),
+        None if degraded => ready_message.clone(),
+        None => "all instances and poolers are ready".to_string(),
+    };
+    set(
+        &mut conditions,
+        DEGRADED,
+        degraded,
+        if r.apply_error.is_some() {
+            "ApplyFailed"
+        } else if degraded {
+            "NotAllReady"
+        } else {
+            "AllReady"
+        },
+        &degraded_message,
+        g,
+        &r.now,
+    );
+
+    let phase = if r.blocked.is_some() {
+        Phase::Stalled
+    } else if ready {
+        Phase::Ready
+    } else if was_ready_once || current_primary.is_some() {
+        Phase::Degraded
+    } else {
+        Phase::Creating
+    };
+
+    let mut transitions = vec![];
+    let was_ready = condition_is(r.previous, READY, "True");
+    if ready && !was_ready {
+        transitions.push(Transition {
+            warning: false,
+            reason: "ClusterReady".into(),
+            message: ready_message.clone(),
+        });
+    } else if !ready && was_ready {
+        transitions.push(Transition {
+            warning: true,
+            reason: "ClusterNotReady".into(),
+            message: ready_message.clone(),
+        });
+    }
+    if let Some(b) = r.blocked
+        && !condition_is(r.previous, STALLED, "True")
+    {
+        transitions.push(Transition {
+            warning: true,
+            reason: b.reason.into(),
+            message: b.message.clone(),
+        });
+    }
+
+    let tls = tls_sources(model);
+    let not_after = |kind: CertKind| {
+        r.observed
+            .secrets
+            .get(&kind.secret_name(cluster))
+            .and_then(|f| f.cert.as_ref())
+            .map(|c| c.not_after_rfc3339())
+    };
+    let provided_not_after = |secret: &str| {
+        r.observed
+            .secrets
+            .get(secret)
+            .and_then(|f| f.cert.as_ref())
+            .map(|c| c.not_after_rfc3339())
+    };
+    let managed = model.spec.tls.mode == crate::api::TlsMode::Managed;
+    let status = PostgresClusterStatus {
+        observed_generation: Some(g),
+        phase: Some(phase),
+        conditions,
+        current_primary,
+        target_primary: Some(r.plan.target_primary.clone()),
+        postgres_version: Some(model.postgres_version),
+        ready_instances,
+        instances,
+        proxy: Some(ProxyStatus {
+            replicas: pooler_replicas,
+            ready_replicas: pooler_ready,
+            service: names::pooler(cluster),
+        }),
+        endpoints: Some(Endpoints {
+            pooler: model.service_endpoint(&names::pooler(cluster), layout::POOLER_PORT),
+            read_write: model.service_endpoint(&names::rw_service(cluster), layout::POSTGRES_PORT),
+            read_only: model.service_endpoint(&names::ro_service(cluster), layout::POSTGRES_PORT),
+            read: model.service_endpoint(&names::r_service(cluster), layout::POSTGRES_PORT),
+        }),
+        tls: Some(TlsStatus {
+            ca_secret: tls.ca.clone(),
+            ca_not_after: r
+                .observed
+                .secrets
+                .get(&tls.ca)
+                .and_then(|f| f.ca_cert.as_ref())
+                .map(|c| c.not_after_rfc3339()),
+            server_not_after: if managed {
+                not_after(CertKind::Server)
+            } else {
+                provided_not_after(&tls.server)
+            },
+            pooler_not_after: if managed {
+                not_after(CertKind::Pooler)
+            } else {
+                provided_not_after(&tls.pooler)
+            },
+        }),
+        secrets: Some(SecretNames {
+            superuser: PasswordSecret::Superuser.name(cluster),
+            app: PasswordSecret::App.name(cluster),
+            replication: tls.replication,
+            pooler: PasswordSecret::Pooler.name(cluster),
+        }),
+    };
+    (status, transitions)
+}
+
+/// Status for a spec that cannot be applied: everything else is kept as it
+/// was, `Stalled` names the field and the fix.
+pub fn stalled(
+    previous: Option<&PostgresClusterStatus>,
+    generation: i64,
+    now: Time,
+    error: &SpecError,
+) -> (PostgresClusterStatus, Vec<Transition>) {
+    let mut status = previous.cloned().unwrap_or_default();
+    let message = error.to_string();
+    set(
+        &mut status.conditions,
+        STALLED,
+        true,
+        "InvalidSpec",
+        &message,
+        generation,
+        &now,
+    );
+    set(
+        &mut status.conditions,
+        RECONCILING,
+        false,
+        "InvalidSpec",
+        "waiting for the spec to be fixed",
+        generation,
+        &now,
+    );
+    if !status.conditions.iter().any(|c| c.type_ == READY) {
+        set(
+            &mut status.conditions,
+            READY,
+            false,
+            "InvalidSpec",
+            &message,
+            generation,
+            &now,
+        );
+    }
+    status.observed_generation = Some(generation);
+    status.phase = Some(Phase::Stalled);
+    let already = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == STALLED))
+        .is_some_and(|c| c.status == "True" && c.message == message);
+    let transitions = if already {
+        vec![]
+    } else {
+        vec![Transition {
+            warning: true,
+            reason: "InvalidSpec".into(),
+            message,
+        }]
+    };
+    (status, transitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+
+    use super::*;
+    use crate::operator::cluster::plan::plan;
+    use crate::resources::instance;
+    use crate::resources::model::fixtures::model;
+
+    fn now(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn pod(m: &Model, name: &str, ready: bool) -> Pod {
+        let mut p = instance::pod(m, name, if name == "db-1" { "primary" } else { "replica" });
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(format!("10.0.0.{}", &name[3..])),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        });
+        p
+    }
+
+    fn observed(m: &Model, ready: &[bool], poolers_ready: i32) -> Observed {
+        let mut d = crate::resources::proxy::deployment(m);
+        d.status = Some(DeploymentStatus {
+            replicas: Some(2),
+            ready_replicas: Some(poolers_ready),
+            ..DeploymentStatus::default()
+        });
+        Observed {
+            pods: ready
+                .iter()
+                .enumerate()
+                .map(|(i, r)| pod(m, &format!("db-{}", i + 1), *r))
+                .collect(),
+            pooler: Some(d),
+            ..Observed::default()
+        }
+    }
+
+    fn report(
+        m: &Model,
+        o: &Observed,
+        previous: Option<&PostgresClusterStatus>,
+        t: i64,
+    ) -> (PostgresClusterStatus, Vec<Transition>) {
+        let p = plan(m, o, previous).unwrap();
+        compute(&Report {
+            model: m,
+            observed: o,
+            plan: &p,
+            previous,
+            generation: 4,
+            now: now(t),
+            blocked: None,
+            apply_error: None,
+        })
+    }
+
+    fn condition<'a>(s: &'a PostgresClusterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn ready_only_when_every_instance_and_pooler_is() {
+        let m = model();
+        let (s, _) = report(&m, &observed(&m, &[true, true, true], 1), None, 100);
+        assert_eq!(condition(&s, READY).status, "False");
+        assert_eq!(condition(&s, RECONCILING).status, "True");
+        assert_eq!(condition(&s, RECONCILING).reason, "WaitingForPoolers");
+        let (s, t) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
+        assert_eq!(condition(&s, READY).status, "True");
+        assert_eq!(condition(&s, RECONCILING).status, "False");
+        assert_eq!(condition(&s, STALLED).status, "False");
+        assert_eq!(s.phase, Some(Phase::Ready));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.ready_instances, 3);
+        assert_eq!(s.current_primary.as_deref(), Some("db-1"));
+        assert_eq!(s.instances[0].role, "primary");
+        assert_eq!(s.instances[2].pod_ip.as_deref(), Some("10.0.0.3"));
+        assert_eq!(
+            s.endpoints.as_ref().unwrap().pooler,
+            "db-pooler.ns.svc:5432"
+        );
+        assert_eq!(
+            t,
+            vec![Transition {
+                warning: false,
+                reason: "ClusterReady".into(),
+                message: "3 instance(s) and 2 pooler(s) ready".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn losing_an_instance_degrades_and_keeps_transition_times() {
+        let m = model();
+        let (ready, _) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
+        let (s, t) = report(
+            &m,
+            &observed(&m, &[true, false, true], 2),
+            Some(&ready),
+            200,
+        );
+        assert_eq!(condition(&s, READY).status, "False");
+        assert_eq!(condition(&s, DEGRADED).status, "True");
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(t[0].reason, "ClusterNotReady");
+        assert!(t[0].warning);
+        // Stalled did not change: its transition time stays.
+        assert_eq!(condition(&s, STALLED).last_transition_time, now(100));
+        assert_eq!(condition(&s, READY).last_transition_time, now(200));
+    }
+
+    #[test]
+    fn a_new_cluster_is_creating_not_degraded() {
+        let m = model();
+        let (s, t) = report(&m, &Observed::default(), None, 100);
+        assert_eq!(s.phase, Some(Phase::Creating));
+        assert_eq!(condition(&s, DEGRADED).status, "False");
+        assert_eq!(condition(&s, RECONCILING).reason, "CreatingInstances");
+        assert_eq!(s.target_primary.as_deref(), Some("db-1"));
+        assert!(s.current_primary.is_none());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn blocked_work_is_stalled_with_its_reason() {
+        let m = model();
+        let o = observed(&m, &[true, true, true], 2);
+        let p = plan(&m, &o, None).unwrap();
+        let blocked = Blocked {
+            reason: "MajorUpgradeUnsupported",
+            message: "no".into(),
+        };
+        let (s, t) = compute(&Report {
+            model: &m,
+            observed: &o,
+            plan: &p,
+            previous: None,
+            generation: 1,
+            now: now(1),
+            blocked: Some(&blocked),
+            apply_error: None,
+        });
+        assert_eq!(condition(&s, STALLED).status, "True");
+        assert_eq!(condition(&s, STALLED).reason, "MajorUpgradeUnsupported");
+        assert_eq!(s.phase, Some(Phase::Stalled));
+        assert!(t.iter().any(|t| t.reason == "MajorUpgradeUnsupported"));
+    }
+
+    #[test]
+    fn invalid_spec_is_stalled_once_and_keeps_the_rest() {
+        let m = model();
+        let (ready, _) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
+        let err = SpecError {
+            field: "spec.postgres.parameters".into(),
+            message: "port is managed by Capstan and may not be set; remove it".into(),
+        };
+        let (s, t) = stalled(Some(&ready), 5, now(300), &err);
+        assert_eq!(s.observed_generation, Some(5));
+        assert_eq!(condition(&s, STALLED).status, "True");
+        assert!(
+            condition(&s, STALLED)
+                .message
+                .starts_with("spec.postgres.parameters: port")
+        );
+        assert_eq!(
+            s.current_primary.as_deref(),
+            Some("db-1"),
+            "what is known is kept"
+        );
+        assert_eq!(t.len(), 1);
+        let (_, again) = stalled(Some(&s), 5, now(400), &err);
+        assert!(again.is_empty(), "no Event storm for the same error");
+    }
+}

@@ -1,0 +1,484 @@
+//! Validate: turn a `PostgresCluster` and what was observed into a checked
+//! [`Model`], or an error naming the field and the fix.
+//!
+//! The CRD's CEL rules refuse most bad specs at admission; these checks catch
+//! what got past them (an API server without CEL, objects created before a
+//! rule existed) and what admission cannot see (missing Secrets).
+
+use crate::api::{PostgresCluster, TlsMode, defaults};
+use crate::contract::layout::files;
+use crate::pooler::managed as pgbouncer_managed;
+use crate::postgres::parameters as postgres_managed;
+use crate::resources::labels;
+use crate::resources::model::{Images, Model};
+use crate::resources::quantity;
+
+use super::observe::Observed;
+
+/// A spec that cannot be applied as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Path of the offending field, e.g. `spec.postgres.parameters`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Something that can proceed only partly: reported as Stalled while the
+/// rest of the cluster keeps being reconciled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    pub model: Model,
+    pub blocked: Option<Blocked>,
+}
+
+/// Everything [`validate`] checks except what needs the cluster's
+/// environment (user-provided Secrets): what `capstan render` can check
+/// offline.
+pub fn validate_offline(
+    cluster: &PostgresCluster,
+    operator_image: &str,
+) -> Result<Validated, SpecError> {
+    check(cluster, &Observed::default(), operator_image, false)
+}
+
+pub fn validate(
+    cluster: &PostgresCluster,
+    observed: &Observed,
+    operator_image: &str,
+) -> Result<Validated, SpecError> {
+    check(cluster, observed, operator_image, true)
+}
+
+fn check(
+    cluster: &PostgresCluster,
+    observed: &Observed,
+    operator_image: &str,
+    environment: bool,
+) -> Result<Validated, SpecError> {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let namespace = cluster
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let uid = cluster.metadata.uid.clone().unwrap_or_default();
+    let spec = &cluster.spec;
+
+    if name.is_empty() || name.len() > 50 || !is_dns_label(&name) {
+        return Err(invalid(
+            "metadata.name",
+            "must be at most 50 lowercase letters, digits and '-', starting with a letter; create the cluster under a shorter name",
+        ));
+    }
+    if !(1..=9).contains(&spec.instances) {
+        return Err(invalid(
+            "spec.instances",
+            format!("{} is out of range; use 1 to 9", spec.instances),
+        ));
+    }
+    if !(14..=18).contains(&spec.postgres.version) {
+        return Err(invalid(
+            "spec.postgres.version",
+            format!(
+                "{} is not supported; use 14, 15, 16, 17 or 18",
+                spec.postgres.version
+            ),
+        ));
+    }
+    let pg_managed = postgres_managed::managed_among(spec.postgres.parameters.keys());
+    if !pg_managed.is_empty() {
+        return Err(invalid(
+            "spec.postgres.parameters",
+            format!(
+                "{} is managed by Capstan and may not be set; remove it",
+                pg_managed.join(", ")
+            ),
+        ));
+    }
+    let pgb_managed: Vec<&str> = spec
+        .proxy
+        .pgbouncer
+        .parameters
+        .keys()
+        .filter(|k| pgbouncer_managed::is_managed(k))
+        .map(String::as_str)
+        .collect();
+    if !pgb_managed.is_empty() {
+        return Err(invalid(
+            "spec.proxy.pgbouncer.parameters",
+            format!(
+                "{} is managed by Capstan and may not be set; remove it",
+                pgb_managed.join(", ")
+            ),
+        ));
+    }
+    for (field, params) in [
+        ("spec.postgres.parameters", &spec.postgres.parameters),
+        (
+            "spec.proxy.pgbouncer.parameters",
+            &spec.proxy.pgbouncer.parameters,
+        ),
+    ] {
+        if let Some((k, _)) = params
+            .iter()
+            .find(|(k, v)| !is_parameter_name(k) || v.contains(['\n', '\r']))
+        {
+            return Err(invalid(
+                field,
+                format!(
+                    "{k:?} has an invalid name or a multi-line value; use one line per setting"
+                ),
+            ));
+        }
+    }
+    if let Some(line) = spec.postgres.hba.iter().find(|l| !is_hostssl_rule(l)) {
+        return Err(invalid(
+            "spec.postgres.hba",
+            format!(
+                "{line:?} is not a single-line hostssl rule; Capstan accepts TLS connections only"
+            ),
+        ));
+    }
+    for (field, storage) in [
+        ("spec.storage.size", Some(&spec.storage)),
+        ("spec.walStorage.size", spec.wal_storage.as_ref()),
+    ] {
+        if let Some(storage) = storage {
+            match quantity::to_units(&storage.size.0) {
+                Ok(0) | Err(_) => {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "{:?} is not a positive size; use a quantity such as 10Gi",
+                            storage.size.0
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    let pgb = &spec.proxy.pgbouncer;
+    if !(1..=32).contains(&pgb.replicas) {
+        return Err(invalid("spec.proxy.pgbouncer.replicas", "use 1 to 32"));
+    }
+    if pgb.max_client_conn < 1 || pgb.default_pool_size < 1 {
+        return Err(invalid(
+            "spec.proxy.pgbouncer",
+            "maxClientConn and defaultPoolSize must be at least 1",
+        ));
+    }
+    validate_tls(cluster, observed, environment)?;
+
+    // The data files decide which major runs: a raised version waits for a
+    // major upgrade instead of starting new binaries on old files.
+    let data_version = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.postgres_version)
+        .unwrap_or(spec.postgres.version);
+    let mut blocked = None;
+    if spec.postgres.version < data_version {
+        return Err(invalid(
+            "spec.postgres.version",
+            format!(
+                "the data is at PostgreSQL {data_version}; it cannot be downgraded to {}",
+                spec.postgres.version
+            ),
+        ));
+    }
+    let postgres_image = if spec.postgres.version > data_version {
+        blocked = Some(Blocked {
+            reason: "MajorUpgradeUnsupported",
+            message: format!(
+                "spec.postgres.version asks for PostgreSQL {} but the data is at {data_version}; this Capstan version cannot run major upgrades yet, so the instances keep running {data_version}",
+                spec.postgres.version
+            ),
+        });
+        running_image(observed).unwrap_or_else(|| defaults::postgres_image(data_version))
+    } else {
+        spec.postgres
+            .image
+            .clone()
+            .unwrap_or_else(|| defaults::postgres_image(data_version))
+    };
+
+    Ok(Validated {
+        model: Model {
+            name,
+            namespace,
+            uid,
+            spec: spec.clone(),
+            images: Images {
+                operator: operator_image.to_string(),
+                postgres: postgres_image,
+                pgbouncer: pgb
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| defaults::PGBOUNCER_IMAGE.to_string()),
+            },
+            postgres_version: data_version,
+        },
+        blocked,
+    })
+}
+
+fn validate_tls(
+    cluster: &PostgresCluster,
+    observed: &Observed,
+    environment: bool,
+) -> Result<(), SpecError> {
+    let tls = &cluster.spec.tls;
+    match (tls.mode, &tls.provided) {
+        (TlsMode::Managed, None) => Ok(()),
+        (TlsMode::Managed, Some(_)) => Err(invalid(
+            "spec.tls.provided",
+            "is set but spec.tls.mode is Managed; remove it or set mode: Provided",
+        )),
+        (TlsMode::Provided, None) => Err(invalid(
+            "spec.tls.provided",
+            "is required when spec.tls.mode is Provided; name your CA, server, replication and pooler Secrets",
+        )),
+        (TlsMode::Provided, Some(_)) if !environment => Ok(()),
+        (TlsMode::Provided, Some(p)) => {
+            let checks = [
+                (
+                    "spec.tls.provided.caSecretName",
+                    &p.ca_secret_name,
+                    &[files::CA_CRT][..],
+                ),
+                (
+                    "spec.tls.provided.serverSecretName",
+                    &p.server_secret_name,
+                    &[files::TLS_CRT, files::TLS_KEY][..],
+                ),
+                (
+                    "spec.tls.provided.replicationSecretName",
+                    &p.replication_secret_name,
+                    &[files::TLS_CRT, files::TLS_KEY][..],
+                ),
+                (
+                    "spec.tls.provided.poolerSecretName",
+                    &p.pooler_secret_name,
+                    &[files::TLS_CRT, files::TLS_KEY][..],
+                ),
+            ];
+            for (field, secret, keys) in checks {
+                let Some(facts) = observed.secrets.get(secret) else {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "Secret {secret:?} does not exist in this namespace; create it or fix the name"
+                        ),
+                    ));
+                };
+                if let Some(missing) = keys.iter().find(|k| !facts.keys.contains(**k)) {
+                    return Err(invalid(
+                        field,
+                        format!("Secret {secret:?} has no {missing:?} key"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Image of the PostgreSQL container of a running instance pod.
+fn running_image(observed: &Observed) -> Option<String> {
+    observed
+        .pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(labels::INSTANCE))
+        })
+        .find_map(|p| {
+            p.spec
+                .as_ref()?
+                .containers
+                .iter()
+                .find(|c| c.name == "postgres")?
+                .image
+                .clone()
+        })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.first().is_some_and(u8::is_ascii_lowercase)
+        && bytes
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn is_parameter_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+fn is_hostssl_rule(line: &str) -> bool {
+    (line.starts_with("hostssl ") || line.starts_with("hostssl\t")) && !line.contains(['\n', '\r'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PostgresClusterStatus, ProvidedTls};
+    use crate::operator::cluster::observe::SecretFacts;
+    use serde_json::json;
+
+    fn cluster(spec: serde_json::Value) -> PostgresCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "capstan.dev/v1alpha1",
+            "kind": "PostgresCluster",
+            "metadata": {"name": "db", "namespace": "ns", "uid": "u1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"postgres": {"version": 17}, "storage": {"size": "1Gi"}})
+    }
+
+    fn check(c: &PostgresCluster) -> Result<Validated, SpecError> {
+        validate(c, &Observed::default(), "capstan:1")
+    }
+
+    #[test]
+    fn defaults_fill_the_model() {
+        let v = check(&cluster(base())).unwrap();
+        assert!(v.blocked.is_none());
+        let m = v.model;
+        assert_eq!(m.spec.instances, 1);
+        assert_eq!(m.images.postgres, "docker.io/library/postgres:17-bookworm");
+        assert_eq!(m.images.pgbouncer, defaults::PGBOUNCER_IMAGE);
+        assert_eq!(m.images.operator, "capstan:1");
+        assert_eq!(m.spec.proxy.pgbouncer.replicas, 2);
+        assert_eq!(m.postgres_version, 17);
+    }
+
+    #[test]
+    fn managed_parameters_that_slipped_past_admission_are_named() {
+        let mut c = cluster(base());
+        c.spec
+            .postgres
+            .parameters
+            .insert("listen_addresses".into(), "*".into());
+        let err = check(&c).unwrap_err();
+        assert_eq!(err.field, "spec.postgres.parameters");
+        assert!(err.message.contains("listen_addresses"), "{err}");
+        let mut c = cluster(base());
+        c.spec
+            .proxy
+            .pgbouncer
+            .parameters
+            .insert("auth_type".into(), "trust".into());
+        assert!(
+            check(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("auth_type is managed by Capstan")
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let mut c = cluster(base());
+        c.spec.instances = 12;
+        assert_eq!(check(&c).unwrap_err().field, "spec.instances");
+        let mut c = cluster(base());
+        c.spec.postgres.version = 12;
+        assert_eq!(check(&c).unwrap_err().field, "spec.postgres.version");
+        let mut c = cluster(base());
+        c.spec.storage.size.0 = "lots".into();
+        assert_eq!(check(&c).unwrap_err().field, "spec.storage.size");
+        let mut c = cluster(base());
+        c.spec.postgres.hba.push("host all all all trust".into());
+        assert_eq!(check(&c).unwrap_err().field, "spec.postgres.hba");
+        let mut c = cluster(base());
+        c.metadata.name = Some("Db".into());
+        assert_eq!(check(&c).unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn provided_tls_needs_existing_secrets_with_the_right_keys() {
+        let mut c = cluster(base());
+        c.spec.tls.mode = TlsMode::Provided;
+        assert_eq!(check(&c).unwrap_err().field, "spec.tls.provided");
+        c.spec.tls.provided = Some(ProvidedTls {
+            ca_secret_name: "ca".into(),
+            server_secret_name: "srv".into(),
+            replication_secret_name: "repl".into(),
+            pooler_secret_name: "pool".into(),
+        });
+        let err = check(&c).unwrap_err();
+        assert_eq!(err.field, "spec.tls.provided.caSecretName");
+        assert!(err.message.contains("does not exist"));
+        let mut observed = Observed::default();
+        let facts = |keys: &[&str]| SecretFacts {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            ..SecretFacts::default()
+        };
+        observed.secrets.insert("ca".into(), facts(&["ca.crt"]));
+        observed.secrets.insert("srv".into(), facts(&["tls.crt"]));
+        observed
+            .secrets
+            .insert("repl".into(), facts(&["tls.crt", "tls.key"]));
+        observed
+            .secrets
+            .insert("pool".into(), facts(&["tls.crt", "tls.key"]));
+        let err = validate(&c, &observed, "x").unwrap_err();
+        assert_eq!(err.field, "spec.tls.provided.serverSecretName");
+        assert!(err.message.contains("tls.key"));
+        observed
+            .secrets
+            .insert("srv".into(), facts(&["tls.crt", "tls.key"]));
+        assert!(validate(&c, &observed, "x").is_ok());
+    }
+
+    #[test]
+    fn a_raised_major_is_blocked_and_keeps_the_running_version() {
+        let mut c = cluster(base());
+        c.status = Some(PostgresClusterStatus {
+            postgres_version: Some(16),
+            ..PostgresClusterStatus::default()
+        });
+        let v = check(&c).unwrap();
+        let blocked = v.blocked.unwrap();
+        assert_eq!(blocked.reason, "MajorUpgradeUnsupported");
+        assert!(blocked.message.contains("keep running 16"));
+        assert_eq!(
+            v.model.images.postgres,
+            "docker.io/library/postgres:16-bookworm"
+        );
+        assert_eq!(v.model.postgres_version, 16);
+        // Lowered below the data version (possible only without CEL): refused.
+        c.spec.postgres.version = 15;
+        assert_eq!(check(&c).unwrap_err().field, "spec.postgres.version");
+    }
+}

@@ -1,0 +1,268 @@
+//! The `PostgresCluster` controller: one reconcile runs the pipeline of
+//! `cluster/` and reports the outcome in status and Events.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::cluster::apply::{self, Applied, FIELD_MANAGER};
+use super::cluster::observe::observe;
+use super::cluster::plan::{self, Deletion, Plan};
+use super::cluster::status::{self, Report, Transition};
+use super::cluster::validate::validate;
+use super::context::Context;
+use super::error::Error;
+use super::metrics::ErrorCategory;
+use crate::api::{PostgresCluster, PostgresClusterStatus};
+use crate::resources::labels;
+
+/// Requeue while an operation is under way (child events usually come first).
+const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
+/// Periodic resync of a settled cluster.
+const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+
+fn key(cluster: &PostgresCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&key(&cluster));
+    }
+    result
+}
+
+async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let now = jiff::Timestamp::now();
+    let observed = observe(&ctx.client, cluster, now.as_second())
+        .await
+        .map_err(Error::Observe)?;
+    let generation = cluster.metadata.generation.unwrap_or(0);
+    let previous = cluster.status.as_ref();
+
+    let validated = match validate(cluster, &observed, &ctx.config.operator_image) {
+        Ok(v) => v,
+        Err(spec_error) => {
+            warn!(cluster = %name, field = %spec_error.field, error = %spec_error, "spec cannot be applied");
+            ctx.metrics.error(ErrorCategory::InvalidSpec);
+            let (status, transitions) =
+                status::stalled(previous, generation, Time(now), &spec_error);
+            write_status(ctx, cluster, &status).await?;
+            publish(ctx, cluster, &transitions).await;
+            // Only a spec change can fix this: wait for one, no retry storm.
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Instance managers decide their role from targetPrimary before they
+    // start PostgreSQL, so it is recorded before any pod exists.
+    if previous.and_then(|s| s.target_primary.as_ref()).is_none() {
+        let plan = plan::plan(&validated.model, &observed, previous)?;
+        let initial = PostgresClusterStatus {
+            target_primary: Some(plan.target_primary.clone()),
+            postgres_version: Some(validated.model.postgres_version),
+            ..previous.cloned().unwrap_or_default()
+        };
+        write_status(ctx, cluster, &initial).await?;
+        info!(cluster = %name, primary = %plan.target_primary, "chose the first primary");
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+
+    let plan = plan::plan(&validated.model, &observed, previous)?;
+    let (applied, apply_error) = match apply::apply(&ctx.client, &validated.model, &plan).await {
+        Ok(applied) => (applied, None),
+        Err(e) => (Applied::default(), Some(e)),
+    };
+    let mut problems: Vec<String> = applied.refused.clone();
+    if let Some(e) = &apply_error {
+        problems.push(e.to_string());
+    }
+    let (new_status, transitions) = status::compute(&Report {
+        model: &validated.model,
+        observed: &observed,
+        plan: &plan,
+        previous,
+        generation,
+        now: Time(now),
+        blocked: validated.blocked.as_ref(),
+        apply_error: (!problems.is_empty()).then(|| problems.join("; ")),
+    });
+    if previous != Some(&new_status) {
+        write_status(ctx, cluster, &new_status).await?;
+    }
+    publish(ctx, cluster, &operation_events(&plan, &applied)).await;
+    publish(ctx, cluster, &transitions).await;
+    if let Some(e) = apply_error {
+        return Err(e.into());
+    }
+    let settled =
+        plan.step.is_steady() && status::condition_is(Some(&new_status), status::READY, "True");
+    Ok(Action::requeue(if settled {
+        STEADY_REQUEUE
+    } else {
+        PROGRESS_REQUEUE
+    }))
+}
+
+/// Events for what this reconcile did.
+fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
+    let mut out = vec![];
+    let normal = |reason: &str, message: String| Transition {
+        warning: false,
+        reason: reason.into(),
+        message,
+    };
+    for pod in &applied.created_pods {
+        let role = if *pod == plan.target_primary {
+            labels::ROLE_PRIMARY
+        } else {
+            labels::ROLE_REPLICA
+        };
+        out.push(normal(
+            "CreatedInstance",
+            format!("created instance {pod} ({role})"),
+        ));
+    }
+    for deletion in &applied.deleted {
+        match deletion {
+            Deletion::Pod(p) => out.push(normal(
+                "DeletedPod",
+                format!("deleted pod {p}: {}", plan.step.describe()),
+            )),
+            Deletion::Pvc(p) => out.push(normal(
+                "DeletedVolume",
+                format!("deleted volume {p} of a removed instance"),
+            )),
+            Deletion::Pdb(_) => {}
+        }
+    }
+    for secret in &applied.created_secrets {
+        out.push(normal("CreatedSecret", format!("generated {secret}")));
+    }
+    for (kind, reason) in &applied.issued {
+        out.push(normal(
+            "IssuedCertificate",
+            format!("issued the {kind:?} certificate ({reason:?})"),
+        ));
+    }
+    for refusal in &applied.refused {
+        out.push(Transition {
+            warning: true,
+            reason: "ApplyRefused".into(),
+            message: refusal.clone(),
+        });
+    }
+    out
+}
+
+async fn write_status(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    status: &PostgresClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<PostgresCluster> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": PostgresCluster::api_version(&()),
+        "kind": PostgresCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, cluster: &PostgresCluster, transitions: &[Transition]) {
+    let reference = cluster.object_ref(&());
+    for t in transitions {
+        let event = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason.clone(),
+            note: Some(t.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An Event that cannot be written must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(cluster = %cluster.name_any(), reason = %t.reason, error = %e, "cannot publish Event");
+        }
+    }
+}
+
+pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.category());
+    let wait = ctx.backoff(&key(&cluster));
+    warn!(cluster = %cluster.name_any(), error = %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = ctx.config.namespace.clone();
+    fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    // Only Capstan's own children are watched, so memory stays small however
+    // many other objects the namespace holds.
+    let children =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    Controller::new(
+        api::<PostgresCluster>(&client, &ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<Pod>(&client, &ns), children.clone())
+    .owns(api::<PersistentVolumeClaim>(&client, &ns), children.clone())
+    .owns(api::<Deployment>(&client, &ns), children.clone())
+    .owns(api::<Service>(&client, &ns), children.clone())
+    .owns(api::<Secret>(&client, &ns), children.clone())
+    .owns(api::<ConfigMap>(&client, &ns), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
+}

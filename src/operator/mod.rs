@@ -1,0 +1,205 @@
+//! `capstan operator`: the controller manager (DESIGN §2, §4).
+
+pub mod cluster;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use kube::api::ListParams;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::PostgresCluster;
+use context::{Context, OperatorConfig};
+use http::Health;
+use metrics::Metrics;
+
+/// Lease that elects the one active operator replica.
+pub const LEADER_LEASE: &str = "capstan-operator";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Image carrying the capstan binary, used by the init container of
+    /// every instance and pooler pod (normally the operator's own image).
+    #[arg(long, env = "CAPSTAN_IMAGE", default_value = concat!("ghcr.io/capstan-dev/capstan:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "CAPSTAN_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "CAPSTAN_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    pub probe_addr: SocketAddr,
+    /// Elect one active replica through a Lease (keep on when running more
+    /// than one replica).
+    #[arg(long, env = "CAPSTAN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Identity in the leader Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot connect to Kubernetes: {0} (set KUBECONFIG or run in a pod with a service account)"
+    )]
+    Connect(#[source] kube::Error),
+    #[error(
+        "the PostgresCluster CRD (postgresclusters.capstan.dev) is not installed: install it with `kubectl apply --server-side -f crds/` or the Helm chart, then restart the operator"
+    )]
+    CrdMissing,
+    #[error(
+        "the operator may not list PostgresClusters ({0}); check its ClusterRole/Role bindings"
+    )]
+    Forbidden(String),
+    #[error("cannot check the CRD: {0}")]
+    Check(#[source] kube::Error),
+    #[error("leader election failed: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost leadership; exiting so a fresh process can rejoin the election")]
+    LostLeadership,
+    #[error("probe server on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Fails with a clear message when the CRD is missing or unreadable.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+    let api: Api<PostgresCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(RunError::Forbidden(s.message)),
+        Err(e) => Err(RunError::Check(e)),
+    }
+}
+
+fn shutdown_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+pub async fn run(args: Args) -> Result<(), RunError> {
+    let token = CancellationToken::new();
+    shutdown_on_signal(token.clone());
+    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+    let addr = args.probe_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Http { addr, source })?;
+    let http_token = token.clone();
+    let router = http::router(health.clone());
+    tokio::spawn(async move {
+        let shutdown = async move { http_token.cancelled().await };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "probe server stopped");
+        }
+    });
+
+    check_crd(&client, args.namespace.as_deref()).await?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("capstan-operator-{}", std::process::id()));
+    let reporter = Reporter {
+        controller: "capstan-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        OperatorConfig {
+            operator_image: args.image.clone(),
+            namespace: args.namespace.clone(),
+        },
+        metrics,
+    ));
+
+    if !args.leader_elect {
+        info!(namespace = ?args.namespace, "starting controller (leader election off)");
+        controller::run(ctx, async move { token.cancelled().await }).await;
+        return Ok(());
+    }
+
+    let manager = LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(cluster::apply::FIELD_MANAGER)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    info!(identity = %identity, lease = LEADER_LEASE, "waiting for leadership");
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { return Err(RunError::LostLeadership) },
+            _ = token.cancelled() => return Ok(()),
+        }
+    }
+    info!(identity = %identity, namespace = ?args.namespace, "leader: starting controller");
+    let lost = async move {
+        while leader.changed().await.is_ok() {
+            if !*leader.borrow() {
+                break;
+            }
+        }
+    };
+    let controller_token = token.clone();
+    let outcome = tokio::select! {
+        _ = controller::run(ctx, async move { controller_token.cancelled().await }) => Ok(()),
+        _ = lost => Err(RunError::LostLeadership),
+    };
+    // Dropping the receiver makes the lease task release the lease, so a
+    // standby replica takes over at once instead of after expiry.
+    match lease_task.await {
+        Ok(Err(e)) => warn!(error = %e, "releasing the leader lease failed"),
+        Err(e) => warn!(error = %e, "lease task failed"),
+        Ok(Ok(_)) => {}
+    }
+    outcome
+}
