@@ -26,7 +26,16 @@ fn examples() -> Vec<PathBuf> {
 #[test]
 fn examples_pass_the_cel_rules() {
     let crd = PostgresCluster::crd();
-    let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
     for file in examples() {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
@@ -43,7 +52,8 @@ fn examples_pass_the_cel_rules() {
 #[test]
 fn examples_render() {
     for file in examples() {
-        let out = capstan::render::render_file(&file, "capstan:test").unwrap_or_else(|e| panic!("{e}"));
+        let out =
+            capstan::render::render_file(&file, "capstan:test").unwrap_or_else(|e| panic!("{e}"));
         assert!(out.contains("kind: Deployment"), "{}", file.display());
         assert!(out.contains("kind: Pod"), "{}", file.display());
     }

@@ -125,54 +125,79 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     }))
 }
 
-/// Events for what this reconcile did.
+/// Events for what this reconcile did, one per kind of action (Events with
+/// the same reason are merged into a series by the recorder, so details of
+/// later ones would be lost).
 fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
     let mut out = vec![];
-    let normal = |reason: &str, message: String| Transition {
-        warning: false,
-        reason: reason.into(),
-        message,
-    };
-    for pod in &applied.created_pods {
-        let role = if *pod == plan.target_primary {
-            labels::ROLE_PRIMARY
-        } else {
-            labels::ROLE_REPLICA
-        };
-        out.push(normal(
-            "CreatedInstance",
-            format!("created instance {pod} ({role})"),
-        ));
-    }
-    for deletion in &applied.deleted {
-        match deletion {
-            Deletion::Pod(p) => out.push(normal(
-                "DeletedPod",
-                format!("deleted pod {p}: {}", plan.step.describe()),
-            )),
-            Deletion::Pvc(p) => out.push(normal(
-                "DeletedVolume",
-                format!("deleted volume {p} of a removed instance"),
-            )),
-            Deletion::Pdb(_) => {}
+    let mut add = |warning: bool, reason: &str, items: Vec<String>| {
+        if !items.is_empty() {
+            out.push(Transition {
+                warning,
+                reason: reason.into(),
+                message: items.join("; "),
+            });
         }
-    }
-    for secret in &applied.created_secrets {
-        out.push(normal("CreatedSecret", format!("generated {secret}")));
-    }
-    for (kind, reason) in &applied.issued {
-        out.push(normal(
-            "IssuedCertificate",
-            format!("issued the {kind:?} certificate ({reason:?})"),
-        ));
-    }
-    for refusal in &applied.refused {
-        out.push(Transition {
-            warning: true,
-            reason: "ApplyRefused".into(),
-            message: refusal.clone(),
-        });
-    }
+    };
+    add(
+        false,
+        "CreatedInstances",
+        applied
+            .created_pods
+            .iter()
+            .map(|pod| {
+                let role = if *pod == plan.target_primary {
+                    labels::ROLE_PRIMARY
+                } else {
+                    labels::ROLE_REPLICA
+                };
+                format!("created instance {pod} ({role})")
+            })
+            .collect(),
+    );
+    add(
+        false,
+        "DeletedPods",
+        applied
+            .deleted
+            .iter()
+            .filter_map(|d| match d {
+                Deletion::Pod(p) => Some(format!("deleted pod {p}: {}", plan.step.describe())),
+                _ => None,
+            })
+            .collect(),
+    );
+    add(
+        false,
+        "DeletedVolumes",
+        applied
+            .deleted
+            .iter()
+            .filter_map(|d| match d {
+                Deletion::Pvc(p) => Some(format!("deleted volume {p} of a removed instance")),
+                _ => None,
+            })
+            .collect(),
+    );
+    add(
+        false,
+        "CreatedSecrets",
+        applied
+            .created_secrets
+            .iter()
+            .map(|s| format!("generated {s}"))
+            .collect(),
+    );
+    add(
+        false,
+        "IssuedCertificates",
+        applied
+            .issued
+            .iter()
+            .map(|(kind, reason)| format!("issued the {kind:?} certificate ({reason:?})"))
+            .collect(),
+    );
+    add(true, "ApplyRefused", applied.refused.clone());
     out
 }
 

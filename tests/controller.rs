@@ -1,0 +1,427 @@
+//! The controller against kube's `tower-test` API double: every request the
+//! reconciler sends is recorded and answered by a scripted server, and the
+//! tests check the exact sequence and the bodies.
+
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use tower_test::mock;
+
+use capstan::api::PostgresCluster;
+use capstan::operator::context::{Context, OperatorConfig};
+use capstan::operator::controller::{error_policy, reconcile};
+use capstan::operator::metrics::Metrics;
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Call {
+    fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+type Log = Arc<Mutex<Vec<Call>>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
+    )
+}
+
+/// Answers like an API server holding `cluster` and nothing else: lists are
+/// empty, gets are 404, writes echo their body.
+fn answer(call: &Call, cluster: &Value) -> Response<Body> {
+    let path = call.path.as_str();
+    match call.method {
+        Method::GET if path.ends_with("/deployments/db-pooler") => not_found(path),
+        Method::GET if path.contains("poddisruptionbudgets") => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"}, "items": []}),
+        ),
+        Method::GET => json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+        ),
+        Method::PATCH if path.ends_with("/status") => {
+            let mut out = cluster.clone();
+            out["status"] = call.body["status"].clone();
+            json_response(StatusCode::OK, &out)
+        }
+        Method::PATCH | Method::POST => {
+            let mut body = call.body.clone();
+            if body.get("metadata").is_none() {
+                body["metadata"] = json!({"name": "x"});
+            }
+            json_response(StatusCode::CREATED, &body)
+        }
+        _ => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({})),
+    }
+}
+
+async fn serve(handle: mock::Handle<Request<Body>, Response<Body>>, cluster: Value, log: Log) {
+    let mut handle = pin!(handle);
+    while let Some((request, send)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        let call = Call {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            content_type: parts
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            body,
+        };
+        let response = answer(&call, &cluster);
+        log.lock().unwrap().push(call);
+        send.send_response(response);
+    }
+}
+
+fn cluster(spec: Value, status: Option<Value>) -> Value {
+    let mut c = json!({
+        "apiVersion": "capstan.dev/v1alpha1",
+        "kind": "PostgresCluster",
+        "metadata": {"name": "db", "namespace": "ns", "uid": "uid-7", "generation": 3, "resourceVersion": "10"},
+        "spec": spec,
+    });
+    if let Some(s) = status {
+        c["status"] = s;
+    }
+    c
+}
+
+fn valid_spec() -> Value {
+    json!({"instances": 3, "postgres": {"version": 17}, "storage": {"size": "1Gi"}})
+}
+
+/// Runs one reconcile of `object` against the API double.
+async fn run(
+    object: Value,
+) -> (
+    Result<Action, capstan::operator::error::Error>,
+    Vec<Call>,
+    Arc<Context>,
+) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let log: Log = Arc::default();
+    let server = tokio::spawn(serve(handle, object.clone(), log.clone()));
+    let client = Client::new(service, "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "capstan-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        OperatorConfig {
+            operator_image: "capstan:test".into(),
+            namespace: None,
+        },
+        Arc::new(Metrics::default()),
+    ));
+    let cluster: PostgresCluster = serde_json::from_value(object).unwrap();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        reconcile(Arc::new(cluster), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finished");
+    drop(ctx.client.clone());
+    server.abort();
+    let calls = log.lock().unwrap().clone();
+    (result, calls, ctx)
+}
+
+const OBSERVE: [&str; 5] = [
+    "GET /api/v1/namespaces/ns/pods",
+    "GET /api/v1/namespaces/ns/persistentvolumeclaims",
+    "GET /apis/apps/v1/namespaces/ns/deployments/db-pooler",
+    "GET /apis/policy/v1/namespaces/ns/poddisruptionbudgets",
+    "GET /api/v1/namespaces/ns/secrets",
+];
+
+#[tokio::test]
+async fn a_new_cluster_first_records_its_primary() {
+    let (result, calls, _) = run(cluster(valid_spec(), None)).await;
+    let action = result.unwrap();
+    let lines: Vec<String> = calls.iter().map(Call::line).collect();
+    let mut expected: Vec<String> = OBSERVE.iter().map(|s| s.to_string()).collect();
+    expected
+        .push("PATCH /apis/capstan.dev/v1alpha1/namespaces/ns/postgresclusters/db/status".into());
+    assert_eq!(lines, expected);
+    let status = &calls[5].body["status"];
+    assert_eq!(status["targetPrimary"], "db-1");
+    assert_eq!(status["postgresVersion"], 17);
+    // No child exists before the primary is recorded.
+    assert!(!calls.iter().any(|c| c.method == Method::POST));
+    assert_eq!(action, Action::requeue(std::time::Duration::ZERO));
+}
+
+#[tokio::test]
+async fn first_full_reconcile_creates_children_with_server_side_apply() {
+    let status = json!({"targetPrimary": "db-1", "postgresVersion": 17});
+    let (result, calls, _) = run(cluster(valid_spec(), Some(status))).await;
+    result.unwrap();
+    let lines: Vec<String> = calls.iter().map(Call::line).collect();
+    let ns = "/api/v1/namespaces/ns";
+    let mut expected: Vec<String> = OBSERVE.iter().map(|s| s.to_string()).collect();
+    expected.extend(
+        [
+            // Generated secrets are created (never applied over an existing one).
+            format!("POST {ns}/secrets"),
+            format!("POST {ns}/secrets"),
+            format!("POST {ns}/secrets"),
+            format!("POST {ns}/secrets"),
+            format!("PATCH {ns}/secrets/db-ca"),
+            format!("PATCH {ns}/secrets/db-server-tls"),
+            format!("PATCH {ns}/secrets/db-replication-tls"),
+            format!("PATCH {ns}/secrets/db-pooler-tls"),
+            format!("PATCH {ns}/secrets/db-agent-tls"),
+            format!("PATCH {ns}/secrets/db-operator-tls"),
+            format!("PATCH {ns}/configmaps/db-config"),
+            format!("PATCH {ns}/services/db-rw"),
+            format!("PATCH {ns}/services/db-ro"),
+            format!("PATCH {ns}/services/db-r"),
+            format!("PATCH {ns}/services/db-pooler"),
+            format!("PATCH {ns}/serviceaccounts/db-instance"),
+            format!("PATCH {ns}/serviceaccounts/db-pooler"),
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/db-instance".into(),
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/db-instance"
+                .into(),
+            format!("PATCH {ns}/persistentvolumeclaims/db-1"),
+            format!("PATCH {ns}/persistentvolumeclaims/db-2"),
+            format!("PATCH {ns}/persistentvolumeclaims/db-3"),
+            "PATCH /apis/apps/v1/namespaces/ns/deployments/db-pooler".into(),
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/db-primary".into(),
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/db-replicas".into(),
+            "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/db-pooler".into(),
+            // Only the primary first: replicas clone it once it is ready.
+            format!("POST {ns}/pods"),
+            "PATCH /apis/capstan.dev/v1alpha1/namespaces/ns/postgresclusters/db/status".into(),
+        ]
+        .into_iter(),
+    );
+    let events_start = expected.len();
+    assert_eq!(
+        lines[..events_start.min(lines.len())],
+        expected[..],
+        "full sequence: {lines:#?}"
+    );
+    // Then Events, one per thing done.
+    assert!(
+        lines[events_start..]
+            .iter()
+            .all(|l| l == "POST /apis/events.k8s.io/v1/namespaces/ns/events"),
+        "{lines:#?}"
+    );
+    let reasons: Vec<&str> = calls[events_start..]
+        .iter()
+        .filter_map(|c| c.body["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["CreatedInstances", "CreatedSecrets", "IssuedCertificates"]
+    );
+    let issued = calls[events_start + 2].body["note"].as_str().unwrap();
+    assert!(
+        issued.contains("Server certificate (Missing)") && issued.contains("Operator certificate"),
+        "{issued}"
+    );
+
+    for call in calls.iter().filter(|c| c.method == Method::PATCH) {
+        assert_eq!(
+            call.content_type,
+            "application/apply-patch+yaml",
+            "{}",
+            call.line()
+        );
+        assert!(
+            call.query.contains("fieldManager=capstan-operator"),
+            "{}: {}",
+            call.line(),
+            call.query
+        );
+        assert!(call.query.contains("force=true"), "{}", call.line());
+    }
+    for call in calls
+        .iter()
+        .filter(|c| c.path.contains("/persistentvolumeclaims/") || c.path.contains("/services/"))
+    {
+        let owner = &call.body["metadata"]["ownerReferences"];
+        if call.path.contains("/services/") {
+            assert_eq!(owner[0]["uid"], "uid-7", "{}", call.line());
+            assert_eq!(owner[0]["controller"], true);
+        } else {
+            assert!(
+                owner.is_null(),
+                "volumes are retained by default: {}",
+                call.line()
+            );
+        }
+    }
+    let pod = calls
+        .iter()
+        .find(|c| c.method == Method::POST && c.path.ends_with("/pods"))
+        .unwrap();
+    assert_eq!(pod.body["metadata"]["name"], "db-1");
+    assert_eq!(
+        pod.body["metadata"]["labels"]["capstan.dev/role"],
+        "primary"
+    );
+    let passwords: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.method == Method::POST && c.path.ends_with("/secrets"))
+        .map(|c| &c.body["stringData"]["password"])
+        .filter(|p| p.is_string())
+        .collect();
+    assert_eq!(passwords.len(), 3);
+    assert!(passwords.iter().all(|p| p.as_str().unwrap().len() == 32));
+}
+
+#[tokio::test]
+async fn status_patch_carries_observed_generation_and_conditions() {
+    let status = json!({"targetPrimary": "db-1", "postgresVersion": 17});
+    let (_, calls, _) = run(cluster(valid_spec(), Some(status))).await;
+    let patch = calls.iter().find(|c| c.path.ends_with("/status")).unwrap();
+    let status = &patch.body["status"];
+    assert_eq!(status["observedGeneration"], 3);
+    assert_eq!(status["phase"], "Creating");
+    let conditions = status["conditions"].as_array().unwrap();
+    let find = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap();
+    assert_eq!(find("Ready")["status"], "False");
+    assert_eq!(find("Reconciling")["status"], "True");
+    assert_eq!(find("Reconciling")["reason"], "CreatingInstances");
+    assert_eq!(find("Stalled")["status"], "False");
+    assert!(conditions.iter().all(|c| c["observedGeneration"] == 3));
+    assert_eq!(patch.body["apiVersion"], "capstan.dev/v1alpha1");
+    assert_eq!(patch.body["kind"], "PostgresCluster");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_stalled_with_an_event_and_no_retry_storm() {
+    // A managed parameter that an API server without CEL let through.
+    let spec = json!({"instances": 3, "postgres": {"version": 17, "parameters": {"port": "6543"}}, "storage": {"size": "1Gi"}});
+    let (result, calls, ctx) = run(cluster(spec, None)).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::await_change(),
+        "only a spec change can fix it"
+    );
+    let lines: Vec<String> = calls.iter().map(Call::line).collect();
+    let mut expected: Vec<String> = OBSERVE.iter().map(|s| s.to_string()).collect();
+    expected
+        .push("PATCH /apis/capstan.dev/v1alpha1/namespaces/ns/postgresclusters/db/status".into());
+    expected.push("POST /apis/events.k8s.io/v1/namespaces/ns/events".into());
+    assert_eq!(lines, expected, "nothing is created or deleted");
+    let status = &calls[5].body["status"];
+    assert_eq!(status["phase"], "Stalled");
+    let stalled = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("spec.postgres.parameters: port is managed by Capstan"),
+        "{message}"
+    );
+    let event = &calls[6].body;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidSpec");
+    assert_eq!(event["regarding"]["name"], "db");
+    assert!(
+        ctx.metrics
+            .encode()
+            .unwrap()
+            .contains("capstan_operator_reconcile_errors_total{category=\"InvalidSpec\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn api_errors_back_off_exponentially() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    // Every request fails like an overloaded API server.
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        while let Some((_, send)) = handle.next_request().await {
+            send.send_response(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "try later"}),
+            ));
+        }
+    });
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(
+            client,
+            Reporter {
+                controller: "capstan-operator".into(),
+                instance: None,
+            },
+        ),
+        OperatorConfig {
+            operator_image: "capstan:test".into(),
+            namespace: None,
+        },
+        Arc::new(Metrics::default()),
+    ));
+    let cluster =
+        Arc::new(serde_json::from_value::<PostgresCluster>(cluster(valid_spec(), None)).unwrap());
+    let mut waits = vec![];
+    for _ in 0..3 {
+        let err = reconcile(cluster.clone(), ctx.clone()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot read the cluster's objects"),
+            "{err}"
+        );
+        waits.push(error_policy(cluster.clone(), &err, ctx.clone()));
+    }
+    server.abort();
+    let secs = |s: u64| Action::requeue(std::time::Duration::from_secs(s));
+    assert_eq!(waits, vec![secs(2), secs(4), secs(8)]);
+    assert!(
+        ctx.metrics
+            .encode()
+            .unwrap()
+            .contains("category=\"Observe\"} 3")
+    );
+}
