@@ -56,12 +56,7 @@ pub fn instance_role(model: &Model) -> Role {
                 std::slice::from_ref(cluster),
                 &["get", "list", "watch"],
             ),
-            rule(
-                &["", "events.k8s.io"],
-                &["events"],
-                &[],
-                &["create", "patch"],
-            ),
+            rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
         ]),
     }
 }
