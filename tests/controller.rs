@@ -125,6 +125,25 @@ fn valid_spec() -> Value {
     json!({"instances": 3, "postgres": {"version": 17}, "storage": {"size": "1Gi"}})
 }
 
+fn context(client: Client) -> Arc<Context> {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "capstan-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    Arc::new(Context::new(
+        client,
+        recorder,
+        OperatorConfig {
+            operator_image: "capstan:test".into(),
+            namespace: None,
+        },
+        Arc::new(Metrics::default()),
+    ))
+}
+
 /// Runs one reconcile of `object` against the API double.
 async fn run(
     object: Value,
@@ -136,23 +155,7 @@ async fn run(
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let log: Log = Arc::default();
     let server = tokio::spawn(serve(handle, object.clone(), log.clone()));
-    let client = Client::new(service, "default");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "capstan-operator".into(),
-            instance: Some("test".into()),
-        },
-    );
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        OperatorConfig {
-            operator_image: "capstan:test".into(),
-            namespace: None,
-        },
-        Arc::new(Metrics::default()),
-    ));
+    let ctx = context(Client::new(service, "default"));
     let cluster: PostgresCluster = serde_json::from_value(object).unwrap();
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),
@@ -160,7 +163,6 @@ async fn run(
     )
     .await
     .expect("reconcile finished");
-    drop(ctx.client.clone());
     server.abort();
     let calls = log.lock().unwrap().clone();
     (result, calls, ctx)
@@ -387,22 +389,7 @@ async fn api_errors_back_off_exponentially() {
             ));
         }
     });
-    let client = Client::new(service, "default");
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Recorder::new(
-            client,
-            Reporter {
-                controller: "capstan-operator".into(),
-                instance: None,
-            },
-        ),
-        OperatorConfig {
-            operator_image: "capstan:test".into(),
-            namespace: None,
-        },
-        Arc::new(Metrics::default()),
-    ));
+    let ctx = context(Client::new(service, "default"));
     let cluster =
         Arc::new(serde_json::from_value::<PostgresCluster>(cluster(valid_spec(), None)).unwrap());
     let mut waits = vec![];
@@ -423,5 +410,32 @@ async fn api_errors_back_off_exponentially() {
             .encode()
             .unwrap()
             .contains("category=\"Observe\"} 3")
+    );
+}
+
+#[tokio::test]
+async fn startup_fails_clearly_without_the_crd() {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!(
+            request.uri().path(),
+            "/apis/capstan.dev/v1alpha1/postgresclusters"
+        );
+        send.send_response(not_found("postgresclusters"));
+    });
+    let err = capstan::operator::check_crd(&Client::new(service, "default"), None)
+        .await
+        .unwrap_err();
+    server.await.unwrap();
+    let message = err.to_string();
+    assert!(
+        message.contains("CRD (postgresclusters.capstan.dev) is not installed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("kubectl apply --server-side -f crds/"),
+        "{message}"
     );
 }

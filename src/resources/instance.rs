@@ -121,7 +121,7 @@ fn pod_spec(model: &Model, instance: &str) -> PodSpec {
         affinity: Some(
             spec.affinity
                 .clone()
-                .unwrap_or_else(|| spread_instances(&model.name)),
+                .unwrap_or_else(|| spread_across_nodes(labels::instances_selector(&model.name))),
         ),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         topology_spread_constraints: (!spec.topology_spread_constraints.is_empty())
@@ -131,9 +131,9 @@ fn pod_spec(model: &Model, instance: &str) -> PodSpec {
     }
 }
 
-/// Without user affinity, prefer one instance per node: losing a node then
-/// costs one instance, not the cluster.
-fn spread_instances(cluster: &str) -> Affinity {
+/// Without user affinity, prefer one pod of `selector` per node: losing a
+/// node then costs one instance (or pooler), not the cluster.
+pub fn spread_across_nodes(selector: BTreeMap<String, String>) -> Affinity {
     Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
@@ -141,7 +141,7 @@ fn spread_instances(cluster: &str) -> Affinity {
                     weight: 100,
                     pod_affinity_term: PodAffinityTerm {
                         label_selector: Some(LabelSelector {
-                            match_labels: Some(labels::instances_selector(cluster)),
+                            match_labels: Some(selector),
                             match_expressions: None,
                         }),
                         topology_key: "kubernetes.io/hostname".into(),

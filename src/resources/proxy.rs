@@ -5,15 +5,15 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, TCPSocketAction, WeightedPodAffinityTerm,
+    Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::instance::{
     agent_env, agent_probe, config_volume, copy_binary_container, empty_dir, mount,
-    restricted_security_context, secret_path, secret_volume, tls_path,
+    restricted_security_context, secret_path, secret_volume, spread_across_nodes, tls_path,
 };
 use super::labels;
 use super::model::Model;
@@ -100,7 +100,7 @@ pub fn deployment(model: &Model) -> Deployment {
             tls_volume("pooler-tls", &tls.pooler, &tls.ca),
             tls_volume("agent-tls", &agent_tls, &agent_tls),
         ]),
-        affinity: Some(spread(cluster)),
+        affinity: Some(spread_across_nodes(labels::pooler_selector(cluster))),
         tolerations: (!model.spec.tolerations.is_empty()).then(|| model.spec.tolerations.clone()),
         node_selector: (!model.spec.node_selector.is_empty())
             .then(|| model.spec.node_selector.clone()),
@@ -136,28 +136,6 @@ pub fn deployment(model: &Model) -> Deployment {
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
-}
-
-fn spread(cluster: &str) -> Affinity {
-    Affinity {
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: 100,
-                    pod_affinity_term: PodAffinityTerm {
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(labels::pooler_selector(cluster)),
-                            match_expressions: None,
-                        }),
-                        topology_key: "kubernetes.io/hostname".into(),
-                        ..PodAffinityTerm::default()
-                    },
-                },
-            ]),
-            required_during_scheduling_ignored_during_execution: None,
-        }),
-        ..Affinity::default()
     }
 }
 
