@@ -25,6 +25,8 @@ enum Command {
         /// Destination path, e.g. /capstan/bin/capstan.
         dest: std::path::PathBuf,
     },
+    /// PID 1 of pooler pods: supervise PgBouncer and serve the pooler API.
+    Pooler(capstan::pooler::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crd => print_crds(),
         Command::CopyBinary { dest } => copy_binary(&dest),
+        Command::Pooler(args) => capstan::pooler::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
