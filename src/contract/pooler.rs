@@ -49,6 +49,9 @@ pub struct PoolerReport {
     /// Times PgBouncer ended unexpectedly and was restarted.
     #[serde(default)]
     pub restarts: u64,
+    /// Times a changed configuration was applied with RELOAD.
+    #[serde(default)]
+    pub reloads: u64,
     pub clients_active: i64,
     pub clients_waiting: i64,
     pub servers_active: i64,

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{NoTls, SimpleQueryMessage};
@@ -52,6 +53,9 @@ pub struct AdminConsole {
     port: u16,
     password: String,
     timeout: Duration,
+    /// One kept-open session for the frequent short commands (probes,
+    /// scrapes), so they do not log a login each; PAUSE gets its own.
+    session: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
 impl std::fmt::Debug for AdminConsole {
@@ -121,6 +125,7 @@ impl AdminConsole {
             port,
             password,
             timeout: DEFAULT_TIMEOUT,
+            session: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -147,20 +152,21 @@ impl AdminConsole {
     }
 
     /// Runs `command` on a fresh connection within `timeout`.
-    async fn query(
+    async fn query_fresh(
         &self,
         command: &'static str,
         timeout: Duration,
     ) -> Result<Vec<Row>, AdminError> {
         let run = async {
             let client = self.connect().await?;
-            let messages = client
-                .simple_query(command)
-                .await
-                .map_err(|e| AdminError::Command {
-                    command,
-                    message: describe(&e),
-                })?;
+            let messages =
+                client
+                    .simple_query(command)
+                    .await
+                    .map_err(|e| AdminError::Command {
+                        command,
+                        message: describe(&e),
+                    })?;
             Ok(rows(messages))
         };
         tokio::time::timeout(timeout, run)
@@ -168,9 +174,52 @@ impl AdminConsole {
             .map_err(|_| AdminError::Timeout { command, timeout })?
     }
 
+    /// Runs a short `command` on the kept-open session, reconnecting once
+    /// when it was closed (PgBouncer restarted).
+    async fn query(&self, command: &'static str) -> Result<Vec<Row>, AdminError> {
+        let run = async {
+            let mut session = self.session.lock().await;
+            if let Some(client) = session.as_ref().filter(|c| !c.is_closed()) {
+                match client.simple_query(command).await {
+                    Ok(messages) => return Ok(rows(messages)),
+                    Err(e) if e.as_db_error().is_some() => {
+                        return Err(AdminError::Command {
+                            command,
+                            message: describe(&e),
+                        });
+                    }
+                    Err(_) => {}
+                }
+            }
+            *session = None;
+            let client = self.connect().await?;
+            let messages =
+                client
+                    .simple_query(command)
+                    .await
+                    .map_err(|e| AdminError::Command {
+                        command,
+                        message: describe(&e),
+                    })?;
+            *session = Some(client);
+            Ok(rows(messages))
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The session may still be busy with the abandoned command.
+                *self.session.lock().await = None;
+                Err(AdminError::Timeout {
+                    command,
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
     /// Whether the console answers (readiness).
     pub async fn ping(&self) -> Result<(), AdminError> {
-        self.query("SHOW VERSION", self.timeout).await.map(|_| ())
+        self.query("SHOW VERSION").await.map(|_| ())
     }
 
     /// `PAUSE`: waits until every server connection is released and closed.
@@ -178,7 +227,7 @@ impl AdminConsole {
     /// before returning the error. Returns how long the PAUSE took.
     pub async fn pause(&self, timeout: Duration) -> Result<Duration, AdminError> {
         let started = Instant::now();
-        match self.query("PAUSE", timeout).await {
+        match self.query_fresh("PAUSE", timeout).await {
             Ok(_) => Ok(started.elapsed()),
             Err(AdminError::Command { message, .. }) if message.contains("already") => {
                 // Paused by an earlier request: the server side is already quiet.
@@ -217,7 +266,7 @@ impl AdminConsole {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            match self.query("RESUME", self.timeout).await {
+            match self.query_fresh("RESUME", self.timeout).await {
                 Ok(_) => return Ok(()),
                 Err(AdminError::Command { message, .. }) if message.contains("not paused") => {
                     return Ok(());
@@ -234,33 +283,33 @@ impl AdminConsole {
     /// `RECONNECT`: close every server connection once released, so new
     /// ones go to whatever the backend host now points at.
     pub async fn reconnect(&self) -> Result<(), AdminError> {
-        self.query("RECONNECT", self.timeout).await.map(|_| ())
+        self.query("RECONNECT").await.map(|_| ())
     }
 
     /// `RELOAD`: re-read `pgbouncer.ini` (and the TLS files).
     pub async fn reload(&self) -> Result<(), AdminError> {
-        self.query("RELOAD", self.timeout).await.map(|_| ())
+        self.query("RELOAD").await.map(|_| ())
     }
 
     pub async fn show_pools(&self) -> Result<Vec<Pool>, AdminError> {
-        let rows = self.query("SHOW POOLS", self.timeout).await?;
+        let rows = self.query("SHOW POOLS").await?;
         rows.iter().map(parse_pool).collect()
     }
 
     pub async fn show_stats(&self) -> Result<Vec<Stats>, AdminError> {
-        let rows = self.query("SHOW STATS", self.timeout).await?;
+        let rows = self.query("SHOW STATS").await?;
         rows.iter().map(parse_stats).collect()
     }
 
     pub async fn show_servers(&self) -> Result<Vec<Connection>, AdminError> {
-        let rows = self.query("SHOW SERVERS", self.timeout).await?;
+        let rows = self.query("SHOW SERVERS").await?;
         rows.iter()
             .map(|r| parse_connection(r, "SHOW SERVERS"))
             .collect()
     }
 
     pub async fn show_clients(&self) -> Result<Vec<Connection>, AdminError> {
-        let rows = self.query("SHOW CLIENTS", self.timeout).await?;
+        let rows = self.query("SHOW CLIENTS").await?;
         rows.iter()
             .map(|r| parse_connection(r, "SHOW CLIENTS"))
             .collect()

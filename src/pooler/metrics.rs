@@ -242,6 +242,7 @@ mod tests {
             backend_port: 5432,
             last_error: None,
             restarts: 2,
+            reloads: 0,
         }
     }
 

@@ -88,6 +88,7 @@ struct State {
     backend_port: u16,
     last_error: Option<String>,
     restarts: u64,
+    reloads: u64,
     /// Bumped by every PAUSE and RESUME, so a hold-limit timer only resumes
     /// the pause it was started for.
     pause_generation: u64,
@@ -114,6 +115,7 @@ pub struct Snapshot {
     pub backend_port: u16,
     pub last_error: Option<String>,
     pub restarts: u64,
+    pub reloads: u64,
 }
 
 impl Shared {
@@ -132,6 +134,7 @@ impl Shared {
             backend_port: s.backend_port,
             last_error: s.last_error.clone(),
             restarts: s.restarts,
+            reloads: s.reloads,
         }
     }
 
@@ -237,6 +240,7 @@ impl Shared {
             backend_host: snap.backend_host,
             backend_port: Some(snap.backend_port),
             restarts: snap.restarts,
+            reloads: snap.reloads,
             clients_active: 0,
             clients_waiting: 0,
             servers_active: 0,
@@ -564,7 +568,10 @@ impl Supervisor {
     async fn refresh(&mut self) {
         match self.apply() {
             Ok(true) => match self.shared.admin.reload().await {
-                Ok(()) => tracing::info!("configuration changed; pgbouncer reloaded"),
+                Ok(()) => {
+                    self.shared.state().reloads += 1;
+                    tracing::info!("configuration changed; pgbouncer reloaded");
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "RELOAD failed");
                     self.shared.set_error(Some(e.to_string()));
