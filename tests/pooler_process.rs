@@ -21,11 +21,25 @@ use pooler_support::{
 static PORTS: Ports = Ports::new(22000, 1000);
 
 /// A long transaction through the pooler, holding a server connection.
-fn long_transaction(port: u16, pki: &Pki, seconds: u32) -> std::thread::JoinHandle<std::process::Output> {
+fn long_transaction(
+    port: u16,
+    pki: &Pki,
+    seconds: u32,
+) -> std::thread::JoinHandle<std::process::Output> {
     let ca = pki.ca_file();
     std::thread::spawn(move || {
         std::process::Command::new(format!("{}/psql", pooler_support::PG_BIN))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-d", "appdb", "-X"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "app",
+                "-d",
+                "appdb",
+                "-X",
+            ])
             .args(["-c", &format!("BEGIN; SELECT pg_sleep({seconds}); COMMIT;")])
             .env("PGSSLMODE", "verify-full")
             .env("PGSSLROOTCERT", ca)
@@ -54,7 +68,13 @@ async fn tls_and_auth_query_authentication() {
     let dir = workdir();
     let pki = Pki::new(dir.path());
     let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
-    let pooler = Pooler::start("p1", dir.path(), &pki, &PORTS, &settings(pg.port, "transaction"));
+    let pooler = Pooler::start(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+    );
     let client = operator_client(&pki);
     pooler.wait_ready(&client).await;
 
@@ -73,9 +93,19 @@ async fn tls_and_auth_query_authentication() {
     let plain = psql_pooler(pooler.port, &pki, APP_PASSWORD, "disable", "SELECT 1");
     assert!(!plain.status.success(), "a plain-text client got in");
 
-    let wrong = psql_pooler(pooler.port, &pki, "not-the-password", "verify-full", "SELECT 1");
+    let wrong = psql_pooler(
+        pooler.port,
+        &pki,
+        "not-the-password",
+        "verify-full",
+        "SELECT 1",
+    );
     assert!(!wrong.status.success(), "a wrong password got in");
-    assert!(stderr(&wrong).contains("authentication failed"), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("authentication failed"),
+        "{}",
+        stderr(&wrong)
+    );
 
     // The pooler role itself may not log in through the pooler.
     let rendered = std::fs::read_to_string(pooler.dir.join("run/pgbouncer.ini")).unwrap();
@@ -94,7 +124,9 @@ async fn tls_and_auth_query_authentication() {
     }
     let stranger = PoolerClient::new(Arc::new(pki.client_config("someone-else")));
     match stranger.resume(&pooler.endpoint()).await {
-        Err(ClientError::Status { status, message, .. }) => {
+        Err(ClientError::Status {
+            status, message, ..
+        }) => {
             assert_eq!(status, StatusCode::FORBIDDEN);
             assert!(message.contains("someone-else"), "{message}");
         }
@@ -113,7 +145,13 @@ async fn pause_times_out_on_a_long_transaction_and_resumes() {
     let dir = workdir();
     let pki = Pki::new(dir.path());
     let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
-    let pooler = Pooler::start("p1", dir.path(), &pki, &PORTS, &settings(pg.port, "transaction"));
+    let pooler = Pooler::start(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+    );
     let client = operator_client(&pki);
     pooler.wait_ready(&client).await;
 
@@ -125,7 +163,9 @@ async fn pause_times_out_on_a_long_transaction_and_resumes() {
         max_hold_ms: None,
     };
     match client.pause(&pooler.endpoint(), &request).await {
-        Err(ClientError::Status { status, message, .. }) => {
+        Err(ClientError::Status {
+            status, message, ..
+        }) => {
             assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
             assert!(message.contains("resumed"), "{message}");
         }
@@ -153,11 +193,15 @@ async fn pause_times_out_on_a_long_transaction_and_resumes() {
         max_hold_ms: Some(500),
     };
     client.pause(&pooler.endpoint(), &held).await.unwrap();
-    wait_until("the hold limit to resume the pooler", Duration::from_secs(10), || {
-        psql_pooler(pooler.port, &pki, APP_PASSWORD, "verify-full", "SELECT 1")
-            .status
-            .success()
-    });
+    wait_until(
+        "the hold limit to resume the pooler",
+        Duration::from_secs(10),
+        || {
+            psql_pooler(pooler.port, &pki, APP_PASSWORD, "verify-full", "SELECT 1")
+                .status
+                .success()
+        },
+    );
     assert!(!client.status(&pooler.endpoint()).await.unwrap().paused);
 }
 
@@ -176,8 +220,11 @@ async fn crash_restarts_and_config_change_reloads_without_dropping_clients() {
 
     // kill -9 the pgbouncer child: the supervisor restarts it.
     let first = pooler.pgbouncer_pid().expect("pgbouncer runs");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     wait_until("pgbouncer to be restarted", Duration::from_secs(20), || {
         pooler.pgbouncer_pid().is_some_and(|p| p != first)
     });
@@ -195,7 +242,8 @@ async fn crash_restarts_and_config_change_reloads_without_dropping_clients() {
     assert_eq!(idle.query("SELECT 'before'"), "before");
     let pid_before = pooler.pgbouncer_pid();
     s.default_pool_size = 5;
-    s.parameters.insert("server_idle_timeout".into(), "30".into());
+    s.parameters
+        .insert("server_idle_timeout".into(), "30".into());
     pooler.write_settings(&s);
     wait_until("a RELOAD", Duration::from_secs(20), || {
         tokio::task::block_in_place(|| {
@@ -208,20 +256,28 @@ async fn crash_restarts_and_config_change_reloads_without_dropping_clients() {
     let ini = std::fs::read_to_string(pooler.dir.join("run/pgbouncer.ini")).unwrap();
     assert!(ini.contains("default_pool_size = 5"));
     assert_eq!(idle.query("SELECT 'after'"), "after");
-    assert_eq!(pooler.pgbouncer_pid(), pid_before, "RELOAD must not restart pgbouncer");
+    assert_eq!(
+        pooler.pgbouncer_pid(),
+        pid_before,
+        "RELOAD must not restart pgbouncer"
+    );
 
     // A managed parameter is refused with its name; the running config stays.
     s.parameters.insert("auth_type".into(), "trust".into());
     pooler.write_settings(&s);
-    wait_until("the refusal to be reported", Duration::from_secs(20), || {
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(client.status(&pooler.endpoint()))
-                .ok()
-                .and_then(|r| r.last_error)
-                .is_some_and(|e| e.contains("auth_type"))
-        })
-    });
+    wait_until(
+        "the refusal to be reported",
+        Duration::from_secs(20),
+        || {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(client.status(&pooler.endpoint()))
+                    .ok()
+                    .and_then(|r| r.last_error)
+                    .is_some_and(|e| e.contains("auth_type"))
+            })
+        },
+    );
     assert_eq!(idle.query("SELECT 'still'"), "still");
 }
 
@@ -233,7 +289,13 @@ async fn metrics_parse_and_carry_pool_figures() {
     let dir = workdir();
     let pki = Pki::new(dir.path());
     let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
-    let pooler = Pooler::start("p1", dir.path(), &pki, &PORTS, &settings(pg.port, "transaction"));
+    let pooler = Pooler::start(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+    );
     let client = operator_client(&pki);
     pooler.wait_ready(&client).await;
     for _ in 0..3 {
@@ -247,14 +309,29 @@ async fn metrics_parse_and_carry_pool_figures() {
     let samples = prom::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let db = [("database", "appdb"), ("user", "app")];
     assert_eq!(prom::value(&samples, "pgbouncer_up", &[]), Some(1.0));
-    assert_eq!(prom::value(&samples, "capstan_pooler_paused", &[]), Some(0.0));
-    assert!(prom::value(&samples, "pgbouncer_pools_client_active_connections", &db).unwrap() >= 1.0);
-    assert!(prom::value(&samples, "pgbouncer_pools_server_active_connections", &db).unwrap() >= 1.0);
+    assert_eq!(
+        prom::value(&samples, "capstan_pooler_paused", &[]),
+        Some(0.0)
+    );
+    assert!(
+        prom::value(&samples, "pgbouncer_pools_client_active_connections", &db).unwrap() >= 1.0
+    );
+    assert!(
+        prom::value(&samples, "pgbouncer_pools_server_active_connections", &db).unwrap() >= 1.0
+    );
     assert!(prom::value(&samples, "pgbouncer_pools_client_waiting_connections", &db).is_some());
     assert!(prom::value(&samples, "pgbouncer_pools_client_maxwait_seconds", &db).is_some());
     // Statistics are totals since start, refreshed by PgBouncer's stats period.
     let stats = [("database", "appdb")];
-    assert!(prom::value(&samples, "pgbouncer_stats_sql_transactions_pooled_total", &stats).unwrap() >= 3.0);
+    assert!(
+        prom::value(
+            &samples,
+            "pgbouncer_stats_sql_transactions_pooled_total",
+            &stats
+        )
+        .unwrap()
+            >= 3.0
+    );
     assert!(prom::value(&samples, "pgbouncer_stats_avg_query_seconds", &stats).is_some());
     assert!(prom::value(&samples, "pgbouncer_stats_avg_wait_seconds", &stats).is_some());
     long.join().unwrap();
@@ -293,9 +370,15 @@ async fn pausing_several_poolers_is_all_or_nothing() {
         },
     )
     .await;
-    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "the step ran although a pause failed");
+    assert!(
+        !ran.load(std::sync::atomic::Ordering::SeqCst),
+        "the step ran although a pause failed"
+    );
     match result {
-        Err(SwitchoverError::Pause { failures, resume_failures }) => {
+        Err(SwitchoverError::Pause {
+            failures,
+            resume_failures,
+        }) => {
             assert_eq!(failures.len(), 1, "{failures:?}");
             assert_eq!(failures[0].endpoint, "p2");
             assert!(resume_failures.is_empty(), "{resume_failures:?}");
@@ -303,7 +386,11 @@ async fn pausing_several_poolers_is_all_or_nothing() {
         other => panic!("expected a pause failure, got {other:?}"),
     }
     for p in [&free, &blocked] {
-        assert!(!client.status(&p.endpoint()).await.unwrap().paused, "{} still paused", p.name);
+        assert!(
+            !client.status(&p.endpoint()).await.unwrap().paused,
+            "{} still paused",
+            p.name
+        );
         let ok = psql_pooler(p.port, &pki, APP_PASSWORD, "verify-full", "SELECT 1");
         assert!(ok.status.success(), "{}: {}", p.name, stderr(&ok));
     }
@@ -311,9 +398,12 @@ async fn pausing_several_poolers_is_all_or_nothing() {
     assert!(long.status.success(), "{}", stderr(&long));
 
     // Without the blocker the same call pauses both, runs the step, resumes.
-    let switched = switchover(&client, &[free.endpoint(), blocked.endpoint()], &options, || async {
-        Ok::<_, String>("stepped")
-    })
+    let switched = switchover(
+        &client,
+        &[free.endpoint(), blocked.endpoint()],
+        &options,
+        || async { Ok::<_, String>("stepped") },
+    )
     .await
     .unwrap();
     assert_eq!(switched.value, "stepped");
@@ -332,7 +422,13 @@ async fn sigterm_drains_and_stops_pgbouncer() {
     let dir = workdir();
     let pki = Pki::new(dir.path());
     let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
-    let mut pooler = Pooler::start("p1", dir.path(), &pki, &PORTS, &settings(pg.port, "transaction"));
+    let mut pooler = Pooler::start(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+    );
     let client = operator_client(&pki);
     pooler.wait_ready(&client).await;
     let bouncer = pooler.pgbouncer_pid().unwrap();
@@ -343,6 +439,13 @@ async fn sigterm_drains_and_stops_pgbouncer() {
         .expect("supervisor exits after SIGTERM");
     assert!(status.success(), "{status}");
     let long = long.join().unwrap();
-    assert!(long.status.success(), "transaction cut off by shutdown: {}", stderr(&long));
-    assert!(!std::path::Path::new(&format!("/proc/{bouncer}")).exists(), "pgbouncer left running");
+    assert!(
+        long.status.success(),
+        "transaction cut off by shutdown: {}",
+        stderr(&long)
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{bouncer}")).exists(),
+        "pgbouncer left running"
+    );
 }

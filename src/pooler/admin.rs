@@ -159,14 +159,13 @@ impl AdminConsole {
     ) -> Result<Vec<Row>, AdminError> {
         let run = async {
             let client = self.connect().await?;
-            let messages =
-                client
-                    .simple_query(command)
-                    .await
-                    .map_err(|e| AdminError::Command {
-                        command,
-                        message: describe(&e),
-                    })?;
+            let messages = client
+                .simple_query(command)
+                .await
+                .map_err(|e| AdminError::Command {
+                    command,
+                    message: describe(&e),
+                })?;
             Ok(rows(messages))
         };
         tokio::time::timeout(timeout, run)
@@ -193,14 +192,13 @@ impl AdminConsole {
             }
             *session = None;
             let client = self.connect().await?;
-            let messages =
-                client
-                    .simple_query(command)
-                    .await
-                    .map_err(|e| AdminError::Command {
-                        command,
-                        message: describe(&e),
-                    })?;
+            let messages = client
+                .simple_query(command)
+                .await
+                .map_err(|e| AdminError::Command {
+                    command,
+                    message: describe(&e),
+                })?;
             *session = Some(client);
             Ok(rows(messages))
         };

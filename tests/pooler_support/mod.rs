@@ -40,11 +40,17 @@ pub fn tools_present() -> bool {
     ];
     for tool in &needed {
         if !Path::new(tool).exists() {
-            eprintln!("skipping: {tool} is not installed (apt-get install postgresql-15 pgbouncer)");
+            eprintln!(
+                "skipping: {tool} is not installed (apt-get install postgresql-15 pgbouncer)"
+            );
             return false;
         }
     }
-    if nix::unistd::User::from_name("postgres").ok().flatten().is_none() {
+    if nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .is_none()
+    {
         eprintln!("skipping: no postgres user to run PostgreSQL and PgBouncer as");
         return false;
     }
@@ -120,7 +126,9 @@ pub fn as_postgres(program: &str) -> Command {
 }
 
 pub fn run_ok(mut c: Command, what: &str) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout: {}\nstderr: {}",
@@ -217,11 +225,23 @@ pub fn parse_pgbench(out: &Output) -> PgbenchResult {
     for line in text.lines() {
         let line = line.trim();
         if let Some(v) = line.strip_prefix("number of transactions actually processed:") {
-            r.transactions = v.split_whitespace().next().and_then(|n| n.split('/').next()?.parse().ok()).unwrap_or(0);
+            r.transactions = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.split('/').next()?.parse().ok())
+                .unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("number of failed transactions:") {
-            r.failed = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+            r.failed = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u64::MAX);
         } else if let Some(v) = line.strip_prefix("tps =") {
-            r.tps = v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+            r.tps = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
         }
         if line.contains("aborted") || line.contains("Run was aborted") {
             r.aborted = true;
@@ -259,7 +279,12 @@ impl Pooler {
         chown_postgres(&tls);
         pki.write_pooler_tls(&tls);
         write_file(&secrets.join("username"), b"capstan_pooler\n", 0o600, false);
-        write_file(&secrets.join("password"), POOLER_PASSWORD.as_bytes(), 0o600, false);
+        write_file(
+            &secrets.join("password"),
+            POOLER_PASSWORD.as_bytes(),
+            0o600,
+            false,
+        );
         let settings_path = dir.join("pooler.json");
         std::fs::write(&settings_path, serde_json::to_vec_pretty(settings).unwrap()).unwrap();
         let port = ports.take();
@@ -282,7 +307,14 @@ impl Pooler {
             .arg(&tls)
             .arg("--secrets-dir")
             .arg(&secrets)
-            .args(["--pgbouncer", PGBOUNCER, "--run-as", "postgres", "--poll-ms", "200"])
+            .args([
+                "--pgbouncer",
+                PGBOUNCER,
+                "--run-as",
+                "postgres",
+                "--poll-ms",
+                "200",
+            ])
             .stdin(Stdio::null())
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)
@@ -379,7 +411,10 @@ pub fn children_of(pid: u32) -> Vec<i32> {
     };
     for t in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
     }
     out
@@ -412,7 +447,16 @@ pub struct InteractivePsql {
 
 pub fn interactive_psql(port: u16, pki: &pki::Pki) -> InteractivePsql {
     let mut child = Command::new(format!("{PG_BIN}/psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER, "-d", APP_DB])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            APP_USER,
+            "-d",
+            APP_DB,
+        ])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
         .env("PGSSLMODE", "verify-full")
         .env("PGSSLROOTCERT", pki.ca_file())

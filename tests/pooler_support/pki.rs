@@ -33,7 +33,8 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "capstan test CA");
+        ca.distinguished_name
+            .push(DnType::CommonName, "capstan test CA");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
@@ -60,9 +61,24 @@ impl Pki {
 
     /// PostgreSQL's server certificate files in `data_dir`.
     pub fn write_postgres_tls(&self, data_dir: &Path) {
-        write_file(&data_dir.join("server.crt"), self.server_cert.as_bytes(), 0o644, true);
-        write_file(&data_dir.join("server.key"), self.server_key.as_bytes(), 0o600, true);
-        write_file(&data_dir.join("root.crt"), self.ca_pem.as_bytes(), 0o644, true);
+        write_file(
+            &data_dir.join("server.crt"),
+            self.server_cert.as_bytes(),
+            0o644,
+            true,
+        );
+        write_file(
+            &data_dir.join("server.key"),
+            self.server_key.as_bytes(),
+            0o600,
+            true,
+        );
+        write_file(
+            &data_dir.join("root.crt"),
+            self.ca_pem.as_bytes(),
+            0o644,
+            true,
+        );
     }
 
     /// A pooler TLS Secret as mounted: tls.crt, tls.key, ca.crt.
@@ -74,7 +90,12 @@ impl Pki {
         );
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         write_file(&dir.join("tls.crt"), cert.pem().as_bytes(), 0o644, true);
-        write_file(&dir.join("tls.key"), key.serialize_pem().as_bytes(), 0o600, true);
+        write_file(
+            &dir.join("tls.key"),
+            key.serialize_pem().as_bytes(),
+            0o600,
+            true,
+        );
         write_file(&dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644, true);
     }
 

@@ -61,19 +61,17 @@ impl Postgres {
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(&sock);
         let mut c = as_postgres(&bin("initdb"));
-        c.arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--data-checksums",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]);
+        c.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--data-checksums",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         run_ok(c, "initdb");
         let conf = data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
@@ -97,7 +95,10 @@ impl Postgres {
                  CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}';"
             ),
         );
-        pg.sql("postgres", &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"));
+        pg.sql(
+            "postgres",
+            &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"),
+        );
         pg.sql(APP_DB, capstan::postgres::pooler_auth::INSTALL_SQL);
         pg
     }
@@ -126,7 +127,16 @@ impl Postgres {
             .arg(&self.data)
             .arg("-h")
             .arg(&primary.sock)
-            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-X", "stream", "--no-sync"]);
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ]);
         run_ok(c, "pg_basebackup");
         self.follow(primary);
     }
@@ -174,7 +184,9 @@ impl Postgres {
 
     pub fn promote(&self) {
         let mut c = as_postgres(&bin("pg_ctl"));
-        c.arg("-D").arg(&self.data).args(["-w", "-t", "60", "promote"]);
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "promote"]);
         run_ok(c, &format!("pg_ctl promote {}", self.name));
     }
 
@@ -213,7 +225,12 @@ impl Postgres {
         wait_until(
             &format!("{} to replay {lsn}", self.name),
             Duration::from_secs(30),
-            || self.sql("postgres", &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")) == "t",
+            || {
+                self.sql(
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+                ) == "t"
+            },
         );
     }
 
@@ -224,13 +241,11 @@ impl Postgres {
         primary.sql("postgres", "CHECKPOINT");
         let _ = std::fs::remove_file(self.data.join("standby.signal"));
         let mut c = as_postgres(&bin("pg_rewind"));
-        c.arg("--target-pgdata")
-            .arg(&self.data)
-            .arg(format!(
-                "--source-server=host={} port={} user=postgres dbname=postgres",
-                primary.sock.display(),
-                primary.port
-            ));
+        c.arg("--target-pgdata").arg(&self.data).arg(format!(
+            "--source-server=host={} port={} user=postgres dbname=postgres",
+            primary.sock.display(),
+            primary.port
+        ));
         let out = c.output().unwrap();
         if out.status.success() {
             self.follow(primary);

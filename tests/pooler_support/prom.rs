@@ -29,7 +29,9 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), BTreeMap::new()),
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').ok_or_else(|| bad("unclosed labels"))?;
+                let body = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| bad("unclosed labels"))?;
                 let mut labels = BTreeMap::new();
                 for pair in body.split(',').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').ok_or_else(|| bad("label without ="))?;
@@ -42,10 +44,18 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
                 (name.to_string(), labels)
             }
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
             return Err(bad("bad metric name"));
         }
-        samples.push(Sample { name, labels, value });
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
     }
     Ok(samples)
 }
