@@ -53,10 +53,13 @@ pub struct AdminConsole {
     port: u16,
     password: String,
     timeout: Duration,
-    /// One kept-open session for the frequent short commands (probes,
-    /// scrapes), so they do not log a login each; PAUSE gets its own.
-    session: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
+    /// Kept-open session for the short commands.
+    control: Session,
+    /// Kept-open session for PAUSE, which blocks its session until done.
+    pause_session: Session,
 }
+
+type Session = Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>;
 
 impl std::fmt::Debug for AdminConsole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +128,8 @@ impl AdminConsole {
             port,
             password,
             timeout: DEFAULT_TIMEOUT,
-            session: Arc::new(tokio::sync::Mutex::new(None)),
+            control: Session::default(),
+            pause_session: Session::default(),
         }
     }
 
@@ -151,33 +155,18 @@ impl AdminConsole {
         Ok(client)
     }
 
-    /// Runs `command` on a fresh connection within `timeout`.
-    async fn query_fresh(
+    /// Runs `command` on a kept-open session within `timeout`,
+    /// reconnecting when the session was closed (PgBouncer restarted).
+    /// Kept-open sessions spare a SCRAM login per command: the pause path
+    /// stays short, and probes do not log a login each.
+    async fn query_on(
         &self,
+        session: &Session,
         command: &'static str,
         timeout: Duration,
     ) -> Result<Vec<Row>, AdminError> {
         let run = async {
-            let client = self.connect().await?;
-            let messages = client
-                .simple_query(command)
-                .await
-                .map_err(|e| AdminError::Command {
-                    command,
-                    message: describe(&e),
-                })?;
-            Ok(rows(messages))
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| AdminError::Timeout { command, timeout })?
-    }
-
-    /// Runs a short `command` on the kept-open session, reconnecting once
-    /// when it was closed (PgBouncer restarted).
-    async fn query(&self, command: &'static str) -> Result<Vec<Row>, AdminError> {
-        let run = async {
-            let mut session = self.session.lock().await;
+            let mut session = session.lock().await;
             if let Some(client) = session.as_ref().filter(|c| !c.is_closed()) {
                 match client.simple_query(command).await {
                     Ok(messages) => return Ok(rows(messages)),
@@ -202,17 +191,27 @@ impl AdminConsole {
             *session = Some(client);
             Ok(rows(messages))
         };
-        match tokio::time::timeout(self.timeout, run).await {
+        match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
             Err(_) => {
                 // The session may still be busy with the abandoned command.
-                *self.session.lock().await = None;
-                Err(AdminError::Timeout {
-                    command,
-                    timeout: self.timeout,
-                })
+                *session.lock().await = None;
+                Err(AdminError::Timeout { command, timeout })
             }
         }
+    }
+
+    /// A short command on the control session.
+    async fn query(&self, command: &'static str) -> Result<Vec<Row>, AdminError> {
+        self.query_on(&self.control, command, self.timeout).await
+    }
+
+    /// Opens the PAUSE session ahead of need, so a switchover does not wait
+    /// for a login.
+    pub async fn warm_up(&self) -> Result<(), AdminError> {
+        self.query_on(&self.pause_session, "SHOW VERSION", self.timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Whether the console answers (readiness).
@@ -225,7 +224,7 @@ impl AdminConsole {
     /// before returning the error. Returns how long the PAUSE took.
     pub async fn pause(&self, timeout: Duration) -> Result<Duration, AdminError> {
         let started = Instant::now();
-        match self.query_fresh("PAUSE", timeout).await {
+        match self.query_on(&self.pause_session, "PAUSE", timeout).await {
             Ok(_) => Ok(started.elapsed()),
             Err(AdminError::Command { message, .. }) if message.contains("already") => {
                 // Paused by an earlier request: the server side is already quiet.
@@ -264,7 +263,7 @@ impl AdminConsole {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            match self.query_fresh("RESUME", self.timeout).await {
+            match self.query("RESUME").await {
                 Ok(_) => return Ok(()),
                 Err(AdminError::Command { message, .. }) if message.contains("not paused") => {
                     return Ok(());

@@ -545,11 +545,16 @@ impl Supervisor {
             loop {
                 match shared.admin.ping().await {
                     Ok(()) => {
-                        let mut s = shared.state();
-                        if s.child == Some(pid) {
-                            s.running = true;
-                            s.last_error = None;
-                            tracing::info!(pid = pid.as_raw(), "pgbouncer accepts connections");
+                        {
+                            let mut s = shared.state();
+                            if s.child == Some(pid) {
+                                s.running = true;
+                                s.last_error = None;
+                                tracing::info!(pid = pid.as_raw(), "pgbouncer accepts connections");
+                            }
+                        }
+                        if let Err(e) = shared.admin.warm_up().await {
+                            tracing::debug!(error = %e, "cannot open the PAUSE session yet");
                         }
                         return;
                     }

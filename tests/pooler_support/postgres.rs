@@ -118,7 +118,25 @@ impl Postgres {
         };
         pg.clone_from(primary);
         pg.start();
+        primary.wait_streaming(&pg.name);
         pg
+    }
+
+    /// Waits until replica `name` streams from this primary: a switchover
+    /// may only stop the primary once its target receives its WAL.
+    pub fn wait_streaming(&self, name: &str) {
+        wait_until(
+            &format!("{name} to stream from {}", self.name),
+            Duration::from_secs(30),
+            || {
+                self.sql(
+                    "postgres",
+                    &format!(
+                        "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+                    ),
+                ) == "1"
+            },
+        );
     }
 
     fn clone_from(&self, primary: &Postgres) {
@@ -259,6 +277,7 @@ impl Postgres {
             self.clone_from(primary);
         }
         self.start();
+        primary.wait_streaming(&self.name);
     }
 
     pub fn is_running(&self) -> bool {
@@ -268,6 +287,14 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("---- log of postgres {} (last lines) ----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         if !self.running {
             return;
         }
