@@ -20,8 +20,8 @@ use capstan::pooler::switchover::{SwitchoverOptions, switchover};
 use pooler_support::postgres::Postgres;
 use pooler_support::service::ServiceProxy;
 use pooler_support::{
-    Pooler, Ports, operator_client, parse_pgbench, pgbench, pki::Pki, run_ok, settings,
-    tools_present, workdir,
+    APP_PASSWORD, Pooler, Ports, operator_client, parse_pgbench, pgbench, pki::Pki, psql_pooler,
+    run_ok, settings, stderr, stdout, tools_present, workdir,
 };
 
 static PORTS: Ports = Ports::new(23000, 500);
@@ -32,6 +32,19 @@ fn promote(old: &mut Postgres, new: &Postgres) {
     let lsn = old.last_checkpoint();
     new.wait_replayed(&lsn);
     new.promote();
+}
+
+/// Port of the PostgreSQL that serves a new client of the pooler.
+fn served_by(pooler: &Pooler, pki: &Pki) -> String {
+    let out = psql_pooler(
+        pooler.port,
+        pki,
+        APP_PASSWORD,
+        "verify-full",
+        "SELECT inet_server_port()",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
 }
 
 async fn wait_backend(client: &PoolerClient, pooler: &Pooler, port: u16) {
@@ -86,6 +99,7 @@ async fn switchover_under_pgbench_has_no_client_errors() {
     .await
     .unwrap();
     assert!(first.resume_failures.is_empty());
+    assert_eq!(served_by(&pooler, &pki), b.port.to_string());
     tokio::task::block_in_place(|| a.rejoin(&b));
 
     // b → a, repointing through the settings document and RELOAD.
@@ -100,6 +114,7 @@ async fn switchover_under_pgbench_has_no_client_errors() {
     .await
     .unwrap();
     assert!(second.resume_failures.is_empty());
+    assert_eq!(served_by(&pooler, &pki), a.port.to_string());
     tokio::task::block_in_place(|| b.rejoin(&a));
 
     let out = tokio::task::block_in_place(|| bench.join().unwrap());
