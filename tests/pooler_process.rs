@@ -181,8 +181,7 @@ async fn pause_times_out_on_a_long_transaction_and_resumes() {
     assert!(long.status.success(), "{}", stderr(&long));
 
     // Without the long transaction PAUSE completes, and RESUME lifts it.
-    let paused = client.pause(&pooler.endpoint(), &request).await.unwrap();
-    assert!(paused.elapsed_ms < 1000);
+    client.pause(&pooler.endpoint(), &request).await.unwrap();
     assert!(client.status(&pooler.endpoint()).await.unwrap().paused);
     client.resume(&pooler.endpoint()).await.unwrap();
     assert!(!client.status(&pooler.endpoint()).await.unwrap().paused);
@@ -448,4 +447,130 @@ async fn sigterm_drains_and_stops_pgbouncer() {
         !std::path::Path::new(&format!("/proc/{bouncer}")).exists(),
         "pgbouncer left running"
     );
+}
+
+/// The admin console client on its own, with the supervisor's admin
+/// password taken from the rendered auth file (root may read it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_commands_and_listings() {
+    if !tools_present() {
+        return;
+    }
+    let dir = workdir();
+    let pki = Pki::new(dir.path());
+    let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
+    let pooler = Pooler::start(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+    );
+    let client = operator_client(&pki);
+    pooler.wait_ready(&client).await;
+    let run_dir = pooler.dir.join("run");
+    let auth = std::fs::read_to_string(run_dir.join("users.txt")).unwrap();
+    let password = auth
+        .lines()
+        .find_map(|l| l.strip_prefix("\"capstan_admin\" \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    let admin = capstan::pooler::admin::AdminConsole::new(run_dir, pooler.port, password);
+
+    let mut idle = pooler_support::interactive_psql(pooler.port, &pki);
+    assert_eq!(idle.query("SELECT 'x'"), "x");
+    let clients = admin.show_clients().await.unwrap();
+    assert!(
+        clients
+            .iter()
+            .any(|c| c.user == "app" && c.database == "appdb" && c.tls.starts_with("TLS")),
+        "{clients:?}"
+    );
+    let servers = admin.show_servers().await.unwrap();
+    assert!(
+        servers
+            .iter()
+            .any(|s| s.user == "app" && s.port == pg.port && s.tls.starts_with("TLS")),
+        "{servers:?}"
+    );
+    let pools = admin.show_pools().await.unwrap();
+    assert!(
+        pools
+            .iter()
+            .any(|p| p.database == "appdb" && p.pool_mode == "transaction"),
+        "{pools:?}"
+    );
+    assert!(!admin.show_stats().await.unwrap().is_empty());
+
+    // PAUSE and RESUME are idempotent; RECONNECT and RELOAD are accepted.
+    admin.pause(Duration::from_secs(5)).await.unwrap();
+    admin.pause(Duration::from_secs(5)).await.unwrap();
+    admin.resume().await.unwrap();
+    admin.resume().await.unwrap();
+    admin.reconnect().await.unwrap();
+    admin.reload().await.unwrap();
+    assert_eq!(idle.query("SELECT 'y'"), "y");
+}
+
+/// As PID 1 (in its own PID namespace) the supervisor reaps orphans that
+/// get reparented to it, and still sees its own child's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_reaps_orphans_and_still_restarts_its_child() {
+    if !tools_present() {
+        return;
+    }
+    if !std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipping: cannot create a PID namespace here (unshare --pid)");
+        return;
+    }
+    let dir = workdir();
+    let pki = Pki::new(dir.path());
+    let pg = Postgres::primary(dir.path(), "a", PORTS.take(), &pki);
+    // Leaves orphans behind, then becomes pgbouncer.
+    let wrapper = dir.path().join("orphaning-pgbouncer");
+    pooler_support::write_file(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor i in 1 2 3; do (sleep 0.3 &) ; done\nexec {} \"$@\"\n",
+            pooler_support::PGBOUNCER
+        )
+        .as_bytes(),
+        0o755,
+        false,
+    );
+    let pooler = Pooler::start_with(
+        "p1",
+        dir.path(),
+        &pki,
+        &PORTS,
+        &settings(pg.port, "transaction"),
+        &["unshare", "--pid", "--fork", "--kill-child=SIGTERM"],
+        wrapper.to_str().unwrap(),
+    );
+    let client = operator_client(&pki);
+    pooler.wait_ready(&client).await;
+    let supervisor = pooler.pid().expect("supervisor under unshare");
+
+    let first = pooler.pgbouncer_pid().expect("pgbouncer runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("pgbouncer to be restarted", Duration::from_secs(20), || {
+        pooler.pgbouncer_pid().is_some_and(|p| p != first)
+    });
+    pooler.wait_ready(&client).await;
+    assert_eq!(client.status(&pooler.endpoint()).await.unwrap().restarts, 1);
+    // The sleeps (orphans of both starts) are gone and nothing is a zombie.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let zombies = pooler_support::zombies_of(supervisor);
+    assert!(zombies.is_empty(), "zombies left under PID 1: {zombies:?}");
+    let ok = psql_pooler(pooler.port, &pki, APP_PASSWORD, "verify-full", "SELECT 1");
+    assert!(ok.status.success(), "{}", stderr(&ok));
 }

@@ -634,10 +634,13 @@ fn prepare_run_dir(dir: &Path, identity: Option<Identity>) -> Result<(), Supervi
         message: e.to_string(),
     };
     std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     if let Some(id) = identity {
         nix::unistd::chown(dir, Some(id.uid), Some(id.gid))
             .map_err(|e| err(std::io::Error::from(e)))?;
+    }
+    // A mounted emptyDir may belong to root; the files in it are 0600 anyway.
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the run directory private");
     }
     Ok(())
 }

@@ -6,6 +6,16 @@
 //! timeout, every replica is resumed and the step does not run. RESUME is
 //! attempted on every path, and each PAUSE also carries a hold limit after
 //! which the pooler resumes by itself, in case this process dies half-way.
+//!
+//! Repointing: in a cluster PgBouncer's backend is the `<name>-rw` Service,
+//! so the step only has to make the new primary the one the Service
+//! selects (its role label). A completed PAUSE has already closed every
+//! server connection; the RECONNECT afterwards also retires any connection
+//! opened meanwhile (auth_query logins), so after RESUME every server
+//! connection is a new one through the Service to the new primary.
+//! Without Services (the real-process tests) the step moves a TCP
+//! forwarder, or rewrites `backendHost`/`backendPort` in pooler.json and
+//! waits until `/status` shows it applied (the supervisor RELOADs).
 
 use std::future::Future;
 use std::time::{Duration, Instant};

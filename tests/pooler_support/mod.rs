@@ -253,6 +253,8 @@ pub fn parse_pgbench(out: &Output) -> PgbenchResult {
 /// A running `capstan pooler` with its own files.
 pub struct Pooler {
     pub name: String,
+    /// Started through a wrapper whose only child is the supervisor.
+    wrapped: bool,
     child: Child,
     pub port: u16,
     pub api_port: u16,
@@ -269,6 +271,20 @@ impl Pooler {
         pki: &pki::Pki,
         ports: &Ports,
         settings: &PoolerSettings,
+    ) -> Self {
+        Self::start_with(name, root, pki, ports, settings, &[], PGBOUNCER)
+    }
+
+    /// Like [`Pooler::start`], with the supervisor started through
+    /// `wrapper` (e.g. `unshare` to make it PID 1) and another pgbouncer.
+    pub fn start_with(
+        name: &str,
+        root: &Path,
+        pki: &pki::Pki,
+        ports: &Ports,
+        settings: &PoolerSettings,
+        wrapper: &[&str],
+        pgbouncer: &str,
     ) -> Self {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -291,7 +307,15 @@ impl Pooler {
         let api_port = ports.take();
         let log = dir.join("pooler.log");
         let logfile = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_capstan"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_capstan")),
+        };
+        let child = command
             .arg("pooler")
             .env("POD_NAME", name)
             .env("POD_IP", "127.0.0.1")
@@ -322,6 +346,7 @@ impl Pooler {
             .expect("start capstan pooler");
         Self {
             name: name.to_string(),
+            wrapped: !wrapper.is_empty(),
             child,
             port,
             api_port,
@@ -340,13 +365,18 @@ impl Pooler {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The supervisor's pid (as seen from the test).
+    pub fn pid(&self) -> Option<u32> {
+        if self.wrapped {
+            children_of(self.child.id()).first().map(|p| *p as u32)
+        } else {
+            Some(self.child.id())
+        }
     }
 
-    /// PgBouncer's pid (the supervisor's only child).
+    /// PgBouncer's pid (the supervisor's only long-lived child).
     pub fn pgbouncer_pid(&self) -> Option<i32> {
-        children_of(self.child.id()).into_iter().next()
+        children_of(self.pid()?).into_iter().next()
     }
 
     pub fn write_settings(&self, settings: &PoolerSettings) {
@@ -392,7 +422,10 @@ impl Drop for Pooler {
         if std::thread::panicking() {
             eprintln!("---- log of pooler {} ----\n{}", self.name, self.log());
         }
-        let orphans = children_of(self.child.id());
+        let mut orphans = children_of(self.child.id());
+        if let Some(pid) = self.pid().filter(|_| self.wrapped) {
+            orphans.extend(children_of(pid));
+        }
         if self.terminate(Duration::from_secs(10)).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -401,6 +434,30 @@ impl Drop for Pooler {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// Zombie children of `pid`, from /proc.
+pub fn zombies_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if state == "Z" && ppid == pid.to_string() {
+            if let Ok(p) = entry.file_name().to_string_lossy().parse() {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Child pids of `pid`, from /proc.
