@@ -333,7 +333,7 @@ impl Pooler {
             .arg(&secrets)
             .args([
                 "--pgbouncer",
-                PGBOUNCER,
+                pgbouncer,
                 "--run-as",
                 "postgres",
                 "--poll-ms",
@@ -451,10 +451,11 @@ pub fn zombies_of(pid: u32) -> Vec<i32> {
         let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if state == "Z" && ppid == pid.to_string() {
-            if let Ok(p) = entry.file_name().to_string_lossy().parse() {
-                out.push(p);
-            }
+        if state == "Z"
+            && ppid == pid.to_string()
+            && let Ok(p) = entry.file_name().to_string_lossy().parse()
+        {
+            out.push(p);
         }
     }
     out
