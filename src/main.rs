@@ -38,6 +38,8 @@ enum Command {
         /// Destination path, e.g. /capstan/bin/capstan.
         dest: PathBuf,
     },
+    /// PID 1 of pooler pods: supervise PgBouncer and serve the pooler API.
+    Pooler(capstan::pooler::Args),
 }
 
 fn init_tracing() {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Crd => print_crds(),
         Command::Render { files, image } => render(&files, &image),
         Command::CopyBinary { dest } => copy_binary(&dest),
+        Command::Pooler(args) => capstan::pooler::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

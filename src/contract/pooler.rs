@@ -12,7 +12,19 @@ use serde::{Deserialize, Serialize};
 pub struct PauseRequest {
     /// Give up (and RESUME) when server connections are still active after this long.
     pub timeout_ms: u64,
+    /// RESUME by itself when no RESUME arrives within this long after the
+    /// pause completed, so a caller that dies mid-switchover cannot leave
+    /// clients waiting forever. None: [`DEFAULT_MAX_HOLD_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hold_ms: Option<u64>,
 }
+
+/// Longest `timeoutMs` a pooler accepts.
+pub const MAX_PAUSE_TIMEOUT_MS: u64 = 60_000;
+/// Hold limit of a pause when the request names none.
+pub const DEFAULT_MAX_HOLD_MS: u64 = 60_000;
+/// Longest `maxHoldMs` a pooler accepts.
+pub const MAX_HOLD_LIMIT_MS: u64 = 600_000;
 
 /// `POST /pause` answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -32,6 +44,14 @@ pub struct PoolerReport {
     pub running: bool,
     pub paused: bool,
     pub backend_host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_port: Option<u16>,
+    /// Times PgBouncer ended unexpectedly and was restarted.
+    #[serde(default)]
+    pub restarts: u64,
+    /// Times a changed configuration was applied with RELOAD.
+    #[serde(default)]
+    pub reloads: u64,
     pub clients_active: i64,
     pub clients_waiting: i64,
     pub servers_active: i64,

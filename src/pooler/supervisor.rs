@@ -1,0 +1,646 @@
+//! `capstan pooler`: PID 1 of a pooler pod. Renders the PgBouncer files,
+//! runs `pgbouncer` as its child, restarts it with backoff when it dies,
+//! RELOADs it when the rendered files change (the kubelet refreshes mounted
+//! ConfigMaps and Secrets, so they are polled), and drains it on SIGTERM.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::admin::{AdminConsole, AdminError};
+use super::config::{self, Credentials, Environment, Rendered};
+use super::process::{self, Exit, Identity, ProcessError};
+use super::tls::{self, TlsError};
+use crate::contract::layout::files;
+use crate::contract::pooler::PoolerReport;
+use crate::contract::settings::PoolerSettings;
+use crate::postgres::roles;
+
+/// A child that ran this long is healthy again: the next crash restarts fast.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How long a fresh PgBouncer may take to answer on its admin console.
+const START_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot prepare {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("cannot listen on {addr} for the API: {message}")]
+    Listen { addr: SocketAddr, message: String },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(String),
+}
+
+/// Why the current settings cannot be applied (kept as `last_error`).
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path} is not a valid pooler settings document: {message}")]
+    Parse { path: String, message: String },
+    #[error("the pooler Secret names user {0:?}; PgBouncer's auth_user must be capstan_pooler")]
+    WrongUser(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot write {path}: {message}")]
+    Write { path: String, message: String },
+}
+
+/// What `capstan pooler` needs to know; see [`super::Args`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub name: String,
+    pub settings_path: PathBuf,
+    pub run_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub listen_addr: String,
+    pub listen_port: u16,
+    pub api_port: u16,
+    pub pgbouncer: PathBuf,
+    pub run_as: Option<String>,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+struct State {
+    child: Option<Pid>,
+    running: bool,
+    paused: bool,
+    backend_host: String,
+    backend_port: u16,
+    last_error: Option<String>,
+    restarts: u64,
+    reloads: u64,
+    /// Bumped by every PAUSE and RESUME, so a hold-limit timer only resumes
+    /// the pause it was started for.
+    pause_generation: u64,
+}
+
+/// State shared by the supervisor loop and the API handlers.
+pub struct Shared {
+    pub name: String,
+    pub admin: AdminConsole,
+    state: Mutex<State>,
+    /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
+    ops: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    tls: RwLock<Arc<ServerConfig>>,
+}
+
+/// A point-in-time view for `/status`, `/readyz` and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub running: bool,
+    pub paused: bool,
+    pub shutting_down: bool,
+    pub backend_host: String,
+    pub backend_port: u16,
+    pub last_error: Option<String>,
+    pub restarts: u64,
+    pub reloads: u64,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the data is plain.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state();
+        Snapshot {
+            running: s.running,
+            paused: s.paused,
+            shutting_down: self.shutting_down.load(Ordering::SeqCst),
+            backend_host: s.backend_host.clone(),
+            backend_port: s.backend_port,
+            last_error: s.last_error.clone(),
+            restarts: s.restarts,
+            reloads: s.reloads,
+        }
+    }
+
+    pub fn tls_config(&self) -> Arc<ServerConfig> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_error(&self, message: Option<String>) {
+        self.state().last_error = message;
+    }
+
+    /// Ready: PgBouncer runs, answers, and the pod is not shutting down.
+    pub async fn ready(&self) -> Result<(), String> {
+        let snap = self.snapshot();
+        if snap.shutting_down {
+            return Err("shutting down".into());
+        }
+        if !snap.running {
+            return Err(snap
+                .last_error
+                .unwrap_or_else(|| "PgBouncer is not running".into()));
+        }
+        self.admin.ping().await.map_err(|e| e.to_string())
+    }
+
+    /// PAUSE bounded by `timeout`; on success the pooler resumes by itself
+    /// after `max_hold` unless RESUME comes first (an operator that dies
+    /// mid-switchover must not leave clients waiting forever).
+    pub async fn pause(
+        self: &Arc<Self>,
+        timeout: Duration,
+        max_hold: Duration,
+    ) -> Result<Duration, AdminError> {
+        let _op = self.ops.lock().await;
+        match self.admin.pause(timeout).await {
+            Ok(elapsed) => {
+                let generation = {
+                    let mut s = self.state();
+                    s.paused = true;
+                    s.pause_generation += 1;
+                    s.pause_generation
+                };
+                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "pooler paused");
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(max_hold).await;
+                    let _op = shared.ops.lock().await;
+                    let still = {
+                        let s = shared.state();
+                        s.paused && s.pause_generation == generation
+                    };
+                    if still {
+                        tracing::warn!(
+                            max_hold_ms = max_hold.as_millis() as u64,
+                            "no RESUME within the hold limit; resuming"
+                        );
+                        match shared.admin.resume().await {
+                            Ok(()) => shared.mark_resumed(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "RESUME after the hold limit failed")
+                            }
+                        }
+                    }
+                });
+                Ok(elapsed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PAUSE failed");
+                self.mark_resumed();
+                Err(e)
+            }
+        }
+    }
+
+    fn mark_resumed(&self) {
+        let mut s = self.state();
+        s.paused = false;
+        s.pause_generation += 1;
+    }
+
+    pub async fn resume(&self) -> Result<(), AdminError> {
+        let _op = self.ops.lock().await;
+        self.admin.resume().await?;
+        self.mark_resumed();
+        tracing::info!("pooler resumed");
+        Ok(())
+    }
+
+    pub async fn reconnect(&self) -> Result<(), AdminError> {
+        let _op = self.ops.lock().await;
+        self.admin.reconnect().await?;
+        tracing::info!("server connections will reconnect");
+        Ok(())
+    }
+
+    /// `GET /status`: the pool figures summed over all pools.
+    pub async fn report(&self) -> PoolerReport {
+        let snap = self.snapshot();
+        let mut report = PoolerReport {
+            name: self.name.clone(),
+            running: snap.running,
+            paused: snap.paused,
+            backend_host: snap.backend_host,
+            backend_port: Some(snap.backend_port),
+            restarts: snap.restarts,
+            reloads: snap.reloads,
+            clients_active: 0,
+            clients_waiting: 0,
+            servers_active: 0,
+            servers_idle: 0,
+            last_error: snap.last_error,
+        };
+        if snap.running {
+            match self.admin.show_pools().await {
+                Ok(pools) => {
+                    for p in pools.iter().filter(|p| p.database != "pgbouncer") {
+                        report.clients_active += p.cl_active;
+                        report.clients_waiting += p.cl_waiting;
+                        report.servers_active += p.sv_active;
+                        report.servers_idle += p.sv_idle;
+                    }
+                }
+                Err(e) => report.last_error = Some(e.to_string()),
+            }
+        }
+        report
+    }
+}
+
+/// Runs the supervisor until SIGTERM/SIGINT and a drained PgBouncer.
+pub async fn run(opts: Options) -> Result<(), SupervisorError> {
+    let identity = opts.run_as.as_deref().map(Identity::lookup).transpose()?;
+    prepare_run_dir(&opts.run_dir, identity)?;
+    let admin_password: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    let tls_config = tls::server_config(&opts.tls_dir)?;
+    let shared = Arc::new(Shared {
+        name: opts.name.clone(),
+        admin: AdminConsole::new(
+            opts.run_dir.clone(),
+            opts.listen_port,
+            admin_password.clone(),
+        ),
+        state: Mutex::new(State::default()),
+        ops: tokio::sync::Mutex::new(()),
+        shutting_down: AtomicBool::new(false),
+        tls: RwLock::new(Arc::new(tls_config)),
+    });
+
+    let mut exits = process::reaper()?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
+
+    let api_addr: SocketAddr = format!("{}:{}", opts.listen_addr, opts.api_port)
+        .parse()
+        .map_err(|e: std::net::AddrParseError| SupervisorError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], opts.api_port)),
+            message: format!("{:?} is not an IP address: {e}", opts.listen_addr),
+        })?;
+    let listener =
+        tokio::net::TcpListener::bind(api_addr)
+            .await
+            .map_err(|e| SupervisorError::Listen {
+                addr: api_addr,
+                message: e.to_string(),
+            })?;
+    tokio::spawn(super::api::serve(listener, Arc::clone(&shared)));
+    tracing::info!(api = %api_addr, "pooler API listening");
+
+    let mut sup = Supervisor {
+        opts,
+        identity,
+        shared: Arc::clone(&shared),
+        admin_password,
+        fingerprint: None,
+        tls_fingerprint: None,
+    };
+    let mut restart_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut crashes: u32 = 0;
+    let mut started_at = Instant::now();
+    let mut poll = tokio::time::interval(sup.opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let child = shared.state().child;
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            Some((pid, exit)) = exits.recv() => {
+                if Some(pid) != child {
+                    tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphaned process");
+                    continue;
+                }
+                if started_at.elapsed() >= HEALTHY_RUN {
+                    crashes = 0;
+                }
+                let delay = process::backoff(crashes);
+                crashes = crashes.saturating_add(1);
+                let message = format!("pgbouncer ended ({exit}); restarting in {delay:?}");
+                tracing::warn!(pid = pid.as_raw(), %exit, delay_ms = delay.as_millis() as u64, "pgbouncer ended; restarting");
+                {
+                    let mut s = shared.state();
+                    s.child = None;
+                    s.restarts += 1;
+                    s.running = false;
+                    s.paused = false;
+                    s.pause_generation += 1;
+                    s.last_error = Some(message);
+                }
+                restart_at = Some(tokio::time::Instant::now() + delay);
+            }
+            _ = sleep_until(restart_at), if restart_at.is_some() && child.is_none() => {
+                match sup.start() {
+                    Ok(()) => {
+                        restart_at = None;
+                        started_at = Instant::now();
+                    }
+                    Err(message) => {
+                        let delay = process::backoff(crashes).max(sup.opts.poll_interval);
+                        crashes = crashes.saturating_add(1);
+                        tracing::error!(error = %message, "cannot start pgbouncer");
+                        shared.set_error(Some(message));
+                        restart_at = Some(tokio::time::Instant::now() + delay);
+                    }
+                }
+            }
+            _ = poll.tick() => {
+                if child.is_some() {
+                    sup.refresh().await;
+                }
+            }
+        }
+    }
+
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let child = shared.state().child;
+    if let Some(pid) = child {
+        drain(pid, &mut exits, sup.opts.shutdown_timeout).await;
+    }
+    tracing::info!("pooler supervisor stopped");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM handling. PgBouncer 1.18's SIGINT is its "safe shutdown" (PAUSE,
+/// then exit once every server connection is released, so transactions
+/// finish); SHUTDOWN WAIT_FOR_CLIENTS only exists from 1.23 on. Bounded by
+/// `timeout`, then SIGTERM (immediate shutdown), then SIGKILL.
+async fn drain(pid: Pid, exits: &mut mpsc::UnboundedReceiver<(Pid, Exit)>, timeout: Duration) {
+    tracing::info!(timeout_s = timeout.as_secs(), "draining pgbouncer");
+    for (signal, wait) in [
+        (Signal::SIGINT, timeout),
+        (Signal::SIGTERM, Duration::from_secs(2)),
+        (Signal::SIGKILL, Duration::from_secs(2)),
+    ] {
+        process::signal_child(pid, signal);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, exits.recv()).await {
+                Ok(Some((p, exit))) if p == pid => {
+                    tracing::info!(%exit, "pgbouncer stopped");
+                    return;
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        tracing::warn!(%signal, "pgbouncer still running");
+    }
+}
+
+struct Supervisor {
+    opts: Options,
+    identity: Option<Identity>,
+    shared: Arc<Shared>,
+    admin_password: String,
+    /// Of the rendered files plus the TLS files PgBouncer reads.
+    fingerprint: Option<[u8; 32]>,
+    tls_fingerprint: Option<[u8; 32]>,
+}
+
+impl Supervisor {
+    fn environment(&self) -> Environment {
+        Environment {
+            listen_addr: self.opts.listen_addr.clone(),
+            listen_port: self.opts.listen_port,
+            run_dir: self.opts.run_dir.clone(),
+            tls_dir: self.opts.tls_dir.clone(),
+        }
+    }
+
+    fn load(&self) -> Result<(PoolerSettings, Rendered), ApplyError> {
+        let path = &self.opts.settings_path;
+        let text = std::fs::read_to_string(path).map_err(|e| ApplyError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let settings: PoolerSettings =
+            serde_json::from_str(&text).map_err(|e| ApplyError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        let username = read_secret(&self.opts.secrets_dir.join(files::USERNAME))?;
+        if username != roles::POOLER {
+            return Err(ApplyError::WrongUser(username));
+        }
+        let credentials = Credentials {
+            pooler_password: read_secret(&self.opts.secrets_dir.join(files::PASSWORD))?,
+            admin_password: self.admin_password.clone(),
+        };
+        let rendered = config::render(&settings, &self.environment(), &credentials)?;
+        Ok((settings, rendered))
+    }
+
+    fn tls_fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for f in [files::TLS_CRT, files::TLS_KEY, files::CA_CRT] {
+            // A missing file hashes as empty; PgBouncer reports the real error.
+            h.update(std::fs::read(self.opts.tls_dir.join(f)).unwrap_or_default());
+            h.update([0]);
+        }
+        h.finalize().into()
+    }
+
+    /// Renders and, when anything changed, writes the files. Returns whether
+    /// they changed.
+    fn apply(&mut self) -> Result<bool, ApplyError> {
+        let (settings, rendered) = self.load()?;
+        let tls = self.tls_fingerprint();
+        let mut h = Sha256::new();
+        h.update(rendered.ini.as_bytes());
+        h.update([0]);
+        h.update(rendered.auth_file.as_bytes());
+        h.update(tls);
+        let fingerprint: [u8; 32] = h.finalize().into();
+        {
+            let mut s = self.shared.state();
+            s.backend_host = settings.backend_host.clone();
+            s.backend_port = settings.backend_port;
+        }
+        if self.tls_fingerprint != Some(tls) {
+            match tls::server_config(&self.opts.tls_dir) {
+                Ok(c) => {
+                    *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+                    if self.tls_fingerprint.is_some() {
+                        tracing::info!("API certificate reloaded");
+                    }
+                    self.tls_fingerprint = Some(tls);
+                }
+                Err(e) => tracing::error!(error = %e, "keeping the previous API certificate"),
+            }
+        }
+        if self.fingerprint == Some(fingerprint) {
+            return Ok(false);
+        }
+        // The auth file first: a new ini may name users only it knows.
+        self.write(config::AUTH_FILE, &rendered.auth_file)?;
+        self.write(config::INI_FILE, &rendered.ini)?;
+        self.fingerprint = Some(fingerprint);
+        Ok(true)
+    }
+
+    fn write(&self, name: &str, content: &str) -> Result<(), ApplyError> {
+        let path = self.opts.run_dir.join(name);
+        let partial = self.opts.run_dir.join(format!(".{name}.partial"));
+        let err = |e: std::io::Error| ApplyError::Write {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::write(&partial, content).map_err(err)?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        if let Some(id) = self.identity {
+            nix::unistd::chown(&partial, Some(id.uid), Some(id.gid))
+                .map_err(|e| err(std::io::Error::from(e)))?;
+        }
+        std::fs::rename(&partial, &path).map_err(err)
+    }
+
+    /// Writes the files and starts PgBouncer; readiness follows once its
+    /// admin console answers.
+    fn start(&mut self) -> Result<(), String> {
+        self.fingerprint = None;
+        self.apply().map_err(|e| e.to_string())?;
+        let ini = self.opts.run_dir.join(config::INI_FILE);
+        let pid = process::spawn(&self.opts.pgbouncer, &[ini.into_os_string()], self.identity)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(pid = pid.as_raw(), "pgbouncer started");
+        {
+            let mut s = self.shared.state();
+            s.child = Some(pid);
+            s.running = false;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let deadline = Instant::now() + START_WAIT;
+            loop {
+                match shared.admin.ping().await {
+                    Ok(()) => {
+                        {
+                            let mut s = shared.state();
+                            if s.child == Some(pid) {
+                                s.running = true;
+                                s.last_error = None;
+                                tracing::info!(pid = pid.as_raw(), "pgbouncer accepts connections");
+                            }
+                        }
+                        if let Err(e) = shared.admin.warm_up().await {
+                            tracing::debug!(error = %e, "cannot open the PAUSE session yet");
+                        }
+                        return;
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        tracing::warn!(error = %e, "pgbouncer does not answer yet");
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Poll: apply changed settings with RELOAD, track liveness.
+    async fn refresh(&mut self) {
+        match self.apply() {
+            Ok(true) => match self.shared.admin.reload().await {
+                Ok(()) => {
+                    self.shared.state().reloads += 1;
+                    tracing::info!("configuration changed; pgbouncer reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "RELOAD failed");
+                    self.shared.set_error(Some(e.to_string()));
+                    // Try again on the next poll.
+                    self.fingerprint = None;
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                let message = e.to_string();
+                let previous = self.shared.snapshot().last_error;
+                if previous.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %message, "settings not applied; PgBouncer keeps its current configuration");
+                }
+                self.shared.set_error(Some(message));
+                return;
+            }
+        }
+        let child = self.shared.state().child;
+        let alive = self.shared.admin.ping().await;
+        let mut s = self.shared.state();
+        if s.child == child && child.is_some() {
+            match alive {
+                Ok(()) => {
+                    s.running = true;
+                    if s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("pgbouncer"))
+                    {
+                        s.last_error = None;
+                    }
+                }
+                Err(e) => {
+                    s.running = false;
+                    s.last_error = Some(format!("pgbouncer does not answer: {e}"));
+                }
+            }
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String, ApplyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ApplyError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// The run directory is private to PgBouncer's user: it holds the auth file
+/// and the admin socket.
+fn prepare_run_dir(dir: &Path, identity: Option<Identity>) -> Result<(), SupervisorError> {
+    let err = |e: std::io::Error| SupervisorError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if let Some(id) = identity {
+        nix::unistd::chown(dir, Some(id.uid), Some(id.gid))
+            .map_err(|e| err(std::io::Error::from(e)))?;
+    }
+    // A mounted emptyDir may belong to root; the files in it are 0600 anyway.
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the run directory private");
+    }
+    Ok(())
+}
