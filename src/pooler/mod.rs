@@ -50,6 +50,14 @@ pub struct Args {
         default_value = "/etc/capstan/tls/pooler"
     )]
     pub tls_dir: PathBuf,
+    /// The HTTPS API's certificate (tls.crt, tls.key) and the CA that signs
+    /// the operator's client certificate (ca.crt).
+    #[arg(
+        long,
+        env = "CAPSTAN_API_TLS_DIR",
+        default_value = "/etc/capstan/tls/agent"
+    )]
+    pub api_tls_dir: PathBuf,
     /// The pooler role's Secret (username, password).
     #[arg(
         long,
@@ -80,6 +88,7 @@ pub fn run(args: Args) -> Result<(), String> {
         settings_path: args.settings,
         run_dir: args.run_dir,
         tls_dir: args.tls_dir,
+        api_tls_dir: args.api_tls_dir,
         secrets_dir: args.secrets_dir,
         listen_addr: args.listen_addr,
         listen_port: args.port,

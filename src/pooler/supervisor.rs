@@ -69,6 +69,8 @@ pub struct Options {
     pub settings_path: PathBuf,
     pub run_dir: PathBuf,
     pub tls_dir: PathBuf,
+    /// Certificate of the HTTPS API (the agent certificate).
+    pub api_tls_dir: PathBuf,
     pub secrets_dir: PathBuf,
     pub listen_addr: String,
     pub listen_port: u16,
@@ -273,7 +275,7 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         .take(40)
         .map(char::from)
         .collect();
-    let tls_config = tls::server_config(&opts.tls_dir)?;
+    let tls_config = tls::server_config(&opts.api_tls_dir)?;
     let shared = Arc::new(Shared {
         name: opts.name.clone(),
         admin: AdminConsole::new(
@@ -315,7 +317,7 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         shared: Arc::clone(&shared),
         admin_password,
         fingerprint: None,
-        tls_fingerprint: None,
+        api_tls_fingerprint: None,
     };
     let mut restart_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut crashes: u32 = 0;
@@ -425,7 +427,8 @@ struct Supervisor {
     admin_password: String,
     /// Of the rendered files plus the TLS files PgBouncer reads.
     fingerprint: Option<[u8; 32]>,
-    tls_fingerprint: Option<[u8; 32]>,
+    /// Of the API's certificate files.
+    api_tls_fingerprint: Option<[u8; 32]>,
 }
 
 impl Supervisor {
@@ -461,11 +464,11 @@ impl Supervisor {
         Ok((settings, rendered))
     }
 
-    fn tls_fingerprint(&self) -> [u8; 32] {
+    fn fingerprint_of(dir: &std::path::Path) -> [u8; 32] {
         let mut h = Sha256::new();
         for f in [files::TLS_CRT, files::TLS_KEY, files::CA_CRT] {
-            // A missing file hashes as empty; PgBouncer reports the real error.
-            h.update(std::fs::read(self.opts.tls_dir.join(f)).unwrap_or_default());
+            // A missing file hashes as empty; the reader reports the real error.
+            h.update(std::fs::read(dir.join(f)).unwrap_or_default());
             h.update([0]);
         }
         h.finalize().into()
@@ -475,7 +478,8 @@ impl Supervisor {
     /// they changed.
     fn apply(&mut self) -> Result<bool, ApplyError> {
         let (settings, rendered) = self.load()?;
-        let tls = self.tls_fingerprint();
+        let tls = Self::fingerprint_of(&self.opts.tls_dir);
+        let api_tls = Self::fingerprint_of(&self.opts.api_tls_dir);
         let mut h = Sha256::new();
         h.update(rendered.ini.as_bytes());
         h.update([0]);
@@ -487,14 +491,14 @@ impl Supervisor {
             s.backend_host = settings.backend_host.clone();
             s.backend_port = settings.backend_port;
         }
-        if self.tls_fingerprint != Some(tls) {
-            match tls::server_config(&self.opts.tls_dir) {
+        if self.api_tls_fingerprint != Some(api_tls) {
+            match tls::server_config(&self.opts.api_tls_dir) {
                 Ok(c) => {
                     *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
-                    if self.tls_fingerprint.is_some() {
+                    if self.api_tls_fingerprint.is_some() {
                         tracing::info!("API certificate reloaded");
                     }
-                    self.tls_fingerprint = Some(tls);
+                    self.api_tls_fingerprint = Some(api_tls);
                 }
                 Err(e) => tracing::error!(error = %e, "keeping the previous API certificate"),
             }

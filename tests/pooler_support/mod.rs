@@ -40,6 +40,10 @@ pub fn tools_present() -> bool {
     ];
     for tool in &needed {
         if !Path::new(tool).exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{tool} is required in CI; .ci/run installs it"
+            );
             eprintln!(
                 "skipping: {tool} is not installed (apt-get install postgresql-15 pgbouncer)"
             );
@@ -328,6 +332,8 @@ impl Pooler {
             .arg("--run-dir")
             .arg(dir.join("run"))
             .arg("--tls-dir")
+            .arg(&tls)
+            .arg("--api-tls-dir")
             .arg(&tls)
             .arg("--secrets-dir")
             .arg(&secrets)
