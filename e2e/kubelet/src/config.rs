@@ -58,7 +58,13 @@ pub struct Controllers {
 
 impl Default for Controllers {
     fn default() -> Self {
-        Controllers { services: true, endpoints: true, deployments: true, claim_binder: true, scheduler: true }
+        Controllers {
+            services: true,
+            endpoints: true,
+            deployments: true,
+            claim_binder: true,
+            scheduler: true,
+        }
     }
 }
 
@@ -87,7 +93,12 @@ impl KubeletConfig {
     /// Defaults: node `capstan-e2e`, node IP = first address of `pod_cidr`,
     /// `cluster.local`, non-root ids mapped to the host `postgres` user (root if
     /// there is none), the kubelet's back-off.
-    pub fn new(state_dir: impl Into<PathBuf>, pod_cidr: Cidr, service_cidr: Cidr, images: ImageTable) -> Self {
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        pod_cidr: Cidr,
+        service_cidr: Cidr,
+        images: ImageTable,
+    ) -> Self {
         let ids = IdMapping::host_user("postgres").unwrap_or(IdMapping {
             default_uid: 0,
             default_gid: 0,

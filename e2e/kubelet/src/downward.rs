@@ -33,7 +33,10 @@ pub struct PodFacts<'a> {
 }
 
 fn map_value(map: &Option<BTreeMap<String, String>>, key: &str) -> String {
-    map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default()
+    map.as_ref()
+        .and_then(|m| m.get(key))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// `k="v"` lines, sorted, as the kubelet writes labels/annotations files.
@@ -49,7 +52,10 @@ fn map_file(map: &Option<BTreeMap<String, String>>) -> String {
 fn subscript(path: &str) -> Option<(&str, &str)> {
     let (base, rest) = path.split_once('[')?;
     let key = rest.strip_suffix(']')?;
-    let key = key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')).unwrap_or(key);
+    let key = key
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .unwrap_or(key);
     Some((base, key))
 }
 
@@ -72,9 +78,9 @@ impl PodFacts<'_> {
             "metadata.labels" => map_file(&meta.labels),
             "metadata.annotations" => map_file(&meta.annotations),
             "spec.nodeName" => self.node_name.to_string(),
-            "spec.serviceAccountName" => {
-                spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".to_string())
-            }
+            "spec.serviceAccountName" => spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".to_string()),
             "status.hostIP" | "status.hostIPs" => self.host_ip.to_string(),
             "status.podIP" | "status.podIPs" => ip,
             _ => return Err(DownwardError::UnsupportedField(path.to_string())),
@@ -91,10 +97,16 @@ impl PodFacts<'_> {
         let c = self.container(container)?;
         let resources = c.resources.as_ref();
         let get = |limits: bool, name: &str| -> Option<&Quantity> {
-            let map = if limits { resources?.limits.as_ref() } else { resources?.requests.as_ref() };
+            let map = if limits {
+                resources?.limits.as_ref()
+            } else {
+                resources?.requests.as_ref()
+            };
             map?.get(name)
         };
-        let (kind, name) = resource.split_once('.').ok_or_else(|| DownwardError::UnsupportedResource(resource.to_string()))?;
+        let (kind, name) = resource
+            .split_once('.')
+            .ok_or_else(|| DownwardError::UnsupportedResource(resource.to_string()))?;
         let node = match name {
             "cpu" => self.node_cpus,
             "memory" => self.node_memory,
@@ -103,18 +115,33 @@ impl PodFacts<'_> {
         };
         let value = match kind {
             // An unset limit is the node's allocatable; an unset request is the limit or 0.
-            "limits" => get(true, name).map(quantity_value).transpose()?.unwrap_or(node),
-            "requests" => get(false, name).or(get(true, name)).map(quantity_value).transpose()?.unwrap_or(0.0),
+            "limits" => get(true, name)
+                .map(quantity_value)
+                .transpose()?
+                .unwrap_or(node),
+            "requests" => get(false, name)
+                .or(get(true, name))
+                .map(quantity_value)
+                .transpose()?
+                .unwrap_or(0.0),
             _ => return Err(DownwardError::UnsupportedResource(resource.to_string())),
         };
-        let divisor = divisor.map(quantity_value).transpose()?.filter(|d| *d > 0.0).unwrap_or(1.0);
+        let divisor = divisor
+            .map(quantity_value)
+            .transpose()?
+            .filter(|d| *d > 0.0)
+            .unwrap_or(1.0);
         Ok(format!("{}", (value / divisor).ceil() as i64))
     }
 
     fn container(&self, name: &str) -> Result<&Container, DownwardError> {
         let spec = self.pod.spec.as_ref();
         spec.into_iter()
-            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
             .find(|c| c.name == name)
             .ok_or_else(|| DownwardError::NoSuchContainer(name.to_string()))
     }
@@ -165,9 +192,17 @@ mod tests {
         assert_eq!(facts.field("metadata.labels").unwrap(), "app=\"db\"");
         assert_eq!(facts.field("spec.serviceAccountName").unwrap(), "default");
         assert!(facts.field("spec.bogus").is_err());
-        assert_eq!(facts.resource("pg", "limits.memory", Some(&Quantity("1Mi".into()))).unwrap(), "1024");
+        assert_eq!(
+            facts
+                .resource("pg", "limits.memory", Some(&Quantity("1Mi".into())))
+                .unwrap(),
+            "1024"
+        );
         assert_eq!(facts.resource("pg", "limits.cpu", None).unwrap(), "2");
-        assert_eq!(facts.resource("pg", "requests.memory", None).unwrap(), "1073741824");
+        assert_eq!(
+            facts.resource("pg", "requests.memory", None).unwrap(),
+            "1073741824"
+        );
         assert!(facts.resource("nope", "limits.cpu", None).is_err());
     }
 }

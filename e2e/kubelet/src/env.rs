@@ -15,7 +15,12 @@ pub enum EnvError {
     #[error("configmap {0:?} not found")]
     ConfigMapNotFound(String),
     #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
-    KeyNotFound { kind: &'static str, namespace: String, name: String, key: String },
+    KeyNotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
     #[error("{0}")]
     Downward(#[from] DownwardError),
     #[error("env var {0:?} has an empty valueFrom")]
@@ -37,7 +42,10 @@ impl Environment {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.vars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn vars(&self) -> &[(String, String)] {
@@ -88,8 +96,17 @@ pub struct EnvInputs<'a> {
 }
 
 /// The process environment of `container`.
-pub fn container_env(container: &Container, inputs: &EnvInputs<'_>) -> Result<Environment, EnvError> {
-    let namespace = inputs.facts.pod.metadata.namespace.clone().unwrap_or_default();
+pub fn container_env(
+    container: &Container,
+    inputs: &EnvInputs<'_>,
+) -> Result<Environment, EnvError> {
+    let namespace = inputs
+        .facts
+        .pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_default();
     let mut defined: BTreeMap<String, String> = inputs.service.iter().cloned().collect();
     let mut env = Environment::default();
     for (k, v) in inputs.image.iter().chain(inputs.service) {
@@ -153,12 +170,20 @@ fn value_from(
     }
     if let Some(r) = &source.resource_field_ref {
         let container = r.container_name.clone().unwrap_or_default();
-        return Ok(Some(inputs.facts.resource(&container, &r.resource, r.divisor.as_ref())?));
+        return Ok(Some(inputs.facts.resource(
+            &container,
+            &r.resource,
+            r.divisor.as_ref(),
+        )?));
     }
     if let Some(r) = &source.secret_key_ref {
         let optional = r.optional == Some(true);
         let Some(secret) = inputs.objects.secret(namespace, &r.name) else {
-            return if optional { Ok(None) } else { Err(EnvError::SecretNotFound(r.name.clone())) };
+            return if optional {
+                Ok(None)
+            } else {
+                Err(EnvError::SecretNotFound(r.name.clone()))
+            };
         };
         return match secret_strings(&secret).remove(&r.key) {
             Some(v) => Ok(Some(v)),
@@ -174,7 +199,11 @@ fn value_from(
     if let Some(r) = &source.config_map_key_ref {
         let optional = r.optional == Some(true);
         let Some(cm) = inputs.objects.config_map(namespace, &r.name) else {
-            return if optional { Ok(None) } else { Err(EnvError::ConfigMapNotFound(r.name.clone())) };
+            return if optional {
+                Ok(None)
+            } else {
+                Err(EnvError::ConfigMapNotFound(r.name.clone()))
+            };
         };
         return match cm.data.as_ref().and_then(|d| d.get(&r.key)) {
             Some(v) => Ok(Some(v.clone())),
@@ -236,7 +265,10 @@ mod tests {
                     "POD_IP",
                     None,
                     Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "status.podIP".into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                 ),
@@ -245,7 +277,11 @@ mod tests {
                     "PW",
                     None,
                     Some(EnvVarSource {
-                        secret_key_ref: Some(SecretKeySelector { name: "creds".into(), key: "password".into(), optional: None }),
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: "creds".into(),
+                            key: "password".into(),
+                            optional: None,
+                        }),
                         ..Default::default()
                     }),
                 ),
@@ -253,7 +289,12 @@ mod tests {
             ..Default::default()
         };
         let image = [("PATH".to_string(), "/bin".to_string())];
-        let inputs = EnvInputs { facts, objects: &objects, image: &image, service: &[] };
+        let inputs = EnvInputs {
+            facts,
+            objects: &objects,
+            image: &image,
+            service: &[],
+        };
         let env = container_env(&container, &inputs).unwrap();
         assert_eq!(env.get("URL"), Some("http://127.20.0.9:$(PORT)"));
         assert_eq!(env.get("PW"), Some("s3cret"));
@@ -264,7 +305,11 @@ mod tests {
                 "X",
                 None,
                 Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector { name: "creds".into(), key: "nope".into(), optional: None }),
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: "creds".into(),
+                        key: "nope".into(),
+                        optional: None,
+                    }),
                     ..Default::default()
                 }),
             )]),

@@ -30,8 +30,14 @@ pub enum ImageError {
     #[error(
         "image {image:?} needs PostgreSQL {major} binaries, but the e2e kubelet has none configured (configured majors: {configured:?})"
     )]
-    NoPostgresMajor { image: String, major: u32, configured: Vec<u32> },
-    #[error("image {image:?} has no usable PostgreSQL major in its tag and no default major is configured")]
+    NoPostgresMajor {
+        image: String,
+        major: u32,
+        configured: Vec<u32>,
+    },
+    #[error(
+        "image {image:?} has no usable PostgreSQL major in its tag and no default major is configured"
+    )]
     NoPostgresTag { image: String },
 }
 
@@ -41,7 +47,10 @@ pub enum ImageKind {
     /// The operator/agent image: `binary` appears at `/usr/local/bin/capstan`.
     Capstan { binary: PathBuf },
     /// Stock PostgreSQL images: major version from the tag → host bin dir.
-    Postgres { majors: BTreeMap<u32, PathBuf>, default_major: Option<u32> },
+    Postgres {
+        majors: BTreeMap<u32, PathBuf>,
+        default_major: Option<u32>,
+    },
     /// Stock PgBouncer images: `bin_dir` holds `pgbouncer`.
     PgBouncer { bin_dir: PathBuf },
     /// Test images (`debian`, `busybox`, …): the host filesystem as it is.
@@ -101,13 +110,32 @@ impl ImageTable {
             }
         }
         ImageTable::new()
-            .with_rule("capstan", ImageKind::Capstan { binary: capstan_binary.into() })
-            .with_rule("pgbouncer", ImageKind::PgBouncer { bin_dir: PathBuf::from("/usr/sbin") })
-            .with_rule("postgres", ImageKind::Postgres { majors, default_major: None })
+            .with_rule(
+                "capstan",
+                ImageKind::Capstan {
+                    binary: capstan_binary.into(),
+                },
+            )
+            .with_rule(
+                "pgbouncer",
+                ImageKind::PgBouncer {
+                    bin_dir: PathBuf::from("/usr/sbin"),
+                },
+            )
+            .with_rule(
+                "postgres",
+                ImageKind::Postgres {
+                    majors,
+                    default_major: None,
+                },
+            )
     }
 
     pub fn with_rule(mut self, pattern: &str, kind: ImageKind) -> Self {
-        self.rules.push(ImageRule { pattern: pattern.to_ascii_lowercase(), kind });
+        self.rules.push(ImageRule {
+            pattern: pattern.to_ascii_lowercase(),
+            kind,
+        });
         self
     }
 
@@ -145,10 +173,19 @@ impl ImageTable {
     pub fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError> {
         let lower = image.to_ascii_lowercase();
         let name = image_name(&lower);
-        let rule = self.rules.iter().find(|r| name.contains(&r.pattern)).ok_or_else(|| ImageError::Unknown {
-            image: image.to_string(),
-            known: self.rules.iter().map(|r| r.pattern.as_str()).collect::<Vec<_>>().join(", "),
-        })?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| name.contains(&r.pattern))
+            .ok_or_else(|| ImageError::Unknown {
+                image: image.to_string(),
+                known: self
+                    .rules
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         let path = |prefix: &str| ("PATH".to_string(), format!("{prefix}:{DEFAULT_PATH}"));
         Ok(match &rule.kind {
             ImageKind::Capstan { binary } => ResolvedImage {
@@ -166,19 +203,29 @@ impl ImageTable {
                 env: vec![path(&bin_dir.to_string_lossy())],
                 entrypoint: vec![],
             },
-            ImageKind::Postgres { majors, default_major } => {
-                let major = postgres_major(&lower).or(*default_major).ok_or_else(|| ImageError::NoPostgresTag {
-                    image: image.to_string(),
+            ImageKind::Postgres {
+                majors,
+                default_major,
+            } => {
+                let major = postgres_major(&lower).or(*default_major).ok_or_else(|| {
+                    ImageError::NoPostgresTag {
+                        image: image.to_string(),
+                    }
                 })?;
-                let bin = majors.get(&major).ok_or_else(|| ImageError::NoPostgresMajor {
-                    image: image.to_string(),
-                    major,
-                    configured: majors.keys().copied().collect(),
-                })?;
+                let bin = majors
+                    .get(&major)
+                    .ok_or_else(|| ImageError::NoPostgresMajor {
+                        image: image.to_string(),
+                        major,
+                        configured: majors.keys().copied().collect(),
+                    })?;
                 let target = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
                 ResolvedImage {
                     empty_dirs: vec![],
-                    mounts: vec![ImageMount { source: bin.clone(), target: target.clone() }],
+                    mounts: vec![ImageMount {
+                        source: bin.clone(),
+                        target: target.clone(),
+                    }],
                     env: vec![
                         path(&target.to_string_lossy()),
                         ("PG_MAJOR".to_string(), major.to_string()),
@@ -201,7 +248,9 @@ impl ImageTable {
 fn image_name(image: &str) -> &str {
     let no_digest = image.split('@').next().unwrap_or(image);
     let rest = match no_digest.split_once('/') {
-        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => rest,
+        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
+            rest
+        }
         _ => no_digest,
     };
     let last = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -226,21 +275,49 @@ mod tests {
 
     fn table() -> ImageTable {
         ImageTable::new()
-            .with_rule("capstan", ImageKind::Capstan { binary: PathBuf::from("/build/capstan") })
-            .with_rule("pgbouncer", ImageKind::PgBouncer { bin_dir: PathBuf::from("/usr/sbin") })
-            .with_rule("postgres", ImageKind::Postgres { majors: BTreeMap::new(), default_major: None })
+            .with_rule(
+                "capstan",
+                ImageKind::Capstan {
+                    binary: PathBuf::from("/build/capstan"),
+                },
+            )
+            .with_rule(
+                "pgbouncer",
+                ImageKind::PgBouncer {
+                    bin_dir: PathBuf::from("/usr/sbin"),
+                },
+            )
+            .with_rule(
+                "postgres",
+                ImageKind::Postgres {
+                    majors: BTreeMap::new(),
+                    default_major: None,
+                },
+            )
             .with_postgres_major(15, "/usr/lib/postgresql/15/bin")
             .with_host_image("debian")
     }
 
     #[test]
     fn names_and_majors() {
-        assert_eq!(image_name("docker.io/library/postgres:17-bookworm"), "library/postgres");
-        assert_eq!(image_name("ghcr.io/capstan/capstan@sha256:abc"), "capstan/capstan");
+        assert_eq!(
+            image_name("docker.io/library/postgres:17-bookworm"),
+            "library/postgres"
+        );
+        assert_eq!(
+            image_name("ghcr.io/capstan/capstan@sha256:abc"),
+            "capstan/capstan"
+        );
         assert_eq!(image_name("localhost:5000/x/pgbouncer:1.23"), "x/pgbouncer");
         assert_eq!(image_name("debian"), "debian");
-        assert_eq!(postgres_major("docker.io/library/postgres:17-bookworm"), Some(17));
-        assert_eq!(postgres_major("ghcr.io/cloudnative-pg/postgresql:16.4"), Some(16));
+        assert_eq!(
+            postgres_major("docker.io/library/postgres:17-bookworm"),
+            Some(17)
+        );
+        assert_eq!(
+            postgres_major("ghcr.io/cloudnative-pg/postgresql:16.4"),
+            Some(16)
+        );
         assert_eq!(postgres_major("postgres:latest"), None);
         assert_eq!(postgres_major("localhost:5000/postgres"), None);
     }
@@ -249,10 +326,20 @@ mod tests {
     fn resolves_the_table() {
         let t = table();
         let pg = t.resolve("docker.io/library/postgres:15-bookworm").unwrap();
-        assert_eq!(pg.mounts[0].target, PathBuf::from("/usr/lib/postgresql/15/bin"));
-        assert!(pg.env.iter().any(|(k, v)| k == "PATH" && v.starts_with("/usr/lib/postgresql/15/bin:")));
+        assert_eq!(
+            pg.mounts[0].target,
+            PathBuf::from("/usr/lib/postgresql/15/bin")
+        );
+        assert!(
+            pg.env
+                .iter()
+                .any(|(k, v)| k == "PATH" && v.starts_with("/usr/lib/postgresql/15/bin:"))
+        );
         let capstan = t.resolve("ghcr.io/example/capstan:dev").unwrap();
-        assert_eq!(capstan.entrypoint, vec!["/usr/local/bin/capstan".to_string()]);
+        assert_eq!(
+            capstan.entrypoint,
+            vec!["/usr/local/bin/capstan".to_string()]
+        );
         // A registry host containing a pattern does not count.
         assert!(matches!(
             t.resolve("postgres.example.com/busybox:1"),

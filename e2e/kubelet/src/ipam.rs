@@ -12,7 +12,9 @@ use std::str::FromStr;
 pub enum IpamError {
     #[error("invalid CIDR {0:?}: expected a.b.c.d/len with len between 8 and 30")]
     InvalidCidr(String),
-    #[error("CIDR {0} is not inside 127.0.0.0/8; the e2e kubelet only hands out loopback addresses")]
+    #[error(
+        "CIDR {0} is not inside 127.0.0.0/8; the e2e kubelet only hands out loopback addresses"
+    )]
     NotLoopback(Cidr),
     #[error("address range {0} is exhausted")]
     Exhausted(Cidr),
@@ -31,7 +33,10 @@ impl Cidr {
             return Err(IpamError::InvalidCidr(format!("{addr}/{prefix}")));
         }
         let mask = u32::MAX << (32 - prefix);
-        let cidr = Cidr { network: Ipv4Addr::from(u32::from(addr) & mask), prefix };
+        let cidr = Cidr {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        };
         if !cidr.network.is_loopback() {
             return Err(IpamError::NotLoopback(cidr));
         }
@@ -87,7 +92,11 @@ pub struct IpPool {
 
 impl IpPool {
     pub fn new(cidr: Cidr) -> Self {
-        IpPool { cidr, used: BTreeSet::new(), next: 1 }
+        IpPool {
+            cidr,
+            used: BTreeSet::new(),
+            next: 1,
+        }
     }
 
     pub fn cidr(&self) -> Cidr {
@@ -130,7 +139,10 @@ mod tests {
         assert_eq!(c.hosts(), 65534);
         assert!(c.contains(Ipv4Addr::new(127, 20, 255, 1)));
         assert!(!c.contains(Ipv4Addr::new(127, 21, 0, 1)));
-        assert!(matches!("10.0.0.0/8".parse::<Cidr>(), Err(IpamError::NotLoopback(_))));
+        assert!(matches!(
+            "10.0.0.0/8".parse::<Cidr>(),
+            Err(IpamError::NotLoopback(_))
+        ));
         assert!("127.0.0.0/31".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
     }

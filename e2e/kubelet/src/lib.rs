@@ -2,13 +2,27 @@
 //! never part of the product).
 
 pub mod config;
+pub mod dns;
 pub mod downward;
 pub mod env;
 pub mod images;
 pub mod ipam;
 pub mod objects;
+mod pod;
 pub mod probe;
 pub mod quantity;
+pub mod runtime;
 pub mod sys;
 pub mod users;
 pub mod volumes;
+
+pub use config::{
+    ApiServerAccess, Controllers, KubeletConfig, RestartBackoff, SIMULATED_ANNOTATION,
+};
+pub use dns::{DnsTable, Resolver};
+pub use images::{ImageKind, ImageTable};
+pub use ipam::Cidr;
+pub use objects::{MemoryObjects, ObjectSource};
+pub use runtime::{FaultError, PodEvent, Runtime, RuntimeHandle};
+pub use sys::Signal;
+pub use users::IdMapping;

@@ -31,7 +31,9 @@ fn key<K: ResourceExt>(obj: &K) -> (String, String) {
 }
 
 fn put<K: ResourceExt>(map: &Objects<K>, obj: K) {
-    map.write().unwrap_or_else(|e| e.into_inner()).insert(key(&obj), Arc::new(obj));
+    map.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key(&obj), Arc::new(obj));
 }
 
 fn get<K>(map: &Objects<K>, namespace: &str, name: &str) -> Option<Arc<K>> {

@@ -121,12 +121,20 @@ fn port(p: &IntOrString, target: &ProbeTarget) -> Result<u16, String> {
         IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
         IntOrString::String(name) => match name.parse::<u16>() {
             Ok(n) => Ok(n),
-            Err(_) => target.ports.get(name).copied().ok_or_else(|| format!("no container port named {name:?}")),
+            Err(_) => target
+                .ports
+                .get(name)
+                .copied()
+                .ok_or_else(|| format!("no container port named {name:?}")),
         },
     }
 }
 
-async fn address(host: Option<&str>, port: u16, target: &ProbeTarget) -> Result<SocketAddr, String> {
+async fn address(
+    host: Option<&str>,
+    port: u16,
+    target: &ProbeTarget,
+) -> Result<SocketAddr, String> {
     match host.filter(|h| !h.is_empty()) {
         None => Ok(SocketAddr::new(IpAddr::V4(target.pod_ip), port)),
         Some(h) => match h.parse::<IpAddr>() {
@@ -146,13 +154,17 @@ async fn connect(addr: SocketAddr, target: &ProbeTarget) -> Result<TcpStream, St
         SocketAddr::V4(v4) => {
             let s = TcpSocket::new_v4().map_err(|e| e.to_string())?;
             if v4.ip().is_loopback() {
-                s.bind(SocketAddr::new(IpAddr::V4(target.node_ip), 0)).map_err(|e| e.to_string())?;
+                s.bind(SocketAddr::new(IpAddr::V4(target.node_ip), 0))
+                    .map_err(|e| e.to_string())?;
             }
             s
         }
         SocketAddr::V6(_) => TcpSocket::new_v6().map_err(|e| e.to_string())?,
     };
-    socket.connect(addr).await.map_err(|e| format!("dial tcp {addr}: {e}"))
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("dial tcp {addr}: {e}"))
 }
 
 async fn tcp(t: &TCPSocketAction, target: &ProbeTarget) -> Result<(), String> {
@@ -164,7 +176,11 @@ async fn http_get(h: &HTTPGetAction, target: &ProbeTarget) -> Result<(), String>
     let port = port(&h.port, target)?;
     let addr = address(h.host.as_deref(), port, target).await?;
     let stream = connect(addr, target).await?;
-    let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string());
+    let path = h
+        .path
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/".to_string());
     let host_header = match h.host.as_deref().filter(|h| !h.is_empty()) {
         Some(host) => format!("{host}:{port}"),
         None => addr.to_string(),
@@ -177,8 +193,14 @@ async fn http_get(h: &HTTPGetAction, target: &ProbeTarget) -> Result<(), String>
     for header in h.http_headers.iter().flatten() {
         request = request.header(header.name.as_str(), header.value.as_str());
     }
-    let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let status = if h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let status = if h
+        .scheme
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    {
         let server_name = match h.host.as_deref().filter(|h| !h.is_empty()) {
             Some(host) => ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?,
             None => ServerName::IpAddress(addr.ip().into()),
@@ -202,9 +224,15 @@ async fn send<T>(io: T, request: hyper::Request<Empty<Bytes>>) -> Result<u16, St
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
-    let result = sender.send_request(request).await.map(|r| r.status().as_u16()).map_err(|e| e.to_string());
+    let result = sender
+        .send_request(request)
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string());
     driver.abort();
     result
 }
@@ -295,14 +323,20 @@ async fn exec(cmd: &[String], timeout: Duration, target: &ProbeTarget) -> Outcom
         Ok(Ok(status)) if status.success() => Outcome::Success,
         Ok(Ok(status)) => Outcome::Failure(format!(
             "command {cmd:?} exited with {}: {}",
-            status.code().map(|c| c.to_string()).unwrap_or_else(|| "a signal".to_string()),
+            status
+                .code()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".to_string()),
             String::from_utf8_lossy(&output).trim()
         )),
         Ok(Err(e)) => Outcome::Failure(format!("exec {cmd:?}: {e}")),
         Err(_) => {
             // setsid made the probe a process group leader: kill the whole group.
             let _ = send_signal(-spawned.pid, Signal::KILL);
-            Outcome::Failure(format!("command {cmd:?} timed out after {}s", timeout.as_secs()))
+            Outcome::Failure(format!(
+                "command {cmd:?} timed out after {}s",
+                timeout.as_secs()
+            ))
         }
     }
 }
@@ -334,8 +368,10 @@ pub async fn probe_loop(
     let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
     let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
     let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1);
-    tokio::time::sleep_until(started + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64))
-        .await;
+    tokio::time::sleep_until(
+        started + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64),
+    )
+    .await;
     let (mut successes, mut failures) = (0, 0);
     let mut ready: Option<bool> = None;
     loop {

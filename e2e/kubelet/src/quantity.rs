@@ -4,7 +4,9 @@
 /// The value of a quantity in base units (cores, bytes), or `None` if malformed.
 pub fn parse(q: &str) -> Option<f64> {
     let q = q.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match suffix {

@@ -35,8 +35,14 @@ pub struct IdMapping {
 impl IdMapping {
     /// Every non-root id maps to the host user `name` and its primary group.
     pub fn host_user(name: &str) -> Result<Self, UserError> {
-        let (uid, gid, _) = lookup_user(name).ok_or_else(|| UserError::NoSuchUser(name.to_string()))?;
-        Ok(IdMapping { default_uid: uid, default_gid: gid, uids: BTreeMap::new(), gids: BTreeMap::new() })
+        let (uid, gid, _) =
+            lookup_user(name).ok_or_else(|| UserError::NoSuchUser(name.to_string()))?;
+        Ok(IdMapping {
+            default_uid: uid,
+            default_gid: gid,
+            uids: BTreeMap::new(),
+            gids: BTreeMap::new(),
+        })
     }
 
     pub fn map_uid(&self, uid: i64) -> u32 {
@@ -71,12 +77,21 @@ impl IdMapping {
             None if uid == 0 => 0,
             None => self.default_gid_for(uid),
         };
-        let mut groups: Vec<u32> = fs_group.iter().chain(supplemental).map(|g| self.map_gid(*g)).collect();
+        let mut groups: Vec<u32> = fs_group
+            .iter()
+            .chain(supplemental)
+            .map(|g| self.map_gid(*g))
+            .collect();
         groups.push(gid);
         groups.sort_unstable();
         groups.dedup();
         let home = lookup_uid_home(uid).unwrap_or_else(|| "/".to_string());
-        Credentials { uid, gid, groups, home }
+        Credentials {
+            uid,
+            gid,
+            groups,
+            home,
+        }
     }
 
     fn default_gid_for(&self, uid: u32) -> u32 {
@@ -99,7 +114,9 @@ where
     let home = if pwd.pw_dir.is_null() {
         "/".to_string()
     } else {
-        unsafe { CStr::from_ptr(pwd.pw_dir) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(pwd.pw_dir) }
+            .to_string_lossy()
+            .into_owned()
     };
     Some((pwd.pw_uid, pwd.pw_gid, home))
 }
@@ -107,7 +124,9 @@ where
 fn lookup_user(name: &str) -> Option<(u32, u32, String)> {
     let name = CString::new(name).ok()?;
     // SAFETY: every pointer is valid for the call; buf outlives it.
-    passwd_entry(|pwd, buf, len, result| unsafe { libc::getpwnam_r(name.as_ptr(), pwd, buf, len, result) })
+    passwd_entry(|pwd, buf, len, result| unsafe {
+        libc::getpwnam_r(name.as_ptr(), pwd, buf, len, result)
+    })
 }
 
 fn lookup_uid(uid: u32) -> Option<(u32, u32, String)> {
@@ -129,7 +148,12 @@ mod tests {
 
     #[test]
     fn maps_non_root_ids() {
-        let m = IdMapping { default_uid: 101, default_gid: 104, uids: BTreeMap::new(), gids: BTreeMap::new() };
+        let m = IdMapping {
+            default_uid: 101,
+            default_gid: 104,
+            uids: BTreeMap::new(),
+            gids: BTreeMap::new(),
+        };
         assert_eq!(m.map_uid(0), 0);
         assert_eq!(m.map_uid(999), 101);
         assert_eq!(m.map_gid(998), 104);

@@ -18,7 +18,9 @@ pub enum CgroupError {
         "no cgroup2 hierarchy is mounted (looked in /proc/self/mountinfo); the e2e kubelet tracks container processes with cgroup v2"
     )]
     NotMounted,
-    #[error("cannot create cgroup {path}: {source} (the e2e kubelet must run as root with a writable cgroup2 hierarchy)")]
+    #[error(
+        "cannot create cgroup {path}: {source} (the e2e kubelet must run as root with a writable cgroup2 hierarchy)"
+    )]
     Create { path: PathBuf, source: io::Error },
 }
 
@@ -45,14 +47,18 @@ fn parse_mountinfo(text: &str) -> Option<(PathBuf, usize)> {
         let fields: Vec<&str> = left.split_whitespace().collect();
         let root = fields.get(3)?;
         let mount = fields.get(4)?;
-        let depth = Path::new(root).components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        let depth = Path::new(root)
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .count();
         Some((PathBuf::from(mount), depth))
     })
 }
 
 impl CgroupRoot {
     pub fn discover() -> Result<Self, CgroupError> {
-        let text = fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NotMounted)?;
+        let text =
+            fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NotMounted)?;
         let (mount, root_depth) = parse_mountinfo(&text).ok_or(CgroupError::NotMounted)?;
         Ok(CgroupRoot { mount, root_depth })
     }
@@ -61,28 +67,43 @@ impl CgroupRoot {
     /// its creator is still alive (see [`CgroupRoot::sweep_stale`]).
     pub fn kubelet_group(&self, instance: &str) -> Result<Cgroup, CgroupError> {
         let path = self.mount.join(TOP).join(instance);
-        fs::create_dir_all(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
+        fs::create_dir_all(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
         Ok(self.cgroup_at(path))
     }
 
     fn cgroup_at(&self, path: PathBuf) -> Cgroup {
-        let rel = path.strip_prefix(&self.mount).unwrap_or(&path).to_path_buf();
+        let rel = path
+            .strip_prefix(&self.mount)
+            .unwrap_or(&path)
+            .to_path_buf();
         let level = self.root_depth + rel.components().count();
-        let nft_path = self
-            .mount
-            .strip_prefix(NFT_CGROUP_BASE)
-            .ok()
-            .map(|base| base.join(&rel).to_string_lossy().trim_start_matches('/').to_string());
-        Cgroup { path, level, nft_path }
+        let nft_path = self.mount.strip_prefix(NFT_CGROUP_BASE).ok().map(|base| {
+            base.join(&rel)
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .to_string()
+        });
+        Cgroup {
+            path,
+            level,
+            nft_path,
+        }
     }
 
     /// Kills and removes the groups of kubelet instances `<pid>-<n>` whose
     /// process is gone (a test process that died without cleaning up).
     pub fn sweep_stale(&self) {
-        let Ok(entries) = fs::read_dir(self.mount.join(TOP)) else { return };
+        let Ok(entries) = fs::read_dir(self.mount.join(TOP)) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
             if !super::process_alive(pid) {
                 let group = self.cgroup_at(entry.path());
                 group.kill();
@@ -131,7 +152,12 @@ impl Cgroup {
                 out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
             }
             if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path()),
+                );
             }
         }
         out
@@ -139,7 +165,10 @@ impl Cgroup {
 
     /// Signals every process; returns how many were signalled.
     pub fn signal(&self, sig: Signal) -> usize {
-        self.procs().into_iter().filter(|pid| send_signal(*pid, sig).is_ok()).count()
+        self.procs()
+            .into_iter()
+            .filter(|pid| send_signal(*pid, sig).is_ok())
+            .count()
     }
 
     /// SIGKILLs everything in the group (atomically via `cgroup.kill` where the
@@ -199,11 +228,20 @@ mod tests {
     #[test]
     fn finds_cgroup2_in_mountinfo() {
         let text = "30 25 0:26 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_mountinfo(text), Some((PathBuf::from("/sys/fs/cgroup/unified"), 0)));
+        assert_eq!(
+            parse_mountinfo(text),
+            Some((PathBuf::from("/sys/fs/cgroup/unified"), 0))
+        );
         let nested = "41 31 0:38 /a/b /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_mountinfo(nested), Some((PathBuf::from("/sys/fs/cgroup"), 2)));
+        assert_eq!(
+            parse_mountinfo(nested),
+            Some((PathBuf::from("/sys/fs/cgroup"), 2))
+        );
         assert_eq!(parse_mountinfo("1 2 3:4 / / rw - ext4 /dev/x rw\n"), None);
-        let root = CgroupRoot { mount: PathBuf::from("/sys/fs/cgroup/unified"), root_depth: 0 };
+        let root = CgroupRoot {
+            mount: PathBuf::from("/sys/fs/cgroup/unified"),
+            root_depth: 0,
+        };
         let g = root.cgroup_at(PathBuf::from("/sys/fs/cgroup/unified/capstan-e2e/1-0/pod"));
         assert_eq!(g.nft_match(), Some((3, "unified/capstan-e2e/1-0/pod")));
     }

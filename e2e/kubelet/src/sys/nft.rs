@@ -53,30 +53,48 @@ fn nft(script: &str) -> Result<(), NetError> {
         .spawn()
         .map_err(|e| NetError::Nft(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| NetError::Nft(e.to_string()))?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| NetError::Nft(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| NetError::Nft(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Nft(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(NetError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
 fn probe_nft() -> Option<String> {
     match Command::new("nft").args(["list", "tables"]).output() {
         Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!("`nft list tables` failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
-        Err(e) => Some(format!("cannot run `nft` ({e}); install the nftables package")),
+        Ok(out) => Some(format!(
+            "`nft list tables` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!(
+            "cannot run `nft` ({e}); install the nftables package"
+        )),
     }
 }
 
 /// Deletes tables of kubelet instances whose process is gone.
 fn sweep_stale_tables() {
-    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else { return };
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(name) = line.strip_prefix("table ip ") else { continue };
-        let Some(pid) = name.strip_prefix("ce2e_").and_then(|r| r.split('_').next()).and_then(|p| p.parse::<i32>().ok())
+        let Some(name) = line.strip_prefix("table ip ") else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("ce2e_")
+            .and_then(|r| r.split('_').next())
+            .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
         };
@@ -115,7 +133,9 @@ impl Network {
             return Ok(());
         }
         let mut state = self.lock();
-        state.pods.insert(ip, cgroup.nft_match().map(|(l, p)| (l, p.to_string())));
+        state
+            .pods
+            .insert(ip, cgroup.nft_match().map(|(l, p)| (l, p.to_string())));
         self.apply(&state)
     }
 
@@ -126,7 +146,11 @@ impl Network {
         let mut state = self.lock();
         let known = state.pods.remove(&ip).is_some();
         let partitioned = state.partitioned.remove(&ip);
-        if known || partitioned { self.apply(&state) } else { Ok(()) }
+        if known || partitioned {
+            self.apply(&state)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn partition(&self, ip: Ipv4Addr) -> Result<(), NetError> {
@@ -146,7 +170,11 @@ impl Network {
             return Ok(());
         }
         let mut state = self.lock();
-        if state.partitioned.remove(&ip) { self.apply(&state) } else { Ok(()) }
+        if state.partitioned.remove(&ip) {
+            self.apply(&state)
+        } else {
+            Ok(())
+        }
     }
 
     pub fn is_partitioned(&self, ip: Ipv4Addr) -> bool {
@@ -164,20 +192,36 @@ impl Network {
         s.push_str("  chain mark {\n    type filter hook output priority mangle; policy accept;\n");
         for (ip, m) in &state.pods {
             if let Some((level, path)) = m {
-                let _ = writeln!(s, "    socket cgroupv2 level {level} \"{path}\" meta mark set {:#010x}", u32::from(*ip));
+                let _ = writeln!(
+                    s,
+                    "    socket cgroupv2 level {level} \"{path}\" meta mark set {:#010x}",
+                    u32::from(*ip)
+                );
             }
         }
-        s.push_str("  }\n  chain snat {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+        s.push_str(
+            "  }\n  chain snat {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+        );
         for (ip, m) in &state.pods {
             if m.is_some() {
-                let _ = writeln!(s, "    meta mark {:#010x} ip saddr 127.0.0.1 snat to {ip}", u32::from(*ip));
+                let _ = writeln!(
+                    s,
+                    "    meta mark {:#010x} ip saddr 127.0.0.1 snat to {ip}",
+                    u32::from(*ip)
+                );
             }
         }
         // After SNAT, so connection tuples carry the pod addresses.
         s.push_str("  }\n  chain partition {\n    type filter hook postrouting priority 200; policy accept;\n");
         for ip in &state.partitioned {
-            let _ = writeln!(s, "    ct reply ip daddr {ip} ct original ip daddr != {{ {ip}, {node} }} drop");
-            let _ = writeln!(s, "    ct original ip daddr {ip} ct reply ip daddr != {ip} ct original ip saddr != {node} drop");
+            let _ = writeln!(
+                s,
+                "    ct reply ip daddr {ip} ct original ip daddr != {{ {ip}, {node} }} drop"
+            );
+            let _ = writeln!(
+                s,
+                "    ct original ip daddr {ip} ct reply ip daddr != {ip} ct original ip saddr != {node} drop"
+            );
         }
         s.push_str("  }\n}\n");
         s
@@ -206,11 +250,21 @@ mod tests {
         };
         let mut state = State::default();
         let ip = Ipv4Addr::new(127, 20, 0, 2);
-        state.pods.insert(ip, Some((3, "unified/capstan-e2e/1-0/uid".into())));
+        state
+            .pods
+            .insert(ip, Some((3, "unified/capstan-e2e/1-0/uid".into())));
         state.partitioned.insert(ip);
         let s = net.script(&state);
-        assert!(s.contains("socket cgroupv2 level 3 \"unified/capstan-e2e/1-0/uid\" meta mark set 0x7f140002"), "{s}");
-        assert!(s.contains("meta mark 0x7f140002 ip saddr 127.0.0.1 snat to 127.20.0.2"), "{s}");
+        assert!(
+            s.contains(
+                "socket cgroupv2 level 3 \"unified/capstan-e2e/1-0/uid\" meta mark set 0x7f140002"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("meta mark 0x7f140002 ip saddr 127.0.0.1 snat to 127.20.0.2"),
+            "{s}"
+        );
         assert!(s.contains("ct reply ip daddr 127.20.0.2 ct original ip daddr != { 127.20.0.2, 127.20.0.1 } drop"), "{s}");
     }
 }

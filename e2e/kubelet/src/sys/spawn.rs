@@ -35,7 +35,10 @@ pub struct NsFds {
 
 pub enum Namespaces {
     /// A new container: fresh mount and UTS namespaces.
-    New { mounts: Vec<Mount>, hostname: String },
+    New {
+        mounts: Vec<Mount>,
+        hostname: String,
+    },
     /// Exec into a running container.
     Join(Arc<NsFds>),
 }
@@ -60,11 +63,29 @@ pub struct Spawned {
 }
 
 fn cstring(p: impl AsRef<[u8]>) -> io::Result<CString> {
-    CString::new(p.as_ref()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CString::new(p.as_ref())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+/// Like [`check`], but also names the failed step on the container's stderr
+/// (its log), since only the errno reaches the parent. Async-signal-safe.
+fn step(rc: libc::c_int, what: &[u8], path: Option<&CString>) -> io::Result<()> {
+    if rc >= 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    let write = |b: &[u8]| {
+        // SAFETY: writing a valid buffer to fd 2.
+        unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+    };
+    write(b"e2e-kubelet: ");
+    write(what);
+    if let Some(p) = path {
+        write(b" ");
+        write(p.as_bytes());
+    }
+    write(b" failed\n");
+    Err(err)
 }
 
 /// Sorts mounts so parents come before children (a volume inside another works).
@@ -123,6 +144,30 @@ fn open_ns(pid: i32, kind: &str) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// Upper bound of mounts per container (fds are kept in a fixed array after fork).
+const MAX_MOUNTS: usize = 64;
+
+/// `/proc/self/fd/<fd>` as a C string in `buf`, without allocating.
+fn fd_path(fd: libc::c_int, buf: &mut [u8; 32]) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
 struct PreparedMount {
     source: CString,
     target: CString,
@@ -134,12 +179,10 @@ fn join_cgroup(procs: &CString) -> io::Result<()> {
     // SAFETY: raw syscalls on a valid NUL-terminated path and a static buffer.
     unsafe {
         let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        check(fd)?;
+        step(fd, b"opening", Some(procs))?;
         let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
         libc::close(fd);
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        step(rc as libc::c_int, b"joining cgroup", Some(procs))?;
     }
     Ok(())
 }
@@ -147,9 +190,13 @@ fn join_cgroup(procs: &CString) -> io::Result<()> {
 fn set_credentials(uid: u32, gid: u32, groups: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: plain syscalls; `groups` is a valid slice.
     unsafe {
-        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-        check(libc::setgid(gid))?;
-        check(libc::setuid(uid))?;
+        step(
+            libc::setgroups(groups.len(), groups.as_ptr()),
+            b"setgroups",
+            None,
+        )?;
+        step(libc::setgid(gid), b"setgid", None)?;
+        step(libc::setuid(uid), b"setuid", None)?;
     }
     Ok(())
 }
@@ -168,31 +215,24 @@ pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
         .stderr(spec.stderr);
 
     let procs = cstring(spec.cgroup_procs.as_os_str().as_bytes())?;
-    let cwd = spec.cwd.as_ref().map(|c| cstring(c.as_os_str().as_bytes())).transpose()?;
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|c| cstring(c.as_os_str().as_bytes()))
+        .transpose()?;
     let groups: Vec<libc::gid_t> = spec.creds.groups.clone();
     let (uid, gid) = (spec.creds.uid, spec.creds.gid);
 
-    // Open mount sources before forking: once a container mounts something over
-    // a directory that holds a later source, the path would no longer reach it.
-    let mut source_fds: Vec<OwnedFd> = Vec::new();
     let is_new = matches!(spec.namespaces, Namespaces::New { .. });
     match spec.namespaces {
         Namespaces::New { mounts, hostname } => {
             let mut prepared = Vec::with_capacity(mounts.len());
             for m in &mounts {
-                let fd = OwnedFd::from(
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-                        .open(&m.source)
-                        .map_err(|e| io::Error::new(e.kind(), format!("mount source {}: {e}", m.source.display())))?,
-                );
                 prepared.push(PreparedMount {
-                    source: cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()))?,
+                    source: cstring(m.source.as_os_str().as_bytes())?,
                     target: cstring(m.target.as_os_str().as_bytes())?,
                     read_only: m.read_only,
                 });
-                source_fds.push(fd);
             }
             let hostname = hostname.into_bytes();
             let root = cstring("/")?;
@@ -200,37 +240,70 @@ pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
             unsafe {
                 cmd.pre_exec(move || {
                     join_cgroup(&procs)?;
-                    check(libc::setsid())?;
-                    check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
+                    step(libc::setsid(), b"setsid", None)?;
+                    step(
+                        libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS),
+                        b"unshare",
+                        None,
+                    )?;
                     // Our mounts must not propagate back to the host.
-                    check(libc::mount(
-                        std::ptr::null(),
-                        root.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_SLAVE,
-                        std::ptr::null(),
-                    ))?;
-                    for m in &prepared {
-                        check(libc::mount(
-                            m.source.as_ptr(),
-                            m.target.as_ptr(),
+                    step(
+                        libc::mount(
                             std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REC,
+                            root.as_ptr(),
                             std::ptr::null(),
-                        ))?;
-                        if m.read_only {
-                            check(libc::mount(
-                                std::ptr::null(),
+                            libc::MS_REC | libc::MS_SLAVE,
+                            std::ptr::null(),
+                        ),
+                        b"making / a slave mount",
+                        None,
+                    )?;
+                    // Open every source before mounting anything: a mount over a
+                    // directory holding a later source would hide it. (The fds must
+                    // be opened in the new namespace; bind mounts from another
+                    // namespace's mounts are refused.)
+                    let mut fds = [0 as libc::c_int; MAX_MOUNTS];
+                    if prepared.len() > MAX_MOUNTS {
+                        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+                    }
+                    for (i, m) in prepared.iter().enumerate() {
+                        fds[i] = libc::open(m.source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                        step(fds[i], b"opening mount source", Some(&m.source))?;
+                    }
+                    for (i, m) in prepared.iter().enumerate() {
+                        let mut buf = [0u8; 32];
+                        step(
+                            libc::mount(
+                                fd_path(fds[i], &mut buf),
                                 m.target.as_ptr(),
                                 std::ptr::null(),
-                                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                                libc::MS_BIND | libc::MS_REC,
                                 std::ptr::null(),
-                            ))?;
+                            ),
+                            b"bind mount at",
+                            Some(&m.target),
+                        )?;
+                        if m.read_only {
+                            step(
+                                libc::mount(
+                                    std::ptr::null(),
+                                    m.target.as_ptr(),
+                                    std::ptr::null(),
+                                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                                    std::ptr::null(),
+                                ),
+                                b"read-only remount of",
+                                Some(&m.target),
+                            )?;
                         }
                     }
-                    check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
+                    step(
+                        libc::sethostname(hostname.as_ptr().cast(), hostname.len()),
+                        b"sethostname",
+                        None,
+                    )?;
                     if let Some(cwd) = &cwd {
-                        check(libc::chdir(cwd.as_ptr()))?;
+                        step(libc::chdir(cwd.as_ptr()), b"chdir to", Some(cwd))?;
                     }
                     set_credentials(uid, gid, &groups)
                 });
@@ -243,11 +316,19 @@ pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
                 cmd.pre_exec(move || {
                     let _keep = &ns;
                     join_cgroup(&procs)?;
-                    check(libc::setsid())?;
-                    check(libc::setns(mnt, libc::CLONE_NEWNS))?;
-                    check(libc::setns(uts, libc::CLONE_NEWUTS))?;
+                    step(libc::setsid(), b"setsid", None)?;
+                    step(
+                        libc::setns(mnt, libc::CLONE_NEWNS),
+                        b"joining the mount namespace",
+                        None,
+                    )?;
+                    step(
+                        libc::setns(uts, libc::CLONE_NEWUTS),
+                        b"joining the UTS namespace",
+                        None,
+                    )?;
                     if let Some(cwd) = &cwd {
-                        check(libc::chdir(cwd.as_ptr()))?;
+                        step(libc::chdir(cwd.as_ptr()), b"chdir to", Some(cwd))?;
                     }
                     set_credentials(uid, gid, &groups)
                 });
@@ -255,7 +336,6 @@ pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
         }
     }
     let child = cmd.spawn()?;
-    drop(source_fds);
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let ns = if is_new {
         match (open_ns(pid, "mnt"), open_ns(pid, "uts")) {
@@ -278,17 +358,46 @@ mod tests {
     use super::*;
 
     fn m(source: &str, target: &str) -> Mount {
-        Mount { source: source.into(), target: target.into(), read_only: false }
+        Mount {
+            source: source.into(),
+            target: target.into(),
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn formats_fd_paths() {
+        let mut buf = [0u8; 32];
+        let p = fd_path(1234, &mut buf);
+        // SAFETY: fd_path NUL-terminates within buf.
+        assert_eq!(
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap(),
+            "/proc/self/fd/1234"
+        );
+        let p = fd_path(0, &mut buf);
+        assert_eq!(
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap(),
+            "/proc/self/fd/0"
+        );
     }
 
     #[test]
     fn mount_points_follow_earlier_mounts() {
-        let mut mounts = vec![m("/state/bin", "/usr/local/bin/capstan"), m("/state/img", "/usr/local/bin")];
+        let mut mounts = vec![
+            m("/state/bin", "/usr/local/bin/capstan"),
+            m("/state/img", "/usr/local/bin"),
+        ];
         order_mounts(&mut mounts);
         assert_eq!(mounts[0].target, PathBuf::from("/usr/local/bin"));
         assert_eq!(host_location(&mounts, 0), PathBuf::from("/usr/local/bin"));
-        assert_eq!(host_location(&mounts, 1), PathBuf::from("/state/img/capstan"));
-        assert_eq!(resolve_in_container(&mounts, Path::new("/usr/local/bin/x")), PathBuf::from("/state/img/x"));
+        assert_eq!(
+            host_location(&mounts, 1),
+            PathBuf::from("/state/img/capstan")
+        );
+        assert_eq!(
+            resolve_in_container(&mounts, Path::new("/usr/local/bin/x")),
+            PathBuf::from("/state/img/x")
+        );
         assert!(is_clean_absolute(Path::new("/a/b")));
         assert!(!is_clean_absolute(Path::new("/a/../b")));
         assert!(!is_clean_absolute(Path::new("a")));

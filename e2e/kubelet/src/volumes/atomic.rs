@@ -36,7 +36,9 @@ pub fn project(dir: &Path, payload: &Payload, group: Option<u32>) -> io::Result<
     {
         return Ok(false);
     }
-    let stamp = jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S").to_string();
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y_%m_%d_%H_%M_%S")
+        .to_string();
     let version = format!("..{stamp}.{:08x}", rand::rng().random::<u32>());
     let version_dir = dir.join(&version);
     fs::create_dir(&version_dir)?;
@@ -57,7 +59,10 @@ pub fn project(dir: &Path, payload: &Payload, group: Option<u32>) -> io::Result<
         if let Some(gid) = group {
             chown(&file, None, Some(gid))?;
         }
-        fs::set_permissions(&file, fs::Permissions::from_mode(file_mode(entry.mode, group)))?;
+        fs::set_permissions(
+            &file,
+            fs::Permissions::from_mode(file_mode(entry.mode, group)),
+        )?;
     }
     let tmp = dir.join(DATA_TMP);
     let _ = fs::remove_file(&tmp);
@@ -97,7 +102,15 @@ fn file_mode(mode: u32, group: Option<u32>) -> u32 {
 fn effective(payload: &Payload, group: Option<u32>) -> Payload {
     payload
         .iter()
-        .map(|(k, v)| (k.clone(), FileEntry { content: v.content.clone(), mode: file_mode(v.mode, group) }))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                FileEntry {
+                    content: v.content.clone(),
+                    mode: file_mode(v.mode, group),
+                },
+            )
+        })
         .collect()
 }
 
@@ -111,8 +124,19 @@ fn read_payload(version_dir: &Path) -> io::Result<Payload> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                let rel = entry.path().strip_prefix(version_dir).map_err(io::Error::other)?.to_string_lossy().into_owned();
-                out.insert(rel, FileEntry { content: fs::read(entry.path())?, mode: meta.permissions().mode() & 0o7777 });
+                let rel = entry
+                    .path()
+                    .strip_prefix(version_dir)
+                    .map_err(io::Error::other)?
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    rel,
+                    FileEntry {
+                        content: fs::read(entry.path())?,
+                        mode: meta.permissions().mode() & 0o7777,
+                    },
+                );
             }
         }
     }
@@ -142,7 +166,15 @@ mod tests {
     fn payload(pairs: &[(&str, &str, u32)]) -> Payload {
         pairs
             .iter()
-            .map(|(k, v, m)| (k.to_string(), FileEntry { content: v.as_bytes().to_vec(), mode: *m }))
+            .map(|(k, v, m)| {
+                (
+                    k.to_string(),
+                    FileEntry {
+                        content: v.as_bytes().to_vec(),
+                        mode: *m,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -150,13 +182,34 @@ mod tests {
     fn projects_and_swaps() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("vol");
-        assert!(project(&dir, &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]), None).unwrap());
+        assert!(
+            project(
+                &dir,
+                &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+                None
+            )
+            .unwrap()
+        );
         assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
         assert_eq!(fs::read_to_string(dir.join("sub/b")).unwrap(), "2");
-        assert_eq!(fs::metadata(dir.join("sub/b")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.join("sub/b"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let first = fs::read_link(dir.join(DATA_LINK)).unwrap();
         // Same content: nothing happens.
-        assert!(!project(&dir, &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]), None).unwrap());
+        assert!(
+            !project(
+                &dir,
+                &payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+                None
+            )
+            .unwrap()
+        );
         assert_eq!(fs::read_link(dir.join(DATA_LINK)).unwrap(), first);
         // New content: new version, stale names disappear, old version removed.
         assert!(project(&dir, &payload(&[("a", "3", 0o644)]), None).unwrap());
@@ -165,6 +218,9 @@ mod tests {
         assert!(!dir.join(&first).exists());
         // fsGroup adds group read.
         assert!(project(&dir, &payload(&[("a", "3", 0o600)]), Some(0)).unwrap());
-        assert_eq!(fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
     }
 }

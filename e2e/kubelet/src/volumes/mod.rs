@@ -36,17 +36,28 @@ pub enum VolumeError {
     #[error("MountVolume.SetUp failed for volume {volume:?}: configmap {name:?} not found")]
     ConfigMapNotFound { volume: String, name: String },
     #[error("MountVolume.SetUp failed for volume {volume:?}: key {key:?} not found in {name:?}")]
-    KeyNotFound { volume: String, name: String, key: String },
+    KeyNotFound {
+        volume: String,
+        name: String,
+        key: String,
+    },
     #[error("persistentvolumeclaim {0:?} not found")]
     ClaimNotFound(String),
     #[error("volume {volume:?}: {what} is not supported by the e2e kubelet")]
     Unsupported { volume: String, what: String },
     #[error("volume {volume:?}: {source}")]
-    Downward { volume: String, source: DownwardError },
+    Downward {
+        volume: String,
+        source: DownwardError,
+    },
     #[error("volume {volume:?}: hostPath {path:?} does not exist")]
     HostPathMissing { volume: String, path: String },
     #[error("volume {volume:?}: cannot set up {path}: {source}")]
-    Io { volume: String, path: PathBuf, source: io::Error },
+    Io {
+        volume: String,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A volume ready to be bind-mounted.
@@ -93,12 +104,20 @@ pub fn sync(inputs: &VolumeInputs<'_>) -> Result<BTreeMap<String, Volume>, Volum
         let io_err = |path: &Path| {
             let volume = name.clone();
             let path = path.to_path_buf();
-            move |source| VolumeError::Io { volume, path, source }
+            move |source| VolumeError::Io {
+                volume,
+                path,
+                source,
+            }
         };
         let own_dir = inputs.pod_volumes_dir.join(&v.name);
         let volume = if v.empty_dir.is_some() {
             create_shared_dir(&own_dir, inputs.fs_group).map_err(io_err(&own_dir))?;
-            Volume { host_path: own_dir, read_only: false, claim: None }
+            Volume {
+                host_path: own_dir,
+                read_only: false,
+                claim: None,
+            }
         } else if let Some(pvc) = &v.persistent_volume_claim {
             if inputs.objects.claim(&namespace, &pvc.claim_name).is_none() {
                 return Err(VolumeError::ClaimNotFound(pvc.claim_name.clone()));
@@ -114,18 +133,37 @@ pub fn sync(inputs: &VolumeInputs<'_>) -> Result<BTreeMap<String, Volume>, Volum
             let path = PathBuf::from(&hp.path);
             if !path.exists() {
                 match hp.type_.as_deref() {
-                    Some("DirectoryOrCreate") => fs::create_dir_all(&path).map_err(io_err(&path))?,
-                    Some("FileOrCreate") => {
-                        fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+                    Some("DirectoryOrCreate") => {
+                        fs::create_dir_all(&path).map_err(io_err(&path))?
                     }
-                    _ => return Err(VolumeError::HostPathMissing { volume: name, path: hp.path.clone() }),
+                    Some("FileOrCreate") => {
+                        fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .map_err(io_err(&path))?;
+                    }
+                    _ => {
+                        return Err(VolumeError::HostPathMissing {
+                            volume: name,
+                            path: hp.path.clone(),
+                        });
+                    }
                 }
             }
-            Volume { host_path: path, read_only: false, claim: None }
+            Volume {
+                host_path: path,
+                read_only: false,
+                claim: None,
+            }
         } else {
             let payload = projected_payload(v, &namespace, inputs)?;
             atomic::project(&own_dir, &payload, inputs.fs_group).map_err(io_err(&own_dir))?;
-            Volume { host_path: own_dir, read_only: true, claim: None }
+            Volume {
+                host_path: own_dir,
+                read_only: true,
+                claim: None,
+            }
         };
         out.insert(v.name.clone(), volume);
     }
@@ -139,7 +177,10 @@ pub fn sync_service_account(
     namespace: &str,
     fs_group: Option<u32>,
 ) -> io::Result<()> {
-    let entry = |s: &str| FileEntry { content: s.as_bytes().to_vec(), mode: DEFAULT_MODE as u32 };
+    let entry = |s: &str| FileEntry {
+        content: s.as_bytes().to_vec(),
+        mode: DEFAULT_MODE as u32,
+    };
     let payload: Payload = [
         ("token".to_string(), entry(&files.token)),
         ("ca.crt".to_string(), entry(&files.ca_crt)),
@@ -168,25 +209,56 @@ fn mode_of(mode: Option<i32>, default: i32) -> u32 {
     (mode.unwrap_or(default) & 0o7777) as u32
 }
 
-fn projected_payload(v: &PodVolume, namespace: &str, inputs: &VolumeInputs<'_>) -> Result<Payload, VolumeError> {
+fn projected_payload(
+    v: &PodVolume,
+    namespace: &str,
+    inputs: &VolumeInputs<'_>,
+) -> Result<Payload, VolumeError> {
     let mut payload = Payload::new();
     if let Some(s) = &v.secret {
         let default = s.default_mode.unwrap_or(DEFAULT_MODE);
         let name = s.secret_name.clone().unwrap_or_default();
-        secret_files(&mut payload, &v.name, namespace, &name, s.items.as_deref(), default, s.optional, inputs)?;
+        secret_files(
+            &mut payload,
+            &v.name,
+            namespace,
+            &name,
+            s.items.as_deref(),
+            default,
+            s.optional,
+            inputs,
+        )?;
     } else if let Some(c) = &v.config_map {
         let default = c.default_mode.unwrap_or(DEFAULT_MODE);
-        config_map_files(&mut payload, &v.name, namespace, &c.name, c.items.as_deref(), default, c.optional, inputs)?;
+        config_map_files(
+            &mut payload,
+            &v.name,
+            namespace,
+            &c.name,
+            c.items.as_deref(),
+            default,
+            c.optional,
+            inputs,
+        )?;
     } else if let Some(d) = &v.downward_api {
         let default = d.default_mode.unwrap_or(DEFAULT_MODE);
-        downward_files(&mut payload, &v.name, d.items.as_deref().unwrap_or_default(), default, inputs)?;
+        downward_files(
+            &mut payload,
+            &v.name,
+            d.items.as_deref().unwrap_or_default(),
+            default,
+            inputs,
+        )?;
     } else if let Some(p) = &v.projected {
         let default = p.default_mode.unwrap_or(DEFAULT_MODE);
         for source in p.sources.iter().flatten() {
             projection(&mut payload, &v.name, namespace, source, default, inputs)?;
         }
     } else {
-        return Err(VolumeError::Unsupported { volume: v.name.clone(), what: volume_kind(v) });
+        return Err(VolumeError::Unsupported {
+            volume: v.name.clone(),
+            what: volume_kind(v),
+        });
     }
     Ok(payload)
 }
@@ -200,27 +272,66 @@ fn projection(
     inputs: &VolumeInputs<'_>,
 ) -> Result<(), VolumeError> {
     if let Some(s) = &source.secret {
-        secret_files(payload, volume, namespace, &s.name, s.items.as_deref(), default, s.optional, inputs)
+        secret_files(
+            payload,
+            volume,
+            namespace,
+            &s.name,
+            s.items.as_deref(),
+            default,
+            s.optional,
+            inputs,
+        )
     } else if let Some(c) = &source.config_map {
-        config_map_files(payload, volume, namespace, &c.name, c.items.as_deref(), default, c.optional, inputs)
+        config_map_files(
+            payload,
+            volume,
+            namespace,
+            &c.name,
+            c.items.as_deref(),
+            default,
+            c.optional,
+            inputs,
+        )
     } else if let Some(d) = &source.downward_api {
-        downward_files(payload, volume, d.items.as_deref().unwrap_or_default(), default, inputs)
+        downward_files(
+            payload,
+            volume,
+            d.items.as_deref().unwrap_or_default(),
+            default,
+            inputs,
+        )
     } else if let Some(t) = &source.service_account_token {
-        let files = inputs.service_account.ok_or_else(|| VolumeError::Unsupported {
-            volume: volume.to_string(),
-            what: "a serviceAccountToken projection without a configured API server token".to_string(),
-        })?;
-        payload.insert(t.path.clone(), FileEntry { content: files.token.as_bytes().to_vec(), mode: mode_of(None, default) });
+        let files = inputs
+            .service_account
+            .ok_or_else(|| VolumeError::Unsupported {
+                volume: volume.to_string(),
+                what: "a serviceAccountToken projection without a configured API server token"
+                    .to_string(),
+            })?;
+        payload.insert(
+            t.path.clone(),
+            FileEntry {
+                content: files.token.as_bytes().to_vec(),
+                mode: mode_of(None, default),
+            },
+        );
         Ok(())
     } else {
-        Err(VolumeError::Unsupported { volume: volume.to_string(), what: "this projected source".to_string() })
+        Err(VolumeError::Unsupported {
+            volume: volume.to_string(),
+            what: "this projected source".to_string(),
+        })
     }
 }
 
 fn volume_kind(v: &PodVolume) -> String {
     serde_json::to_value(v)
         .ok()
-        .and_then(|j| j.as_object().and_then(|o| o.keys().find(|k| *k != "name").cloned()))
+        .and_then(|j| {
+            j.as_object()
+                .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+        })
         .map(|k| format!("volume type {k:?}"))
         .unwrap_or_else(|| "a volume without a source".to_string())
 }
@@ -237,14 +348,26 @@ fn keyed_files(
     match items {
         None => {
             for (k, v) in data {
-                payload.insert(k.clone(), FileEntry { content: v.clone(), mode: mode_of(None, default) });
+                payload.insert(
+                    k.clone(),
+                    FileEntry {
+                        content: v.clone(),
+                        mode: mode_of(None, default),
+                    },
+                );
             }
         }
         Some(items) => {
             for item in items {
                 match data.get(&item.key) {
                     Some(v) => {
-                        payload.insert(item.path.clone(), FileEntry { content: v.clone(), mode: mode_of(item.mode, default) });
+                        payload.insert(
+                            item.path.clone(),
+                            FileEntry {
+                                content: v.clone(),
+                                mode: mode_of(item.mode, default),
+                            },
+                        );
                     }
                     None if optional => {}
                     None => return Err(missing(&item.key)),
@@ -271,11 +394,18 @@ fn secret_files(
         return if optional {
             Ok(())
         } else {
-            Err(VolumeError::SecretNotFound { volume: volume.to_string(), name: name.to_string() })
+            Err(VolumeError::SecretNotFound {
+                volume: volume.to_string(),
+                name: name.to_string(),
+            })
         };
     };
     let data = secret_data(&secret);
-    let missing = |key: &str| VolumeError::KeyNotFound { volume: volume.to_string(), name: name.to_string(), key: key.to_string() };
+    let missing = |key: &str| VolumeError::KeyNotFound {
+        volume: volume.to_string(),
+        name: name.to_string(),
+        key: key.to_string(),
+    };
     keyed_files(payload, &data, items, default, missing, optional)
 }
 
@@ -295,11 +425,18 @@ fn config_map_files(
         return if optional {
             Ok(())
         } else {
-            Err(VolumeError::ConfigMapNotFound { volume: volume.to_string(), name: name.to_string() })
+            Err(VolumeError::ConfigMapNotFound {
+                volume: volume.to_string(),
+                name: name.to_string(),
+            })
         };
     };
     let data = config_map_data(&cm);
-    let missing = |key: &str| VolumeError::KeyNotFound { volume: volume.to_string(), name: name.to_string(), key: key.to_string() };
+    let missing = |key: &str| VolumeError::KeyNotFound {
+        volume: volume.to_string(),
+        name: name.to_string(),
+        key: key.to_string(),
+    };
     keyed_files(payload, &data, items, default, missing, optional)
 }
 
@@ -310,24 +447,40 @@ fn downward_files(
     default: i32,
     inputs: &VolumeInputs<'_>,
 ) -> Result<(), VolumeError> {
-    let err = |source| VolumeError::Downward { volume: volume.to_string(), source };
+    let err = |source| VolumeError::Downward {
+        volume: volume.to_string(),
+        source,
+    };
     for item in items {
         let value = if let Some(f) = &item.field_ref {
             inputs.facts.field(&f.field_path).map_err(err)?
         } else if let Some(r) = &item.resource_field_ref {
             let container = r.container_name.clone().unwrap_or_default();
-            inputs.facts.resource(&container, &r.resource, r.divisor.as_ref()).map_err(err)?
+            inputs
+                .facts
+                .resource(&container, &r.resource, r.divisor.as_ref())
+                .map_err(err)?
         } else {
             String::new()
         };
-        payload.insert(item.path.clone(), FileEntry { content: value.into_bytes(), mode: mode_of(item.mode, default) });
+        payload.insert(
+            item.path.clone(),
+            FileEntry {
+                content: value.into_bytes(),
+                mode: mode_of(item.mode, default),
+            },
+        );
     }
     Ok(())
 }
 
 pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut data: BTreeMap<String, Vec<u8>> =
-        secret.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .string_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
     for (k, v) in secret.data.iter().flatten() {
         data.insert(k.clone(), v.0.clone());
     }
@@ -335,8 +488,12 @@ pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut data: BTreeMap<String, Vec<u8>> =
-        cm.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+    let mut data: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
     for (k, v) in cm.binary_data.iter().flatten() {
         data.insert(k.clone(), v.0.clone());
     }
