@@ -189,7 +189,7 @@ impl Network {
         let t = &self.table;
         let node = self.node_ip;
         let mut s = format!("table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n");
-        s.push_str("  chain mark {\n    type filter hook output priority mangle; policy accept;\n");
+        s.push_str("  chain pod_mark {\n    type filter hook output priority mangle; policy accept;\n");
         for (ip, m) in &state.pods {
             if let Some((level, path)) = m {
                 let _ = writeln!(
@@ -200,7 +200,7 @@ impl Network {
             }
         }
         s.push_str(
-            "  }\n  chain snat {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+            "  }\n  chain pod_snat {\n    type nat hook postrouting priority srcnat; policy accept;\n",
         );
         for (ip, m) in &state.pods {
             if m.is_some() {
@@ -212,7 +212,7 @@ impl Network {
             }
         }
         // After SNAT, so connection tuples carry the pod addresses.
-        s.push_str("  }\n  chain partition {\n    type filter hook postrouting priority 200; policy accept;\n");
+        s.push_str("  }\n  chain pod_partition {\n    type filter hook postrouting priority 200; policy accept;\n");
         for ip in &state.partitioned {
             let _ = writeln!(
                 s,
@@ -266,5 +266,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("ct reply ip daddr 127.20.0.2 ct original ip daddr != { 127.20.0.2, 127.20.0.1 } drop"), "{s}");
+
+        // Let nft itself check the syntax where it is installed (cgroup paths
+        // must exist to be checked, so that part is left to the integration tests).
+        if probe_nft().is_none() {
+            let mut state = State::default();
+            state.pods.insert(ip, None);
+            state.partitioned.insert(ip);
+            let mut child = Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(net.script(&state).as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }

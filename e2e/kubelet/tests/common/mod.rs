@@ -75,7 +75,15 @@ pub fn node() -> Node {
     node_with(|_| {})
 }
 
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
 pub fn node_with(adjust: impl FnOnce(&mut KubeletConfig)) -> Node {
+    init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     adjust(&mut cfg);
