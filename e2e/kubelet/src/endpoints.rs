@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    ServicePort,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -21,11 +22,19 @@ fn pod_ip(pod: &Pod) -> Option<IpAddr> {
 }
 
 fn terminal(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 pub fn selects(service: &Service, pod: &Pod) -> bool {
-    let Some(selector) = service.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) else {
+    let Some(selector) = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
         return false;
     };
     if pod.namespace() != service.namespace() {
@@ -43,11 +52,16 @@ pub fn target_port(port: &ServicePort, pod: &Pod) -> Option<u16> {
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
         Some(IntOrString::String(name)) => {
             let protocol = port.protocol.as_deref().unwrap_or("TCP");
-            pod.spec.iter().flat_map(|s| s.containers.iter()).flat_map(|c| c.ports.iter().flatten()).find_map(|p| {
-                (p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
-                    .then(|| u16::try_from(p.container_port).ok())
-                    .flatten()
-            })
+            pod.spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .find_map(|p| {
+                    (p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+                        .then(|| u16::try_from(p.container_port).ok())
+                        .flatten()
+                })
         }
     }
 }
@@ -63,14 +77,22 @@ pub struct Member<'a> {
 /// Selected pods with an address, not terminal; terminating and not-ready
 /// pods only count with `publishNotReadyAddresses` (then they count as ready).
 pub fn members<'a>(service: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<Member<'a>> {
-    let publish_not_ready = service.spec.as_ref().and_then(|s| s.publish_not_ready_addresses) == Some(true);
+    let publish_not_ready = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        == Some(true);
     let mut out: Vec<Member<'a>> = pods
         .into_iter()
         .filter(|p| selects(service, p) && !terminal(p))
         .filter(|p| publish_not_ready || p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             let ip = pod_ip(p)?;
-            Some(Member { pod: p, ip, ready: publish_not_ready || is_ready(p) })
+            Some(Member {
+                pod: p,
+                ip,
+                ready: publish_not_ready || is_ready(p),
+            })
         })
         .collect();
     out.sort_by_key(|m| m.pod.name_any());
@@ -86,18 +108,29 @@ pub fn backends(port: &ServicePort, members: &[Member<'_>]) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// (name, port, protocol) of a Service port on one pod.
+type ResolvedPort = (Option<String>, i32, String);
+
 /// The `Endpoints` object of a Service with a selector.
 pub fn endpoints_object(service: &Service, members: &[Member<'_>], node_name: &str) -> Endpoints {
-    let ports = service.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
     // Pods resolving named ports differently end up in different subsets.
-    let mut subsets: BTreeMap<Vec<(Option<String>, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+    let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
     for m in members {
-        let resolved: Vec<(Option<String>, i32, String)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|p| {
                 let port = target_port(p, m.pod)?;
-                Some((p.name.clone(), i32::from(port), p.protocol.clone().unwrap_or_else(|| "TCP".to_string())))
+                Some((
+                    p.name.clone(),
+                    i32::from(port),
+                    p.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+                ))
             })
             .collect();
         if resolved.is_empty() {
@@ -116,7 +149,11 @@ pub fn endpoints_object(service: &Service, members: &[Member<'_>], node_name: &s
             }),
         };
         let entry = subsets.entry(resolved).or_default();
-        if m.ready { entry.0.push(address) } else { entry.1.push(address) }
+        if m.ready {
+            entry.0.push(address)
+        } else {
+            entry.1.push(address)
+        }
     }
     let mut endpoints = Endpoints::default();
     endpoints.metadata.name = service.metadata.name.clone();
@@ -130,7 +167,12 @@ pub fn endpoints_object(service: &Service, members: &[Member<'_>], node_name: &s
             ports: Some(
                 ports
                     .into_iter()
-                    .map(|(name, port, protocol)| EndpointPort { name, port, protocol: Some(protocol), app_protocol: None })
+                    .map(|(name, port, protocol)| EndpointPort {
+                        name,
+                        port,
+                        protocol: Some(protocol),
+                        app_protocol: None,
+                    })
                     .collect(),
             ),
         })
@@ -173,7 +215,10 @@ mod tests {
         let ep = endpoints_object(&svc, &m, "node");
         let subset = &ep.subsets.unwrap()[0];
         assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "127.20.0.2");
-        assert_eq!(subset.not_ready_addresses.as_ref().unwrap()[0].ip, "127.20.0.3");
+        assert_eq!(
+            subset.not_ready_addresses.as_ref().unwrap()[0].ip,
+            "127.20.0.3"
+        );
         assert_eq!(subset.ports.as_ref().unwrap()[0].port, 5433);
 
         let mut publish = svc.clone();

@@ -2,6 +2,7 @@
 //! never part of the product).
 
 pub mod config;
+mod controller;
 pub mod dns;
 pub mod downward;
 pub mod endpoints;
@@ -21,6 +22,7 @@ pub mod volumes;
 pub use config::{
     ApiServerAccess, Controllers, KubeletConfig, RestartBackoff, SIMULATED_ANNOTATION,
 };
+pub use controller::{Kubelet, KubeletError, run};
 pub use dns::{DnsTable, Resolver};
 pub use images::{ImageKind, ImageTable};
 pub use ipam::Cidr;

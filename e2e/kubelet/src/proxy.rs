@@ -41,7 +41,11 @@ impl Backends {
             return addrs;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
-        addrs[start..].iter().chain(&addrs[..start]).copied().collect()
+        addrs[start..]
+            .iter()
+            .chain(&addrs[..start])
+            .copied()
+            .collect()
     }
 }
 
@@ -96,33 +100,53 @@ impl ServiceProxy {
         services: impl IntoIterator<Item = &'a Service>,
         pods: &[&'a Pod],
     ) -> ProxyUpdate {
-        let mut update = ProxyUpdate { dns: DnsTable::new(&self.cluster_domain), ..Default::default() };
+        let mut update = ProxyUpdate {
+            dns: DnsTable::new(&self.cluster_domain),
+            ..Default::default()
+        };
         let mut live_uids = Vec::new();
         let mut live_listeners = Vec::new();
         for svc in services {
-            let Some(spec) = svc.spec.as_ref() else { continue };
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
             if spec.type_.as_deref() == Some("ExternalName") {
                 continue;
             }
             let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
-            let uid = svc.metadata.uid.clone().unwrap_or_else(|| format!("{ns}/{name}"));
+            let uid = svc
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{ns}/{name}"));
             live_uids.push(uid.clone());
             let members = endpoints::members(svc, pods.iter().copied());
             if spec.selector.as_ref().is_some_and(|s| !s.is_empty()) {
-                update.endpoints.push(endpoints::endpoints_object(svc, &members, &self.node_name));
+                update
+                    .endpoints
+                    .push(endpoints::endpoints_object(svc, &members, &self.node_name));
             }
             if spec.cluster_ip.as_deref() == Some("None") {
-                update.dns.insert_service(&ns, &name, members.iter().filter(|m| m.ready).map(|m| m.ip).collect());
+                update.dns.insert_service(
+                    &ns,
+                    &name,
+                    members.iter().filter(|m| m.ready).map(|m| m.ip).collect(),
+                );
                 for m in &members {
                     let pod_spec = m.pod.spec.as_ref();
                     if pod_spec.and_then(|s| s.subdomain.as_deref()) == Some(name.as_str()) {
-                        let host = pod_spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| m.pod.name_any());
+                        let host = pod_spec
+                            .and_then(|s| s.hostname.clone())
+                            .unwrap_or_else(|| m.pod.name_any());
                         update.dns.insert_pod(&ns, &name, &host, m.ip);
                     }
                 }
                 continue;
             }
-            let Some(ip) = self.address(&uid, spec.cluster_ip.as_deref(), &ns, &name, &mut update) else { continue };
+            let Some(ip) = self.address(&uid, spec.cluster_ip.as_deref(), &ns, &name, &mut update)
+            else {
+                continue;
+            };
             update.dns.insert_service(&ns, &name, vec![IpAddr::V4(ip)]);
             if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
                 continue;
@@ -131,7 +155,9 @@ impl ServiceProxy {
                 if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                     continue;
                 }
-                let Ok(number) = u16::try_from(port.port) else { continue };
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
                 let key = (uid.clone(), number);
                 live_listeners.push(key.clone());
                 let backends = endpoints::backends(port, &members);
@@ -139,7 +165,12 @@ impl ServiceProxy {
             }
         }
         self.listeners.retain(|k, _| live_listeners.contains(k));
-        let gone: Vec<String> = self.allocated.keys().filter(|u| !live_uids.contains(u)).cloned().collect();
+        let gone: Vec<String> = self
+            .allocated
+            .keys()
+            .filter(|u| !live_uids.contains(u))
+            .cloned()
+            .collect();
         for uid in gone {
             if let Some(ip) = self.allocated.remove(&uid) {
                 self.pool.release(ip);
@@ -148,8 +179,17 @@ impl ServiceProxy {
         update
     }
 
-    fn address(&mut self, uid: &str, cluster_ip: Option<&str>, ns: &str, name: &str, update: &mut ProxyUpdate) -> Option<Ipv4Addr> {
-        let requested = cluster_ip.filter(|c| !c.is_empty()).and_then(|c| c.parse::<Ipv4Addr>().ok());
+    fn address(
+        &mut self,
+        uid: &str,
+        cluster_ip: Option<&str>,
+        ns: &str,
+        name: &str,
+        update: &mut ProxyUpdate,
+    ) -> Option<Ipv4Addr> {
+        let requested = cluster_ip
+            .filter(|c| !c.is_empty())
+            .and_then(|c| c.parse::<Ipv4Addr>().ok());
         if let Some(ip) = requested.filter(|ip| ip.is_loopback()) {
             if self.pool.cidr().contains(ip) {
                 self.pool.reserve(ip);
@@ -172,14 +212,23 @@ impl ServiceProxy {
         // A non-loopback clusterIP (set by the API server) keeps its value; the
         // local address stands in for it in names.
         if requested.is_none() {
-            update.assign_cluster_ip.push((ns.to_string(), name.to_string(), ip));
+            update
+                .assign_cluster_ip
+                .push((ns.to_string(), name.to_string(), ip));
         }
         Some(ip)
     }
 
     fn ensure_listener(&mut self, key: (String, u16), addr: SocketAddr, backends: Vec<SocketAddr>) {
-        let listener = self.listeners.entry(key).or_insert_with(|| Listener { backends: Arc::default(), task: None });
-        *listener.backends.addrs.write().unwrap_or_else(|e| e.into_inner()) = backends.clone();
+        let listener = self.listeners.entry(key).or_insert_with(|| Listener {
+            backends: Arc::default(),
+            task: None,
+        });
+        *listener
+            .backends
+            .addrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = backends.clone();
         let running = listener.task.as_ref().is_some_and(|t| !t.is_finished());
         if backends.is_empty() {
             // Nothing listens: new connections are refused.
@@ -192,11 +241,12 @@ impl ServiceProxy {
                 TcpListener::from_std(l)
             }) {
                 Ok(l) => listener.task = Some(tokio::spawn(serve(l, listener.backends.clone()))),
-                Err(e) => tracing::warn!(%addr, error = %e, "cannot listen for Service (retried on the next sync)"),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot listen for Service (retried on the next sync)")
+                }
             }
         }
     }
-
 }
 
 async fn serve(listener: TcpListener, backends: Arc<Backends>) {
@@ -212,7 +262,9 @@ async fn serve(listener: TcpListener, backends: Arc<Backends>) {
         };
         let backends = backends.clone();
         tokio::spawn(async move {
-            let Some(mut upstream) = connect_any(&backends, peer.ip()).await else { return };
+            let Some(mut upstream) = connect_any(&backends, peer.ip()).await else {
+                return;
+            };
             let mut client = client;
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         });

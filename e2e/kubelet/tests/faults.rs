@@ -37,9 +37,15 @@ async fn freeze_makes_probes_fail_and_thaw_recovers() {
     assert!(stopped >= 1);
     assert!(node.rt.is_frozen("ns", "frozen"));
     for (pid, _, _) in node.rt.processes("ns", "frozen").unwrap() {
-        eventually("the process to be stopped", 5, || (procs::state(pid) == Some('T')).then_some(())).await;
+        eventually("the process to be stopped", 5, || {
+            (procs::state(pid) == Some('T')).then_some(())
+        })
+        .await;
     }
-    let status = wait_status(&node, "ns", "frozen", "not Ready while frozen", 20, |s| !ready(s)).await;
+    let status = wait_status(&node, "ns", "frozen", "not Ready while frozen", 20, |s| {
+        !ready(s)
+    })
+    .await;
     assert_eq!(phase(&status), "Running");
     node.rt.thaw_pod("ns", "frozen").unwrap();
     wait_status(&node, "ns", "frozen", "Ready after thaw", 20, ready).await;
@@ -57,38 +63,79 @@ async fn kill_hooks_signal_the_right_processes() {
             // Through a variable, so the shell's own command line does not match.
             "command": ["bash", "-c", "eval \"$S\""], "env": [{"name": "S", "value": "sleep 1001 & sleep 1002 & wait"}]}]}
     })));
-    wait_status(&node, "ns", "victim", "Running", 20, |s| phase(s) == "Running").await;
-    eventually("both sleeps", 10, || {
-        let cmds: Vec<String> = node.rt.processes("ns", "victim").ok()?.into_iter().map(|p| p.2).collect();
-        (cmds.iter().any(|c| c == "sleep 1001") && cmds.iter().any(|c| c == "sleep 1002")).then_some(())
+    wait_status(&node, "ns", "victim", "Running", 20, |s| {
+        phase(s) == "Running"
     })
     .await;
-    let killed = node.rt.kill_matching("ns", "victim", "sleep 1001", Signal::KILL).unwrap();
+    eventually("both sleeps", 10, || {
+        let cmds: Vec<String> = node
+            .rt
+            .processes("ns", "victim")
+            .ok()?
+            .into_iter()
+            .map(|p| p.2)
+            .collect();
+        (cmds.iter().any(|c| c == "sleep 1001") && cmds.iter().any(|c| c == "sleep 1002"))
+            .then_some(())
+    })
+    .await;
+    let killed = node
+        .rt
+        .kill_matching("ns", "victim", "sleep 1001", Signal::KILL)
+        .unwrap();
     assert_eq!(killed.len(), 1);
     eventually("sleep 1001 to be gone", 5, || {
-        let cmds: Vec<String> = node.rt.processes("ns", "victim").ok()?.into_iter().map(|p| p.2).collect();
-        (!cmds.iter().any(|c| c == "sleep 1001") && cmds.iter().any(|c| c == "sleep 1002")).then_some(())
+        let cmds: Vec<String> = node
+            .rt
+            .processes("ns", "victim")
+            .ok()?
+            .into_iter()
+            .map(|p| p.2)
+            .collect();
+        (!cmds.iter().any(|c| c == "sleep 1001") && cmds.iter().any(|c| c == "sleep 1002"))
+            .then_some(())
     })
     .await;
-    assert!(node.rt.kill_matching("ns", "victim", "no such thing", Signal::KILL).is_err());
+    assert!(
+        node.rt
+            .kill_matching("ns", "victim", "no such thing", Signal::KILL)
+            .is_err()
+    );
 
-    node.rt.kill_container("ns", "victim", "main", Signal::KILL).unwrap();
+    node.rt
+        .kill_container("ns", "victim", "main", Signal::KILL)
+        .unwrap();
     let status = wait_status(&node, "ns", "victim", "a restart", 20, |s| {
-        s.container_statuses.as_ref().is_some_and(|c| c[0].restart_count == 1 && c[0].state.as_ref().is_some_and(|st| st.running.is_some()))
+        s.container_statuses.as_ref().is_some_and(|c| {
+            c[0].restart_count == 1 && c[0].state.as_ref().is_some_and(|st| st.running.is_some())
+        })
     })
     .await;
-    let last = status.container_statuses.unwrap()[0].last_state.clone().unwrap().terminated.unwrap();
+    let last = status.container_statuses.unwrap()[0]
+        .last_state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!(last.exit_code, 137);
     // The container's other processes died with it; the new run has fresh ones.
     eventually("a fresh pair of sleeps", 10, || {
         let procs = node.rt.processes("ns", "victim").ok()?;
-        (procs.iter().filter(|p| p.2.starts_with("sleep 100")).count() == 2).then_some(())
+        (procs
+            .iter()
+            .filter(|p| p.2.starts_with("sleep 100"))
+            .count()
+            == 2)
+            .then_some(())
     })
     .await;
 }
 
 async fn connects(addr: SocketAddr) -> bool {
-    matches!(tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,7 +174,10 @@ done"#;
     let pod_ip: IpAddr = status.pod_ip.unwrap().parse().unwrap();
     let web = SocketAddr::new(pod_ip, 8080);
     // The pod's connections carry its own address as source.
-    eventually("a call from the pod's address", 10, || peers.lock().unwrap().contains(&pod_ip).then_some(())).await;
+    eventually("a call from the pod's address", 10, || {
+        peers.lock().unwrap().contains(&pod_ip).then_some(())
+    })
+    .await;
     assert!(connects(web).await);
 
     node.rt.partition_pod("ns", "island").unwrap();
@@ -138,13 +188,23 @@ done"#;
         log[log_before..].matches("fail").nth(2).map(|_| ())
     })
     .await;
-    assert_eq!(peers.lock().unwrap().len(), calls_before, "no call got through the partition");
-    assert!(!connects(web).await, "the pod must be unreachable from the host");
+    assert_eq!(
+        peers.lock().unwrap().len(),
+        calls_before,
+        "no call got through the partition"
+    );
+    assert!(
+        !connects(web).await,
+        "the pod must be unreachable from the host"
+    );
     // The kubelet still reaches it (probes come from the node address).
     assert!(ready(&node.rt.status("ns", "island").unwrap()));
 
     node.rt.heal_pod("ns", "island").unwrap();
-    eventually("calls to resume", 20, || (peers.lock().unwrap().len() > calls_before).then_some(())).await;
+    eventually("calls to resume", 20, || {
+        (peers.lock().unwrap().len() > calls_before).then_some(())
+    })
+    .await;
     assert!(connects(web).await);
     server.abort();
 }

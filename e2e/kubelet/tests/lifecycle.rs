@@ -53,10 +53,16 @@ async fn init_containers_run_in_order_and_retry() {
     assert_eq!((last.exit_code, last.reason.as_deref()), (7, Some("Error")));
     assert_eq!(container(&status, "first").restart_count, 0);
     let logs = eventually("main's output", 10, || {
-        node.rt.logs("ns", "init", "main", false).ok().filter(|l| l.contains("main-started"))
+        node.rt
+            .logs("ns", "init", "main", false)
+            .ok()
+            .filter(|l| l.contains("main-started"))
     })
     .await;
-    assert!(logs.starts_with("first\nflaky\nflaky\nmain-started"), "{logs}");
+    assert!(
+        logs.starts_with("first\nflaky\nflaky\nmain-started"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,12 +79,23 @@ async fn failed_init_container_with_restart_never_fails_the_pod() {
             "containers": [{"name": "main", "image": "debian", "command": ["sleep", "3600"]}]
         }
     })));
-    let status = wait_status(&node, "ns", "init-fails", "Failed", 20, |s| phase(s) == "Failed").await;
+    let status = wait_status(&node, "ns", "init-fails", "Failed", 20, |s| {
+        phase(s) == "Failed"
+    })
+    .await;
     assert!(!condition(&status, "Initialized"));
-    let boom = container(&status, "boom").state.clone().unwrap().terminated.unwrap();
+    let boom = container(&status, "boom")
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!(boom.exit_code, 3);
     let main = container(&status, "main").state.clone().unwrap();
-    assert_eq!(main.waiting.unwrap().reason.as_deref(), Some("PodInitializing"));
+    assert_eq!(
+        main.waiting.unwrap().reason.as_deref(),
+        Some("PodInitializing")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +117,8 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 os.chdir('/srv')
 srv.serve_forever()
 "#;
-    let pod_ip_env = json!([{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]);
+    let pod_ip_env =
+        json!([{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]);
     let mut containers = vec![
         json!({
             "name": "web", "image": "debian",
@@ -132,7 +150,11 @@ srv.serve_forever()
         "spec": {"containers": containers, "volumes": volumes}
     })));
     wait_status(&node, "ns", "probed", "Ready", 30, ready).await;
-    let marker = node.rt.pod_dir("ns", "probed").unwrap().join("volumes/srv/ready");
+    let marker = node
+        .rt
+        .pod_dir("ns", "probed")
+        .unwrap()
+        .join("volumes/srv/ready");
     fs::remove_file(&marker).unwrap();
     let status = wait_status(&node, "ns", "probed", "not Ready", 20, |s| {
         s.container_statuses.iter().flatten().all(|c| !c.ready)
@@ -151,7 +173,18 @@ fn tls_secret() -> Option<Secret> {
     let dir = tempfile::tempdir().unwrap();
     let (key, crt) = (dir.path().join("k"), dir.path().join("c"));
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=probe", "-days", "1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=probe",
+            "-days",
+            "1",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&crt)
@@ -185,9 +218,15 @@ async fn crashing_container_restarts_with_backoff() {
         "spec": {"containers": [{"name": "c", "image": "debian", "command": ["sh", "-c", "echo run; exit 3"]}]}
     })));
     let status = wait_status(&node, "ns", "crasher", "CrashLoopBackOff", 30, |s| {
-        let Some(c) = s.container_statuses.as_ref().and_then(|c| c.first()) else { return false };
+        let Some(c) = s.container_statuses.as_ref().and_then(|c| c.first()) else {
+            return false;
+        };
         c.restart_count >= 2
-            && c.state.as_ref().and_then(|st| st.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+            && c.state
+                .as_ref()
+                .and_then(|st| st.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("CrashLoopBackOff")
     })
     .await;
     let c = container(&status, "c");
@@ -196,7 +235,10 @@ async fn crashing_container_restarts_with_backoff() {
     assert!(!c.ready);
     assert_eq!(phase(&status), "Running");
     let waiting = c.state.clone().unwrap().waiting.unwrap();
-    assert!(waiting.message.unwrap().contains("back-off"), "back-off message");
+    assert!(
+        waiting.message.unwrap().contains("back-off"),
+        "back-off message"
+    );
     assert_eq!(node.rt.logs("ns", "crasher", "c", true).unwrap(), "run\n");
 }
 
@@ -206,19 +248,28 @@ async fn restart_policies_decide_the_phase() {
         return;
     }
     let node = node();
-    for (name, policy, cmd) in [("ok", "OnFailure", "exit 0"), ("never", "Never", "exit 1"), ("onfail", "OnFailure", "exit 1")] {
+    for (name, policy, cmd) in [
+        ("ok", "OnFailure", "exit 0"),
+        ("never", "Never", "exit 1"),
+        ("onfail", "OnFailure", "exit 1"),
+    ] {
         node.rt.sync_pod(pod(json!({
             "metadata": {"name": name},
             "spec": {"restartPolicy": policy, "containers": [{"name": "c", "image": "debian", "command": ["sh", "-c", cmd]}]}
         })));
     }
-    let ok = wait_status(&node, "ns", "ok", "Succeeded", 20, |s| phase(s) == "Succeeded").await;
+    let ok = wait_status(&node, "ns", "ok", "Succeeded", 20, |s| {
+        phase(s) == "Succeeded"
+    })
+    .await;
     assert_eq!(container(&ok, "c").restart_count, 0);
     let never = wait_status(&node, "ns", "never", "Failed", 20, |s| phase(s) == "Failed").await;
     assert_eq!(container(&never, "c").restart_count, 0);
     // OnFailure restarts a failing container and stays Running.
     let onfail = wait_status(&node, "ns", "onfail", "a restart", 20, |s| {
-        s.container_statuses.as_ref().is_some_and(|c| c[0].restart_count >= 1)
+        s.container_statuses
+            .as_ref()
+            .is_some_and(|c| c[0].restart_count >= 1)
     })
     .await;
     assert_eq!(phase(&onfail), "Running");
@@ -243,10 +294,17 @@ async fn liveness_failure_restarts_the_container() {
         }
     })));
     let status = wait_status(&node, "ns", "live", "a liveness restart", 30, |s| {
-        s.container_statuses.as_ref().is_some_and(|c| c[0].restart_count >= 1)
+        s.container_statuses
+            .as_ref()
+            .is_some_and(|c| c[0].restart_count >= 1)
     })
     .await;
-    let last = container(&status, "c").last_state.clone().unwrap().terminated.unwrap();
+    let last = container(&status, "c")
+        .last_state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     // sleep ignores nothing: SIGTERM ends it (143).
     assert_eq!(last.exit_code, 143);
     assert_eq!(last.signal, Some(15));
@@ -272,8 +330,14 @@ async fn deletion_sends_sigterm_then_sigkill_after_grace() {
     }));
     node.rt.sync_pod(graceful.clone());
     node.rt.sync_pod(stubborn.clone());
-    wait_status(&node, "ns", "graceful", "Running", 20, |s| phase(s) == "Running").await;
-    wait_status(&node, "ns", "stubborn", "Running", 20, |s| phase(s) == "Running").await;
+    wait_status(&node, "ns", "graceful", "Running", 20, |s| {
+        phase(s) == "Running"
+    })
+    .await;
+    wait_status(&node, "ns", "stubborn", "Running", 20, |s| {
+        phase(s) == "Running"
+    })
+    .await;
     eventually("both scripts up", 10, || {
         let a = node.rt.logs("ns", "graceful", "c", false).ok()?;
         let b = node.rt.logs("ns", "stubborn", "c", false).ok()?;
@@ -281,14 +345,23 @@ async fn deletion_sends_sigterm_then_sigkill_after_grace() {
     })
     .await;
     let stubborn_dir = node.rt.pod_dir("ns", "stubborn").unwrap();
-    let child: i32 = fs::read_to_string(stubborn_dir.join("volumes/data/child")).unwrap().trim().parse().unwrap();
+    let child: i32 = fs::read_to_string(stubborn_dir.join("volumes/data/child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(std::path::Path::new(&format!("/proc/{child}")).exists());
 
     let mut rx = node.rt.watch_status("ns", "graceful").unwrap();
     node.rt.sync_pod(deleted(graceful, 30));
     wait_terminated(&mut node, "graceful", 20).await;
     let final_status = rx.borrow_and_update().clone();
-    let term = final_status.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let term = final_status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!(term.exit_code, 0);
     assert_eq!(final_status.phase.as_deref(), Some("Succeeded"));
     // Logs outlive the pod in the state directory.
@@ -304,7 +377,12 @@ async fn deletion_sends_sigterm_then_sigkill_after_grace() {
     node.rt.sync_pod(deleted(stubborn, 1));
     wait_terminated(&mut node, "stubborn", 20).await;
     let final_status = rx.borrow_and_update().clone();
-    let term = final_status.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let term = final_status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!((term.exit_code, term.signal), (137, Some(9)));
     assert_eq!(final_status.phase.as_deref(), Some("Failed"));
     // The background child died with the container.
@@ -339,9 +417,15 @@ async fn grace_zero_and_removal_kill_at_once() {
     }));
     let uid = gone.metadata.uid.clone().unwrap();
     node.rt.sync_pod(gone);
-    wait_status(&node, "ns", "gone", "Running", 20, |s| phase(s) == "Running").await;
+    wait_status(&node, "ns", "gone", "Running", 20, |s| {
+        phase(s) == "Running"
+    })
+    .await;
     node.rt.remove_pod(&uid);
-    eventually("the pod to be forgotten", 10, || (!node.rt.pod_uids().contains(&uid)).then_some(())).await;
+    eventually("the pod to be forgotten", 10, || {
+        (!node.rt.pod_uids().contains(&uid)).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     while let Ok(ev) = node.events.try_recv() {
         if let capstan_e2e_kubelet::PodEvent::Terminated { name, .. } = ev {

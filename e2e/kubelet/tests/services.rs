@@ -84,12 +84,17 @@ async fn proxy_follows_ready_endpoints_and_names_resolve() {
     sync(&node, &mut proxy, &services, &pods);
 
     let resolver = node.rt.resolver();
-    let rw = resolver.socket_addr("db-rw.ns.svc", 80).expect("db-rw resolves");
+    let rw = resolver
+        .socket_addr("db-rw.ns.svc", 80)
+        .expect("db-rw resolves");
     assert!(cfg.service_cidr.contains(match rw.ip() {
         std::net::IpAddr::V4(v4) => v4,
         _ => unreachable!(),
     }));
-    assert_eq!(resolver.resolve("db-rw.ns.svc.cluster.local"), Some(rw.ip()));
+    assert_eq!(
+        resolver.resolve("db-rw.ns.svc.cluster.local"),
+        Some(rw.ip())
+    );
     assert!(get(rw).await.unwrap().contains("db-1"));
 
     // A pod resolves the name through its /etc/hosts, also for Services
@@ -101,7 +106,10 @@ async fn proxy_follows_ready_endpoints_and_names_resolve() {
     }));
     node.rt.sync_pod(resolver_pod.clone());
     let logs = eventually("getent output", 20, || {
-        node.rt.logs("ns", "client", "c", false).ok().filter(|l| l.contains("first-done"))
+        node.rt
+            .logs("ns", "client", "c", false)
+            .ok()
+            .filter(|l| l.contains("first-done"))
     })
     .await;
     assert_eq!(logs.matches(&rw.ip().to_string()).count(), 4, "{logs}");
@@ -109,18 +117,35 @@ async fn proxy_follows_ready_endpoints_and_names_resolve() {
     pods.push(resolver_pod);
     sync(&node, &mut proxy, &services, &pods);
     eventually("the late Service name inside the pod", 20, || {
-        node.rt.logs("ns", "client", "c", false).ok().filter(|l| l.contains("late-resolved"))
+        node.rt
+            .logs("ns", "client", "c", false)
+            .ok()
+            .filter(|l| l.contains("late-resolved"))
     })
     .await;
 
     // Relabel: new connections follow the primary role.
-    pods[0].metadata.labels.as_mut().unwrap().insert("role".into(), "replica".into());
-    pods[1].metadata.labels.as_mut().unwrap().insert("role".into(), "primary".into());
+    pods[0]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("role".into(), "replica".into());
+    pods[1]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("role".into(), "primary".into());
     sync(&node, &mut proxy, &services, &pods);
     assert!(get(rw).await.unwrap().contains("db-2"));
 
     // The only endpoint turns unready: nothing listens, connections are refused.
-    let marker = node.rt.pod_dir("ns", "db-2").unwrap().join("volumes/srv/ready");
+    let marker = node
+        .rt
+        .pod_dir("ns", "db-2")
+        .unwrap()
+        .join("volumes/srv/ready");
     std::fs::remove_file(&marker).unwrap();
     wait_status(&node, "ns", "db-2", "db-2 not Ready", 20, |s| !ready(s)).await;
     sync(&node, &mut proxy, &services, &pods);
@@ -128,13 +153,21 @@ async fn proxy_follows_ready_endpoints_and_names_resolve() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 
     // publishNotReadyAddresses includes it anyway.
-    services.push(service("db-any", json!({"app": "db"}), json!({"publishNotReadyAddresses": true})));
+    services.push(service(
+        "db-any",
+        json!({"app": "db"}),
+        json!({"publishNotReadyAddresses": true}),
+    ));
     sync(&node, &mut proxy, &services, &pods);
     let any = resolver.socket_addr("db-any.ns", 80).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..4 {
         let body = get(any).await.unwrap();
-        seen.insert(if body.contains("db-1") { "db-1" } else { "db-2" });
+        seen.insert(if body.contains("db-1") {
+            "db-1"
+        } else {
+            "db-2"
+        });
     }
     assert_eq!(seen.len(), 2, "round robin over ready and not-ready pods");
 
@@ -158,7 +191,11 @@ async fn headless_services_resolve_to_pod_ips() {
     p.spec.as_mut().unwrap().subdomain = Some("db".into());
     node.rt.sync_pod(p.clone());
     let status = wait_status(&node, "ns", "db-1", "Ready", 30, ready).await;
-    let services = vec![service("db", json!({"app": "db"}), json!({"clusterIP": "None"}))];
+    let services = vec![service(
+        "db",
+        json!({"app": "db"}),
+        json!({"clusterIP": "None"}),
+    )];
     sync(&node, &mut proxy, &services, std::slice::from_ref(&p));
     let ip: std::net::IpAddr = status.pod_ip.unwrap().parse().unwrap();
     let resolver = node.rt.resolver();

@@ -189,7 +189,9 @@ impl Network {
         let t = &self.table;
         let node = self.node_ip;
         let mut s = format!("table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n");
-        s.push_str("  chain pod_mark {\n    type filter hook output priority mangle; policy accept;\n");
+        s.push_str(
+            "  chain pod_mark {\n    type filter hook output priority mangle; policy accept;\n",
+        );
         for (ip, m) in &state.pods {
             if let Some((level, path)) = m {
                 let _ = writeln!(
@@ -279,9 +281,18 @@ mod tests {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(net.script(&state).as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(net.script(&state).as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
