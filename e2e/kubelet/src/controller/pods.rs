@@ -109,13 +109,28 @@ impl PodSink {
                 ..Default::default()
             },
         };
+        let node = self.rt.config().node_name.clone();
         tokio::spawn(async move {
             let result: Result<Value, _> = api
                 .create_subresource("binding", &name, &PostParams::default(), &binding)
                 .await;
-            if let Err(e) = result {
-                // The pod runs anyway; an API server without pods/binding only
-                // loses spec.nodeName.
+            let unsupported = match &result {
+                Ok(_) => return,
+                Err(kube::Error::Api(s)) => s.is_not_found() || s.code == 405,
+                Err(_) => false,
+            };
+            // API servers without pods/binding may allow setting spec.nodeName
+            // on an unscheduled pod instead.
+            let fallback = if unsupported {
+                let patch = serde_json::json!({"spec": {"nodeName": node}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map(drop)
+            } else {
+                result.map(drop)
+            };
+            if let Err(e) = fallback {
+                // The pod runs anyway; it only lacks spec.nodeName.
                 tracing::debug!(pod = %name, error = %e, "cannot bind pod to the node");
             }
         });
