@@ -284,9 +284,7 @@ impl FakeApi {
         object["metadata"]["uid"] = json!(format!("{}-{}", name, super::rand_suffix()));
         object["metadata"]["creationTimestamp"] = json!(now());
         object["metadata"]["generation"] = json!(1);
-        if r.prefix.ends_with("/pods") {
-            object["status"] = json!({"phase": "Pending"});
-        } else if r.prefix.ends_with("/persistentvolumeclaims") {
+        if r.prefix.ends_with("/pods") || r.prefix.ends_with("/persistentvolumeclaims") {
             object["status"] = json!({"phase": "Pending"});
         } else if let Some(m) = object.as_object_mut() {
             m.remove("status");
