@@ -519,6 +519,11 @@ impl RuntimeHandle {
         Ok(())
     }
 
+    pub fn is_partitioned(&self, namespace: &str, pod: &str) -> bool {
+        self.pod_ip(namespace, pod)
+            .is_some_and(|ip| self.inner.network.is_partitioned(ip))
+    }
+
     /// Whether partitions (and pod source addresses) work here (nftables present).
     pub fn partitions_supported(&self) -> bool {
         self.inner.network.available()

@@ -225,3 +225,55 @@ async fn unknown_images_and_missing_secrets_wait_with_a_reason() {
         "{msgs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_map_to_the_capstan_binary_and_postgres_bin_dirs() {
+    if !privileged() {
+        return;
+    }
+    if !std::path::Path::new("/usr/lib/postgresql/15/bin/initdb").exists() {
+        eprintln!("skipping: PostgreSQL 15 is not installed");
+        return;
+    }
+    // Stands in for the capstan binary: copy-binary copies itself, instance reports.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let fake = bin_dir.path().join("capstan");
+    fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in\n  copy-binary) ls /usr/local/bin; cp \"$0\" \"$2\" ;;\n  instance) echo \"PATH=$PATH\"; echo \"initdb=$(command -v initdb)\"; echo \"major=$PG_MAJOR\" ;;\nesac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let node = node_with(|cfg| {
+        cfg.images = capstan_e2e_kubelet::ImageTable::capstan_defaults(&fake);
+    });
+    node.rt.sync_pod(pod(json!({
+        "metadata": {"name": "db-1"},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [{"name": "bootstrap", "image": "ghcr.io/example/capstan:dev",
+                "args": ["copy-binary", "/capstan/bin/capstan"],
+                "volumeMounts": [{"name": "bin", "mountPath": "/capstan/bin"}]}],
+            "containers": [{"name": "postgres", "image": "docker.io/library/postgres:15-bookworm",
+                "command": ["/capstan/bin/capstan", "instance"],
+                "volumeMounts": [{"name": "bin", "mountPath": "/capstan/bin"}]}],
+            "volumes": [{"name": "bin", "emptyDir": {}}]
+        }
+    })));
+    wait_status(&node, "ns", "db-1", "Succeeded", 30, |s| {
+        phase(s) == "Succeeded"
+    })
+    .await;
+    // The operator image's /usr/local/bin holds only the binary.
+    assert_eq!(
+        node.rt.logs("ns", "db-1", "bootstrap", false).unwrap(),
+        "capstan\n"
+    );
+    let logs = node.rt.logs("ns", "db-1", "postgres", false).unwrap();
+    assert!(logs.contains("PATH=/usr/lib/postgresql/15/bin:"), "{logs}");
+    assert!(
+        logs.contains("initdb=/usr/lib/postgresql/15/bin/initdb"),
+        "{logs}"
+    );
+    assert!(logs.contains("major=15"), "{logs}");
+}

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -348,11 +348,6 @@ pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
     Ok(Spawned { child, pid, ns })
 }
 
-/// Whether `path` is absolute and free of `..` (safe to join under a volume).
-pub fn is_clean_absolute(path: &Path) -> bool {
-    path.is_absolute() && !path.components().any(|c| matches!(c, Component::ParentDir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,8 +393,5 @@ mod tests {
             resolve_in_container(&mounts, Path::new("/usr/local/bin/x")),
             PathBuf::from("/state/img/x")
         );
-        assert!(is_clean_absolute(Path::new("/a/b")));
-        assert!(!is_clean_absolute(Path::new("/a/../b")));
-        assert!(!is_clean_absolute(Path::new("a")));
     }
 }
