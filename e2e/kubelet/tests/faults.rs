@@ -181,6 +181,7 @@ done"#;
     assert!(connects(web).await);
 
     node.rt.partition_pod("ns", "island").unwrap();
+    assert!(node.rt.is_partitioned("ns", "island"));
     let calls_before = peers.lock().unwrap().len();
     let log_before = node.rt.logs("ns", "island", "c", false).unwrap().len();
     eventually_async("calls from the pod to fail", 20, || async {
@@ -201,6 +202,7 @@ done"#;
     assert!(ready(&node.rt.status("ns", "island").unwrap()));
 
     node.rt.heal_pod("ns", "island").unwrap();
+    assert!(!node.rt.is_partitioned("ns", "island"));
     eventually("calls to resume", 20, || {
         (peers.lock().unwrap().len() > calls_before).then_some(())
     })

@@ -316,10 +316,14 @@ async fn deletion_sends_sigterm_then_sigkill_after_grace() {
         return;
     }
     let mut node = node();
+    let out = tempfile::tempdir().unwrap();
     let graceful = pod(json!({
         "metadata": {"name": "graceful"},
         "spec": {"containers": [{"name": "c", "image": "debian", "command": ["bash", "-c",
-            "trap 'echo got TERM; echo bye; exit 0' TERM; echo up; while :; do sleep 0.1; done"]}]}
+            "trap 'echo got TERM; echo bye; exit 0' TERM; echo up; while :; do sleep 0.1; done"],
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo $(hostname) > /out/prestop"]}}},
+            "volumeMounts": [{"name": "out", "mountPath": "/out"}]}],
+            "volumes": [{"name": "out", "hostPath": {"path": out.path().to_str().unwrap()}}]}
     }));
     let stubborn = pod(json!({
         "metadata": {"name": "stubborn"},
@@ -372,6 +376,11 @@ async fn deletion_sends_sigterm_then_sigkill_after_grace() {
         .unwrap();
     let logs = fs::read_to_string(dir.path().join("logs/c/0.log")).unwrap();
     assert!(logs.contains("got TERM\nbye"), "{logs}");
+    // The preStop hook ran inside the container before SIGTERM.
+    assert_eq!(
+        fs::read_to_string(out.path().join("prestop")).unwrap(),
+        "graceful\n"
+    );
 
     let mut rx = node.rt.watch_status("ns", "stubborn").unwrap();
     node.rt.sync_pod(deleted(stubborn, 1));

@@ -1038,17 +1038,18 @@ impl Worker {
         }
         self.teardown();
         self.publish();
-        let confirm = self.termination.as_ref().is_none_or(|t| t.confirm);
-        if confirm {
+        // Forget first: once the deletion is confirmed, a pod of the same name
+        // may come back and must not be confused with this one.
+        let claims = lock(&self.shared).claims.clone();
+        self.rt.forget(&self.uid, &claims);
+        tracing::info!(namespace = %self.namespace, pod = %self.name, "pod terminated");
+        if self.termination.as_ref().is_none_or(|t| t.confirm) {
             let _ = self.rt.inner.events.send(PodEvent::Terminated {
                 namespace: self.namespace.clone(),
                 name: self.name.clone(),
                 uid: self.uid.clone(),
             });
         }
-        let claims = lock(&self.shared).claims.clone();
-        tracing::info!(namespace = %self.namespace, pod = %self.name, "pod terminated");
-        self.rt.forget(&self.uid, &claims);
     }
 
     // ---- simulated pods ----
