@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -51,14 +52,26 @@ impl Backends {
 
 struct Listener {
     backends: Arc<Backends>,
-    task: Option<JoinHandle<()>>,
+    /// The listening socket while serving; shared with the accept task.
+    socket: Option<(Arc<TcpListener>, JoinHandle<()>)>,
+}
+
+impl Listener {
+    /// Stops listening at once: aborting the task alone would close the socket
+    /// only when the task is dropped, and connections arriving meanwhile would
+    /// be accepted and reset instead of refused.
+    fn stop(&mut self) {
+        if let Some((socket, task)) = self.socket.take() {
+            // SAFETY: the fd stays open while we hold `socket`.
+            unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RD) };
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+        self.stop();
     }
 }
 
@@ -222,25 +235,26 @@ impl ServiceProxy {
     fn ensure_listener(&mut self, key: (String, u16), addr: SocketAddr, backends: Vec<SocketAddr>) {
         let listener = self.listeners.entry(key).or_insert_with(|| Listener {
             backends: Arc::default(),
-            task: None,
+            socket: None,
         });
         *listener
             .backends
             .addrs
             .write()
             .unwrap_or_else(|e| e.into_inner()) = backends.clone();
-        let running = listener.task.as_ref().is_some_and(|t| !t.is_finished());
         if backends.is_empty() {
             // Nothing listens: new connections are refused.
-            if let Some(t) = listener.task.take() {
-                t.abort();
-            }
-        } else if !running {
+            listener.stop();
+        } else if listener.socket.is_none() {
             match std::net::TcpListener::bind(addr).and_then(|l| {
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)
             }) {
-                Ok(l) => listener.task = Some(tokio::spawn(serve(l, listener.backends.clone()))),
+                Ok(l) => {
+                    let socket = Arc::new(l);
+                    let task = tokio::spawn(serve(socket.clone(), listener.backends.clone()));
+                    listener.socket = Some((socket, task));
+                }
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "cannot listen for Service (retried on the next sync)")
                 }
@@ -249,10 +263,12 @@ impl ServiceProxy {
     }
 }
 
-async fn serve(listener: TcpListener, backends: Arc<Backends>) {
+async fn serve(listener: Arc<TcpListener>, backends: Arc<Backends>) {
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
+            // The socket was shut down: the Service lost its endpoints.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
                 tracing::warn!(error = %e, "Service proxy cannot accept");
