@@ -43,14 +43,23 @@ pub fn nft_available() -> bool {
 }
 
 static NEXT_RANGE: AtomicU8 = AtomicU8::new(1);
+static HELD: std::sync::Mutex<Vec<std::net::TcpListener>> = std::sync::Mutex::new(Vec::new());
 
-/// A fresh /24 of the pod and Service ranges for each kubelet of a test binary.
+/// A /24 of the pod and Service ranges no other kubelet uses, also across
+/// test processes (nextest): the range is held by a listening socket on its
+/// last address, kept until the process exits.
 pub fn ranges() -> (Cidr, Cidr) {
-    let n = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
-    (
-        format!("127.20.{n}.0/24").parse().unwrap(),
-        format!("127.21.{n}.0/24").parse().unwrap(),
-    )
+    loop {
+        let n = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
+        assert!(n < 250, "out of test address ranges");
+        if let Ok(l) = std::net::TcpListener::bind((format!("127.20.{n}.255"), 26999)) {
+            HELD.lock().unwrap().push(l);
+            return (
+                format!("127.20.{n}.0/24").parse().unwrap(),
+                format!("127.21.{n}.0/24").parse().unwrap(),
+            );
+        }
+    }
 }
 
 pub fn config(state: &std::path::Path) -> KubeletConfig {
