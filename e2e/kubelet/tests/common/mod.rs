@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod scenarios;
 
 use std::future::Future;
 use std::sync::Arc;
