@@ -31,16 +31,16 @@ async fn init_containers_run_in_order_and_retry() {
         "metadata": {"name": "init"},
         "spec": {
             "initContainers": [
-                {"name": "first", "image": "debian", "command": ["sh", "-c", "echo first >> /work/order"],
-                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                {"name": "first", "image": "debian", "command": ["sh", "-c", "echo first >> /shared/order"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/shared"}]},
                 // Fails once, then succeeds.
                 {"name": "flaky", "image": "debian",
-                 "command": ["sh", "-c", "echo flaky >> /work/order; if [ -e /work/flag ]; then exit 0; fi; touch /work/flag; exit 7"],
-                 "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+                 "command": ["sh", "-c", "echo flaky >> /shared/order; if [ -e /shared/flag ]; then exit 0; fi; touch /shared/flag; exit 7"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/shared"}]}
             ],
             "containers": [{"name": "main", "image": "debian",
-                "command": ["sh", "-c", "cat /work/order; echo main-started; exec sleep 3600"],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+                "command": ["sh", "-c", "cat /shared/order; echo main-started; exec sleep 3600"],
+                "volumeMounts": [{"name": "work", "mountPath": "/shared"}]}],
             "volumes": [{"name": "work", "emptyDir": {}}]
         }
     }));
