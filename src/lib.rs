@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod contract;
+pub mod instance;
 pub mod pooler;
 pub mod postgres;

@@ -12,7 +12,9 @@ pub enum ConfError {
         "invalid parameter name {0:?}: use letters, digits and '_' (and '.' for extension parameters), starting with a letter or '_'"
     )]
     InvalidName(String),
-    #[error("the value of parameter {0:?} contains a NUL character, which postgresql.conf cannot hold")]
+    #[error(
+        "the value of parameter {0:?} contains a NUL character, which postgresql.conf cannot hold"
+    )]
     NulInValue(String),
 }
 

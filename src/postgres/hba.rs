@@ -69,7 +69,8 @@ pub fn render(user_lines: &[String]) -> Result<String, HbaError> {
     validate_user_lines(user_lines)?;
     let superuser = roles::SUPERUSER;
     let replication = roles::REPLICATION;
-    let mut out = String::from("# Written by the Capstan instance manager; edits are overwritten.\n");
+    let mut out =
+        String::from("# Written by the Capstan instance manager; edits are overwritten.\n");
     out.push_str(&format!(
         "# The instance manager, on the Unix socket only.\n\
          local all {superuser} peer\n\
@@ -126,7 +127,10 @@ mod tests {
             .iter()
             .position(|l| *l == "hostnossl all all all reject")
             .unwrap();
-        let user = lines.iter().position(|l| l.starts_with("host all")).unwrap();
+        let user = lines
+            .iter()
+            .position(|l| l.starts_with("host all"))
+            .unwrap();
         assert!(reject < user);
         assert!(!lines[..reject].iter().any(|l| l.starts_with("host")));
     }
