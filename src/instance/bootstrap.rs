@@ -288,7 +288,7 @@ impl DataOps<'_> {
         )
         .map_err(|e| BootstrapError::Refused(e.to_string()))?;
         let setup = async {
-            self.wait_accepting(&server, Duration::from_secs(60))
+            self.wait_accepting(&server, &partial, Duration::from_secs(60))
                 .await?;
             self.setup_sql(secrets).await
         }
@@ -310,12 +310,13 @@ impl DataOps<'_> {
     async fn wait_accepting(
         &self,
         server: &PostgresChild,
+        pgdata: &Path,
         timeout: Duration,
     ) -> Result<(), BootstrapError> {
         let local = self.local();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if local.accepts_connections().await {
+            if supervisor::postmaster_ready(pgdata) && local.accepts_connections().await {
                 return Ok(());
             }
             if let Some(status) = server.exited() {
@@ -328,7 +329,7 @@ impl DataOps<'_> {
                     "postgres did not accept connections within 60s during bootstrap".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

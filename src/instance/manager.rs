@@ -409,7 +409,7 @@ impl<A: Authority> Manager<A> {
         self.postgres = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if self.local.accepts_connections().await {
+            if supervisor::postmaster_ready(pgdata) && self.local.accepts_connections().await {
                 break;
             }
             if let Some(status) = self.postgres.as_ref().and_then(PostgresChild::exited) {

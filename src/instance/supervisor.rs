@@ -143,6 +143,16 @@ impl PostgresChild {
     }
 }
 
+/// Whether the postmaster says it accepts connections (`postmaster.pid`
+/// line 8 is `ready` or `standby`), as pg_ctl checks: polling with
+/// connection attempts would fill the log with "starting up" errors.
+pub fn postmaster_ready(pgdata: &Path) -> bool {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().nth(7).map(|l| l.trim().to_string()))
+        .is_some_and(|status| status == "ready" || status == "standby")
+}
+
 /// Dropped while still running (a bootstrap cancelled by shutdown, or a
 /// panic): quit at once rather than leave an orphaned postmaster behind.
 impl Drop for PostgresChild {
