@@ -57,22 +57,26 @@ async fn primary_and_two_replicas_stream_survive_a_crash_and_stop_cleanly() {
             .await;
         assert_eq!(report.role, Role::Replica);
         assert_eq!(report.target_primary.as_deref(), Some("db-1"));
-        assert_eq!(report.system_identifier, a.status().await.unwrap().system_identifier);
+        assert_eq!(
+            report.system_identifier,
+            a.status().await.unwrap().system_identifier
+        );
     }
 
     // Each replica streams through its own slot on the primary.
-    let slots: Vec<(String, bool)> = eventually("active slots", Duration::from_secs(30), || async {
-        let rows = primary
-            .query(
-                "SELECT slot_name::text, active FROM pg_replication_slots ORDER BY 1",
-                &[],
-            )
-            .await
-            .ok()?;
-        let slots: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        slots.iter().all(|(_, active)| *active).then_some(slots)
-    })
-    .await;
+    let slots: Vec<(String, bool)> =
+        eventually("active slots", Duration::from_secs(30), || async {
+            let rows = primary
+                .query(
+                    "SELECT slot_name::text, active FROM pg_replication_slots ORDER BY 1",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let slots: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            slots.iter().all(|(_, active)| *active).then_some(slots)
+        })
+        .await;
     assert_eq!(
         slots,
         vec![("db_2".to_string(), true), ("db_3".to_string(), true)]
@@ -139,14 +143,18 @@ async fn primary_and_two_replicas_stream_survive_a_crash_and_stop_cleanly() {
     assert_ne!(a.postmaster_pid(), Some(old));
     // The backends of the killed postmaster were adopted and reaped.
     let manager = a.manager_pid().unwrap();
-    eventually("no zombies under the manager", Duration::from_secs(15), || async {
-        zombies_of(manager).is_empty().then_some(())
-    })
+    eventually(
+        "no zombies under the manager",
+        Duration::from_secs(15),
+        || async { zombies_of(manager).is_empty().then_some(()) },
+    )
     .await;
     for replica in [&b, &c] {
-        eventually("the new row on the replica", Duration::from_secs(60), || async {
-            (values(replica, "t").await? == ["one", "three", "two"]).then_some(())
-        })
+        eventually(
+            "the new row on the replica",
+            Duration::from_secs(60),
+            || async { (values(replica, "t").await? == ["one", "three", "two"]).then_some(()) },
+        )
         .await;
     }
 

@@ -11,6 +11,7 @@ use crate::postgres::{conf, hba, roles};
 use super::inputs::Inputs;
 
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const DEFAULTS_CONF: &str = "capstan-defaults.conf";
 pub const USER_CONF: &str = "capstan-user.conf";
 pub const MANAGED_CONF: &str = "capstan-managed.conf";
 pub const AUTO_CONF: &str = "postgresql.auto.conf";
@@ -111,16 +112,25 @@ pub fn managed_parameters(
         ("logging_collector", "off".into()),
     ];
     params.extend(archive_parameters(settings));
+    // Needs a restart to change, so it stays the same in both roles.
+    params.push(("recovery_target_timeline", "latest".into()));
     if role == Desired::Replica {
         params.push((
             "primary_conninfo",
             replication_conninfo(inputs, settings).to_string(),
         ));
         params.push(("primary_slot_name", inputs.slot_name()));
-        params.push(("recovery_target_timeline", "latest".into()));
     }
     params
 }
+
+/// Defaults a user may override.
+const DEFAULTS: &[(&str, &str)] = &[
+    // pg_rewind reads the old primary's WAL back to the last checkpoint
+    // before the fork; without archiving, only kept WAL makes that possible
+    // after the old primary's own checkpoints.
+    ("wal_keep_size", "512MB"),
+];
 
 /// WAL archiving. It belongs to backups: once the settings carry a backup
 /// repository, `archive_mode` and `archive_command` come from it here. A
@@ -136,10 +146,15 @@ pub fn render(
     role: Desired,
 ) -> Result<Rendered, ConfigError> {
     let main = format!(
-        "{HEADER}# User parameters first, Capstan's own last: the later setting wins,\n\
-         # so managed settings always hold.\n\
+        "{HEADER}# Defaults, then user parameters, then Capstan's own: the later setting\n\
+         # wins, so users override defaults and managed settings always hold.\n\
+         include '{DEFAULTS_CONF}'\n\
          include '{USER_CONF}'\n\
          include '{MANAGED_CONF}'\n"
+    );
+    let defaults = format!(
+        "{HEADER}# Capstan's defaults; spec.postgres.parameters may override them.\n{}",
+        conf::render(DEFAULTS.iter().copied())?
     );
     let user = format!(
         "{HEADER}# spec.postgres.parameters\n{}",
@@ -162,6 +177,7 @@ pub fn render(
         "{HEADER}# ALTER SYSTEM is not used with Capstan: set parameters in the PostgresCluster spec.\n"
     );
     Ok(Rendered(vec![
+        (DEFAULTS_CONF, defaults),
         (USER_CONF, user),
         (MANAGED_CONF, managed),
         (AUTO_CONF, auto),
@@ -310,9 +326,16 @@ mod tests {
     fn managed_settings_come_after_user_settings() {
         let rendered = render(&inputs(), &example(), Desired::Primary).unwrap();
         let main = rendered.get(POSTGRESQL_CONF).unwrap();
+        let defaults = main.find(DEFAULTS_CONF).unwrap();
         let user = main.find(USER_CONF).unwrap();
         let managed = main.find(MANAGED_CONF).unwrap();
-        assert!(user < managed);
+        assert!(defaults < user && user < managed);
+        assert!(
+            rendered
+                .get(DEFAULTS_CONF)
+                .unwrap()
+                .contains("wal_keep_size = '512MB'")
+        );
         assert!(
             rendered
                 .get(USER_CONF)

@@ -260,7 +260,7 @@ impl Local {
         let client = self.connect().await?;
         let mut problems: Vec<String> = client
             .query(
-                "SELECT format('%s line %s: %s', sourcefile, sourceline, error)
+                "SELECT coalesce(sourcefile || ' line ' || sourceline || ': ', '') || error
                  FROM pg_file_settings WHERE error IS NOT NULL",
                 &[],
             )

@@ -826,18 +826,22 @@ impl<A: Authority> Manager<A> {
         self.shared.beat();
         self.notice_exit();
         self.load_settings();
+        // The report is published before the answer goes out, so a caller
+        // that reads /status next sees the outcome.
         match command {
             Command::Promote(request, reply) => {
                 let result = self.promote_command(request).await;
+                self.refresh_snapshot().await;
+                self.publish();
                 let _ = reply.send(result);
             }
             Command::Demote(request, reply) => {
                 let result = self.demote_command(request).await;
+                self.refresh_snapshot().await;
+                self.publish();
                 let _ = reply.send(result);
             }
         }
-        self.refresh_snapshot().await;
-        self.publish();
     }
 
     fn running_settings(&self) -> Result<InstanceSettings, CommandError> {

@@ -134,7 +134,9 @@ impl Pki {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![if server {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth
         } else {
@@ -304,7 +306,10 @@ impl Instance {
             .env("POD_NAMESPACE", NAMESPACE)
             .env("CLUSTER_NAME", &self.cluster)
             .env("POD_IP", "127.0.0.1")
-            .env("CAPSTAN_SHUTDOWN_SECONDS", self.shutdown_seconds.to_string())
+            .env(
+                "CAPSTAN_SHUTDOWN_SECONDS",
+                self.shutdown_seconds.to_string(),
+            )
             .env("CAPSTAN_LOG_FORMAT", "text")
             .env("RUST_LOG", "info")
             .env("HOME", root)
@@ -443,7 +448,14 @@ impl Instance {
 
     /// A TLS connection as the superuser (password over `hostssl ... scram`).
     pub async fn sql(&self, dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        sql_connect(&self.pki, self.pg_port, "postgres", SUPERUSER_PASSWORD, dbname).await
+        sql_connect(
+            &self.pki,
+            self.pg_port,
+            "postgres",
+            SUPERUSER_PASSWORD,
+            dbname,
+        )
+        .await
     }
 
     pub async fn sql_retry(&self, dbname: &str, limit: Duration) -> tokio_postgres::Client {
@@ -507,7 +519,11 @@ pub fn processes_in(dir: &Path) -> Vec<i32> {
     };
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if std::fs::read_link(entry.path().join("cwd")).ok().as_deref() == Some(canonical.as_path())
@@ -522,7 +538,11 @@ pub fn processes_in(dir: &Path) -> Vec<i32> {
 pub fn zombies_of(parent: u32) -> Vec<u32> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -608,7 +628,11 @@ pub async fn https_request(
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     (code, body)
 }
 
