@@ -260,8 +260,14 @@ impl Local {
         let client = self.connect().await?;
         let mut problems: Vec<String> = client
             .query(
-                "SELECT coalesce(sourcefile || ' line ' || sourceline || ': ', '') || error
-                 FROM pg_file_settings WHERE error IS NOT NULL",
+                // A parameter waiting for a restart shows up here too; that is
+                // pendingRestart, not an error.
+                "SELECT coalesce(f.sourcefile || ' line ' || f.sourceline || ': ', '')
+                        || coalesce(f.name || ': ', '') || f.error
+                 FROM pg_file_settings f
+                 WHERE f.error IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM pg_settings s
+                                   WHERE s.name = f.name AND s.pending_restart)",
                 &[],
             )
             .await

@@ -269,10 +269,13 @@ impl Instance {
         self.root.join("manager.log")
     }
 
+    /// Replaces `instance.json` atomically, as the kubelet does.
     pub fn write_settings(&self, settings: &InstanceSettings) {
-        let path = self.root.join("config").join("instance.json");
-        write_file(&path, &serde_json::to_vec_pretty(settings).unwrap(), 0o644);
-        chown_tree(&self.root.join("config"));
+        let dir = self.root.join("config");
+        let tmp = dir.join(".instance.json.tmp");
+        write_file(&tmp, &serde_json::to_vec_pretty(settings).unwrap(), 0o644);
+        std::fs::rename(&tmp, dir.join("instance.json")).unwrap();
+        chown_tree(&dir);
     }
 
     pub fn set_authority(&self, target: &str) {
