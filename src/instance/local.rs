@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
+use tracing::Instrument;
 
 use crate::postgres::lsn::Lsn;
 use crate::postgres::{roles, sql};
@@ -90,9 +91,12 @@ impl Local {
             .connect(NoTls)
             .await
             .map_err(|e| LocalError::Connect(error_text(&e)))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        tokio::spawn(
+            async move {
+                let _ = connection.await;
+            }
+            .in_current_span(),
+        );
         Ok(client)
     }
 
@@ -210,30 +214,44 @@ impl Local {
     }
 
     /// Promotes and returns once a transaction ID can be assigned, i.e. the
-    /// server accepts writes.
+    /// server accepts writes. `pg_promote(wait => true)` checks only every
+    /// 100 ms; polling here returns within a few ms of the end of recovery.
     pub async fn promote(&self, wait: Duration) -> Result<(), LocalError> {
         let client = self.connect().await?;
-        let seconds = wait.as_secs().clamp(1, i32::MAX as u64) as i32;
-        let promoted: bool = client
-            .query_one("SELECT pg_promote(true, $1)", &[&seconds])
+        let signalled: bool = client
+            .query_one("SELECT pg_promote(false)", &[])
             .await
             .map_err(query_err("pg_promote"))?
             .get(0);
-        if !promoted {
+        if !signalled {
             return Err(LocalError::Query {
                 what: "pg_promote",
-                message: format!("promotion did not finish within {seconds}s"),
+                message: "the promotion signal could not be sent".into(),
             });
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match client.simple_query("SELECT pg_current_xact_id()").await {
-                Ok(_) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(query_err("first write after promotion")(e));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            // pg_is_in_recovery() turns false once WAL may be written; the
+            // transaction ID proves it (and polling it would log errors).
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(query_err("waiting for the end of recovery"))?
+                .get(0);
+            if !in_recovery {
+                client
+                    .simple_query("SELECT pg_current_xact_id()")
+                    .await
+                    .map_err(query_err("first write after promotion"))?;
+                return Ok(());
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LocalError::Query {
+                    what: "pg_promote",
+                    message: format!("still in recovery {}s after promotion", wait.as_secs()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -97,7 +97,7 @@ impl<A: Authority> Manager<A> {
             target: None,
             errors: BTreeMap::new(),
             next_start: Instant::now(),
-            backoff: Duration::from_secs(1),
+            backoff: Duration::ZERO,
             restarts: 0,
             crashed: false,
             passwords_applied: None,
@@ -193,7 +193,7 @@ impl<A: Authority> Manager<A> {
         self.shared.metrics.postgres_restarts.inc();
         let wait = self.backoff;
         self.next_start = Instant::now() + wait;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.backoff = next_backoff(self.backoff);
         self.set_error(
             Source::Crash,
             format!(
@@ -286,7 +286,7 @@ impl<A: Authority> Manager<A> {
             Err(message) => {
                 self.set_error(Source::Start, message);
                 self.next_start = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                self.backoff = next_backoff(self.backoff);
             }
         }
     }
@@ -426,7 +426,7 @@ impl<A: Authority> Manager<A> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(role = ?role, "postgres accepts connections");
-        self.backoff = Duration::from_secs(1);
+        self.backoff = Duration::ZERO;
         if self.crashed {
             self.crashed = false;
             self.clear_error(Source::Crash);
@@ -466,7 +466,7 @@ impl<A: Authority> Manager<A> {
         };
         match decide::role_change(&self.inputs.pod, target, snapshot.in_recovery) {
             RoleChange::Promote => {
-                if let Err(e) = self.promote_now(settings).await {
+                if let Err(e) = self.promote_now().await {
                     self.set_error(Source::RoleChange, e.to_string());
                 }
                 return;
@@ -780,7 +780,9 @@ impl<A: Authority> Manager<A> {
         }
     }
 
-    async fn promote_now(&mut self, settings: &InstanceSettings) -> Result<u64, CommandError> {
+    /// Promotes and returns as soon as writes are accepted; the config
+    /// rewrite and the slots for the others follow on the next tick.
+    async fn promote_now(&mut self) -> Result<u64, CommandError> {
         let started = Instant::now();
         tracing::info!(operation = "promote", "promoting");
         self.local
@@ -796,10 +798,8 @@ impl<A: Authority> Manager<A> {
         );
         self.clear_error(Source::RoleChange);
         self.clear_error(Source::Replication);
-        self.refresh_snapshot().await;
-        self.apply_settings(settings).await;
         self.last_slot_sync = None;
-        self.sync_slots(settings).await;
+        self.refresh_snapshot().await;
         Ok(elapsed)
     }
 
@@ -866,7 +866,7 @@ impl<A: Authority> Manager<A> {
         request: PromoteRequest,
     ) -> Result<PromoteResult, CommandError> {
         let started = Instant::now();
-        let settings = self.running_settings()?;
+        self.running_settings()?;
         let target = self.authority_target().await?;
         if target.as_deref() != Some(self.inputs.pod.as_str()) {
             return Err(CommandError::Conflict(format!(
@@ -902,7 +902,7 @@ impl<A: Authority> Manager<A> {
                 )));
             }
         }
-        self.promote_now(&settings).await?;
+        self.promote_now().await?;
         let timeline = self.snapshot.as_ref().and_then(|s| s.timeline).unwrap_or(0);
         Ok(PromoteResult {
             timeline,
@@ -1021,6 +1021,12 @@ impl<A: Authority> Manager<A> {
     }
 }
 
+/// The first retry is immediate (a single crash should cost no extra
+/// time), then 1s, 2s, … up to [`MAX_BACKOFF`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(Duration::from_secs(1), MAX_BACKOFF)
+}
+
 fn ready(report: &InstanceReport, max_lag: u64) -> bool {
     match report.role {
         Role::Primary => report.running,
@@ -1055,6 +1061,17 @@ async fn wait_exit(exit: Option<watch::Receiver<Option<String>>>) {
 mod tests {
     use super::*;
     use crate::instance::state::empty_report;
+
+    #[test]
+    fn backoff_starts_immediate_and_is_capped() {
+        let mut b = Duration::ZERO;
+        let mut seen = vec![];
+        for _ in 0..8 {
+            seen.push(b.as_secs());
+            b = next_backoff(b);
+        }
+        assert_eq!(seen, vec![0, 1, 2, 4, 8, 16, 30, 30]);
+    }
 
     #[test]
     fn readiness_needs_streaming_within_the_lag_bound() {

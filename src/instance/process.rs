@@ -16,6 +16,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tracing::Instrument;
 
 fn registry() -> &'static Mutex<HashSet<u32>> {
     static TRACKED: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
@@ -96,8 +97,10 @@ pub async fn run_tool(tool: &str, command: &mut Command) -> Result<String, ToolE
     let stdout = child.child.stdout.take();
     let stderr = child.child.stderr.take();
     let tool_name = tool.to_string();
-    let out_task = stdout.map(|s| tokio::spawn(collect_lines(tool_name.clone(), s, true)));
-    let err_task = stderr.map(|s| tokio::spawn(collect_lines(tool_name, s, false)));
+    let out_task =
+        stdout.map(|s| tokio::spawn(collect_lines(tool_name.clone(), s, true).in_current_span()));
+    let err_task =
+        stderr.map(|s| tokio::spawn(collect_lines(tool_name, s, false).in_current_span()));
     let status = child.wait().await.map_err(|source| ToolError::Spawn {
         tool: tool.to_string(),
         source,

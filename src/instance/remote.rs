@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::Instrument;
 
 use crate::contract::settings::InstanceSettings;
 use crate::postgres::roles;
@@ -69,9 +70,12 @@ impl<'a> Primary<'a> {
                     port,
                     message: error_text(&e),
                 })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        tokio::spawn(
+            async move {
+                let _ = connection.await;
+            }
+            .in_current_span(),
+        );
         Ok(client)
     }
 

@@ -504,12 +504,12 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("CAPSTAN_TEST_LOGS").is_some() {
+        let all = std::env::var_os("CAPSTAN_TEST_LOGS").is_some();
+        if std::thread::panicking() || all {
+            let text = if all { self.log() } else { self.log_tail(150) };
             eprintln!(
-                "--- {} manager log (tail) ---\n{}\n--- end {} ---",
-                self.name,
-                self.log_tail(150),
-                self.name
+                "--- {} manager log ---\n{text}\n--- end {} ---",
+                self.name, self.name
             );
         }
         self.kill_all();
