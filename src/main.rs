@@ -26,7 +26,7 @@ enum Command {
         dest: std::path::PathBuf,
     },
     /// Run the instance manager (PID 1 of PostgreSQL pods).
-    Instance(capstan::instance::Args),
+    Instance(Box<capstan::instance::Args>),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crd => print_crds(),
         Command::CopyBinary { dest } => copy_binary(&dest),
-        Command::Instance(args) => capstan::instance::run(args).map_err(|e| e.to_string()),
+        Command::Instance(args) => capstan::instance::run(*args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ struct Round {
     rejoin_rewind: Duration,
 }
 
-async fn round(bin: &PathBuf, version: i32) -> Round {
+async fn round(bin: &Path, version: i32) -> Round {
     let pki = Arc::new(Pki::new());
     let proxy_port = PORTS.take();
     let s = settings(version, proxy_port, &["db-1", "db-2"]);
@@ -196,7 +196,8 @@ async fn instance_times() {
     for _ in 0..rounds {
         results.push(round(&bin, version).await);
     }
-    let rows: [(&str, fn(&Round) -> Duration); 7] = [
+    type Row = (&'static str, fn(&Round) -> Duration);
+    let rows: [Row; 7] = [
         ("new client connection + write (baseline)", |r| {
             r.connect_and_write
         }),

@@ -178,20 +178,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// An empty body means the defaults.
-fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     parse_required(body)
 }
 
-fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
+fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
 }
 
 fn command_error(e: CommandError) -> Response {
@@ -227,7 +222,7 @@ async fn send<T: Serialize>(
 async fn promote(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let request: PromoteRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     send(&shared, |tx| Command::Promote(request, tx)).await
 }
@@ -235,7 +230,7 @@ async fn promote(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 async fn demote(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let request: DemoteRequest = match parse_required(&body) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     send(&shared, |tx| Command::Demote(request, tx)).await
 }
