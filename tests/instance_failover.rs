@@ -247,3 +247,44 @@ async fn failed_rewind_falls_back_to_a_fresh_clone() {
     assert_eq!(metric(&metrics, "capstan_reclones_total"), Some(1.0));
     assert!(nodes[0].log().contains("pg_rewind failed; re-cloning"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_waits_for_the_old_primary_and_loses_nothing() {
+    let Some((_pki, proxy, nodes)) = cluster(&["db-1", "db-2"], &["before"]).await else {
+        return;
+    };
+    // Named while db-1 still streams to it: db-2 waits for db-1 to step down.
+    nodes[1].set_authority("db-2");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(nodes[1].status().await.unwrap().role, Role::Replica);
+    insert(&nodes[0], "last-on-old").await;
+
+    // db-1 learns it too; the operator's demote makes it immediate.
+    nodes[0].set_authority("db-2");
+    let (code, body) = nodes[0]
+        .operator("POST", "/demote", Some(r#"{"newPrimary":"db-2"}"#))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = nodes[0].operator("POST", "/demote", Some("{}")).await;
+    assert_eq!(code, 400, "newPrimary is required: {body}");
+
+    // db-2 promotes once the stream ended with everything db-1 wrote; the
+    // Service follows the new primary.
+    nodes[1]
+        .wait_status("promoted after the old primary stopped", LONG, |r| {
+            r.role == Role::Primary
+        })
+        .await;
+    proxy.repoint(nodes[1].pg_port);
+    wait_values(&nodes[1], &["before", "last-on-old"]).await;
+    insert(&nodes[1], "after").await;
+    nodes[0]
+        .wait_status("old primary follows", LONG, |r| {
+            r.role == Role::Replica && r.wal_receiver.as_deref() == Some("streaming")
+        })
+        .await;
+    wait_values(&nodes[0], &["after", "before", "last-on-old"]).await;
+    let (_, metrics) = nodes[0].http("GET", "/metrics", None, None).await;
+    assert_eq!(metric(&metrics, "capstan_reclones_total"), Some(0.0));
+    assert!(nodes[1].log().contains("waiting for it to shut down"));
+}

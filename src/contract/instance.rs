@@ -120,6 +120,10 @@ pub struct DemoteResult {
     pub already_replica: bool,
     /// The data directory was rewound (or re-cloned) to follow.
     pub rewound: bool,
+    /// Streaming from the new primary already. False: stopped cleanly; it
+    /// follows as soon as the new primary answers behind the `-rw` Service.
+    #[serde(default)]
+    pub following: bool,
 }
 
 /// Error body of every endpoint.

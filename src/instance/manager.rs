@@ -40,6 +40,10 @@ const STUCK_AFTER: Duration = Duration::from_secs(20);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Named primary while still streaming from the old one: a switchover. Wait
+/// this long for the old primary to shut down (it sends all its WAL first),
+/// so the promotion loses nothing and nothing diverges.
+const SWITCHOVER_WAIT: Duration = Duration::from_secs(30);
 
 /// Sources of errors; each is cleared when its condition goes away, and the
 /// report shows the most recent one still standing.
@@ -79,6 +83,7 @@ pub struct Manager<A: Authority> {
     not_streaming_since: Option<Instant>,
     last_rejoin_check: Option<Instant>,
     primary_end: Option<Lsn>,
+    named_while_streaming: Option<Instant>,
 }
 
 impl<A: Authority> Manager<A> {
@@ -106,6 +111,7 @@ impl<A: Authority> Manager<A> {
             not_streaming_since: None,
             last_rejoin_check: None,
             primary_end: None,
+            named_while_streaming: None,
         }
     }
 
@@ -464,8 +470,25 @@ impl<A: Authority> Manager<A> {
         let Some(snapshot) = self.snapshot.clone() else {
             return;
         };
-        match decide::role_change(&self.inputs.pod, target, snapshot.in_recovery) {
+        let change = decide::role_change(&self.inputs.pod, target, snapshot.in_recovery);
+        if change != RoleChange::Promote {
+            self.named_while_streaming = None;
+        }
+        match change {
             RoleChange::Promote => {
+                if snapshot.wal_receiver.as_deref() == Some("streaming") {
+                    let since = *self.named_while_streaming.get_or_insert_with(|| {
+                        tracing::info!("named primary while the old one still streams; waiting for it to shut down");
+                        Instant::now()
+                    });
+                    if since.elapsed() < SWITCHOVER_WAIT {
+                        return;
+                    }
+                    tracing::warn!(
+                        waited_s = since.elapsed().as_secs(),
+                        "the old primary still streams; promoting as the cluster says"
+                    );
+                }
                 if let Err(e) = self.promote_now().await {
                     self.set_error(Source::RoleChange, e.to_string());
                 }
@@ -803,7 +826,14 @@ impl<A: Authority> Manager<A> {
         Ok(elapsed)
     }
 
-    async fn demote_now(&mut self, settings: &InstanceSettings) -> Result<bool, CommandError> {
+    /// Clean shutdown, then follow the new primary. Returns (rewound,
+    /// following); when the new primary does not answer yet, postgres stays
+    /// stopped and the start path rejoins it once it does — a demoted
+    /// primary never comes back writable.
+    async fn demote_now(
+        &mut self,
+        settings: &InstanceSettings,
+    ) -> Result<(bool, bool), CommandError> {
         tracing::info!(
             operation = "demote",
             "demoting: clean shutdown, then follow the new primary"
@@ -812,12 +842,24 @@ impl<A: Authority> Manager<A> {
         if let Err(e) = self.local.checkpoint().await {
             tracing::warn!(error = %e, "CHECKPOINT before demotion failed");
         }
-        let rewound = self
-            .restart_as_follower(settings)
-            .await
-            .map_err(CommandError::Unavailable)?;
+        self.stop_fast().await.map_err(CommandError::Failed)?;
+        let Some(bins) = self.bins.clone() else {
+            return Err(CommandError::Failed("no PostgreSQL binaries".into()));
+        };
         self.clear_error(Source::RoleChange);
-        Ok(rewound)
+        match self.rejoin(settings, &bins).await {
+            Ok(rewound) => {
+                self.launch(settings, &bins, Desired::Replica)
+                    .await
+                    .map_err(CommandError::Failed)?;
+                Ok((rewound, true))
+            }
+            Err(e) => {
+                self.set_error(Source::Start, e);
+                self.next_start = Instant::now() + Duration::from_secs(1);
+                Ok((false, false))
+            }
+        }
     }
 
     // ---- commands -------------------------------------------------------
@@ -916,7 +958,10 @@ impl<A: Authority> Manager<A> {
         request: DemoteRequest,
     ) -> Result<DemoteResult, CommandError> {
         let started = Instant::now();
-        let settings = self.running_settings()?;
+        let settings = self
+            .settings
+            .clone()
+            .ok_or_else(|| CommandError::Unavailable("no valid settings loaded".into()))?;
         if request.new_primary == self.inputs.pod {
             return Err(CommandError::Conflict(
                 "newPrimary names this instance; it cannot follow itself".into(),
@@ -930,6 +975,17 @@ impl<A: Authority> Manager<A> {
                 request.new_primary
             )));
         }
+        let elapsed = || started.elapsed().as_millis() as u64;
+        if self.postgres.is_none() {
+            // Not running, so not writable; the start path brings it back
+            // as a replica of the target.
+            return Ok(DemoteResult {
+                elapsed_ms: elapsed(),
+                already_replica: false,
+                rewound: false,
+                following: false,
+            });
+        }
         let snapshot = self
             .local
             .snapshot()
@@ -937,16 +993,18 @@ impl<A: Authority> Manager<A> {
             .map_err(|e| CommandError::Unavailable(e.to_string()))?;
         if snapshot.in_recovery {
             return Ok(DemoteResult {
-                elapsed_ms: started.elapsed().as_millis() as u64,
+                elapsed_ms: elapsed(),
                 already_replica: true,
                 rewound: false,
+                following: snapshot.wal_receiver.as_deref() == Some("streaming"),
             });
         }
-        let rewound = self.demote_now(&settings).await?;
+        let (rewound, following) = self.demote_now(&settings).await?;
         Ok(DemoteResult {
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: elapsed(),
             already_replica: false,
             rewound,
+            following,
         })
     }
 

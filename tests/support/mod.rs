@@ -303,7 +303,7 @@ impl Instance {
             .unwrap();
         let (uid, gid) = postgres_ids();
         let root = &self.root;
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        let child = std::process::Command::new(manager_binary())
             .arg("instance")
             .env("POD_NAME", &self.name)
             .env("POD_NAMESPACE", NAMESPACE)
@@ -514,6 +514,42 @@ impl Drop for Instance {
         }
         self.kill_all();
     }
+}
+
+/// The `capstan` binary as the `postgres` OS user can run it: the build
+/// output may sit below a directory only root may enter (a checkout in
+/// /root), so then a copy in the temp directory is used.
+pub fn manager_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let built = PathBuf::from(env!("CARGO_BIN_EXE_capstan"));
+            let reachable = built.ancestors().skip(1).all(|dir| {
+                std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+            });
+            if reachable {
+                return built;
+            }
+            let meta = std::fs::metadata(&built).unwrap();
+            let stamp = meta
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir = std::env::temp_dir().join(format!("capstan-test-bin-{stamp}"));
+            let copy = dir.join("capstan");
+            if std::fs::metadata(&copy).map(|m| m.len()).ok() != Some(meta.len()) {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+                let partial = dir.join(format!("capstan.{}", std::process::id()));
+                std::fs::copy(&built, &partial).unwrap();
+                std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+                std::fs::rename(&partial, &copy).unwrap();
+            }
+            copy
+        })
+        .clone()
 }
 
 pub fn processes_in(dir: &Path) -> Vec<i32> {
