@@ -251,9 +251,10 @@ pub async fn serve(
         .await
         .map_err(|source| ApiServeError::Bind { addr, source })?;
     let files = shared.inputs.server_tls();
-    let acceptor = loop {
+    let (mut acceptor, mut stamp) = loop {
+        let stamp = files.stamp();
         match tls::api_server(&files) {
-            Ok(config) => break TlsAcceptor::from(Arc::new(config)),
+            Ok(config) => break (TlsAcceptor::from(Arc::new(config)), stamp),
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up TLS for the API; retrying in 5s");
                 tokio::select! {
@@ -277,6 +278,21 @@ pub async fn serve(
                 }
             },
         };
+        // Rotated certificates (the kubelet updates the mounted Secret) are
+        // picked up by the next connection; a broken new set keeps the old.
+        let current = files.stamp();
+        if current != stamp {
+            stamp = current;
+            match tls::api_server(&files) {
+                Ok(config) => {
+                    acceptor = TlsAcceptor::from(Arc::new(config));
+                    tracing::info!("API certificates reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new API certificates are unusable; keeping the old ones")
+                }
+            }
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(

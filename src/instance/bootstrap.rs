@@ -366,8 +366,7 @@ impl DataOps<'_> {
         let verifier = |p: &Password| sql::quote_literal(&p.scram_verifier());
         let postgres_db = local.connect().await?;
         let roles_sql = format!(
-            "SET log_statement = 'none';
-             ALTER ROLE {superuser} PASSWORD {su};
+            "ALTER ROLE {superuser} PASSWORD {su};
              CREATE ROLE {replication} WITH LOGIN REPLICATION;
              CREATE ROLE {pooler} WITH LOGIN PASSWORD {pool};
              CREATE ROLE {owner} WITH LOGIN PASSWORD {app};
@@ -384,6 +383,10 @@ impl DataOps<'_> {
             pool = verifier(&secrets.pooler),
             app = verifier(&secrets.app),
         );
+        postgres_db
+            .batch_execute(super::local::QUIET_SESSION)
+            .await
+            .map_err(sql_err("quieting the session log"))?;
         postgres_db
             .batch_execute(&roles_sql)
             .await

@@ -161,6 +161,14 @@ impl TlsFiles {
     pub fn all(&self) -> [&Path; 3] {
         [&self.cert, &self.key, &self.ca]
     }
+
+    /// Modification times, to notice a rotated Secret.
+    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.all()
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }
 
 /// Slot name for a pod: `db-2` → `db_2` (slot names allow only lower-case

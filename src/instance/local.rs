@@ -368,8 +368,12 @@ impl Local {
     pub async fn set_password(&self, role: &str, verifier: &str) -> Result<(), LocalError> {
         let client = self.connect().await?;
         client
+            .batch_execute(QUIET_SESSION)
+            .await
+            .map_err(query_err("quieting the session log"))?;
+        client
             .batch_execute(&format!(
-                "SET log_statement = 'none'; ALTER ROLE {} PASSWORD {}",
+                "ALTER ROLE {} PASSWORD {}",
                 sql::quote_ident(role),
                 sql::quote_literal(verifier)
             ))
@@ -378,6 +382,12 @@ impl Local {
         Ok(())
     }
 }
+
+/// Sent alone before statements that carry password verifiers: a query
+/// string is logged before it runs, so these must already be in force.
+pub const QUIET_SESSION: &str = "SET log_statement = 'none'; \
+     SET log_min_duration_statement = -1; \
+     SET log_min_error_statement = 'panic'";
 
 fn is_instance_slot(name: &str, cluster_prefix: &str) -> bool {
     name.strip_prefix(cluster_prefix)

@@ -410,7 +410,7 @@ impl<A: Authority> Manager<A> {
         let rendered = config::render(&self.inputs, settings, role).map_err(|e| e.to_string())?;
         config::write(pgdata, &rendered).map_err(|e| e.to_string())?;
         config::set_standby(pgdata, role == Desired::Replica).map_err(|e| e.to_string())?;
-        self.tls_stamp = Some(tls_stamp(&self.inputs));
+        self.tls_stamp = Some(self.inputs.server_tls().stamp());
         let child = PostgresChild::spawn(&bins.dir, pgdata, &[]).map_err(|e| e.to_string())?;
         self.postgres = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -533,7 +533,7 @@ impl<A: Authority> Manager<A> {
                 return;
             }
         };
-        let stamp = tls_stamp(&self.inputs);
+        let stamp = self.inputs.server_tls().stamp();
         let tls_changed = self.tls_stamp.as_ref() != Some(&stamp);
         self.tls_stamp = Some(stamp);
         if !changed && !tls_changed {
@@ -1095,15 +1095,6 @@ fn ready(report: &InstanceReport, max_lag: u64) -> bool {
         }
         Role::Unknown => false,
     }
-}
-
-fn tls_stamp(inputs: &Inputs) -> Vec<Option<SystemTime>> {
-    let server = inputs.server_tls();
-    server
-        .all()
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
 }
 
 async fn wait_exit(exit: Option<watch::Receiver<Option<String>>>) {
