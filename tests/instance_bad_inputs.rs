@@ -122,3 +122,37 @@ async fn missing_secret_file_is_reported_and_bootstrap_waits_for_it() {
         assert!(!log.contains(secret), "a password reached the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_starts_before_the_authority_answers() {
+    let Some(bin) = pg15_bin() else {
+        eprintln!("skipping: PostgreSQL 15 is not installed in /usr/lib/postgresql/15/bin");
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let s = settings(15, PORTS.take(), &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
+    a.start();
+    let report = a
+        .wait_status(
+            "authority error reported",
+            WAIT,
+            error_contains("authority"),
+        )
+        .await;
+    assert!(!report.running);
+    assert!(
+        !a.pgdata().exists(),
+        "no data before the cluster names a primary"
+    );
+
+    // An empty answer (nobody named yet) does not create data either.
+    a.set_authority("");
+    a.wait_status("no primary named", WAIT, error_contains("names no primary"))
+        .await;
+    assert!(!a.pgdata().exists());
+
+    a.set_authority("db-1");
+    let report = a.wait_ready(Duration::from_secs(90)).await;
+    assert_eq!(report.target_primary.as_deref(), Some("db-1"));
+}

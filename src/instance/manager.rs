@@ -228,6 +228,7 @@ impl<A: Authority> Manager<A> {
                     tracing::info!("settings changed");
                 }
                 self.settings = Some(s);
+                self.next_start = Instant::now();
                 self.clear_error(Source::Settings);
             }
             // Keep the last good settings; PostgreSQL keeps running on them.
@@ -262,6 +263,8 @@ impl<A: Authority> Manager<A> {
             Ok(t) => {
                 if self.target.as_ref() != Some(&t) {
                     tracing::info!(target_primary = ?t, "the cluster's target primary");
+                    // A new answer is worth a start attempt now, not after the backoff.
+                    self.next_start = Instant::now();
                 }
                 self.target = Some(t.clone());
                 self.clear_error(Source::Authority);

@@ -70,7 +70,11 @@ fn init_logging(format: &str) {
     let _ = if format == "text" {
         builder.try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .try_init()
     };
 }
 
