@@ -874,6 +874,9 @@ impl<A: Authority> Manager<A> {
         // The report is published before the answer goes out, so a caller
         // that reads /status next sees the outcome.
         match command {
+            // The caller gave up (its request timed out): do not act on it late.
+            Command::Promote(_, reply) if reply.is_closed() => {}
+            Command::Demote(_, reply) if reply.is_closed() => {}
             Command::Promote(request, reply) => {
                 let result = self.promote_command(request).await;
                 self.refresh_snapshot().await;
