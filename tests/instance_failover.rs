@@ -239,9 +239,8 @@ async fn failed_rewind_falls_back_to_a_fresh_clone() {
         .await;
     wait_values(&nodes[0], &["common", "new"]).await;
     let (_, metrics) = nodes[0].http("GET", "/metrics", None, None).await;
-    assert_eq!(
-        metric(&metrics, "capstan_rewinds_total{result=\"failed\"}"),
-        Some(1.0),
+    assert!(
+        metric(&metrics, "capstan_rewinds_total{result=\"failed\"}").unwrap_or(0.0) >= 1.0,
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "capstan_reclones_total"), Some(1.0));

@@ -416,7 +416,8 @@ impl DataOps<'_> {
 
     /// A replica from the primary behind `primary_host`.
     pub async fn clone_from_primary(&self) -> Result<(), BootstrapError> {
-        let primary = Primary::new(self.inputs, self.settings).info().await?;
+        let remote = Primary::new(self.inputs, self.settings);
+        let primary = remote.info().await?;
         if primary.in_recovery {
             return Err(BootstrapError::Refused(format!(
                 "{}:{} is a standby, not the primary; waiting for the primary",
@@ -439,6 +440,11 @@ impl DataOps<'_> {
                 "--no-sync",
             ])
             .arg(format!("--slot={}", self.inputs.slot_name()));
+        // The primary creates a slot for every instance, but a clone may
+        // start first (a fresh primary, or one promoted a moment ago).
+        if !remote.slot_exists(&self.inputs.slot_name()).await? {
+            command.arg("--create-slot");
+        }
         if self.settings.separate_wal {
             command.arg(format!("--waldir={}", self.wal_partial().display()));
         }

@@ -492,8 +492,9 @@ impl<A: Authority> Manager<A> {
                         "the old primary still streams; promoting as the cluster says"
                     );
                 }
-                if let Err(e) = self.promote_now().await {
-                    self.set_error(Source::RoleChange, e.to_string());
+                match self.promote_now().await {
+                    Ok(_) => self.sync_slots(settings).await,
+                    Err(e) => self.set_error(Source::RoleChange, e.to_string()),
                 }
                 return;
             }
@@ -881,7 +882,12 @@ impl<A: Authority> Manager<A> {
                 let result = self.promote_command(request).await;
                 self.refresh_snapshot().await;
                 self.publish();
+                let promoted = matches!(&result, Ok(r) if !r.already_primary);
                 let _ = reply.send(result);
+                // Slots for the others right away: one may rejoin at once.
+                if promoted && let Some(settings) = self.settings.clone() {
+                    self.sync_slots(&settings).await;
+                }
             }
             Command::Demote(request, reply) => {
                 let result = self.demote_command(request).await;

@@ -108,6 +108,22 @@ impl<'a> Primary<'a> {
         })
     }
 
+    /// Whether the primary has the physical slot `name`.
+    pub async fn slot_exists(&self, name: &str) -> Result<bool, RemoteError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| RemoteError::Query {
+                what: "replication slots",
+                message: error_text(&e),
+            })?;
+        Ok(row.get(0))
+    }
+
     /// `CHECKPOINT` on the primary, so its control file shows the new
     /// timeline before pg_rewind reads it (needs `pg_checkpoint`, 15+).
     pub async fn checkpoint(&self) -> Result<(), RemoteError> {
