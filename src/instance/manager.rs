@@ -27,6 +27,7 @@ use super::config::{self, Desired};
 use super::decide::{self, DataKind, RoleChange, StartPlan};
 use super::inputs::{self, Inputs};
 use super::local::{Local, Snapshot};
+use super::process;
 use super::remote::Primary;
 use super::secrets;
 use super::settings;
@@ -410,6 +411,12 @@ impl<A: Authority> Manager<A> {
             }
         }
         let pgdata = &self.inputs.data_dir;
+        if !process::wait_until_no_process_in(pgdata, Duration::from_secs(10)).await {
+            return Err(format!(
+                "processes of a previous postgres still work in {}; waiting for them to exit",
+                pgdata.display()
+            ));
+        }
         let rendered = config::render(&self.inputs, settings, role).map_err(|e| e.to_string())?;
         config::write(pgdata, &rendered).map_err(|e| e.to_string())?;
         config::set_standby(pgdata, role == Desired::Replica).map_err(|e| e.to_string())?;

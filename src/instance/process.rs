@@ -222,6 +222,43 @@ pub fn reap_adopted_once() -> usize {
     reaped
 }
 
+/// Waits until no process works in `dir` (every PostgreSQL process chdirs
+/// into its data directory): after a postmaster was killed, its backends
+/// notice and exit within moments, and a new postmaster would refuse to
+/// start while they still hold the old shared memory.
+pub async fn wait_until_no_process_in(dir: &std::path::Path, timeout: Duration) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let dir = dir.clone();
+        let busy = tokio::task::spawn_blocking(move || any_process_in(&dir))
+            .await
+            .unwrap_or(false);
+        if !busy {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn any_process_in(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.parse::<u32>().is_ok())
+            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir)
+    })
+}
+
 /// State and parent PID from `/proc/<pid>/stat` (the command name may hold
 /// spaces and parentheses, so parse after the last `)`).
 fn parse_stat(stat: &str) -> Option<(char, u32)> {
@@ -254,6 +291,21 @@ mod tests {
         reap_adopted_once();
         let status = child.wait().await.unwrap();
         assert!(status.success(), "exit status was stolen: {status:?}");
+    }
+
+    #[tokio::test]
+    async fn waits_for_processes_working_in_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn(
+            Command::new("sleep")
+                .arg("0.3")
+                .current_dir(dir.path())
+                .kill_on_drop(true),
+        )
+        .unwrap();
+        assert!(!wait_until_no_process_in(dir.path(), Duration::from_millis(50)).await);
+        assert!(wait_until_no_process_in(dir.path(), Duration::from_secs(5)).await);
+        child.wait().await.unwrap();
     }
 
     #[tokio::test]
