@@ -3,6 +3,7 @@
 pub mod api;
 pub mod contract;
 pub mod operator;
+pub mod instance;
 pub mod pooler;
 pub mod postgres;
 pub mod render;

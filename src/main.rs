@@ -40,6 +40,8 @@ enum Command {
     },
     /// PID 1 of pooler pods: supervise PgBouncer and serve the pooler API.
     Pooler(capstan::pooler::Args),
+    /// Run the instance manager (PID 1 of PostgreSQL pods).
+    Instance(Box<capstan::instance::Args>),
 }
 
 fn init_tracing() {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Render { files, image } => render(&files, &image),
         Command::CopyBinary { dest } => copy_binary(&dest),
         Command::Pooler(args) => capstan::pooler::run(args),
+        Command::Instance(args) => capstan::instance::run(*args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

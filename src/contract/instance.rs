@@ -75,6 +75,9 @@ pub struct InstanceReport {
     /// The last error the manager hit, for people to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Times the manager restarted postgres after it exited unexpectedly.
+    #[serde(default)]
+    pub postgres_restarts: u32,
 }
 
 /// `POST /promote` body.
@@ -105,6 +108,22 @@ pub struct PromoteResult {
 pub struct DemoteRequest {
     /// Pod name of the new primary.
     pub new_primary: String,
+}
+
+/// `POST /demote` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteResult {
+    /// From the request until the instance followed the new primary.
+    pub elapsed_ms: u64,
+    /// The instance was already a replica; nothing was done.
+    pub already_replica: bool,
+    /// The data directory was rewound (or re-cloned) to follow.
+    pub rewound: bool,
+    /// Streaming from the new primary already. False: stopped cleanly; it
+    /// follows as soon as the new primary answers behind the `-rw` Service.
+    #[serde(default)]
+    pub following: bool,
 }
 
 /// Error body of every endpoint.

@@ -1,0 +1,388 @@
+//! The configuration files the manager writes into PGDATA: user parameters
+//! and hba lines from the settings, plus the settings Capstan owns (listen
+//! address, TLS, replication plumbing, logging), which always win.
+
+use std::path::Path;
+
+use crate::contract::settings::InstanceSettings;
+use crate::postgres::conninfo::ConnInfo;
+use crate::postgres::{conf, hba, roles};
+
+use super::inputs::Inputs;
+
+pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const DEFAULTS_CONF: &str = "capstan-defaults.conf";
+pub const USER_CONF: &str = "capstan-user.conf";
+pub const MANAGED_CONF: &str = "capstan-managed.conf";
+pub const AUTO_CONF: &str = "postgresql.auto.conf";
+pub const HBA_CONF: &str = "pg_hba.conf";
+pub const IDENT_CONF: &str = "pg_ident.conf";
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid parameter: {0}")]
+    Conf(#[from] conf::ConfError),
+    #[error("invalid hba rule: {0}")]
+    Hba(#[from] hba::HbaError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The role the files are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Primary,
+    Replica,
+}
+
+/// File name → content, in writing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered(pub Vec<(&'static str, String)>);
+
+impl Rendered {
+    #[cfg(test)]
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.as_str())
+    }
+}
+
+const HEADER: &str = "# Written by the Capstan instance manager; edits are overwritten.\n";
+
+/// Senders and slots for every instance plus room for backups and
+/// pg_basebackup/pg_rewind, in steps of 10: a standby must have at least the
+/// primary's value, so the number should rarely move.
+pub fn wal_senders(instances: usize) -> u32 {
+    let needed = (instances as u32) * 2 + 2;
+    needed.div_ceil(10).max(1) * 10
+}
+
+/// How a replica reaches the primary (`primary_conninfo`, `pg_basebackup`,
+/// `pg_rewind`): the `-rw` Service, as `streaming_replica` with its client
+/// certificate, verifying the server's certificate and host name.
+pub fn replication_conninfo(inputs: &Inputs, settings: &InstanceSettings) -> ConnInfo {
+    let tls = inputs.replication_tls();
+    ConnInfo::new()
+        .with("host", settings.primary_host.clone())
+        .with("port", settings.primary_port.to_string())
+        .with("user", roles::REPLICATION)
+        .with("application_name", inputs.pod.clone())
+        .with("sslmode", "verify-full")
+        .with("sslcert", tls.cert.display().to_string())
+        .with("sslkey", tls.key.display().to_string())
+        .with("sslrootcert", tls.ca.display().to_string())
+        .with("connect_timeout", "5")
+}
+
+/// The settings Capstan owns, in file order.
+pub fn managed_parameters(
+    inputs: &Inputs,
+    settings: &InstanceSettings,
+    role: Desired,
+) -> Vec<(&'static str, String)> {
+    let server = inputs.server_tls();
+    let senders = wal_senders(settings.instances.len()).to_string();
+    let mut params = vec![
+        ("listen_addresses", inputs.listen_address.clone()),
+        ("port", inputs.postgres_port.to_string()),
+        (
+            "unix_socket_directories",
+            inputs.run_dir.display().to_string(),
+        ),
+        ("cluster_name", inputs.cluster.clone()),
+        ("ssl", "on".into()),
+        ("ssl_cert_file", server.cert.display().to_string()),
+        ("ssl_key_file", server.key.display().to_string()),
+        // Verifies client certificates (streaming_replica) against the cluster CA.
+        ("ssl_ca_file", server.ca.display().to_string()),
+        ("wal_level", "replica".into()),
+        ("hot_standby", "on".into()),
+        // pg_rewind needs hint bits in WAL when checksums are off.
+        ("wal_log_hints", "on".into()),
+        ("max_wal_senders", senders.clone()),
+        ("max_replication_slots", senders),
+        // The manager captures stderr and re-emits each line tagged with the instance.
+        ("log_destination", "stderr".into()),
+        ("logging_collector", "off".into()),
+    ];
+    params.extend(archive_parameters(settings));
+    // Needs a restart to change, so it stays the same in both roles.
+    params.push(("recovery_target_timeline", "latest".into()));
+    if role == Desired::Replica {
+        params.push((
+            "primary_conninfo",
+            replication_conninfo(inputs, settings).to_string(),
+        ));
+        params.push(("primary_slot_name", inputs.slot_name()));
+    }
+    params
+}
+
+/// Defaults a user may override.
+const DEFAULTS: &[(&str, &str)] = &[
+    // pg_rewind reads the old primary's WAL back to the last checkpoint
+    // before the fork; without archiving, only kept WAL makes that possible
+    // after the old primary's own checkpoints.
+    ("wal_keep_size", "512MB"),
+    // Crash recovery after a kill, a clone or a rewind first flushes the
+    // data directory; one syncfs() is far faster than fsync per file.
+    ("recovery_init_sync_method", "syncfs"),
+];
+
+/// WAL archiving. It belongs to backups: once the settings carry a backup
+/// repository, `archive_mode` and `archive_command` come from it here. A
+/// cluster without one does not archive.
+fn archive_parameters(_settings: &InstanceSettings) -> Vec<(&'static str, String)> {
+    vec![("archive_mode", "off".into())]
+}
+
+/// Every file for `role`.
+pub fn render(
+    inputs: &Inputs,
+    settings: &InstanceSettings,
+    role: Desired,
+) -> Result<Rendered, ConfigError> {
+    let main = format!(
+        "{HEADER}# Defaults, then user parameters, then Capstan's own: the later setting\n\
+         # wins, so users override defaults and managed settings always hold.\n\
+         include '{DEFAULTS_CONF}'\n\
+         include '{USER_CONF}'\n\
+         include '{MANAGED_CONF}'\n"
+    );
+    let defaults = format!(
+        "{HEADER}# Capstan's defaults; spec.postgres.parameters may override them.\n{}",
+        conf::render(DEFAULTS.iter().copied())?
+    );
+    let user = format!(
+        "{HEADER}# spec.postgres.parameters\n{}",
+        conf::render(
+            settings
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+        )?
+    );
+    let managed_params = managed_parameters(inputs, settings, role);
+    let managed = format!(
+        "{HEADER}# Owned by Capstan; spec.postgres.parameters may not set these.\n{}",
+        conf::render(managed_params.iter().map(|(k, v)| (*k, v.as_str())))?
+    );
+    // ALTER SYSTEM would override the spec (and the managed settings), and
+    // pg_basebackup/pg_rewind copy the primary's file: the spec is the
+    // only source of settings.
+    let auto = format!(
+        "{HEADER}# ALTER SYSTEM is not used with Capstan: set parameters in the PostgresCluster spec.\n"
+    );
+    Ok(Rendered(vec![
+        (DEFAULTS_CONF, defaults),
+        (USER_CONF, user),
+        (MANAGED_CONF, managed),
+        (AUTO_CONF, auto),
+        (HBA_CONF, hba::render(&settings.hba)?),
+        (IDENT_CONF, HEADER.to_string()),
+        (POSTGRESQL_CONF, main),
+    ]))
+}
+
+/// Writes the files that differ (each atomically); true when any changed.
+pub fn write(pgdata: &Path, rendered: &Rendered) -> Result<bool, ConfigError> {
+    let mut changed = false;
+    for (name, content) in &rendered.0 {
+        let path = pgdata.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
+            continue;
+        }
+        write_atomic(&path, content.as_bytes()).map_err(|source| ConfigError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Writes via a temporary file and rename: a crash leaves the old or the new
+/// content, never half of it.
+pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("capstan-tmp");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Creates or removes `standby.signal`.
+pub fn set_standby(pgdata: &Path, standby: bool) -> Result<(), ConfigError> {
+    let path = pgdata.join(STANDBY_SIGNAL);
+    let result = if standby {
+        write_atomic(&path, b"")
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    result.map_err(|source| ConfigError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn is_standby(pgdata: &Path) -> bool {
+    pgdata.join(STANDBY_SIGNAL).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::authority::AuthoritySpec;
+    use crate::instance::inputs::Args;
+    use crate::instance::settings::tests::example;
+
+    pub fn inputs() -> Inputs {
+        Inputs::from_args(&Args {
+            pod_name: "db-2".into(),
+            namespace: "ns".into(),
+            cluster_name: "db".into(),
+            pod_ip: "10.1.2.3".into(),
+            listen_address: None,
+            data_dir: "/var/lib/postgresql/data/pgdata".into(),
+            wal_dir: "/var/lib/postgresql/wal/pg_wal".into(),
+            config_dir: "/etc/capstan/config".into(),
+            secrets_dir: "/etc/capstan/secrets".into(),
+            tls_dir: "/etc/capstan/tls".into(),
+            run_dir: "/var/run/postgresql".into(),
+            postgres_port: 5432,
+            api_port: 8000,
+            pg_bin_dir: None,
+            authority: AuthoritySpec::Kube,
+            shutdown_seconds: 50,
+            ready_max_lag_bytes: 1,
+            log_format: "text".into(),
+        })
+    }
+
+    #[test]
+    fn managed_settings_follow_the_pod() {
+        let rendered = render(&inputs(), &example(), Desired::Primary).unwrap();
+        let managed = rendered.get(MANAGED_CONF).unwrap();
+        for line in [
+            "listen_addresses = '10.1.2.3'",
+            "port = '5432'",
+            "unix_socket_directories = '/var/run/postgresql'",
+            "ssl = 'on'",
+            "ssl_cert_file = '/etc/capstan/tls/server/tls.crt'",
+            "ssl_ca_file = '/etc/capstan/tls/server/ca.crt'",
+            "wal_level = 'replica'",
+            "hot_standby = 'on'",
+            "wal_log_hints = 'on'",
+            "max_wal_senders = '10'",
+            "cluster_name = 'db'",
+            "log_destination = 'stderr'",
+            "archive_mode = 'off'",
+        ] {
+            assert!(
+                managed.lines().any(|l| l == line),
+                "missing {line:?} in\n{managed}"
+            );
+        }
+        assert!(!managed.contains("primary_conninfo"));
+    }
+
+    #[test]
+    fn replicas_follow_the_rw_service_through_their_slot() {
+        let rendered = render(&inputs(), &example(), Desired::Replica).unwrap();
+        let managed = rendered.get(MANAGED_CONF).unwrap();
+        assert!(managed.contains("primary_slot_name = 'db_2'"), "{managed}");
+        assert!(managed.contains("recovery_target_timeline = 'latest'"));
+        let conninfo = managed
+            .lines()
+            .find(|l| l.starts_with("primary_conninfo"))
+            .unwrap();
+        // conninfo quotes are doubled inside the postgresql.conf string.
+        assert!(
+            conninfo.contains("host=''db-rw'' port=''5432''"),
+            "{conninfo}"
+        );
+        assert!(conninfo.contains("user=''streaming_replica''"));
+        assert!(conninfo.contains("sslmode=''verify-full''"));
+        assert!(conninfo.contains("sslcert=''/etc/capstan/tls/replication/tls.crt''"));
+        assert!(!conninfo.contains("password"));
+    }
+
+    #[test]
+    fn managed_settings_come_after_user_settings() {
+        let rendered = render(&inputs(), &example(), Desired::Primary).unwrap();
+        let main = rendered.get(POSTGRESQL_CONF).unwrap();
+        let defaults = main.find(DEFAULTS_CONF).unwrap();
+        let user = main.find(USER_CONF).unwrap();
+        let managed = main.find(MANAGED_CONF).unwrap();
+        assert!(defaults < user && user < managed);
+        assert!(
+            rendered
+                .get(DEFAULTS_CONF)
+                .unwrap()
+                .contains("wal_keep_size = '512MB'")
+        );
+        assert!(
+            rendered
+                .get(USER_CONF)
+                .unwrap()
+                .contains("work_mem = '8MB'")
+        );
+        // postgresql.conf is written last, once its includes exist.
+        assert_eq!(rendered.0.last().unwrap().0, POSTGRESQL_CONF);
+    }
+
+    #[test]
+    fn user_values_are_quoted() {
+        let mut settings = example();
+        settings
+            .parameters
+            .insert("application_name".into(), r"it's a \ test".into());
+        let rendered = render(&inputs(), &settings, Desired::Primary).unwrap();
+        assert!(
+            rendered
+                .get(USER_CONF)
+                .unwrap()
+                .contains(r"application_name = 'it''s a \\ test'")
+        );
+    }
+
+    #[test]
+    fn sender_count_grows_in_steps() {
+        assert_eq!(wal_senders(0), 10);
+        assert_eq!(wal_senders(3), 10);
+        assert_eq!(wal_senders(4), 10);
+        assert_eq!(wal_senders(5), 20);
+        assert_eq!(wal_senders(20), 50);
+    }
+
+    #[test]
+    fn writes_only_what_changed_and_toggles_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        let rendered = render(&inputs(), &example(), Desired::Replica).unwrap();
+        assert!(write(dir.path(), &rendered).unwrap());
+        assert!(!write(dir.path(), &rendered).unwrap());
+        set_standby(dir.path(), true).unwrap();
+        assert!(is_standby(dir.path()));
+        set_standby(dir.path(), false).unwrap();
+        set_standby(dir.path(), false).unwrap();
+        assert!(!is_standby(dir.path()));
+    }
+}

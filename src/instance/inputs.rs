@@ -1,0 +1,198 @@
+//! What the instance manager is told: identity from the Downward API, paths
+//! and ports from flags (with environment fallbacks, defaulting to the pod
+//! layout), so the same binary runs in a pod and in a test on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::contract::layout::{self, env, files, mounts};
+
+use super::authority::AuthoritySpec;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Pod name (Downward API `metadata.name`).
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: String,
+    /// Namespace of the pod and its cluster.
+    #[arg(long, env = env::POD_NAMESPACE)]
+    pub namespace: String,
+    /// Name of the `PostgresCluster`.
+    #[arg(long, env = env::CLUSTER_NAME)]
+    pub cluster_name: String,
+    /// Pod IP (Downward API `status.podIP`).
+    #[arg(long, env = env::POD_IP)]
+    pub pod_ip: String,
+    /// Address PostgreSQL and the API listen on [default: the pod IP].
+    #[arg(long, env = "CAPSTAN_LISTEN_ADDRESS")]
+    pub listen_address: Option<String>,
+    /// PostgreSQL data directory. Not `$PGDATA`: the official images set it
+    /// to the volume's mount point, which may hold `lost+found`.
+    #[arg(long, env = "CAPSTAN_PGDATA", default_value = layout::PGDATA)]
+    pub data_dir: PathBuf,
+    /// `pg_wal` on its own volume, used when the settings say `separateWal`.
+    #[arg(long, env = "CAPSTAN_WAL_DIR", default_value = layout::WAL_DIR)]
+    pub wal_dir: PathBuf,
+    /// Directory of the mounted ConfigMap (holds `instance.json`).
+    #[arg(long, env = "CAPSTAN_CONFIG_DIR", default_value = layout::CONFIG_DIR)]
+    pub config_dir: PathBuf,
+    /// Directory of the mounted password Secrets (`superuser/`, `app/`, `pooler/`).
+    #[arg(long, env = "CAPSTAN_SECRETS_DIR", default_value = layout::SECRETS_DIR)]
+    pub secrets_dir: PathBuf,
+    /// Directory of the mounted TLS Secrets (`server/`, `replication/`).
+    #[arg(long, env = "CAPSTAN_TLS_DIR", default_value = layout::TLS_DIR)]
+    pub tls_dir: PathBuf,
+    /// Unix socket directory.
+    #[arg(long, env = "CAPSTAN_RUN_DIR", default_value = layout::RUN_DIR)]
+    pub run_dir: PathBuf,
+    #[arg(long, env = "CAPSTAN_POSTGRES_PORT", default_value_t = layout::POSTGRES_PORT)]
+    pub postgres_port: u16,
+    #[arg(long, env = "CAPSTAN_API_PORT", default_value_t = layout::AGENT_PORT)]
+    pub api_port: u16,
+    /// Directory of `postgres`, `initdb`, … [default: `postgres` on PATH,
+    /// else /usr/lib/postgresql/<version>/bin].
+    #[arg(long, env = "CAPSTAN_PG_BIN_DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Where the role decision comes from: `kube` (status.targetPrimary of the
+    /// PostgresCluster) or `file:<path>` (a file holding the target pod name).
+    #[arg(long, env = "CAPSTAN_AUTHORITY", default_value = "kube")]
+    pub authority: AuthoritySpec,
+    /// Seconds the manager may spend shutting down after SIGTERM.
+    #[arg(long, env = env::SHUTDOWN_SECONDS, default_value_t = layout::INSTANCE_SHUTDOWN_SECONDS as u64)]
+    pub shutdown_seconds: u64,
+    /// A replica is ready while it is streaming and at most this many bytes
+    /// behind what the primary last reported.
+    #[arg(long, env = "CAPSTAN_READY_MAX_LAG_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub ready_max_lag_bytes: u64,
+    /// `json` or `text`.
+    #[arg(long, env = env::LOG_FORMAT, default_value = "json")]
+    pub log_format: String,
+}
+
+/// Resolved paths and knobs, shared read-only by every part of the manager.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub pod: String,
+    pub namespace: String,
+    pub cluster: String,
+    pub listen_address: String,
+    pub data_dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub postgres_port: u16,
+    pub api_port: u16,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub shutdown_budget: Duration,
+    pub ready_max_lag_bytes: u64,
+}
+
+impl Inputs {
+    pub fn from_args(args: &Args) -> Self {
+        Self {
+            pod: args.pod_name.clone(),
+            namespace: args.namespace.clone(),
+            cluster: args.cluster_name.clone(),
+            listen_address: args
+                .listen_address
+                .clone()
+                .unwrap_or_else(|| args.pod_ip.clone()),
+            data_dir: args.data_dir.clone(),
+            wal_dir: args.wal_dir.clone(),
+            config_dir: args.config_dir.clone(),
+            secrets_dir: args.secrets_dir.clone(),
+            tls_dir: args.tls_dir.clone(),
+            run_dir: args.run_dir.clone(),
+            postgres_port: args.postgres_port,
+            api_port: args.api_port,
+            pg_bin_dir: args.pg_bin_dir.clone(),
+            shutdown_budget: Duration::from_secs(args.shutdown_seconds),
+            ready_max_lag_bytes: args.ready_max_lag_bytes,
+        }
+    }
+
+    pub fn settings_file(&self) -> PathBuf {
+        self.config_dir.join(files::INSTANCE_SETTINGS)
+    }
+
+    /// The data volume: PGDATA's parent. Bootstrap works in siblings of
+    /// PGDATA there, so the final rename stays on one filesystem.
+    pub fn data_volume(&self) -> &Path {
+        self.data_dir.parent().unwrap_or(Path::new("/"))
+    }
+
+    pub fn server_tls(&self) -> TlsFiles {
+        TlsFiles::new(self.tls_dir.join(mounts::SERVER_TLS))
+    }
+
+    pub fn replication_tls(&self) -> TlsFiles {
+        TlsFiles::new(self.tls_dir.join(mounts::REPLICATION_TLS))
+    }
+
+    pub fn secret_dir(&self, name: &str) -> PathBuf {
+        self.secrets_dir.join(name)
+    }
+
+    /// Replication slot this instance streams through on the primary.
+    pub fn slot_name(&self) -> String {
+        slot_name(&self.pod)
+    }
+}
+
+/// A mounted TLS Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            cert: dir.join(files::TLS_CRT),
+            key: dir.join(files::TLS_KEY),
+            ca: dir.join(files::CA_CRT),
+        }
+    }
+
+    pub fn all(&self) -> [&Path; 3] {
+        [&self.cert, &self.key, &self.ca]
+    }
+
+    /// Modification times, to notice a rotated Secret.
+    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.all()
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+/// Slot name for a pod: `db-2` → `db_2` (slot names allow only lower-case
+/// letters, digits and `_`).
+pub fn slot_name(pod: &str) -> String {
+    pod.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_follow_pod_names() {
+        assert_eq!(slot_name("db-2"), "db_2");
+        assert_eq!(slot_name("My-db-10"), "my_db_10");
+        assert_eq!(slot_name("a.b"), "a_b");
+    }
+}

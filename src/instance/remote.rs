@@ -1,0 +1,140 @@
+//! SQL on the primary (through the `-rw` Service) as `streaming_replica`
+//! with its client certificate: what a replica needs to know before it
+//! clones, follows or rewinds.
+
+use std::time::Duration;
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tracing::Instrument;
+
+use crate::contract::settings::InstanceSettings;
+use crate::postgres::roles;
+
+use super::inputs::Inputs;
+use super::local::error_text;
+use super::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot connect to the primary at {host}:{port}: {message}")]
+    Connect {
+        host: String,
+        port: u16,
+        message: String,
+    },
+    #[error("query on the primary failed ({what}): {message}")]
+    Query { what: &'static str, message: String },
+}
+
+/// What the server behind `primary_host` says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryInfo {
+    pub in_recovery: bool,
+    pub system_identifier: u64,
+    pub timeline: u32,
+}
+
+pub struct Primary<'a> {
+    inputs: &'a Inputs,
+    settings: &'a InstanceSettings,
+}
+
+impl<'a> Primary<'a> {
+    pub fn new(inputs: &'a Inputs, settings: &'a InstanceSettings) -> Self {
+        Self { inputs, settings }
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, RemoteError> {
+        let tls = tls::replication_client(&self.inputs.replication_tls())?;
+        let host = self.settings.primary_host.clone();
+        let port = self.settings.primary_port;
+        let mut config = tokio_postgres::Config::new();
+        // The rustls config verifies the chain and the host name (verify-full).
+        config
+            .host(&host)
+            .port(port)
+            .user(roles::REPLICATION)
+            .dbname("postgres")
+            .application_name(&self.inputs.pod)
+            .ssl_mode(SslMode::Require)
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) =
+            config
+                .connect(MakeRustlsConnect::new(tls))
+                .await
+                .map_err(|e| RemoteError::Connect {
+                    host,
+                    port,
+                    message: error_text(&e),
+                })?;
+        tokio::spawn(
+            async move {
+                let _ = connection.await;
+            }
+            .in_current_span(),
+        );
+        Ok(client)
+    }
+
+    pub async fn info(&self) -> Result<PrimaryInfo, RemoteError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(),
+                        (SELECT system_identifier FROM pg_control_system())::text,
+                        CASE WHEN pg_is_in_recovery()
+                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                                           (SELECT timeline_id FROM pg_control_checkpoint()))
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                        END",
+                &[],
+            )
+            .await
+            .map_err(|e| RemoteError::Query {
+                what: "server identity",
+                message: error_text(&e),
+            })?;
+        let sysid: String = row.get(1);
+        Ok(PrimaryInfo {
+            in_recovery: row.get(0),
+            system_identifier: sysid.parse().map_err(|_| RemoteError::Query {
+                what: "server identity",
+                message: format!("unexpected system identifier {sysid:?}"),
+            })?,
+            timeline: row.get::<_, i32>(2) as u32,
+        })
+    }
+
+    /// Whether the primary has the physical slot `name`.
+    pub async fn slot_exists(&self, name: &str) -> Result<bool, RemoteError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| RemoteError::Query {
+                what: "replication slots",
+                message: error_text(&e),
+            })?;
+        Ok(row.get(0))
+    }
+
+    /// `CHECKPOINT` on the primary, so its control file shows the new
+    /// timeline before pg_rewind reads it (needs `pg_checkpoint`, 15+).
+    pub async fn checkpoint(&self) -> Result<(), RemoteError> {
+        let client = self.connect().await?;
+        client
+            .simple_query("CHECKPOINT")
+            .await
+            .map_err(|e| RemoteError::Query {
+                what: "CHECKPOINT",
+                message: error_text(&e),
+            })?;
+        Ok(())
+    }
+}

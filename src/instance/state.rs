@@ -1,0 +1,137 @@
+//! What the manager loop shares with the HTTPS API: the last report, a
+//! heartbeat, metrics, and the command channel.
+
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::contract::instance::{
+    DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult, Role,
+};
+
+use super::inputs::Inputs;
+use super::local::Local;
+use super::metrics::Metrics;
+
+/// Why a command was not carried out, mapped to an HTTP status by the API.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// The cluster's authority or the instance's state says no (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Not now: postgres not running, authority unreachable, … (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// It was tried and failed (500).
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub enum Command {
+    Promote(
+        PromoteRequest,
+        oneshot::Sender<Result<PromoteResult, CommandError>>,
+    ),
+    Demote(
+        DemoteRequest,
+        oneshot::Sender<Result<DemoteResult, CommandError>>,
+    ),
+}
+
+pub struct Shared {
+    pub inputs: Inputs,
+    pub local: Local,
+    pub metrics: Metrics,
+    pub commands: mpsc::Sender<Command>,
+    report: RwLock<InstanceReport>,
+    heartbeat: Mutex<Instant>,
+    busy: Mutex<Option<&'static str>>,
+}
+
+/// How long the loop may go without a heartbeat before `/healthz` fails,
+/// unless it is inside a long operation (clone, rewind) that reports itself.
+const WEDGED_AFTER: Duration = Duration::from_secs(60);
+
+impl Shared {
+    pub fn new(inputs: Inputs, commands: mpsc::Sender<Command>) -> Self {
+        let local = Local::new(inputs.run_dir.clone(), inputs.postgres_port);
+        let report = empty_report(&inputs.pod);
+        Self {
+            inputs,
+            local,
+            metrics: Metrics::new(),
+            commands,
+            report: RwLock::new(report),
+            heartbeat: Mutex::new(Instant::now()),
+            busy: Mutex::new(None),
+        }
+    }
+
+    pub fn report(&self) -> InstanceReport {
+        self.report
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn publish(&self, report: InstanceReport) {
+        self.metrics.observe_report(&report);
+        *self.report.write().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
+    pub fn beat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn set_busy(&self, operation: Option<&'static str>) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = operation;
+    }
+
+    /// Healthy unless the loop stopped beating outside a long operation.
+    pub fn health(&self) -> Result<(), String> {
+        let since = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        let busy = *self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        match busy {
+            _ if since < WEDGED_AFTER => Ok(()),
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "the supervision loop has not run for {}s",
+                since.as_secs()
+            )),
+        }
+    }
+}
+
+pub fn empty_report(name: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.to_string(),
+        role: Role::Unknown,
+        running: false,
+        ready: false,
+        target_primary: None,
+        timeline: None,
+        system_identifier: None,
+        current_lsn: None,
+        receive_lsn: None,
+        replay_lsn: None,
+        flush_lsn: None,
+        lag_bytes: None,
+        lag_seconds: None,
+        wal_receiver: None,
+        pending_restart: false,
+        version: None,
+        postgres_uptime_seconds: None,
+        last_error: None,
+        postgres_restarts: 0,
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,267 @@
+//! The `postgres` child: start it, re-emit its log lines, notice its exit,
+//! and stop it with escalating shutdown modes.
+//!
+//! PostgreSQL logs to stderr (`log_destination = stderr`, no logging
+//! collector); every line is re-emitted through `tracing` with target
+//! `postgres` inside the manager's span, so the pod log carries one
+//! structured stream tagged with cluster and instance, with the level taken
+//! from PostgreSQL's own severity.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::process;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot start postgres ({bin}): {source}")]
+    Spawn { bin: String, source: std::io::Error },
+}
+
+/// A running (or just exited) postmaster.
+pub struct PostgresChild {
+    pid: u32,
+    exit: watch::Receiver<Option<String>>,
+}
+
+/// PostgreSQL's shutdown modes, by signal to the postmaster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Wait for clients to disconnect.
+    Smart,
+    /// Disconnect clients, then shut down cleanly (with a checkpoint).
+    Fast,
+    /// Quit at once; crash recovery at the next start.
+    Immediate,
+    /// Last resort when immediate does not return.
+    Kill,
+}
+
+impl Mode {
+    fn signal(self) -> Signal {
+        match self {
+            Mode::Smart => Signal::SIGTERM,
+            Mode::Fast => Signal::SIGINT,
+            Mode::Immediate => Signal::SIGQUIT,
+            Mode::Kill => Signal::SIGKILL,
+        }
+    }
+}
+
+impl PostgresChild {
+    /// Starts `postgres -D pgdata` with extra `-c name=value` settings.
+    pub fn spawn(
+        bin_dir: &Path,
+        pgdata: &Path,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, SupervisorError> {
+        let bin = bin_dir.join("postgres");
+        let mut command = Command::new(&bin);
+        command.arg("-D").arg(pgdata);
+        for (name, value) in settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a signal meant for the manager (Ctrl-C
+            // in a terminal) must not reach the postmaster directly.
+            .process_group(0);
+        let mut tracked =
+            process::spawn(&mut command).map_err(|source| SupervisorError::Spawn {
+                bin: bin.display().to_string(),
+                source,
+            })?;
+        let pid = tracked.pid();
+        if let Some(out) = tracked.child.stdout.take() {
+            tokio::spawn(forward_log(out).in_current_span());
+        }
+        if let Some(err) = tracked.child.stderr.take() {
+            tokio::spawn(forward_log(err).in_current_span());
+        }
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(
+            async move {
+                let description = match tracked.wait().await {
+                    Ok(status) => describe(status),
+                    Err(e) => format!("unknown status ({e})"),
+                };
+                let _ = tx.send(Some(description));
+            }
+            .in_current_span(),
+        );
+        tracing::info!(pid, "postgres started");
+        Ok(Self { pid, exit: rx })
+    }
+
+    /// How it exited, once it has.
+    pub fn exited(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// A receiver that changes when the postmaster exits.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<String>> {
+        self.exit.clone()
+    }
+
+    pub fn signal(&self, mode: Mode) {
+        if self.exited().is_none() {
+            // The PID is ours until we reap it, so it cannot be reused meanwhile.
+            let _ = kill(Pid::from_raw(self.pid as i32), mode.signal());
+        }
+    }
+
+    /// Waits up to `timeout` for the exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<String> {
+        let _ = tokio::time::timeout(timeout, self.exit.wait_for(Option::is_some)).await;
+        self.exited()
+    }
+
+    /// Tries each mode in turn for its share of time; returns how it exited.
+    pub async fn stop(&mut self, plan: &[(Mode, Duration)]) -> Option<String> {
+        for (mode, wait) in plan {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            tracing::info!(pid = self.pid, mode = ?mode, "stopping postgres");
+            self.signal(*mode);
+            if let Some(status) = self.wait_exit(*wait).await {
+                tracing::info!(pid = self.pid, status = %status, "postgres stopped");
+                return Some(status);
+            }
+        }
+        self.exited()
+    }
+}
+
+/// Whether the postmaster says it accepts connections (`postmaster.pid`
+/// line 8 is `ready` or `standby`), as pg_ctl checks: polling with
+/// connection attempts would fill the log with "starting up" errors.
+pub fn postmaster_ready(pgdata: &Path) -> bool {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().nth(7).map(|l| l.trim().to_string()))
+        .is_some_and(|status| status == "ready" || status == "standby")
+}
+
+/// Dropped while still running (a bootstrap cancelled by shutdown, or a
+/// panic): quit at once rather than leave an orphaned postmaster behind.
+impl Drop for PostgresChild {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            tracing::warn!(
+                pid = self.pid,
+                "postgres still running while abandoned; stopping it immediately"
+            );
+            self.signal(Mode::Immediate);
+        }
+    }
+}
+
+/// Shutdown plan within `budget`: smart for a fifth, fast until nine tenths,
+/// immediate for the rest, then SIGKILL.
+pub fn shutdown_plan(budget: Duration) -> Vec<(Mode, Duration)> {
+    let smart = budget / 5;
+    let fast = budget * 7 / 10;
+    let immediate = budget
+        .saturating_sub(smart + fast)
+        .max(Duration::from_secs(1));
+    vec![
+        (Mode::Smart, smart),
+        (Mode::Fast, fast),
+        (Mode::Immediate, immediate),
+        (Mode::Kill, Duration::from_secs(5)),
+    ]
+}
+
+/// Plan for role changes: disconnect clients now, shut down cleanly.
+pub fn fast_plan(timeout: Duration) -> Vec<(Mode, Duration)> {
+    vec![
+        (Mode::Fast, timeout),
+        (Mode::Immediate, Duration::from_secs(10)),
+        (Mode::Kill, Duration::from_secs(5)),
+    ]
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+async fn forward_log(stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match severity(&line) {
+            Severity::Error => tracing::error!(target: "postgres", "{line}"),
+            Severity::Warn => tracing::warn!(target: "postgres", "{line}"),
+            Severity::Info => tracing::info!(target: "postgres", "{line}"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Severity {
+    Error,
+    Warn,
+    Info,
+}
+
+fn severity(line: &str) -> Severity {
+    const ERRORS: &[&str] = &["PANIC:  ", "FATAL:  ", "ERROR:  "];
+    if ERRORS.iter().any(|tag| line.contains(tag)) {
+        Severity::Error
+    } else if line.contains("WARNING:  ") {
+        Severity::Warn
+    } else {
+        Severity::Info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn severity_follows_postgres_tags() {
+        assert_eq!(
+            severity("2026-01-01 00:00:00 UTC [12] FATAL:  role \"x\" does not exist"),
+            Severity::Error
+        );
+        assert_eq!(
+            severity("2026-01-01 [12] WARNING:  could not flush"),
+            Severity::Warn
+        );
+        assert_eq!(
+            severity("2026-01-01 [12] LOG:  database system is ready"),
+            Severity::Info
+        );
+    }
+
+    #[test]
+    fn shutdown_plan_fits_the_budget() {
+        let plan = shutdown_plan(Duration::from_secs(50));
+        let modes: Vec<_> = plan.iter().map(|(m, _)| *m).collect();
+        assert_eq!(
+            modes,
+            vec![Mode::Smart, Mode::Fast, Mode::Immediate, Mode::Kill]
+        );
+        let before_kill: Duration = plan[..3].iter().map(|(_, d)| *d).sum();
+        assert_eq!(before_kill, Duration::from_secs(50));
+    }
+}

@@ -1,0 +1,142 @@
+//! Settings changes on a running primary (real PostgreSQL 15): reload when
+//! possible, `pendingRestart` when not, managed parameters refused, hba
+//! lines applied, TLS-only TCP, ALTER SYSTEM reverted to the spec.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+static PORTS: Ports = Ports::new(20200, 20300);
+
+async fn show(instance: &Instance, name: &str) -> String {
+    let client = instance
+        .sql_retry("postgres", Duration::from_secs(30))
+        .await;
+    let row = client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changes_reload_or_wait_for_a_restart() {
+    let Some(bin) = pg15_bin() else {
+        eprintln!("skipping: PostgreSQL 15 is not installed in /usr/lib/postgresql/15/bin");
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(15, PORTS.take(), &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
+    a.set_authority("db-1");
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    assert_eq!(show(&a, "work_mem").await, "8MB");
+    assert_eq!(show(&a, "wal_keep_size").await, "512MB");
+
+    // A reloadable parameter is applied without a restart.
+    s.parameters.insert("work_mem".into(), "16MB".into());
+    a.write_settings(&s);
+    eventually("work_mem reloaded", Duration::from_secs(30), || async {
+        (show(&a, "work_mem").await == "16MB").then_some(())
+    })
+    .await;
+    let report = a.status().await.unwrap();
+    assert!(!report.pending_restart);
+    let uptime = report.postgres_uptime_seconds.unwrap();
+
+    // One that needs a restart is reported, not applied by restarting.
+    s.parameters.insert("shared_buffers".into(), "64MB".into());
+    a.write_settings(&s);
+    a.wait_status("pendingRestart", Duration::from_secs(30), |r| {
+        r.pending_restart
+    })
+    .await;
+    assert_eq!(show(&a, "shared_buffers").await, "128MB");
+    let report = a.status().await.unwrap();
+    assert!(report.postgres_uptime_seconds.unwrap() >= uptime);
+    assert_eq!(report.postgres_restarts, 0);
+
+    // A managed parameter: the whole document is refused and named.
+    let mut bad = s.clone();
+    bad.parameters.insert("listen_addresses".into(), "*".into());
+    bad.parameters.insert("work_mem".into(), "32MB".into());
+    a.write_settings(&bad);
+    let report = a
+        .wait_status("managed parameter reported", Duration::from_secs(30), |r| {
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("listen_addresses"))
+        })
+        .await;
+    assert!(report.last_error.unwrap().contains("not applied"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(show(&a, "work_mem").await, "16MB");
+    let user_conf = std::fs::read_to_string(a.pgdata().join("capstan-user.conf")).unwrap();
+    assert!(!user_conf.contains("32MB"), "{user_conf}");
+    assert!(a.log().contains("listen_addresses"));
+
+    // Back to a good document with an extra hba rule: the error clears.
+    s.hba = vec!["hostssl app app 127.0.0.1/32 scram-sha-256".into()];
+    a.write_settings(&s);
+    a.wait_status("error cleared", Duration::from_secs(30), |r| {
+        r.last_error.is_none()
+    })
+    .await;
+    let hba = std::fs::read_to_string(a.pgdata().join("pg_hba.conf")).unwrap();
+    assert!(
+        hba.contains("hostssl app app 127.0.0.1/32 scram-sha-256"),
+        "{hba}"
+    );
+    sql_connect(&pki, a.pg_port, "app", APP_PASSWORD, "app")
+        .await
+        .expect("app user through the new rule");
+
+    // A rule PostgreSQL itself rejects is reported; the old rules stay.
+    s.hba = vec!["hostssl app app 127.0.0.1/32 no-such-method".into()];
+    a.write_settings(&s);
+    a.wait_status("hba error reported", Duration::from_secs(30), |r| {
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("pg_hba.conf"))
+    })
+    .await;
+    sql_connect(&pki, a.pg_port, "app", APP_PASSWORD, "app")
+        .await
+        .expect("the previous hba still applies");
+    s.hba.clear();
+    a.write_settings(&s);
+
+    // Nothing without TLS over TCP.
+    let mut plain = tokio_postgres::Config::new();
+    plain
+        .host("127.0.0.1")
+        .port(a.pg_port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres");
+    let Err(err) = plain.connect(tokio_postgres::NoTls).await else {
+        panic!("a connection without TLS was accepted");
+    };
+    assert!(format!("{err:?}").contains("pg_hba.conf"), "{err:?}");
+
+    // ALTER SYSTEM is reverted to the spec.
+    let admin = a.sql("postgres").await.unwrap();
+    admin
+        .batch_execute("ALTER SYSTEM SET work_mem = '1MB'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(show(&a, "work_mem").await, "16MB");
+
+    let status = a.terminate(Duration::from_secs(a.shutdown_seconds + 10));
+    assert!(status.success());
+    assert!(a.postgres_processes().is_empty());
+}
