@@ -1,0 +1,161 @@
+//! Where the scenarios run: the local harness, or a real cluster named by
+//! `CAPSTAN_E2E_KUBECONFIG` (with Capstan already installed there).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{DeleteParams, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tokio::net::TcpListener;
+
+use crate::E2eError;
+use crate::harness::{Harness, HarnessOptions};
+
+/// A cluster somebody else runs: Capstan's operator is installed there and
+/// Services are reached through port-forwards.
+pub struct Remote {
+    client: Client,
+    /// Namespace and label selector of the operator's pods (to restart it).
+    operator_namespace: String,
+    operator_selector: String,
+}
+
+pub enum Target {
+    Local(Box<Harness>),
+    Remote(Remote),
+}
+
+impl Target {
+    /// `CAPSTAN_E2E_KUBECONFIG` set: that cluster. Otherwise a fresh local
+    /// harness with the operator running.
+    pub async fn from_env() -> Result<Target, E2eError> {
+        match std::env::var_os("CAPSTAN_E2E_KUBECONFIG") {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(PathBuf::from(&path))
+                    .map_err(|e| E2eError::Setup(format!("CAPSTAN_E2E_KUBECONFIG: {e}")))?;
+                let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| E2eError::Setup(format!("CAPSTAN_E2E_KUBECONFIG: {e}")))?;
+                let client = Client::try_from(config).map_err(|e| E2eError::Setup(e.to_string()))?;
+                Ok(Target::Remote(Remote {
+                    client,
+                    operator_namespace: std::env::var("CAPSTAN_E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "capstan-system".into()),
+                    operator_selector: std::env::var("CAPSTAN_E2E_OPERATOR_SELECTOR")
+                        .unwrap_or_else(|_| "app.kubernetes.io/name=capstan,app.kubernetes.io/component=operator".into()),
+                }))
+            }
+            None => {
+                let mut harness = Harness::start(HarnessOptions::default()).await?;
+                harness.start_operator()?;
+                Ok(Target::Local(Box::new(harness)))
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        match self {
+            Target::Local(h) => h.client(),
+            Target::Remote(r) => r.client.clone(),
+        }
+    }
+
+    pub fn harness(&mut self) -> Option<&mut Harness> {
+        match self {
+            Target::Local(h) => Some(h),
+            Target::Remote(_) => None,
+        }
+    }
+
+    /// An address on this machine that reaches `<service>.<namespace>.svc:<port>`.
+    pub async fn service_addr(&self, namespace: &str, service: &str, port: u16) -> Result<SocketAddr, E2eError> {
+        match self {
+            Target::Local(h) => h
+                .service_addr(namespace, service, port)
+                .ok_or_else(|| E2eError::Check(format!("Service {namespace}/{service} has no address"))),
+            Target::Remote(r) => r.forward(namespace, service, port).await,
+        }
+    }
+
+    /// Kills the operator (SIGKILL locally; pod deletion with grace 0 on a
+    /// real cluster, where its Deployment brings it back).
+    pub async fn kill_operator(&mut self) -> Result<(), E2eError> {
+        match self {
+            Target::Local(h) => {
+                h.kill_operator();
+                Ok(())
+            }
+            Target::Remote(r) => {
+                let pods: Api<Pod> = Api::namespaced(r.client.clone(), &r.operator_namespace);
+                let list = pods
+                    .list(&ListParams::default().labels(&r.operator_selector))
+                    .await
+                    .map_err(|e| E2eError::Kube("list operator pods".into(), e))?;
+                for pod in list.items {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    pods.delete(&name, &DeleteParams::default().grace_period(0))
+                        .await
+                        .map_err(|e| E2eError::Kube(format!("delete operator pod {name}"), e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the operator again (locally; a real cluster's Deployment does
+    /// it by itself).
+    pub fn start_operator(&mut self) -> Result<(), E2eError> {
+        match self {
+            Target::Local(h) => h.start_operator(),
+            Target::Remote(_) => Ok(()),
+        }
+    }
+
+    /// The operator's logs, when the harness has them (for failure messages).
+    pub fn operator_logs(&self) -> String {
+        match self {
+            Target::Local(h) => h.operator_logs(),
+            Target::Remote(_) => "(operator logs: kubectl logs -n capstan-system deploy/capstan-operator)".into(),
+        }
+    }
+}
+
+impl Remote {
+    /// Forwards a local port to a ready pod behind the Service, one
+    /// port-forward stream per accepted connection.
+    async fn forward(&self, namespace: &str, service: &str, port: u16) -> Result<SocketAddr, E2eError> {
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let svc = services
+            .get(service)
+            .await
+            .map_err(|e| E2eError::Kube(format!("get Service {namespace}/{service}"), e))?;
+        let selector = svc
+            .spec
+            .and_then(|s| s.selector)
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+            .ok_or_else(|| E2eError::Check(format!("Service {service} has no selector")))?;
+        let target_port = port;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| E2eError::Setup(format!("cannot listen for a port-forward: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| E2eError::Setup(e.to_string()))?;
+        let pods: Arc<Api<Pod>> = Arc::new(Api::namespaced(self.client.clone(), namespace));
+        tokio::spawn(async move {
+            while let Ok((mut local, _)) = listener.accept().await {
+                let pods = pods.clone();
+                let selector = selector.clone();
+                tokio::spawn(async move {
+                    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else { return };
+                    let ready = list.items.into_iter().find(capstan::operator::cluster::plan::is_ready);
+                    let Some(name) = ready.and_then(|p| p.metadata.name) else { return };
+                    let Ok(mut forwarder) = pods.portforward(&name, &[target_port]).await else { return };
+                    let Some(mut upstream) = forwarder.take_stream(target_port) else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut local, &mut upstream).await;
+                });
+            }
+        });
+        Ok(addr)
+    }
+}
