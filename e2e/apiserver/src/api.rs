@@ -3,6 +3,7 @@
 //! [`Request`] into a [`Reply`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -33,6 +34,45 @@ pub struct ApiState {
     pub bookmark_interval: Duration,
     /// host:port clients use, for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
+    pub counts: Counters,
+}
+
+/// Resource requests served, by verb.
+#[derive(Debug, Default)]
+pub struct Counters([AtomicU64; 8]);
+
+/// A snapshot of [`Counters`]: how many resource requests of each verb the
+/// server has answered (discovery and failed routing are not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub list: u64,
+    pub watch: u64,
+    pub create: u64,
+    pub update: u64,
+    pub patch: u64,
+    pub delete: u64,
+    pub delete_collection: u64,
+}
+
+impl Counters {
+    fn bump(&self, i: usize) {
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RequestCounts {
+        let n = |i: usize| self.0[i].load(Ordering::Relaxed);
+        RequestCounts {
+            get: n(0),
+            list: n(1),
+            watch: n(2),
+            create: n(3),
+            update: n(4),
+            patch: n(5),
+            delete: n(6),
+            delete_collection: n(7),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +173,10 @@ pub async fn handle(state: &Arc<ApiState>, req: Request) -> Reply {
         Route::Resources { group, version } => discovery::resources(&state.store, &group, &version)
             .map(|v| Reply::json(200, &v))
             .unwrap_or_else(|| Reply::error(&ApiError::not_found_path(&req.path))),
+        Route::OpenApiRoot => Reply::json(200, &discovery::openapi_root(&state.store)),
+        Route::OpenApi { group, version } => discovery::openapi_group_version(&state.store, &group, &version)
+            .map(|v| Reply::json(200, &v))
+            .unwrap_or_else(|| Reply::error(&ApiError::not_found_path(&req.path))),
         Route::Resource(target) => resource(state, &req, &target).await.into(),
         Route::NotFound => Reply::error(&ApiError::not_found_path(&req.path)),
     }
@@ -162,6 +206,20 @@ async fn resource(state: &Arc<ApiState>, req: &Request, target: &Target) -> Resu
         def,
         target,
     };
+    let verb = match (req.method, target.name.is_some()) {
+        (Method::Get, true) => 0,
+        (Method::Get, false) if req.flag("watch") => 2,
+        (Method::Get, false) => 1,
+        (Method::Post, _) => 3,
+        (Method::Put, _) => 4,
+        (Method::Patch, _) => 5,
+        (Method::Delete, true) => 6,
+        (Method::Delete, false) => 7,
+        (Method::Other, _) => usize::MAX,
+    };
+    if verb != usize::MAX {
+        state.counts.bump(verb);
+    }
     match (req.method, target.name.as_deref()) {
         (Method::Get, None) if req.flag("watch") => watch::serve(&ctx, req),
         (Method::Get, None) => list(&ctx, req),

@@ -127,3 +127,67 @@ pub fn resources(store: &Store, group: &str, version: &str) -> Option<Value> {
         "resources": resources,
     }))
 }
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: the index of per-group-version documents.
+pub fn openapi_root(store: &Store) -> Value {
+    let mut paths = serde_json::Map::new();
+    for table in store.tables() {
+        let def = table.def();
+        for v in &def.versions {
+            let path = gv_path(&def.group, v);
+            let url = format!("/openapi/v3/{path}");
+            paths.insert(path, json!({"serverRelativeURL": url}));
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<gv>`: just enough for kubectl to see that every resource
+/// accepts the `fieldValidation` parameter on PATCH (so it leaves
+/// validation to the server instead of needing full schemas).
+pub fn openapi_group_version(store: &Store, group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for table in store.tables() {
+        let def = table.def();
+        if def.group != group || !def.serves(version) {
+            continue;
+        }
+        let prefix = format!("/{}", gv_path(group, version));
+        let item = if def.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", def.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", def.plural)
+        };
+        paths.insert(
+            item,
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": def.kind},
+                "x-kubernetes-action": "patch",
+                "parameters": [
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+                    {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
+                ],
+                "responses": {"200": {"description": "OK"}}
+            }}),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -30,4 +30,5 @@ mod table;
 mod watch;
 mod write;
 
+pub use api::RequestCounts;
 pub use server::{ApiServer, ClientError, Config, StartError};

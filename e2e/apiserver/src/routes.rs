@@ -24,6 +24,10 @@ pub enum Route {
     /// `/api/v1`, `/apis/<group>/<version>`
     Resources { group: String, version: String },
     Resource(Target),
+    /// `/openapi/v3`
+    OpenApiRoot,
+    /// `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/<version>`
+    OpenApi { group: String, version: String },
     NotFound,
 }
 
@@ -40,6 +44,15 @@ pub fn route(path: &str) -> Route {
         ["apis"] => Route::Groups,
         ["apis", g] => Route::Group(g.to_string()),
         ["apis", g, v] => Route::Resources {
+            group: g.to_string(),
+            version: v.to_string(),
+        },
+        ["openapi", "v3"] => Route::OpenApiRoot,
+        ["openapi", "v3", "api", v] => Route::OpenApi {
+            group: String::new(),
+            version: v.to_string(),
+        },
+        ["openapi", "v3", "apis", g, v] => Route::OpenApi {
             group: g.to_string(),
             version: v.to_string(),
         },

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::{self, ApiState, Method, Reply, Request};
+use crate::api::{self, ApiState, Method, Reply, Request, RequestCounts};
 use crate::builtin::IpAllocator;
 use crate::resources;
 use crate::store::Store;
@@ -162,6 +162,7 @@ impl ApiServer {
             watch_timeout_cap: config.watch_timeout_cap,
             bookmark_interval: config.bookmark_interval,
             address: address.clone(),
+            counts: Default::default(),
         });
         bootstrap(&state, &config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -266,6 +267,11 @@ impl ApiServer {
             ("KUBERNETES_SERVICE_HOST".into(), host),
             ("KUBERNETES_SERVICE_PORT".into(), port),
         ]
+    }
+
+    /// Resource requests answered so far, by verb.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.state.counts.snapshot()
     }
 
     /// Stops accepting connections, ends every watch and the garbage

@@ -19,8 +19,11 @@ use crate::store::{CommitError, Expect, Table, rv_of};
 
 const MAX_ATTEMPTS: usize = 64;
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
+fn parse_json(req: &Request) -> Result<Value, ApiError> {
+    if req.content_type.contains("protobuf") || req.content_type.contains("cbor") {
+        return Err(ApiError::unsupported_media_type(&req.content_type));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
 }
 
 fn parse_apply(body: &[u8]) -> Result<Value, ApiError> {
@@ -237,7 +240,7 @@ pub fn after_commit(ctx: &Ctx<'_>, object: &Value, removed: bool) {
 }
 
 pub fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
-    let mut obj = parse_json(&req.body)?;
+    let mut obj = parse_json(req)?;
     prepare_create(ctx, &mut obj, false)?;
     namespace_ready(ctx, &obj)?;
     let obj = admit(ctx, obj, None, true)?;
@@ -261,7 +264,7 @@ enum Change<'a> {
 }
 
 pub fn update(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
-    let body = parse_json(&req.body)?;
+    let body = parse_json(req)?;
     check_type(ctx, &body)?;
     if let Some(body_name) = meta_str(&body, "name")
         && body_name != name
@@ -276,13 +279,13 @@ pub fn update(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiErro
 pub fn patch(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
     let content_type = req.content_type.split(';').next().unwrap_or("").trim();
     match content_type {
-        "application/merge-patch+json" => modify(ctx, req, name, Change::MergePatch(&parse_json(&req.body)?)),
+        "application/merge-patch+json" => modify(ctx, req, name, Change::MergePatch(&parse_json(req)?)),
         "application/json-patch+json" => modify(ctx, req, name, Change::JsonPatch(&req.body)),
         "application/strategic-merge-patch+json" => {
             if ctx.def.builtin.is_none() {
                 return Err(ApiError::unsupported_media_type(content_type));
             }
-            modify(ctx, req, name, Change::StrategicPatch(&parse_json(&req.body)?))
+            modify(ctx, req, name, Change::StrategicPatch(&parse_json(req)?))
         }
         "application/apply-patch+yaml" => {
             let manager = req.param("fieldManager").unwrap_or("");

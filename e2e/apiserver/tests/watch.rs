@@ -181,7 +181,7 @@ async fn bookmarks_and_timeouts() {
 
 #[tokio::test]
 async fn reflector_survives_watch_timeouts() {
-    let (_server, client) = start_with(Config {
+    let (server, client) = start_with(Config {
         watch_timeout_cap: Some(Duration::from_millis(1500)),
         bookmark_interval: Duration::from_millis(300),
         ..Config::default()
@@ -211,6 +211,11 @@ async fn reflector_survives_watch_timeouts() {
     .await;
     assert!(!task.is_finished(), "the watcher stream never errored out: {task:?}");
     task.abort();
+    // One initial list, then the watch was resumed after every timeout
+    // instead of relisting.
+    let counts = server.request_counts();
+    assert_eq!(counts.list, 1, "{counts:?}");
+    assert!(counts.watch >= 3, "{counts:?}");
 
     // streaming lists (sendInitialEvents) work too.
     let (reader, writer) = reflector::store::<ConfigMap>();
