@@ -118,7 +118,10 @@ pub enum Reply {
 
 impl Reply {
     pub fn json(code: u16, value: &Value) -> Reply {
-        Reply::Json(code, Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
+        Reply::Json(
+            code,
+            Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+        )
     }
 
     pub fn error(err: &ApiError) -> Reply {
@@ -157,7 +160,10 @@ impl Ctx<'_> {
     }
 
     pub fn key(&self, name: &str) -> (String, String) {
-        (self.target.namespace.clone().unwrap_or_default(), name.to_string())
+        (
+            self.target.namespace.clone().unwrap_or_default(),
+            name.to_string(),
+        )
     }
 }
 
@@ -174,15 +180,21 @@ pub async fn handle(state: &Arc<ApiState>, req: Request) -> Reply {
             .map(|v| Reply::json(200, &v))
             .unwrap_or_else(|| Reply::error(&ApiError::not_found_path(&req.path))),
         Route::OpenApiRoot => Reply::json(200, &discovery::openapi_root(&state.store)),
-        Route::OpenApi { group, version } => discovery::openapi_group_version(&state.store, &group, &version)
-            .map(|v| Reply::json(200, &v))
-            .unwrap_or_else(|| Reply::error(&ApiError::not_found_path(&req.path))),
+        Route::OpenApi { group, version } => {
+            discovery::openapi_group_version(&state.store, &group, &version)
+                .map(|v| Reply::json(200, &v))
+                .unwrap_or_else(|| Reply::error(&ApiError::not_found_path(&req.path)))
+        }
         Route::Resource(target) => resource(state, &req, &target).await.into(),
         Route::NotFound => Reply::error(&ApiError::not_found_path(&req.path)),
     }
 }
 
-async fn resource(state: &Arc<ApiState>, req: &Request, target: &Target) -> Result<Reply, ApiError> {
+async fn resource(
+    state: &Arc<ApiState>,
+    req: &Request,
+    target: &Target,
+) -> Result<Reply, ApiError> {
     let not_found = || ApiError::not_found_path(&req.path);
     let table = state
         .store
@@ -259,10 +271,15 @@ fn get(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
 /// token is ever returned, so every list is one consistent snapshot.
 fn list(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     let filter = filter(ctx, req)?;
-    let (items, rv) = ctx.table.list(&ctx.state.store, ctx.target.namespace.as_deref());
+    let (items, rv) = ctx
+        .table
+        .list(&ctx.state.store, ctx.target.namespace.as_deref());
     let items: Vec<Arc<Value>> = items.into_iter().filter(|o| filter.matches(o)).collect();
     if table::wants_table(&req.accept) {
-        return Ok(Reply::json(200, &table::render(&ctx.def, &items, &rv.to_string())));
+        return Ok(Reply::json(
+            200,
+            &table::render(&ctx.def, &items, &rv.to_string()),
+        ));
     }
     let mut out = Vec::with_capacity(items.len() * 1024 + 256);
     let header = json!({

@@ -101,7 +101,9 @@ fn scoped(config: &Value, scope: Scope) -> Value {
             Scope::MainOnly => {
                 map.remove("status");
             }
-            Scope::StatusOnly => map.retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind")),
+            Scope::StatusOnly => {
+                map.retain(|k, _| matches!(k.as_str(), "status" | "apiVersion" | "kind"))
+            }
         }
     }
     out
@@ -121,14 +123,17 @@ pub fn apply(live: &Value, config: &Value, req: &ApplyRequest<'_>) -> Result<Val
     fields::collect(&config, req.shape, true, &mut vec![], &mut applied);
 
     let mut all = entries(live);
-    let mine = all
-        .iter()
-        .position(|e| e.apply && e.manager == req.manager && e.subresource.as_deref() == req.scope.subresource());
+    let mine = all.iter().position(|e| {
+        e.apply && e.manager == req.manager && e.subresource.as_deref() == req.scope.subresource()
+    });
     let previous = mine.map(|i| all[i].set.clone()).unwrap_or_default();
 
     let mut conflicts = vec![];
     for path in &applied {
-        if matches!(path.last(), Some(PathElement::Key(_) | PathElement::Value(_))) {
+        if matches!(
+            path.last(),
+            Some(PathElement::Key(_) | PathElement::Value(_))
+        ) {
             continue;
         }
         let wanted = fields::lookup(&config, path);
@@ -272,8 +277,12 @@ fn merge_metadata(live: &mut Map<String, Value>, config: &Value) {
         .entry("metadata")
         .or_insert_with(|| Value::Object(Map::new()));
     for key in ["labels", "annotations", "ownerReferences", "finalizers"] {
-        let Some(value) = config.get(key) else { continue };
-        let Some(m) = meta.as_object_mut() else { return };
+        let Some(value) = config.get(key) else {
+            continue;
+        };
+        let Some(m) = meta.as_object_mut() else {
+            return;
+        };
         match m.get_mut(key) {
             Some(existing) if !value.is_null() => merge_value(key, existing, value, Shape::Builtin),
             _ if value.is_null() => {
@@ -329,7 +338,8 @@ mod tests {
     #[test]
     fn removes_fields_the_manager_stopped_applying() {
         let live = json!({"metadata": {"name": "x"}});
-        let first = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v", "j": "w"}});
+        let first =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v", "j": "w"}});
         let once = apply(&live, &first, &req("m", false)).unwrap();
         assert_eq!(once["data"], json!({"k": "v", "j": "w"}));
         let second = json!({"metadata": {"labels": {"a": "1"}}, "data": {"k": "v"}});
@@ -371,7 +381,15 @@ mod tests {
             out["spec"]["containers"],
             json!([{"name": "a", "image": "2", "imagePullPolicy": "IfNotPresent"}, {"name": "b", "image": "3"}])
         );
-        let out2 = apply(&out, &json!({"spec": {"containers": [{"name": "a", "image": "2"}]}}), &req("m", false)).unwrap();
-        assert_eq!(out2["spec"]["containers"], json!([{"name": "a", "image": "2", "imagePullPolicy": "IfNotPresent"}]));
+        let out2 = apply(
+            &out,
+            &json!({"spec": {"containers": [{"name": "a", "image": "2"}]}}),
+            &req("m", false),
+        )
+        .unwrap();
+        assert_eq!(
+            out2["spec"]["containers"],
+            json!([{"name": "a", "image": "2", "imagePullPolicy": "IfNotPresent"}])
+        );
     }
 }

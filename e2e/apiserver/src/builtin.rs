@@ -118,7 +118,11 @@ fn container_defaults(container: &mut Value) {
         .next()
         .is_some_and(|last| !last.contains(':') || last.ends_with(":latest"))
         && !image.contains('@');
-    set_default(container, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(
+        container,
+        "terminationMessagePath",
+        json!("/dev/termination-log"),
+    );
     set_default(container, "terminationMessagePolicy", json!("File"));
     set_default(
         container,
@@ -207,7 +211,9 @@ pub fn on_create(kind: Builtin, obj: &mut Value, ctx: &CreateContext<'_>) -> Res
                 json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
             );
         }
-        Builtin::ReplicaSet | Builtin::StatefulSet => set_default(child(obj, "spec"), "replicas", json!(1)),
+        Builtin::ReplicaSet | Builtin::StatefulSet => {
+            set_default(child(obj, "spec"), "replicas", json!(1))
+        }
         Builtin::Job => {
             let spec = child(obj, "spec");
             set_default(spec, "backoffLimit", json!(6));
@@ -254,7 +260,9 @@ pub fn on_write(kind: Builtin, obj: &mut Value, old: Option<&Value>) {
     match kind {
         Builtin::Secret => {
             // stringData is write-only: merged into data, never stored.
-            if let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            if let Some(Value::Object(strings)) =
+                obj.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
                 let data = child(obj, "data");
                 for (k, v) in strings {
                     let text = v.as_str().unwrap_or("").as_bytes().to_vec();
@@ -293,7 +301,10 @@ fn without(value: &Value, pointers: &[&str]) -> Value {
 }
 
 fn pod_spec_mutable_view(spec: &Value, keep_node: bool) -> Value {
-    let mut view = without(spec, &["/activeDeadlineSeconds", "/tolerations", "/schedulingGates"]);
+    let mut view = without(
+        spec,
+        &["/activeDeadlineSeconds", "/tolerations", "/schedulingGates"],
+    );
     if !keep_node {
         view.as_object_mut().map(|m| m.remove("nodeName"));
     }
@@ -338,7 +349,10 @@ pub fn validate_update(kind: Builtin, old: &Value, new: &Value) -> Vec<Cause> {
             if let (Some(before), Some(after)) = (size(old), size(new))
                 && after < before
             {
-                causes.push(forbidden("spec.resources.requests.storage", "field can not be less than status.capacity"));
+                causes.push(forbidden(
+                    "spec.resources.requests.storage",
+                    "field can not be less than status.capacity",
+                ));
             }
         }
         Builtin::Service => {
@@ -354,18 +368,24 @@ pub fn validate_update(kind: Builtin, old: &Value, new: &Value) -> Vec<Cause> {
         Builtin::Secret | Builtin::ConfigMap if old["immutable"] == Value::Bool(true) => {
             for field in ["data", "binaryData", "immutable"] {
                 if old[field] != new[field] {
-                    causes.push(forbidden(field, "field is immutable when `immutable` is set"));
+                    causes.push(forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
                 }
             }
         }
-        Builtin::Deployment | Builtin::ReplicaSet | Builtin::StatefulSet => {
-            if old["spec"]["selector"] != new["spec"]["selector"] {
-                causes.push(Cause {
-                    reason: "FieldValueInvalid".into(),
-                    message: format!("Invalid value: {}: field is immutable", new["spec"]["selector"]),
-                    field: "spec.selector".into(),
-                });
-            }
+        Builtin::Deployment | Builtin::ReplicaSet | Builtin::StatefulSet
+            if old["spec"]["selector"] != new["spec"]["selector"] =>
+        {
+            causes.push(Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!(
+                    "Invalid value: {}: field is immutable",
+                    new["spec"]["selector"]
+                ),
+                field: "spec.selector".into(),
+            });
         }
         _ => {}
     }

@@ -70,14 +70,21 @@ pub fn resource_def(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
     if crd.pointer("/metadata/name").and_then(Value::as_str) != Some(expected_name.as_str()) {
         errors.push(invalid(
             "metadata.name",
-            format!("Invalid value: {:?}: must be spec.names.plural+\".\"+spec.group", crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")),
+            format!(
+                "Invalid value: {:?}: must be spec.names.plural+\".\"+spec.group",
+                crd.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            ),
         ));
     }
     let scope = spec["scope"].as_str().unwrap_or("");
     if !matches!(scope, "Namespaced" | "Cluster") {
         errors.push(Cause {
             reason: "FieldValueNotSupported".into(),
-            message: format!("Unsupported value: {scope:?}: supported values: \"Cluster\", \"Namespaced\""),
+            message: format!(
+                "Unsupported value: {scope:?}: supported values: \"Cluster\", \"Namespaced\""
+            ),
             field: "spec.scope".into(),
         });
     }
@@ -85,18 +92,29 @@ pub fn resource_def(crd: &Value) -> Result<ResourceDef, Vec<Cause>> {
     let mut schemas = CrdSchemas::default();
     let mut status = false;
     let mut printer_columns = vec![];
-    for (i, v) in spec["versions"].as_array().into_iter().flatten().enumerate() {
+    for (i, v) in spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let name = text(&v["name"]);
         let storage = v["storage"].as_bool().unwrap_or(false);
         if !v["served"].as_bool().unwrap_or(false) {
             continue;
         }
         let Some(schema) = v.pointer("/schema/openAPIV3Schema") else {
-            errors.push(required(&format!("spec.versions[{i}].schema.openAPIV3Schema")));
+            errors.push(required(&format!(
+                "spec.versions[{i}].schema.openAPIV3Schema"
+            )));
             continue;
         };
         let compiled = compile_schema(schema);
-        collect_compile_errors(&compiled, &format!("spec.versions[{i}].schema.openAPIV3Schema"), &mut errors);
+        collect_compile_errors(
+            &compiled,
+            &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+            &mut errors,
+        );
         if storage || versions.is_empty() {
             status = v.pointer("/subresources/status").is_some();
             printer_columns = v["additionalPrinterColumns"]
@@ -174,9 +192,7 @@ fn collect_compile_errors(node: &CompiledSchema, path: &str, errors: &mut Vec<Ca
 
 /// `status` the API server reports on an established CRD.
 pub fn established_status(crd: &Value, now: &str) -> Value {
-    let condition = |t: &str, reason: &str, message: &str| {
-        serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message})
-    };
+    let condition = |t: &str, reason: &str, message: &str| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message});
     let stored: Vec<Value> = crd["spec"]["versions"]
         .as_array()
         .into_iter()
@@ -287,7 +303,10 @@ pub fn admit(
             .into_vec()
             .into_iter()
             .map(|f| {
-                let reason = f.reason.clone().unwrap_or_else(|| "FieldValueInvalid".into());
+                let reason = f
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "FieldValueInvalid".into());
                 let message = match reason.as_str() {
                     "FieldValueForbidden" => format!("Forbidden: {}", f.message),
                     "FieldValueRequired" => format!("Required value: {}", f.message),
@@ -381,7 +400,13 @@ fn pattern(text: &str) -> Option<Regex> {
 }
 
 /// OpenAPI v3 value validation of the structural-schema subset.
-fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, errors: &mut Vec<Cause>) {
+fn validate_node(
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    at_root: bool,
+    errors: &mut Vec<Cause>,
+) {
     let here = if path.is_empty() { "<root>" } else { path };
     if value.is_null() {
         if schema["nullable"] != Value::Bool(true)
@@ -389,7 +414,9 @@ fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, error
         {
             errors.push(Cause {
                 reason: "FieldValueTypeInvalid".into(),
-                message: format!("Invalid value: \"null\": {here} in body must be of type {ty}: \"null\""),
+                message: format!(
+                    "Invalid value: \"null\": {here} in body must be of type {ty}: \"null\""
+                ),
                 field: path.into(),
             });
         }
@@ -428,13 +455,20 @@ fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, error
         let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
         errors.push(Cause {
             reason: "FieldValueNotSupported".into(),
-            message: format!("Unsupported value: {}: supported values: {}", render(value), list.join(", ")),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                render(value),
+                list.join(", ")
+            ),
             field: path.into(),
         });
     }
     let mut bound = |ok: bool, what: String| {
         if !ok {
-            errors.push(invalid(path, format!("Invalid value: {}: {here} in body {what}", render(value))));
+            errors.push(invalid(
+                path,
+                format!("Invalid value: {}: {here} in body {what}", render(value)),
+            ));
         }
     };
     if let Some(n) = value.as_f64() {
@@ -450,11 +484,17 @@ fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, error
             if exclusive("exclusiveMinimum") {
                 bound(n > min, format!("should be greater than {min}"));
             } else {
-                bound(n >= min, format!("should be greater than or equal to {min}"));
+                bound(
+                    n >= min,
+                    format!("should be greater than or equal to {min}"),
+                );
             }
         }
         if let Some(m) = schema["multipleOf"].as_f64().filter(|m| *m > 0.0) {
-            bound((n / m).fract() == 0.0, format!("should be a multiple of {m}"));
+            bound(
+                (n / m).fract() == 0.0,
+                format!("should be a multiple of {m}"),
+            );
         }
     }
     if let Some(s) = value.as_str() {
@@ -471,12 +511,24 @@ fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, error
         if let Some(min) = schema["minLength"].as_u64()
             && len < min
         {
-            errors.push(invalid(path, format!("Invalid value: {}: {here} in body should be at least {min} chars long", render(value))));
+            errors.push(invalid(
+                path,
+                format!(
+                    "Invalid value: {}: {here} in body should be at least {min} chars long",
+                    render(value)
+                ),
+            ));
         }
         if let Some(p) = schema["pattern"].as_str()
             && pattern(p).is_some_and(|re| !re.is_match(s))
         {
-            errors.push(invalid(path, format!("Invalid value: {}: {here} in body should match '{p}'", render(value))));
+            errors.push(invalid(
+                path,
+                format!(
+                    "Invalid value: {}: {here} in body should match '{p}'",
+                    render(value)
+                ),
+            ));
         }
     }
     if let Some(items) = value.as_array() {
@@ -493,7 +545,10 @@ fn validate_node(schema: &Value, value: &Value, path: &str, at_root: bool, error
         if let Some(min) = schema["minItems"].as_u64()
             && n < min
         {
-            errors.push(invalid(path, format!("Invalid value: {n}: {here} in body should have at least {min} items")));
+            errors.push(invalid(
+                path,
+                format!("Invalid value: {n}: {here} in body should have at least {min} items"),
+            ));
         }
         validate_list_uniqueness(schema, items, path, errors);
         if let Some(item_schema) = schema.get("items") {
@@ -529,7 +584,10 @@ fn validate_object(
     if let Some(min) = schema["minProperties"].as_u64()
         && n < min
     {
-        errors.push(invalid(path, format!("Invalid value: {n}: {here} in body should have at least {min} properties")));
+        errors.push(invalid(
+            path,
+            format!("Invalid value: {n}: {here} in body should have at least {min} properties"),
+        ));
     }
     for req in schema["required"].as_array().into_iter().flatten() {
         if let Some(name) = req.as_str()
@@ -581,7 +639,13 @@ fn validate_list_uniqueness(schema: &Value, items: &[Value], path: &str, errors:
     }
 }
 
-fn validate_combinators(schema: &Value, value: &Value, path: &str, here: &str, errors: &mut Vec<Cause>) {
+fn validate_combinators(
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    here: &str,
+    errors: &mut Vec<Cause>,
+) {
     let passes = |s: &Value| {
         let mut e = vec![];
         validate_node(s, value, path, false, &mut e);
@@ -593,17 +657,35 @@ fn validate_combinators(schema: &Value, value: &Value, path: &str, here: &str, e
     if let Some(any) = schema["anyOf"].as_array()
         && !any.iter().any(passes)
     {
-        errors.push(invalid(path, format!("Invalid value: {}: {here} in body must validate at least one schema (anyOf)", render(value))));
+        errors.push(invalid(
+            path,
+            format!(
+                "Invalid value: {}: {here} in body must validate at least one schema (anyOf)",
+                render(value)
+            ),
+        ));
     }
     if let Some(one) = schema["oneOf"].as_array()
         && one.iter().filter(|s| passes(s)).count() != 1
     {
-        errors.push(invalid(path, format!("Invalid value: {}: {here} in body must validate one and only one schema (oneOf)", render(value))));
+        errors.push(invalid(
+            path,
+            format!(
+                "Invalid value: {}: {here} in body must validate one and only one schema (oneOf)",
+                render(value)
+            ),
+        ));
     }
     if let Some(not) = schema.get("not")
         && passes(not)
     {
-        errors.push(invalid(path, format!("Invalid value: {}: {here} in body must not validate the schema (not)", render(value))));
+        errors.push(invalid(
+            path,
+            format!(
+                "Invalid value: {}: {here} in body must not validate the schema (not)",
+                render(value)
+            ),
+        ));
     }
 }
 
@@ -654,11 +736,26 @@ mod tests {
         assert_eq!(obj["spec"]["free"]["any"]["thing"], 1);
         assert_eq!(obj["spec"]["opt"], Value::Null);
 
-        let mut bad = json!({"spec": {"size": 10, "mode": "C", "tags": ["a", "b", "long"], "q": true}});
+        let mut bad =
+            json!({"spec": {"size": 10, "mode": "C", "tags": ["a", "b", "long"], "q": true}});
         let errs = admit(&version(), &validator, &mut bad, None).unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, vec!["spec.mode", "spec.q", "spec.size", "spec.tags", "spec.tags[2]"], "{errs:?}");
-        assert!(errs[2].message.contains("should be less than or equal to 9"));
+        assert_eq!(
+            fields,
+            vec![
+                "spec.mode",
+                "spec.q",
+                "spec.size",
+                "spec.tags",
+                "spec.tags[2]"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs[2]
+                .message
+                .contains("should be less than or equal to 9")
+        );
 
         let mut missing = json!({"spec": {}});
         let errs = admit(&version(), &validator, &mut missing, None).unwrap_err();

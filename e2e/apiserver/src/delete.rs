@@ -80,8 +80,13 @@ fn grace_period(def: &ResourceDef, obj: &Value, opts: &DeleteOptions) -> i64 {
     if def.builtin != Some(Builtin::Pod) {
         return 0;
     }
-    let scheduled = obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-    let terminal = matches!(obj["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let scheduled = obj["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let terminal = matches!(
+        obj["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
     if !scheduled || terminal {
         return 0;
     }
@@ -164,7 +169,11 @@ pub fn delete_object(
         let remove = ready_to_remove(&def, &candidate);
         if !opts.dry_run.is_empty() {
             let shown = Arc::new(candidate);
-            return Ok(if remove { Outcome::Removed(shown) } else { Outcome::Pending(shown) });
+            return Ok(if remove {
+                Outcome::Removed(shown)
+            } else {
+                Outcome::Pending(shown)
+            });
         }
         match table.commit(
             &state.store,
@@ -186,7 +195,10 @@ pub fn delete(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiErro
         Outcome::Removed(obj) => {
             after_commit(ctx, &obj, true);
             let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
-            Ok(Reply::json(200, &status::success(ctx.def.subject(name), uid)))
+            Ok(Reply::json(
+                200,
+                &status::success(ctx.def.subject(name), uid),
+            ))
         }
     }
 }
@@ -194,11 +206,16 @@ pub fn delete(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiErro
 pub fn delete_collection(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     let opts = DeleteOptions::from_request(req)?;
     let filter = filter(ctx, req)?;
-    let (items, _) = ctx.table.list(&ctx.state.store, ctx.target.namespace.as_deref());
+    let (items, _) = ctx
+        .table
+        .list(&ctx.state.store, ctx.target.namespace.as_deref());
     let mut deleted = vec![];
     for item in items.iter().filter(|o| filter.matches(o)) {
         let key = (
-            item["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+            item["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
             item["metadata"]["name"].as_str().unwrap_or("").to_string(),
         );
         match delete_object(ctx.state, &ctx.table, &key, &opts) {

@@ -58,13 +58,18 @@ impl<'a> Shape<'a> {
         match self {
             Shape::Builtin => builtin_list_type(name, elements),
             Shape::Schema(None) => ListType::Atomic,
-            Shape::Schema(Some(s)) => match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Shape::Schema(Some(s)) => match s.get("x-kubernetes-list-type").and_then(Value::as_str)
+            {
                 Some("set") => ListType::Set,
                 Some("map") => {
                     let keys: Vec<String> = s
                         .get("x-kubernetes-list-map-keys")
                         .and_then(Value::as_array)
-                        .map(|ks| ks.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                        .map(|ks| {
+                            ks.iter()
+                                .filter_map(|k| k.as_str().map(str::to_string))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     if keys.is_empty() || !elements.iter().all(Value::is_object) {
                         ListType::Atomic
@@ -83,8 +88,13 @@ impl<'a> Shape<'a> {
 fn builtin_list_type(name: &str, elements: &[Value]) -> ListType {
     let keys: &[&str] = match name {
         "finalizers" => return ListType::Set,
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" => &["name"],
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims" => &["name"],
         "volumeMounts" => &["mountPath"],
         "volumeDevices" => &["devicePath"],
         "conditions" => &["type"],
@@ -181,7 +191,13 @@ pub fn display(path: &[PathElement]) -> String {
 
 /// The fields an applied configuration sets: its leaves, the elements of
 /// its associative lists and the members of its sets.
-pub fn collect(value: &Value, shape: Shape<'_>, at_root: bool, prefix: &mut Path, out: &mut FieldSet) {
+pub fn collect(
+    value: &Value,
+    shape: Shape<'_>,
+    at_root: bool,
+    prefix: &mut Path,
+    out: &mut FieldSet,
+) {
     let Value::Object(map) = value else {
         out.insert(prefix.clone());
         return;
@@ -212,7 +228,13 @@ fn collect_metadata(meta: &Value, prefix: &mut Path, out: &mut FieldSet) {
     }
 }
 
-fn collect_child(name: &str, child: &Value, shape: Shape<'_>, prefix: &mut Path, out: &mut FieldSet) {
+fn collect_child(
+    name: &str,
+    child: &Value,
+    shape: Shape<'_>,
+    prefix: &mut Path,
+    out: &mut FieldSet,
+) {
     match child {
         Value::Object(m) if !m.is_empty() => collect(child, shape, false, prefix, out),
         Value::Array(items) if !items.is_empty() => match shape.list_type(name, items) {
@@ -302,8 +324,7 @@ pub fn remove(value: &mut Value, path: &[PathElement]) {
         }
         _ => false,
     };
-    let is_metadata =
-        matches!(parent_path, [PathElement::Field(f)] if f == "metadata");
+    let is_metadata = matches!(parent_path, [PathElement::Field(f)] if f == "metadata");
     if removed
         && !parent_path.is_empty()
         && !is_metadata
@@ -355,10 +376,8 @@ pub fn from_fields_v1(tree: &Value) -> FieldSet {
 
 fn walk_fields_v1(node: &Value, prefix: &mut Path, out: &mut FieldSet) {
     let Some(map) = node.as_object() else { return };
-    if map.is_empty() || map.contains_key(".") {
-        if !prefix.is_empty() {
-            out.insert(prefix.clone());
-        }
+    if (map.is_empty() || map.contains_key(".")) && !prefix.is_empty() {
+        out.insert(prefix.clone());
     }
     for (k, child) in map {
         if let Some(el) = PathElement::decode(k) {
@@ -385,7 +404,10 @@ mod tests {
         let mut set = FieldSet::new();
         collect(&cfg, Shape::Builtin, true, &mut vec![], &mut set);
         let tree = to_fields_v1(&set);
-        assert_eq!(tree["f:spec"]["f:containers"]["k:{\"name\":\"db\"}"]["."], json!({}));
+        assert_eq!(
+            tree["f:spec"]["f:containers"]["k:{\"name\":\"db\"}"]["."],
+            json!({})
+        );
         assert_eq!(tree["f:spec"]["f:tolerations"], json!({}));
         assert_eq!(tree["f:metadata"]["f:finalizers"]["v:\"x\""], json!({}));
         assert!(tree["f:metadata"].get("f:name").is_none());
@@ -395,9 +417,23 @@ mod tests {
     #[test]
     fn remove_cleans_empty_parents() {
         let mut v = json!({"metadata": {"annotations": {"a": "1"}}, "spec": {"containers": [{"name": "x", "image": "i"}]}});
-        remove(&mut v, &[PathElement::Field("metadata".into()), PathElement::Field("annotations".into()), PathElement::Field("a".into())]);
+        remove(
+            &mut v,
+            &[
+                PathElement::Field("metadata".into()),
+                PathElement::Field("annotations".into()),
+                PathElement::Field("a".into()),
+            ],
+        );
         assert_eq!(v["metadata"], json!({}));
-        remove(&mut v, &[PathElement::Field("spec".into()), PathElement::Field("containers".into()), PathElement::Key("{\"name\":\"x\"}".into())]);
+        remove(
+            &mut v,
+            &[
+                PathElement::Field("spec".into()),
+                PathElement::Field("containers".into()),
+                PathElement::Key("{\"name\":\"x\"}".into()),
+            ],
+        );
         assert_eq!(v, json!({"metadata": {}}));
     }
 }

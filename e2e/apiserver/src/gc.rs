@@ -52,7 +52,9 @@ fn has_finalizer(obj: &Value, name: &str) -> bool {
 }
 
 fn uid(obj: &Value) -> &str {
-    obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("")
+    obj.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 fn owner_refs(obj: &Value) -> &[Value] {
@@ -108,7 +110,10 @@ impl Scan {
             .is_some_and(|o| uid(&o) == reference["uid"].as_str().unwrap_or(""))
     }
 
-    fn dependents_of<'a>(&'a self, owner: &'a Value) -> impl Iterator<Item = &'a (Arc<Table>, Arc<Value>)> {
+    fn dependents_of<'a>(
+        &'a self,
+        owner: &'a Value,
+    ) -> impl Iterator<Item = &'a (Arc<Table>, Arc<Value>)> {
         let owner_uid = uid(owner);
         self.objects
             .iter()
@@ -130,7 +135,12 @@ fn remove_finalizer(state: &ApiState, table: &Arc<Table>, key: &ObjKey, name: &s
     });
 }
 
-fn remove_owner_refs(state: &ApiState, table: &Arc<Table>, key: &ObjKey, gone: impl Fn(&Value) -> bool) {
+fn remove_owner_refs(
+    state: &ApiState,
+    table: &Arc<Table>,
+    key: &ObjKey,
+    gone: impl Fn(&Value) -> bool,
+) {
     system_update(state, table, key, |obj| {
         let Some(refs) = obj
             .pointer_mut("/metadata/ownerReferences")
@@ -170,7 +180,9 @@ pub fn collect(state: &ApiState) {
             if has_finalizer(obj, "orphan") {
                 let owner_uid = uid(obj).to_string();
                 for (dep_table, dep) in scan.dependents_of(obj) {
-                    remove_owner_refs(state, dep_table, &key_of(dep), |r| r["uid"] == owner_uid.as_str());
+                    remove_owner_refs(state, dep_table, &key_of(dep), |r| {
+                        r["uid"] == owner_uid.as_str()
+                    });
                 }
                 remove_finalizer(state, table, &key, "orphan");
             }
@@ -178,9 +190,10 @@ pub fn collect(state: &ApiState) {
                 let owner_uid = uid(obj).to_string();
                 let mut blocking = 0;
                 for (dep_table, dep) in scan.dependents_of(obj) {
-                    let blocks = owner_refs(dep)
-                        .iter()
-                        .any(|r| r["uid"] == owner_uid.as_str() && r["blockOwnerDeletion"] == Value::Bool(true));
+                    let blocks = owner_refs(dep).iter().any(|r| {
+                        r["uid"] == owner_uid.as_str()
+                            && r["blockOwnerDeletion"] == Value::Bool(true)
+                    });
                     if blocks {
                         blocking += 1;
                     }
@@ -230,7 +243,10 @@ fn finalize_namespace(state: &ApiState, scan: &Scan, table: &Arc<Table>, ns: &Va
     }
     if remaining == 0 {
         system_update(state, table, &key_of(ns), |obj| {
-            match obj["spec"].get_mut("finalizers").and_then(Value::as_array_mut) {
+            match obj["spec"]
+                .get_mut("finalizers")
+                .and_then(Value::as_array_mut)
+            {
                 Some(list) if !list.is_empty() => {
                     list.clear();
                     true

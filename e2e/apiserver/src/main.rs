@@ -58,7 +58,10 @@ async fn main() -> std::process::ExitCode {
     println!("listening on {}", server.url());
     if let Some(path) = &args.kubeconfig {
         if let Err(e) = server.write_kubeconfig(path) {
-            eprintln!("capstan-e2e-apiserver: cannot write {}: {e}", path.display());
+            eprintln!(
+                "capstan-e2e-apiserver: cannot write {}: {e}",
+                path.display()
+            );
             return std::process::ExitCode::FAILURE;
         }
         println!("kubeconfig written to {}", path.display());

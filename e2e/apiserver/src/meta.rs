@@ -53,7 +53,8 @@ pub fn name_suffix() -> String {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -69,15 +70,27 @@ fn is_dns1035_label(s: &str) -> bool {
 /// `metadata.name` syntax per kind.
 pub fn validate_name(builtin: Option<Builtin>, name: &str) -> Option<Cause> {
     let (ok, rule) = match builtin {
-        Some(Builtin::Namespace) => (is_dns_label(name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
-        Some(Builtin::Service) => (is_dns1035_label(name), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+        Some(Builtin::Namespace) => (
+            is_dns_label(name),
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
+        ),
+        Some(Builtin::Service) => (
+            is_dns1035_label(name),
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+        ),
         Some(
-            Builtin::Role | Builtin::RoleBinding | Builtin::ClusterRole | Builtin::ClusterRoleBinding,
+            Builtin::Role
+            | Builtin::RoleBinding
+            | Builtin::ClusterRole
+            | Builtin::ClusterRoleBinding,
         ) => (
             !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%']),
             "may not contain '/' or '%' and may not be '.' or '..'",
         ),
-        _ => (is_dns_subdomain(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        _ => (
+            is_dns_subdomain(name),
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        ),
     };
     (!ok).then(|| Cause {
         reason: "FieldValueInvalid".into(),
@@ -89,7 +102,8 @@ pub fn validate_name(builtin: Option<Builtin>, name: &str) -> Option<Cause> {
 fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -99,7 +113,9 @@ fn is_qualified_name(k: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
     };
-    prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p)) && !name.is_empty() && is_label_value(name)
+    prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p))
+        && !name.is_empty()
+        && is_label_value(name)
 }
 
 /// Label keys and values, and annotation keys.
@@ -149,9 +165,15 @@ mod tests {
         assert!(validate_name(Some(Builtin::Pod), "Db").is_some());
         assert!(validate_name(Some(Builtin::Service), "1db").is_some());
         assert!(validate_name(Some(Builtin::ClusterRole), "system:capstan").is_none());
-        assert!(validate_metadata(&json!({"labels": {"capstan.dev/role": "primary", "a": ""}})).is_empty());
+        assert!(
+            validate_metadata(&json!({"labels": {"capstan.dev/role": "primary", "a": ""}}))
+                .is_empty()
+        );
         assert_eq!(validate_metadata(&json!({"labels": {"a": "-x"}})).len(), 1);
-        assert_eq!(validate_metadata(&json!({"labels": {"a": "x".repeat(64)}})).len(), 1);
+        assert_eq!(
+            validate_metadata(&json!({"labels": {"a": "x".repeat(64)}})).len(),
+            1
+        );
         assert_eq!(new_uid().len(), 36);
         assert!(parse_time(&now()).is_some());
     }

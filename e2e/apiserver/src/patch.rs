@@ -165,11 +165,15 @@ mod tests {
 
     #[test]
     fn strategic_directives() {
-        let mut obj = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x", "y"]}});
+        let mut obj =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x", "y"]}});
         strategic_merge(
             &mut obj,
             &json!({"metadata": {"labels": {"$patch": "replace", "c": "3"}, "$deleteFromPrimitiveList/finalizers": ["x"]}}),
         );
-        assert_eq!(obj, json!({"metadata": {"labels": {"c": "3"}, "finalizers": ["y"]}}));
+        assert_eq!(
+            obj,
+            json!({"metadata": {"labels": {"c": "3"}, "finalizers": ["y"]}})
+        );
     }
 }

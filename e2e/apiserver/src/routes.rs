@@ -22,12 +22,18 @@ pub enum Route {
     /// `/apis/<group>`
     Group(String),
     /// `/api/v1`, `/apis/<group>/<version>`
-    Resources { group: String, version: String },
+    Resources {
+        group: String,
+        version: String,
+    },
     Resource(Target),
     /// `/openapi/v3`
     OpenApiRoot,
     /// `/openapi/v3/api/v1`, `/openapi/v3/apis/<group>/<version>`
-    OpenApi { group: String, version: String },
+    OpenApi {
+        group: String,
+        version: String,
+    },
     NotFound,
 }
 
@@ -63,16 +69,17 @@ pub fn route(path: &str) -> Route {
 }
 
 fn resource(group: &str, version: &str, rest: &[&str]) -> Route {
-    let target = |namespace: Option<&str>, resource: &str, name: Option<&str>, sub: Option<&str>| {
-        Route::Resource(Target {
-            group: group.to_string(),
-            version: version.to_string(),
-            namespace: namespace.map(str::to_string),
-            resource: resource.to_string(),
-            name: name.map(str::to_string),
-            subresource: sub.map(str::to_string),
-        })
-    };
+    let target =
+        |namespace: Option<&str>, resource: &str, name: Option<&str>, sub: Option<&str>| {
+            Route::Resource(Target {
+                group: group.to_string(),
+                version: version.to_string(),
+                namespace: namespace.map(str::to_string),
+                resource: resource.to_string(),
+                name: name.map(str::to_string),
+                subresource: sub.map(str::to_string),
+            })
+        };
     match rest {
         // The namespace object itself and its subresources.
         ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => {
@@ -98,15 +105,29 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (t.group.as_str(), t.namespace.as_deref(), t.resource.as_str(), t.name.as_deref(), t.subresource.as_deref()),
+            (
+                t.group.as_str(),
+                t.namespace.as_deref(),
+                t.resource.as_str(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
             ("", Some("ns"), "pods", Some("p"), Some("status"))
         );
-        let Route::Resource(t) = route("/api/v1/namespaces/ns") else { panic!() };
-        assert_eq!((t.namespace, t.resource.as_str(), t.name.as_deref()), (None, "namespaces", Some("ns")));
+        let Route::Resource(t) = route("/api/v1/namespaces/ns") else {
+            panic!()
+        };
+        assert_eq!(
+            (t.namespace, t.resource.as_str(), t.name.as_deref()),
+            (None, "namespaces", Some("ns"))
+        );
         let Route::Resource(t) = route("/apis/capstan.dev/v1alpha1/postgresclusters") else {
             panic!()
         };
-        assert_eq!((t.group.as_str(), t.version.as_str(), t.namespace), ("capstan.dev", "v1alpha1", None));
+        assert_eq!(
+            (t.group.as_str(), t.version.as_str(), t.namespace),
+            ("capstan.dev", "v1alpha1", None)
+        );
         assert_eq!(route("/apis/apps"), Route::Group("apps".into()));
         assert_eq!(route("/api"), Route::CoreVersions);
     }

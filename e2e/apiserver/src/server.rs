@@ -167,7 +167,12 @@ impl ApiServer {
         bootstrap(&state, &config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(accept_loop(listener, acceptor, state.clone(), shutdown_rx.clone())),
+            tokio::spawn(accept_loop(
+                listener,
+                acceptor,
+                state.clone(),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(gc::run(state.clone(), shutdown_rx)),
         ];
         tracing::info!(%address, "emulated API server listening");
@@ -236,7 +241,11 @@ impl ApiServer {
     /// A kube client configuration for this server.
     pub async fn client_config(&self) -> Result<kube::Config, kube::config::KubeconfigError> {
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml("default"))?;
-        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await
+        kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
     }
 
     /// A kube client for this server.
@@ -343,19 +352,25 @@ async fn bootstrap(state: &Arc<ApiState>, config: &Config) -> Result<(), StartEr
     }
     let mut crds: Vec<Value> = vec![];
     for crd in &config.crds {
-        crds.push(serde_json::to_value(crd).map_err(|e| StartError::CrdRefused {
-            name: crd.metadata.name.clone().unwrap_or_default(),
-            message: e.to_string(),
-        })?);
+        crds.push(
+            serde_json::to_value(crd).map_err(|e| StartError::CrdRefused {
+                name: crd.metadata.name.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?,
+        );
     }
     for path in &config.crd_paths {
         crds.extend(read_manifests(path)?);
     }
     for crd in crds {
         let name = crd["metadata"]["name"].as_str().unwrap_or("").to_string();
-        internal_post(state, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", &crd)
-            .await
-            .map_err(|message| StartError::CrdRefused { name, message })?;
+        internal_post(
+            state,
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            &crd,
+        )
+        .await
+        .map_err(|message| StartError::CrdRefused { name, message })?;
     }
     Ok(())
 }
@@ -430,7 +445,8 @@ async fn accept_loop(
         let state = state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -461,7 +477,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
@@ -482,10 +501,16 @@ impl http_body::Body for Body {
 }
 
 fn unauthenticated(path: &str) -> bool {
-    matches!(path.trim_end_matches('/'), "/healthz" | "/livez" | "/readyz")
+    matches!(
+        path.trim_end_matches('/'),
+        "/healthz" | "/livez" | "/readyz"
+    )
 }
 
-async fn serve(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn serve(
+    state: Arc<ApiState>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let authorized = unauthenticated(&path)
@@ -549,13 +574,19 @@ async fn serve(state: Arc<ApiState>, req: hyper::Request<Incoming>) -> Result<Re
 fn to_response(reply: Reply) -> Response<Body> {
     let (code, content_type, body) = match reply {
         Reply::Json(code, bytes) => (code, "application/json", Body::Full(Some(bytes))),
-        Reply::Text(code, text) => (code, "text/plain", Body::Full(Some(Bytes::from_static(text.as_bytes())))),
+        Reply::Text(code, text) => (
+            code,
+            "text/plain",
+            Body::Full(Some(Bytes::from_static(text.as_bytes()))),
+        ),
         Reply::Stream(rx) => (200, "application/json", Body::Stream(rx)),
     };
     let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }

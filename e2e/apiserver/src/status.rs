@@ -67,7 +67,11 @@ impl ApiError {
     }
 
     pub fn not_found_path(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
@@ -78,7 +82,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/json-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
         )
     }
 
@@ -99,7 +105,11 @@ impl ApiError {
         ApiError {
             code: 409,
             reason: "AlreadyExists",
-            message: format!("{} \"{}\" already exists", subject.qualified(), subject.name),
+            message: format!(
+                "{} \"{}\" already exists",
+                subject.qualified(),
+                subject.name
+            ),
             details: Some(subject.details()),
         }
     }

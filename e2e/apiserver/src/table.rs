@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn printer_column_paths() {
         let obj = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}], "items": [1, 2]}});
-        assert_eq!(json_path(&obj, ".status.conditions[?(@.type==\"Ready\")].status"), Some(&json!("True")));
+        assert_eq!(
+            json_path(&obj, ".status.conditions[?(@.type==\"Ready\")].status"),
+            Some(&json!("True"))
+        );
         assert_eq!(json_path(&obj, ".status.items[1]"), Some(&json!(2)));
         assert_eq!(json_path(&obj, ".status.missing"), None);
     }

@@ -45,9 +45,10 @@ struct Stream {
 pub fn serve(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     let from = match req.param("resourceVersion") {
         None | Some("" | "0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-        })?),
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
     };
     let requested = req
         .param("timeoutSeconds")
@@ -145,13 +146,21 @@ impl Stream {
         let mut cursor = match params.from {
             Some(rv) if !params.initial_events => rv,
             _ => {
-                let (items, rv) = self.table.list(&self.state.store, self.filter.namespace.as_deref());
+                let (items, rv) = self
+                    .table
+                    .list(&self.state.store, self.filter.namespace.as_deref());
                 for item in items.iter().filter(|o| self.filter.matches(o)) {
-                    if !self.send(line("ADDED", &self.object_bytes(item, None))).await {
+                    if !self
+                        .send(line("ADDED", &self.object_bytes(item, None)))
+                        .await
+                    {
                         return;
                     }
                 }
-                if params.initial_events && params.bookmarks && !self.send(self.bookmark(rv, true)).await {
+                if params.initial_events
+                    && params.bookmarks
+                    && !self.send(self.bookmark(rv, true)).await
+                {
                     return;
                 }
                 rv
@@ -163,7 +172,11 @@ impl Stream {
                 Ok(found) => found,
                 Err(oldest) => {
                     let status = ApiError::gone(cursor, oldest).to_status();
-                    self.send(line("ERROR", &serde_json::to_vec(&status).unwrap_or_default())).await;
+                    self.send(line(
+                        "ERROR",
+                        &serde_json::to_vec(&status).unwrap_or_default(),
+                    ))
+                    .await;
                     return;
                 }
             };

@@ -23,7 +23,8 @@ fn parse_json(req: &Request) -> Result<Value, ApiError> {
     if req.content_type.contains("protobuf") || req.content_type.contains("cbor") {
         return Err(ApiError::unsupported_media_type(&req.content_type));
     }
-    serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
+    serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
 }
 
 fn parse_apply(body: &[u8]) -> Result<Value, ApiError> {
@@ -31,7 +32,8 @@ fn parse_apply(body: &[u8]) -> Result<Value, ApiError> {
         return Ok(v);
     }
     let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("invalid YAML in apply patch: {e}")))
+    serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("invalid YAML in apply patch: {e}")))
 }
 
 fn scope(def: &ResourceDef, status_request: bool) -> Scope {
@@ -57,12 +59,16 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 fn check_type(ctx: &Ctx<'_>, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
         && kind != ctx.def.kind
@@ -73,7 +79,11 @@ fn check_type(ctx: &Ctx<'_>, obj: &Value) -> Result<(), ApiError> {
         )));
     }
     if let Some(av) = obj.get("apiVersion").and_then(Value::as_str)
-        && !ctx.def.versions.iter().any(|v| ctx.def.api_version(v) == av)
+        && !ctx
+            .def
+            .versions
+            .iter()
+            .any(|v| ctx.def.api_version(v) == av)
     {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({av}) does not match the expected API version ({})",
@@ -92,7 +102,9 @@ fn prepare_create(ctx: &Ctx<'_>, obj: &mut Value, keep_managed: bool) -> Result<
     let path_ns = ctx.target.namespace.clone();
     let meta = meta_mut(obj);
     if namespaced {
-        let path_ns = path_ns.ok_or_else(|| ApiError::bad_request("a namespace is required to create this resource"))?;
+        let path_ns = path_ns.ok_or_else(|| {
+            ApiError::bad_request("a namespace is required to create this resource")
+        })?;
         match meta.get("namespace").and_then(Value::as_str) {
             Some(ns) if !ns.is_empty() && ns != path_ns => {
                 return Err(ApiError::bad_request(
@@ -106,7 +118,11 @@ fn prepare_create(ctx: &Ctx<'_>, obj: &mut Value, keep_managed: bool) -> Result<
     } else {
         meta.remove("namespace");
     }
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
         match meta.get("generateName").and_then(Value::as_str) {
             Some(prefix) if !prefix.is_empty() => {
@@ -129,7 +145,13 @@ fn prepare_create(ctx: &Ctx<'_>, obj: &mut Value, keep_managed: bool) -> Result<
     }
     meta.insert("uid".into(), json!(meta::new_uid()));
     meta.insert("creationTimestamp".into(), json!(meta::now()));
-    for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink", "generation"] {
+    for field in [
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "resourceVersion",
+        "selfLink",
+        "generation",
+    ] {
         meta.remove(field);
     }
     if !keep_managed {
@@ -157,19 +179,27 @@ fn namespace_ready(ctx: &Ctx<'_>, obj: &Value) -> Result<(), ApiError> {
             resource: "namespaces",
             name: ns,
         })),
-        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-            "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-            ctx.def.plural,
-            meta_str(obj, "name").unwrap_or("")
-        ))),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+            Err(ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                ctx.def.plural,
+                meta_str(obj, "name").unwrap_or("")
+            )))
+        }
         Some(_) => Ok(()),
     }
 }
 
 /// Kind-specific admission, schema validation and metadata checks.
-fn admit(ctx: &Ctx<'_>, obj: Value, old: Option<&Value>, creating: bool) -> Result<Value, ApiError> {
+fn admit(
+    ctx: &Ctx<'_>,
+    obj: Value,
+    old: Option<&Value>,
+    creating: bool,
+) -> Result<Value, ApiError> {
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
-    let invalid = |causes: Vec<Cause>| ApiError::invalid(&ctx.def.group, &ctx.def.kind, &name, causes);
+    let invalid =
+        |causes: Vec<Cause>| ApiError::invalid(&ctx.def.group, &ctx.def.kind, &name, causes);
     let mut obj = obj;
     if creating && ctx.def.status_subresource {
         obj.as_object_mut().map(|m| m.remove("status"));
@@ -212,7 +242,9 @@ fn admit(ctx: &Ctx<'_>, obj: Value, old: Option<&Value>, creating: bool) -> Resu
         }
         (None, None) => {}
     }
-    let mut causes: Vec<Cause> = meta::validate_name(ctx.def.builtin, &name).into_iter().collect();
+    let mut causes: Vec<Cause> = meta::validate_name(ctx.def.builtin, &name)
+        .into_iter()
+        .collect();
     causes.extend(meta::validate_metadata(&obj["metadata"]));
     if !causes.is_empty() {
         return Err(invalid(causes));
@@ -248,7 +280,10 @@ pub fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     if req.dry_run() {
         return Ok(Reply::json(201, &ctx.present(&obj)));
     }
-    match ctx.table.commit(&ctx.state.store, &ctx.key(&name), Expect::Absent, Some(obj)) {
+    match ctx
+        .table
+        .commit(&ctx.state.store, &ctx.key(&name), Expect::Absent, Some(obj))
+    {
         Ok(stored) => Ok(created(ctx, &stored)),
         Err(CommitError::Changed) => Err(ApiError::already_exists(ctx.def.subject(&name))),
     }
@@ -260,7 +295,11 @@ enum Change<'a> {
     MergePatch(&'a Value),
     JsonPatch(&'a [u8]),
     StrategicPatch(&'a Value),
-    Apply { config: &'a Value, manager: &'a str, force: bool },
+    Apply {
+        config: &'a Value,
+        manager: &'a str,
+        force: bool,
+    },
 }
 
 pub fn update(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
@@ -279,7 +318,9 @@ pub fn update(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiErro
 pub fn patch(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
     let content_type = req.content_type.split(';').next().unwrap_or("").trim();
     match content_type {
-        "application/merge-patch+json" => modify(ctx, req, name, Change::MergePatch(&parse_json(req)?)),
+        "application/merge-patch+json" => {
+            modify(ctx, req, name, Change::MergePatch(&parse_json(req)?))
+        }
         "application/json-patch+json" => modify(ctx, req, name, Change::JsonPatch(&req.body)),
         "application/strategic-merge-patch+json" => {
             if ctx.def.builtin.is_none() {
@@ -299,7 +340,9 @@ pub fn patch(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError
             let config = parse_apply(&req.body)?;
             check_type(ctx, &config)?;
             if config.get("apiVersion").is_none() || config.get("kind").is_none() {
-                return Err(ApiError::bad_request("apiVersion and kind must be set in an apply patch"));
+                return Err(ApiError::bad_request(
+                    "apiVersion and kind must be set in an apply patch",
+                ));
             }
             if let Some(n) = meta_str(&config, "name")
                 && n != name
@@ -331,7 +374,14 @@ fn skeleton(ctx: &Ctx<'_>, name: &str) -> Value {
     json!({"apiVersion": ctx.def.api_version(ctx.def.storage_version()), "kind": ctx.def.kind, "metadata": meta})
 }
 
-fn apply_request<'a>(ctx: &'a Ctx<'_>, manager: &'a str, force: bool, status: bool, now: &'a str, api_version: &'a str) -> ApplyRequest<'a> {
+fn apply_request<'a>(
+    ctx: &'a Ctx<'_>,
+    manager: &'a str,
+    force: bool,
+    status: bool,
+    now: &'a str,
+    api_version: &'a str,
+) -> ApplyRequest<'a> {
     ApplyRequest {
         manager,
         force,
@@ -349,7 +399,12 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
     let api_version = ctx.api_version();
     for _ in 0..MAX_ATTEMPTS {
         let Some(current) = ctx.table.get(&key) else {
-            let Change::Apply { config, manager, force } = change else {
+            let Change::Apply {
+                config,
+                manager,
+                force,
+            } = change
+            else {
                 return Err(ApiError::not_found(ctx.def.subject(name)));
             };
             if status_request {
@@ -364,7 +419,10 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
             if req.dry_run() {
                 return Ok(Reply::json(201, &ctx.present(&obj)));
             }
-            match ctx.table.commit(&ctx.state.store, &key, Expect::Absent, Some(obj)) {
+            match ctx
+                .table
+                .commit(&ctx.state.store, &key, Expect::Absent, Some(obj))
+            {
                 Ok(stored) => return Ok(created(ctx, &stored)),
                 Err(CommitError::Changed) => continue,
             }
@@ -377,7 +435,11 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
             Change::MergePatch(p) => patch::merge_patch(&mut candidate, p),
             Change::JsonPatch(p) => patch::json_patch(&mut candidate, p)?,
             Change::StrategicPatch(p) => patch::strategic_merge(&mut candidate, p),
-            Change::Apply { config, manager, force } => {
+            Change::Apply {
+                config,
+                manager,
+                force,
+            } => {
                 let areq = apply_request(ctx, manager, force, status_request, &now, &api_version);
                 candidate = apply::apply(&current, config, &areq)
                     .map_err(|c| ApiError::apply_conflicts(ctx.def.subject(name), c))?;
@@ -504,8 +566,16 @@ fn finish_update(
         Scope::Whole => {}
     }
     if current.pointer("/metadata/deletionTimestamp").is_some() {
-        let before = current.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-        let after = candidate.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let before = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let after = candidate
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if after.iter().any(|f| !before.contains(f)) {
             let name = meta_str(current, "name").unwrap_or("");
             return Err(ApiError::invalid(
@@ -514,7 +584,9 @@ fn finish_update(
                 name,
                 vec![Cause {
                     reason: "FieldValueForbidden".into(),
-                    message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                    message:
+                        "Forbidden: no new finalizers can be added if the object is being deleted"
+                            .into(),
                     field: "metadata.finalizers".into(),
                 }],
             ));
@@ -522,7 +594,10 @@ fn finish_update(
     }
     let mut candidate = admit(ctx, candidate, Some(current), false)?;
     if ctx.def.tracks_generation && spec_of(&candidate) != spec_of(current) {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let generation = current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         meta_mut(&mut candidate).insert("generation".into(), json!(generation + 1));
     }
     if !applied {
@@ -552,7 +627,9 @@ pub fn system_update(
 ) -> bool {
     let def = table.def();
     for _ in 0..MAX_ATTEMPTS {
-        let Some(current) = table.get(key) else { return false };
+        let Some(current) = table.get(key) else {
+            return false;
+        };
         let mut candidate = (*current).clone();
         if !change(&mut candidate) {
             return true;
@@ -566,10 +643,11 @@ pub fn system_update(
         );
         match result {
             Ok(stored) => {
-                if def.builtin == Some(Builtin::CustomResourceDefinition) && remove {
-                    if let Ok(d) = crd::resource_def(&stored) {
-                        state.store.undefine(&d.group, &d.plural);
-                    }
+                if def.builtin == Some(Builtin::CustomResourceDefinition)
+                    && remove
+                    && let Ok(d) = crd::resource_def(&stored)
+                {
+                    state.store.undefine(&d.group, &d.plural);
                 }
                 return true;
             }

@@ -14,7 +14,8 @@ use kube::discovery::Discovery;
 use serde_json::json;
 
 fn cm(name: &str, labels: serde_json::Value, data: serde_json::Value) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data})).unwrap()
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data}))
+        .unwrap()
 }
 
 fn pod(name: &str) -> Pod {
@@ -32,7 +33,10 @@ async fn crud_round_trips() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "crud");
 
     let created = cms
-        .create(&PostParams::default(), &cm("a", json!({"x": "1"}), json!({"k": "v"})))
+        .create(
+            &PostParams::default(),
+            &cm("a", json!({"x": "1"}), json!({"k": "v"})),
+        )
         .await
         .unwrap();
     let meta = &created.metadata;
@@ -46,8 +50,17 @@ async fn crud_round_trips() {
 
     let mut changed = created.clone();
     changed.data = Some(BTreeMap::from([("k".to_string(), "w".to_string())]));
-    let replaced = cms.replace("a", &PostParams::default(), &changed).await.unwrap();
-    let rv2: u64 = replaced.metadata.resource_version.clone().unwrap().parse().unwrap();
+    let replaced = cms
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    let rv2: u64 = replaced
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv2 > rv1, "resourceVersion grows: {rv1} -> {rv2}");
     assert_eq!(replaced.metadata.uid, created.metadata.uid);
 
@@ -68,14 +81,20 @@ async fn crud_round_trips() {
     assert!(list_rv >= rv2);
 
     let deleted = cms.delete("a", &DeleteParams::default()).await.unwrap();
-    assert!(deleted.is_right(), "an object without finalizers is gone at once");
+    assert!(
+        deleted.is_right(),
+        "an object without finalizers is gone at once"
+    );
     let missing = api_error(cms.get("a").await);
     assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
     assert_eq!(missing.message, "configmaps \"a\" not found");
 
     // Secrets: stringData is folded into data.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "crud");
-    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"password": "hunter2"}})).unwrap();
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "s"}, "stringData": {"password": "hunter2"}}),
+    )
+    .unwrap();
     let stored = secrets.create(&PostParams::default(), &s).await.unwrap();
     assert!(stored.string_data.is_none());
     assert_eq!(stored.data.unwrap()["password"].0, b"hunter2");
@@ -96,20 +115,33 @@ async fn namespaces_must_exist_and_defaults_apply() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "nowhere");
     let err = api_error(pods.create(&PostParams::default(), &pod("p")).await);
     assert_eq!(err.code, 404);
-    assert!(err.message.contains("namespaces \"nowhere\" not found"), "{}", err.message);
+    assert!(
+        err.message.contains("namespaces \"nowhere\" not found"),
+        "{}",
+        err.message
+    );
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let p = pods.create(&PostParams::default(), &pod("p")).await.unwrap();
+    let p = pods
+        .create(&PostParams::default(), &pod("p"))
+        .await
+        .unwrap();
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
     let spec = p.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
     assert_eq!(spec.termination_grace_period_seconds, Some(30));
-    assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        spec.containers[0].ports.as_ref().unwrap()[0]
+            .protocol
+            .as_deref(),
+        Some("TCP")
+    );
     assert_eq!(p.metadata.generation, Some(1));
 
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let svc: Service = serde_json::from_value(json!({"metadata": {"name": "db-rw"},
-        "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}})).unwrap();
+        "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}}))
+    .unwrap();
     let svc = services.create(&PostParams::default(), &svc).await.unwrap();
     let spec = svc.spec.unwrap();
     assert!(spec.cluster_ip.as_deref().unwrap().starts_with("10.96."));
@@ -123,7 +155,10 @@ async fn namespaces_must_exist_and_defaults_apply() {
     let bad = api_error(
         pods.create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": []}})).unwrap(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": []}}),
+            )
+            .unwrap(),
         )
         .await,
     );
@@ -143,27 +178,48 @@ async fn namespaces_must_exist_and_defaults_apply() {
     p.spec.as_mut().unwrap().containers[0].command = Some(vec!["sleep".into()]);
     let immutable = api_error(pods.replace("p", &PostParams::default(), &p).await);
     assert_eq!(immutable.code, 422);
-    assert!(immutable.message.contains("pod updates may not change fields"), "{}", immutable.message);
+    assert!(
+        immutable
+            .message
+            .contains("pod updates may not change fields"),
+        "{}",
+        immutable.message
+    );
 }
 
 #[tokio::test]
 async fn conflicts_and_already_exists() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let first = cms.create(&PostParams::default(), &cm("c", json!({}), json!({"n": "1"}))).await.unwrap();
+    let first = cms
+        .create(
+            &PostParams::default(),
+            &cm("c", json!({}), json!({"n": "1"})),
+        )
+        .await
+        .unwrap();
 
-    let dup = api_error(cms.create(&PostParams::default(), &cm("c", json!({}), json!({}))).await);
+    let dup = api_error(
+        cms.create(&PostParams::default(), &cm("c", json!({}), json!({})))
+            .await,
+    );
     assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
     assert_eq!(dup.message, "configmaps \"c\" already exists");
 
     let mut update = first.clone();
     update.data = Some(BTreeMap::from([("n".to_string(), "2".to_string())]));
-    cms.replace("c", &PostParams::default(), &update).await.unwrap();
+    cms.replace("c", &PostParams::default(), &update)
+        .await
+        .unwrap();
 
     // `first` now carries a stale resourceVersion.
     let stale = api_error(cms.replace("c", &PostParams::default(), &first).await);
     assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
-    assert!(stale.message.contains("the object has been modified"), "{}", stale.message);
+    assert!(
+        stale.message.contains("the object has been modified"),
+        "{}",
+        stale.message
+    );
 
     // A patch carrying a stale resourceVersion is refused too.
     let rv = first.metadata.resource_version.clone().unwrap();
@@ -177,7 +233,14 @@ async fn conflicts_and_already_exists() {
     );
     assert_eq!(stale_patch.code, 409);
 
-    let missing = api_error(cms.replace("nope", &PostParams::default(), &cm("nope", json!({}), json!({}))).await);
+    let missing = api_error(
+        cms.replace(
+            "nope",
+            &PostParams::default(),
+            &cm("nope", json!({}), json!({})),
+        )
+        .await,
+    );
     assert_eq!(missing.code, 404);
 }
 
@@ -192,48 +255,82 @@ async fn generation_counts_spec_changes_only() {
                               "spec": {"containers": [{"name": "pgbouncer", "image": "pgbouncer:1"}]}}}
     }))
     .unwrap();
-    let d = deployments.create(&PostParams::default(), &d).await.unwrap();
+    let d = deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
     assert_eq!(d.metadata.generation, Some(1));
 
     let labelled = deployments
-        .patch("pooler", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+        .patch(
+            "pooler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
         .await
         .unwrap();
-    assert_eq!(labelled.metadata.generation, Some(1), "metadata changes keep the generation");
+    assert_eq!(
+        labelled.metadata.generation,
+        Some(1),
+        "metadata changes keep the generation"
+    );
 
     let status = deployments
-        .patch_status("pooler", &PatchParams::default(), &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 1}})))
+        .patch_status(
+            "pooler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 1}})),
+        )
         .await
         .unwrap();
-    assert_eq!(status.metadata.generation, Some(1), "status changes keep the generation");
+    assert_eq!(
+        status.metadata.generation,
+        Some(1),
+        "status changes keep the generation"
+    );
     assert_eq!(status.status.unwrap().ready_replicas, Some(1));
 
     let scaled = deployments
-        .patch("pooler", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "pooler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .unwrap();
     assert_eq!(scaled.metadata.generation, Some(2));
 
     // A write that changes nothing is not a write.
     let again = deployments
-        .patch("pooler", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .patch(
+            "pooler",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
         .await
         .unwrap();
-    assert_eq!(again.metadata.resource_version, scaled.metadata.resource_version);
+    assert_eq!(
+        again.metadata.resource_version,
+        scaled.metadata.resource_version
+    );
 }
 
 #[tokio::test]
 async fn status_subresource_is_isolated() {
     let (_server, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("p")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("p"))
+        .await
+        .unwrap();
 
     // A main-resource write cannot change status...
     let p = pods
         .patch(
             "p",
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"l": "1"}}, "status": {"phase": "Running"}})),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"l": "1"}}, "status": {"phase": "Running"}}),
+            ),
         )
         .await
         .unwrap();
@@ -255,7 +352,10 @@ async fn status_subresource_is_isolated() {
 
     let mut whole = pods.get_status("p").await.unwrap();
     whole.status.as_mut().unwrap().phase = Some("Succeeded".into());
-    let replaced = pods.replace_status("p", &PostParams::default(), &whole).await.unwrap();
+    let replaced = pods
+        .replace_status("p", &PostParams::default(), &whole)
+        .await
+        .unwrap();
     assert_eq!(replaced.status.unwrap().phase.as_deref(), Some("Succeeded"));
 }
 
@@ -269,28 +369,67 @@ async fn label_and_field_selectors() {
         ("b", json!({"app": "db", "role": "replica"})),
         ("c", json!({"app": "web"})),
     ] {
-        cms.create(&PostParams::default(), &cm(name, labels, json!({}))).await.unwrap();
+        cms.create(&PostParams::default(), &cm(name, labels, json!({})))
+            .await
+            .unwrap();
     }
     let names = |list: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
-        list.items.into_iter().map(|c| c.metadata.name.unwrap()).collect()
+        list.items
+            .into_iter()
+            .map(|c| c.metadata.name.unwrap())
+            .collect()
     };
     let q = |s: &str| ListParams::default().labels(s);
     assert_eq!(names(cms.list(&q("app=db")).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(cms.list(&q("app==db,role!=primary")).await.unwrap()), ["b"]);
-    assert_eq!(names(cms.list(&q("role in (primary,replica)")).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(cms.list(&q("app,role notin (replica)")).await.unwrap()), ["a", "c"]);
+    assert_eq!(
+        names(cms.list(&q("app==db,role!=primary")).await.unwrap()),
+        ["b"]
+    );
+    assert_eq!(
+        names(cms.list(&q("role in (primary,replica)")).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(cms.list(&q("app,role notin (replica)")).await.unwrap()),
+        ["a", "c"]
+    );
     assert_eq!(names(cms.list(&q("!role")).await.unwrap()), ["c"]);
     assert_eq!(names(cms.list(&q("role")).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(cms.list(&ListParams::default().fields("metadata.name=b")).await.unwrap()), ["b"]);
-    assert_eq!(names(cms.list(&ListParams::default().fields("metadata.name!=b")).await.unwrap()), ["a", "c"]);
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name=b"))
+                .await
+                .unwrap()
+        ),
+        ["b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name!=b"))
+                .await
+                .unwrap()
+        ),
+        ["a", "c"]
+    );
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "sel");
-    pods.create(&PostParams::default(), &pod("p1")).await.unwrap();
-    pods.create(&PostParams::default(), &pod("p2")).await.unwrap();
-    pods.patch_status("p2", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
+    pods.create(&PostParams::default(), &pod("p1"))
         .await
         .unwrap();
-    let running = pods.list(&ListParams::default().fields("status.phase=Running")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("p2"))
+        .await
+        .unwrap();
+    pods.patch_status(
+        "p2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    let running = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await
+        .unwrap();
     assert_eq!(running.items.len(), 1);
     assert_eq!(running.items[0].metadata.name.as_deref(), Some("p2"));
 
@@ -306,12 +445,24 @@ async fn label_and_field_selectors() {
 async fn merge_json_and_strategic_patches() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    cms.create(&PostParams::default(), &cm("m", json!({"a": "1"}), json!({"x": "1", "y": "2"}))).await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("m", json!({"a": "1"}), json!({"x": "1", "y": "2"})),
+    )
+    .await
+    .unwrap();
     let merged = cms
-        .patch("m", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": null, "z": "3"}})))
+        .patch(
+            "m",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"x": null, "z": "3"}})),
+        )
         .await
         .unwrap();
-    assert_eq!(merged.data.unwrap(), BTreeMap::from([("y".into(), "2".into()), ("z".into(), "3".into())]));
+    assert_eq!(
+        merged.data.unwrap(),
+        BTreeMap::from([("y".into(), "2".into()), ("z".into(), "3".into())])
+    );
 
     let ops: json_patch::Patch = serde_json::from_value(json!([
         {"op": "test", "path": "/data/y", "value": "2"},
@@ -319,16 +470,25 @@ async fn merge_json_and_strategic_patches() {
         {"op": "add", "path": "/metadata/labels/b", "value": "2"}
     ]))
     .unwrap();
-    let patched = cms.patch("m", &PatchParams::default(), &Patch::<()>::Json(ops)).await.unwrap();
+    let patched = cms
+        .patch("m", &PatchParams::default(), &Patch::<()>::Json(ops))
+        .await
+        .unwrap();
     assert_eq!(patched.data.unwrap()["y"], "4");
     assert_eq!(patched.metadata.labels.unwrap()["b"], "2");
     let failing: json_patch::Patch =
-        serde_json::from_value(json!([{"op": "test", "path": "/data/y", "value": "nope"}])).unwrap();
-    let err = api_error(cms.patch("m", &PatchParams::default(), &Patch::<()>::Json(failing)).await);
+        serde_json::from_value(json!([{"op": "test", "path": "/data/y", "value": "nope"}]))
+            .unwrap();
+    let err = api_error(
+        cms.patch("m", &PatchParams::default(), &Patch::<()>::Json(failing))
+            .await,
+    );
     assert_eq!(err.code, 422);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("sp")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("sp"))
+        .await
+        .unwrap();
     let p = pods
         .patch(
             "sp",
@@ -342,7 +502,11 @@ async fn merge_json_and_strategic_patches() {
     let spec = p.spec.unwrap();
     assert_eq!(spec.containers.len(), 1);
     assert_eq!(spec.containers[0].image.as_deref(), Some("postgres:18"));
-    assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 5432, "merged by name, other fields kept");
+    assert_eq!(
+        spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+        5432,
+        "merged by name, other fields kept"
+    );
     assert_eq!(p.metadata.generation, Some(2));
 }
 
@@ -353,7 +517,11 @@ async fn discovery_lists_builtin_resources() {
     let mut kinds = vec![];
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            kinds.push((ar.group.clone(), ar.kind.clone(), caps.scope == kube::discovery::Scope::Namespaced));
+            kinds.push((
+                ar.group.clone(),
+                ar.kind.clone(),
+                caps.scope == kube::discovery::Scope::Namespaced,
+            ));
         }
     }
     for (group, kind, namespaced) in [

@@ -9,9 +9,9 @@ use std::time::Duration;
 use common::{eventually, start};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
+use kube::Resource;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Event as RecordedEvent, EventType, Recorder, Reporter};
-use kube::Resource;
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 
@@ -42,7 +42,10 @@ async fn exactly_one_lease_holder_and_handover() {
     // Both keep running for a couple of renewals: still exactly one leader.
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(*a.borrow_and_update() ^ *b.borrow_and_update(), "exactly one leader");
+        assert!(
+            *a.borrow_and_update() ^ *b.borrow_and_update(),
+            "exactly one leader"
+        );
     }
     // The leader steps down (closing its channel releases the lease).
     let (follower, follower_task) = if leader == "a" {
@@ -82,9 +85,16 @@ async fn recorder_events_are_stored_and_aggregated() {
     recorder.publish(&event, &reference).await.unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let list = events.list(&ListParams::default()).await.unwrap();
-    assert_eq!(list.items.len(), 1, "repeated events are aggregated into one object");
+    assert_eq!(
+        list.items.len(),
+        1,
+        "repeated events are aggregated into one object"
+    );
     let stored = &list.items[0];
     assert_eq!(stored.reason.as_deref(), Some("Switchover"));
     assert_eq!(stored.series.as_ref().map(|s| s.count), Some(2));
-    assert_eq!(stored.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("db"));
+    assert_eq!(
+        stored.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("db")
+    );
 }

@@ -24,7 +24,11 @@ async fn start_capstan() -> (capstan_e2e_apiserver::ApiServer, Client) {
 }
 
 fn clusters(client: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), "ns", &ApiResource::erase::<PostgresCluster>(&()))
+    Api::namespaced_with(
+        client.clone(),
+        "ns",
+        &ApiResource::erase::<PostgresCluster>(&()),
+    )
 }
 
 fn cluster(name: &str, spec: Value) -> DynamicObject {
@@ -44,7 +48,12 @@ fn causes(err: &kube::core::Status) -> Vec<String> {
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "{err:?}");
     err.details
         .as_ref()
-        .map(|d| d.causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect())
+        .map(|d| {
+            d.causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -64,7 +73,10 @@ async fn defaults_pruning_and_status() {
     assert_eq!(spec["tls"]["mode"], "Managed");
     assert!(spec.get("bogus").is_none(), "unknown fields are pruned");
     assert!(spec["postgres"].get("alsoBogus").is_none());
-    assert!(created.data.get("status").is_none(), "status is not set on create");
+    assert!(
+        created.data.get("status").is_none(),
+        "status is not set on create"
+    );
     assert_eq!(created.metadata.generation, Some(1));
 
     // The typed client reads it back.
@@ -74,13 +86,21 @@ async fn defaults_pruning_and_status() {
 
     // Status only through the subresource; generation only on spec changes.
     let status = api
-        .patch_status("db", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Creating", "observedGeneration": 1}})))
+        .patch_status(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Creating", "observedGeneration": 1}})),
+        )
         .await
         .unwrap();
     assert_eq!(status.data["status"]["phase"], "Creating");
     assert_eq!(status.metadata.generation, Some(1));
     let main = api
-        .patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"instances": 3}, "status": {"phase": "Ready"}})))
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"instances": 3}, "status": {"phase": "Ready"}})),
+        )
         .await
         .unwrap();
     assert_eq!(main.data["status"]["phase"], "Creating");
@@ -90,7 +110,14 @@ async fn defaults_pruning_and_status() {
     assert_eq!(typed_status.status.unwrap().observed_generation, Some(1));
 
     // Strategic merge patches are not supported for custom resources.
-    let err = api_error(api.patch("db", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"instances": 2}}))).await);
+    let err = api_error(
+        api.patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"instances": 2}})),
+        )
+        .await,
+    );
     assert_eq!(err.code, 415);
 }
 
@@ -100,23 +127,59 @@ async fn openapi_validation() {
     let api = clusters(&client);
     let mut bad_type = minimal();
     bad_type["instances"] = json!("three");
-    let err = api_error(api.create(&PostParams::default(), &cluster("a", bad_type)).await);
+    let err = api_error(
+        api.create(&PostParams::default(), &cluster("a", bad_type))
+            .await,
+    );
     let found = causes(&err);
     assert!(found.iter().any(|c| c.starts_with("spec.instances: Invalid value: \"string\": spec.instances in body must be of type integer")), "{found:?}");
-    assert!(err.message.starts_with("PostgresCluster.capstan.dev \"a\" is invalid: "), "{}", err.message);
+    assert!(
+        err.message
+            .starts_with("PostgresCluster.capstan.dev \"a\" is invalid: "),
+        "{}",
+        err.message
+    );
 
-    let err = api_error(api.create(&PostParams::default(), &cluster("b", json!({"storage": {"size": "1Gi"}}))).await);
-    assert!(causes(&err).contains(&"spec.postgres: Required value".to_string()), "{:?}", causes(&err));
+    let err = api_error(
+        api.create(
+            &PostParams::default(),
+            &cluster("b", json!({"storage": {"size": "1Gi"}})),
+        )
+        .await,
+    );
+    assert!(
+        causes(&err).contains(&"spec.postgres: Required value".to_string()),
+        "{:?}",
+        causes(&err)
+    );
 
     let mut bad_enum = minimal();
     bad_enum["tls"] = json!({"mode": "Sometimes"});
-    let err = api_error(api.create(&PostParams::default(), &cluster("c", bad_enum)).await);
-    assert!(causes(&err).iter().any(|c| c.starts_with("spec.tls.mode: Unsupported value: \"Sometimes\"")), "{:?}", causes(&err));
+    let err = api_error(
+        api.create(&PostParams::default(), &cluster("c", bad_enum))
+            .await,
+    );
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.starts_with("spec.tls.mode: Unsupported value: \"Sometimes\"")),
+        "{:?}",
+        causes(&err)
+    );
 
     let mut too_many = minimal();
     too_many["postgres"]["hba"] = json!(vec!["hostssl all all all scram-sha-256"; 65]);
-    let err = api_error(api.create(&PostParams::default(), &cluster("d", too_many)).await);
-    assert!(causes(&err).iter().any(|c| c.starts_with("spec.postgres.hba: Too many: 65")), "{:?}", causes(&err));
+    let err = api_error(
+        api.create(&PostParams::default(), &cluster("d", too_many))
+            .await,
+    );
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.starts_with("spec.postgres.hba: Too many: 65")),
+        "{:?}",
+        causes(&err)
+    );
 }
 
 #[tokio::test]
@@ -125,40 +188,88 @@ async fn cel_rules_and_transition_rules() {
     let api = clusters(&client);
     let mut ten = minimal();
     ten["instances"] = json!(10);
-    let err = api_error(api.create(&PostParams::default(), &cluster("db", ten)).await);
+    let err = api_error(
+        api.create(&PostParams::default(), &cluster("db", ten))
+            .await,
+    );
     assert!(
-        causes(&err).contains(&"spec.instances: Invalid value: \"integer\": spec.instances must be between 1 and 9".to_string()),
+        causes(&err).contains(
+            &"spec.instances: Invalid value: \"integer\": spec.instances must be between 1 and 9"
+                .to_string()
+        ),
         "{:?}",
         causes(&err)
     );
     let mut managed = minimal();
     managed["postgres"]["parameters"] = json!({"port": "6000", "work_mem": "8MB"});
-    let err = api_error(api.create(&PostParams::default(), &cluster("db", managed)).await);
-    assert!(causes(&err).iter().any(|c| c.contains("port is managed by Capstan")), "{:?}", causes(&err));
-    let err = api_error(api.create(&PostParams::default(), &cluster("x".repeat(51).as_str(), minimal())).await);
-    assert!(causes(&err).iter().any(|c| c.contains("at most 50 characters")), "{:?}", causes(&err));
+    let err = api_error(
+        api.create(&PostParams::default(), &cluster("db", managed))
+            .await,
+    );
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("port is managed by Capstan")),
+        "{:?}",
+        causes(&err)
+    );
+    let err = api_error(
+        api.create(
+            &PostParams::default(),
+            &cluster("x".repeat(51).as_str(), minimal()),
+        )
+        .await,
+    );
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("at most 50 characters")),
+        "{:?}",
+        causes(&err)
+    );
 
     let mut spec = minimal();
     spec["storage"]["size"] = json!("2Gi");
-    api.create(&PostParams::default(), &cluster("db", spec)).await.unwrap();
+    api.create(&PostParams::default(), &cluster("db", spec))
+        .await
+        .unwrap();
 
     // Transition rules compare with the stored object.
     let shrink = Patch::Merge(json!({"spec": {"storage": {"size": "1Gi"}}}));
     let err = api_error(api.patch("db", &PatchParams::default(), &shrink).await);
     assert!(
-        causes(&err).iter().any(|c| c.starts_with("spec.storage.size: Forbidden: size may not be decreased")),
+        causes(&err)
+            .iter()
+            .any(|c| c.starts_with("spec.storage.size: Forbidden: size may not be decreased")),
         "{:?}",
         causes(&err)
     );
     let downgrade = Patch::Merge(json!({"spec": {"postgres": {"version": 16}}}));
     let err = api_error(api.patch("db", &PatchParams::default(), &downgrade).await);
-    assert!(causes(&err).iter().any(|c| c.contains("may not be lowered")), "{:?}", causes(&err));
-    let immutable = Patch::Merge(json!({"spec": {"bootstrap": {"initdb": {"database": "orders"}}}}));
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("may not be lowered")),
+        "{:?}",
+        causes(&err)
+    );
+    let immutable =
+        Patch::Merge(json!({"spec": {"bootstrap": {"initdb": {"database": "orders"}}}}));
     let err = api_error(api.patch("db", &PatchParams::default(), &immutable).await);
-    assert!(causes(&err).iter().any(|c| c.contains("spec.bootstrap is immutable")), "{:?}", causes(&err));
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("spec.bootstrap is immutable")),
+        "{:?}",
+        causes(&err)
+    );
 
-    let grow = Patch::Merge(json!({"spec": {"storage": {"size": "3Gi"}, "postgres": {"version": 18}}}));
-    let grown = api.patch("db", &PatchParams::default(), &grow).await.unwrap();
+    let grow =
+        Patch::Merge(json!({"spec": {"storage": {"size": "3Gi"}, "postgres": {"version": 18}}}));
+    let grown = api
+        .patch("db", &PatchParams::default(), &grow)
+        .await
+        .unwrap();
     assert_eq!(grown.data["spec"]["storage"]["size"], "3Gi");
 
     // Server-side apply goes through the same admission.
@@ -166,9 +277,28 @@ async fn cel_rules_and_transition_rules() {
         json!({"apiVersion": "capstan.dev/v1alpha1", "kind": "PostgresCluster", "metadata": {"name": "db"},
                "spec": {"postgres": {"version": 18}, "storage": {"size": size}}})
     };
-    let err = api_error(api.patch("db", &PatchParams::apply("gitops").force(), &Patch::Apply(apply("1Gi"))).await);
-    assert!(causes(&err).iter().any(|c| c.contains("may not be decreased")), "{:?}", causes(&err));
-    api.patch("db", &PatchParams::apply("gitops").force(), &Patch::Apply(apply("4Gi"))).await.unwrap();
+    let err = api_error(
+        api.patch(
+            "db",
+            &PatchParams::apply("gitops").force(),
+            &Patch::Apply(apply("1Gi")),
+        )
+        .await,
+    );
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("may not be decreased")),
+        "{:?}",
+        causes(&err)
+    );
+    api.patch(
+        "db",
+        &PatchParams::apply("gitops").force(),
+        &Patch::Apply(apply("4Gi")),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -195,7 +325,11 @@ async fn crds_created_through_the_api_are_served() {
     .unwrap();
     let created = crds.create(&PostParams::default(), &crd).await.unwrap();
     let conditions = created.status.unwrap().conditions.unwrap();
-    assert!(conditions.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    );
 
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let (ar, caps) = discovery
@@ -205,17 +339,31 @@ async fn crds_created_through_the_api_are_served() {
         .expect("Widget discovered");
     assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
     let widgets: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let w: DynamicObject = serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+    let w: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget",
         "metadata": {"name": "w1"}, "spec": {"extra": {"anything": [1, 2]}, "unknown": 1}}))
-    .unwrap();
+        .unwrap();
     let w = widgets.create(&PostParams::default(), &w).await.unwrap();
-    assert_eq!(w.data["spec"], json!({"size": 3, "extra": {"anything": [1, 2]}}));
+    assert_eq!(
+        w.data["spec"],
+        json!({"size": 3, "extra": {"anything": [1, 2]}})
+    );
     let err = api_error(
         widgets
-            .patch("w1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 0}})))
+            .patch(
+                "w1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"size": 0}})),
+            )
             .await,
     );
-    assert!(causes(&err).iter().any(|c| c.contains("should be greater than or equal to 1")), "{:?}", causes(&err));
+    assert!(
+        causes(&err)
+            .iter()
+            .any(|c| c.contains("should be greater than or equal to 1")),
+        "{:?}",
+        causes(&err)
+    );
 
     // A CRD whose rules do not compile is refused.
     let mut broken = crd.clone();
@@ -223,12 +371,22 @@ async fn crds_created_through_the_api_are_served() {
     broken.spec.names.plural = "gadgets".into();
     broken.spec.names.kind = "Gadget".into();
     broken.spec.names.short_names = None;
-    let schema = broken.spec.versions[0].schema.as_mut().unwrap().open_api_v3_schema.as_mut().unwrap();
-    schema.x_kubernetes_validations = Some(vec![serde_json::from_value(json!({"rule": "self.spec.size >"})).unwrap()]);
+    let schema = broken.spec.versions[0]
+        .schema
+        .as_mut()
+        .unwrap()
+        .open_api_v3_schema
+        .as_mut()
+        .unwrap();
+    schema.x_kubernetes_validations = Some(vec![
+        serde_json::from_value(json!({"rule": "self.spec.size >"})).unwrap(),
+    ]);
     let err = api_error(crds.create(&PostParams::default(), &broken).await);
     assert_eq!(err.code, 422);
 
-    crds.delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
+    crds.delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("widgets to stop being served", || {
         let widgets = widgets.clone();
         async move { matches!(widgets.list(&Default::default()).await, Err(kube::Error::Api(s)) if s.code == 404).then_some(()) }

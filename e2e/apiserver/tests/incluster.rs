@@ -15,9 +15,13 @@ async fn service_account_directory_authenticates() {
     server.write_service_account_dir(&sa, "default").unwrap();
     let token = std::fs::read_to_string(sa.join("token")).unwrap();
     assert_ne!(token, server.token(), "each pod gets its own token");
-    assert_eq!(std::fs::read_to_string(sa.join("namespace")).unwrap(), "default");
+    assert_eq!(
+        std::fs::read_to_string(sa.join("namespace")).unwrap(),
+        "default"
+    );
 
-    let env: std::collections::HashMap<String, String> = server.in_cluster_env().into_iter().collect();
+    let env: std::collections::HashMap<String, String> =
+        server.in_cluster_env().into_iter().collect();
     let url = format!(
         "https://{}:{}",
         env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]
@@ -51,6 +55,8 @@ current-context: pod
         .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let cms: Api<ConfigMap> = Api::default_namespaced(client);
-    cms.list(&ListParams::default()).await.expect("the pod's token is accepted");
+    cms.list(&ListParams::default())
+        .await
+        .expect("the pod's token is accepted");
     server.shutdown().await;
 }

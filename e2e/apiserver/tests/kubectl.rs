@@ -22,7 +22,10 @@ impl Kubectl {
             .arg("--cache-dir")
             .arg(&self.cache)
             .args(args);
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("kubectl runs");
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("kubectl runs");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -38,7 +41,11 @@ impl Kubectl {
 }
 
 fn kubectl_present() -> bool {
-    Command::new("kubectl").arg("version").arg("--client").output().is_ok()
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -106,33 +113,73 @@ async fn kubectl_get_apply_delete() {
     let manifests = write(dir.path(), "m.yaml", MANIFESTS);
     let out = k.ok(&["apply", "-f", &manifests]).await;
     assert!(out.contains("configmap/settings created"), "{out}");
-    assert!(out.contains("postgrescluster.capstan.dev/db created"), "{out}");
+    assert!(
+        out.contains("postgrescluster.capstan.dev/db created"),
+        "{out}"
+    );
     let out = k.ok(&["apply", "-f", &manifests]).await;
     assert!(out.contains("deployment.apps/db-pooler unchanged"), "{out}");
 
-    let changed = write(dir.path(), "m2.yaml", &MANIFESTS.replace("replicas: 2", "replicas: 3").replace("instances: 3", "instances: 5"));
+    let changed = write(
+        dir.path(),
+        "m2.yaml",
+        &MANIFESTS
+            .replace("replicas: 2", "replicas: 3")
+            .replace("instances: 3", "instances: 5"),
+    );
     let out = k.ok(&["apply", "-f", &changed]).await;
-    assert!(out.contains("deployment.apps/db-pooler configured"), "{out}");
-    let deployment: Value = serde_json::from_str(&k.ok(&["get", "deployment", "db-pooler", "-o", "json"]).await).unwrap();
+    assert!(
+        out.contains("deployment.apps/db-pooler configured"),
+        "{out}"
+    );
+    let deployment: Value = serde_json::from_str(
+        &k.ok(&["get", "deployment", "db-pooler", "-o", "json"])
+            .await,
+    )
+    .unwrap();
     assert_eq!(deployment["spec"]["replicas"], 3);
     assert_eq!(deployment["metadata"]["generation"], 2);
 
     // Server-side printing with the CRD's printer columns.
     let table = k.ok(&["get", "pgc"]).await;
     let header = table.lines().next().unwrap_or("");
-    assert!(header.contains("INSTANCES") && header.contains("PHASE"), "{table}");
-    assert!(table.lines().nth(1).unwrap_or("").contains(" 5 "), "{table}");
+    assert!(
+        header.contains("INSTANCES") && header.contains("PHASE"),
+        "{table}"
+    );
+    assert!(
+        table.lines().nth(1).unwrap_or("").contains(" 5 "),
+        "{table}"
+    );
 
     // Server-side apply.
-    let out = k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &changed]).await;
+    let out = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &changed,
+        ])
+        .await;
     assert!(out.contains("serverside-applied"), "{out}");
 
     // Admission errors reach the user as the real server words them.
-    let shrink = write(dir.path(), "bad.yaml", &MANIFESTS.replace("size: 2Gi", "size: 1Gi"));
+    let shrink = write(
+        dir.path(),
+        "bad.yaml",
+        &MANIFESTS.replace("size: 2Gi", "size: 1Gi"),
+    );
     let (ok, _, stderr) = k.run(&["apply", "-f", &shrink]).await;
     assert!(!ok);
-    assert!(stderr.contains("The PostgresCluster \"db\" is invalid"), "{stderr}");
-    assert!(stderr.contains("spec.storage.size: Forbidden: size may not be decreased"), "{stderr}");
+    assert!(
+        stderr.contains("The PostgresCluster \"db\" is invalid"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.storage.size: Forbidden: size may not be decreased"),
+        "{stderr}"
+    );
 
     let out = k.ok(&["delete", "-f", &manifests]).await;
     assert!(out.contains("configmap \"settings\" deleted"), "{out}");

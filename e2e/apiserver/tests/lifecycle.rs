@@ -8,8 +8,8 @@ use capstan_e2e_apiserver::Config;
 use common::{api_error, eventually, namespace, start, start_with};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Resource;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 fn cm(name: &str) -> ConfigMap {
@@ -53,26 +53,48 @@ async fn finalizers_hold_deletion() {
     cms.create(&PostParams::default(), &held).await.unwrap();
 
     let pending = cms.delete("held", &DeleteParams::default()).await.unwrap();
-    let obj = pending.left().expect("still there while a finalizer remains");
+    let obj = pending
+        .left()
+        .expect("still there while a finalizer remains");
     assert!(obj.metadata.deletion_timestamp.is_some());
     assert_eq!(obj.metadata.deletion_grace_period_seconds, Some(0));
 
     // Deleting again changes nothing; adding finalizers is refused.
-    assert!(cms.delete("held", &DeleteParams::default()).await.unwrap().is_left());
+    assert!(
+        cms.delete("held", &DeleteParams::default())
+            .await
+            .unwrap()
+            .is_left()
+    );
     let refused = api_error(
-        cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["capstan.dev/cleanup", "x"]}})))
-            .await,
+        cms.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["capstan.dev/cleanup", "x"]}})),
+        )
+        .await,
     );
     assert_eq!(refused.code, 422);
 
     // Other updates still work while it is being deleted.
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}})))
-        .await
-        .unwrap();
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
-    assert!(cms.get_opt("held").await.unwrap().is_none(), "removing the last finalizer removes the object");
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        cms.get_opt("held").await.unwrap().is_none(),
+        "removing the last finalizer removes the object"
+    );
 }
 
 #[tokio::test]
@@ -83,23 +105,48 @@ async fn pods_wait_for_the_kubelet() {
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let p = pods.create(&PostParams::default(), &pod("db-1")).await.unwrap();
-    assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("local"));
-
-    let pending = pods.delete("db-1", &DeleteParams::default()).await.unwrap().left().unwrap();
-    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(20));
-    assert!(pods.get_opt("db-1").await.unwrap().is_some(), "a scheduled pod waits for its kubelet");
-
-    // The kubelet stops the containers, then confirms with grace period 0.
-    pods.delete("db-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+    let p = pods
+        .create(&PostParams::default(), &pod("db-1"))
         .await
         .unwrap();
+    assert_eq!(p.spec.as_ref().unwrap().node_name.as_deref(), Some("local"));
+
+    let pending = pods
+        .delete("db-1", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(20));
+    assert!(
+        pods.get_opt("db-1").await.unwrap().is_some(),
+        "a scheduled pod waits for its kubelet"
+    );
+
+    // The kubelet stops the containers, then confirms with grace period 0.
+    pods.delete(
+        "db-1",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert!(pods.get_opt("db-1").await.unwrap().is_none());
 
     // An explicit grace period wins over the pod's own.
-    pods.create(&PostParams::default(), &pod("db-2")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("db-2"))
+        .await
+        .unwrap();
     let pending = pods
-        .delete("db-2", &DeleteParams { grace_period_seconds: Some(3), ..Default::default() })
+        .delete(
+            "db-2",
+            &DeleteParams {
+                grace_period_seconds: Some(3),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .left()
@@ -109,17 +156,32 @@ async fn pods_wait_for_the_kubelet() {
     // Unscheduled pods have no kubelet to wait for.
     let (_server, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("lonely")).await.unwrap();
-    assert!(pods.delete("lonely", &DeleteParams::default()).await.unwrap().is_right());
+    pods.create(&PostParams::default(), &pod("lonely"))
+        .await
+        .unwrap();
+    assert!(
+        pods.delete("lonely", &DeleteParams::default())
+            .await
+            .unwrap()
+            .is_right()
+    );
 }
 
 #[tokio::test]
 async fn background_deletion_collects_dependents() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let owner = cms.create(&PostParams::default(), &cm("owner")).await.unwrap();
-    let other = cms.create(&PostParams::default(), &cm("other-owner")).await.unwrap();
-    cms.create(&PostParams::default(), &owned_cm("child", &owner, false)).await.unwrap();
+    let owner = cms
+        .create(&PostParams::default(), &cm("owner"))
+        .await
+        .unwrap();
+    let other = cms
+        .create(&PostParams::default(), &cm("other-owner"))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned_cm("child", &owner, false))
+        .await
+        .unwrap();
     let mut shared = owned_cm("shared", &owner, false);
     shared.metadata.owner_references.as_mut().unwrap().push(
         serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "other-owner", "uid": other.metadata.uid})).unwrap(),
@@ -132,9 +194,14 @@ async fn background_deletion_collects_dependents() {
         "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}
     }))
     .unwrap();
-    deployments.create(&PostParams::default(), &d).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
 
-    cms.delete("owner", &DeleteParams::background()).await.unwrap();
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
     gone(&cms, "child").await;
     gone(&deployments, "dep").await;
     // The dependent with another live owner stays, without the dead reference.
@@ -143,15 +210,23 @@ async fn background_deletion_collects_dependents() {
         (s.metadata.owner_references.as_ref().map(Vec::len) == Some(1)).then_some(s)
     })
     .await;
-    assert_eq!(shared.metadata.owner_references.unwrap()[0].name, "other-owner");
+    assert_eq!(
+        shared.metadata.owner_references.unwrap()[0].name,
+        "other-owner"
+    );
 }
 
 #[tokio::test]
 async fn orphan_deletion_keeps_dependents() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let owner = cms.create(&PostParams::default(), &cm("owner")).await.unwrap();
-    cms.create(&PostParams::default(), &owned_cm("child", &owner, true)).await.unwrap();
+    let owner = cms
+        .create(&PostParams::default(), &cm("owner"))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &owned_cm("child", &owner, true))
+        .await
+        .unwrap();
     cms.delete("owner", &DeleteParams::orphan()).await.unwrap();
     gone(&cms, "owner").await;
     let child = eventually("the child to be orphaned", || async {
@@ -166,13 +241,27 @@ async fn orphan_deletion_keeps_dependents() {
 async fn foreground_deletion_waits_for_blocking_dependents() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let owner = cms.create(&PostParams::default(), &cm("owner")).await.unwrap();
+    let owner = cms
+        .create(&PostParams::default(), &cm("owner"))
+        .await
+        .unwrap();
     let mut child = owned_cm("child", &owner, true);
     child.metadata.finalizers = Some(vec!["test/hold".into()]);
     cms.create(&PostParams::default(), &child).await.unwrap();
 
-    let pending = cms.delete("owner", &DeleteParams::foreground()).await.unwrap().left().unwrap();
-    assert!(pending.metadata.finalizers.unwrap().contains(&"foregroundDeletion".to_string()));
+    let pending = cms
+        .delete("owner", &DeleteParams::foreground())
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert!(
+        pending
+            .metadata
+            .finalizers
+            .unwrap()
+            .contains(&"foregroundDeletion".to_string())
+    );
     let child = eventually("the child to be deleted first", || async {
         let c = cms.get("child").await.unwrap();
         c.metadata.deletion_timestamp.is_some().then_some(c)
@@ -180,10 +269,17 @@ async fn foreground_deletion_waits_for_blocking_dependents() {
     .await;
     assert!(child.metadata.deletion_timestamp.is_some());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(cms.get_opt("owner").await.unwrap().is_some(), "the owner waits for its blocking dependent");
-    cms.patch("child", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": []}})))
-        .await
-        .unwrap();
+    assert!(
+        cms.get_opt("owner").await.unwrap().is_some(),
+        "the owner waits for its blocking dependent"
+    );
+    cms.patch(
+        "child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": []}})),
+    )
+    .await
+    .unwrap();
     gone(&cms, "child").await;
     gone(&cms, "owner").await;
 }
@@ -199,17 +295,31 @@ async fn namespace_deletion_removes_its_content() {
     cms.create(&PostParams::default(), &held).await.unwrap();
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces.delete("doomed", &DeleteParams::default()).await.unwrap().left().unwrap();
+    let ns = namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
     assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
     gone(&cms, "a").await;
     let refused = api_error(cms.create(&PostParams::default(), &cm("late")).await);
     assert_eq!(refused.code, 403);
-    assert!(namespaces.get_opt("doomed").await.unwrap().is_some(), "waits for the held object");
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    assert!(
+        namespaces.get_opt("doomed").await.unwrap().is_some(),
+        "waits for the held object"
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     gone(&namespaces, "doomed").await;
     // The name can be used again, for a fresh namespace.
     namespace(&client, "doomed").await;
-    cms.create(&PostParams::default(), &cm("again")).await.unwrap();
+    cms.create(&PostParams::default(), &cm("again"))
+        .await
+        .unwrap();
 }

@@ -54,21 +54,40 @@ where
 async fn watch_resumes_after_a_resource_version() {
     let (_server, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let a = cms.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap();
-    cms.create(&PostParams::default(), &cm("b", json!({}))).await.unwrap();
-    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}})))
+    let a = cms
+        .create(&PostParams::default(), &cm("a", json!({})))
         .await
         .unwrap();
+    cms.create(&PostParams::default(), &cm("b", json!({})))
+        .await
+        .unwrap();
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
     let rv = a.metadata.resource_version.unwrap();
-    let mut stream = cms.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     assert_eq!(next_events(&mut stream, 2).await, ["ADDED b", "MODIFIED a"]);
     cms.delete("b", &Default::default()).await.unwrap();
     assert_eq!(next_events(&mut stream, 1).await, ["DELETED b"]);
 
     // "0" and "" start now, with the current objects as ADDED events.
-    let mut from_zero = cms.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    let mut from_zero = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
     assert_eq!(next_events(&mut from_zero, 1).await, ["ADDED a"]);
-    cms.create(&PostParams::default(), &cm("c", json!({}))).await.unwrap();
+    cms.create(&PostParams::default(), &cm("c", json!({})))
+        .await
+        .unwrap();
     assert_eq!(next_events(&mut from_zero, 1).await, ["ADDED c"]);
 }
 
@@ -80,12 +99,21 @@ async fn too_old_resource_version_is_gone() {
     })
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let first = cms.create(&PostParams::default(), &cm("x0", json!({}))).await.unwrap();
+    let first = cms
+        .create(&PostParams::default(), &cm("x0", json!({})))
+        .await
+        .unwrap();
     for i in 1..10 {
-        cms.create(&PostParams::default(), &cm(&format!("x{i}"), json!({}))).await.unwrap();
+        cms.create(&PostParams::default(), &cm(&format!("x{i}"), json!({})))
+            .await
+            .unwrap();
     }
     let rv = first.metadata.resource_version.unwrap();
-    let mut stream = cms.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     let ev = stream.next().await.unwrap().unwrap();
     match ev {
         WatchEvent::Error(status) => {
@@ -94,16 +122,24 @@ async fn too_old_resource_version_is_gone() {
         }
         other => panic!("expected 410 Gone, got {}", describe(&other)),
     }
-    assert!(stream.next().await.is_none(), "the watch ends after the error");
+    assert!(
+        stream.next().await.is_none(),
+        "the watch ends after the error"
+    );
 
     // A recent resourceVersion still resumes.
     let list = cms.list(&ListParams::default()).await.unwrap();
     let mut stream = cms
-        .watch(&WatchParams::default(), list.metadata.resource_version.as_deref().unwrap())
+        .watch(
+            &WatchParams::default(),
+            list.metadata.resource_version.as_deref().unwrap(),
+        )
         .await
         .unwrap()
         .boxed();
-    cms.create(&PostParams::default(), &cm("y", json!({}))).await.unwrap();
+    cms.create(&PostParams::default(), &cm("y", json!({})))
+        .await
+        .unwrap();
     assert_eq!(next_events(&mut stream, 1).await, ["ADDED y"]);
 }
 
@@ -118,14 +154,28 @@ async fn selector_watches_see_objects_enter_and_leave() {
         .await
         .unwrap()
         .boxed();
-    cms.create(&PostParams::default(), &cm("other", json!({"role": "replica"}))).await.unwrap();
-    cms.create(&PostParams::default(), &cm("db-1", json!({"role": "primary"}))).await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("other", json!({"role": "replica"})),
+    )
+    .await
+    .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &cm("db-1", json!({"role": "primary"})),
+    )
+    .await
+    .unwrap();
     assert_eq!(next_events(&mut stream, 1).await, ["ADDED db-1"]);
     let demote = Patch::Merge(json!({"metadata": {"labels": {"role": "replica"}}}));
-    cms.patch("db-1", &PatchParams::default(), &demote).await.unwrap();
+    cms.patch("db-1", &PatchParams::default(), &demote)
+        .await
+        .unwrap();
     assert_eq!(next_events(&mut stream, 1).await, ["DELETED db-1"]);
     let promote = Patch::Merge(json!({"metadata": {"labels": {"role": "primary"}}}));
-    cms.patch("other", &PatchParams::default(), &promote).await.unwrap();
+    cms.patch("other", &PatchParams::default(), &promote)
+        .await
+        .unwrap();
     assert_eq!(next_events(&mut stream, 1).await, ["ADDED other"]);
 
     let mut by_name = cms
@@ -144,7 +194,10 @@ async fn bookmarks_and_timeouts() {
     })
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let created = cms.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap();
+    let created = cms
+        .create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
     let created_rv: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
     let mut stream = cms
         .watch(&WatchParams::default().timeout(1), "0")
@@ -154,9 +207,14 @@ async fn bookmarks_and_timeouts() {
     let mut bookmark_rv = None;
     let mut events = 0;
     // The server ends the watch after timeoutSeconds.
-    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch ends") {
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("watch ends")
+    {
         match ev.unwrap() {
-            WatchEvent::Bookmark(b) => bookmark_rv = Some(b.metadata.resource_version.parse::<u64>().unwrap()),
+            WatchEvent::Bookmark(b) => {
+                bookmark_rv = Some(b.metadata.resource_version.parse::<u64>().unwrap())
+            }
             _ => events += 1,
         }
     }
@@ -173,9 +231,18 @@ async fn bookmarks_and_timeouts() {
     assert_eq!(describe(&first), "ADDED a");
     match streaming.next().await.unwrap().unwrap() {
         WatchEvent::Bookmark(b) => {
-            assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
+            assert_eq!(
+                b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str),
+                Some("true")
+            );
         }
-        other => panic!("expected the initial-events-end bookmark, got {}", describe(&other)),
+        other => panic!(
+            "expected the initial-events-end bookmark, got {}",
+            describe(&other)
+        ),
     }
 }
 
@@ -195,7 +262,9 @@ async fn reflector_survives_watch_timeouts() {
     let task = tokio::spawn(stream);
     // Objects are created across several server-side watch timeouts.
     for i in 0..8 {
-        cms.create(&PostParams::default(), &cm(&format!("r{i}"), json!({}))).await.unwrap();
+        cms.create(&PostParams::default(), &cm(&format!("r{i}"), json!({})))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eventually("the reflector to see every object", || {
@@ -209,7 +278,10 @@ async fn reflector_survives_watch_timeouts() {
         async move { (reader.state().len() == 7).then_some(()) }
     })
     .await;
-    assert!(!task.is_finished(), "the watcher stream never errored out: {task:?}");
+    assert!(
+        !task.is_finished(),
+        "the watcher stream never errored out: {task:?}"
+    );
     task.abort();
     // One initial list, then the watch was resumed after every timeout
     // instead of relisting.
@@ -219,9 +291,12 @@ async fn reflector_survives_watch_timeouts() {
 
     // streaming lists (sendInitialEvents) work too.
     let (reader, writer) = reflector::store::<ConfigMap>();
-    let stream = reflector(writer, watcher(cms.clone(), watcher::Config::default().streaming_lists()))
-        .applied_objects()
-        .try_for_each(|_| async { Ok(()) });
+    let stream = reflector(
+        writer,
+        watcher(cms.clone(), watcher::Config::default().streaming_lists()),
+    )
+    .applied_objects()
+    .try_for_each(|_| async { Ok(()) });
     let task = tokio::spawn(stream);
     eventually("the streaming-list reflector to fill", || {
         let reader = reader.clone();
@@ -241,10 +316,15 @@ async fn controller_keeps_reconciling_across_watch_timeouts() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
 
-    async fn reconcile(obj: Arc<ConfigMap>, seen: Arc<Mutex<BTreeSet<String>>>) -> Result<Action, kube::Error> {
-        seen.lock()
-            .unwrap()
-            .insert(format!("{}@{}", obj.metadata.name.as_deref().unwrap_or(""), obj.data.as_ref().map(|d| d.len()).unwrap_or(0)));
+    async fn reconcile(
+        obj: Arc<ConfigMap>,
+        seen: Arc<Mutex<BTreeSet<String>>>,
+    ) -> Result<Action, kube::Error> {
+        seen.lock().unwrap().insert(format!(
+            "{}@{}",
+            obj.metadata.name.as_deref().unwrap_or(""),
+            obj.data.as_ref().map(|d| d.len()).unwrap_or(0)
+        ));
         Ok(Action::await_change())
     }
     fn error_policy(_: Arc<ConfigMap>, _: &kube::Error, _: Arc<Mutex<BTreeSet<String>>>) -> Action {
@@ -254,18 +334,27 @@ async fn controller_keeps_reconciling_across_watch_timeouts() {
         .run(reconcile, error_policy, seen.clone())
         .for_each(|_| async {});
     let task = tokio::spawn(controller);
-    cms.create(&PostParams::default(), &cm("one", json!({}))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    cms.create(&PostParams::default(), &cm("two", json!({}))).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    cms.patch("one", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}})))
+    cms.create(&PostParams::default(), &cm("one", json!({})))
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cms.create(&PostParams::default(), &cm("two", json!({})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cms.patch(
+        "one",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
     eventually("every change to be reconciled", || {
         let seen = seen.clone();
         async move {
             let seen = seen.lock().unwrap();
-            (seen.contains("one@0") && seen.contains("two@0") && seen.contains("one@1")).then_some(())
+            (seen.contains("one@0") && seen.contains("two@0") && seen.contains("one@1"))
+                .then_some(())
         }
     })
     .await;

@@ -4,8 +4,8 @@
 
 use capstan_e2e_apiserver::{ApiServer, Config};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 
 pub async fn start_with(config: Config) -> (ApiServer, Client) {
     let server = ApiServer::start(config).await.expect("server starts");
@@ -19,8 +19,11 @@ pub async fn start() -> (ApiServer, Client) {
 
 pub async fn namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
 }
 
 /// The API error of a failed call.
