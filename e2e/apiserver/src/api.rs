@@ -35,6 +35,8 @@ pub struct ApiState {
     /// host:port clients use, for `/api`'s serverAddressByClientCIDRs.
     pub address: String,
     pub counts: Counters,
+    /// The CA clients trust, published in every namespace.
+    pub ca_pem: String,
 }
 
 /// Resource requests served, by verb.

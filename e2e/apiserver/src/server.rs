@@ -163,6 +163,7 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
             address: address.clone(),
             counts: Default::default(),
+            ca_pem: cert.ca_pem.clone(),
         });
         bootstrap(&state, &config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::api::{Ctx, Reply, Request};
+use crate::api::{ApiState, Ctx, Reply, Request};
 use crate::apply::{self, ApplyRequest, Scope};
 use crate::builtin::{self, CreateContext};
 use crate::crd;
@@ -254,7 +254,35 @@ fn admit(
 
 fn created(ctx: &Ctx<'_>, object: &Value) -> Reply {
     after_commit(ctx, object, false);
+    if ctx.def.builtin == Some(Builtin::Namespace) {
+        populate_namespace(ctx.state, meta_str(object, "name").unwrap_or(""));
+    }
     Reply::json(201, &ctx.present(object))
+}
+
+/// What the service-account and root-CA controllers put in every new
+/// namespace: the `default` ServiceAccount and the `kube-root-ca.crt`
+/// ConfigMap.
+fn populate_namespace(state: &ApiState, namespace: &str) {
+    let objects = [
+        ("serviceaccounts", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})),
+        (
+            "configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
+                   "data": {"ca.crt": state.ca_pem}}),
+        ),
+    ];
+    for (plural, mut obj) in objects {
+        let Some(table) = state.store.table("", plural) else { continue };
+        let meta = meta_mut(&mut obj);
+        meta.insert("namespace".into(), json!(namespace));
+        meta.insert("uid".into(), json!(meta::new_uid()));
+        meta.insert("creationTimestamp".into(), json!(meta::now()));
+        let key = (namespace.to_string(), meta_str(&obj, "name").unwrap_or("").to_string());
+        // Already there (a namespace re-created while the old one's
+        // objects were still being deleted) is fine.
+        let _ = table.commit(&state.store, &key, Expect::Absent, Some(obj));
+    }
 }
 
 /// Side effects of a committed write on the set of served resources.
@@ -620,7 +648,7 @@ fn spec_of(obj: &Value) -> Value {
 /// stored object until it commits, removing the object when it is being
 /// deleted and nothing holds it any more. Returns false if it is gone.
 pub fn system_update(
-    state: &crate::api::ApiState,
+    state: &ApiState,
     table: &Arc<Table>,
     key: &(String, String),
     change: impl Fn(&mut Value) -> bool,

@@ -75,8 +75,12 @@ async fn crud_round_trips() {
     let name = generated.metadata.name.unwrap();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
 
+    // Every namespace also holds the published root CA, as on a real cluster.
     let list = cms.list(&ListParams::default()).await.unwrap();
-    assert_eq!(list.items.len(), 2);
+    let names: Vec<String> = list.items.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["a", &name, "kube-root-ca.crt"]);
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "crud");
+    sas.get("default").await.expect("the default ServiceAccount exists");
     let list_rv: u64 = list.metadata.resource_version.unwrap().parse().unwrap();
     assert!(list_rv >= rv2);
 
@@ -393,7 +397,7 @@ async fn label_and_field_selectors() {
         names(cms.list(&q("app,role notin (replica)")).await.unwrap()),
         ["a", "c"]
     );
-    assert_eq!(names(cms.list(&q("!role")).await.unwrap()), ["c"]);
+    assert_eq!(names(cms.list(&q("!role")).await.unwrap()), ["c", "kube-root-ca.crt"]);
     assert_eq!(names(cms.list(&q("role")).await.unwrap()), ["a", "b"]);
     assert_eq!(
         names(
@@ -409,7 +413,7 @@ async fn label_and_field_selectors() {
                 .await
                 .unwrap()
         ),
-        ["a", "c"]
+        ["a", "c", "kube-root-ca.crt"]
     );
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "sel");

@@ -84,7 +84,10 @@ async fn watch_resumes_after_a_resource_version() {
         .await
         .unwrap()
         .boxed();
-    assert_eq!(next_events(&mut from_zero, 1).await, ["ADDED a"]);
+    assert_eq!(
+        next_events(&mut from_zero, 2).await,
+        ["ADDED a", "ADDED kube-root-ca.crt"]
+    );
     cms.create(&PostParams::default(), &cm("c", json!({})))
         .await
         .unwrap();
@@ -218,7 +221,7 @@ async fn bookmarks_and_timeouts() {
             _ => events += 1,
         }
     }
-    assert_eq!(events, 1);
+    assert_eq!(events, 2, "a and kube-root-ca.crt");
     assert!(bookmark_rv.expect("a bookmark") >= created_rv);
 
     // sendInitialEvents: the initial state, then a bookmark marking its end.
@@ -227,8 +230,10 @@ async fn bookmarks_and_timeouts() {
         .await
         .unwrap()
         .boxed();
-    let first = streaming.next().await.unwrap().unwrap();
-    assert_eq!(describe(&first), "ADDED a");
+    for expected in ["ADDED a", "ADDED kube-root-ca.crt"] {
+        let ev = streaming.next().await.unwrap().unwrap();
+        assert_eq!(describe(&ev), expected);
+    }
     match streaming.next().await.unwrap().unwrap() {
         WatchEvent::Bookmark(b) => {
             assert_eq!(
@@ -269,13 +274,13 @@ async fn reflector_survives_watch_timeouts() {
     }
     eventually("the reflector to see every object", || {
         let reader = reader.clone();
-        async move { (reader.state().len() == 8).then_some(()) }
+        async move { (reader.state().len() == 9).then_some(()) }
     })
     .await;
     cms.delete("r0", &Default::default()).await.unwrap();
     eventually("the reflector to see the deletion", || {
         let reader = reader.clone();
-        async move { (reader.state().len() == 7).then_some(()) }
+        async move { (reader.state().len() == 8).then_some(()) }
     })
     .await;
     assert!(
@@ -300,7 +305,7 @@ async fn reflector_survives_watch_timeouts() {
     let task = tokio::spawn(stream);
     eventually("the streaming-list reflector to fill", || {
         let reader = reader.clone();
-        async move { (reader.state().len() == 7).then_some(()) }
+        async move { (reader.state().len() == 8).then_some(()) }
     })
     .await;
     task.abort();
