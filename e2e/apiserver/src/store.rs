@@ -181,6 +181,11 @@ impl Table {
             _ => return Err(CommitError::Changed),
         }
         let rv = store.rv.fetch_add(1, Ordering::SeqCst) + 1;
+        // The garbage collector only has work after removals and deletions
+        // (its periodic sweep catches the rest).
+        let collect = new
+            .as_ref()
+            .is_none_or(|n| n.pointer("/metadata/deletionTimestamp").is_some());
         let (kind, stored) = match new {
             Some(mut obj) => {
                 set_rv(&mut obj, rv);
@@ -216,7 +221,9 @@ impl Table {
         }
         drop(inner);
         self.notify.send_replace(rv);
-        store.changed.notify_one();
+        if collect {
+            store.changed.notify_one();
+        }
         Ok(stored)
     }
 
@@ -254,7 +261,7 @@ pub struct Store {
     rv: AtomicU64,
     tables: RwLock<HashMap<GroupResource, Arc<Table>>>,
     history_limit: usize,
-    /// Poked on every commit; the garbage collector waits on it.
+    /// Poked on removals and deletions; the garbage collector waits on it.
     pub changed: Notify,
 }
 

@@ -190,8 +190,71 @@ fn namespace_ready(ctx: &Ctx<'_>, obj: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// `fieldValidation=Strict` (kubectl's default): unknown fields are an
+/// error instead of being dropped.
+fn strict(req: &Request) -> bool {
+    req.param("fieldValidation") == Some("Strict")
+}
+
+/// Paths set (non-null) in `input` that admission dropped from `output`:
+/// fields the schema or type does not know. `.status` (dropped on create)
+/// and Secret `stringData` (folded into data) are not unknown.
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (key, value) in i {
+                if path.is_empty() && matches!(key.as_str(), "status" | "stringData") {
+                    continue;
+                }
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match o.get(key) {
+                    Some(v) => unknown_fields(value, v, &child, out),
+                    None if !value.is_null() => out.push(child),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) if i.len() == o.len() => {
+            for (n, (a, b)) in i.iter().zip(o).enumerate() {
+                unknown_fields(a, b, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Kind-specific admission, schema validation and metadata checks.
 fn admit(
+    ctx: &Ctx<'_>,
+    obj: Value,
+    old: Option<&Value>,
+    creating: bool,
+    strict: bool,
+) -> Result<Value, ApiError> {
+    let input = strict.then(|| obj.clone());
+    let obj = admit_inner(ctx, obj, old, creating)?;
+    if let Some(input) = input {
+        let mut unknown = vec![];
+        unknown_fields(&input, &obj, "", &mut unknown);
+        if !unknown.is_empty() {
+            let listed: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                listed.join(", ")
+            )));
+        }
+    }
+    Ok(obj)
+}
+
+fn admit_inner(
     ctx: &Ctx<'_>,
     obj: Value,
     old: Option<&Value>,
@@ -265,7 +328,10 @@ fn created(ctx: &Ctx<'_>, object: &Value) -> Reply {
 /// ConfigMap.
 fn populate_namespace(state: &ApiState, namespace: &str) {
     let objects = [
-        ("serviceaccounts", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})),
+        (
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        ),
         (
             "configmaps",
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
@@ -273,12 +339,17 @@ fn populate_namespace(state: &ApiState, namespace: &str) {
         ),
     ];
     for (plural, mut obj) in objects {
-        let Some(table) = state.store.table("", plural) else { continue };
+        let Some(table) = state.store.table("", plural) else {
+            continue;
+        };
         let meta = meta_mut(&mut obj);
         meta.insert("namespace".into(), json!(namespace));
         meta.insert("uid".into(), json!(meta::new_uid()));
         meta.insert("creationTimestamp".into(), json!(meta::now()));
-        let key = (namespace.to_string(), meta_str(&obj, "name").unwrap_or("").to_string());
+        let key = (
+            namespace.to_string(),
+            meta_str(&obj, "name").unwrap_or("").to_string(),
+        );
         // Already there (a namespace re-created while the old one's
         // objects were still being deleted) is fine.
         let _ = table.commit(&state.store, &key, Expect::Absent, Some(obj));
@@ -303,7 +374,7 @@ pub fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     let mut obj = parse_json(req)?;
     prepare_create(ctx, &mut obj, false)?;
     namespace_ready(ctx, &obj)?;
-    let obj = admit(ctx, obj, None, true)?;
+    let obj = admit(ctx, obj, None, true, strict(req))?;
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if req.dry_run() {
         return Ok(Reply::json(201, &ctx.present(&obj)));
@@ -443,7 +514,7 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
                 .map_err(|c| ApiError::apply_conflicts(ctx.def.subject(name), c))?;
             prepare_create(ctx, &mut obj, true)?;
             namespace_ready(ctx, &obj)?;
-            let obj = admit(ctx, obj, None, true)?;
+            let obj = admit(ctx, obj, None, true, strict(req))?;
             if req.dry_run() {
                 return Ok(Reply::json(201, &ctx.present(&obj)));
             }
@@ -482,7 +553,14 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
         {
             return Err(ApiError::stale(ctx.def.subject(name)));
         }
-        let candidate = finish_update(ctx, &current, candidate, status_request, applied)?;
+        let candidate = finish_update(
+            ctx,
+            &current,
+            candidate,
+            status_request,
+            applied,
+            strict(req),
+        )?;
         if candidate == *current {
             return Ok(Reply::json(200, &ctx.present(&current)));
         }
@@ -540,6 +618,7 @@ fn finish_update(
     mut candidate: Value,
     status_request: bool,
     applied: bool,
+    strict: bool,
 ) -> Result<Value, ApiError> {
     check_type(ctx, &candidate)?;
     candidate["apiVersion"] = current["apiVersion"].clone();
@@ -620,7 +699,7 @@ fn finish_update(
             ));
         }
     }
-    let mut candidate = admit(ctx, candidate, Some(current), false)?;
+    let mut candidate = admit(ctx, candidate, Some(current), false, strict)?;
     if ctx.def.tracks_generation && spec_of(&candidate) != spec_of(current) {
         let generation = current
             .pointer("/metadata/generation")

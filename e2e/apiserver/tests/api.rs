@@ -77,10 +77,17 @@ async fn crud_round_trips() {
 
     // Every namespace also holds the published root CA, as on a real cluster.
     let list = cms.list(&ListParams::default()).await.unwrap();
-    let names: Vec<String> = list.items.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
     assert_eq!(names, ["a", &name, "kube-root-ca.crt"]);
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "crud");
-    sas.get("default").await.expect("the default ServiceAccount exists");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "crud");
+    sas.get("default")
+        .await
+        .expect("the default ServiceAccount exists");
     let list_rv: u64 = list.metadata.resource_version.unwrap().parse().unwrap();
     assert!(list_rv >= rv2);
 
@@ -397,7 +404,10 @@ async fn label_and_field_selectors() {
         names(cms.list(&q("app,role notin (replica)")).await.unwrap()),
         ["a", "c"]
     );
-    assert_eq!(names(cms.list(&q("!role")).await.unwrap()), ["c", "kube-root-ca.crt"]);
+    assert_eq!(
+        names(cms.list(&q("!role")).await.unwrap()),
+        ["c", "kube-root-ca.crt"]
+    );
     assert_eq!(names(cms.list(&q("role")).await.unwrap()), ["a", "b"]);
     assert_eq!(
         names(

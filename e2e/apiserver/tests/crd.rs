@@ -393,3 +393,51 @@ async fn crds_created_through_the_api_are_served() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn strict_field_validation_refuses_unknown_fields() {
+    let (_server, client) = start_capstan().await;
+    let api = clusters(&client);
+    api.create(&PostParams::default(), &cluster("db", minimal()))
+        .await
+        .unwrap();
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..PatchParams::default()
+    };
+    let typo = Patch::Merge(json!({"spec": {"instancez": 3}}));
+    let err = api_error(api.patch("db", &strict, &typo).await);
+    assert_eq!(err.code, 400);
+    assert!(
+        err.message.contains("unknown field \"spec.instancez\""),
+        "{}",
+        err.message
+    );
+    // Without strict validation the field is dropped.
+    let pruned = api
+        .patch("db", &PatchParams::default(), &typo)
+        .await
+        .unwrap();
+    assert!(pruned.data["spec"].get("instancez").is_none());
+
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "ns");
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    cms.patch(
+        "c",
+        &strict,
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "data": {"k": "v"}})),
+    )
+    .await
+    .expect("known fields pass strict validation");
+    let err = api_error(
+        cms.patch("c", &strict, &Patch::Merge(json!({"dta": {"k": "v"}})))
+            .await,
+    );
+    assert!(
+        err.message.contains("unknown field \"dta\""),
+        "{}",
+        err.message
+    );
+}

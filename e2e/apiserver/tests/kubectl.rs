@@ -181,6 +181,19 @@ async fn kubectl_get_apply_delete() {
         "{stderr}"
     );
 
+    // kubectl asks for strict field validation: typos are refused.
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        &MANIFESTS.replace("instances: 3", "instancez: 3"),
+    );
+    let (ok, _, stderr) = k.run(&["apply", "-f", &typo]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown field \"spec.instancez\""),
+        "{stderr}"
+    );
+
     let out = k.ok(&["delete", "-f", &manifests]).await;
     assert!(out.contains("configmap \"settings\" deleted"), "{out}");
     let (ok, _, stderr) = k.run(&["get", "configmap", "settings"]).await;
