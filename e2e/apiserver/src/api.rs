@@ -250,6 +250,21 @@ async fn resource(
     }
 }
 
+/// Whether the client asked for metadata only (`as=PartialObjectMetadata`
+/// or `as=PartialObjectMetadataList`, as kube's metadata watchers do).
+pub fn wants_metadata(accept: &str) -> bool {
+    accept.contains("as=PartialObjectMetadata")
+}
+
+/// The metadata-only form of an object.
+pub fn partial(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object["metadata"],
+    })
+}
+
 pub fn filter(ctx: &Ctx<'_>, req: &Request) -> Result<Filter, ApiError> {
     Ok(Filter {
         namespace: ctx.target.namespace.clone(),
@@ -265,6 +280,9 @@ fn get(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
         .ok_or_else(|| ApiError::not_found(ctx.def.subject(name)))?;
     if table::wants_table(&req.accept) {
         return Ok(Reply::json(200, &table::render(&ctx.def, &[object], "")));
+    }
+    if wants_metadata(&req.accept) {
+        return Ok(Reply::json(200, &partial(&object)));
     }
     Ok(Reply::json(200, &ctx.present(&object)))
 }
@@ -283,12 +301,21 @@ fn list(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
             &table::render(&ctx.def, &items, &rv.to_string()),
         ));
     }
+    let metadata_only = wants_metadata(&req.accept);
     let mut out = Vec::with_capacity(items.len() * 1024 + 256);
-    let header = json!({
-        "kind": format!("{}List", ctx.def.kind),
-        "apiVersion": ctx.api_version(),
-        "metadata": {"resourceVersion": rv.to_string()},
-    });
+    let header = if metadata_only {
+        json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": rv.to_string()},
+        })
+    } else {
+        json!({
+            "kind": format!("{}List", ctx.def.kind),
+            "apiVersion": ctx.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+        })
+    };
     let header = serde_json::to_string(&header).map_err(|e| ApiError::internal(e.to_string()))?;
     // `{...header...,"items":[...]}` without cloning every object.
     out.extend_from_slice(&header.as_bytes()[..header.len() - 1]);
@@ -298,7 +325,9 @@ fn list(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
         if i > 0 {
             out.push(b',');
         }
-        let written = if same_version {
+        let written = if metadata_only {
+            serde_json::to_writer(&mut out, &partial(item))
+        } else if same_version {
             serde_json::to_writer(&mut out, &**item)
         } else {
             serde_json::to_writer(&mut out, &ctx.present(item))

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::api::{ApiState, Ctx, Reply, Request, filter};
+use crate::api::{ApiState, Ctx, Reply, Request, filter, partial, wants_metadata};
 use crate::resources::ResourceDef;
 use crate::selectors::Filter;
 use crate::status::ApiError;
@@ -38,6 +38,8 @@ struct Stream {
     def: Arc<ResourceDef>,
     /// apiVersion to rewrite objects to, when not the storage version.
     rewrite: Option<String>,
+    /// Send `PartialObjectMetadata` instead of whole objects.
+    metadata_only: bool,
     filter: Filter,
     tx: mpsc::Sender<Bytes>,
 }
@@ -71,6 +73,7 @@ pub fn serve(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
         table: ctx.table.clone(),
         def: ctx.def.clone(),
         rewrite: (ctx.target.version != ctx.def.storage_version()).then(|| ctx.api_version()),
+        metadata_only: wants_metadata(&req.accept),
         filter: filter(ctx, req)?,
         tx,
     };
@@ -94,6 +97,9 @@ impl Stream {
     }
 
     fn object_bytes(&self, object: &Value, cached: Option<&Event>) -> Bytes {
+        if self.metadata_only {
+            return Bytes::from(serde_json::to_vec(&partial(object)).unwrap_or_default());
+        }
         match (&self.rewrite, cached) {
             (None, Some(ev)) => ev.object_json(),
             (None, None) => Bytes::from(serde_json::to_vec(object).unwrap_or_default()),

@@ -365,3 +365,37 @@ async fn controller_keeps_reconciling_across_watch_timeouts() {
     .await;
     task.abort();
 }
+
+#[tokio::test]
+async fn metadata_only_lists_and_watches() {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut big = cm("big", json!({"app": "db"}));
+    big.data = Some([("k".to_string(), "v".repeat(1000))].into());
+    cms.create(&PostParams::default(), &big).await.unwrap();
+    let list = cms
+        .list_metadata(&ListParams::default().labels("app=db"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("big"));
+    let one = cms.get_metadata("big").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap()["app"], "db");
+
+    let (reader, writer) = reflector::store();
+    let meta: Api<kube::core::PartialObjectMeta<ConfigMap>> =
+        Api::namespaced(client.clone(), "default");
+    let stream = reflector(writer, watcher(meta, watcher::Config::default()))
+        .applied_objects()
+        .try_for_each(|_| async { Ok(()) });
+    let task = tokio::spawn(stream);
+    cms.create(&PostParams::default(), &cm("second", json!({})))
+        .await
+        .unwrap();
+    eventually("the metadata reflector to see both", || {
+        let reader = reader.clone();
+        async move { (reader.state().len() == 3).then_some(()) }
+    })
+    .await;
+    task.abort();
+}
