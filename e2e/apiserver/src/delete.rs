@@ -12,7 +12,7 @@ use crate::api::{ApiState, Ctx, Reply, Request, filter};
 use crate::meta;
 use crate::resources::{Builtin, ResourceDef};
 use crate::status::{self, ApiError};
-use crate::store::{CommitError, Expect, ObjKey, Table, rv_of};
+use crate::store::{CommitError, Expect, ObjKey, Table, Write, rv_of};
 use crate::write::{after_commit, ready_to_remove};
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -179,7 +179,7 @@ pub fn delete_object(
             &state.store,
             key,
             Expect::Version(rv_of(&current)),
-            if remove { None } else { Some(candidate) },
+            Write::removing_if(remove, candidate),
         ) {
             Ok(stored) if remove => return Ok(Outcome::Removed(stored)),
             Ok(stored) => return Ok(Outcome::Pending(stored)),

@@ -72,6 +72,26 @@ pub enum CommitError {
     Changed,
 }
 
+/// What a commit does.
+#[derive(Debug)]
+pub enum Write {
+    /// Store this object.
+    Store(Value),
+    /// Remove the object; this is its final state (what the DELETED event
+    /// shows, e.g. with its last finalizer gone).
+    Remove(Value),
+}
+
+impl Write {
+    pub fn removing_if(remove: bool, object: Value) -> Write {
+        if remove {
+            Write::Remove(object)
+        } else {
+            Write::Store(object)
+        }
+    }
+}
+
 /// What the caller read and expects to still be there.
 #[derive(Clone, Copy, Debug)]
 pub enum Expect {
@@ -163,15 +183,15 @@ impl Table {
         Ok((batch, complete.then(|| store.current_rv())))
     }
 
-    /// Writes `new` (or removes the object when `None`) if the stored state
-    /// still matches `expect`. Returns the stored object (for a removal, the
-    /// final state carrying the deletion's resourceVersion).
+    /// Applies `write` if the stored state still matches `expect`. Returns
+    /// the stored object (for a removal, the final state carrying the
+    /// deletion's resourceVersion).
     pub fn commit(
         &self,
         store: &Store,
         key: &ObjKey,
         expect: Expect,
-        new: Option<Value>,
+        change: Write,
     ) -> Result<Arc<Value>, CommitError> {
         let mut inner = write(&self.inner);
         let current = inner.objects.get(key).cloned();
@@ -183,11 +203,12 @@ impl Table {
         let rv = store.rv.fetch_add(1, Ordering::SeqCst) + 1;
         // The garbage collector only has work after removals and deletions
         // (its periodic sweep catches the rest).
-        let collect = new
-            .as_ref()
-            .is_none_or(|n| n.pointer("/metadata/deletionTimestamp").is_some());
-        let (kind, stored) = match new {
-            Some(mut obj) => {
+        let collect = match &change {
+            Write::Remove(_) => true,
+            Write::Store(n) => n.pointer("/metadata/deletionTimestamp").is_some(),
+        };
+        let (kind, stored) = match change {
+            Write::Store(mut obj) => {
                 set_rv(&mut obj, rv);
                 let obj = Arc::new(obj);
                 inner.objects.insert(key.clone(), obj.clone());
@@ -198,11 +219,10 @@ impl Table {
                 };
                 (kind, obj)
             }
-            None => {
-                let Some(cur) = inner.objects.remove(key) else {
+            Write::Remove(mut last) => {
+                if inner.objects.remove(key).is_none() {
                     return Err(CommitError::Changed);
-                };
-                let mut last = (*cur).clone();
+                }
                 set_rv(&mut last, rv);
                 (EventKind::Deleted, Arc::new(last))
             }

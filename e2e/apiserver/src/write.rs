@@ -15,7 +15,7 @@ use crate::meta;
 use crate::patch;
 use crate::resources::{Builtin, ResourceDef};
 use crate::status::{ApiError, Cause};
-use crate::store::{CommitError, Expect, Table, rv_of};
+use crate::store::{CommitError, Expect, Table, Write, rv_of};
 
 const MAX_ATTEMPTS: usize = 64;
 
@@ -352,7 +352,7 @@ fn populate_namespace(state: &ApiState, namespace: &str) {
         );
         // Already there (a namespace re-created while the old one's
         // objects were still being deleted) is fine.
-        let _ = table.commit(&state.store, &key, Expect::Absent, Some(obj));
+        let _ = table.commit(&state.store, &key, Expect::Absent, Write::Store(obj));
     }
 }
 
@@ -379,10 +379,12 @@ pub fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
     if req.dry_run() {
         return Ok(Reply::json(201, &ctx.present(&obj)));
     }
-    match ctx
-        .table
-        .commit(&ctx.state.store, &ctx.key(&name), Expect::Absent, Some(obj))
-    {
+    match ctx.table.commit(
+        &ctx.state.store,
+        &ctx.key(&name),
+        Expect::Absent,
+        Write::Store(obj),
+    ) {
         Ok(stored) => Ok(created(ctx, &stored)),
         Err(CommitError::Changed) => Err(ApiError::already_exists(ctx.def.subject(&name))),
     }
@@ -520,7 +522,7 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
             }
             match ctx
                 .table
-                .commit(&ctx.state.store, &key, Expect::Absent, Some(obj))
+                .commit(&ctx.state.store, &key, Expect::Absent, Write::Store(obj))
             {
                 Ok(stored) => return Ok(created(ctx, &stored)),
                 Err(CommitError::Changed) => continue,
@@ -572,7 +574,7 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
             &ctx.state.store,
             &key,
             Expect::Version(current_rv),
-            if remove { None } else { Some(candidate) },
+            Write::removing_if(remove, candidate),
         );
         match result {
             Ok(stored) => {
@@ -746,7 +748,7 @@ pub fn system_update(
             &state.store,
             key,
             Expect::Version(rv_of(&current)),
-            if remove { None } else { Some(candidate) },
+            Write::removing_if(remove, candidate),
         );
         match result {
             Ok(stored) => {

@@ -6,10 +6,11 @@ mod common;
 
 use capstan_e2e_apiserver::Config;
 use common::{api_error, eventually, namespace, start, start_with};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 fn cm(name: &str) -> ConfigMap {
@@ -84,6 +85,18 @@ async fn finalizers_hold_deletion() {
     )
     .await
     .unwrap();
+    let rv = cms
+        .get("held")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     cms.patch(
         "held",
         &PatchParams::default(),
@@ -95,6 +108,16 @@ async fn finalizers_hold_deletion() {
         cms.get_opt("held").await.unwrap().is_none(),
         "removing the last finalizer removes the object"
     );
+    match events.next().await.unwrap().unwrap() {
+        WatchEvent::Deleted(last) => {
+            assert!(
+                last.metadata.finalizers.is_none(),
+                "the final state is shown"
+            );
+            assert_eq!(last.data.unwrap()["k"], "v");
+        }
+        other => panic!("expected DELETED, got {other:?}"),
+    }
 }
 
 #[tokio::test]
