@@ -20,6 +20,7 @@ mod gc;
 mod meta;
 mod patch;
 mod pki;
+mod protobuf;
 mod resources;
 mod routes;
 mod selectors;

@@ -20,11 +20,26 @@ use crate::store::{CommitError, Expect, Table, Write, rv_of};
 const MAX_ATTEMPTS: usize = 64;
 
 fn parse_json(req: &Request) -> Result<Value, ApiError> {
-    if req.content_type.contains("protobuf") || req.content_type.contains("cbor") {
-        return Err(ApiError::unsupported_media_type(&req.content_type));
-    }
     serde_json::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))
+}
+
+/// A create or update body: JSON, or protobuf for the kinds kubectl's
+/// typed `create` subcommands send that way.
+fn parse_object(ctx: &Ctx<'_>, req: &Request) -> Result<Value, ApiError> {
+    if req.content_type.contains("protobuf") {
+        return crate::protobuf::decode(ctx.def.builtin, &req.body).map_err(|e| {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("cannot decode the protobuf body ({e}); send JSON"),
+            )
+        });
+    }
+    if !req.content_type.is_empty() && !req.content_type.contains("json") {
+        return Err(ApiError::unsupported_media_type(&req.content_type));
+    }
+    parse_json(req)
 }
 
 fn parse_apply(body: &[u8]) -> Result<Value, ApiError> {
@@ -371,7 +386,7 @@ pub fn after_commit(ctx: &Ctx<'_>, object: &Value, removed: bool) {
 }
 
 pub fn create(ctx: &Ctx<'_>, req: &Request) -> Result<Reply, ApiError> {
-    let mut obj = parse_json(req)?;
+    let mut obj = parse_object(ctx, req)?;
     prepare_create(ctx, &mut obj, false)?;
     namespace_ready(ctx, &obj)?;
     let obj = admit(ctx, obj, None, true, strict(req))?;
@@ -404,7 +419,7 @@ enum Change<'a> {
 }
 
 pub fn update(ctx: &Ctx<'_>, req: &Request, name: &str) -> Result<Reply, ApiError> {
-    let body = parse_json(req)?;
+    let body = parse_object(ctx, req)?;
     check_type(ctx, &body)?;
     if let Some(body_name) = meta_str(&body, "name")
         && body_name != name

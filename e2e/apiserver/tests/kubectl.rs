@@ -110,6 +110,31 @@ async fn kubectl_get_apply_delete() {
     let namespaces = k.ok(&["get", "namespaces"]).await;
     assert!(namespaces.contains("kube-system"), "{namespaces}");
 
+    // Typed `create` generators send protobuf.
+    k.ok(&["create", "namespace", "dbs"]).await;
+    k.ok(&[
+        "-n",
+        "dbs",
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=hunter2",
+    ])
+    .await;
+    let password = k
+        .ok(&[
+            "-n",
+            "dbs",
+            "get",
+            "secret",
+            "creds",
+            "-o",
+            "jsonpath={.data.password}",
+        ])
+        .await;
+    assert_eq!(password, "aHVudGVyMg==");
+
     let manifests = write(dir.path(), "m.yaml", MANIFESTS);
     let out = k.ok(&["apply", "-f", &manifests]).await;
     assert!(out.contains("configmap/settings created"), "{out}");
