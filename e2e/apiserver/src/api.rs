@@ -18,7 +18,7 @@ use crate::routes::{Route, Target, route};
 use crate::selectors::{FieldSelector, Filter, LabelSelector};
 use crate::status::ApiError;
 use crate::store::{Store, Table};
-use crate::{delete, discovery, table, watch, write};
+use crate::{delete, discovery, disruption, table, watch, write};
 
 /// Everything a request can reach.
 pub struct ApiState {
@@ -37,6 +37,8 @@ pub struct ApiState {
     pub counts: Counters,
     /// The CA clients trust, published in every namespace.
     pub ca_pem: String,
+    /// Serialises evictions (see [`crate::disruption`]).
+    pub eviction: Mutex<()>,
 }
 
 /// Resource requests served, by verb.
@@ -212,6 +214,7 @@ async fn resource(
     match target.subresource.as_deref() {
         None => {}
         Some("status") if def.status_subresource => {}
+        Some("eviction") if def.builtin == Some(crate::resources::Builtin::Pod) => {}
         Some(_) => return Err(not_found()),
     }
     let ctx = Ctx {
@@ -235,6 +238,12 @@ async fn resource(
         state.counts.bump(verb);
     }
     match (req.method, target.name.as_deref()) {
+        (Method::Post, Some(name)) if target.subresource.as_deref() == Some("eviction") => {
+            disruption::evict(&ctx, req, name)
+        }
+        (_, _) if target.subresource.as_deref() == Some("eviction") => Err(
+            ApiError::method_not_allowed("only POST is allowed on pods/eviction"),
+        ),
         (Method::Get, None) if req.flag("watch") => watch::serve(&ctx, req),
         (Method::Get, None) => list(&ctx, req),
         (Method::Get, Some(name)) => get(&ctx, req, name),

@@ -105,6 +105,17 @@ pub fn resources(store: &Store, group: &str, version: &str) -> Option<Value> {
             entry["categories"] = json!(def.categories);
         }
         resources.push(entry);
+        if def.builtin == Some(crate::resources::Builtin::Pod) {
+            resources.push(json!({
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": true,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            }));
+        }
         if def.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", def.plural),

@@ -8,7 +8,8 @@
 //! * for owners deleted with `Foreground`, deletes dependents and removes
 //!   the `foregroundDeletion` finalizer once no dependent with
 //!   `blockOwnerDeletion` remains;
-//! * empties terminating namespaces, then removes them.
+//! * empties terminating namespaces, then removes them;
+//! * and keeps PodDisruptionBudget status current ([`crate::disruption`]).
 //!
 //! Owner existence is checked against live storage, never only against
 //! the scan's snapshot, so an owner created during a scan is never missed.
@@ -38,6 +39,7 @@ pub async fn run(state: Arc<ApiState>, mut shutdown: watch::Receiver<bool>) {
         }
         tokio::time::sleep(DEBOUNCE).await;
         collect(&state);
+        crate::disruption::update_statuses(&state);
     }
 }
 

@@ -15,6 +15,7 @@ mod builtin;
 mod crd;
 mod delete;
 mod discovery;
+mod disruption;
 mod fields;
 mod gc;
 mod meta;

@@ -164,6 +164,7 @@ impl ApiServer {
             address: address.clone(),
             counts: Default::default(),
             ca_pem: cert.ca_pem.clone(),
+            eviction: Mutex::new(()),
         });
         bootstrap(&state, &config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);

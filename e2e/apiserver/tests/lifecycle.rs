@@ -9,8 +9,11 @@ use common::{api_error, eventually, namespace, start, start_with};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::json;
 
 fn cm(name: &str) -> ConfigMap {
@@ -345,4 +348,73 @@ async fn namespace_deletion_removes_its_content() {
     cms.create(&PostParams::default(), &cm("again"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn eviction_respects_disruption_budgets() {
+    let (server, client) = start_with(Config {
+        node_name: Some("local".into()),
+        ..Config::default()
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for name in ["db-1", "db-2", "db-3"] {
+        let mut p = pod(name);
+        p.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+    }
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "db"}}}
+    }))
+    .unwrap();
+    pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    let status = eventually("the budget's status", || async {
+        let s = pdbs.get("db").await.unwrap().status?;
+        (s.expected_pods == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        (
+            status.current_healthy,
+            status.desired_healthy,
+            status.disruptions_allowed
+        ),
+        (3, 2, 1)
+    );
+
+    // kube's default client retries 429 with backoff for minutes; a caller
+    // that wants the refusal at once disables that.
+    let mut config = server.client_config().await.unwrap();
+    config.default_retry = false;
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    pods.evict("db-1", &EvictParams::default()).await.unwrap();
+    let evicted = pods.get("db-1").await.unwrap();
+    assert!(
+        evicted.metadata.deletion_timestamp.is_some(),
+        "eviction deletes gracefully"
+    );
+    let refused = api_error(pods.evict("db-2", &EvictParams::default()).await);
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (429, "TooManyRequests")
+    );
+    assert!(
+        refused.message.contains("disruption budget"),
+        "{}",
+        refused.message
+    );
+    eventually("the budget to show no disruptions left", || async {
+        let s = pdbs.get("db").await.unwrap().status?;
+        (s.disruptions_allowed == 0 && s.current_healthy == 2).then_some(())
+    })
+    .await;
 }
