@@ -78,7 +78,9 @@ pub fn validate_name(builtin: Option<Builtin>, name: &str) -> Option<Cause> {
             is_dns1035_label(name),
             "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
         ),
-        Some(
+        // Custom resources (None) and RBAC objects only need path-segment names.
+        None
+        | Some(
             Builtin::Role
             | Builtin::RoleBinding
             | Builtin::ClusterRole
@@ -118,9 +120,68 @@ fn is_qualified_name(k: &str) -> bool {
         && is_label_value(name)
 }
 
-/// Label keys and values, and annotation keys.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+fn too_long(field: &str, max: usize) -> Cause {
+    Cause {
+        reason: "FieldValueTooLong".into(),
+        message: format!("Too long: must have at most {max} bytes"),
+        field: field.into(),
+    }
+}
+
+/// Secret and ConfigMap payloads are limited to 1 MiB.
+pub fn validate_data_size(obj: &Value) -> Option<Cause> {
+    let size: usize = ["data", "binaryData"]
+        .iter()
+        .filter_map(|f| obj.get(*f).and_then(Value::as_object))
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    (size > MAX_DATA_BYTES).then(|| too_long("data", MAX_DATA_BYTES))
+}
+
+/// Label keys and values, annotation keys and total size, owner references.
 pub fn validate_metadata(meta: &Value) -> Vec<Cause> {
     let mut causes = vec![];
+    let refs = meta
+        .get("ownerReferences")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (i, r) in refs.iter().enumerate() {
+        for field in ["apiVersion", "kind", "name", "uid"] {
+            if r[field].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!("Invalid value: \"\": {field} must not be empty"),
+                    field: format!("metadata.ownerReferences[{i}].{field}"),
+                });
+            }
+        }
+    }
+    if refs
+        .iter()
+        .filter(|r| r["controller"] == Value::Bool(true))
+        .count()
+        > 1
+    {
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            message: "Invalid value: only one reference can have Controller set to true".into(),
+            field: "metadata.ownerReferences".into(),
+        });
+    }
+    if let Some(annotations) = meta.get("annotations").and_then(Value::as_object) {
+        let size: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if size > MAX_ANNOTATIONS_BYTES {
+            causes.push(too_long("metadata.annotations", MAX_ANNOTATIONS_BYTES));
+        }
+    }
     if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
         for (k, v) in labels {
             if !is_qualified_name(k) {
@@ -165,6 +226,23 @@ mod tests {
         assert!(validate_name(Some(Builtin::Pod), "Db").is_some());
         assert!(validate_name(Some(Builtin::Service), "1db").is_some());
         assert!(validate_name(Some(Builtin::ClusterRole), "system:capstan").is_none());
+        assert!(validate_name(None, "Any_Name").is_none());
+        assert!(validate_name(None, "a/b").is_some());
+        let refs = json!({"ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "a", "uid": "", "controller": true},
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "b", "uid": "u", "controller": true}]});
+        let fields: Vec<String> = validate_metadata(&refs)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.ownerReferences[0].uid",
+                "metadata.ownerReferences"
+            ]
+        );
+        assert!(validate_data_size(&json!({"data": {"k": "x".repeat(2 << 20)}})).is_some());
         assert!(
             validate_metadata(&json!({"labels": {"capstan.dev/role": "primary", "a": ""}}))
                 .is_empty()

@@ -324,6 +324,9 @@ fn admit_inner(
         .into_iter()
         .collect();
     causes.extend(meta::validate_metadata(&obj["metadata"]));
+    if matches!(ctx.def.builtin, Some(Builtin::Secret | Builtin::ConfigMap)) {
+        causes.extend(meta::validate_data_size(&obj));
+    }
     if !causes.is_empty() {
         return Err(invalid(causes));
     }
