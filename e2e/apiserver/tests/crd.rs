@@ -441,3 +441,38 @@ async fn strict_field_validation_refuses_unknown_fields() {
         err.message
     );
 }
+
+#[tokio::test]
+async fn crds_load_from_manifest_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for crd in capstan::api::crd::all() {
+        let path = dir.path().join(capstan::api::crd::file_name(&crd));
+        std::fs::write(path, capstan::api::crd::to_yaml(&crd).unwrap()).unwrap();
+    }
+    std::fs::write(dir.path().join("README.md"), "not a manifest").unwrap();
+    let (_server, client) = start_with(Config {
+        crd_paths: vec![dir.path().to_path_buf()],
+        ..Config::default()
+    })
+    .await;
+    let typed: Api<PostgresCluster> = Api::namespaced(client.clone(), "default");
+    assert!(
+        typed
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    let bad = dir.path().join("broken.yaml");
+    std::fs::write(&bad, "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: x}\nspec: {}\n").unwrap();
+    let err = capstan_e2e_apiserver::ApiServer::start(Config {
+        crd_paths: vec![bad],
+        ..Config::default()
+    })
+    .await
+    .err()
+    .expect("an invalid CRD stops the start");
+    assert!(err.to_string().contains("CRD x was refused"), "{err}");
+}
