@@ -16,6 +16,7 @@ mod crd;
 mod delete;
 mod discovery;
 mod disruption;
+mod endpoints;
 mod fields;
 mod gc;
 mod meta;

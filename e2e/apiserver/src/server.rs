@@ -31,7 +31,7 @@ use crate::api::{self, ApiState, Method, Reply, Request, RequestCounts};
 use crate::builtin::IpAllocator;
 use crate::resources;
 use crate::store::Store;
-use crate::{gc, pki};
+use crate::{endpoints, gc, pki};
 
 const MAX_BODY: usize = 64 * 1024 * 1024;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -175,7 +175,8 @@ impl ApiServer {
                 state.clone(),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(gc::run(state.clone(), shutdown_rx)),
+            tokio::spawn(gc::run(state.clone(), shutdown_rx.clone())),
+            tokio::spawn(endpoints::run(state.clone(), shutdown_rx)),
         ];
         tracing::info!(%address, "emulated API server listening");
         Ok(ApiServer {

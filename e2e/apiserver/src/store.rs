@@ -7,15 +7,15 @@
 //! table events are in resourceVersion order and a reader holding the read
 //! lock sees every event up to the counter's current value.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use crate::resources::ResourceDef;
+use crate::resources::{Builtin, ResourceDef};
 
 /// `(namespace, name)`; namespace is "" for cluster-scoped objects.
 pub type ObjKey = (String, String);
@@ -63,6 +63,8 @@ pub struct Table {
     notify: watch::Sender<u64>,
     /// Set when the resource stops being served (its CRD was deleted).
     removed: AtomicBool,
+    /// Pods and Services: writes wake the endpoints controller.
+    feeds_endpoints: bool,
 }
 
 /// Why a commit did not happen.
@@ -120,7 +122,9 @@ pub fn key_of(object: &Value) -> ObjKey {
 
 impl Table {
     fn new(def: ResourceDef) -> Self {
+        let feeds_endpoints = matches!(def.builtin, Some(Builtin::Pod | Builtin::Service));
         Table {
+            feeds_endpoints,
             def: RwLock::new(Arc::new(def)),
             inner: RwLock::new(TableInner::default()),
             notify: watch::channel(0).0,
@@ -244,6 +248,14 @@ impl Table {
         if collect {
             store.changed.notify_one();
         }
+        if self.feeds_endpoints {
+            store
+                .dirty_namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.0.clone());
+            store.workloads_changed.notify_one();
+        }
         Ok(stored)
     }
 
@@ -283,6 +295,10 @@ pub struct Store {
     history_limit: usize,
     /// Poked on removals and deletions; the garbage collector waits on it.
     pub changed: Notify,
+    /// Poked on pod and Service writes; the endpoints controller waits on it.
+    pub workloads_changed: Notify,
+    /// Namespaces with pod or Service writes not yet reconciled.
+    dirty_namespaces: Mutex<BTreeSet<String>>,
 }
 
 impl Store {
@@ -292,7 +308,18 @@ impl Store {
             tables: RwLock::new(HashMap::new()),
             history_limit: history_limit.max(1),
             changed: Notify::new(),
+            workloads_changed: Notify::new(),
+            dirty_namespaces: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    pub fn take_dirty_namespaces(&self) -> BTreeSet<String> {
+        std::mem::take(
+            &mut *self
+                .dirty_namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     pub fn current_rv(&self) -> u64 {

@@ -360,17 +360,10 @@ fn populate_namespace(state: &ApiState, namespace: &str) {
         let Some(table) = state.store.table("", plural) else {
             continue;
         };
-        let meta = meta_mut(&mut obj);
-        meta.insert("namespace".into(), json!(namespace));
-        meta.insert("uid".into(), json!(meta::new_uid()));
-        meta.insert("creationTimestamp".into(), json!(meta::now()));
-        let key = (
-            namespace.to_string(),
-            meta_str(&obj, "name").unwrap_or("").to_string(),
-        );
+        meta_mut(&mut obj).insert("namespace".into(), json!(namespace));
         // Already there (a namespace re-created while the old one's
         // objects were still being deleted) is fine.
-        let _ = table.commit(&state.store, &key, Expect::Absent, Write::Store(obj));
+        system_create(state, &table, obj);
     }
 }
 
@@ -741,6 +734,18 @@ fn spec_of(obj: &Value) -> Value {
         map.remove("status");
     }
     copy
+}
+
+/// Creates an object on behalf of a controller (no admission); false if
+/// it already exists.
+pub fn system_create(state: &ApiState, table: &Arc<Table>, mut obj: Value) -> bool {
+    let meta = meta_mut(&mut obj);
+    meta.insert("uid".into(), json!(meta::new_uid()));
+    meta.insert("creationTimestamp".into(), json!(meta::now()));
+    let key = crate::store::key_of(&obj);
+    table
+        .commit(&state.store, &key, Expect::Absent, Write::Store(obj))
+        .is_ok()
 }
 
 /// A system write (garbage collector, deletion): applies `change` to the

@@ -8,7 +8,8 @@ use capstan_e2e_apiserver::Config;
 use common::{api_error, eventually, namespace, start, start_with};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use kube::api::{
@@ -415,6 +416,118 @@ async fn eviction_respects_disruption_budgets() {
     eventually("the budget to show no disruptions left", || async {
         let s = pdbs.get("db").await.unwrap().status?;
         (s.disruptions_allowed == 0 && s.current_healthy == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn endpoints_follow_ready_pods_behind_services() {
+    let (_server, client) = start_with(Config {
+        node_name: Some("local".into()),
+        ..Config::default()
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "db-rw"},
+        "spec": {"selector": {"role": "primary"}, "ports": [{"name": "pg", "port": 5432, "targetPort": "postgres"}]}
+    }))
+    .unwrap();
+    services.create(&PostParams::default(), &svc).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (name, role, ip) in [
+        ("db-1", "primary", "127.0.10.1"),
+        ("db-2", "replica", "127.0.10.2"),
+    ] {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"role": role}},
+            "spec": {"containers": [{"name": "pg", "image": "postgres:17", "ports": [{"name": "postgres", "containerPort": 5432}]}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+    }
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let ready_ips = |ep: &Endpoints| -> Vec<String> {
+        ep.subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .map(|a| a.ip.clone())
+            .collect()
+    };
+    let ep = eventually("db-rw to point at db-1", || async {
+        let ep = endpoints.get_opt("db-rw").await.unwrap()?;
+        (ready_ips(&ep) == ["127.0.10.1"]).then_some(ep)
+    })
+    .await;
+    let subsets = ep.subsets.unwrap();
+    let port = &subsets[0].ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("pg"), 5432));
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = eventually("an EndpointSlice for db-rw", || async {
+        let list = slices
+            .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=db-rw"))
+            .await
+            .unwrap();
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(slice.endpoints[0].addresses, ["127.0.10.1"]);
+    assert_eq!(
+        slice.endpoints[0].conditions.as_ref().unwrap().ready,
+        Some(true)
+    );
+
+    // Switchover: the labels move, and so do the endpoints.
+    let role = |r: &str| Patch::Merge(json!({"metadata": {"labels": {"role": r}}}));
+    pods.patch("db-1", &PatchParams::default(), &role("replica"))
+        .await
+        .unwrap();
+    pods.patch("db-2", &PatchParams::default(), &role("primary"))
+        .await
+        .unwrap();
+    eventually("db-rw to point at db-2", || async {
+        let ep = endpoints.get("db-rw").await.unwrap();
+        (ready_ips(&ep) == ["127.0.10.2"]).then_some(())
+    })
+    .await;
+    // Not ready: listed as notReadyAddresses.
+    pods.patch_status(
+        "db-2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+    )
+    .await
+    .unwrap();
+    eventually("db-2 to be not ready", || async {
+        let ep = endpoints.get("db-rw").await.unwrap();
+        let not_ready: Vec<String> = ep
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.not_ready_addresses.iter().flatten())
+            .map(|a| a.ip.clone())
+            .collect();
+        (ready_ips(&ep).is_empty() && not_ready == ["127.0.10.2"]).then_some(())
+    })
+    .await;
+
+    services
+        .delete("db-rw", &DeleteParams::default())
+        .await
+        .unwrap();
+    gone(&endpoints, "db-rw").await;
+    eventually("the slices to go", || async {
+        let list = slices.list(&Default::default()).await.unwrap();
+        list.items.is_empty().then_some(())
     })
     .await;
 }
