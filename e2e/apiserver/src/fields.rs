@@ -342,28 +342,40 @@ pub fn remove(value: &mut Value, path: &[PathElement]) {
 pub fn to_fields_v1(set: &FieldSet) -> Value {
     let mut root = Map::new();
     for path in set {
-        let mut node = &mut root;
-        for el in path {
-            node = node
-                .entry(el.encode())
-                .or_insert_with(|| Value::Object(Map::new()))
-                .as_object_mut()
-                .expect("inserted as object");
-        }
+        insert_path(&mut root, path);
     }
-    for path in set {
-        let mut node = &mut root;
-        for el in path {
-            node = node
-                .get_mut(&el.encode())
-                .and_then(Value::as_object_mut)
-                .expect("built above");
-        }
-        if !node.is_empty() {
-            node.insert(".".into(), Value::Object(Map::new()));
-        }
-    }
+    mark_owned(&mut root, &mut vec![], set);
     Value::Object(root)
+}
+
+fn insert_path(node: &mut Map<String, Value>, path: &[PathElement]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if let Value::Object(child) = node
+        .entry(first.encode())
+        .or_insert_with(|| Value::Object(Map::new()))
+    {
+        insert_path(child, rest);
+    }
+}
+
+/// A node that is owned itself and also has owned children gets a "."
+/// entry (an associative list element and its fields, for instance).
+fn mark_owned(node: &mut Map<String, Value>, prefix: &mut Path, set: &FieldSet) {
+    for (key, child) in node.iter_mut() {
+        let (Some(el), Value::Object(children)) = (PathElement::decode(key), child) else {
+            continue;
+        };
+        prefix.push(el);
+        if !children.is_empty() {
+            mark_owned(children, prefix, set);
+            if set.contains(prefix) {
+                children.insert(".".into(), Value::Object(Map::new()));
+            }
+        }
+        prefix.pop();
+    }
 }
 
 /// Parses `fieldsV1` back into a field set.
