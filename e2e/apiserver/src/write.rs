@@ -557,12 +557,24 @@ fn modify(ctx: &Ctx<'_>, req: &Request, name: &str, change: Change<'_>) -> Resul
                     .map_err(|c| ApiError::apply_conflicts(ctx.def.subject(name), c))?;
             }
         }
-        // A resourceVersion in the request is a precondition.
-        let precondition = meta_str(&candidate, "resourceVersion")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        if let Some(rv) = &precondition
-            && rv.parse::<u64>().ok() != Some(current_rv)
+        // A resourceVersion in the request is a precondition: it must match
+        // now, and a concurrent write is a conflict instead of a retry. (A
+        // JSON patch asserts one by leaving a different one in the result.)
+        let precondition = match change {
+            Change::Replace(body) | Change::MergePatch(body) | Change::StrategicPatch(body) => {
+                meta_str(body, "resourceVersion")
+            }
+            Change::Apply { config, .. } => meta_str(config, "resourceVersion"),
+            Change::JsonPatch(_) => None,
+        }
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+        let result_rv = meta_str(&candidate, "resourceVersion").filter(|s| !s.is_empty());
+        if precondition
+            .iter()
+            .map(String::as_str)
+            .chain(result_rv)
+            .any(|rv| rv.parse::<u64>().ok() != Some(current_rv))
         {
             return Err(ApiError::stale(ctx.def.subject(name)));
         }

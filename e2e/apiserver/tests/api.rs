@@ -567,3 +567,30 @@ async fn unauthenticated_requests_are_refused() {
     let err = api_error(cms.list(&ListParams::default()).await);
     assert_eq!(err.code, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_object_all_land() {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("hot", json!({}), json!({})))
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let cms = cms.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let patch = Patch::Merge(json!({"data": {format!("w{w}-{i}"): "x"}}));
+                    cms.patch("hot", &PatchParams::default(), &patch)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let hot = cms.get("hot").await.unwrap();
+    assert_eq!(hot.data.unwrap().len(), 200, "no write was lost");
+}
