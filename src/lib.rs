@@ -2,8 +2,8 @@
 
 pub mod api;
 pub mod contract;
-pub mod operator;
 pub mod instance;
+pub mod operator;
 pub mod pooler;
 pub mod postgres;
 pub mod render;

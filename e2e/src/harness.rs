@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use capstan_e2e_apiserver::{ApiServer, Config as ApiConfig};
-use capstan_e2e_kubelet::{ApiServerAccess, Cidr, ImageTable, Kubelet, KubeletConfig, RuntimeHandle};
+use capstan_e2e_kubelet::{
+    ApiServerAccess, Cidr, ImageTable, Kubelet, KubeletConfig, RuntimeHandle,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -49,7 +51,8 @@ pub fn capstan_binary() -> Result<PathBuf, E2eError> {
     if let Some(path) = std::env::var_os("CAPSTAN_BIN") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| E2eError::Setup(format!("cannot locate the test binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| E2eError::Setup(format!("cannot locate the test binary: {e}")))?;
     // target/<profile>/deps/<test> → target/<profile>/capstan
     let candidate = exe
         .parent()
@@ -108,11 +111,20 @@ impl Harness {
         let state = tempfile::Builder::new()
             .prefix("capstan-e2e-")
             .tempdir()
-            .map_err(|e| E2eError::Setup(format!("cannot create the harness state directory: {e}")))?;
-        let cidr = |(addr, prefix): (Ipv4Addr, u8)| Cidr::new(addr, prefix).map_err(|e| E2eError::Setup(e.to_string()));
+            .map_err(|e| {
+                E2eError::Setup(format!("cannot create the harness state directory: {e}"))
+            })?;
+        let cidr = |(addr, prefix): (Ipv4Addr, u8)| {
+            Cidr::new(addr, prefix).map_err(|e| E2eError::Setup(e.to_string()))
+        };
         let pod_cidr = cidr(options.pod_cidr)?;
         let service_cidr = cidr(options.service_cidr)?;
-        let mut kubelet_config = KubeletConfig::new(state.path().join("kubelet"), pod_cidr, service_cidr, images(&capstan));
+        let mut kubelet_config = KubeletConfig::new(
+            state.path().join("kubelet"),
+            pod_cidr,
+            service_cidr,
+            images(&capstan),
+        );
         kubelet_config.simulated = options.simulated;
 
         let crds = capstan::api::crd::all();
@@ -128,7 +140,10 @@ impl Harness {
         apiserver
             .write_kubeconfig(&kubeconfig)
             .map_err(|e| E2eError::Setup(format!("cannot write the kubeconfig: {e}")))?;
-        let client = apiserver.client().await.map_err(|e| E2eError::Setup(format!("client: {e}")))?;
+        let client = apiserver
+            .client()
+            .await
+            .map_err(|e| E2eError::Setup(format!("client: {e}")))?;
 
         kubelet_config.api_server = Some(ApiServerAccess {
             host: apiserver.addr().ip(),
@@ -181,9 +196,15 @@ impl Harness {
             return Ok(());
         }
         self.operator_starts += 1;
-        let log = self.state.path().join(format!("operator-{}.log", self.operator_starts));
-        let file = std::fs::File::create(&log).map_err(|e| E2eError::Setup(format!("{}: {e}", log.display())))?;
-        let err = file.try_clone().map_err(|e| E2eError::Setup(e.to_string()))?;
+        let log = self
+            .state
+            .path()
+            .join(format!("operator-{}.log", self.operator_starts));
+        let file = std::fs::File::create(&log)
+            .map_err(|e| E2eError::Setup(format!("{}: {e}", log.display())))?;
+        let err = file
+            .try_clone()
+            .map_err(|e| E2eError::Setup(e.to_string()))?;
         let child = Command::new(&self.capstan)
             .arg("operator")
             .env("KUBECONFIG", &self.kubeconfig)
@@ -191,12 +212,17 @@ impl Harness {
             .env("CAPSTAN_PROBE_ADDR", "127.0.0.1:0")
             .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
             .env("POD_NAME", format!("operator-{}", self.operator_starts))
-            .env("RUST_LOG", std::env::var("CAPSTAN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CAPSTAN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
             .spawn()
-            .map_err(|e| E2eError::Setup(format!("cannot start {}: {e}", self.capstan.display())))?;
+            .map_err(|e| {
+                E2eError::Setup(format!("cannot start {}: {e}", self.capstan.display()))
+            })?;
         self.operator = Some(OperatorProcess { child });
         Ok(())
     }
@@ -214,7 +240,10 @@ impl Harness {
     /// The operator's log so far (all runs), for failure messages.
     pub fn operator_logs(&self) -> String {
         (1..=self.operator_starts)
-            .map(|n| std::fs::read_to_string(self.state.path().join(format!("operator-{n}.log"))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(self.state.path().join(format!("operator-{n}.log")))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n--- operator restarted ---\n")
     }
@@ -253,7 +282,12 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), E2eErro
 }
 
 /// Waits up to `timeout` for `check` to return `Some`, polling every `every`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> Result<T, E2eError>
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T, E2eError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

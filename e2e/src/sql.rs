@@ -29,13 +29,17 @@ pub async fn connect(login: &Login<'_>) -> Result<Client, E2eError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(login.ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| E2eError::Sql(format!("bad CA certificate: {e}")))?;
-        roots.add(cert).map_err(|e| E2eError::Sql(format!("bad CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| E2eError::Sql(format!("bad CA certificate: {e}")))?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| E2eError::Sql(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| E2eError::Sql(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let mut config = tokio_postgres::Config::new();
     config
         .host(login.host)
@@ -49,7 +53,12 @@ pub async fn connect(login: &Login<'_>) -> Result<Client, E2eError> {
     let (client, connection) = config
         .connect(MakeRustlsConnect::new(tls))
         .await
-        .map_err(|e| E2eError::Sql(format!("connect to {} ({}) as {}: {e}", login.host, login.addr, login.user)))?;
+        .map_err(|e| {
+            E2eError::Sql(format!(
+                "connect to {} ({}) as {}: {e}",
+                login.host, login.addr, login.user
+            ))
+        })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -36,15 +36,21 @@ impl Target {
             Some(path) => {
                 let kubeconfig = Kubeconfig::read_from(PathBuf::from(&path))
                     .map_err(|e| E2eError::Setup(format!("CAPSTAN_E2E_KUBECONFIG: {e}")))?;
-                let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| E2eError::Setup(format!("CAPSTAN_E2E_KUBECONFIG: {e}")))?;
-                let client = Client::try_from(config).map_err(|e| E2eError::Setup(e.to_string()))?;
+                let config =
+                    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                        .await
+                        .map_err(|e| E2eError::Setup(format!("CAPSTAN_E2E_KUBECONFIG: {e}")))?;
+                let client =
+                    Client::try_from(config).map_err(|e| E2eError::Setup(e.to_string()))?;
                 Ok(Target::Remote(Remote {
                     client,
-                    operator_namespace: std::env::var("CAPSTAN_E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "capstan-system".into()),
+                    operator_namespace: std::env::var("CAPSTAN_E2E_OPERATOR_NAMESPACE")
+                        .unwrap_or_else(|_| "capstan-system".into()),
                     operator_selector: std::env::var("CAPSTAN_E2E_OPERATOR_SELECTOR")
-                        .unwrap_or_else(|_| "app.kubernetes.io/name=capstan,app.kubernetes.io/component=operator".into()),
+                        .unwrap_or_else(|_| {
+                            "app.kubernetes.io/name=capstan,app.kubernetes.io/component=operator"
+                                .into()
+                        }),
                 }))
             }
             None => {
@@ -70,11 +76,16 @@ impl Target {
     }
 
     /// An address on this machine that reaches `<service>.<namespace>.svc:<port>`.
-    pub async fn service_addr(&self, namespace: &str, service: &str, port: u16) -> Result<SocketAddr, E2eError> {
+    pub async fn service_addr(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: u16,
+    ) -> Result<SocketAddr, E2eError> {
         match self {
-            Target::Local(h) => h
-                .service_addr(namespace, service, port)
-                .ok_or_else(|| E2eError::Check(format!("Service {namespace}/{service} has no address"))),
+            Target::Local(h) => h.service_addr(namespace, service, port).ok_or_else(|| {
+                E2eError::Check(format!("Service {namespace}/{service} has no address"))
+            }),
             Target::Remote(r) => r.forward(namespace, service, port).await,
         }
     }
@@ -117,7 +128,9 @@ impl Target {
     pub fn operator_logs(&self) -> String {
         match self {
             Target::Local(h) => h.operator_logs(),
-            Target::Remote(_) => "(operator logs: kubectl logs -n capstan-system deploy/capstan-operator)".into(),
+            Target::Remote(_) => {
+                "(operator logs: kubectl logs -n capstan-system deploy/capstan-operator)".into()
+            }
         }
     }
 }
@@ -125,7 +138,12 @@ impl Target {
 impl Remote {
     /// Forwards a local port to a ready pod behind the Service, one
     /// port-forward stream per accepted connection.
-    async fn forward(&self, namespace: &str, service: &str, port: u16) -> Result<SocketAddr, E2eError> {
+    async fn forward(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: u16,
+    ) -> Result<SocketAddr, E2eError> {
         let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
         let svc = services
             .get(service)
@@ -134,24 +152,42 @@ impl Remote {
         let selector = svc
             .spec
             .and_then(|s| s.selector)
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .ok_or_else(|| E2eError::Check(format!("Service {service} has no selector")))?;
         let target_port = port;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| E2eError::Setup(format!("cannot listen for a port-forward: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| E2eError::Setup(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| E2eError::Setup(e.to_string()))?;
         let pods: Arc<Api<Pod>> = Arc::new(Api::namespaced(self.client.clone(), namespace));
         tokio::spawn(async move {
             while let Ok((mut local, _)) = listener.accept().await {
                 let pods = pods.clone();
                 let selector = selector.clone();
                 tokio::spawn(async move {
-                    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else { return };
-                    let ready = list.items.into_iter().find(capstan::operator::cluster::plan::is_ready);
-                    let Some(name) = ready.and_then(|p| p.metadata.name) else { return };
-                    let Ok(mut forwarder) = pods.portforward(&name, &[target_port]).await else { return };
-                    let Some(mut upstream) = forwarder.take_stream(target_port) else { return };
+                    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
+                        return;
+                    };
+                    let ready = list
+                        .items
+                        .into_iter()
+                        .find(capstan::operator::cluster::plan::is_ready);
+                    let Some(name) = ready.and_then(|p| p.metadata.name) else {
+                        return;
+                    };
+                    let Ok(mut forwarder) = pods.portforward(&name, &[target_port]).await else {
+                        return;
+                    };
+                    let Some(mut upstream) = forwarder.take_stream(target_port) else {
+                        return;
+                    };
                     let _ = tokio::io::copy_bidirectional(&mut local, &mut upstream).await;
                 });
             }

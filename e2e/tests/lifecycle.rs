@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use capstan_e2e::E2eError;
 use capstan_e2e::cluster::{self, example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::sql::{self, Login};
 use capstan_e2e::target::Target;
-use capstan_e2e::E2eError;
 
 /// Bound on creation: three instances (initdb, two clones) and two poolers.
 const READY_WITHIN: Duration = Duration::from_secs(240);
@@ -27,20 +27,29 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let started = Instant::now();
     cluster::apply(&client, &cluster).await?;
     let ready = cluster::wait_ready(&client, ns, &name, READY_WITHIN).await?;
-    eprintln!("cluster Ready after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "cluster Ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let status = ready.status.clone().unwrap_or_default();
     assert_eq!(status.ready_instances, 3);
-    assert_eq!(status.current_primary.as_deref(), Some(format!("{name}-1").as_str()));
+    assert_eq!(
+        status.current_primary.as_deref(),
+        Some(format!("{name}-1").as_str())
+    );
     assert_eq!(status.proxy.as_ref().map(|p| p.ready_replicas), Some(2));
 
     let ca = cluster::secret_value(&client, ns, &format!("{name}-ca"), "ca.crt").await?;
     let app_user = cluster::secret_value(&client, ns, &format!("{name}-app"), "username").await?;
-    let app_password = cluster::secret_value(&client, ns, &format!("{name}-app"), "password").await?;
+    let app_password =
+        cluster::secret_value(&client, ns, &format!("{name}-app"), "password").await?;
     let dbname = cluster::secret_value(&client, ns, &format!("{name}-app"), "dbname").await?;
 
     // Write through the pooler, as applications do.
     let pooler_host = format!("{name}-pooler.{ns}.svc");
-    let pooler = target.service_addr(ns, &format!("{name}-pooler"), 5432).await?;
+    let pooler = target
+        .service_addr(ns, &format!("{name}-pooler"), 5432)
+        .await?;
     let writer = sql::connect(&Login {
         host: &pooler_host,
         addr: pooler,
@@ -55,7 +64,10 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         .await
         .map_err(|e| E2eError::Sql(format!("write through the pooler: {e}")))?;
     let tls: bool = writer
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .map_err(|e| E2eError::Sql(e.to_string()))?
         .get(0);
@@ -64,22 +76,51 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     // Read them back from the replicas.
     let ro_host = format!("{name}-ro.{ns}.svc");
     let ro = target.service_addr(ns, &format!("{name}-ro"), 5432).await?;
-    let count = wait_for("rows on a replica", Duration::from_secs(30), Duration::from_millis(300), || async {
-        let reader = sql::connect(&Login { host: &ro_host, addr: ro, dbname: &dbname, user: &app_user, password: &app_password, ca_pem: &ca })
+    let count = wait_for(
+        "rows on a replica",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || async {
+            let reader = sql::connect(&Login {
+                host: &ro_host,
+                addr: ro,
+                dbname: &dbname,
+                user: &app_user,
+                password: &app_password,
+                ca_pem: &ca,
+            })
             .await
             .ok()?;
-        let in_recovery: bool = reader.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?.get(0);
-        let n: i64 = reader.query_one("SELECT count(*) FROM e2e_rows", &[]).await.ok()?.get(0);
-        (in_recovery && n == 1000).then_some(n)
-    })
+            let in_recovery: bool = reader
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .ok()?
+                .get(0);
+            let n: i64 = reader
+                .query_one("SELECT count(*) FROM e2e_rows", &[])
+                .await
+                .ok()?
+                .get(0);
+            (in_recovery && n == 1000).then_some(n)
+        },
+    )
     .await?;
     assert_eq!(count, 1000);
 
     // Every replica streams from the primary.
-    let superuser = cluster::secret_value(&client, ns, &format!("{name}-superuser"), "password").await?;
+    let superuser =
+        cluster::secret_value(&client, ns, &format!("{name}-superuser"), "password").await?;
     let rw_host = format!("{name}-rw.{ns}.svc");
     let rw = target.service_addr(ns, &format!("{name}-rw"), 5432).await?;
-    let admin = sql::connect(&Login { host: &rw_host, addr: rw, dbname: "postgres", user: "postgres", password: &superuser, ca_pem: &ca }).await?;
+    let admin = sql::connect(&Login {
+        host: &rw_host,
+        addr: rw,
+        dbname: "postgres",
+        user: "postgres",
+        password: &superuser,
+        ca_pem: &ca,
+    })
+    .await?;
     let streaming: Vec<String> = wait_for("both replicas streaming", Duration::from_secs(30), Duration::from_millis(300), || async {
         let rows = admin
             .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", &[])
@@ -94,12 +135,24 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     // Delete: every child goes; the volumes stay (whenDeleted: Retain).
     cluster::delete(&client, ns, &name).await?;
     let volumes_before = cluster::volumes(&client, ns, &name).await?;
-    wait_for("every child object gone", Duration::from_secs(120), Duration::from_millis(500), || async {
-        cluster::children(&client, ns, &name).await.ok().filter(|c| c.is_empty())
-    })
+    wait_for(
+        "every child object gone",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            cluster::children(&client, ns, &name)
+                .await
+                .ok()
+                .filter(|c| c.is_empty())
+        },
+    )
     .await?;
     let volumes_after = cluster::volumes(&client, ns, &name).await?;
-    assert_eq!(volumes_after.len(), 6, "3 data + 3 WAL volumes kept: {volumes_after:?}");
+    assert_eq!(
+        volumes_after.len(),
+        6,
+        "3 data + 3 WAL volumes kept: {volumes_after:?}"
+    );
     assert_eq!(volumes_before, volumes_after);
     cluster::delete_volumes(&client, ns, &name).await?;
     Ok(())
@@ -111,7 +164,10 @@ async fn create_use_and_delete_a_cluster() {
     let ns = format!("e2e-lifecycle-{}", std::process::id());
     let result = scenario(&mut target, &ns).await;
     if let Err(e) = result {
-        panic!("{e}\n--- operator log ---\n{}", tail(&target.operator_logs(), 80));
+        panic!(
+            "{e}\n--- operator log ---\n{}",
+            tail(&target.operator_logs(), 80)
+        );
     }
 }
 

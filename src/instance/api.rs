@@ -250,7 +250,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ApiServeError::Bind { addr, source })?;
-    let files = shared.inputs.server_tls();
+    let files = shared.inputs.agent_tls();
     let (mut acceptor, mut stamp) = loop {
         let stamp = files.stamp();
         match tls::api_server(&files) {

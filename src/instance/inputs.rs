@@ -127,6 +127,12 @@ impl Inputs {
         TlsFiles::new(self.tls_dir.join(mounts::SERVER_TLS))
     }
 
+    /// Certificate of the HTTPS API; its `ca.crt` signs the operator's client
+    /// certificate.
+    pub fn agent_tls(&self) -> TlsFiles {
+        TlsFiles::new(self.tls_dir.join(mounts::AGENT_TLS))
+    }
+
     pub fn replication_tls(&self) -> TlsFiles {
         TlsFiles::new(self.tls_dir.join(mounts::REPLICATION_TLS))
     }

@@ -252,12 +252,7 @@ fn postgres_container(model: &Model) -> Container {
     if model.spec.wal_storage.is_some() {
         mounts.push(mount("wal", layout::WAL_MOUNT, false));
     }
-    let mut environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
-    environment.push(EnvVar {
-        name: "PGDATA".into(),
-        value: Some(layout::PGDATA.into()),
-        value_from: None,
-    });
+    let environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
     Container {
         name: "postgres".into(),
         image: Some(model.images.postgres.clone()),

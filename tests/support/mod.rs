@@ -251,7 +251,12 @@ impl Instance {
             );
         }
         let pki = &instance.pki;
-        for (dir, (cert, key)) in [("server", &pki.server), ("replication", &pki.replication)] {
+        // The API serves the agent certificate; here the server one doubles as it.
+        for (dir, (cert, key)) in [
+            ("server", &pki.server),
+            ("replication", &pki.replication),
+            ("agent", &pki.server),
+        ] {
             let dir = root.join("tls").join(dir);
             write_file(&dir.join("tls.crt"), cert.as_bytes(), 0o644);
             write_file(&dir.join("tls.key"), key.as_bytes(), 0o600);
