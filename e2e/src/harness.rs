@@ -126,6 +126,8 @@ impl Harness {
             images(&capstan),
         );
         kubelet_config.simulated = options.simulated;
+        // The emulated API server keeps Endpoints itself; two writers would fight.
+        kubelet_config.controllers.endpoints = false;
 
         let crds = capstan::api::crd::all();
         let apiserver = ApiServer::start(ApiConfig {
@@ -246,6 +248,53 @@ impl Harness {
             })
             .collect::<Vec<_>>()
             .join("\n--- operator restarted ---\n")
+    }
+
+    /// Every pod of `namespace` with its status and the end of each
+    /// container's log, for failure messages.
+    pub async fn diagnostics(&self, namespace: &str) -> String {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let Ok(list) = pods.list(&Default::default()).await else {
+            return "(cannot list pods)".into();
+        };
+        let mut out = String::new();
+        for pod in list.items {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "== pod {name}: phase {:?}, ready {ready}, ip {:?}\n",
+                status.phase, status.pod_ip
+            ));
+            let spec = pod.spec.clone().unwrap_or_default();
+            let containers = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(spec.containers.iter());
+            for c in containers {
+                let log = self
+                    .runtime()
+                    .logs(namespace, &name, &c.name, false)
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                out.push_str(&format!(
+                    "-- {name}/{} ({} lines), last 40:\n",
+                    c.name,
+                    lines.len()
+                ));
+                out.push_str(&lines[lines.len().saturating_sub(40)..].join("\n"));
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Directory kept by the kubelet for pod logs and volumes.

@@ -124,6 +124,16 @@ impl Target {
         }
     }
 
+    /// Pods, statuses and logs of `namespace` (local harness only).
+    pub async fn diagnostics(&self, namespace: &str) -> String {
+        match self {
+            Target::Local(h) => h.diagnostics(namespace).await,
+            Target::Remote(_) => {
+                format!("(kubectl -n {namespace} get pods; kubectl -n {namespace} logs <pod>)")
+            }
+        }
+    }
+
     /// The operator's logs, when the harness has them (for failure messages).
     pub fn operator_logs(&self) -> String {
         match self {
@@ -194,4 +204,14 @@ impl Remote {
         });
         Ok(addr)
     }
+}
+
+/// Fails the test with `error`, the pods of `namespace` (statuses and log
+/// ends) and the end of the operator's log.
+pub async fn fail(target: &Target, namespace: &str, error: crate::E2eError) -> ! {
+    let pods = target.diagnostics(namespace).await;
+    let log = target.operator_logs();
+    let lines: Vec<&str> = log.lines().collect();
+    let operator = lines[lines.len().saturating_sub(60)..].join("\n");
+    panic!("{error}\n--- pods ---\n{pods}\n--- operator log (end) ---\n{operator}");
 }

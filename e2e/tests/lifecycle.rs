@@ -11,10 +11,10 @@ use capstan_e2e::E2eError;
 use capstan_e2e::cluster::{self, example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::sql::{self, Login};
-use capstan_e2e::target::Target;
+use capstan_e2e::target::{Target, fail};
 
 /// Bound on creation: three instances (initdb, two clones) and two poolers.
-const READY_WITHIN: Duration = Duration::from_secs(240);
+const READY_WITHIN: Duration = Duration::from_secs(90);
 
 async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let client = target.client();
@@ -162,16 +162,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 async fn create_use_and_delete_a_cluster() {
     let mut target = Target::from_env().await.expect("e2e target");
     let ns = format!("e2e-lifecycle-{}", std::process::id());
-    let result = scenario(&mut target, &ns).await;
-    if let Err(e) = result {
-        panic!(
-            "{e}\n--- operator log ---\n{}",
-            tail(&target.operator_logs(), 80)
-        );
+    if let Err(e) = scenario(&mut target, &ns).await {
+        fail(&target, &ns, e).await;
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

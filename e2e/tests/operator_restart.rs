@@ -8,7 +8,7 @@ use capstan_e2e::E2eError;
 use capstan_e2e::cluster::{self, example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::sql::{self, Login};
-use capstan_e2e::target::Target;
+use capstan_e2e::target::{Target, fail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -89,11 +89,6 @@ async fn cluster_converges_after_the_operator_is_killed_mid_creation() {
     let mut target = Target::from_env().await.expect("e2e target");
     let ns = format!("e2e-restart-{}", std::process::id());
     if let Err(e) = scenario(&mut target, &ns).await {
-        let log = target.operator_logs();
-        let lines: Vec<&str> = log.lines().collect();
-        panic!(
-            "{e}\n--- operator log ---\n{}",
-            lines[lines.len().saturating_sub(80)..].join("\n")
-        );
+        fail(&target, &ns, e).await;
     }
 }

