@@ -78,6 +78,45 @@ pub struct InstanceReport {
     /// Times the manager restarted postgres after it exited unexpectedly.
     #[serde(default)]
     pub postgres_restarts: u32,
+    /// The primary Lease, when fencing is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseReport>,
+    /// Primary: its standbys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbyReport>,
+}
+
+/// The primary Lease as this instance sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseReport {
+    /// `holderIdentity` last read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// This instance holds the lease and renewed it within the fence bound.
+    pub held: bool,
+    /// Milliseconds since this instance's last successful renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_ms_ago: Option<u64>,
+    /// PostgreSQL was stopped because the lease could not be renewed (or was
+    /// taken over); it accepts no writes until the lease is held again.
+    pub fenced: bool,
+}
+
+/// One standby as the primary sees it (`pg_stat_replication`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyReport {
+    /// `application_name` (the standby's pod name).
+    pub name: String,
+    /// `state`: streaming, catchup, …
+    pub state: String,
+    /// `sync_state`: async, potential, sync, quorum.
+    pub sync_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<String>,
 }
 
 /// `POST /promote` body.

@@ -39,6 +39,56 @@ pub struct InstanceSettings {
     /// Whether `pg_wal` lives on its own volume ([`super::layout::WAL_DIR`]).
     #[serde(default)]
     pub separate_wal: bool,
+    /// The primary's Lease and self-fencing; `None`: no lease is held (tests
+    /// that do not exercise fencing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<FencingSettings>,
+    /// Synchronous replication among the instances.
+    #[serde(default)]
+    pub synchronous: SynchronousSettings,
+}
+
+/// The primary holds a `coordination.k8s.io/v1` Lease and renews it; when it
+/// cannot renew for `fence_after_ms` it stops accepting writes. The operator
+/// promotes another instance only after it has seen no renewal for
+/// `lease_duration_ms`, so with `fence_after_ms` + the time fencing takes <
+/// `lease_duration_ms` two writable primaries never coexist (see
+/// `operator::failover` for the arithmetic).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FencingSettings {
+    /// Lease name (`<cluster>-primary`), in the pod's namespace.
+    pub lease_name: String,
+    /// `leaseDurationSeconds` written into the Lease, in milliseconds.
+    pub lease_duration_ms: u64,
+    /// How often the primary renews.
+    pub renew_interval_ms: u64,
+    /// Fence when no renewal succeeded for this long (measured from the start
+    /// of the last successful renewal request, on the monotonic clock).
+    pub fence_after_ms: u64,
+}
+
+/// `synchronous_standby_names` the primary keeps, over the other instances
+/// (their `application_name` is their pod name).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SynchronousSettings {
+    pub mode: SynchronousMode,
+    /// How many standbys must confirm a commit (1 ≤ number ≤ replicas).
+    #[serde(default)]
+    pub number: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SynchronousMode {
+    /// Asynchronous replication.
+    #[default]
+    Off,
+    /// `ANY n (…)`: a commit waits for any n standbys.
+    Quorum,
+    /// `FIRST n (…)`: a commit waits for the first n standbys in instance order.
+    Priority,
 }
 
 fn default_postgres_port() -> u16 {

@@ -128,6 +128,8 @@ pub fn empty_report(name: &str) -> InstanceReport {
         postgres_uptime_seconds: None,
         last_error: None,
         postgres_restarts: 0,
+        lease: None,
+        standbys: vec![],
     }
 }
 

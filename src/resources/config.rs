@@ -30,6 +30,8 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
         primary_port: layout::POSTGRES_PORT,
         instances: instances.to_vec(),
         separate_wal: spec.wal_storage.is_some(),
+        fencing: None,
+        synchronous: Default::default(),
     }
 }
 

@@ -191,6 +191,8 @@ pub fn settings(version: i32, primary_port: u16, instances: &[&str]) -> Instance
         primary_port,
         instances: instances.iter().map(|s| s.to_string()).collect(),
         separate_wal: false,
+        fencing: None,
+        synchronous: Default::default(),
     }
 }
 
