@@ -95,6 +95,8 @@ pub(crate) mod tests {
             primary_port: 5432,
             instances: vec!["db-1".into(), "db-2".into()],
             separate_wal: false,
+            fencing: None,
+            synchronous: Default::default(),
         }
     }
 
