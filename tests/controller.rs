@@ -168,11 +168,18 @@ async fn run(
     (result, calls, ctx)
 }
 
-const OBSERVE: [&str; 5] = [
+/// Observe: full objects only for pods, volumes and the pooler; everything
+/// else (Secrets included) by metadata.
+const OBSERVE: [&str; 10] = [
     "GET /api/v1/namespaces/ns/pods",
     "GET /api/v1/namespaces/ns/persistentvolumeclaims",
     "GET /apis/apps/v1/namespaces/ns/deployments/db-pooler",
     "GET /apis/policy/v1/namespaces/ns/poddisruptionbudgets",
+    "GET /api/v1/namespaces/ns/configmaps",
+    "GET /api/v1/namespaces/ns/services",
+    "GET /api/v1/namespaces/ns/serviceaccounts",
+    "GET /apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles",
+    "GET /apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings",
     "GET /api/v1/namespaces/ns/secrets",
 ];
 
@@ -185,7 +192,7 @@ async fn a_new_cluster_first_records_its_primary() {
     expected
         .push("PATCH /apis/capstan.dev/v1alpha1/namespaces/ns/postgresclusters/db/status".into());
     assert_eq!(lines, expected);
-    let status = &calls[5].body["status"];
+    let status = &calls[OBSERVE.len()].body["status"];
     assert_eq!(status["targetPrimary"], "db-1");
     assert_eq!(status["postgresVersion"], 17);
     // No child exists before the primary is recorded.
@@ -349,7 +356,7 @@ async fn an_invalid_spec_is_stalled_with_an_event_and_no_retry_storm() {
         .push("PATCH /apis/capstan.dev/v1alpha1/namespaces/ns/postgresclusters/db/status".into());
     expected.push("POST /apis/events.k8s.io/v1/namespaces/ns/events".into());
     assert_eq!(lines, expected, "nothing is created or deleted");
-    let status = &calls[5].body["status"];
+    let status = &calls[OBSERVE.len()].body["status"];
     assert_eq!(status["phase"], "Stalled");
     let stalled = status["conditions"]
         .as_array()
@@ -364,7 +371,7 @@ async fn an_invalid_spec_is_stalled_with_an_event_and_no_retry_storm() {
         message.starts_with("spec.postgres.parameters: port is managed by Capstan"),
         "{message}"
     );
-    let event = &calls[6].body;
+    let event = &calls[OBSERVE.len() + 1].body;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "InvalidSpec");
     assert_eq!(event["regarding"]["name"], "db");

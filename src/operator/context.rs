@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 
+use super::cluster::apply::AppliedCache;
 use super::metrics::Metrics;
 
 /// Settings of the running operator.
@@ -23,6 +24,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: OperatorConfig,
     pub metrics: Arc<Metrics>,
+    /// What was last applied to each child, to skip no-op applies.
+    pub applied: AppliedCache,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -43,6 +46,7 @@ impl Context {
             recorder,
             config,
             metrics,
+            applied: AppliedCache::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -30,6 +30,10 @@ use crate::resources::labels;
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
 /// Periodic resync of a settled cluster.
 const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// Child events within this window are handled by one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Reconciles running at once (each cluster is never reconciled twice at once).
+const CONCURRENCY: u16 = 8;
 
 fn key(cluster: &PostgresCluster) -> String {
     format!(
@@ -90,7 +94,15 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     }
 
     let plan = plan::plan(&validated.model, &observed, previous)?;
-    let (applied, apply_error) = match apply::apply(&ctx.client, &validated.model, &plan).await {
+    let (applied, apply_error) = match apply::apply(
+        &ctx.client,
+        &validated.model,
+        &plan,
+        &observed.versions,
+        &ctx.applied,
+    )
+    .await
+    {
         Ok(applied) => (applied, None),
         Err(e) => (Applied::default(), Some(e)),
     };
@@ -272,22 +284,45 @@ pub async fn run(
     // many other objects the namespace holds.
     let children =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    Controller::new(
+    let controller = Controller::new(
         api::<PostgresCluster>(&client, &ns),
         watcher::Config::default(),
     )
-    .owns(api::<Pod>(&client, &ns), children.clone())
-    .owns(api::<PersistentVolumeClaim>(&client, &ns), children.clone())
-    .owns(api::<Deployment>(&client, &ns), children.clone())
-    .owns(api::<Service>(&client, &ns), children.clone())
-    .owns(api::<Secret>(&client, &ns), children.clone())
-    .owns(api::<ConfigMap>(&client, &ns), children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
+    // A burst of child events (a reconcile writes many children) becomes one
+    // reconcile; a bounded number run at once keeps memory flat with many
+    // clusters.
+    .with_config(
+        kube::runtime::controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(CONCURRENCY),
+    );
+    let store = controller.store();
+    let pruning = ctx.clone();
+    let pruner = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(STEADY_REQUEUE).await;
+            let live: std::collections::HashSet<String> = store
+                .state()
+                .iter()
+                .filter_map(|c| c.metadata.uid.clone())
+                .collect();
+            pruning.applied.retain_clusters(&live);
         }
-    })
-    .await;
+    });
+    controller
+        .owns(api::<Pod>(&client, &ns), children.clone())
+        .owns(api::<PersistentVolumeClaim>(&client, &ns), children.clone())
+        .owns(api::<Deployment>(&client, &ns), children.clone())
+        .owns(api::<Service>(&client, &ns), children.clone())
+        .owns(api::<Secret>(&client, &ns), children.clone())
+        .owns(api::<ConfigMap>(&client, &ns), children)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    pruner.abort();
 }

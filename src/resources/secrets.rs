@@ -14,7 +14,7 @@ use super::names;
 use crate::api::TlsMode;
 use crate::contract::layout::{self, files};
 use crate::postgres::roles;
-use crate::tls::Issued;
+use crate::tls::{CertSummary, Issued};
 
 /// Where each TLS certificate and its CA come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,11 +219,16 @@ impl CertKind {
 
 /// A `kubernetes.io/tls` Secret with the certificate, its key and the CA.
 pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, ca_cert_pem: &str) -> Secret {
+    let mut metadata = model.child_meta(
+        kind.secret_name(&model.name),
+        labels::common(&model.name, labels::COMPONENT_CONTROL),
+    );
+    annotate(
+        &mut metadata,
+        CertSummary::of(&issued.cert_pem, ca_cert_pem),
+    );
     Secret {
-        metadata: model.child_meta(
-            kind.secret_name(&model.name),
-            labels::common(&model.name, labels::COMPONENT_CONTROL),
-        ),
+        metadata,
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
             (
@@ -245,10 +250,36 @@ pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, ca_cert_pem: 
 
 /// The CA's key pair (operator-only) and, with managed TLS, its public
 /// certificate for clients.
+/// Annotation with the [`CertSummary`] of the certificate a Secret holds.
+pub const CERTIFICATE_ANNOTATION: &str = "capstan.dev/certificate";
+
+fn annotate(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    summary: Option<CertSummary>,
+) {
+    if let Some(json) = summary.and_then(|s| serde_json::to_string(&s).ok()) {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(CERTIFICATE_ANNOTATION.to_string(), json);
+    }
+}
+
+/// The [`CertSummary`] recorded on a Secret, if any.
+pub fn summary(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<CertSummary> {
+    serde_json::from_str(meta.annotations.as_ref()?.get(CERTIFICATE_ANNOTATION)?).ok()
+}
+
 pub fn ca_secrets(model: &Model, ca: &Issued) -> Vec<Secret> {
     let labels = labels::common(&model.name, labels::COMPONENT_CONTROL);
+    let meta = |name: String| {
+        let mut m = model.child_meta(name, labels.clone());
+        annotate(&mut m, CertSummary::of(&ca.cert_pem, &ca.cert_pem));
+        m
+    };
     let mut out = vec![Secret {
-        metadata: model.child_meta(names::ca_key_secret(&model.name), labels.clone()),
+        metadata: meta(names::ca_key_secret(&model.name)),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
             (
@@ -264,7 +295,7 @@ pub fn ca_secrets(model: &Model, ca: &Issued) -> Vec<Secret> {
     }];
     if model.spec.tls.mode == TlsMode::Managed {
         out.push(Secret {
-            metadata: model.child_meta(names::ca_secret(&model.name), labels),
+            metadata: meta(names::ca_secret(&model.name)),
             type_: Some("Opaque".into()),
             data: Some(BTreeMap::from([(
                 files::CA_CRT.to_string(),

@@ -195,6 +195,49 @@ pub fn inspect(cert_pem: &str) -> Result<CertInfo, TlsError> {
     })
 }
 
+/// Short identity of a certificate (SHA-256 of its DER, hex, 16 bytes), to
+/// tell whether a leaf was issued by the current CA without reading keys.
+pub fn fingerprint(cert_pem: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let digest = Sha256::digest(&pem.contents);
+    Some(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the operator records about a certificate it issued, in an
+/// annotation of its Secret: enough to decide renewal from metadata alone.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    pub not_after: i64,
+    /// [`fingerprint`] of the issuing CA (of itself, for a CA).
+    pub issuer: String,
+}
+
+impl CertSummary {
+    pub fn of(cert_pem: &str, issuer_pem: &str) -> Option<CertSummary> {
+        let info = inspect(cert_pem).ok()?;
+        Some(CertSummary {
+            common_name: info.common_name,
+            dns_names: info.dns_names,
+            not_after: info.not_after,
+            issuer: fingerprint(issuer_pem)?,
+        })
+    }
+
+    pub fn info(&self) -> CertInfo {
+        CertInfo {
+            common_name: self.common_name.clone(),
+            dns_names: self.dns_names.clone(),
+            not_after: self.not_after,
+        }
+    }
+}
+
 /// Whether `cert_pem` was signed by the CA certificate `ca_pem`.
 pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
     let parse = |pem: &str| {
@@ -256,6 +299,19 @@ mod tests {
         assert!(info.expires_soon(info.not_after - 29 * day));
         assert!(!info.expires_soon(info.not_after - 31 * day));
         assert!(info.not_after_rfc3339().starts_with("2028-"));
+    }
+
+    #[test]
+    fn summaries_name_their_issuer() {
+        let ca = new_ca("db-ca", now()).unwrap();
+        let other = new_ca("other", now()).unwrap();
+        let leaf = issue_server(&ca, &["db-rw".to_string()], now()).unwrap();
+        let summary = CertSummary::of(&leaf.cert_pem, &ca.cert_pem).unwrap();
+        assert_eq!(summary.issuer, fingerprint(&ca.cert_pem).unwrap());
+        assert_ne!(summary.issuer, fingerprint(&other.cert_pem).unwrap());
+        assert_eq!(summary.info(), inspect(&leaf.cert_pem).unwrap());
+        let json = serde_json::to_string(&summary).unwrap();
+        assert_eq!(serde_json::from_str::<CertSummary>(&json).unwrap(), summary);
     }
 
     #[test]

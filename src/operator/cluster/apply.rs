@@ -5,6 +5,7 @@
 //! only their role label is patched), generated Secrets (created only when
 //! absent, so a stale read can never overwrite a password), and deletions.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -70,7 +71,8 @@ fn is_refusal(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
 }
 
-async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+/// Server-side apply; returns the resourceVersion the object has after it.
+async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<Option<String>, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
     <K as Resource>::DynamicType: Default,
@@ -83,10 +85,84 @@ where
             &Patch::Apply(obj),
         )
         .await
-        .map(|_| ())
+        .map(|applied| applied.meta().resource_version.clone())
 }
 
-async fn apply_child(client: &Client, ns: &str, child: &Child) -> Result<(), kube::Error> {
+/// What Capstan last applied to each child. A server-side apply of the same
+/// object to a child nobody wrote since (same resourceVersion) changes
+/// nothing, so it is skipped: a settled cluster costs a few metadata lists
+/// per reconcile instead of a write per child. After an operator restart
+/// the cache is empty and everything is applied once.
+#[derive(Default)]
+pub struct AppliedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+impl AppliedCache {
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, String)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unchanged(&self, key: &str, hash: &str, observed: Option<&String>) -> bool {
+        match (self.entries().get(key), observed) {
+            (Some((h, rv)), Some(now)) => h == hash && rv == now,
+            _ => false,
+        }
+    }
+
+    fn record(&self, key: String, hash: String, resource_version: Option<String>) {
+        match resource_version {
+            Some(rv) => self.entries().insert(key, (hash, rv)),
+            None => self.entries().remove(&key),
+        };
+    }
+
+    fn forget(&self, key: &str) {
+        self.entries().remove(key);
+    }
+
+    /// Keeps only the entries of clusters (by uid) that still exist.
+    pub fn retain_clusters(&self, live: &std::collections::HashSet<String>) {
+        self.entries()
+            .retain(|k, _| k.split('/').next().is_some_and(|uid| live.contains(uid)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn child_hash(child: &Child) -> String {
+    use sha2::{Digest, Sha256};
+    let json = match child {
+        Child::ConfigMap(o) => serde_json::to_vec(o),
+        Child::Service(o) => serde_json::to_vec(o),
+        Child::ServiceAccount(o) => serde_json::to_vec(o),
+        Child::Role(o) => serde_json::to_vec(o),
+        Child::RoleBinding(o) => serde_json::to_vec(o),
+        Child::Pvc(o) => serde_json::to_vec(o),
+        Child::Deployment(o) => serde_json::to_vec(o),
+        Child::Pdb(o) => serde_json::to_vec(o),
+    }
+    .unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn apply_child(
+    client: &Client,
+    ns: &str,
+    child: &Child,
+) -> Result<Option<String>, kube::Error> {
     match child {
         Child::ConfigMap(o) => ssa(client, ns, o).await,
         Child::Service(o) => ssa(client, ns, o).await,
@@ -99,7 +175,8 @@ async fn apply_child(client: &Client, ns: &str, child: &Child) -> Result<(), kub
     }
 }
 
-fn child_name(child: &Child) -> String {
+/// `Kind/name` of a child, as [`super::observe::Observed::versions`] keys it.
+fn child_key(child: &Child) -> String {
     let (kind, meta) = match child {
         Child::ConfigMap(o) => ("ConfigMap", &o.metadata),
         Child::Service(o) => ("Service", &o.metadata),
@@ -110,10 +187,16 @@ fn child_name(child: &Child) -> String {
         Child::Deployment(o) => ("Deployment", &o.metadata),
         Child::Pdb(o) => ("PodDisruptionBudget", &o.metadata),
     };
-    format!("{kind} {}", meta.name.as_deref().unwrap_or_default())
+    format!("{kind}/{}", meta.name.as_deref().unwrap_or_default())
 }
 
-pub async fn apply(client: &Client, model: &Model, plan: &Plan) -> Result<Applied, ApplyError> {
+pub async fn apply(
+    client: &Client,
+    model: &Model,
+    plan: &Plan,
+    versions: &BTreeMap<String, String>,
+    cache: &AppliedCache,
+) -> Result<Applied, ApplyError> {
     let ns = model.namespace.as_str();
     let mut applied = Applied::default();
 
@@ -121,18 +204,26 @@ pub async fn apply(client: &Client, model: &Model, plan: &Plan) -> Result<Applie
     apply_secrets(client, model, &plan.secrets, &mut applied).await?;
 
     for child in &plan.apply {
+        let name = child_key(child);
+        let key = format!("{}/{name}", model.uid);
+        let hash = child_hash(child);
+        if cache.unchanged(&key, &hash, versions.get(&name)) {
+            continue;
+        }
         match apply_child(client, ns, child).await {
-            Ok(()) => {}
+            Ok(rv) => cache.record(key, hash, rv),
             Err(e) if is_refusal(&e) => {
-                let what = child_name(child);
+                cache.forget(&key);
+                let what = name.clone();
                 warn!(cluster = %model.name, object = %what, error = %e, "API server refused a child");
                 applied
                     .refused
                     .push(format!("{what}: {}", refusal_message(&e)));
             }
             Err(e) => {
+                cache.forget(&key);
                 return Err(ApplyError::Api {
-                    what: child_name(child),
+                    what: name,
                     source: e,
                 });
             }
@@ -299,10 +390,11 @@ async fn apply_secrets(
             }
             SecretAction::PublishCa => {
                 let authority = load_ca(&api, &ca_name, &mut ca).await?;
-                for public in secrets::ca_secrets(model, authority).into_iter().skip(1) {
-                    ssa(client, ns, &public)
+                for secret in secrets::ca_secrets(model, authority) {
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    ssa(client, ns, &secret)
                         .await
-                        .map_err(ApplyError::api(names::ca_secret(&model.name)))?;
+                        .map_err(ApplyError::api(&name))?;
                 }
             }
             SecretAction::IssueCert(kind, reason) => {
@@ -322,4 +414,47 @@ async fn apply_secrets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn an_apply_is_skipped_only_when_nothing_changed_on_either_side() {
+        let cache = AppliedCache::default();
+        let rv = |v: &str| Some(v.to_string());
+        assert!(
+            !cache.unchanged("u1/Service/db-rw", "h1", rv("5").as_ref()),
+            "never applied"
+        );
+        cache.record("u1/Service/db-rw".into(), "h1".into(), rv("5"));
+        assert!(cache.unchanged("u1/Service/db-rw", "h1", rv("5").as_ref()));
+        assert!(
+            !cache.unchanged("u1/Service/db-rw", "h2", rv("5").as_ref()),
+            "the spec changed"
+        );
+        assert!(
+            !cache.unchanged("u1/Service/db-rw", "h1", rv("6").as_ref()),
+            "someone edited the child"
+        );
+        assert!(
+            !cache.unchanged("u1/Service/db-rw", "h1", None),
+            "the child was deleted"
+        );
+        cache.forget("u1/Service/db-rw");
+        assert!(!cache.unchanged("u1/Service/db-rw", "h1", rv("5").as_ref()));
+    }
+
+    #[test]
+    fn entries_of_deleted_clusters_are_pruned() {
+        let cache = AppliedCache::default();
+        cache.record("u1/Service/a".into(), "h".into(), Some("1".into()));
+        cache.record("u2/Service/b".into(), "h".into(), Some("1".into()));
+        cache.retain_clusters(&HashSet::from(["u2".to_string()]));
+        assert_eq!(cache.len(), 1);
+        assert!(cache.unchanged("u2/Service/b", "h", Some(&"1".to_string())));
+    }
 }

@@ -4,15 +4,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 
 use crate::api::{PostgresCluster, TlsMode};
 use crate::contract::layout::files;
-use crate::resources::{labels, names};
-use crate::tls::{self, CertInfo};
+use crate::resources::{labels, names, secrets};
+use crate::tls::{self, CertInfo, CertSummary};
 
 /// What one Secret holds, without its secret values.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,6 +42,9 @@ pub struct Observed {
     pub pdbs: BTreeSet<String>,
     /// Secrets by name: the cluster's own and the user-provided TLS ones.
     pub secrets: BTreeMap<String, SecretFacts>,
+    /// `resourceVersion` of each child applied with server-side apply, by
+    /// `Kind/name`: unchanged since Capstan's last apply means no drift.
+    pub versions: BTreeMap<String, String>,
     /// Unix seconds when observed.
     pub now: i64,
 }
@@ -54,37 +61,37 @@ impl Observed {
     }
 }
 
-pub fn secret_facts(secret: &Secret, ca_cert_pem: Option<&str>) -> SecretFacts {
+/// Facts about a user's Secret, read in full (provided TLS only).
+pub fn secret_facts(secret: &Secret) -> SecretFacts {
     let data = secret.data.clone().unwrap_or_default();
     let keys = data.keys().cloned().collect();
-    let cert_pem = data
-        .get(files::TLS_CRT)
-        .and_then(|b| String::from_utf8(b.0.clone()).ok());
-    let cert = cert_pem.as_deref().and_then(|pem| tls::inspect(pem).ok());
-    let signed_by_cluster_ca = match (cert_pem.as_deref(), ca_cert_pem) {
-        (Some(cert), Some(ca)) => tls::signed_by(cert, ca),
-        _ => false,
-    };
-    let ca_cert = data
-        .get(files::CA_CRT)
-        .and_then(|b| std::str::from_utf8(&b.0).ok())
-        .and_then(|pem| tls::inspect(pem).ok());
+    let text = |key: &str| data.get(key).and_then(|b| std::str::from_utf8(&b.0).ok());
     SecretFacts {
         keys,
-        cert,
-        signed_by_cluster_ca,
-        ca_cert,
+        cert: text(files::TLS_CRT).and_then(|pem| tls::inspect(pem).ok()),
+        signed_by_cluster_ca: false,
+        ca_cert: text(files::CA_CRT).and_then(|pem| tls::inspect(pem).ok()),
     }
 }
 
-/// `ca.crt` of the cluster CA Secret, if it exists.
-pub fn ca_cert_pem(secrets: &[Secret], cluster: &str) -> Option<String> {
-    let name = names::ca_key_secret(cluster);
-    secrets
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
-        .and_then(|s| s.data.as_ref()?.get(files::CA_CRT).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
+/// Facts about one of the cluster's own Secrets, from its metadata alone:
+/// certificates carry a [`crate::tls::CertSummary`] annotation, so the
+/// operator never reads secret values to decide renewals.
+fn own_secret_facts(meta: &ObjectMeta, cluster: &str, ca_fingerprint: Option<&str>) -> SecretFacts {
+    let summary = secrets::summary(meta);
+    let name = meta.name.as_deref().unwrap_or_default();
+    let is_ca = name == names::ca_key_secret(cluster) || name == names::ca_secret(cluster);
+    let info = summary.as_ref().map(CertSummary::info);
+    SecretFacts {
+        keys: BTreeSet::new(),
+        signed_by_cluster_ca: !is_ca
+            && summary
+                .as_ref()
+                .zip(ca_fingerprint)
+                .is_some_and(|(s, ca)| s.issuer == ca),
+        cert: if is_ca { None } else { info.clone() },
+        ca_cert: if is_ca { info } else { None },
+    }
 }
 
 pub async fn observe(
@@ -109,42 +116,93 @@ pub async fn observe(
     let pooler = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt(&names::pooler(name))
         .await?;
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+    let mut versions = BTreeMap::new();
+    let pdbs = metadata::<PodDisruptionBudget>(client, ns, &children, &mut versions).await?;
+    metadata::<ConfigMap>(client, ns, &children, &mut versions).await?;
+    metadata::<Service>(client, ns, &children, &mut versions).await?;
+    metadata::<ServiceAccount>(client, ns, &children, &mut versions).await?;
+    metadata::<Role>(client, ns, &children, &mut versions).await?;
+    metadata::<RoleBinding>(client, ns, &children, &mut versions).await?;
+    for claim in &pvcs {
+        record(&mut versions, "PersistentVolumeClaim", &claim.metadata);
+    }
+    if let Some(d) = &pooler {
+        record(&mut versions, "Deployment", &d.metadata);
+    }
+
+    let own = Api::<Secret>::namespaced(client.clone(), ns)
         .list_metadata(&children)
         .await?
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
+        .items;
+    let ca_fingerprint = own
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(names::ca_key_secret(name).as_str()))
+        .and_then(|s| secrets::summary(&s.metadata))
+        .map(|s| s.issuer);
+    let mut secrets: BTreeMap<String, SecretFacts> = own
+        .iter()
+        .filter_map(|s| {
+            let facts = own_secret_facts(&s.metadata, name, ca_fingerprint.as_deref());
+            Some((s.metadata.name.clone()?, facts))
+        })
         .collect();
-
-    let secrets_api = Api::<Secret>::namespaced(client.clone(), ns);
-    let mut secrets = secrets_api.list(&children).await?.items;
     if let (TlsMode::Provided, Some(provided)) =
         (&cluster.spec.tls.mode, &cluster.spec.tls.provided)
     {
+        let api = Api::<Secret>::namespaced(client.clone(), ns);
         for user_secret in [
             &provided.ca_secret_name,
             &provided.server_secret_name,
             &provided.replication_secret_name,
             &provided.pooler_secret_name,
         ] {
-            if let Some(s) = secrets_api.get_opt(user_secret).await? {
-                secrets.push(s);
+            if let Some(s) = api.get_opt(user_secret).await? {
+                secrets.insert(user_secret.clone(), secret_facts(&s));
             }
         }
     }
-    let ca = ca_cert_pem(&secrets, name);
-    let secrets = secrets
-        .iter()
-        .filter_map(|s| Some((s.metadata.name.clone()?, secret_facts(s, ca.as_deref()))))
-        .collect();
 
     Ok(Observed {
         pods,
         pvcs,
         pooler,
-        pdbs,
+        pdbs: pdbs.into_iter().collect(),
         secrets,
+        versions,
         now,
     })
+}
+
+fn record(versions: &mut BTreeMap<String, String>, kind: &str, meta: &ObjectMeta) {
+    if let (Some(name), Some(rv)) = (&meta.name, &meta.resource_version) {
+        versions.insert(format!("{kind}/{name}"), rv.clone());
+    }
+}
+
+/// Lists the children of kind `K` by metadata, recording their
+/// resourceVersions; returns their names.
+async fn metadata<K>(
+    client: &Client,
+    ns: &str,
+    params: &ListParams,
+    versions: &mut BTreeMap<String, String>,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let list = Api::<K>::namespaced(client.clone(), ns)
+        .list_metadata(params)
+        .await?;
+    let kind = K::kind(&());
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|o| {
+            record(versions, &kind, &o.metadata);
+            o.metadata.name
+        })
+        .collect())
 }

@@ -481,12 +481,16 @@ fn secret_actions(model: &Model, observed: &Observed) -> Vec<SecretAction> {
         .filter(|k| !observed.has_secret(&k.name(cluster)))
         .map(SecretAction::CreatePassword)
         .collect();
-    let new_ca = !observed.has_secret(&names::ca_key_secret(cluster));
+    let ca_key = observed.secrets.get(&names::ca_key_secret(cluster));
+    let new_ca = ca_key.is_none();
+    // A CA Secret without its summary annotation (written by hand or by an
+    // older version) is re-published with it, keeping the same key.
+    let unannotated = ca_key.is_some_and(|f| f.ca_cert.is_none());
+    let public_missing = model.spec.tls.mode == crate::api::TlsMode::Managed
+        && !observed.has_secret(&names::ca_secret(cluster));
     if new_ca {
         actions.push(SecretAction::CreateCa);
-    } else if model.spec.tls.mode == crate::api::TlsMode::Managed
-        && !observed.has_secret(&names::ca_secret(cluster))
-    {
+    } else if unannotated || public_missing {
         actions.push(SecretAction::PublishCa);
     }
     for kind in CertKind::managed(model) {
@@ -860,12 +864,18 @@ mod tests {
                 .secrets
                 .insert(k.name("db"), SecretFacts::default());
         }
+        let ca = SecretFacts {
+            ca_cert: Some(CertInfo {
+                common_name: Some("db CA".into()),
+                dns_names: vec![],
+                not_after: now + 5 * year,
+            }),
+            ..SecretFacts::default()
+        };
         observed
             .secrets
-            .insert(names::ca_key_secret("db"), SecretFacts::default());
-        observed
-            .secrets
-            .insert(names::ca_secret("db"), SecretFacts::default());
+            .insert(names::ca_key_secret("db"), ca.clone());
+        observed.secrets.insert(names::ca_secret("db"), ca);
         for kind in CertKind::managed(&m) {
             observed
                 .secrets
@@ -878,6 +888,15 @@ mod tests {
         assert_eq!(
             plan(&m, &no_public_ca, None).unwrap().secrets,
             vec![SecretAction::PublishCa]
+        );
+        let mut unannotated = observed.clone();
+        unannotated
+            .secrets
+            .insert(names::ca_key_secret("db"), SecretFacts::default());
+        assert_eq!(
+            plan(&m, &unannotated, None).unwrap().secrets,
+            vec![SecretAction::PublishCa],
+            "re-published with its summary, never re-created"
         );
 
         observed.secrets.insert(
