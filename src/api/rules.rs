@@ -632,15 +632,34 @@ mod tests {
         assert_refused(&sync("quorum", 3, 3), None, "at most spec.instances - 1");
         assert_refused(&sync("priority", 1, 1), None, "at most spec.instances - 1");
         // Scaling down below what synchronous replication needs is refused too.
-        assert_refused(&sync("quorum", 2, 2), Some(&sync("quorum", 2, 3)), "at most spec.instances - 1");
+        assert_refused(
+            &sync("quorum", 2, 2),
+            Some(&sync("quorum", 2, 3)),
+            "at most spec.instances - 1",
+        );
     }
 
     #[test]
     fn failover_bounds() {
-        assert_ok(&with(minimal(), "/spec/failover/detectionSeconds", json!(2)), None);
-        assert_refused(&with(minimal(), "/spec/failover/detectionSeconds", json!(1)), None, "between 2 and 60");
-        assert_refused(&with(minimal(), "/spec/failover/detectionSeconds", json!(61)), None, "between 2 and 60");
-        assert_refused(&with(minimal(), "/spec/failover/maxLagBytes", json!(-1)), None, "must not be negative");
+        assert_ok(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(2)),
+            None,
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(1)),
+            None,
+            "between 2 and 60",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(61)),
+            None,
+            "between 2 and 60",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/maxLagBytes", json!(-1)),
+            None,
+            "must not be negative",
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::labels;
 use super::model::Model;
 use super::names;
-use crate::contract::layout::{self, files};
 use crate::api::SynchronousMode;
+use crate::contract::layout::{self, files};
 use crate::contract::settings::{
     FencingSettings, InitdbSettings, InstanceSettings, PoolerSettings, SynchronousMode as SyncMode,
     SynchronousSettings,
@@ -116,8 +116,18 @@ mod tests {
         assert_eq!(inst.instances, instances);
         let fencing = inst.fencing.unwrap();
         assert_eq!(fencing.lease_name, "db-primary");
-        assert_eq!((fencing.lease_duration_ms, fencing.renew_interval_ms, fencing.fence_after_ms), (4000, 1000, 2000));
-        assert!(fencing.fence_after_ms + 1000 < fencing.lease_duration_ms, "fence well before anyone may promote");
+        assert_eq!(
+            (
+                fencing.lease_duration_ms,
+                fencing.renew_interval_ms,
+                fencing.fence_after_ms
+            ),
+            (4000, 1000, 2000)
+        );
+        assert!(
+            fencing.fence_after_ms + 1000 < fencing.lease_duration_ms,
+            "fence well before anyone may promote"
+        );
         let pool: PoolerSettings = serde_json::from_str(&data[files::POOLER_SETTINGS]).unwrap();
         assert_eq!(pool.backend_host, "db-rw");
         assert_eq!(pool.pool_mode, "transaction");
