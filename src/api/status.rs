@@ -56,6 +56,14 @@ pub struct PostgresClusterStatus {
     /// Names of the Secrets holding credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretNames>,
+
+    /// The last (or running) automatic failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+
+    /// The last (or running) planned switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverStatus>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -93,6 +101,68 @@ pub struct InstanceStatus {
     pub pod_phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
+    /// Timeline, as the instance manager last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// WAL position: written (primary) or received (replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// Bytes of WAL a replica has not replayed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// A replica as its primary last listed it in `pg_stat_replication`:
+    /// `sync`, `quorum`, `potential` or `async`. Kept while the primary
+    /// cannot be asked, so a failover knows who had every commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_state: Option<String>,
+}
+
+/// An automatic failover, step by step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// `Promoting`, `Completed` or `Blocked`.
+    pub phase: String,
+    /// The primary that was lost.
+    pub from: String,
+    /// The replica chosen (empty while blocked without a candidate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    /// Why, in words (also sent as an Event).
+    pub message: String,
+    /// The lost primary's last reported WAL position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_lsn: Option<String>,
+    /// The promoted replica's received WAL position when it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_lsn: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once the new primary accepts writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// A planned switchover, requested with the `capstan.dev/switchover`
+/// annotation (or `capstan switchover`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverStatus {
+    /// The annotation value this describes; a request is carried out once.
+    pub request: String,
+    /// `Pending`, `Pausing`, `Promoting`, `Resuming`, `Completed` or `Failed`.
+    pub phase: String,
+    pub from: String,
+    pub to: String,
+    pub message: String,
+    /// How long the poolers held client queries, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_hold_ms: Option<u64>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 pub const CLUSTER: &str = "capstan.dev/cluster";
 pub const INSTANCE: &str = "capstan.dev/instance";
 pub const ROLE: &str = "capstan.dev/role";
+/// On a PostgresCluster: `<instance>` or `<instance>/<token>` requests a
+/// switchover to that instance, carried out once per distinct value (a
+/// GitOps re-apply of the same value does nothing; change the token to
+/// switch over to the same instance again).
+pub const SWITCHOVER_ANNOTATION: &str = "capstan.dev/switchover";
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const NAME: &str = "app.kubernetes.io/name";

@@ -14,6 +14,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, Resource};
 
 use crate::api::{PostgresCluster, TlsMode};
+use crate::contract::instance::InstanceReport;
 use crate::contract::layout::files;
 use crate::resources::{labels, names, secrets};
 use crate::tls::{self, CertInfo, CertSummary};
@@ -45,6 +46,8 @@ pub struct Observed {
     /// `resourceVersion` of each child applied with server-side apply, by
     /// `Kind/name`: unchanged since Capstan's last apply means no drift.
     pub versions: BTreeMap<String, String>,
+    /// What each reachable instance manager reported (`GET /status`).
+    pub reports: BTreeMap<String, InstanceReport>,
     /// Unix seconds when observed.
     pub now: i64,
 }
@@ -169,6 +172,8 @@ pub async fn observe(
         pdbs: pdbs.into_iter().collect(),
         secrets,
         versions,
+        // Filled by the controller, which holds the agent clients.
+        reports: BTreeMap::new(),
         now,
     })
 }

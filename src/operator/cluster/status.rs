@@ -11,6 +11,7 @@ use super::validate::{Blocked, SpecError};
 use crate::api::{
     Endpoints, InstanceStatus, Phase, PostgresClusterStatus, ProxyStatus, SecretNames, TlsStatus,
 };
+use crate::contract::instance::{InstanceReport, Role};
 use crate::contract::layout;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertKind, PasswordSecret, tls_sources};
@@ -85,6 +86,30 @@ pub struct Report<'a> {
     pub apply_error: Option<String>,
 }
 
+/// A primary's written WAL, a replica's received WAL.
+fn report_lsn(report: &InstanceReport) -> Option<String> {
+    match report.role {
+        Role::Primary => report.current_lsn.clone(),
+        _ => report.receive_lsn.clone().or(report.replay_lsn.clone()),
+    }
+}
+
+/// What the primary, when it answered, says of this replica: a replica it
+/// does not list is not confirming commits now.
+fn sync_state(r: &Report<'_>, name: &str) -> Option<String> {
+    let primary = r.observed.reports.get(&r.plan.target_primary)?;
+    if primary.role != Role::Primary || name == r.plan.target_primary {
+        return None;
+    }
+    Some(
+        primary
+            .standbys
+            .iter()
+            .find(|s| s.name == name)
+            .map_or_else(|| "disconnected".to_string(), |s| s.sync_state.clone()),
+    )
+}
+
 pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let model = r.model;
     let cluster = &model.name;
@@ -99,12 +124,24 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             } else {
                 labels::ROLE_REPLICA
             };
+            let before = r
+                .previous
+                .and_then(|s| s.instances.iter().find(|i| i.name == *name));
+            let report = r.observed.reports.get(name);
             InstanceStatus {
                 name: name.clone(),
                 role: role.to_string(),
                 ready: pod.is_some_and(is_ready),
                 pod_phase: pod.and_then(|p| p.status.as_ref()?.phase.clone()),
                 pod_ip: pod.and_then(|p| p.status.as_ref()?.pod_ip.clone()),
+                timeline: report
+                    .and_then(|r| r.timeline)
+                    .or(before.and_then(|b| b.timeline)),
+                lsn: report
+                    .and_then(report_lsn)
+                    .or(before.and_then(|b| b.lsn.clone())),
+                lag_bytes: report.and_then(|r| r.lag_bytes).map(|b| b as i64),
+                sync_state: sync_state(r, name).or(before.and_then(|b| b.sync_state.clone())),
             }
         })
         .collect();
@@ -265,6 +302,8 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     };
     let managed = model.spec.tls.mode == crate::api::TlsMode::Managed;
     let status = PostgresClusterStatus {
+        failover: r.previous.and_then(|s| s.failover.clone()),
+        switchover: r.previous.and_then(|s| s.switchover.clone()),
         observed_generation: Some(g),
         phase: Some(phase),
         conditions,
