@@ -4,7 +4,9 @@
 //! run unchanged on a real cluster (`CAPSTAN_E2E_KUBECONFIG`).
 
 pub mod cluster;
+pub mod ha;
 pub mod harness;
+pub mod load;
 pub mod sql;
 pub mod target;
 

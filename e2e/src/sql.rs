@@ -1,17 +1,23 @@
 //! Connecting to a cluster as its clients do: TLS with the server's name
 //! verified against the cluster CA (`sslmode=verify-full`), SCRAM passwords.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio_postgres::Client;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::E2eError;
+
+/// Bound on establishing a connection (TCP, TLS and authentication).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to connect and as whom.
 pub struct Login<'a> {
@@ -25,42 +31,116 @@ pub struct Login<'a> {
     pub ca_pem: &'a str,
 }
 
-pub async fn connect(login: &Login<'_>) -> Result<Client, E2eError> {
+impl Login<'_> {
+    fn config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(self.host)
+            .hostaddr(self.addr.ip())
+            .port(self.addr.port())
+            .dbname(self.dbname)
+            .user(self.user)
+            .password(self.password)
+            .ssl_mode(SslMode::Require)
+            .connect_timeout(CONNECT_TIMEOUT);
+        config
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> E2eError {
+        E2eError::Sql(format!(
+            "connect to {} ({}) as {}: {e}",
+            self.host, self.addr, self.user
+        ))
+    }
+}
+
+fn tls(ca_pem: &str) -> Result<MakeRustlsConnect, E2eError> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(login.ca_pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         let cert = cert.map_err(|e| E2eError::Sql(format!("bad CA certificate: {e}")))?;
         roots
             .add(cert)
             .map_err(|e| E2eError::Sql(format!("bad CA certificate: {e}")))?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| E2eError::Sql(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(login.host)
-        .hostaddr(login.addr.ip())
-        .port(login.addr.port())
-        .dbname(login.dbname)
-        .user(login.user)
-        .password(login.password)
-        .ssl_mode(SslMode::Require)
-        .connect_timeout(std::time::Duration::from_secs(10));
-    let (client, connection) = config
-        .connect(MakeRustlsConnect::new(tls))
+    Ok(MakeRustlsConnect::new(config))
+}
+
+pub async fn connect(login: &Login<'_>) -> Result<Client, E2eError> {
+    let (client, connection) = login
+        .config()
+        .connect(tls(login.ca_pem)?)
         .await
-        .map_err(|e| {
-            E2eError::Sql(format!(
-                "connect to {} ({}) as {}: {e}",
-                login.host, login.addr, login.user
-            ))
-        })?;
+        .map_err(|e| login.failed(e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// Like [`connect`], with the client's socket bound to `source` first: on
+/// the harness, a connection from the node address reaches a partitioned
+/// pod (the kubelet's own path), so a test can still talk to it.
+pub async fn connect_from(login: &Login<'_>, source: IpAddr) -> Result<Client, E2eError> {
+    let attempt = async {
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| login.failed(e))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| login.failed(format!("bind {source}: {e}")))?;
+        let stream = socket
+            .connect(login.addr)
+            .await
+            .map_err(|e| login.failed(e))?;
+        let tls =
+            MakeTlsConnect::<TcpStream>::make_tls_connect(&mut tls(login.ca_pem)?, login.host)
+                .map_err(|e| login.failed(e))?;
+        let (client, connection) = login
+            .config()
+            .connect_raw(stream, tls)
+            .await
+            .map_err(|e| login.failed(e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| login.failed("timed out"))?
+}
+
+/// The first column of every row of `sql`, as text, over the simple query
+/// protocol (which PgBouncer's transaction pooling always supports).
+pub async fn column(client: &Client, sql: &str) -> Result<Vec<Option<String>>, E2eError> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| E2eError::Sql(format!("{sql}: {e}")))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The single value `sql` returns, as text.
+pub async fn value(client: &Client, sql: &str) -> Result<String, E2eError> {
+    column(client, sql)
+        .await?
+        .into_iter()
+        .next()
+        .flatten()
+        .ok_or_else(|| E2eError::Sql(format!("{sql}: no value")))
 }

@@ -6,13 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{AttachParams, DeleteParams, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tokio::net::TcpListener;
 
 use crate::E2eError;
 use crate::harness::{Harness, HarnessOptions};
+use capstan_e2e_kubelet::Signal;
+
+/// Command line of a postmaster (its children are `postgres: <what>`).
+const POSTMASTER: &str = "postgres -D ";
 
 /// A cluster somebody else runs: Capstan's operator is installed there and
 /// Services are reached through port-forwards.
@@ -90,6 +94,67 @@ impl Target {
         }
     }
 
+    /// An address on this machine that reaches port `port` of pod `pod`
+    /// (its pod IP on the harness, a port-forward on a real cluster).
+    pub async fn pod_addr(
+        &self,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<SocketAddr, E2eError> {
+        match self {
+            Target::Local(h) => h
+                .pod_ip(namespace, pod)
+                .map(|ip| SocketAddr::new(ip, port))
+                .ok_or_else(|| E2eError::Check(format!("pod {namespace}/{pod} has no address"))),
+            Target::Remote(r) => {
+                r.forward_to(namespace, Backend::Pod(pod.to_string()), port)
+                    .await
+            }
+        }
+    }
+
+    /// SIGKILLs the postmaster of instance pod `pod` (the instance manager,
+    /// PID 1 of the container, stays): through the process kubelet here, by
+    /// `exec` into the `postgres` container on a real cluster.
+    pub async fn kill_postmaster(&self, namespace: &str, pod: &str) -> Result<(), E2eError> {
+        match self {
+            Target::Local(h) => h
+                .runtime()
+                .kill_matching(namespace, pod, POSTMASTER, Signal::KILL)
+                .map(|_| ())
+                .map_err(|e| E2eError::Check(format!("kill the postmaster of {pod}: {e}"))),
+            Target::Remote(r) => {
+                let pods: Api<Pod> = Api::namespaced(r.client.clone(), namespace);
+                let script = format!(
+                    "kill -KILL \"$(head -n 1 {}/postmaster.pid)\"",
+                    capstan::contract::layout::PGDATA
+                );
+                let mut process = pods
+                    .exec(
+                        pod,
+                        ["sh", "-c", script.as_str()],
+                        &AttachParams::default()
+                            .container("postgres")
+                            .stdout(false)
+                            .stderr(true),
+                    )
+                    .await
+                    .map_err(|e| E2eError::Kube(format!("exec in {namespace}/{pod}"), e))?;
+                let status = match process.take_status() {
+                    Some(status) => status.await,
+                    None => None,
+                };
+                match status {
+                    Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
+                    other => Err(E2eError::Check(format!(
+                        "kill the postmaster of {pod}: {other:?}"
+                    ))),
+                }
+            }
+        }
+    }
+
     /// Kills the operator (SIGKILL locally; pod deletion with grace 0 on a
     /// real cluster, where its Deployment brings it back).
     pub async fn kill_operator(&mut self) -> Result<(), E2eError> {
@@ -145,6 +210,14 @@ impl Target {
     }
 }
 
+/// Which pod a port-forward reaches, chosen again for each connection.
+enum Backend {
+    /// A ready pod matching the selector (a Service's).
+    Selector(String),
+    /// That pod.
+    Pod(String),
+}
+
 impl Remote {
     /// Forwards a local port to a ready pod behind the Service, one
     /// port-forward stream per accepted connection.
@@ -169,7 +242,16 @@ impl Remote {
                     .join(",")
             })
             .ok_or_else(|| E2eError::Check(format!("Service {service} has no selector")))?;
-        let target_port = port;
+        self.forward_to(namespace, Backend::Selector(selector), port)
+            .await
+    }
+
+    async fn forward_to(
+        &self,
+        namespace: &str,
+        backend: Backend,
+        target_port: u16,
+    ) -> Result<SocketAddr, E2eError> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| E2eError::Setup(format!("cannot listen for a port-forward: {e}")))?;
@@ -177,20 +259,28 @@ impl Remote {
             .local_addr()
             .map_err(|e| E2eError::Setup(e.to_string()))?;
         let pods: Arc<Api<Pod>> = Arc::new(Api::namespaced(self.client.clone(), namespace));
+        let backend = Arc::new(backend);
         tokio::spawn(async move {
             while let Ok((mut local, _)) = listener.accept().await {
                 let pods = pods.clone();
-                let selector = selector.clone();
+                let backend = backend.clone();
                 tokio::spawn(async move {
-                    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
-                        return;
-                    };
-                    let ready = list
-                        .items
-                        .into_iter()
-                        .find(capstan::operator::cluster::plan::is_ready);
-                    let Some(name) = ready.and_then(|p| p.metadata.name) else {
-                        return;
+                    let name = match backend.as_ref() {
+                        Backend::Pod(name) => name.clone(),
+                        Backend::Selector(selector) => {
+                            let Ok(list) = pods.list(&ListParams::default().labels(selector)).await
+                            else {
+                                return;
+                            };
+                            let ready = list
+                                .items
+                                .into_iter()
+                                .find(capstan::operator::cluster::plan::is_ready);
+                            let Some(name) = ready.and_then(|p| p.metadata.name) else {
+                                return;
+                            };
+                            name
+                        }
                     };
                     let Ok(mut forwarder) = pods.portforward(&name, &[target_port]).await else {
                         return;
