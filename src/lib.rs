@@ -1,5 +1,6 @@
 //! Capstan: a Kubernetes operator for PostgreSQL behind PgBouncer.
 
+pub mod agents;
 pub mod api;
 pub mod contract;
 pub mod instance;

@@ -137,6 +137,7 @@ fn objects(model: &Model) -> Result<Vec<String>, RenderError> {
             Child::Pvc(o) => push(&mut out, o)?,
             Child::Deployment(o) => push(&mut out, o)?,
             Child::Pdb(o) => push(&mut out, o)?,
+            Child::Lease(o) => push(&mut out, o)?,
         }
     }
     for (i, name) in instances.iter().enumerate() {

@@ -228,6 +228,7 @@ async fn first_full_reconcile_creates_children_with_server_side_apply() {
             format!("PATCH {ns}/services/db-pooler"),
             format!("PATCH {ns}/serviceaccounts/db-instance"),
             format!("PATCH {ns}/serviceaccounts/db-pooler"),
+            "PATCH /apis/coordination.k8s.io/v1/namespaces/ns/leases/db-primary".into(),
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/db-instance".into(),
             "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/db-instance"
                 .into(),

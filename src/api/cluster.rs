@@ -38,6 +38,7 @@ use super::status::PostgresClusterStatus;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::wal_storage_presence_immutable())]
 #[x_kube(validation = rules::bootstrap_immutable())]
+#[x_kube(validation = rules::synchronous_fits_instances())]
 pub struct PostgresClusterSpec {
     /// Number of PostgreSQL instances (one primary plus `instances - 1`
     /// streaming replicas).
@@ -89,6 +90,68 @@ pub struct PostgresClusterSpec {
     /// How the first instance's data is created. Immutable after creation.
     #[serde(default = "defaults::bootstrap")]
     pub bootstrap: BootstrapSpec,
+
+    /// Replication between the instances.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// When and how a lost primary is replaced.
+    #[serde(default = "defaults::failover")]
+    pub failover: FailoverSpec,
+}
+
+/// Replication between the instances.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// Synchronous replication: a commit returns only once enough replicas
+    /// have it, so a failover loses no acknowledged transaction.
+    #[serde(default)]
+    pub synchronous: SynchronousSpec,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::synchronous_number())]
+pub struct SynchronousSpec {
+    /// `off` (asynchronous), `quorum` (any `number` replicas confirm each
+    /// commit) or `priority` (the first `number` replicas in instance order).
+    #[serde(default)]
+    pub mode: SynchronousMode,
+    /// Replicas that must confirm a commit (1 to instances - 1).
+    #[serde(default)]
+    pub number: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SynchronousMode {
+    #[default]
+    Off,
+    Quorum,
+    Priority,
+}
+
+/// Failure detection and promotion.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Seconds without a renewal of the primary's Lease after which another
+    /// instance is promoted (2 to 60). The primary stops accepting writes
+    /// after half of it, so two writable primaries never coexist.
+    #[serde(default = "defaults::detection_seconds")]
+    #[x_kube(validation = rules::detection_seconds())]
+    pub detection_seconds: i32,
+    /// A replica that received this many bytes of WAL fewer than the lost
+    /// primary last reported is not promoted (it would lose those
+    /// transactions) unless `allowDataLoss` is true.
+    #[serde(default = "defaults::max_lag_bytes")]
+    #[x_kube(validation = rules::non_negative("spec.failover.maxLagBytes"))]
+    pub max_lag_bytes: i64,
+    /// Promote the best replica even when it is behind by more than
+    /// `maxLagBytes` (availability over durability).
+    #[serde(default)]
+    pub allow_data_loss: bool,
 }
 
 /// PostgreSQL version, image and configuration.

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::cluster::{
-    BootstrapSpec, InitdbSpec, PgBouncerSpec, PoolMode, ProxySpec, PvcRetentionPolicy,
-    RetentionRule, TlsMode, TlsSpec,
+    BootstrapSpec, FailoverSpec, InitdbSpec, PgBouncerSpec, PoolMode, ProxySpec,
+    PvcRetentionPolicy, RetentionRule, TlsMode, TlsSpec,
 };
 
 pub fn instances() -> i32 {
@@ -110,6 +110,25 @@ pub fn pvc_retention() -> PvcRetentionPolicy {
     PvcRetentionPolicy {
         when_deleted: when_deleted(),
         when_scaled: when_scaled(),
+    }
+}
+
+/// Lease duration: a lost primary is replaced after about this long.
+pub fn detection_seconds() -> i32 {
+    4
+}
+
+/// 16 MiB of WAL: a busy replica's normal distance, far less than a
+/// replica that stopped streaming.
+pub fn max_lag_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+
+pub fn failover() -> FailoverSpec {
+    FailoverSpec {
+        detection_seconds: detection_seconds(),
+        max_lag_bytes: max_lag_bytes(),
+        allow_data_loss: false,
     }
 }
 

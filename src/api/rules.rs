@@ -136,6 +136,33 @@ pub fn tls_mode_consistent() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+pub fn synchronous_number() -> Rule {
+    Rule::new("self.mode == 'off' ? self.number >= 0 : self.number >= 1")
+        .message("spec.replication.synchronous.number must be at least 1 when mode is quorum or priority")
+        .field_path(".number")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// Waiting for more replicas than exist would block every commit.
+pub fn synchronous_fits_instances() -> Rule {
+    Rule::new("!has(self.replication) || !has(self.replication.synchronous) || self.replication.synchronous.mode == 'off' || self.replication.synchronous.number <= self.instances - 1")
+        .message("spec.replication.synchronous.number must be at most spec.instances - 1 (the number of replicas); raise instances or lower number")
+        .field_path(".replication.synchronous.number")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn non_negative(field: &str) -> Rule {
+    Rule::new("self >= 0")
+        .message(Message::Message(format!("{field} must not be negative")))
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn detection_seconds() -> Rule {
+    Rule::new("self >= 2 && self <= 60")
+        .message("spec.failover.detectionSeconds must be between 2 and 60")
+        .reason(Reason::FieldValueInvalid)
+}
+
 pub fn pooler_replicas_range() -> Rule {
     Rule::new("self >= 1 && self <= 32")
         .message("spec.proxy.pgbouncer.replicas must be between 1 and 32")
@@ -586,6 +613,52 @@ mod tests {
                 json!("orders_owner"),
             ),
             None,
+        );
+    }
+
+    #[test]
+    fn synchronous_replication_needs_enough_replicas() {
+        let sync = |mode: &str, number: i32, instances: i32| {
+            with(
+                with(minimal(), "/spec/instances", json!(instances)),
+                "/spec/replication/synchronous",
+                json!({"mode": mode, "number": number}),
+            )
+        };
+        assert_ok(&sync("quorum", 1, 3), None);
+        assert_ok(&sync("priority", 2, 3), None);
+        assert_ok(&sync("off", 0, 1), None);
+        assert_refused(&sync("quorum", 0, 3), None, "number must be at least 1");
+        assert_refused(&sync("quorum", 3, 3), None, "at most spec.instances - 1");
+        assert_refused(&sync("priority", 1, 1), None, "at most spec.instances - 1");
+        // Scaling down below what synchronous replication needs is refused too.
+        assert_refused(
+            &sync("quorum", 2, 2),
+            Some(&sync("quorum", 2, 3)),
+            "at most spec.instances - 1",
+        );
+    }
+
+    #[test]
+    fn failover_bounds() {
+        assert_ok(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(2)),
+            None,
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(1)),
+            None,
+            "between 2 and 60",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/detectionSeconds", json!(61)),
+            None,
+            "between 2 and 60",
+        );
+        assert_refused(
+            &with(minimal(), "/spec/failover/maxLagBytes", json!(-1)),
+            None,
+            "must not be negative",
         );
     }
 

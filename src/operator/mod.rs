@@ -5,6 +5,7 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod http;
+pub mod leases;
 pub mod metrics;
 
 use std::net::SocketAddr;

@@ -103,7 +103,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(super::tls::common_name),
+                    .and_then(crate::agents::tls::common_name),
             );
             let service =
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {

@@ -10,7 +10,6 @@ pub mod metrics;
 pub mod process;
 pub mod supervisor;
 pub mod switchover;
-pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::admin::{AdminConsole, AdminError};
 use super::config::{self, Credentials, Environment, Rendered};
 use super::process::{self, Exit, Identity, ProcessError};
-use super::tls::{self, TlsError};
+use crate::agents::tls::{self, TlsError};
 use crate::contract::layout::files;
 use crate::contract::pooler::PoolerReport;
 use crate::contract::settings::PoolerSettings;

@@ -7,8 +7,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::labels;
 use super::model::Model;
 use super::names;
+use crate::api::SynchronousMode;
 use crate::contract::layout::{self, files};
-use crate::contract::settings::{InitdbSettings, InstanceSettings, PoolerSettings};
+use crate::contract::settings::{
+    FencingSettings, InitdbSettings, InstanceSettings, PoolerSettings, SynchronousMode as SyncMode,
+    SynchronousSettings,
+};
 
 pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSettings {
     let spec = &model.spec;
@@ -30,8 +34,31 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
         primary_port: layout::POSTGRES_PORT,
         instances: instances.to_vec(),
         separate_wal: spec.wal_storage.is_some(),
-        fencing: None,
-        synchronous: Default::default(),
+        fencing: Some(fencing(model)),
+        synchronous: SynchronousSettings {
+            mode: match spec.replication.synchronous.mode {
+                SynchronousMode::Off => SyncMode::Off,
+                SynchronousMode::Quorum => SyncMode::Quorum,
+                SynchronousMode::Priority => SyncMode::Priority,
+            },
+            number: u32::try_from(spec.replication.synchronous.number).unwrap_or(0),
+        },
+    }
+}
+
+/// Lease timing from `spec.failover.detectionSeconds` (D): the primary
+/// renews every D/4 and fences itself after D/2 without a renewal; the
+/// operator promotes another instance only after D without one. So the old
+/// primary has stopped writing D/2 before any other can start, a margin for
+/// the fence itself (an immediate stop, well under a second) and for the
+/// latency of the renewal the operator saw last.
+pub fn fencing(model: &Model) -> FencingSettings {
+    let d = u64::try_from(model.spec.failover.detection_seconds.max(2)).unwrap_or(4) * 1000;
+    FencingSettings {
+        lease_name: names::primary_lease(&model.name),
+        lease_duration_ms: d,
+        renew_interval_ms: d / 4,
+        fence_after_ms: d / 2,
     }
 }
 
@@ -87,6 +114,20 @@ mod tests {
         assert_eq!(inst.parameters["work_mem"], "8MB");
         assert_eq!(inst.primary_host, "db-rw");
         assert_eq!(inst.instances, instances);
+        let fencing = inst.fencing.unwrap();
+        assert_eq!(fencing.lease_name, "db-primary");
+        assert_eq!(
+            (
+                fencing.lease_duration_ms,
+                fencing.renew_interval_ms,
+                fencing.fence_after_ms
+            ),
+            (4000, 1000, 2000)
+        );
+        assert!(
+            fencing.fence_after_ms + 1000 < fencing.lease_duration_ms,
+            "fence well before anyone may promote"
+        );
         let pool: PoolerSettings = serde_json::from_str(&data[files::POOLER_SETTINGS]).unwrap();
         assert_eq!(pool.backend_host, "db-rw");
         assert_eq!(pool.pool_mode, "transaction");

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod instance;
 pub mod labels;
+pub mod lease;
 pub mod model;
 pub mod names;
 pub mod pdb;

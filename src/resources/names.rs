@@ -108,6 +108,11 @@ pub fn pooler_pdb(cluster: &str) -> String {
     format!("{cluster}-pooler")
 }
 
+/// Lease the primary's instance manager holds (DESIGN §5, fencing token).
+pub fn primary_lease(cluster: &str) -> String {
+    format!("{cluster}-primary")
+}
+
 /// Server name the operator expects in the agents' certificates. Agents are
 /// reached by pod IP, so the name is fixed per cluster rather than per pod.
 pub fn agent_server_name(cluster: &str, namespace: &str) -> String {

@@ -103,7 +103,7 @@ impl Pki {
     pub fn client_config(&self, cn: &str) -> rustls::ClientConfig {
         let (params, key) = leaf(cn, &[], ExtendedKeyUsagePurpose::ClientAuth);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        capstan::pooler::tls::client_config(
+        capstan::agents::tls::client_config(
             self.ca_pem.as_bytes(),
             cert.pem().as_bytes(),
             key.serialize_pem().as_bytes(),
@@ -114,7 +114,7 @@ impl Pki {
     /// A client configuration without a client certificate.
     pub fn anonymous_client_config(&self) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
-        for c in capstan::pooler::tls::certs_from_pem(self.ca_pem.as_bytes(), "ca").unwrap() {
+        for c in capstan::agents::tls::certs_from_pem(self.ca_pem.as_bytes(), "ca").unwrap() {
             roots.add(c).unwrap();
         }
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(

@@ -149,6 +149,7 @@ fn child_hash(child: &Child) -> String {
         Child::Pvc(o) => serde_json::to_vec(o),
         Child::Deployment(o) => serde_json::to_vec(o),
         Child::Pdb(o) => serde_json::to_vec(o),
+        Child::Lease(o) => serde_json::to_vec(o),
     }
     .unwrap_or_default();
     Sha256::digest(&json)
@@ -172,6 +173,7 @@ async fn apply_child(
         Child::Pvc(o) => ssa(client, ns, o).await,
         Child::Deployment(o) => ssa(client, ns, o.as_ref()).await,
         Child::Pdb(o) => ssa(client, ns, o).await,
+        Child::Lease(o) => ssa(client, ns, o).await,
     }
 }
 
@@ -186,6 +188,7 @@ fn child_key(child: &Child) -> String {
         Child::Pvc(o) => ("PersistentVolumeClaim", &o.metadata),
         Child::Deployment(o) => ("Deployment", &o.metadata),
         Child::Pdb(o) => ("PodDisruptionBudget", &o.metadata),
+        Child::Lease(o) => ("Lease", &o.metadata),
     };
     format!("{kind}/{}", meta.name.as_deref().unwrap_or_default())
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -14,7 +15,7 @@ use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance::{self, SPEC_HASH_ANNOTATION};
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertIdentity, CertKind, PasswordSecret};
-use crate::resources::{config, labels, names, pdb, proxy, quantity, rbac, services};
+use crate::resources::{config, labels, lease, names, pdb, proxy, quantity, rbac, services};
 
 /// A child applied with server-side apply on every reconcile.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +28,7 @@ pub enum Child {
     Pvc(PersistentVolumeClaim),
     Deployment(Box<Deployment>),
     Pdb(PodDisruptionBudget),
+    Lease(Lease),
 }
 
 /// Why a certificate is (re-)issued.
@@ -223,6 +225,7 @@ pub fn shared_children(
             .into_iter()
             .map(Child::ServiceAccount),
     );
+    apply.push(Child::Lease(lease::primary_lease(model)));
     apply.push(Child::Role(rbac::instance_role(model)));
     apply.push(Child::RoleBinding(rbac::instance_role_binding(model)));
     for name in instances {
@@ -596,6 +599,7 @@ mod tests {
                 Child::Pvc(_) => "pvc",
                 Child::Deployment(_) => "deploy",
                 Child::Pdb(_) => "pdb",
+                Child::Lease(_) => "lease",
             })
             .collect();
         assert_eq!(kinds.iter().filter(|k| **k == "svc").count(), 4);

@@ -1,0 +1,38 @@
+//! The instance manager API as the operator calls it.
+
+use std::time::Duration;
+
+use super::client::{AgentClient, ClientError, Endpoint};
+use crate::contract::instance::{
+    DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
+};
+
+/// Promotion takes the Lease, promotes and waits for the first accepted
+/// write; a clean demotion waits for a checkpoint and a stop.
+const ROLE_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl AgentClient {
+    /// `GET /status`.
+    pub async fn instance_status(&self, ep: &Endpoint) -> Result<InstanceReport, ClientError> {
+        self.get(ep, "/status").await
+    }
+
+    /// `POST /promote`: returns once the instance accepts writes.
+    pub async fn promote(
+        &self,
+        ep: &Endpoint,
+        request: &PromoteRequest,
+    ) -> Result<PromoteResult, ClientError> {
+        self.post(ep, "/promote", request, ROLE_CHANGE_TIMEOUT)
+            .await
+    }
+
+    /// `POST /demote`: a clean shutdown, then following `new_primary`.
+    pub async fn demote(
+        &self,
+        ep: &Endpoint,
+        request: &DemoteRequest,
+    ) -> Result<DemoteResult, ClientError> {
+        self.post(ep, "/demote", request, ROLE_CHANGE_TIMEOUT).await
+    }
+}

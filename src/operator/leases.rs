@@ -1,0 +1,250 @@
+//! Watches every cluster's primary Lease and measures, on the operator's own
+//! monotonic clock, how long it has gone without a renewal.
+//!
+//! The clock is the operator's, never the timestamps written in the Lease:
+//! a renewal is "seen" when its watch event arrives, which is after the
+//! primary sent it. So `silent_for >= leaseDuration` implies the primary's
+//! last successful renewal started at least `leaseDuration` ago, and a
+//! primary that fences itself `fenceAfter < leaseDuration` after its last
+//! successful renewal has stopped writing by then (see
+//! `resources::config::fencing`). After an operator restart every Lease
+//! counts as freshly renewed: a failover can only come later, never earlier.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+
+use crate::api::PostgresCluster;
+use crate::resources::labels;
+
+/// How often expired leases are looked for: the delay a failover can add
+/// to the lease duration.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// A primary Lease as the operator sees it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    /// Since the operator last saw the holder or renewTime change.
+    pub silent_for: Duration,
+    /// `leaseDurationSeconds`.
+    pub duration: Duration,
+}
+
+impl LeaseView {
+    pub fn expired(&self) -> bool {
+        self.silent_for >= self.duration
+    }
+}
+
+#[derive(Debug)]
+struct Tracked {
+    holder: Option<String>,
+    renew: Option<String>,
+    changed_at: Instant,
+    duration: Duration,
+    /// A reconcile was already requested for this silence.
+    triggered: bool,
+}
+
+/// Keyed by (namespace, cluster).
+#[derive(Default, Debug)]
+pub struct LeaseMonitor {
+    state: Mutex<HashMap<(String, String), Tracked>>,
+}
+
+fn key(lease: &Lease) -> Option<(String, String)> {
+    let ns = lease.metadata.namespace.clone()?;
+    let cluster = lease
+        .metadata
+        .labels
+        .as_ref()?
+        .get(labels::CLUSTER)?
+        .clone();
+    Some((ns, cluster))
+}
+
+impl LeaseMonitor {
+    fn state(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Tracked>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn view(&self, namespace: &str, cluster: &str) -> Option<LeaseView> {
+        let state = self.state();
+        let t = state.get(&(namespace.to_string(), cluster.to_string()))?;
+        Some(LeaseView {
+            holder: t.holder.clone(),
+            silent_for: t.changed_at.elapsed(),
+            duration: t.duration,
+        })
+    }
+
+    /// Records a Lease as read from a watch event, at `now`.
+    pub fn observe(&self, lease: &Lease, now: Instant) {
+        let Some(key) = key(lease) else { return };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.filter(|h| !h.is_empty());
+        let renew = spec.renew_time.map(|t| t.0.to_string());
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+        );
+        let mut state = self.state();
+        match state.get_mut(&key) {
+            Some(t) if t.holder == holder && t.renew == renew => t.duration = duration,
+            _ => {
+                state.insert(
+                    key,
+                    Tracked {
+                        holder,
+                        renew,
+                        changed_at: now,
+                        duration,
+                        triggered: false,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn forget(&self, lease: &Lease) {
+        if let Some(key) = key(lease) {
+            self.state().remove(&key);
+        }
+    }
+
+    /// Clusters whose held Lease has just gone silent for its whole
+    /// duration (each silence is reported once).
+    pub fn newly_expired(&self, now: Instant) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for (key, t) in self.state().iter_mut() {
+            let silent = now.saturating_duration_since(t.changed_at);
+            if t.holder.is_some() && !t.duration.is_zero() && silent >= t.duration && !t.triggered {
+                t.triggered = true;
+                out.push(key.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Feeds `monitor` from a watch of Capstan's Leases and sends a reconcile
+/// request for every cluster whose primary Lease expires.
+pub fn spawn(
+    client: Client,
+    namespace: Option<String>,
+    monitor: Arc<LeaseMonitor>,
+    trigger: mpsc::Sender<ObjectRef<PostgresCluster>>,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Lease> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let config =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let watching = monitor.clone();
+    let watch = tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
+                    watching.observe(&l, Instant::now())
+                }
+                Ok(watcher::Event::Delete(l)) => watching.forget(&l),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "watching primary Leases"),
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            for (ns, cluster) in monitor.newly_expired(Instant::now()) {
+                tracing::warn!(namespace = %ns, cluster = %cluster, "primary Lease expired");
+                if trigger
+                    .send(ObjectRef::new(&cluster).within(&ns))
+                    .await
+                    .is_err()
+                {
+                    watch.abort();
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+    use super::*;
+
+    fn lease(holder: Option<&str>, renew_secs: i64) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("db-primary".into()),
+                namespace: Some("ns".into()),
+                labels: Some([(labels::CLUSTER.to_string(), "db".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                lease_duration_seconds: Some(4),
+                renew_time: Some(MicroTime(jiff::Timestamp::from_second(renew_secs).unwrap())),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn silence_is_measured_from_the_last_change_the_operator_saw() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        m.observe(&lease(Some("db-1"), 100), t0);
+        // The same renewal seen again (a resync) is not a renewal.
+        m.observe(&lease(Some("db-1"), 100), t0 + Duration::from_secs(2));
+        assert!(m.newly_expired(t0 + Duration::from_millis(3900)).is_empty());
+        assert_eq!(
+            m.newly_expired(t0 + Duration::from_secs(4)),
+            vec![("ns".into(), "db".into())]
+        );
+        assert!(
+            m.newly_expired(t0 + Duration::from_secs(5)).is_empty(),
+            "reported once"
+        );
+        // A renewal starts a new silence.
+        m.observe(&lease(Some("db-1"), 101), t0 + Duration::from_secs(6));
+        assert!(m.newly_expired(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(m.newly_expired(t0 + Duration::from_secs(10)).len(), 1);
+    }
+
+    #[test]
+    fn a_released_lease_never_expires_into_a_failover() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        m.observe(&lease(None, 100), t0);
+        assert!(m.newly_expired(t0 + Duration::from_secs(60)).is_empty());
+        let view = m.view("ns", "db").unwrap();
+        assert_eq!(view.holder, None);
+        assert_eq!(view.duration, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_new_holder_is_a_change() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        m.observe(&lease(Some("db-1"), 100), t0);
+        m.observe(&lease(Some("db-2"), 100), t0 + Duration::from_secs(3));
+        assert!(m.newly_expired(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(m.view("ns", "db").unwrap().holder.as_deref(), Some("db-2"));
+    }
+}
