@@ -32,19 +32,27 @@
 //! The monotonic clock keeps running while the process is stopped
 //! (SIGSTOP, a frozen VM), so a thawed keeper finds its deadline long past:
 //! the first thing it does on every wake-up is this check, and it fences
-//! before it sends any request. Because the fence also signals every backend
-//! directly, a backend that is itself still stopped dies the moment it
-//! resumes (the pending SIGQUIT is delivered before it runs again).
+//! before it sends any request (a renewal that was under way when the
+//! process stopped counts from its start, so it cannot extend the bound).
+//! Because the fence also signals every backend directly, a backend that is
+//! still stopped when the keeper wakes dies the moment it resumes (the
+//! pending SIGQUIT is delivered before it runs again).
 //!
 //! The new primary takes the Lease over with a conditional update, and only
-//! when it is free, its own, expired by its `renewTime + leaseDurationSeconds`
-//! against this machine's clock, or unchanged for `lease_duration` as
-//! observed here — the operator has normally waited that out already, so the
-//! takeover is immediate; a holder that is still renewing is never
-//! overwritten.
+//! when it is free, its own, expired by its `renewTime +
+//! leaseDurationSeconds` against this machine's clock, or unchanged for
+//! `lease_duration` as observed here. The operator has waited out
+//! `lease_duration` already, so on clocks in step the lease is expired and
+//! the takeover is immediate; the observation is the fallback for a clock
+//! that runs behind the old holder's. A holder that is still renewing is
+//! never overwritten: its `renewTime` is at most `renew_interval` (plus the
+//! request's latency) old, and every write is conditional on the version
+//! read.
 //!
 //! Not covered: a manager that is stopped while its PostgreSQL keeps running
-//! cannot fence (nothing but the manager watches the Lease).
+//! cannot fence (nothing but the manager watches the Lease); and when a
+//! whole pod thaws at once, a backend scheduled before the keeper may finish
+//! a commit that was already under way (a window of scheduler latency).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -338,6 +346,26 @@ struct Held {
     next_renewal: Instant,
 }
 
+/// Why a lease could be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    Free,
+    Own,
+    Expired,
+    Unchanged,
+}
+
+impl Takeover {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Own => "own",
+            Self::Expired => "expired",
+            Self::Unchanged => "unchanged-for-lease-duration",
+        }
+    }
+}
+
 /// A version of the lease and when this keeper first saw it.
 struct Seen {
     version: String,
@@ -507,14 +535,18 @@ impl<S: LeaseStore> Keeper<S> {
         }
     }
 
-    /// Whether another holder's lease may be taken: expired by its own
-    /// `renewTime + leaseDurationSeconds` on this machine's clock, or not
-    /// changed for `lease_duration` as observed here.
-    fn takeable(&self, stored: &Stored, fencing: &FencingSettings) -> bool {
+    /// Why the lease may be taken, if it may: free, already this
+    /// instance's, expired by its own `renewTime + leaseDurationSeconds` on
+    /// this machine's clock, or not changed for `lease_duration` as observed
+    /// here.
+    fn takeable(&self, stored: &Stored, fencing: &FencingSettings) -> Option<Takeover> {
         let spec = &stored.spec;
         let holder = spec.holder_identity.as_deref().unwrap_or("");
-        if holder.is_empty() || holder == self.me {
-            return true;
+        if holder.is_empty() {
+            return Some(Takeover::Free);
+        }
+        if holder == self.me {
+            return Some(Takeover::Own);
         }
         let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
             (Some(renewed), Some(seconds)) => renewed
@@ -527,7 +559,13 @@ impl<S: LeaseStore> Keeper<S> {
         let unchanged = self.seen.as_ref().is_some_and(|s| {
             s.version == stored.version && s.since.elapsed() >= ms(fencing.lease_duration_ms)
         });
-        expired || unchanged
+        if expired {
+            Some(Takeover::Expired)
+        } else if unchanged {
+            Some(Takeover::Unchanged)
+        } else {
+            None
+        }
     }
 
     async fn acquire(&mut self) -> Result<(), FenceError> {
@@ -545,16 +583,17 @@ impl<S: LeaseStore> Keeper<S> {
             let current = self.bounded(self.store.read(&name)).await?;
             self.observe(current.as_ref());
             let started = Instant::now();
-            let written = match &current {
-                None => {
+            let takeover = current.as_ref().map(|c| self.takeable(c, &fencing));
+            let written = match (&current, takeover.flatten()) {
+                (None, _) => {
                     let spec = self.holding_spec(&fencing, None);
                     self.bounded(self.store.create(&name, &spec)).await
                 }
-                Some(stored) if self.takeable(stored, &fencing) => {
+                (Some(stored), Some(_)) => {
                     let spec = self.holding_spec(&fencing, Some(&stored.spec));
                     self.bounded(self.store.replace(&name, stored, &spec)).await
                 }
-                Some(stored) => {
+                (Some(stored), None) => {
                     if Instant::now() >= give_up {
                         let renewed = stored
                             .spec
@@ -580,6 +619,7 @@ impl<S: LeaseStore> Keeper<S> {
                         operation = "lease",
                         lease = %name,
                         previous_holder = ?previous,
+                        takeover = takeover.flatten().map_or("created", Takeover::as_str),
                         transitions = stored.spec.lease_transitions,
                         "holding the primary lease"
                     );
@@ -706,10 +746,12 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex as StdMutex;
 
-    /// An in-memory store with a switch for partitions (fail or hang).
+    /// An in-memory store with switches for partitions (fail or hang), for
+    /// everyone or for one instance's view of it.
     #[derive(Clone, Default)]
     struct Memory {
         inner: Arc<StdMutex<MemoryInner>>,
+        who: String,
     }
 
     #[derive(Default)]
@@ -718,10 +760,18 @@ mod tests {
         counter: u64,
         fail: bool,
         hang: bool,
+        partitioned: std::collections::HashSet<String>,
         writes: u32,
     }
 
     impl Memory {
+        /// The same store as instance `who` reaches it.
+        fn seen_by(&self, who: &str) -> Memory {
+            Memory {
+                inner: self.inner.clone(),
+                who: who.into(),
+            }
+        }
         fn set(&self, f: impl FnOnce(&mut MemoryInner)) {
             f(&mut self.inner.lock().unwrap());
         }
@@ -748,7 +798,10 @@ mod tests {
         async fn gate(&self) -> Result<(), StoreError> {
             let (fail, hang) = {
                 let inner = self.inner.lock().unwrap();
-                (inner.fail, inner.hang)
+                (
+                    inner.fail || inner.partitioned.contains(&self.who),
+                    inner.hang,
+                )
             };
             if hang {
                 std::future::pending::<()>().await;
@@ -800,9 +853,16 @@ mod tests {
         }
     }
 
+    fn keeper_with(store: &Memory, me: &str, settings: FencingSettings) -> LeaseHandle {
+        let dir = std::env::temp_dir().join("capstan-fencing-unit-no-such-dir");
+        let handle = LeaseHandle::spawn(store.seen_by(me), me, Arc::new(LeaseState::new(dir)));
+        handle.configure(Some(settings));
+        handle
+    }
+
     fn keeper(store: &Memory, me: &str) -> LeaseHandle {
         let dir = std::env::temp_dir().join("capstan-fencing-unit-no-such-dir");
-        let handle = LeaseHandle::spawn(store.clone(), me, Arc::new(LeaseState::new(dir)));
+        let handle = LeaseHandle::spawn(store.seen_by(me), me, Arc::new(LeaseState::new(dir)));
         handle.configure(Some(fencing()));
         handle
     }
@@ -926,7 +986,9 @@ mod tests {
         let store = Memory::default();
         other_holds(&store, "db-1", Duration::from_secs(5));
         let handle = keeper(&store, "db-2");
+        let started = Instant::now();
         handle.acquire().await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "no second wait");
         let lease = store.get("db-primary").unwrap();
         assert_eq!(lease.spec.holder_identity.as_deref(), Some("db-2"));
         assert_eq!(lease.spec.lease_transitions, Some(4));
@@ -1023,5 +1085,228 @@ mod tests {
         settle().await;
         assert!(handle.state.fenced());
         assert_eq!(store.writes(), writes, "no renewal after the bound");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewing_holder_is_never_overwritten() {
+        let store = Memory::default();
+        let holder = keeper(&store, "db-1");
+        holder.acquire().await.unwrap();
+        let other = keeper(&store, "db-2");
+        let started = Instant::now();
+        let err = other.acquire().await.unwrap_err();
+        assert!(
+            matches!(err, FenceError::HeldBy { ref holder, .. } if holder == "db-1"),
+            "{err}"
+        );
+        // It looked for the whole lease duration before giving up.
+        assert!(started.elapsed() >= Duration::from_millis(4000));
+        let lease = store.get("db-primary").unwrap();
+        assert_eq!(lease.spec.holder_identity.as_deref(), Some("db-1"));
+        assert_eq!(lease.spec.lease_transitions, Some(0));
+        assert!(holder.state.may_write() && !holder.state.fenced());
+        assert!(!other.state.holding() && !other.state.may_write());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partitioned_holder_fences_and_is_taken_over_at_once_after_the_lease_duration() {
+        let short = FencingSettings {
+            lease_duration_ms: 1000,
+            renew_interval_ms: 250,
+            fence_after_ms: 500,
+            ..fencing()
+        };
+        let store = Memory::default();
+        let old = keeper_with(&store, "db-1", short.clone());
+        let new = keeper_with(&store, "db-2", short.clone());
+        old.acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(old.state.may_write(), "renewals keep it held");
+        store.set(|i| {
+            i.partitioned.insert("db-1".into());
+        });
+        let cut = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        settle().await;
+        assert!(old.state.fenced() && !old.state.may_write());
+        assert!(cut.elapsed() <= Duration::from_millis(500));
+        // The operator waits the lease duration out on its clock; the
+        // renewal time in the lease is wall-clock time, which paused tokio
+        // time does not move, so let the real clock pass it.
+        std::thread::sleep(Duration::from_millis(1050));
+        let started = Instant::now();
+        new.acquire().await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO, "no second wait");
+        let lease = store.get("db-primary").unwrap();
+        assert_eq!(lease.spec.holder_identity.as_deref(), Some("db-2"));
+        assert_eq!(lease.spec.lease_transitions, Some(1));
+        // Healed, the old holder cannot take it back while db-2 renews.
+        store.set(|i| {
+            i.partitioned.clear();
+        });
+        let err = old.acquire().await.unwrap_err();
+        assert!(matches!(err, FenceError::HeldBy { .. }), "{err}");
+        assert!(old.state.fenced() && !old.state.may_write());
+        assert!(new.state.may_write());
+    }
+
+    /// A stand-in postmaster: `postgres -D <dir>` that works in `<dir>`
+    /// and sleeps, killed by the guard if a test fails.
+    struct FakePostgres {
+        bin: tempfile::TempDir,
+        data: tempfile::TempDir,
+        pids: Vec<u32>,
+    }
+
+    impl FakePostgres {
+        fn new() -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let bin = tempfile::tempdir().unwrap();
+            let script = bin.path().join("postgres");
+            std::fs::write(
+                &script,
+                "#!/bin/sh\nulimit -c 0\ncd \"$2\" || exit 1\nexec sleep 1000\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Self {
+                bin,
+                data: tempfile::tempdir().unwrap(),
+                pids: vec![],
+            }
+        }
+
+        fn spawn(&mut self) -> Result<PostgresChild, super::super::supervisor::SupervisorError> {
+            // A freshly written script may be "text file busy" while another
+            // test thread forks: retry briefly.
+            let mut attempt = 0;
+            loop {
+                match PostgresChild::spawn(self.bin.path(), self.data.path(), &[]) {
+                    Ok(child) => {
+                        self.pids.push(child.signaller().pid());
+                        return Ok(child);
+                    }
+                    Err(e) if attempt < 20 => {
+                        attempt += 1;
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+
+        /// A process working in the data directory that nobody registered,
+        /// like a backend.
+        fn backend(&mut self) -> std::process::Child {
+            let child = std::process::Command::new("sleep")
+                .arg("1000")
+                .current_dir(self.data.path())
+                .spawn()
+                .unwrap();
+            self.pids.push(child.id());
+            child
+        }
+    }
+
+    impl Drop for FakePostgres {
+        fn drop(&mut self) {
+            for pid in &self.pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writable_start_needs_the_lease() {
+        let mut fake = FakePostgres::new();
+        let store = Memory::default();
+        let dir = fake.data.path().to_path_buf();
+        let handle = LeaseHandle::spawn(
+            store.seen_by("db-1"),
+            "db-1",
+            Arc::new(LeaseState::new(dir)),
+        );
+        handle.configure(Some(fencing()));
+        let mut spawned = false;
+        let refused = handle.state.start_postgres(true, || {
+            spawned = true;
+            fake.spawn()
+        });
+        assert!(matches!(refused, Err(GateError::NotHeld)));
+        assert!(!spawned, "nothing is started without the lease");
+        // A replica needs no lease.
+        let replica = handle.state.start_postgres(false, || fake.spawn()).unwrap();
+        replica.signal(Mode::Kill);
+        handle.acquire().await.unwrap();
+        let mut primary = handle.state.start_postgres(true, || fake.spawn()).unwrap();
+        primary.signal(Mode::Kill);
+        primary.wait_exit(Duration::from_secs(10)).await.unwrap();
+        handle.fence("test".into()).await;
+        for _ in 0..100 {
+            if handle.state.fenced() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut spawned = false;
+        let refused = handle.state.start_postgres(true, || {
+            spawned = true;
+            fake.spawn()
+        });
+        assert!(matches!(refused, Err(GateError::NotHeld)), "fenced");
+        assert!(!spawned);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_signals_the_postmaster_and_every_process_in_pgdata() {
+        use super::super::lease::FileLease;
+        let leases = tempfile::tempdir().unwrap();
+        let mut fake = FakePostgres::new();
+        let dir = fake.data.path().to_path_buf();
+        let store = FileLease::new(leases.path().into(), "db-1");
+        let handle = LeaseHandle::spawn(store, "db-1", Arc::new(LeaseState::new(dir)));
+        handle.configure(Some(FencingSettings {
+            lease_duration_ms: 1000,
+            renew_interval_ms: 100,
+            fence_after_ms: 500,
+            ..fencing()
+        }));
+        handle.acquire().await.unwrap();
+        let mut postmaster = handle.state.start_postgres(true, || fake.spawn()).unwrap();
+        let mut backend = fake.backend();
+        // Renewals through the file keep it held.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(handle.state.may_write() && !handle.state.fenced());
+        assert!(postmaster.exited().is_none());
+
+        std::fs::write(FileLease::sentinel(leases.path(), "db-1"), "").unwrap();
+        let status = postmaster.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(status.as_deref(), Some("killed by SIGQUIT"));
+        let report = handle.state.report().unwrap();
+        assert!(report.fenced && !report.held, "{report:?}");
+        let mut backend_status = None;
+        for _ in 0..200 {
+            backend_status = backend.try_wait().unwrap();
+            if backend_status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            backend_status.and_then(|s| s.signal()),
+            Some(nix::sys::signal::Signal::SIGQUIT as i32),
+            "a process in PGDATA is signalled too"
+        );
+        // Healed, it stays fenced until the manager acquires again.
+        std::fs::remove_file(FileLease::sentinel(leases.path(), "db-1")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(handle.state.fenced());
+        handle.acquire().await.unwrap();
+        assert!(handle.state.may_write() && !handle.state.fenced());
     }
 }

@@ -322,7 +322,20 @@ impl<A: Authority> Manager<A> {
     // ---- starting -------------------------------------------------------
 
     async fn start(&mut self, settings: &InstanceSettings, target: Option<&str>) {
-        match self.try_start(settings, target).await {
+        if target != Some(self.inputs.pod.as_str()) {
+            // Not (or no longer) to be primary: a lease kept from an earlier
+            // attempt would stop the named instance from taking over, and
+            // this one may need that instance running to rejoin it.
+            self.release_lease().await;
+        }
+        let result = match self.try_start(settings, target).await {
+            // Stopped by a fence while starting: not a failure to back off from.
+            Err(StartError::Other(message)) if self.shared.lease.fenced() => {
+                Err(StartError::Lease(message))
+            }
+            other => other,
+        };
+        match result {
             Ok(()) => {
                 self.clear_error(Source::Start);
                 self.clear_error(Source::Lease);
@@ -1225,6 +1238,7 @@ impl<A: Authority> Manager<A> {
     async fn shutdown(mut self) {
         let Some(mut child) = self.postgres.take() else {
             tracing::info!("shutting down; postgres was not running");
+            self.release_lease().await;
             return;
         };
         let budget = self.inputs.shutdown_budget;
@@ -1242,9 +1256,9 @@ impl<A: Authority> Manager<A> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "postgres stopped; exiting"
         );
-        if status.is_some() && self.shared.lease.holding() {
+        if status.is_some() {
             // Stopped: the next primary need not wait for the lease to expire.
-            self.lease.release().await;
+            self.release_lease().await;
         }
     }
 }
