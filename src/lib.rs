@@ -9,4 +9,5 @@ pub mod pooler;
 pub mod postgres;
 pub mod render;
 pub mod resources;
+pub mod switchover;
 pub mod tls;

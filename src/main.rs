@@ -42,6 +42,9 @@ enum Command {
     Pooler(capstan::pooler::Args),
     /// Run the instance manager (PID 1 of PostgreSQL pods).
     Instance(Box<capstan::instance::Args>),
+    /// Ask for a planned switchover to another instance and wait for it
+    /// (sets the capstan.dev/switchover annotation).
+    Switchover(capstan::switchover::Args),
 }
 
 fn init_tracing() {
@@ -80,6 +83,10 @@ fn main() -> ExitCode {
         Command::CopyBinary { dest } => copy_binary(&dest),
         Command::Pooler(args) => capstan::pooler::run(args),
         Command::Instance(args) => capstan::instance::run(*args).map_err(|e| e.to_string()),
+        Command::Switchover(args) => runtime().and_then(|rt| {
+            rt.block_on(capstan::switchover::run(args))
+                .map_err(|e| e.to_string())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

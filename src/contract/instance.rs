@@ -7,12 +7,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Role of an instance as its manager sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
     Replica,
     /// PostgreSQL is not running (bootstrapping, crashed, fenced, stopped).
+    #[default]
     Unknown,
 }
 
@@ -27,7 +28,7 @@ impl Role {
 }
 
 /// `GET /status`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceReport {
     /// Pod name.

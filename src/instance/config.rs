@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::contract::settings::InstanceSettings;
 use crate::postgres::conninfo::ConnInfo;
-use crate::postgres::{conf, hba, roles};
+use crate::postgres::{conf, hba, roles, synchronous};
 
 use super::inputs::Inputs;
 
@@ -112,6 +112,10 @@ pub fn managed_parameters(
         ("logging_collector", "off".into()),
     ];
     params.extend(archive_parameters(settings));
+    params.push((
+        "synchronous_standby_names",
+        synchronous_standby_names(inputs, settings, role),
+    ));
     // Needs a restart to change, so it stays the same in both roles.
     params.push(("recovery_target_timeline", "latest".into()));
     if role == Desired::Replica {
@@ -122,6 +126,36 @@ pub fn managed_parameters(
         params.push(("primary_slot_name", inputs.slot_name()));
     }
     params
+}
+
+/// On the primary, the other instances as its synchronous standbys. A
+/// replica keeps it empty: at promotion the first commit (the write that
+/// proves promotion worked) must not wait for standbys that still have to
+/// reconnect; the primary configuration follows right after.
+fn synchronous_standby_names(
+    inputs: &Inputs,
+    settings: &InstanceSettings,
+    role: Desired,
+) -> String {
+    match role {
+        Desired::Primary => synchronous_standbys(inputs, settings).value,
+        Desired::Replica => String::new(),
+    }
+}
+
+/// `synchronous_standby_names` over the other instances, and why the number
+/// was adjusted to fit them, if it was.
+pub fn synchronous_standbys(
+    inputs: &Inputs,
+    settings: &InstanceSettings,
+) -> synchronous::SynchronousStandbyNames {
+    let standbys: Vec<&str> = settings
+        .instances
+        .iter()
+        .map(String::as_str)
+        .filter(|i| *i != inputs.pod)
+        .collect();
+    synchronous::render(&settings.synchronous, &standbys)
 }
 
 /// Defaults a user may override.
@@ -271,6 +305,7 @@ mod tests {
             api_port: 8000,
             pg_bin_dir: None,
             authority: AuthoritySpec::Kube,
+            lease: crate::instance::lease::LeaseStoreSpec::Kube,
             shutdown_seconds: 50,
             ready_max_lag_bytes: 1,
             log_format: "text".into(),
@@ -361,6 +396,37 @@ mod tests {
                 .get(USER_CONF)
                 .unwrap()
                 .contains(r"application_name = 'it''s a \\ test'")
+        );
+    }
+
+    #[test]
+    fn the_primary_names_the_other_instances_as_synchronous_standbys() {
+        use crate::contract::settings::{SynchronousMode, SynchronousSettings};
+        let mut settings = example();
+        settings.instances = vec!["db-1".into(), "db-2".into(), "db-3".into()];
+        settings.synchronous = SynchronousSettings {
+            mode: SynchronousMode::Quorum,
+            number: 1,
+        };
+        let primary = render(&inputs(), &settings, Desired::Primary).unwrap();
+        let managed = primary.get(MANAGED_CONF).unwrap();
+        assert!(
+            managed.contains(r#"synchronous_standby_names = 'ANY 1 ("db-1", "db-3")'"#),
+            "{managed}"
+        );
+        let replica = render(&inputs(), &settings, Desired::Replica).unwrap();
+        let managed = replica.get(MANAGED_CONF).unwrap();
+        assert!(
+            managed.contains("synchronous_standby_names = ''"),
+            "{managed}"
+        );
+        settings.synchronous.mode = SynchronousMode::Off;
+        let primary = render(&inputs(), &settings, Desired::Primary).unwrap();
+        assert!(
+            primary
+                .get(MANAGED_CONF)
+                .unwrap()
+                .contains("synchronous_standby_names = ''")
         );
     }
 

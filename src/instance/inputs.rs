@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::contract::layout::{self, env, files, mounts};
 
 use super::authority::AuthoritySpec;
+use super::lease::LeaseStoreSpec;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -57,6 +58,11 @@ pub struct Args {
     /// PostgresCluster) or `file:<path>` (a file holding the target pod name).
     #[arg(long, env = "CAPSTAN_AUTHORITY", default_value = "kube")]
     pub authority: AuthoritySpec,
+    /// Where the primary Lease lives when the settings configure fencing:
+    /// `kube` (a coordination.k8s.io Lease in the pod's namespace) or
+    /// `file:<dir>` (JSON files standing in for Leases; tests and local runs).
+    #[arg(long, env = "CAPSTAN_LEASE", default_value = "kube")]
+    pub lease: LeaseStoreSpec,
     /// Seconds the manager may spend shutting down after SIGTERM.
     #[arg(long, env = env::SHUTDOWN_SECONDS, default_value_t = layout::INSTANCE_SHUTDOWN_SECONDS as u64)]
     pub shutdown_seconds: u64,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 use tracing::Instrument;
 
+use crate::contract::instance::StandbyReport;
 use crate::postgres::lsn::Lsn;
 use crate::postgres::{roles, sql};
 
@@ -59,6 +60,8 @@ pub struct Snapshot {
     pub primary_end_lsn: Option<Lsn>,
     pub wal_receiver: Option<String>,
     pub replay_delay_seconds: Option<f64>,
+    /// Primary: its standbys (`pg_stat_replication`), by name.
+    pub standbys: Vec<StandbyReport>,
 }
 
 /// Live numbers for `/metrics`.
@@ -171,6 +174,25 @@ impl Local {
             snap.current_lsn = lsn(row.get(0));
             snap.flush_lsn = lsn(row.get(1));
             snap.timeline = Some(row.get::<_, i32>(2) as u32);
+            snap.standbys = client
+                .query(
+                    "SELECT application_name::text, coalesce(state, 'unknown'),
+                            coalesce(sync_state, 'unknown'), flush_lsn::text, replay_lsn::text
+                     FROM pg_stat_replication
+                     ORDER BY application_name, pid",
+                    &[],
+                )
+                .await
+                .map_err(query_err("pg_stat_replication"))?
+                .iter()
+                .map(|r| StandbyReport {
+                    name: r.get(0),
+                    state: r.get(1),
+                    sync_state: r.get(2),
+                    flush_lsn: r.get(3),
+                    replay_lsn: r.get(4),
+                })
+                .collect();
         }
         Ok(snap)
     }

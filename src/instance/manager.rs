@@ -25,6 +25,7 @@ use super::binaries::Binaries;
 use super::bootstrap::{BootstrapError, BootstrapSecrets, DataOps, DataState};
 use super::config::{self, Desired};
 use super::decide::{self, DataKind, RoleChange, StartPlan};
+use super::fencing::{FenceError, GateError, LeaseHandle};
 use super::inputs::{self, Inputs};
 use super::local::{Local, Snapshot};
 use super::process;
@@ -60,6 +61,21 @@ enum Source {
     Passwords,
     Replication,
     RoleChange,
+    Lease,
+}
+
+/// Why postgres was not started.
+enum StartError {
+    /// The primary lease is not held (yet): retried every tick, without
+    /// backoff, so a healed partition or a released lease is used at once.
+    Lease(String),
+    Other(String),
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        Self::Other(message)
+    }
 }
 
 pub struct Manager<A: Authority> {
@@ -67,6 +83,7 @@ pub struct Manager<A: Authority> {
     inputs: Inputs,
     local: Local,
     authority: A,
+    lease: LeaseHandle,
     settings: Option<InstanceSettings>,
     settings_text: Option<String>,
     bins: Option<Binaries>,
@@ -88,13 +105,14 @@ pub struct Manager<A: Authority> {
 }
 
 impl<A: Authority> Manager<A> {
-    pub fn new(shared: Arc<Shared>, authority: A) -> Self {
+    pub fn new(shared: Arc<Shared>, authority: A, lease: LeaseHandle) -> Self {
         let inputs = shared.inputs.clone();
         Self {
             local: shared.local.clone(),
             shared,
             inputs,
             authority,
+            lease,
             settings: None,
             settings_text: None,
             bins: None,
@@ -195,6 +213,17 @@ impl<A: Authority> Manager<A> {
         };
         self.postgres = None;
         self.snapshot = None;
+        if self.shared.lease.fenced() {
+            // Stopped on purpose: not a crash. The start path takes the
+            // lease back (still the target) or rejoins (target moved).
+            tracing::warn!(status = %status, "postgres stopped by the fence");
+            self.set_error(
+                Source::Lease,
+                "fenced: postgres was stopped because the primary lease could not be renewed or was taken over",
+            );
+            self.next_start = Instant::now();
+            return;
+        }
         self.restarts += 1;
         self.crashed = true;
         self.shared.metrics.postgres_restarts.inc();
@@ -228,6 +257,10 @@ impl<A: Authority> Manager<A> {
                 if self.settings.is_some() {
                     tracing::info!("settings changed");
                 }
+                if let Some(why) = config::synchronous_standbys(&self.inputs, &s).adjusted {
+                    tracing::warn!("{why}");
+                }
+                self.lease.configure(s.fencing.clone());
                 self.settings = Some(s);
                 self.next_start = Instant::now();
                 self.clear_error(Source::Settings);
@@ -289,11 +322,29 @@ impl<A: Authority> Manager<A> {
     // ---- starting -------------------------------------------------------
 
     async fn start(&mut self, settings: &InstanceSettings, target: Option<&str>) {
-        match self.try_start(settings, target).await {
+        if target != Some(self.inputs.pod.as_str()) {
+            // Not (or no longer) to be primary: a lease kept from an earlier
+            // attempt would stop the named instance from taking over, and
+            // this one may need that instance running to rejoin it.
+            self.release_lease().await;
+        }
+        let result = match self.try_start(settings, target).await {
+            // Stopped by a fence while starting: not a failure to back off from.
+            Err(StartError::Other(message)) if self.shared.lease.fenced() => {
+                Err(StartError::Lease(message))
+            }
+            other => other,
+        };
+        match result {
             Ok(()) => {
                 self.clear_error(Source::Start);
+                self.clear_error(Source::Lease);
             }
-            Err(message) => {
+            Err(StartError::Lease(message)) => {
+                self.set_error(Source::Lease, message);
+                self.next_start = Instant::now();
+            }
+            Err(StartError::Other(message)) => {
                 self.set_error(Source::Start, message);
                 self.next_start = Instant::now() + self.backoff;
                 self.backoff = next_backoff(self.backoff);
@@ -305,9 +356,9 @@ impl<A: Authority> Manager<A> {
         &mut self,
         settings: &InstanceSettings,
         target: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartError> {
         let Some(bins) = self.bins.clone() else {
-            return Err("no PostgreSQL binaries".into());
+            return Err(String::from("no PostgreSQL binaries").into());
         };
         let ops = self.ops(settings, &bins);
         let state = ops.inspect().await.map_err(|e| e.to_string())?;
@@ -322,7 +373,8 @@ impl<A: Authority> Manager<A> {
                     return Err(format!(
                         "the data directory is PostgreSQL {major}, the binaries are PostgreSQL {}; refusing to start (data left untouched)",
                         bins.major
-                    ));
+                    )
+                    .into());
                 }
                 ops.check_identity(control.system_identifier)
                     .map_err(|e| e.to_string())?;
@@ -336,36 +388,77 @@ impl<A: Authority> Manager<A> {
         let plan = decide::start_plan(&self.inputs.pod, target, kind);
         tracing::info!(plan = ?plan, target_primary = ?target, "starting");
         match plan {
-            StartPlan::Wait(reason) => Err(reason),
+            StartPlan::Wait(reason) => Err(reason.into()),
             StartPlan::Initdb => {
+                // The lease first: a bootstrap the cluster cannot use is wasted.
+                self.hold_lease().await.map_err(StartError::Lease)?;
                 let secrets =
                     BootstrapSecrets::read(&self.inputs, settings).map_err(|e| e.to_string())?;
                 self.busy(Some("initdb"));
                 let result = self.ops(settings, &bins).initdb(&secrets).await;
                 self.busy(None);
                 result.map_err(|e| format!("bootstrap failed: {e}"))?;
-                self.launch(settings, &bins, Desired::Primary).await
+                self.launch_primary(settings, &bins).await
             }
             StartPlan::Clone => {
                 self.busy(Some("clone"));
                 let result = self.ops(settings, &bins).clone_from_primary().await;
                 self.busy(None);
                 result.map_err(|e| format!("cloning from the primary failed: {e}"))?;
-                self.launch(settings, &bins, Desired::Replica).await
+                self.launch_replica(settings, &bins).await
             }
-            StartPlan::StartPrimary => self.launch(settings, &bins, Desired::Primary).await,
+            StartPlan::StartPrimary => self.launch_primary(settings, &bins).await,
             StartPlan::StartReplica => {
                 if let DataState::Present { control, .. } = &state {
                     self.check_same_system(settings, control.system_identifier)
                         .await?;
                 }
-                self.launch(settings, &bins, Desired::Replica).await
+                self.launch_replica(settings, &bins).await
             }
             StartPlan::Rejoin => {
                 self.rejoin(settings, &bins).await?;
-                self.launch(settings, &bins, Desired::Replica).await
+                self.launch_replica(settings, &bins).await
             }
         }
+    }
+
+    /// Never writable without the lease: take it (or renew it) first.
+    async fn launch_primary(
+        &mut self,
+        settings: &InstanceSettings,
+        bins: &Binaries,
+    ) -> Result<(), StartError> {
+        self.hold_lease().await.map_err(StartError::Lease)?;
+        Ok(self.launch(settings, bins, Desired::Primary).await?)
+    }
+
+    /// A replica holds no lease; a fenced former primary stops being fenced
+    /// once it follows another.
+    async fn launch_replica(
+        &mut self,
+        settings: &InstanceSettings,
+        bins: &Binaries,
+    ) -> Result<(), StartError> {
+        self.release_lease().await;
+        Ok(self.launch(settings, bins, Desired::Replica).await?)
+    }
+
+    /// Holds the primary lease (a no-op without fencing).
+    async fn hold_lease(&mut self) -> Result<(), String> {
+        match self.lease.acquire().await {
+            Ok(()) => {
+                self.clear_error(Source::Lease);
+                Ok(())
+            }
+            Err(e) => Err(format!("not starting writable: {e}")),
+        }
+    }
+
+    async fn release_lease(&mut self) {
+        if self.shared.lease.holding() || self.shared.lease.fenced() {
+            self.lease.release().await;
+        }
+        self.clear_error(Source::Lease);
     }
 
     /// A replica's data must come from the same system as the primary's;
@@ -421,7 +514,18 @@ impl<A: Authority> Manager<A> {
         config::write(pgdata, &rendered).map_err(|e| e.to_string())?;
         config::set_standby(pgdata, role == Desired::Replica).map_err(|e| e.to_string())?;
         self.tls_stamp = Some(self.inputs.server_tls().stamp());
-        let child = PostgresChild::spawn(&bins.dir, pgdata, &[]).map_err(|e| e.to_string())?;
+        let child = self
+            .shared
+            .lease
+            .start_postgres(role == Desired::Primary, || {
+                PostgresChild::spawn(&bins.dir, pgdata, &[])
+            })
+            .map_err(|e| match e {
+                GateError::NotHeld => {
+                    format!("{e}; the primary lease lapsed before postgres started")
+                }
+                GateError::Spawn(e) => e.to_string(),
+            })?;
         self.postgres = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -499,6 +603,10 @@ impl<A: Authority> Manager<A> {
                         "the old primary still streams; promoting as the cluster says"
                     );
                 }
+                if let Err(e) = self.hold_lease().await {
+                    self.set_error(Source::Lease, format!("not promoting yet: {e}"));
+                    return;
+                }
                 match self.promote_now().await {
                     Ok(_) => self.sync_slots(settings).await,
                     Err(e) => self.set_error(Source::RoleChange, e.to_string()),
@@ -514,13 +622,42 @@ impl<A: Authority> Manager<A> {
             RoleChange::None => {}
         }
         if snapshot.in_recovery {
+            // Left from a promotion that did not happen: another may need it.
+            if self.shared.lease.holding() && target != Some(self.inputs.pod.as_str()) {
+                self.release_lease().await;
+            }
             self.drop_local_slots().await;
             self.watch_replication(settings, &snapshot).await;
         } else {
+            if !self.keep_lease().await {
+                return;
+            }
             self.not_streaming_since = None;
             self.clear_error(Source::Replication);
             self.sync_slots(settings).await;
             self.sync_passwords(settings).await;
+        }
+    }
+
+    /// A running primary must hold the lease (fencing configured while it
+    /// ran, or a renamed lease). One it cannot get means another instance
+    /// may be primary: fence. Returns whether it may go on as primary.
+    async fn keep_lease(&mut self) -> bool {
+        let lease = &self.shared.lease;
+        if !lease.enabled() || lease.holding() {
+            return true;
+        }
+        if lease.fenced() {
+            return false;
+        }
+        match self.lease.acquire().await {
+            Ok(()) => true,
+            Err(e) => {
+                let reason = format!("a running primary cannot hold the primary lease: {e}");
+                self.set_error(Source::Lease, reason.clone());
+                self.lease.fence(reason).await;
+                false
+            }
         }
     }
 
@@ -747,6 +884,7 @@ impl<A: Authority> Manager<A> {
             return Err("no PostgreSQL binaries".into());
         };
         self.stop_fast().await?;
+        self.release_lease().await;
         let rewound = self.rejoin(settings, &bins).await?;
         self.launch(settings, &bins, Desired::Replica).await?;
         Ok(rewound)
@@ -818,6 +956,11 @@ impl<A: Authority> Manager<A> {
     /// rewrite and the slots for the others follow on the next tick.
     async fn promote_now(&mut self) -> Result<u64, CommandError> {
         let started = Instant::now();
+        if !self.shared.lease.may_write() {
+            return Err(CommandError::Unavailable(
+                "this instance does not hold the primary lease; not promoting".into(),
+            ));
+        }
         tracing::info!(operation = "promote", "promoting");
         self.local
             .promote(PROMOTE_TIMEOUT)
@@ -854,6 +997,8 @@ impl<A: Authority> Manager<A> {
             tracing::warn!(error = %e, "CHECKPOINT before demotion failed");
         }
         self.stop_fast().await.map_err(CommandError::Failed)?;
+        // Stopped cleanly: the new primary may take the lease at once.
+        self.release_lease().await;
         let Some(bins) = self.bins.clone() else {
             return Err(CommandError::Failed("no PostgreSQL binaries".into()));
         };
@@ -963,6 +1108,19 @@ impl<A: Authority> Manager<A> {
                 )));
             }
         }
+        // A failover: the operator waited out the old holder's lease, so the
+        // takeover is normally immediate; a holder still renewing is refused.
+        match self.lease.acquire().await {
+            Ok(()) => self.clear_error(Source::Lease),
+            Err(e @ FenceError::HeldBy { .. }) => {
+                return Err(CommandError::Conflict(format!("{e}; refusing to promote")));
+            }
+            Err(e) => {
+                return Err(CommandError::Unavailable(format!(
+                    "cannot take the primary lease: {e}; refusing to promote"
+                )));
+            }
+        }
         self.promote_now().await?;
         let timeline = self.snapshot.as_ref().and_then(|s| s.timeline).unwrap_or(0);
         Ok(PromoteResult {
@@ -1032,6 +1190,7 @@ impl<A: Authority> Manager<A> {
     fn publish(&self) {
         let mut report = super::state::empty_report(&self.inputs.pod);
         report.target_primary = self.target.clone().flatten();
+        report.lease = self.shared.lease.report();
         report.postgres_restarts = self.restarts;
         report.last_error = self
             .errors
@@ -1053,6 +1212,7 @@ impl<A: Authority> Manager<A> {
             report.flush_lsn = s.flush_lsn.map(|l| l.to_string());
             report.wal_receiver = s.wal_receiver.clone();
             report.pending_restart = s.pending_restart;
+            report.standbys = s.standbys.clone();
             report.version = Some(s.version.clone());
             report.postgres_uptime_seconds = Some(s.uptime_seconds);
             if s.in_recovery {
@@ -1078,6 +1238,7 @@ impl<A: Authority> Manager<A> {
     async fn shutdown(mut self) {
         let Some(mut child) = self.postgres.take() else {
             tracing::info!("shutting down; postgres was not running");
+            self.release_lease().await;
             return;
         };
         let budget = self.inputs.shutdown_budget;
@@ -1095,6 +1256,10 @@ impl<A: Authority> Manager<A> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "postgres stopped; exiting"
         );
+        if status.is_some() {
+            // Stopped: the next primary need not wait for the lease to expire.
+            self.release_lease().await;
+        }
     }
 }
 

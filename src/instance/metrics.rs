@@ -40,6 +40,8 @@ pub struct Metrics {
     lag_seconds: Gauge<f64, AtomicU64>,
     wal_receiver: Family<StateLabel, Gauge>,
     pending_restart: Gauge,
+    lease_held: Gauge,
+    fenced: Gauge,
     connections: Family<StateLabel, Gauge>,
     xid_age: Gauge,
     database_size: Family<DatabaseLabel, Gauge>,
@@ -65,6 +67,8 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             wal_receiver: Family::default(),
             pending_restart: Gauge::default(),
+            lease_held: Gauge::default(),
+            fenced: Gauge::default(),
             connections: Family::default(),
             xid_age: Gauge::default(),
             database_size: Family::default(),
@@ -103,6 +107,16 @@ impl Metrics {
             "postgres_pending_restart",
             "A changed setting waits for a restart",
             metrics.pending_restart.clone(),
+        );
+        registry.register(
+            "primary_lease_held",
+            "This instance holds the primary lease within the fence bound",
+            metrics.lease_held.clone(),
+        );
+        registry.register(
+            "fenced",
+            "PostgreSQL was stopped because the primary lease could not be renewed or was taken over",
+            metrics.fenced.clone(),
         );
         registry.register(
             "postgres_connections",
@@ -166,6 +180,10 @@ impl Metrics {
                 .set(1);
         }
         self.pending_restart.set(i64::from(report.pending_restart));
+        let lease = report.lease.as_ref();
+        self.lease_held
+            .set(i64::from(lease.is_some_and(|l| l.held)));
+        self.fenced.set(i64::from(lease.is_some_and(|l| l.fenced)));
     }
 
     pub fn observe_sample(&self, sample: Option<&Sample>) {

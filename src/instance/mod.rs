@@ -11,8 +11,10 @@ mod binaries;
 mod bootstrap;
 mod config;
 mod decide;
+pub mod fencing;
 mod identity;
 mod inputs;
+pub mod lease;
 mod local;
 mod manager;
 mod metrics;
@@ -88,6 +90,7 @@ async fn run_async(args: Args) -> Result<(), InstanceError> {
         port = inputs.postgres_port,
         api_port = inputs.api_port,
         authority = ?args.authority,
+        lease = ?args.lease,
         "instance manager starting"
     );
     let authority =
@@ -112,8 +115,10 @@ async fn run_async(args: Args) -> Result<(), InstanceError> {
 
     let (commands_tx, commands_rx) = mpsc::channel(8);
     let shared = Arc::new(state::Shared::new(inputs, commands_tx));
+    let store = lease::LeaseSource::new(&args.lease, &args.namespace, &args.pod_name);
+    let lease = fencing::LeaseHandle::spawn(store, &args.pod_name, shared.lease.clone());
     let mut api = tokio::spawn(api::serve(shared.clone(), shutdown_rx.clone()).in_current_span());
-    let manager = manager::Manager::new(shared, authority);
+    let manager = manager::Manager::new(shared, authority, lease);
     let mut managed = tokio::spawn(manager.run(commands_rx, shutdown_rx).in_current_span());
     tokio::select! {
         served = &mut api => {

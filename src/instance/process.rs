@@ -246,25 +246,41 @@ pub async fn wait_until_no_process_in(dir: &std::path::Path, timeout: Duration) 
     }
 }
 
-/// Compares the directory itself (device and inode), not its path: another
-/// mount namespace may have a different directory at the same path (other
-/// pods sharing the PID namespace, as on the e2e harness).
 fn any_process_in(dir: &std::path::Path) -> bool {
+    !processes_in(dir).is_empty()
+}
+
+/// Processes working in `dir`. Compares the directory itself (device and
+/// inode), not its path: another mount namespace may have a different
+/// directory at the same path (other pods sharing the PID namespace, as on
+/// the e2e harness).
+pub fn processes_in(dir: &std::path::Path) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     let Ok(target) = std::fs::metadata(dir) else {
-        return false;
+        return vec![];
     };
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
+        return vec![];
     };
-    entries.flatten().any(|entry| {
-        entry
-            .file_name()
-            .to_str()
-            .is_some_and(|s| s.parse::<u32>().is_ok())
-            && std::fs::metadata(entry.path().join("cwd"))
-                .is_ok_and(|cwd| cwd.dev() == target.dev() && cwd.ino() == target.ino())
-    })
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cwd = std::fs::metadata(entry.path().join("cwd")).ok()?;
+            (cwd.dev() == target.dev() && cwd.ino() == target.ino()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Sends `signal` to every process working in `dir` except this one;
+/// returns how many were signalled.
+pub fn signal_processes_in(dir: &std::path::Path, signal: nix::sys::signal::Signal) -> usize {
+    let me = std::process::id();
+    processes_in(dir)
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .filter(|pid| nix::sys::signal::kill(Pid::from_raw(*pid as i32), signal).is_ok())
+        .count()
 }
 
 /// State and parent PID from `/proc/<pid>/stat` (the command name may hold

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::contract::settings::InstanceSettings;
+use crate::contract::settings::{FencingSettings, InstanceSettings};
 use crate::postgres::{conf, hba, parameters};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum SettingsError {
     Hba(#[from] hba::HbaError),
     #[error("the settings are for cluster {found:?}, but this instance belongs to {expected:?}")]
     WrongCluster { expected: String, found: String },
+    #[error("invalid fencing settings: {0}; the configuration was not applied")]
+    Fencing(String),
 }
 
 /// Reads the document as text (compared with the last one to see changes).
@@ -69,6 +71,43 @@ pub fn validate(
         conf::quote_value(name, value)?;
     }
     hba::validate_user_lines(&settings.hba)?;
+    if let Some(fencing) = &settings.fencing {
+        validate_fencing(fencing).map_err(SettingsError::Fencing)?;
+    }
+    Ok(())
+}
+
+/// Longest lease duration accepted: beyond it a lost primary is replaced
+/// so late that the number is surely a mistake.
+const MAX_LEASE_DURATION_MS: u64 = 3_600_000;
+
+/// The fence only works when renewals come before the fence and the fence
+/// before anyone may take over; the name becomes a file name with
+/// `--lease file:`, so it must be a plain Kubernetes object name.
+fn validate_fencing(f: &FencingSettings) -> Result<(), String> {
+    let name_ok = !f.lease_name.is_empty()
+        && f.lease_name.len() <= 253
+        && f.lease_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && f.lease_name.as_bytes()[0].is_ascii_alphanumeric()
+        && !f.lease_name.contains("..");
+    if !name_ok {
+        return Err(format!(
+            "lease name {:?} is not a Kubernetes object name",
+            f.lease_name
+        ));
+    }
+    let ordered = 0 < f.renew_interval_ms
+        && f.renew_interval_ms < f.fence_after_ms
+        && f.fence_after_ms < f.lease_duration_ms
+        && f.lease_duration_ms <= MAX_LEASE_DURATION_MS;
+    if !ordered {
+        return Err(format!(
+            "need 0 < renewIntervalMs ({}) < fenceAfterMs ({}) < leaseDurationMs ({}) <= {MAX_LEASE_DURATION_MS}",
+            f.renew_interval_ms, f.fence_after_ms, f.lease_duration_ms
+        ));
+    }
     Ok(())
 }
 
@@ -133,6 +172,53 @@ pub(crate) mod tests {
             validate(&example(), "other", "ns"),
             Err(SettingsError::WrongCluster { .. })
         ));
+    }
+
+    #[test]
+    fn fencing_timings_must_be_ordered_and_the_name_plain() {
+        let good = FencingSettings {
+            lease_name: "db-primary".into(),
+            lease_duration_ms: 4000,
+            renew_interval_ms: 1000,
+            fence_after_ms: 2000,
+        };
+        let mut s = example();
+        s.fencing = Some(good.clone());
+        assert!(validate(&s, "db", "ns").is_ok());
+        let bad = [
+            FencingSettings {
+                fence_after_ms: 4000,
+                ..good.clone()
+            },
+            FencingSettings {
+                renew_interval_ms: 0,
+                ..good.clone()
+            },
+            FencingSettings {
+                renew_interval_ms: 2500,
+                ..good.clone()
+            },
+            FencingSettings {
+                lease_duration_ms: u64::MAX,
+                ..good.clone()
+            },
+            FencingSettings {
+                lease_name: "../etc/passwd".into(),
+                ..good.clone()
+            },
+            FencingSettings {
+                lease_name: String::new(),
+                ..good.clone()
+            },
+        ];
+        for fencing in bad {
+            s.fencing = Some(fencing.clone());
+            let err = validate(&s, "db", "ns").unwrap_err();
+            assert!(
+                matches!(err, SettingsError::Fencing(_)),
+                "{fencing:?}: {err}"
+            );
+        }
     }
 
     #[test]

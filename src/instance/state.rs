@@ -1,7 +1,7 @@
 //! What the manager loop shares with the HTTPS API: the last report, a
 //! heartbeat, metrics, and the command channel.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -10,6 +10,7 @@ use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult, Role,
 };
 
+use super::fencing::LeaseState;
 use super::inputs::Inputs;
 use super::local::Local;
 use super::metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub local: Local,
     pub metrics: Metrics,
     pub commands: mpsc::Sender<Command>,
+    /// The primary lease and the fence, kept by their own task.
+    pub lease: Arc<LeaseState>,
     report: RwLock<InstanceReport>,
     heartbeat: Mutex<Instant>,
     busy: Mutex<Option<&'static str>>,
@@ -57,22 +60,32 @@ impl Shared {
     pub fn new(inputs: Inputs, commands: mpsc::Sender<Command>) -> Self {
         let local = Local::new(inputs.run_dir.clone(), inputs.postgres_port);
         let report = empty_report(&inputs.pod);
+        let lease = Arc::new(LeaseState::new(inputs.data_dir.clone()));
         Self {
             inputs,
             local,
             metrics: Metrics::new(),
             commands,
+            lease,
             report: RwLock::new(report),
             heartbeat: Mutex::new(Instant::now()),
             busy: Mutex::new(None),
         }
     }
 
+    /// The last report, with the lease as it is now: a fence shows (and
+    /// makes the instance unready) at once, not at the loop's next publish.
     pub fn report(&self) -> InstanceReport {
-        self.report
+        let mut report = self
+            .report
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        report.lease = self.lease.report();
+        if report.lease.as_ref().is_some_and(|l| l.fenced) {
+            report.ready = false;
+        }
+        report
     }
 
     pub fn publish(&self, report: InstanceReport) {

@@ -113,11 +113,16 @@ impl PostgresChild {
         self.exit.clone()
     }
 
-    pub fn signal(&self, mode: Mode) {
-        if self.exited().is_none() {
-            // The PID is ours until we reap it, so it cannot be reused meanwhile.
-            let _ = kill(Pid::from_raw(self.pid as i32), mode.signal());
+    /// A handle that can signal this postmaster from another task (fencing).
+    pub fn signaller(&self) -> Signaller {
+        Signaller {
+            pid: self.pid,
+            exit: self.exit.clone(),
         }
+    }
+
+    pub fn signal(&self, mode: Mode) {
+        self.signaller().signal(mode);
     }
 
     /// Waits up to `timeout` for the exit.
@@ -140,6 +145,26 @@ impl PostgresChild {
             }
         }
         self.exited()
+    }
+}
+
+/// Signals a postmaster without owning it.
+#[derive(Clone, Debug)]
+pub struct Signaller {
+    pid: u32,
+    exit: watch::Receiver<Option<String>>,
+}
+
+impl Signaller {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn signal(&self, mode: Mode) {
+        if self.exit.borrow().is_none() {
+            // The PID is ours until we reap it, so it cannot be reused meanwhile.
+            let _ = kill(Pid::from_raw(self.pid as i32), mode.signal());
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 
+use super::agents::AgentPool;
 use super::cluster::apply::AppliedCache;
+use super::leases::LeaseMonitor;
 use super::metrics::Metrics;
 
 /// Settings of the running operator.
@@ -26,6 +28,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What was last applied to each child, to skip no-op applies.
     pub applied: AppliedCache,
+    /// Primary Leases as this operator sees them renewed.
+    pub leases: Arc<LeaseMonitor>,
+    /// Clients of the instance and pooler agents, per cluster.
+    pub agents: AgentPool,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -47,6 +53,8 @@ impl Context {
             config,
             metrics,
             applied: AppliedCache::default(),
+            leases: Arc::new(LeaseMonitor::default()),
+            agents: AgentPool::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -13,8 +13,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::agents;
 use super::cluster::apply::{self, Applied, FIELD_MANAGER};
 use super::cluster::observe::observe;
 use super::cluster::plan::{self, Deletion, Plan};
@@ -22,12 +23,17 @@ use super::cluster::status::{self, Report, Transition};
 use super::cluster::validate::validate;
 use super::context::Context;
 use super::error::Error;
+use super::ha;
 use super::metrics::ErrorCategory;
 use crate::api::{PostgresCluster, PostgresClusterStatus};
 use crate::resources::labels;
 
 /// Requeue while an operation is under way (child events usually come first).
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
+/// After a write conflict.
+const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
+/// While a failover runs or is blocked.
+const HA_REQUEUE: Duration = Duration::from_secs(1);
 /// Periodic resync of a settled cluster.
 const STEADY_REQUEUE: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
@@ -93,7 +99,44 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(Duration::ZERO));
     }
 
+    let mut observed = observed;
+    let namespace = cluster.namespace().unwrap_or_default();
+    // Agents exist only once pods do, and their client needs the
+    // operator's certificate.
+    let can_ask = !observed.pods.is_empty()
+        && observed.has_secret(&crate::resources::names::operator_tls_secret(&name));
+    let agent_client = if can_ask {
+        match ctx.agents.client(&ctx.client, &namespace, &name).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(cluster = %name, error = %e, "cannot call the instance managers");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(c) = &agent_client {
+        observed.reports = agents::reports(c, &observed.pods, &name, &namespace).await;
+    }
     let plan = plan::plan(&validated.model, &observed, previous)?;
+    let mut working = previous.cloned().unwrap_or_default();
+    match ha::before(
+        ctx,
+        cluster,
+        &validated.model,
+        &observed,
+        &plan.instances,
+        &mut working,
+        agent_client.as_ref(),
+    )
+    .await?
+    {
+        ha::Next::Continue => {}
+        // targetPrimary moved: plan again from what the API server has now.
+        ha::Next::Restart => return Ok(Action::requeue(Duration::ZERO)),
+    }
+    let previous = Some(&working);
     let (applied, apply_error) = match apply::apply(
         &ctx.client,
         &validated.model,
@@ -120,7 +163,17 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         blocked: validated.blocked.as_ref(),
         apply_error: (!problems.is_empty()).then(|| problems.join("; ")),
     });
-    if previous != Some(&new_status) {
+    let mut new_status = new_status;
+    ha::after(
+        ctx,
+        cluster,
+        &validated.model,
+        &observed,
+        &mut new_status,
+        agent_client.as_ref(),
+    )
+    .await;
+    if cluster.status.as_ref() != Some(&new_status) {
         write_status(ctx, cluster, &new_status).await?;
     }
     publish(ctx, cluster, &operation_events(&plan, &applied)).await;
@@ -130,7 +183,13 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     }
     let settled =
         plan.step.is_steady() && status::condition_is(Some(&new_status), status::READY, "True");
-    Ok(Action::requeue(if settled {
+    let ha_running = new_status
+        .failover
+        .as_ref()
+        .is_some_and(|f| f.phase == ha::PROMOTING || f.phase == ha::BLOCKED);
+    Ok(Action::requeue(if ha_running {
+        HA_REQUEUE
+    } else if settled {
         STEADY_REQUEUE
     } else {
         PROGRESS_REQUEUE
@@ -220,9 +279,12 @@ async fn write_status(
 ) -> Result<(), Error> {
     let api: Api<PostgresCluster> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    // The resourceVersion read is a precondition: a reconcile working from
+    // a stale copy must not put back a targetPrimary a failover moved.
     let body = serde_json::json!({
         "apiVersion": PostgresCluster::api_version(&()),
         "kind": PostgresCluster::kind(&()),
+        "metadata": {"resourceVersion": cluster.metadata.resource_version},
         "status": status,
     });
     api.patch_status(
@@ -257,6 +319,11 @@ async fn publish(ctx: &Context, cluster: &PostgresCluster, transitions: &[Transi
 }
 
 pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_conflict() {
+        // Our copy was stale; the watch brings the new one at once.
+        debug!(cluster = %cluster.name_any(), "conflict; reconciling again");
+        return Action::requeue(CONFLICT_REQUEUE);
+    }
     ctx.metrics.error(error.category());
     let wait = ctx.backoff(&key(&cluster));
     warn!(cluster = %cluster.name_any(), error = %error, retry_in = ?wait, "reconcile failed");
@@ -309,7 +376,12 @@ pub async fn run(
             pruning.applied.retain_clusters(&live);
         }
     });
+    // A primary Lease that goes silent triggers a reconcile at once, not at
+    // the next child event or resync.
+    let (trigger, mut expired) = tokio::sync::mpsc::channel(64);
+    let lease_watch = super::leases::spawn(client.clone(), ns.clone(), ctx.leases.clone(), trigger);
     controller
+        .reconcile_on(futures::stream::poll_fn(move |cx| expired.poll_recv(cx)))
         .owns(api::<Pod>(&client, &ns), children.clone())
         .owns(api::<PersistentVolumeClaim>(&client, &ns), children.clone())
         .owns(api::<Deployment>(&client, &ns), children.clone())
@@ -325,4 +397,5 @@ pub async fn run(
         })
         .await;
     pruner.abort();
+    lease_watch.abort();
 }

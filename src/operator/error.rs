@@ -14,6 +14,8 @@ pub enum Error {
     Plan(#[from] PlanError),
     #[error("cannot write status: {0}")]
     Status(#[source] kube::Error),
+    #[error(transparent)]
+    Ha(#[from] super::ha::HaError),
 }
 
 impl Error {
@@ -22,7 +24,16 @@ impl Error {
             Error::Observe(_) => ErrorCategory::Observe,
             Error::Apply(ApplyError::Api { .. }) => ErrorCategory::Apply,
             Error::Apply(_) | Error::Plan(_) => ErrorCategory::Internal,
-            Error::Status(_) => ErrorCategory::Status,
+            Error::Status(_) | Error::Ha(_) => ErrorCategory::Status,
+        }
+    }
+
+    /// A write refused because another one came first (409).
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Error::Ha(super::ha::HaError::Conflict) => true,
+            Error::Status(kube::Error::Api(s)) => s.code == 409,
+            _ => false,
         }
     }
 }

@@ -113,6 +113,14 @@ impl LeaseMonitor {
         }
     }
 
+    /// Starts every silence again at `now`.
+    pub fn restart_all(&self, now: Instant) {
+        for t in self.state().values_mut() {
+            t.changed_at = now;
+            t.triggered = false;
+        }
+    }
+
     pub fn forget(&self, lease: &Lease) {
         if let Some(key) = key(lease) {
             self.state().remove(&key);
@@ -158,7 +166,13 @@ pub fn spawn(
                 }
                 Ok(watcher::Event::Delete(l)) => watching.forget(&l),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "watching primary Leases"),
+                Err(e) => {
+                    // Renewals may have been missed: no Lease counts as
+                    // silent from before the gap (a failover can only come
+                    // later, never earlier).
+                    tracing::warn!(error = %e, "watching primary Leases");
+                    watching.restart_all(Instant::now());
+                }
             }
         }
     });
@@ -236,6 +250,16 @@ mod tests {
         let view = m.view("ns", "db").unwrap();
         assert_eq!(view.holder, None);
         assert_eq!(view.duration, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_watch_gap_starts_every_silence_again() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        m.observe(&lease(Some("db-1"), 100), t0);
+        m.restart_all(t0 + Duration::from_secs(3));
+        assert!(m.newly_expired(t0 + Duration::from_secs(6)).is_empty());
+        assert_eq!(m.newly_expired(t0 + Duration::from_secs(7)).len(), 1);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// Failovers started (targetPrimary moved after a lost Lease).
+    pub failovers: Counter,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,12 @@ impl Default for Metrics {
             "Failed reconciliations by category",
             errors.clone(),
         );
+        let failovers = Counter::default();
+        registry.register(
+            "failovers",
+            "Automatic failovers started",
+            failovers.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconciliation",
@@ -58,6 +66,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             reconciles,
+            failovers,
             errors,
             duration,
         }

@@ -1,9 +1,11 @@
 //! `capstan operator`: the controller manager (DESIGN §2, §4).
 
+pub mod agents;
 pub mod cluster;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod ha;
 pub mod http;
 pub mod leases;
 pub mod metrics;

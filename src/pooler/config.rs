@@ -28,6 +28,13 @@ pub const AUTH_FILE: &str = "users.txt";
 const DEFAULTS: &[(&str, &str)] = &[
     // JDBC sends it at startup; PgBouncer would refuse the connection.
     ("ignore_startup_parameters", "extra_float_digits"),
+    // After a failover the first logins to the new primary can fail while
+    // the Service still points at the old one; PgBouncer's default is to
+    // wait 15 s before trying again, which would be most of the outage.
+    ("server_login_retry", "1"),
+    // A frozen or partitioned primary never refuses a connection: give up
+    // on it quickly (default 15 s) so queued clients reach the new one.
+    ("server_connect_timeout", "3"),
 ];
 
 const POOL_MODES: &[&str] = &["session", "transaction", "statement"];

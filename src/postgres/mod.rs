@@ -9,3 +9,4 @@ pub mod parameters;
 pub mod pooler_auth;
 pub mod roles;
 pub mod sql;
+pub mod synchronous;

@@ -88,6 +88,21 @@ where
         .map(|applied| applied.meta().resource_version.clone())
 }
 
+/// Sets a pod's role label, which the Services select on; a pod that is
+/// gone needs none.
+pub async fn relabel(pods: &Api<Pod>, name: &str, role: &str) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"metadata": {"labels": {crate::resources::labels::ROLE: role}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match pods.patch(name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// What Capstan last applied to each child. A server-side apply of the same
 /// object to a child nobody wrote since (same resourceVersion) changes
 /// nothing, so it is skipped: a settled cluster costs a few metadata lists
@@ -251,19 +266,10 @@ pub async fn apply(
     }
 
     for (name, role) in &plan.relabel {
-        let patch =
-            serde_json::json!({"metadata": {"labels": {crate::resources::labels::ROLE: role}}});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        match pods.patch(name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                info!(cluster = %model.name, instance = %name, role = %role, operation = "relabel", "role label updated")
-            }
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(ApplyError::api(format!("Pod {name}"))(e)),
-        }
+        relabel(&pods, name, role)
+            .await
+            .map_err(ApplyError::api(format!("Pod {name}")))?;
+        info!(cluster = %model.name, instance = %name, role = %role, operation = "relabel", "role label updated");
     }
 
     for deletion in &plan.delete {

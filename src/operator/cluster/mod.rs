@@ -2,7 +2,9 @@
 //! observe → validate → plan → apply → report.
 
 pub mod apply;
+pub mod failover;
 pub mod observe;
 pub mod plan;
 pub mod status;
+pub mod switchover;
 pub mod validate;

@@ -1,0 +1,167 @@
+//! The operator's side of the agents' HTTPS APIs: one client per cluster,
+//! built from the cluster's `<name>-operator-tls` Secret (its CA and the
+//! operator's client certificate) and rebuilt when that Secret changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use crate::agents::client::{AgentClient, Endpoint};
+use crate::agents::tls;
+use crate::contract::instance::InstanceReport;
+use crate::contract::layout::{self, files};
+use crate::resources::{labels, names};
+
+/// A frozen or partitioned pod accepts the TCP connection (the kernel does)
+/// and then never answers: this bounds what it costs a reconcile.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    #[error("cannot read Secret {secret}: {source}")]
+    Read {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "Secret {secret} lacks {key}; delete it and Capstan issues the operator's client certificate again"
+    )]
+    Missing { secret: String, key: String },
+    #[error("Secret {secret}: {source}")]
+    Tls {
+        secret: String,
+        #[source]
+        source: tls::TlsError,
+    },
+}
+
+#[derive(Default)]
+pub struct AgentPool {
+    /// By `namespace/cluster`: the Secret's resourceVersion and the client.
+    clients: Mutex<HashMap<String, (String, AgentClient)>>,
+}
+
+impl AgentPool {
+    pub async fn client(
+        &self,
+        kube: &Client,
+        namespace: &str,
+        cluster: &str,
+    ) -> Result<AgentClient, AgentsError> {
+        let secret_name = names::operator_tls_secret(cluster);
+        let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
+            .get(&secret_name)
+            .await
+            .map_err(|source| AgentsError::Read {
+                secret: secret_name.clone(),
+                source,
+            })?;
+        let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+        let key = format!("{namespace}/{cluster}");
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_rv, client)) = clients.get(&key)
+            && *cached_rv == rv
+        {
+            return Ok(client.clone());
+        }
+        let data = secret.data.unwrap_or_default();
+        let get = |k: &str| {
+            data.get(k)
+                .map(|b| b.0.clone())
+                .ok_or_else(|| AgentsError::Missing {
+                    secret: secret_name.clone(),
+                    key: k.to_string(),
+                })
+        };
+        let config = tls::client_config(
+            &get(files::CA_CRT)?,
+            &get(files::TLS_CRT)?,
+            &get(files::TLS_KEY)?,
+        )
+        .map_err(|source| AgentsError::Tls {
+            secret: secret_name.clone(),
+            source,
+        })?;
+        let client = AgentClient::new(Arc::new(config));
+        clients.insert(key, (rv, client.clone()));
+        Ok(client)
+    }
+
+    pub fn forget(&self, namespace: &str, cluster: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&format!("{namespace}/{cluster}"));
+    }
+}
+
+/// The agent of a pod, when it has an IP and is not being deleted.
+pub fn endpoint(pod: &Pod, cluster: &str, namespace: &str) -> Option<Endpoint> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    Some(Endpoint {
+        name: pod.metadata.name.clone()?,
+        host: ip,
+        port: layout::AGENT_PORT,
+        server_name: names::agent_server_name(cluster, namespace),
+    })
+}
+
+/// `GET /status` of every instance pod at once; those that do not answer
+/// in time are left out.
+pub async fn reports(
+    client: &AgentClient,
+    pods: &[Pod],
+    cluster: &str,
+    namespace: &str,
+) -> BTreeMap<String, InstanceReport> {
+    let client = client.clone().with_timeout(STATUS_TIMEOUT);
+    let endpoints: Vec<Endpoint> = pods
+        .iter()
+        .filter_map(|p| endpoint(p, cluster, namespace))
+        .collect();
+    let client = &client;
+    join_all(endpoints.iter().map(|ep| async move {
+        match client.instance_status(ep).await {
+            Ok(r) => Some((ep.name.clone(), r)),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster, instance = %ep.name, error = %e, "instance status");
+                None
+            }
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The running pooler pods' agents.
+pub async fn poolers(
+    kube: &Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Vec<Endpoint>, kube::Error> {
+    let selector = labels::pooler_selector(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(kube.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| endpoint(p, cluster, namespace))
+        .collect())
+}
