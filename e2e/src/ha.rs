@@ -259,7 +259,9 @@ impl HaCluster {
         }
     }
 
-    /// Waits until `instance` is listed as a ready replica.
+    /// Waits until `instance` is listed as a ready replica and answers as
+    /// one (`pg_is_in_recovery()` asked on its pod): the status alone may
+    /// still describe it from before it was lost.
     pub async fn wait_replica(
         &self,
         target: &Target,
@@ -272,9 +274,14 @@ impl HaCluster {
             Duration::from_millis(250),
             || async {
                 let c = self.get(target).await.ok()?;
-                instance_status(&c, instance)
+                let status = instance_status(&c, instance)
                     .filter(|i| i.role == labels::ROLE_REPLICA && i.ready)
-                    .cloned()
+                    .cloned()?;
+                self.in_recovery(target, instance)
+                    .await
+                    .ok()
+                    .filter(|r| *r)
+                    .map(|_| status)
             },
         )
         .await

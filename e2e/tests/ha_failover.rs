@@ -65,6 +65,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         ack.server,
         ack.acked.duration_since(t0).as_secs_f64()
     );
+    eprintln!("[{ns}] status: {}", ha::status_summary(&after));
     assert_ne!(new, old);
     assert_eq!(ha::target_primary(&after), Some(&new));
     // A few more commits on the new primary.
@@ -84,10 +85,6 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     eprintln!(
         "[{ns}] {old} is a ready replica {:.1}s after the thaw",
         rejoined.elapsed().as_secs_f64()
-    );
-    assert!(
-        ha.in_recovery(target, &old).await?,
-        "{old} answers as a replica (pg_is_in_recovery)"
     );
     let c = ha.get(target).await?;
     assert_eq!(
