@@ -287,6 +287,25 @@ impl HaCluster {
         .await
     }
 
+    /// Waits until `status.currentPrimary` is `instance`.
+    pub async fn wait_current_primary(
+        &self,
+        target: &Target,
+        instance: &str,
+        timeout: Duration,
+    ) -> Result<PostgresCluster, E2eError> {
+        wait_for(
+            &format!("currentPrimary {instance}"),
+            timeout,
+            POLL,
+            || async {
+                let c = self.get(target).await.ok()?;
+                (current_primary(&c).map(String::as_str) == Some(instance)).then_some(c)
+            },
+        )
+        .await
+    }
+
     /// Waits until every instance is ready and the cluster reports Ready.
     pub async fn wait_ready(
         &self,
