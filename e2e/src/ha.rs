@@ -213,6 +213,36 @@ impl HaCluster {
         .await
     }
 
+    /// Waits until each of `replicas` streams from the primary behind
+    /// `<name>-rw` (listed in its `pg_stat_replication` as `streaming`).
+    pub async fn wait_streaming(
+        &self,
+        target: &Target,
+        replicas: &[&str],
+        timeout: Duration,
+    ) -> Result<(), E2eError> {
+        let rw = self.rw(target).await?;
+        wait_for(
+            &format!("{replicas:?} streaming from the primary"),
+            timeout,
+            Duration::from_millis(100),
+            || async {
+                let admin = self.connect(&rw, As::Superuser).await.ok()?;
+                let streaming = sql::column(
+                    &admin,
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                )
+                .await
+                .ok()?;
+                replicas
+                    .iter()
+                    .all(|r| streaming.iter().flatten().any(|s| s == r))
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// `pg_is_in_recovery()` on `instance`, asked directly.
     pub async fn in_recovery(&self, target: &Target, instance: &str) -> Result<bool, E2eError> {
         let conn = self
@@ -231,18 +261,18 @@ impl HaCluster {
     ) -> Result<(PostgresCluster, FailoverStatus), E2eError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok(c) = self.get(target).await {
-                if let Some(f) = failover(&c).filter(|f| f.from == old) {
-                    if f.phase == "Blocked" {
-                        return Err(E2eError::Check(format!(
-                            "failover from {old} blocked: {}",
-                            f.message
-                        )));
-                    }
-                    let moved = current_primary(&c).is_some_and(|p| *p == f.to && p != old);
-                    if f.phase == "Completed" && moved && target_primary(&c) == Some(&f.to) {
-                        return Ok((c.clone(), f.clone()));
-                    }
+            if let Ok(c) = self.get(target).await
+                && let Some(f) = failover(&c).filter(|f| f.from == old)
+            {
+                if f.phase == "Blocked" {
+                    return Err(E2eError::Check(format!(
+                        "failover from {old} blocked: {}",
+                        f.message
+                    )));
+                }
+                let moved = current_primary(&c).is_some_and(|p| *p == f.to && p != old);
+                if f.phase == "Completed" && moved && target_primary(&c) == Some(&f.to) {
+                    return Ok((c.clone(), f.clone()));
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -343,18 +373,18 @@ impl HaCluster {
     ) -> Result<(PostgresCluster, SwitchoverStatus), E2eError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Ok(c) = self.get(target).await {
-                if let Some(s) = switchover(&c).filter(|s| s.request == request) {
-                    match s.phase.as_str() {
-                        "Completed" => return Ok((c.clone(), s.clone())),
-                        "Failed" => {
-                            return Err(E2eError::Check(format!(
-                                "switchover {request} failed: {}",
-                                s.message
-                            )));
-                        }
-                        _ => {}
+            if let Ok(c) = self.get(target).await
+                && let Some(s) = switchover(&c).filter(|s| s.request == request)
+            {
+                match s.phase.as_str() {
+                    "Completed" => return Ok((c.clone(), s.clone())),
+                    "Failed" => {
+                        return Err(E2eError::Check(format!(
+                            "switchover {request} failed: {}",
+                            s.message
+                        )));
                     }
+                    _ => {}
                 }
             }
             if tokio::time::Instant::now() >= deadline {

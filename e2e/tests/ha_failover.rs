@@ -67,6 +67,18 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     );
     eprintln!("[{ns}] status: {}", ha::status_summary(&after));
     assert_ne!(new, old);
+    // The third instance follows the new primary.
+    let third = after
+        .status
+        .as_ref()
+        .and_then(|s| s.instances.iter().find(|i| i.name != old && i.name != new))
+        .map(|i| i.name.clone())
+        .ok_or_else(|| E2eError::Check(ha::status_summary(&after)))?;
+    ha.wait_streaming(target, &[&third], REJOIN_WITHIN).await?;
+    eprintln!(
+        "[{ns}] {third} streams from {new} {:.1}s after the freeze",
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(ha::target_primary(&after), Some(&new));
     // A few more commits on the new primary.
     let resumed = Instant::now();
@@ -127,6 +139,8 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     )
     .await?;
 
+    ha.wait_streaming(target, &[&old, &third], Duration::from_secs(60))
+        .await?;
     ha.wait_ready(target, Duration::from_secs(60)).await?;
     ha.delete(target).await
 }

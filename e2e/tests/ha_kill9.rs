@@ -86,7 +86,11 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     watch.abort();
     let c = ha.get(target).await?;
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    assert_eq!(seen, [primary.clone()], "targetPrimary never moved");
+    assert_eq!(
+        seen,
+        std::slice::from_ref(&primary),
+        "targetPrimary never moved"
+    );
     assert_eq!(
         ha::current_primary(&c),
         Some(&primary),

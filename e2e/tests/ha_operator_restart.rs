@@ -92,10 +92,10 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let deadline = t1 + FAILOVER_WITHIN;
     let seen = loop {
         let c = ha.get(target).await?;
-        if let Some(f) = ha::failover(&c).filter(|f| f.from == second) {
-            if f.phase == "Promoting" || f.phase == "Completed" {
-                break f.phase.clone();
-            }
+        if let Some(f) = ha::failover(&c).filter(|f| f.from == second)
+            && (f.phase == "Promoting" || f.phase == "Completed")
+        {
+            break f.phase.clone();
         }
         if Instant::now() >= deadline {
             return Err(E2eError::Timeout(
