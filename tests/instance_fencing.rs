@@ -247,7 +247,7 @@ async fn fence_stops_writes(bin: &Path, version: i32) {
     .await;
 
     c.leases.partition("db-1", false);
-    let report = db1.wait_status("fenced", LONG, |r| fenced(r)).await;
+    let report = db1.wait_status("fenced", LONG, fenced).await;
     let lease = report.lease.clone().unwrap();
     assert!(!lease.held && !report.ready, "{report:#?}");
     no_postgres_left(db1).await;
@@ -456,8 +456,7 @@ async fn a_frozen_pod_fences_on_thaw_before_postgres_runs_again() {
     // The manager wakes first: its deadline is long past, so it fences
     // before anything else, while postgres is still stopped ...
     manager.thaw();
-    db1.wait_status("fenced on wake-up", LONG, |r| fenced(r))
-        .await;
+    db1.wait_status("fenced on wake-up", LONG, fenced).await;
     // ... and postgres dies of the pending signal as it resumes.
     postgres.thaw();
     let result = pending.await.unwrap();
