@@ -89,6 +89,9 @@ impl Local {
             .user(roles::SUPERUSER)
             .dbname(dbname)
             .application_name("capstan-instance")
+            // The manager's own writes (passwords, slots) must not wait for
+            // synchronous standbys that may not exist yet.
+            .options("-c synchronous_commit=local")
             .connect_timeout(Duration::from_secs(5));
         let (client, connection) = config
             .connect(NoTls)
