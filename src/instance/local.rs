@@ -182,6 +182,9 @@ impl Local {
                     "SELECT application_name::text, coalesce(state, 'unknown'),
                             coalesce(sync_state, 'unknown'), flush_lsn::text, replay_lsn::text
                      FROM pg_stat_replication
+                     -- a clone's pg_basebackup stream carries the standby's
+                     -- name but is not a standby
+                     WHERE state IS DISTINCT FROM 'backup'
                      ORDER BY application_name, pid",
                     &[],
                 )
