@@ -211,24 +211,21 @@ pub async fn before(
         return Ok(Next::Continue);
     }
 
-    if failover_running {
+    if let Some(f) = status.failover.as_ref().filter(|_| failover_running) {
         // Promoted already, or promote again (the call is idempotent; the
         // instance manager also promotes on its own once it sees the
-        // target and the free Lease).
-        if let (Some(f), Some(client)) = (&status.failover, client) {
-            let promoted = observed
-                .reports
-                .get(&f.to)
-                .is_some_and(|r| r.role == Role::Primary);
-            if !promoted
-                && let Some(ep) = endpoint_of(observed, model, &f.to)
+        // target and the free Lease). Only a chosen replica that stopped
+        // answering is given up for another: the decision below runs with
+        // it as the primary.
+        if let Some(report) = observed.reports.get(&f.to) {
+            if report.role != Role::Primary
+                && let (Some(client), Some(ep)) = (client, endpoint_of(observed, model, &f.to))
                 && let Err(e) = client.promote(&ep, &PromoteRequest::default()).await
             {
                 warn!(cluster = %model.name, instance = %f.to, operation = "failover", error = %e, "promote");
             }
+            return Ok(Next::Continue);
         }
-        // The chosen one may have been lost too: the decision below runs
-        // with it as the primary.
     }
 
     let view = ctx.leases.view(&model.namespace, &model.name);
