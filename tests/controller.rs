@@ -339,6 +339,9 @@ async fn status_patch_carries_observed_generation_and_conditions() {
     assert!(conditions.iter().all(|c| c["observedGeneration"] == 3));
     assert_eq!(patch.body["apiVersion"], "capstan.dev/v1alpha1");
     assert_eq!(patch.body["kind"], "PostgresCluster");
+    // Optimistic: a reconcile working from a stale copy must get a conflict
+    // rather than put back a targetPrimary that a failover moved.
+    assert_eq!(patch.body["metadata"]["resourceVersion"], "10");
 }
 
 #[tokio::test]

@@ -45,9 +45,11 @@
 //! `lease_duration` already, so on clocks in step the lease is expired and
 //! the takeover is immediate; the observation is the fallback for a clock
 //! that runs behind the old holder's. A holder that is still renewing is
-//! never overwritten: its `renewTime` is at most `renew_interval` (plus the
-//! request's latency) old, and every write is conditional on the version
-//! read.
+//! not overwritten: its `renewTime` is at most `renew_interval` (plus the
+//! request's latency) old, so it cannot look expired unless the two clocks
+//! differ by more than `lease_duration - renew_interval`, and every write
+//! is conditional on the version read. (Should a takeover still happen, the
+//! old holder finds it at its next renewal and fences at once.)
 //!
 //! Not covered: a manager that is stopped while its PostgreSQL keeps running
 //! cannot fence (nothing but the manager watches the Lease); and when a

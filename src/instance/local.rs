@@ -89,6 +89,9 @@ impl Local {
             .user(roles::SUPERUSER)
             .dbname(dbname)
             .application_name("capstan-instance")
+            // The manager's own writes (passwords, slots) must not wait for
+            // synchronous standbys that may not exist yet.
+            .options("-c synchronous_commit=local")
             .connect_timeout(Duration::from_secs(5));
         let (client, connection) = config
             .connect(NoTls)
@@ -179,6 +182,9 @@ impl Local {
                     "SELECT application_name::text, coalesce(state, 'unknown'),
                             coalesce(sync_state, 'unknown'), flush_lsn::text, replay_lsn::text
                      FROM pg_stat_replication
+                     -- a clone's pg_basebackup stream carries the standby's
+                     -- name but is not a standby
+                     WHERE state IS DISTINCT FROM 'backup'
                      ORDER BY application_name, pid",
                     &[],
                 )

@@ -211,24 +211,21 @@ pub async fn before(
         return Ok(Next::Continue);
     }
 
-    if failover_running {
+    if let Some(f) = status.failover.as_ref().filter(|_| failover_running) {
         // Promoted already, or promote again (the call is idempotent; the
         // instance manager also promotes on its own once it sees the
-        // target and the free Lease).
-        if let (Some(f), Some(client)) = (&status.failover, client) {
-            let promoted = observed
-                .reports
-                .get(&f.to)
-                .is_some_and(|r| r.role == Role::Primary);
-            if !promoted
-                && let Some(ep) = endpoint_of(observed, model, &f.to)
+        // target and the free Lease). Only a chosen replica that stopped
+        // answering is given up for another: the decision below runs with
+        // it as the primary.
+        if let Some(report) = observed.reports.get(&f.to) {
+            if report.role != Role::Primary
+                && let (Some(client), Some(ep)) = (client, endpoint_of(observed, model, &f.to))
                 && let Err(e) = client.promote(&ep, &PromoteRequest::default()).await
             {
                 warn!(cluster = %model.name, instance = %f.to, operation = "failover", error = %e, "promote");
             }
+            return Ok(Next::Continue);
         }
-        // The chosen one may have been lost too: the decision below runs
-        // with it as the primary.
     }
 
     let view = ctx.leases.view(&model.namespace, &model.name);
@@ -304,27 +301,61 @@ async fn start_failover(
         started_at: now_rfc3339(),
         completed_at: None,
     };
-    patch_status_if(
+    let record_sent = record.clone();
+    let version = patch_status_if(
         ctx,
         cluster,
         &rv(cluster),
-        json!({"targetPrimary": p.to, "failover": record}),
+        json!({"targetPrimary": p.to, "failover": record_sent}),
         "targetPrimary",
     )
     .await?;
     warn!(cluster = %model.name, operation = "failover", from = %p.from, to = %p.to, message = %p.message, "failover started");
     ctx.metrics.failovers.inc();
     event(ctx, cluster, true, "FailoverStarted", p.message.clone()).await;
-    if let (Some(client), Some(ep)) = (client, endpoint_of(observed, model, &p.to)) {
-        let started = Instant::now();
-        match client.promote(&ep, &PromoteRequest::default()).await {
-            Ok(r) => {
-                info!(cluster = %model.name, instance = %p.to, operation = "failover", elapsed_ms = started.elapsed().as_millis() as u64, timeline = r.timeline, "promoted")
-            }
-            Err(e) => {
-                warn!(cluster = %model.name, instance = %p.to, operation = "failover", error = %e, "promote failed; retried on the next reconcile")
-            }
+    let (Some(client), Some(ep)) = (client, endpoint_of(observed, model, &p.to)) else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    match client.promote(&ep, &PromoteRequest::default()).await {
+        Ok(r) => {
+            info!(cluster = %model.name, instance = %p.to, operation = "failover", elapsed_ms = started.elapsed().as_millis() as u64, timeline = r.timeline, "promoted")
         }
+        Err(e) => {
+            warn!(cluster = %model.name, instance = %p.to, operation = "failover", error = %e, "promote failed; retried on the next reconcile");
+            return Ok(());
+        }
+    }
+    // Writes are accepted: route clients now rather than on the next
+    // reconcile (which would first wait for the lost primary's agent).
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &model.namespace);
+    for (name, role) in [
+        (p.to.as_str(), labels::ROLE_PRIMARY),
+        (p.from.as_str(), labels::ROLE_REPLICA),
+    ] {
+        if let Err(e) = relabel(&pods, name, role).await {
+            warn!(cluster = %model.name, instance = %name, error = %e, "relabel");
+        }
+    }
+    wait_for_rw_endpoint(ctx, model, &ep.host).await;
+    reconnect_poolers(ctx, model, client).await;
+    let mut done = record;
+    done.phase = COMPLETED.into();
+    done.completed_at = Some(now_rfc3339());
+    done.message = format!("{} is the primary; {} was lost", p.to, p.from);
+    // On a conflict the next reconcile completes it (see `after`).
+    if patch_status_if(
+        ctx,
+        cluster,
+        &version,
+        json!({"failover": done}),
+        "failover",
+    )
+    .await
+    .is_ok()
+    {
+        info!(cluster = %model.name, operation = "failover", primary = %p.to, elapsed_ms = started.elapsed().as_millis() as u64, "failover completed");
+        event(ctx, cluster, false, "FailoverCompleted", done.message).await;
     }
     Ok(())
 }

@@ -207,6 +207,8 @@ pub struct Instance {
     pub bin_dir: PathBuf,
     pub pki: Arc<Pki>,
     pub shutdown_seconds: u64,
+    /// `--lease file:<dir>` when set (fencing tests); `kube` otherwise.
+    pub lease_dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -230,6 +232,7 @@ impl Instance {
             bin_dir: bin_dir.to_path_buf(),
             pki,
             shutdown_seconds: 20,
+            lease_dir: None,
             child: None,
         };
         for dir in ["data", "run"] {
@@ -310,8 +313,14 @@ impl Instance {
             .unwrap();
         let (uid, gid) = postgres_ids();
         let root = &self.root;
-        let child = std::process::Command::new(manager_binary())
-            .arg("instance")
+        let mut command = std::process::Command::new(manager_binary());
+        command.arg("instance");
+        if let Some(dir) = &self.lease_dir {
+            command
+                .arg("--lease")
+                .arg(format!("file:{}", dir.display()));
+        }
+        let child = command
             .env("POD_NAME", &self.name)
             .env("POD_NAMESPACE", NAMESPACE)
             .env("CLUSTER_NAME", &self.cluster)
@@ -794,4 +803,59 @@ pub fn read_bytes(path: &Path) -> Vec<u8> {
         .read_to_end(&mut out)
         .unwrap();
     out
+}
+
+/// A directory of lease files shared by the instances of one test
+/// (`--lease file:<dir>`), with the partition switch of each instance.
+pub struct LeaseDir {
+    dir: tempfile::TempDir,
+}
+
+impl LeaseDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("capl").tempdir().unwrap();
+        chown_tree(dir.path());
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Cuts `instance` off the lease store: its requests fail at once, or
+    /// hang when `hang` (a black-holed connection).
+    pub fn partition(&self, instance: &str, hang: bool) {
+        let sentinel = capstan::instance::lease::FileLease::sentinel(self.path(), instance);
+        std::fs::write(&sentinel, if hang { "hang" } else { "" }).unwrap();
+    }
+
+    pub fn heal(&self, instance: &str) {
+        let sentinel = capstan::instance::lease::FileLease::sentinel(self.path(), instance);
+        let _ = std::fs::remove_file(sentinel);
+    }
+
+    /// The lease document as last written, if any.
+    pub fn read(&self, name: &str) -> Option<LeaseFile> {
+        let text = std::fs::read_to_string(self.path().join(format!("{name}.json"))).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let spec = &value["spec"];
+        Some(LeaseFile {
+            version: value["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            holder: spec["holderIdentity"].as_str().map(str::to_string),
+            renew_time: spec["renewTime"].as_str().and_then(|t| t.parse().ok()),
+            transitions: spec["leaseTransitions"].as_i64(),
+        })
+    }
+}
+
+/// The parts of a lease file the tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseFile {
+    pub version: String,
+    pub holder: Option<String>,
+    pub renew_time: Option<jiff::Timestamp>,
+    pub transitions: Option<i64>,
 }
