@@ -19,7 +19,7 @@ use crate::resources::{labels, names};
 
 /// A frozen or partitioned pod accepts the TCP connection (the kernel does)
 /// and then never answers: this bounds what it costs a reconcile.
-const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
