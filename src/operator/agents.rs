@@ -1,9 +1,9 @@
-//! The operator's side of the agents' HTTPS APIs: one client per cluster,
+//! The operator's side of the agents' HTTPS APIs: a client per cluster,
 //! built from the cluster's `<name>-operator-tls` Secret (its CA and the
-//! operator's client certificate) and rebuilt when that Secret changes.
+//! operator's client certificate).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -19,7 +19,7 @@ use crate::resources::{labels, names};
 
 /// A frozen or partitioned pod accepts the TCP connection (the kernel does)
 /// and then never answers: this bounds what it costs a reconcile.
-const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
@@ -41,64 +41,42 @@ pub enum AgentsError {
     },
 }
 
-#[derive(Default)]
-pub struct AgentPool {
-    /// By `namespace/cluster`: the Secret's resourceVersion and the client.
-    clients: Mutex<HashMap<String, (String, AgentClient)>>,
-}
-
-impl AgentPool {
-    pub async fn client(
-        &self,
-        kube: &Client,
-        namespace: &str,
-        cluster: &str,
-    ) -> Result<AgentClient, AgentsError> {
-        let secret_name = names::operator_tls_secret(cluster);
-        let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
-            .get(&secret_name)
-            .await
-            .map_err(|source| AgentsError::Read {
-                secret: secret_name.clone(),
-                source,
-            })?;
-        let rv = secret.metadata.resource_version.clone().unwrap_or_default();
-        let key = format!("{namespace}/{cluster}");
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((cached_rv, client)) = clients.get(&key)
-            && *cached_rv == rv
-        {
-            return Ok(client.clone());
-        }
-        let data = secret.data.unwrap_or_default();
-        let get = |k: &str| {
-            data.get(k)
-                .map(|b| b.0.clone())
-                .ok_or_else(|| AgentsError::Missing {
-                    secret: secret_name.clone(),
-                    key: k.to_string(),
-                })
-        };
-        let config = tls::client_config(
-            &get(files::CA_CRT)?,
-            &get(files::TLS_CRT)?,
-            &get(files::TLS_KEY)?,
-        )
-        .map_err(|source| AgentsError::Tls {
+/// Builds the client for one cluster's agents from its Secret. Not cached:
+/// a reconcile reads the Secret anyway, building the TLS configuration
+/// costs microseconds, and a hundred idle clusters would otherwise keep a
+/// hundred configurations in memory.
+pub async fn client(
+    kube: &Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<AgentClient, AgentsError> {
+    let secret_name = names::operator_tls_secret(cluster);
+    let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
+        .get(&secret_name)
+        .await
+        .map_err(|source| AgentsError::Read {
             secret: secret_name.clone(),
             source,
         })?;
-        let client = AgentClient::new(Arc::new(config));
-        clients.insert(key, (rv, client.clone()));
-        Ok(client)
-    }
-
-    pub fn forget(&self, namespace: &str, cluster: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&format!("{namespace}/{cluster}"));
-    }
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .ok_or_else(|| AgentsError::Missing {
+                secret: secret_name.clone(),
+                key: k.to_string(),
+            })
+    };
+    let config = tls::client_config(
+        &get(files::CA_CRT)?,
+        &get(files::TLS_CRT)?,
+        &get(files::TLS_KEY)?,
+    )
+    .map_err(|source| AgentsError::Tls {
+        secret: secret_name.clone(),
+        source,
+    })?;
+    Ok(AgentClient::new(Arc::new(config)))
 }
 
 /// The agent of a pod, when it has an IP and is not being deleted.

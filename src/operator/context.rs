@@ -7,7 +7,6 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 
-use super::agents::AgentPool;
 use super::cluster::apply::AppliedCache;
 use super::leases::LeaseMonitor;
 use super::metrics::Metrics;
@@ -30,8 +29,6 @@ pub struct Context {
     pub applied: AppliedCache,
     /// Primary Leases as this operator sees them renewed.
     pub leases: Arc<LeaseMonitor>,
-    /// Clients of the instance and pooler agents, per cluster.
-    pub agents: AgentPool,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -54,7 +51,6 @@ impl Context {
             metrics,
             applied: AppliedCache::default(),
             leases: Arc::new(LeaseMonitor::default()),
-            agents: AgentPool::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

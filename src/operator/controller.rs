@@ -106,7 +106,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let can_ask = !observed.pods.is_empty()
         && observed.has_secret(&crate::resources::names::operator_tls_secret(&name));
     let agent_client = if can_ask {
-        match ctx.agents.client(&ctx.client, &namespace, &name).await {
+        match agents::client(&ctx.client, &namespace, &name).await {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(cluster = %name, error = %e, "cannot call the instance managers");
