@@ -36,11 +36,19 @@ pub struct HarnessOptions {
 }
 
 impl Default for HarnessOptions {
+    /// Pods on 127.100/16 and Services on 127.101/16; with
+    /// `CAPSTAN_E2E_NET=<n>` (2..=250, even) pods on 127.<n>/16 and Services
+    /// on 127.<n+1>/16, so two harnesses can run on one machine.
     fn default() -> Self {
+        let base = std::env::var("CAPSTAN_E2E_NET")
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok())
+            .filter(|n| (2..=250).contains(n) && n % 2 == 0)
+            .unwrap_or(100);
         HarnessOptions {
             simulated: false,
-            pod_cidr: (Ipv4Addr::new(127, 100, 0, 0), 16),
-            service_cidr: (Ipv4Addr::new(127, 101, 0, 0), 16),
+            pod_cidr: (Ipv4Addr::new(127, base, 0, 0), 16),
+            service_cidr: (Ipv4Addr::new(127, base + 1, 0, 0), 16),
         }
     }
 }

@@ -167,6 +167,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     // Crash recovery after a kill, a clone or a rewind first flushes the
     // data directory; one syncfs() is far faster than fsync per file.
     ("recovery_init_sync_method", "syncfs"),
+    // A replica notices a primary that stopped answering (frozen, cut off)
+    // after this rather than the default minute, and connects again
+    // through the -rw Service: to the new primary after a failover.
+    ("wal_receiver_timeout", "10s"),
 ];
 
 /// WAL archiving. It belongs to backups: once the settings carry a backup

@@ -292,6 +292,22 @@ impl<A: Authority> Manager<A> {
         }
     }
 
+    /// The primary moved: a replica streaming from the old one (perhaps
+    /// frozen or cut off, so its connection just hangs) reconnects through
+    /// the `-rw` Service. Twice: the Service may move a moment after the
+    /// target does; a primary has no WAL receiver, so it is a no-op there.
+    fn follow_new_primary(&self) {
+        let local = self.local.clone();
+        tokio::spawn(async move {
+            for delay in [Duration::from_secs(1), Duration::from_secs(3)] {
+                tokio::time::sleep(delay).await;
+                if let Err(e) = local.reconnect_wal_receiver().await {
+                    tracing::debug!(error = %e, "reconnecting the WAL receiver");
+                }
+            }
+        });
+    }
+
     async fn read_authority(&mut self) -> Result<Option<String>, ()> {
         match self.authority.target_primary().await {
             Ok(t) => {
@@ -299,6 +315,10 @@ impl<A: Authority> Manager<A> {
                     tracing::info!(target_primary = ?t, "the cluster's target primary");
                     // A new answer is worth a start attempt now, not after the backoff.
                     self.next_start = Instant::now();
+                    let moved = matches!(&self.target, Some(Some(_)));
+                    if moved && t.as_deref() != Some(self.inputs.pod.as_str()) {
+                        self.follow_new_primary();
+                    }
                 }
                 self.target = Some(t.clone());
                 self.clear_error(Source::Authority);
