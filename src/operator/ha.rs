@@ -545,8 +545,13 @@ async fn run_switchover(
         {
             return Err(revert(format!("stopping {from} failed: {e}")).await);
         }
-        if let Some(lsn) = old_lsn {
-            wait_for_wal(client, &new, lsn).await;
+        if let Some(lsn) = old_lsn
+            && !wait_for_wal(client, &new, lsn).await
+        {
+            return Err(revert(format!(
+                "{to} did not receive {from}'s last WAL ({lsn}) within {CATCH_UP_WAIT:?}; not promoting it"
+            ))
+            .await);
         }
         if let Err(e) = client.promote(&new, &PromoteRequest::default()).await {
             return Err(revert(format!("promoting {to} failed: {e}")).await);
@@ -608,15 +613,12 @@ async fn run_switchover(
         message,
     )
     .await;
-    match patch_status_if(
-        ctx,
-        cluster,
-        &version,
-        json!({"switchover": record}),
-        "switchover",
-    )
-    .await
-    {
+    let mut body = json!({"switchover": record});
+    if !warning {
+        // Promoted and behind -rw: it is the current primary now.
+        body["currentPrimary"] = json!(to);
+    }
+    match patch_status_if(ctx, cluster, &version, body, "switchover").await {
         Ok(_) => {}
         // Someone wrote in between: keep the record for the next write.
         Err(_) => status.switchover = Some(record),
@@ -630,21 +632,26 @@ fn set(cell: &std::sync::Mutex<String>, value: String) {
     }
 }
 
-/// Waits (bounded) until `new` has received WAL up to `lsn`.
-async fn wait_for_wal(client: &AgentClient, new: &Endpoint, lsn: Lsn) {
+/// Waits (bounded) until `new` has received WAL up to `lsn`, or has
+/// already promoted itself (it follows `targetPrimary` on its own once the
+/// old primary released the Lease, after its clean shutdown sent every WAL
+/// record). False when it never caught up.
+async fn wait_for_wal(client: &AgentClient, new: &Endpoint, lsn: Lsn) -> bool {
     let deadline = Instant::now() + CATCH_UP_WAIT;
     while Instant::now() < deadline {
         let caught_up = client.instance_status(new).await.is_ok_and(|r| {
-            r.receive_lsn
-                .or(r.replay_lsn)
-                .and_then(|s| s.parse::<Lsn>().ok())
-                .is_some_and(|have| have >= lsn)
+            r.role == Role::Primary
+                || r.receive_lsn
+                    .or(r.replay_lsn)
+                    .and_then(|s| s.parse::<Lsn>().ok())
+                    .is_some_and(|have| have >= lsn)
         });
         if caught_up {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    false
 }
 
 /// A switchover the operator was carrying out when it stopped: the poolers
