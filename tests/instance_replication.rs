@@ -127,6 +127,7 @@ async fn primary_and_two_replicas_stream_survive_a_crash_and_stop_cleanly() {
     assert_eq!(code, 404);
 
     // kill -9 of the postmaster: the manager restarts it and writes resume.
+    let verifiers_before = stored_verifiers(&primary).await;
     let old = a.postmaster_pid().expect("postmaster.pid");
     kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
     let report = a
@@ -141,6 +142,29 @@ async fn primary_and_two_replicas_stream_survive_a_crash_and_stop_cleanly() {
         .await
         .unwrap();
     assert_ne!(a.postmaster_pid(), Some(old));
+    // Unchanged passwords keep their verifiers over the restart: a new salt
+    // would break the SCRAM keys a pooler holds for its server logins. The
+    // manager syncs passwords each second; give it a few.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stored_verifiers(&writer).await, verifiers_before);
+    // A changed Secret is applied: the old password stops working.
+    a.restore_secret("app/password", "rotated-app-password");
+    eventually(
+        "the rotated app password works",
+        Duration::from_secs(30),
+        || async {
+            sql_connect(&pki, a.pg_port, "app", "rotated-app-password", "app")
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        sql_connect(&pki, a.pg_port, "app", APP_PASSWORD, "app")
+            .await
+            .is_err()
+    );
     // The backends of the killed postmaster were adopted and reaped.
     let manager = a.manager_pid().unwrap();
     eventually(
@@ -173,4 +197,18 @@ async fn primary_and_two_replicas_stream_survive_a_crash_and_stop_cleanly() {
         );
         assert!(instance.log().contains("postgres stopped; exiting"));
     }
+}
+
+/// Every login role's stored password verifier.
+async fn stored_verifiers(client: &tokio_postgres::Client) -> Vec<(String, Option<String>)> {
+    let rows = client
+        .query(
+            "SELECT rolname::text, rolpassword FROM pg_authid WHERE rolcanlogin ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let verifiers: Vec<_> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(verifiers.len() >= 3, "{verifiers:?}");
+    verifiers
 }

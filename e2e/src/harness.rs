@@ -116,8 +116,11 @@ pub struct Harness {
 impl Harness {
     pub async fn start(options: HarnessOptions) -> Result<Harness, E2eError> {
         let capstan = capstan_binary()?;
+        // CAPSTAN_E2E_KEEP=1 keeps pod logs and data for a look afterwards.
+        let keep = std::env::var_os("CAPSTAN_E2E_KEEP").is_some_and(|v| v == "1");
         let state = tempfile::Builder::new()
             .prefix("capstan-e2e-")
+            .disable_cleanup(keep)
             .tempdir()
             .map_err(|e| {
                 E2eError::Setup(format!("cannot create the harness state directory: {e}"))
@@ -308,12 +311,6 @@ impl Harness {
     /// Directory kept by the kubelet for pod logs and volumes.
     pub fn state_dir(&self) -> &Path {
         self.state.path()
-    }
-
-    /// Keeps the state directory after the harness is dropped (debugging).
-    pub fn keep_state(self) -> PathBuf {
-        let Harness { state, .. } = self;
-        state.keep()
     }
 
     /// The pod IP a pod got (host-reachable loopback address).

@@ -14,6 +14,11 @@
 //!   and a writer of numbered rows; after each failover every acknowledged
 //!   number must be on the new primary (goal: 0 lost).
 //!
+//! The writers bound each connection attempt and INSERT by 0.5 s: a stuck
+//! attempt costs at most that before the next one, so a measured time is
+//! when writes became possible again, to within 0.5 s. (A client with a
+//! longer statement or connect timeout waits up to that timeout longer.)
+//!
 //! Every output line starts with `ha-bench`.
 
 use std::time::{Duration, Instant};
@@ -30,6 +35,13 @@ fn iterations() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20)
+}
+
+fn writer_options() -> WriterOptions {
+    WriterOptions {
+        op_timeout: Duration::from_millis(500),
+        ..WriterOptions::default()
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -90,7 +102,7 @@ async fn freeze_failover(
 
 async fn rto(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let ha = HaCluster::create(target, &ha_example("ha-cluster.yaml", ns)?).await?;
-    let writer = Writer::start(&ha, &ha.pooler(target).await?, WriterOptions::default());
+    let writer = Writer::start(&ha, &ha.pooler(target).await?, writer_options());
     let mut samples = Vec::new();
     for i in 1..=iterations() {
         let (old, new, rto) = freeze_failover(target, &ha, &writer).await?;
@@ -113,7 +125,7 @@ async fn rto(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 async fn kill9(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let ha = HaCluster::create(target, &ha_example("ha-cluster.yaml", ns)?).await?;
-    let writer = Writer::start(&ha, &ha.pooler(target).await?, WriterOptions::default());
+    let writer = Writer::start(&ha, &ha.pooler(target).await?, writer_options());
     let mut samples = Vec::new();
     let mut not_moved = 0;
     for i in 1..=iterations() {
@@ -350,7 +362,7 @@ async fn switchover(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 async fn ackwrites(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let ha = HaCluster::create(target, &ha_example("ha-sync.yaml", ns)?).await?;
-    let writer = Writer::start(&ha, &ha.pooler(target).await?, WriterOptions::default());
+    let writer = Writer::start(&ha, &ha.pooler(target).await?, writer_options());
     let (mut worst, mut rtos) = (0usize, Vec::new());
     for i in 1..=iterations() {
         let (old, new, rto) = freeze_failover(target, &ha, &writer).await?;

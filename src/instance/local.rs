@@ -403,6 +403,19 @@ impl Local {
         Ok((created, dropped))
     }
 
+    /// The role's stored password (`pg_authid.rolpassword`), if any.
+    pub async fn stored_password(&self, role: &str) -> Result<Option<String>, LocalError> {
+        let client = self.connect().await?;
+        let rows = client
+            .query(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .map_err(query_err("reading a stored password"))?;
+        Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+    }
+
     /// Sets a role's password from its SCRAM verifier (the plaintext never
     /// reaches the server or its log).
     pub async fn set_password(&self, role: &str, verifier: &str) -> Result<(), LocalError> {

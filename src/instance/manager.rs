@@ -821,7 +821,18 @@ impl<A: Authority> Manager<A> {
         if self.passwords_applied == Some(digest) {
             return;
         }
+        let mut changed = Vec::new();
         for (role, password) in &wanted {
+            let stored = match self.local.stored_password(role).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    self.set_error(Source::Passwords, e.to_string());
+                    return;
+                }
+            };
+            if stored.is_some_and(|s| password.matches_verifier(&s)) {
+                continue;
+            }
             if let Err(e) = self
                 .local
                 .set_password(role, &password.scram_verifier())
@@ -830,8 +841,11 @@ impl<A: Authority> Manager<A> {
                 self.set_error(Source::Passwords, e.to_string());
                 return;
             }
+            changed.push(role.as_str());
         }
-        tracing::info!("role passwords set from the Secrets");
+        if !changed.is_empty() {
+            tracing::info!(roles = ?changed, "role passwords set from the Secrets");
+        }
         self.passwords_applied = Some(digest);
         self.clear_error(Source::Passwords);
     }

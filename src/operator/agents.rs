@@ -20,6 +20,11 @@ use crate::resources::{labels, names};
 /// A frozen or partitioned pod accepts the TCP connection (the kernel does)
 /// and then never answers: this bounds what it costs a reconcile.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// For the holder of a Lease silent past the fence point (likely frozen or
+/// cut off, and fenced): its answer only matters to vouch that it still
+/// holds the Lease when the operator's watch lags, and a healthy agent
+/// answers in milliseconds. Waiting longer would delay the failover.
+const SILENT_HOLDER_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
@@ -94,20 +99,28 @@ pub fn endpoint(pod: &Pod, cluster: &str, namespace: &str) -> Option<Endpoint> {
 }
 
 /// `GET /status` of every instance pod at once; those that do not answer
-/// in time are left out.
+/// in time are left out. `silent_holder`: the instance whose primary Lease
+/// has gone silent, given less time.
 pub async fn reports(
     client: &AgentClient,
     pods: &[Pod],
     cluster: &str,
     namespace: &str,
+    silent_holder: Option<&str>,
 ) -> BTreeMap<String, InstanceReport> {
-    let client = client.clone().with_timeout(STATUS_TIMEOUT);
+    let normal = client.clone().with_timeout(STATUS_TIMEOUT);
+    let short = client.clone().with_timeout(SILENT_HOLDER_TIMEOUT);
     let endpoints: Vec<Endpoint> = pods
         .iter()
         .filter_map(|p| endpoint(p, cluster, namespace))
         .collect();
-    let client = &client;
+    let (normal, short) = (&normal, &short);
     join_all(endpoints.iter().map(|ep| async move {
+        let client = if silent_holder == Some(ep.name.as_str()) {
+            short
+        } else {
+            normal
+        };
         match client.instance_status(ep).await {
             Ok(r) => Some((ep.name.clone(), r)),
             Err(e) => {

@@ -53,9 +53,14 @@ pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Resu
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&cluster, &ctx).await;
-    ctx.metrics
-        .duration
-        .observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    ctx.metrics.duration.observe(elapsed.as_secs_f64());
+    tracing::debug!(
+        cluster = %cluster.name_any(),
+        elapsed_ms = elapsed.as_millis(),
+        ok = result.is_ok(),
+        "reconciled"
+    );
     if result.is_ok() {
         ctx.succeeded(&key(&cluster));
     }
@@ -117,7 +122,9 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         None
     };
     if let Some(c) = &agent_client {
-        observed.reports = agents::reports(c, &observed.pods, &name, &namespace).await;
+        let silent = ctx.leases.silent_holder(&namespace, &name);
+        observed.reports =
+            agents::reports(c, &observed.pods, &name, &namespace, silent.as_deref()).await;
     }
     let plan = plan::plan(&validated.model, &observed, previous)?;
     let mut working = previous.cloned().unwrap_or_default();
@@ -379,7 +386,13 @@ pub async fn run(
     // A primary Lease that goes silent triggers a reconcile at once, not at
     // the next child event or resync.
     let (trigger, mut expired) = tokio::sync::mpsc::channel(64);
-    let lease_watch = super::leases::spawn(client.clone(), ns.clone(), ctx.leases.clone(), trigger);
+    let lease_watch = super::leases::spawn(
+        client.clone(),
+        ns.clone(),
+        ctx.leases.clone(),
+        trigger,
+        DEBOUNCE,
+    );
     controller
         .reconcile_on(futures::stream::poll_fn(move |cx| expired.poll_recv(cx)))
         .owns(api::<Pod>(&client, &ns), children.clone())

@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 use crate::api::PostgresCluster;
 use crate::resources::labels;
 
-/// How often expired leases are looked for: the delay a failover can add
-/// to the lease duration.
-pub const TICK: Duration = Duration::from_millis(250);
+/// How often expiring leases are looked for: the delay a failover can add
+/// to the lease duration (a scan of an in-memory map).
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// A primary Lease as the operator sees it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +50,9 @@ struct Tracked {
     renew: Option<String>,
     changed_at: Instant,
     duration: Duration,
-    /// A reconcile was already requested for this silence.
+    /// A reconcile was requested ahead of the expiry (see `newly_expiring`).
+    warned: bool,
+    /// A reconcile was requested at the expiry.
     triggered: bool,
 }
 
@@ -106,6 +108,7 @@ impl LeaseMonitor {
                         renew,
                         changed_at: now,
                         duration,
+                        warned: false,
                         triggered: false,
                     },
                 );
@@ -127,28 +130,53 @@ impl LeaseMonitor {
         }
     }
 
-    /// Clusters whose held Lease has just gone silent for its whole
-    /// duration (each silence is reported once).
-    pub fn newly_expired(&self, now: Instant) -> Vec<(String, String)> {
+    /// Clusters whose held Lease has just come within `lead` of its whole
+    /// duration of silence, and those whose Lease has been silent for `lead`
+    /// past it; each silence is reported once for each. The early report
+    /// lets a reconcile be on its way when the Lease expires (the controller
+    /// holds every request back by its debounce, `lead`). The decision
+    /// itself always looks at the Lease again, so an early reconcile that
+    /// finds it unexpired does nothing; the second report is the backstop,
+    /// late enough not to restart the debounce of the first.
+    pub fn newly_expiring(&self, now: Instant, lead: Duration) -> Vec<(String, String)> {
         let mut out = vec![];
         for (key, t) in self.state().iter_mut() {
+            if t.holder.is_none() || t.duration.is_zero() {
+                continue;
+            }
             let silent = now.saturating_duration_since(t.changed_at);
-            if t.holder.is_some() && !t.duration.is_zero() && silent >= t.duration && !t.triggered {
-                t.triggered = true;
+            let early = silent + lead >= t.duration && !t.warned;
+            let expired = silent >= t.duration + lead && !t.triggered;
+            t.warned |= early;
+            t.triggered |= expired;
+            if early || expired {
                 out.push(key.clone());
             }
         }
         out
     }
+
+    /// The holder of the cluster's Lease when it has been silent for at
+    /// least half its duration, the point past which a primary that cannot
+    /// renew has fenced itself.
+    pub fn silent_holder(&self, namespace: &str, cluster: &str) -> Option<String> {
+        let view = self.view(namespace, cluster)?;
+        (view.silent_for * 2 >= view.duration)
+            .then_some(view.holder)
+            .flatten()
+    }
 }
 
 /// Feeds `monitor` from a watch of Capstan's Leases and sends a reconcile
 /// request for every cluster whose primary Lease expires.
+/// `lead`: how long before an expiry to request a reconcile as well (the
+/// controller's debounce).
 pub fn spawn(
     client: Client,
     namespace: Option<String>,
     monitor: Arc<LeaseMonitor>,
     trigger: mpsc::Sender<ObjectRef<PostgresCluster>>,
+    lead: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<Lease> = match &namespace {
         Some(ns) => Api::namespaced(client, ns),
@@ -180,8 +208,8 @@ pub fn spawn(
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
-            for (ns, cluster) in monitor.newly_expired(Instant::now()) {
-                tracing::warn!(namespace = %ns, cluster = %cluster, "primary Lease expired");
+            for (ns, cluster) in monitor.newly_expiring(Instant::now(), lead) {
+                tracing::warn!(namespace = %ns, cluster = %cluster, "primary Lease expiring");
                 if trigger
                     .send(ObjectRef::new(&cluster).within(&ns))
                     .await
@@ -219,6 +247,10 @@ mod tests {
         }
     }
 
+    fn expiring(m: &LeaseMonitor, at: Duration, t0: Instant) -> usize {
+        m.newly_expiring(t0 + at, Duration::from_millis(200)).len()
+    }
+
     #[test]
     fn silence_is_measured_from_the_last_change_the_operator_saw() {
         let m = LeaseMonitor::default();
@@ -226,19 +258,44 @@ mod tests {
         m.observe(&lease(Some("db-1"), 100), t0);
         // The same renewal seen again (a resync) is not a renewal.
         m.observe(&lease(Some("db-1"), 100), t0 + Duration::from_secs(2));
-        assert!(m.newly_expired(t0 + Duration::from_millis(3900)).is_empty());
+        assert_eq!(expiring(&m, Duration::from_millis(3700), t0), 0);
+        // Once 200 ms ahead of the expiry, once 200 ms past it, then never
+        // again.
         assert_eq!(
-            m.newly_expired(t0 + Duration::from_secs(4)),
+            m.newly_expiring(t0 + Duration::from_millis(3800), Duration::from_millis(200)),
             vec![("ns".into(), "db".into())]
         );
-        assert!(
-            m.newly_expired(t0 + Duration::from_secs(5)).is_empty(),
-            "reported once"
-        );
+        assert_eq!(expiring(&m, Duration::from_millis(4100), t0), 0);
+        assert_eq!(expiring(&m, Duration::from_millis(4200), t0), 1);
+        assert_eq!(expiring(&m, Duration::from_secs(5), t0), 0, "reported once");
         // A renewal starts a new silence.
         m.observe(&lease(Some("db-1"), 101), t0 + Duration::from_secs(6));
-        assert!(m.newly_expired(t0 + Duration::from_secs(9)).is_empty());
-        assert_eq!(m.newly_expired(t0 + Duration::from_secs(10)).len(), 1);
+        assert_eq!(expiring(&m, Duration::from_millis(9700), t0), 0);
+        assert_eq!(expiring(&m, Duration::from_millis(9800), t0), 1);
+        assert_eq!(expiring(&m, Duration::from_millis(10_200), t0), 1);
+    }
+
+    #[test]
+    fn a_late_look_reports_a_silence_once() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        m.observe(&lease(Some("db-1"), 100), t0);
+        assert_eq!(expiring(&m, Duration::from_secs(30), t0), 1);
+        assert_eq!(expiring(&m, Duration::from_secs(31), t0), 0);
+    }
+
+    #[test]
+    fn the_holder_counts_as_silent_from_the_fence_point() {
+        let m = LeaseMonitor::default();
+        let t0 = Instant::now();
+        assert_eq!(m.silent_holder("ns", "db"), None);
+        // Observed 1.9 s "ago": not yet half of the 4 s duration.
+        m.observe(&lease(Some("db-1"), 100), t0 - Duration::from_millis(1900));
+        assert_eq!(m.silent_holder("ns", "db"), None);
+        m.observe(&lease(Some("db-1"), 101), t0 - Duration::from_millis(2100));
+        assert_eq!(m.silent_holder("ns", "db").as_deref(), Some("db-1"));
+        m.observe(&lease(None, 102), t0 - Duration::from_secs(3));
+        assert_eq!(m.silent_holder("ns", "db"), None);
     }
 
     #[test]
@@ -246,7 +303,7 @@ mod tests {
         let m = LeaseMonitor::default();
         let t0 = Instant::now();
         m.observe(&lease(None, 100), t0);
-        assert!(m.newly_expired(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(expiring(&m, Duration::from_secs(60), t0), 0);
         let view = m.view("ns", "db").unwrap();
         assert_eq!(view.holder, None);
         assert_eq!(view.duration, Duration::from_secs(4));
@@ -258,8 +315,8 @@ mod tests {
         let t0 = Instant::now();
         m.observe(&lease(Some("db-1"), 100), t0);
         m.restart_all(t0 + Duration::from_secs(3));
-        assert!(m.newly_expired(t0 + Duration::from_secs(6)).is_empty());
-        assert_eq!(m.newly_expired(t0 + Duration::from_secs(7)).len(), 1);
+        assert_eq!(expiring(&m, Duration::from_millis(6700), t0), 0);
+        assert_eq!(expiring(&m, Duration::from_millis(6800), t0), 1);
     }
 
     #[test]
@@ -268,7 +325,7 @@ mod tests {
         let t0 = Instant::now();
         m.observe(&lease(Some("db-1"), 100), t0);
         m.observe(&lease(Some("db-2"), 100), t0 + Duration::from_secs(3));
-        assert!(m.newly_expired(t0 + Duration::from_secs(5)).is_empty());
+        assert_eq!(expiring(&m, Duration::from_secs(5), t0), 0);
         assert_eq!(m.view("ns", "db").unwrap().holder.as_deref(), Some("db-2"));
     }
 }

@@ -29,9 +29,11 @@ const DEFAULTS: &[(&str, &str)] = &[
     // JDBC sends it at startup; PgBouncer would refuse the connection.
     ("ignore_startup_parameters", "extra_float_digits"),
     // After a failover the first logins to the new primary can fail while
-    // the Service still points at the old one; PgBouncer's default is to
+    // the Service still points at the old one, and after a crash the first
+    // login meets a server still in recovery; PgBouncer's default is to
     // wait 15 s before trying again, which would be most of the outage.
-    ("server_login_retry", "1"),
+    // Fractions are allowed; PgBouncer's timer makes this ~1/3 s.
+    ("server_login_retry", "0.25"),
     // A frozen or partitioned primary never refuses a connection: give up
     // on it quickly (default 15 s) so queued clients reach the new one.
     ("server_connect_timeout", "3"),
