@@ -171,6 +171,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     // after this rather than the default minute, and connects again
     // through the -rw Service: to the new primary after a failover.
     ("wal_receiver_timeout", "10s"),
+    // A replica whose primary restarted (a crash, a switchover) streams
+    // again within a second instead of the default 5 s: with synchronous
+    // replication on, commits wait for it that long.
+    ("wal_retrieve_retry_interval", "1s"),
 ];
 
 /// WAL archiving. It belongs to backups: once the settings carry a backup
