@@ -64,13 +64,27 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 /// Primary db-1 and replicas (db-2, ...), table `t` with `rows`, every
 /// replica streaming with no lag.
 async fn cluster(names: &[&str], rows: &[&str]) -> Option<(Arc<Pki>, Proxy, Vec<Instance>)> {
+    cluster_with(names, rows, &[]).await
+}
+
+/// [`cluster`] with extra PostgreSQL parameters.
+async fn cluster_with(
+    names: &[&str],
+    rows: &[&str],
+    parameters: &[(&str, &str)],
+) -> Option<(Arc<Pki>, Proxy, Vec<Instance>)> {
     let Some(bin) = pg15_bin() else {
         eprintln!("skipping: PostgreSQL 15 is not installed in /usr/lib/postgresql/15/bin");
         return None;
     };
     let pki = Arc::new(Pki::new());
     let proxy_port = PORTS.take();
-    let settings = settings(15, proxy_port, names);
+    let mut settings = settings(15, proxy_port, names);
+    for (name, value) in parameters {
+        settings
+            .parameters
+            .insert(name.to_string(), value.to_string());
+    }
     let mut instances: Vec<Instance> = names
         .iter()
         .map(|n| Instance::new(n, &PORTS, &bin, pki.clone(), &settings))
@@ -179,6 +193,97 @@ async fn promoted_replica_takes_writes_and_the_old_primary_returns_as_replica() 
     assert_eq!(slots, ["db_1", "db_3"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_a_frozen_primary_follows_the_new_one_when_the_target_moves() {
+    // No receiver timeout: only the move of the target can make db-3 leave
+    // its silent connection to the frozen db-1.
+    let Some((_pki, proxy, nodes)) = cluster_with(
+        &["db-1", "db-2", "db-3"],
+        &["before"],
+        &[("wal_receiver_timeout", "0")],
+    )
+    .await
+    else {
+        return;
+    };
+    let frozen = nodes[0].postgres_processes();
+    assert!(!frozen.is_empty());
+    let _thaw = Frozen::new(frozen);
+    // db-3's receiver starts over while db-1 is frozen: the new one hangs
+    // connecting (db-1's kernel accepts, nothing answers), a state in which
+    // pg_stat_wal_receiver shows no receiver at all.
+    let receiver = walreceiver_of(&nodes[2]).expect("db-3 streams");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(receiver),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let connecting = eventually("a new WAL receiver", LONG, || async {
+        walreceiver_of(&nodes[2]).filter(|pid| *pid != receiver)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        walreceiver_of(&nodes[2]),
+        Some(connecting),
+        "still connecting"
+    );
+    for node in &nodes {
+        node.set_authority("db-2");
+    }
+    proxy.repoint_new_connections(nodes[1].pg_port);
+    assert_eq!(promote(&nodes[1]).await.timeline, 2);
+    insert(&nodes[1], "after").await;
+    wait_values(&nodes[2], &["after", "before"]).await;
+    let report = nodes[2]
+        .wait_status("streaming from the new primary", LONG, |r| {
+            r.wal_receiver.as_deref() == Some("streaming") && r.timeline == Some(2)
+        })
+        .await;
+    assert_eq!(report.target_primary.as_deref(), Some("db-2"));
+    assert!(
+        nodes[2]
+            .log()
+            .contains("restarted the WAL receiver to follow the new primary"),
+        "{}",
+        nodes[2].log_tail(40)
+    );
+}
+
+/// The PID of the instance's WAL receiver, when one runs.
+fn walreceiver_of(instance: &Instance) -> Option<i32> {
+    instance.postgres_processes().into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|title| String::from_utf8_lossy(&title).contains("walreceiver"))
+    })
+}
+
+/// SIGSTOPs processes; SIGCONT when dropped.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn new(pids: Vec<i32>) -> Self {
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}
+
 /// db-2 is promoted while db-1 still runs as primary (a partition: db-1's
 /// authority has not moved yet) and takes a write of its own.
 async fn diverged_pair() -> Option<(Proxy, Vec<Instance>)> {
@@ -258,11 +363,15 @@ async fn switchover_waits_for_the_old_primary_and_loses_nothing() {
     assert_eq!(nodes[1].status().await.unwrap().role, Role::Replica);
     insert(&nodes[0], "last-on-old").await;
 
-    // db-1 learns it too; the operator's demote makes it immediate.
-    nodes[0].set_authority("db-2");
-    let (code, body) = nodes[0]
-        .operator("POST", "/demote", Some(r#"{"newPrimary":"db-2"}"#))
-        .await;
+    // db-1 learns it too; the operator's demote makes it immediate. The
+    // demote may arrive before the move reaches db-1 (the watch lags the
+    // operator's write): it waits for it rather than refusing.
+    let demote = nodes[0].operator("POST", "/demote", Some(r#"{"newPrimary":"db-2"}"#));
+    let moved_late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes[0].set_authority("db-2");
+    };
+    let ((code, body), ()) = tokio::join!(demote, moved_late);
     assert_eq!(code, 200, "{body}");
     let (code, body) = nodes[0].operator("POST", "/demote", Some("{}")).await;
     assert_eq!(code, 400, "newPrimary is required: {body}");

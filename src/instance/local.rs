@@ -292,18 +292,6 @@ impl Local {
         Ok(())
     }
 
-    /// Ends the WAL receiver; the startup process starts a new one, which
-    /// connects through the `-rw` Service again (to a new primary after a
-    /// failover, instead of waiting out `wal_receiver_timeout` on a lost one).
-    pub async fn reconnect_wal_receiver(&self) -> Result<(), LocalError> {
-        let client = self.connect().await?;
-        client
-            .simple_query("SELECT pg_terminate_backend(pid) FROM pg_stat_wal_receiver")
-            .await
-            .map_err(query_err("pg_stat_wal_receiver"))?;
-        Ok(())
-    }
-
     pub async fn reload(&self) -> Result<(), LocalError> {
         let client = self.connect().await?;
         client

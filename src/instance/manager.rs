@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult, Role,
@@ -46,6 +47,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// this long for the old primary to shut down (it sends all its WAL first),
 /// so the promotion loses nothing and nothing diverges.
 const SWITCHOVER_WAIT: Duration = Duration::from_secs(30);
+/// How long a promote or demote waits for the target-primary move that
+/// came with it before refusing.
+const AUTHORITY_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Sources of errors; each is cleared when its condition goes away, and the
 /// report shows the most recent one still standing.
@@ -297,15 +301,18 @@ impl<A: Authority> Manager<A> {
     /// the `-rw` Service. Twice: the Service may move a moment after the
     /// target does; a primary has no WAL receiver, so it is a no-op there.
     fn follow_new_primary(&self) {
-        let local = self.local.clone();
-        tokio::spawn(async move {
-            for delay in [Duration::from_secs(1), Duration::from_secs(3)] {
-                tokio::time::sleep(delay).await;
-                if let Err(e) = local.reconnect_wal_receiver().await {
-                    tracing::debug!(error = %e, "reconnecting the WAL receiver");
+        let Some(postmaster) = self.postgres.as_ref().map(|p| p.signaller().pid()) else {
+            return;
+        };
+        tokio::spawn(
+            async move {
+                for delay in [Duration::from_secs(1), Duration::from_secs(3)] {
+                    tokio::time::sleep(delay).await;
+                    restart_wal_receiver(postmaster);
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     async fn read_authority(&mut self) -> Result<Option<String>, ()> {
@@ -1101,13 +1108,31 @@ impl<A: Authority> Manager<A> {
         })
     }
 
+    /// The target primary, waiting a moment for it to become `expected`:
+    /// the operator moves `status.targetPrimary` and then sends the command,
+    /// and the watch that brings the move here may arrive after the command.
+    async fn authority_target_expecting(
+        &mut self,
+        expected: &str,
+    ) -> Result<Option<String>, CommandError> {
+        let deadline = Instant::now() + AUTHORITY_CATCH_UP;
+        loop {
+            let target = self.authority_target().await?;
+            if target.as_deref() == Some(expected) || Instant::now() >= deadline {
+                return Ok(target);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn promote_command(
         &mut self,
         request: PromoteRequest,
     ) -> Result<PromoteResult, CommandError> {
         let started = Instant::now();
         self.running_settings()?;
-        let target = self.authority_target().await?;
+        let pod = self.inputs.pod.clone();
+        let target = self.authority_target_expecting(&pod).await?;
         if target.as_deref() != Some(self.inputs.pod.as_str()) {
             return Err(CommandError::Conflict(format!(
                 "the cluster's target primary is {}, not {}; refusing to promote",
@@ -1178,7 +1203,9 @@ impl<A: Authority> Manager<A> {
                 "newPrimary names this instance; it cannot follow itself".into(),
             ));
         }
-        let target = self.authority_target().await?;
+        let target = self
+            .authority_target_expecting(&request.new_primary)
+            .await?;
         if target.as_deref() != Some(request.new_primary.as_str()) {
             return Err(CommandError::Conflict(format!(
                 "the cluster's target primary is {}, not {}; refusing to demote",
@@ -1293,6 +1320,26 @@ impl<A: Authority> Manager<A> {
         if status.is_some() {
             // Stopped: the next primary need not wait for the lease to expire.
             self.release_lease().await;
+        }
+    }
+}
+
+/// SIGTERM ends a WAL receiver and the startup process starts a new one.
+/// Found by its process title, not `pg_stat_wal_receiver`: that view shows
+/// nothing while the receiver is still connecting, which is where one hangs
+/// on a frozen primary (its kernel accepts, nothing answers, and the
+/// receiver's connection loop has no timeout). `pg_terminate_backend`
+/// refuses it too: it is not a backend.
+fn restart_wal_receiver(postmaster: u32) {
+    for pid in process::children_titled(postmaster, "walreceiver") {
+        match nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        ) {
+            Ok(()) => {
+                tracing::info!(pid, "restarted the WAL receiver to follow the new primary")
+            }
+            Err(e) => tracing::warn!(pid, error = %e, "cannot restart the WAL receiver"),
         }
     }
 }

@@ -283,6 +283,29 @@ pub fn signal_processes_in(dir: &std::path::Path, signal: nix::sys::signal::Sign
         .count()
 }
 
+/// Children of `parent` whose process title contains `needle`
+/// (PostgreSQL names its processes in their titles, `postgres: walreceiver`).
+pub fn children_titled(parent: u32, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (_, ppid) = parse_stat(&stat)?;
+            if ppid != parent {
+                return None;
+            }
+            let title = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&title)
+                .contains(needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// State and parent PID from `/proc/<pid>/stat` (the command name may hold
 /// spaces and parentheses, so parse after the last `)`).
 fn parse_stat(stat: &str) -> Option<(char, u32)> {
@@ -296,6 +319,29 @@ fn parse_stat(stat: &str) -> Option<(char, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_children_by_process_title() {
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "exec -a 'postgres: walreceiver streaming' sleep 30"])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let mut found = vec![];
+        for _ in 0..100 {
+            found = children_titled(me, "walreceiver");
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(found, vec![child.id()]);
+        assert!(children_titled(me, "walsender").is_empty());
+        assert!(children_titled(1, "walreceiver").is_empty());
+        child.kill().unwrap();
+        // Another test's reaper may have collected it already.
+        let _ = child.wait();
+    }
 
     #[test]
     fn parses_proc_stat() {

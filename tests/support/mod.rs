@@ -759,6 +759,12 @@ impl Proxy {
         self.backend.store(backend, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
+
+    /// Repoints new connections only, as a Service does: connections to a
+    /// frozen backend stay open and silent.
+    pub fn repoint_new_connections(&self, backend: u16) {
+        self.backend.store(backend, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
