@@ -97,14 +97,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a reader that went away (`| head`) ends the output
+/// quietly instead of with a panic.
+fn emit(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn print_crds() -> Result<(), String> {
     for (i, crd) in capstan::api::crd::all().iter().enumerate() {
         if i > 0 {
-            println!("---");
+            emit("---\n")?;
         }
         let text =
             capstan::api::crd::to_yaml(crd).map_err(|e| format!("cannot serialize CRD: {e}"))?;
-        print!("{text}");
+        emit(&text)?;
     }
     Ok(())
 }
@@ -112,7 +124,7 @@ fn print_crds() -> Result<(), String> {
 fn render(files: &[PathBuf], image: &str) -> Result<(), String> {
     for file in files {
         let text = capstan::render::render_file(file, image).map_err(|e| e.to_string())?;
-        print!("{text}");
+        emit(&text)?;
     }
     Ok(())
 }
