@@ -211,7 +211,9 @@ async fn a_replica_of_a_frozen_primary_follows_the_new_one_when_the_target_moves
     let _thaw = Frozen::new(frozen);
     // db-3's receiver starts over while db-1 is frozen: the new one hangs
     // connecting (db-1's kernel accepts, nothing answers), a state in which
-    // pg_stat_wal_receiver shows no receiver at all.
+    // pg_stat_wal_receiver shows no receiver at all. (Here the connect
+    // gives up after primary_conninfo's connect_timeout; one hung later in
+    // the handshake, as seen in the HA bench, waits for nothing.)
     let receiver = walreceiver_of(&nodes[2]).expect("db-3 streams");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(receiver),
