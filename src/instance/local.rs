@@ -1,6 +1,7 @@
 //! SQL on the local PostgreSQL over its Unix socket, as the superuser
 //! (`local all postgres peer`: the manager runs as the `postgres` OS user).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -391,17 +392,21 @@ impl Local {
         Ok((created, dropped))
     }
 
-    /// The role's stored password (`pg_authid.rolpassword`), if any.
-    pub async fn stored_password(&self, role: &str) -> Result<Option<String>, LocalError> {
+    /// Stored passwords (`pg_authid.rolpassword`) of the roles that have one.
+    pub async fn stored_passwords(
+        &self,
+        roles: &[&str],
+    ) -> Result<BTreeMap<String, String>, LocalError> {
         let client = self.connect().await?;
         let rows = client
             .query(
-                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
-                &[&role],
+                "SELECT rolname::text, rolpassword FROM pg_authid
+                 WHERE rolname = ANY($1) AND rolpassword IS NOT NULL",
+                &[&roles],
             )
             .await
-            .map_err(query_err("reading a stored password"))?;
-        Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)))
+            .map_err(query_err("reading stored passwords"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Sets a role's password from its SCRAM verifier (the plaintext never

@@ -828,16 +828,20 @@ impl<A: Authority> Manager<A> {
         if self.passwords_applied == Some(digest) {
             return;
         }
+        let roles: Vec<&str> = wanted.iter().map(|(role, _)| role.as_str()).collect();
+        let stored = match self.local.stored_passwords(&roles).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.set_error(Source::Passwords, e.to_string());
+                return;
+            }
+        };
         let mut changed = Vec::new();
         for (role, password) in &wanted {
-            let stored = match self.local.stored_password(role).await {
-                Ok(stored) => stored,
-                Err(e) => {
-                    self.set_error(Source::Passwords, e.to_string());
-                    return;
-                }
-            };
-            if stored.is_some_and(|s| password.matches_verifier(&s)) {
+            if stored
+                .get(role)
+                .is_some_and(|s| password.matches_verifier(s))
+            {
                 continue;
             }
             if let Err(e) = self

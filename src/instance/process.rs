@@ -192,22 +192,9 @@ pub fn reap_adopted_once() -> usize {
     let mut tracked = lock();
     let mut reaped = 0;
     let mut alive = HashSet::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (pid, dir) in proc_entries() {
         alive.insert(pid);
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((state, ppid)) = parse_stat(&stat) else {
+        let Some((state, ppid)) = stat_in(&dir) else {
             continue;
         };
         if state == 'Z' && ppid == me && !tracked.contains(&pid) {
@@ -259,14 +246,9 @@ pub fn processes_in(dir: &std::path::Path) -> Vec<u32> {
     let Ok(target) = std::fs::metadata(dir) else {
         return vec![];
     };
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let cwd = std::fs::metadata(entry.path().join("cwd")).ok()?;
+    proc_entries()
+        .filter_map(|(pid, dir)| {
+            let cwd = std::fs::metadata(dir.join("cwd")).ok()?;
             (cwd.dev() == target.dev() && cwd.ino() == target.ino()).then_some(pid)
         })
         .collect()
@@ -286,24 +268,31 @@ pub fn signal_processes_in(dir: &std::path::Path, signal: nix::sys::signal::Sign
 /// Children of `parent` whose process title contains `needle`
 /// (PostgreSQL names its processes in their titles, `postgres: walreceiver`).
 pub fn children_titled(parent: u32, needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    entries
+    proc_entries()
+        .filter(|(_, dir)| stat_in(dir).is_some_and(|(_, ppid)| ppid == parent))
+        .filter(|(_, dir)| {
+            std::fs::read(dir.join("cmdline"))
+                .is_ok_and(|title| String::from_utf8_lossy(&title).contains(needle))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process's PID and `/proc/<pid>` directory (none when /proc is
+/// unreadable).
+fn proc_entries() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (_, ppid) = parse_stat(&stat)?;
-            if ppid != parent {
-                return None;
-            }
-            let title = std::fs::read(entry.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&title)
-                .contains(needle)
-                .then_some(pid)
+            Some((pid, entry.path()))
         })
-        .collect()
+}
+
+fn stat_in(dir: &std::path::Path) -> Option<(char, u32)> {
+    parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)
 }
 
 /// State and parent PID from `/proc/<pid>/stat` (the command name may hold
