@@ -35,9 +35,9 @@ pub struct Args {
     /// every instance and pooler pod (normally the operator's own image).
     #[arg(long, env = "CAPSTAN_IMAGE", default_value = concat!("ghcr.io/capstan-dev/capstan:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
-    /// Watch only this namespace (default: all namespaces).
+    /// Watch only this namespace (default, or empty: all namespaces).
     #[arg(long, env = "CAPSTAN_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    namespace: Option<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "CAPSTAN_PROBE_ADDR", default_value = "0.0.0.0:8080")]
     pub probe_addr: SocketAddr,
@@ -51,6 +51,14 @@ pub struct Args {
     /// Identity in the leader Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+}
+
+impl Args {
+    /// The namespace to watch; `None` is every namespace. An empty value
+    /// counts as unset: Helm and kustomize render an unset value as `""`.
+    pub fn watch_namespace(&self) -> Option<&str> {
+        self.namespace.as_deref().filter(|ns| !ns.trim().is_empty())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +146,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         }
     });
 
-    check_crd(&client, args.namespace.as_deref()).await?;
+    check_crd(&client, args.watch_namespace()).await?;
     health.ready.store(true, Ordering::Relaxed);
 
     let identity = args
@@ -154,13 +162,13 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         Recorder::new(client.clone(), reporter),
         OperatorConfig {
             operator_image: args.image.clone(),
-            namespace: args.namespace.clone(),
+            namespace: args.watch_namespace().map(str::to_string),
         },
         metrics,
     ));
 
     if !args.leader_elect {
-        info!(namespace = ?args.namespace, "starting controller (leader election off)");
+        info!(namespace = ?args.watch_namespace(), "starting controller (leader election off)");
         controller::run(ctx, async move { token.cancelled().await }).await;
         return Ok(());
     }
@@ -184,7 +192,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             _ = token.cancelled() => return Ok(()),
         }
     }
-    info!(identity = %identity, namespace = ?args.namespace, "leader: starting controller");
+    info!(identity = %identity, namespace = ?args.watch_namespace(), "leader: starting controller");
     let lost = async move {
         while leader.changed().await.is_ok() {
             if !*leader.borrow() {
@@ -205,4 +213,30 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         Ok(Ok(_)) => {}
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn watch(argv: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(std::iter::once("capstan").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        cli.args.watch_namespace().map(str::to_string)
+    }
+
+    #[test]
+    fn an_empty_watch_namespace_watches_every_namespace() {
+        // The chart's default renders CAPSTAN_WATCH_NAMESPACE="".
+        assert_eq!(watch(&["--namespace", ""]), None);
+        assert_eq!(watch(&["--namespace", "  "]), None);
+        assert_eq!(watch(&["--namespace", "team-a"]), Some("team-a".into()));
+    }
 }

@@ -41,7 +41,9 @@ fn rule(groups: &[&str], resources: &[&str], names: &[String], verbs: &[&str]) -
 }
 
 /// Least privilege for the instance manager: read (and watch) only its own
-/// `PostgresCluster`, and publish Events.
+/// `PostgresCluster`, renew only its cluster's primary Lease, and publish
+/// Events. The operator creates the Lease, so the instance never needs
+/// `create` (which RBAC cannot restrict to one name).
 pub fn instance_role(model: &Model) -> Role {
     let cluster = &model.name;
     Role {
@@ -55,6 +57,12 @@ pub fn instance_role(model: &Model) -> Role {
                 &["postgresclusters"],
                 std::slice::from_ref(cluster),
                 &["get", "list", "watch"],
+            ),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &[names::primary_lease(cluster)],
+                &["get", "update"],
             ),
             rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
         ]),
@@ -104,6 +112,15 @@ mod tests {
                 .iter()
                 .all(|r| !r.resources.as_ref().unwrap().iter().any(|x| x == "secrets"))
         );
+        let lease = rules
+            .iter()
+            .find(|r| r.resources.as_deref() == Some(&["leases".to_string()][..]))
+            .expect("a rule for the primary Lease");
+        assert_eq!(
+            lease.resource_names.as_deref(),
+            Some(&["db-primary".to_string()][..])
+        );
+        assert_eq!(lease.verbs, ["get", "update"]);
         let binding = instance_role_binding(&model());
         assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
     }
