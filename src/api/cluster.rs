@@ -346,11 +346,13 @@ pub struct BootstrapSpec {
 pub struct InitdbSpec {
     /// Application database to create.
     #[serde(default = "defaults::database")]
+    #[schemars(length(max = 63))]
     #[x_kube(validation = rules::sql_identifier("database"))]
     pub database: String,
     /// Owner of the application database; its password is in the
     /// `<name>-app` Secret.
     #[serde(default = "defaults::owner")]
+    #[schemars(length(max = 63))]
     #[x_kube(validation = rules::sql_identifier("owner"))]
     pub owner: String,
     /// Database encoding.

@@ -102,7 +102,9 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     /// Timeline, as the instance manager last reported it.
+    // Kubernetes knows no `uint32` format; an unknown one warns on every apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub timeline: Option<u32>,
     /// WAL position: written (primary) or received (replica).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +159,7 @@ pub struct SwitchoverStatus {
     pub message: String,
     /// How long the poolers held client queries, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
     pub client_hold_ms: Option<u64>,
     /// RFC 3339.
     pub started_at: String,
