@@ -1,7 +1,11 @@
-//! The local harness: the emulated API server, the process kubelet with its
-//! Service proxy, and the operator as a host process (exactly how a user
-//! runs it with `cargo run -- operator`). Dropping a [`Harness`] stops the
-//! operator, every pod process and the API server.
+//! The local harness: a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler; [`crate::controlplane`]) with
+//! Capstan installed by `helm install` of `charts/capstan`, as users install
+//! it, or — while it remains, and only outside CI — the emulated API server
+//! with the operator as a host process. The process kubelet runs the pods,
+//! and its Service proxy the Services. Local scenarios run inside a network
+//! namespace of their own ([`crate::netns::run`]). Dropping a [`Harness`]
+//! stops the operator, every pod process and the control plane.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,45 +14,45 @@ use std::time::Duration;
 
 use capstan_e2e_apiserver::{ApiServer, Config as ApiConfig};
 use capstan_e2e_kubelet::{
-    ApiServerAccess, Cidr, ImageTable, Kubelet, KubeletConfig, RuntimeHandle,
+    ApiServerAccess, Cidr, Controllers, ImageTable, Kubelet, KubeletConfig, RuntimeHandle,
 };
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use crate::E2eError;
+use crate::controlplane::{self, API_PORT, ControlPlane, ControlPlaneOptions};
+use crate::netns;
 
-/// Image name the operator gives the init containers; the kubelet's image
-/// table maps every image whose name contains `capstan` to the built binary.
+/// Image name of the operator (and of the init containers it gives pods);
+/// the kubelet's image table maps every image whose name contains `capstan`
+/// to the built binary.
 pub const OPERATOR_IMAGE: &str = "capstan-e2e/capstan:dev";
-/// Namespace of the operator's leader Lease.
+/// Namespace the chart is installed in (and of the operator's leader Lease).
 pub const OPERATOR_NAMESPACE: &str = "capstan-system";
+/// Helm release name; the chart names the Deployment `capstan-operator`.
+pub const RELEASE: &str = "capstan";
+/// Labels of the operator's pods, as the chart sets them.
+pub const OPERATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=capstan,app.kubernetes.io/component=operator";
 
 #[derive(Clone, Debug)]
 pub struct HarnessOptions {
     /// Pods are marked Running and Ready without processes (control-plane
     /// scale tests).
     pub simulated: bool,
-    /// Loopback range for pod IPs.
-    pub pod_cidr: (Ipv4Addr, u8),
-    /// Loopback range for Service IPs.
-    pub service_cidr: (Ipv4Addr, u8),
+    /// Install Capstan with `helm install` (the real control plane only;
+    /// otherwise the operator runs as a host process with the admin
+    /// kubeconfig, and the CRDs are applied directly).
+    pub helm: bool,
 }
 
 impl Default for HarnessOptions {
-    /// Pods on 127.100/16 and Services on 127.101/16; with
-    /// `CAPSTAN_E2E_NET=<n>` (2..=250, even) pods on 127.<n>/16 and Services
-    /// on 127.<n+1>/16, so two harnesses can run on one machine.
     fn default() -> Self {
-        let base = std::env::var("CAPSTAN_E2E_NET")
-            .ok()
-            .and_then(|v| v.parse::<u8>().ok())
-            .filter(|n| (2..=250).contains(n) && n % 2 == 0)
-            .unwrap_or(100);
         HarnessOptions {
             simulated: false,
-            pod_cidr: (Ipv4Addr::new(127, base, 0, 0), 16),
-            service_cidr: (Ipv4Addr::new(127, base + 1, 0, 0), 16),
+            helm: true,
         }
     }
 }
@@ -77,6 +81,11 @@ pub fn capstan_binary() -> Result<PathBuf, E2eError> {
     }
 }
 
+/// The repository's chart directory.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/capstan")
+}
+
 /// PostgreSQL bin directories for the majors the images may ask for: Debian's
 /// under /usr/lib/postgresql, plus `$CAPSTAN_PG<major>_BIN`.
 fn images(capstan: &Path) -> ImageTable {
@@ -100,17 +109,48 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// How the operator runs.
+enum Operator {
+    /// Not started yet.
+    None,
+    /// A host process (emulated API server, or `helm: false`).
+    Host(OperatorProcess),
+    /// The chart's Deployment, installed by Helm; `running` is whether it is
+    /// scaled to one replica.
+    Helm { running: bool },
+}
+
+/// The API server the harness runs.
+enum ApiBackend {
+    Real(ControlPlane),
+    Emulated(ApiServer),
+}
+
 pub struct Harness {
     // Field order is drop order: the operator first (so it stops re-creating
     // pods), then the kubelet (kills every pod process), then the API server.
-    operator: Option<OperatorProcess>,
+    operator: Operator,
     operator_starts: u32,
     kubelet: Kubelet,
-    apiserver: ApiServer,
+    api: ApiBackend,
     client: Client,
     kubeconfig: PathBuf,
     capstan: PathBuf,
+    helm: bool,
     state: tempfile::TempDir,
+}
+
+/// The real control plane's tools, or why the emulated API server is used.
+/// In CI (`CI=true`) the real one is required.
+fn real_control_plane() -> Result<Option<PathBuf>, E2eError> {
+    match controlplane::tools_dir() {
+        Ok(dir) => Ok(Some(dir)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(e),
+        Err(e) => {
+            eprintln!("e2e: using the emulated API server: {e}");
+            Ok(None)
+        }
+    }
 }
 
 impl Harness {
@@ -125,11 +165,22 @@ impl Harness {
             .map_err(|e| {
                 E2eError::Setup(format!("cannot create the harness state directory: {e}"))
             })?;
+        let tools = real_control_plane()?;
+        // The emulated API server runs outside a network namespace too, on
+        // loopback ranges; the real one needs the namespace's ranges.
+        let (pod_range, service_range) = if tools.is_some() {
+            (netns::POD_CIDR, netns::SERVICE_CIDR)
+        } else {
+            (
+                (Ipv4Addr::new(127, 100, 0, 0), 16),
+                (Ipv4Addr::new(127, 101, 0, 0), 16),
+            )
+        };
         let cidr = |(addr, prefix): (Ipv4Addr, u8)| {
             Cidr::new(addr, prefix).map_err(|e| E2eError::Setup(e.to_string()))
         };
-        let pod_cidr = cidr(options.pod_cidr)?;
-        let service_cidr = cidr(options.service_cidr)?;
+        let pod_cidr = cidr(pod_range)?;
+        let service_cidr = cidr(service_range)?;
         let mut kubelet_config = KubeletConfig::new(
             state.path().join("kubelet"),
             pod_cidr,
@@ -137,45 +188,89 @@ impl Harness {
             images(&capstan),
         );
         kubelet_config.simulated = options.simulated;
-        // The emulated API server keeps Endpoints itself; two writers would fight.
-        kubelet_config.controllers.endpoints = false;
 
-        let crds = capstan::api::crd::all();
-        let apiserver = ApiServer::start(ApiConfig {
-            crds,
-            node_name: Some(kubelet_config.node_name.clone()),
-            service_cidr: (service_cidr.network(), service_cidr.hosts()),
-            ..ApiConfig::default()
-        })
-        .await
-        .map_err(|e| E2eError::Setup(format!("emulated API server: {e}")))?;
-        let kubeconfig = state.path().join("kubeconfig");
-        apiserver
-            .write_kubeconfig(&kubeconfig)
-            .map_err(|e| E2eError::Setup(format!("cannot write the kubeconfig: {e}")))?;
-        let client = apiserver
-            .client()
-            .await
-            .map_err(|e| E2eError::Setup(format!("client: {e}")))?;
-
-        kubelet_config.api_server = Some(ApiServerAccess {
-            host: apiserver.addr().ip(),
-            port: apiserver.addr().port(),
-            token: apiserver.issue_token(),
-            ca_crt: apiserver.ca_pem().to_string(),
-        });
+        let (api, client, kubeconfig, access) = match &tools {
+            Some(bin) => {
+                let dir = state.path().join("controlplane");
+                let plane = ControlPlane::start(
+                    bin,
+                    &dir,
+                    &ControlPlaneOptions {
+                        addr: kubelet_config.node_ip,
+                        service_cidr: service_range,
+                    },
+                )
+                .await?;
+                // The real controllers keep Endpoints, Deployments and
+                // scheduling; there is no volume provisioner but ours.
+                kubelet_config.controllers = Controllers {
+                    services: true,
+                    endpoints: false,
+                    deployments: false,
+                    claim_binder: true,
+                    scheduler: false,
+                };
+                kubelet_config.token_requests = true;
+                kubelet_config.persistent_volumes = true;
+                let access = ApiServerAccess {
+                    host: IpAddr::V4(plane.addr()),
+                    port: API_PORT,
+                    token: String::new(),
+                    ca_crt: plane.ca_pem().to_string(),
+                };
+                let client = plane.client();
+                let kubeconfig = plane.kubeconfig();
+                (ApiBackend::Real(plane), client, kubeconfig, access)
+            }
+            None => {
+                // The emulated API server keeps Endpoints itself; two writers would fight.
+                kubelet_config.controllers.endpoints = false;
+                let apiserver = ApiServer::start(ApiConfig {
+                    crds: capstan::api::crd::all(),
+                    node_name: Some(kubelet_config.node_name.clone()),
+                    service_cidr: (service_cidr.network(), service_cidr.hosts()),
+                    ..ApiConfig::default()
+                })
+                .await
+                .map_err(|e| E2eError::Setup(format!("emulated API server: {e}")))?;
+                let kubeconfig = state.path().join("kubeconfig");
+                apiserver
+                    .write_kubeconfig(&kubeconfig)
+                    .map_err(|e| E2eError::Setup(format!("cannot write the kubeconfig: {e}")))?;
+                let client = apiserver
+                    .client()
+                    .await
+                    .map_err(|e| E2eError::Setup(format!("client: {e}")))?;
+                let access = ApiServerAccess {
+                    host: apiserver.addr().ip(),
+                    port: apiserver.addr().port(),
+                    token: apiserver.issue_token(),
+                    ca_crt: apiserver.ca_pem().to_string(),
+                };
+                (ApiBackend::Emulated(apiserver), client, kubeconfig, access)
+            }
+        };
+        kubelet_config.api_server = Some(access);
         let kubelet = Kubelet::start(client.clone(), kubelet_config)
             .await
             .map_err(|e| E2eError::Setup(format!("process kubelet: {e}")))?;
-        ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+        let helm = options.helm && matches!(api, ApiBackend::Real(_));
+        if !helm {
+            // Helm installs them from the chart otherwise.
+            ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+            if matches!(api, ApiBackend::Real(_)) {
+                install_crds(&client).await?;
+            }
+        }
         Ok(Harness {
-            operator: None,
+            operator: Operator::None,
             operator_starts: 0,
             kubelet,
-            apiserver,
+            api,
             client,
             kubeconfig,
             capstan,
+            helm,
             state,
         })
     }
@@ -192,8 +287,20 @@ impl Harness {
         self.kubelet.runtime()
     }
 
-    pub fn apiserver(&self) -> &ApiServer {
-        &self.apiserver
+    /// The emulated API server, when the harness runs one.
+    pub fn emulated_apiserver(&self) -> Option<&ApiServer> {
+        match &self.api {
+            ApiBackend::Emulated(server) => Some(server),
+            ApiBackend::Real(_) => None,
+        }
+    }
+
+    /// The real control plane, when the harness runs one.
+    pub fn control_plane(&self) -> Option<&ControlPlane> {
+        match &self.api {
+            ApiBackend::Real(plane) => Some(plane),
+            ApiBackend::Emulated(_) => None,
+        }
     }
 
     /// Host-side address of `<service>.<namespace>.svc:<port>`.
@@ -203,12 +310,73 @@ impl Harness {
             .socket_addr(&format!("{service}.{namespace}.svc"), port)
     }
 
-    /// Starts `capstan operator` against the harness, as a host process.
-    pub fn start_operator(&mut self) -> Result<(), E2eError> {
-        if self.operator.is_some() {
-            return Ok(());
+    /// Runs Helm against the harness (`helm` from the control-plane tools).
+    pub fn helm(&self, args: &[&str]) -> Result<String, E2eError> {
+        let ApiBackend::Real(_) = &self.api else {
+            return Err(E2eError::Setup("helm needs the real control plane".into()));
+        };
+        let bin = controlplane::tools_dir()?.join("helm");
+        let helm_home = self.state.path().join("helm");
+        let out = Command::new(&bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", helm_home.join("cache"))
+            .env("HELM_CONFIG_HOME", helm_home.join("config"))
+            .env("HELM_DATA_HOME", helm_home.join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| E2eError::Setup(format!("cannot run {}: {e}", bin.display())))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(E2eError::Setup(format!(
+                "helm {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    /// Starts the operator: `helm install` the first time (then scales its
+    /// Deployment back to one replica), or a host process.
+    pub async fn start_operator(&mut self) -> Result<(), E2eError> {
+        match self.operator {
+            Operator::Host(_) | Operator::Helm { running: true } => return Ok(()),
+            Operator::Helm { running: false } => {
+                self.operator_starts += 1;
+                self.scale_operator(1).await?;
+                self.operator = Operator::Helm { running: true };
+                return Ok(());
+            }
+            Operator::None => {}
         }
         self.operator_starts += 1;
+        if self.helm {
+            let chart = chart_dir();
+            let (repository, tag) = OPERATOR_IMAGE
+                .split_once(':')
+                .unwrap_or((OPERATOR_IMAGE, "dev"));
+            let level = std::env::var("CAPSTAN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into());
+            self.helm(&[
+                "install",
+                RELEASE,
+                &chart.display().to_string(),
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--create-namespace",
+                "--set",
+                &format!("image.repository={repository}"),
+                "--set",
+                &format!("image.tag={tag}"),
+                "--set",
+                "logFormat=text",
+                "--set",
+                &format!("logLevel={level}"),
+            ])?;
+            self.operator = Operator::Helm { running: true };
+            return Ok(());
+        }
         let log = self
             .state
             .path()
@@ -236,27 +404,126 @@ impl Harness {
             .map_err(|e| {
                 E2eError::Setup(format!("cannot start {}: {e}", self.capstan.display()))
             })?;
-        self.operator = Some(OperatorProcess { child });
+        self.operator = Operator::Host(OperatorProcess { child });
         Ok(())
     }
 
-    /// Kills the operator with SIGKILL (as a crash or a node loss would).
-    pub fn kill_operator(&mut self) {
-        self.operator = None;
+    /// Kills the operator with SIGKILL, as a crash or a node loss would: the
+    /// host process; or the Deployment is scaled to zero (so nothing brings
+    /// it back until [`Harness::start_operator`]) and its pods are deleted
+    /// with grace period 0.
+    pub async fn kill_operator(&mut self) -> Result<(), E2eError> {
+        match self.operator {
+            Operator::Host(_) => self.operator = Operator::None,
+            Operator::Helm { running: true } => {
+                self.scale_operator(0).await?;
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+                let list = pods
+                    .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+                    .await
+                    .map_err(|e| E2eError::Kube("list operator pods".into(), e))?;
+                for pod in list.items {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    match pods
+                        .delete(&name, &DeleteParams::default().grace_period(0))
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(status)) if status.code == 404 => {}
+                        Err(e) => {
+                            return Err(E2eError::Kube(format!("delete operator pod {name}"), e));
+                        }
+                    }
+                }
+                self.operator = Operator::Helm { running: false };
+            }
+            Operator::Helm { running: false } | Operator::None => {}
+        }
+        Ok(())
     }
 
-    /// PID of the running operator process.
-    pub fn operator_pid(&self) -> Option<u32> {
-        self.operator.as_ref().map(|o| o.child.id())
+    async fn scale_operator(&self, replicas: i32) -> Result<(), E2eError> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        deployments
+            .patch_scale(
+                "capstan-operator",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| E2eError::Kube(format!("scale the operator to {replicas}"), e))?;
+        Ok(())
+    }
+
+    /// PID of the running operator's main process.
+    pub async fn operator_pid(&self) -> Option<u32> {
+        match &self.operator {
+            Operator::Host(o) => Some(o.child.id()),
+            Operator::Helm { running: true } => {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+                let list = pods
+                    .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+                    .await
+                    .ok()?;
+                list.items.iter().find_map(|pod| {
+                    let name = pod.metadata.name.as_deref()?;
+                    let procs = self.runtime().processes(OPERATOR_NAMESPACE, name).ok()?;
+                    procs
+                        .iter()
+                        .filter(|(_, container, _)| container == "operator")
+                        .map(|(pid, _, _)| *pid)
+                        .min()
+                        .and_then(|pid| u32::try_from(pid).ok())
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The operator's log so far (all runs), for failure messages.
     pub fn operator_logs(&self) -> String {
+        if self.helm {
+            return self.pod_logs(OPERATOR_NAMESPACE, "operator");
+        }
         (1..=self.operator_starts)
             .map(|n| {
                 std::fs::read_to_string(self.state.path().join(format!("operator-{n}.log")))
                     .unwrap_or_default()
             })
+            .collect::<Vec<_>>()
+            .join("\n--- operator restarted ---\n")
+    }
+
+    /// Every log the kubelet kept of container `container` in pods of
+    /// `namespace`, gone pods included, oldest first.
+    fn pod_logs(&self, namespace: &str, container: &str) -> String {
+        let pods = self.state.path().join("kubelet/pods");
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&pods) else {
+            return String::new();
+        };
+        for entry in entries.flatten() {
+            if !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{namespace}_"))
+            {
+                continue;
+            }
+            let dir = entry.path().join("logs").join(container);
+            for log in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let modified = log
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                files.push((modified, log.path()));
+            }
+        }
+        files.sort();
+        files
+            .iter()
+            .map(|(_, path)| std::fs::read_to_string(path).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n--- operator restarted ---\n")
     }
@@ -317,6 +584,38 @@ impl Harness {
     pub fn pod_ip(&self, namespace: &str, pod: &str) -> Option<IpAddr> {
         self.runtime().pod_ip(namespace, pod).map(IpAddr::V4)
     }
+}
+
+/// Applies the CRDs as `capstan crd` prints them (what `helm install` does
+/// from the chart), and waits until they are served.
+async fn install_crds(client: &Client) -> Result<(), E2eError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in capstan::api::crd::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("capstan-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| E2eError::Kube(format!("apply CRD {name}"), e))?;
+        wait_for(
+            &format!("CRD {name} Established"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), E2eError> {

@@ -4,9 +4,11 @@
 //! run unchanged on a real cluster (`CAPSTAN_E2E_KUBECONFIG`).
 
 pub mod cluster;
+pub mod controlplane;
 pub mod ha;
 pub mod harness;
 pub mod load;
+pub mod netns;
 pub mod sql;
 pub mod target;
 

@@ -59,7 +59,7 @@ impl Target {
             }
             None => {
                 let mut harness = Harness::start(HarnessOptions::default()).await?;
-                harness.start_operator()?;
+                harness.start_operator().await?;
                 Ok(Target::Local(Box::new(harness)))
             }
         }
@@ -159,10 +159,7 @@ impl Target {
     /// real cluster, where its Deployment brings it back).
     pub async fn kill_operator(&mut self) -> Result<(), E2eError> {
         match self {
-            Target::Local(h) => {
-                h.kill_operator();
-                Ok(())
-            }
+            Target::Local(h) => h.kill_operator().await,
             Target::Remote(r) => {
                 let pods: Api<Pod> = Api::namespaced(r.client.clone(), &r.operator_namespace);
                 let list = pods
@@ -182,9 +179,9 @@ impl Target {
 
     /// Starts the operator again (locally; a real cluster's Deployment does
     /// it by itself).
-    pub fn start_operator(&mut self) -> Result<(), E2eError> {
+    pub async fn start_operator(&mut self) -> Result<(), E2eError> {
         match self {
-            Target::Local(h) => h.start_operator(),
+            Target::Local(h) => h.start_operator().await,
             Target::Remote(_) => Ok(()),
         }
     }

@@ -26,79 +26,82 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "measurement; run bench/operator-footprint.sh"]
-async fn hundred_clusters_in_simulated_mode() {
-    let mut harness = Harness::start(HarnessOptions {
-        simulated: true,
-        pod_cidr: (std::net::Ipv4Addr::new(127, 110, 0, 0), 16),
-        service_cidr: (std::net::Ipv4Addr::new(127, 111, 0, 0), 16),
-    })
-    .await
-    .expect("harness");
-    let client = harness.client();
-    ensure_namespace(&client, NAMESPACE).await.unwrap();
-    harness.start_operator().unwrap();
-    let pid = harness.operator_pid().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_empty = rss_kib(pid, "VmRSS:").unwrap_or(0);
+fn hundred_clusters_in_simulated_mode() {
+    capstan_e2e::netns::run(|| async {
+        // The operator as a host process: simulated pods run no processes.
+        let mut harness = Harness::start(HarnessOptions {
+            simulated: true,
+            helm: false,
+        })
+        .await
+        .expect("harness");
+        let client = harness.client();
+        ensure_namespace(&client, NAMESPACE).await.unwrap();
+        harness.start_operator().await.unwrap();
+        let pid = harness.operator_pid().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_empty = rss_kib(pid, "VmRSS:").unwrap_or(0);
 
-    let started = Instant::now();
-    for i in 0..CLUSTERS {
-        let mut c = cluster::load_example(&cluster::example("minimal.yaml"), NAMESPACE).unwrap();
-        c.metadata.name = Some(format!("fp-{i:03}"));
-        c.spec.instances = 3;
-        cluster::apply(&client, &c).await.unwrap();
-    }
-    let created = started.elapsed();
-    let api: Api<PostgresCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    let result = wait_for(
-        "every cluster Ready",
-        Duration::from_secs(900),
-        Duration::from_millis(500),
-        || async {
-            let list = api.list(&ListParams::default()).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|c| condition(c, "Ready").as_deref() == Some("True"))
-                .count();
-            (ready == CLUSTERS).then_some(ready)
-        },
-    )
-    .await;
-    let all_ready = started.elapsed();
-    if let Err(e) = result {
-        panic!(
-            "{e}\n{}",
-            harness
-                .operator_logs()
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .join("\n")
+        let started = Instant::now();
+        for i in 0..CLUSTERS {
+            let mut c =
+                cluster::load_example(&cluster::example("minimal.yaml"), NAMESPACE).unwrap();
+            c.metadata.name = Some(format!("fp-{i:03}"));
+            c.spec.instances = 3;
+            cluster::apply(&client, &c).await.unwrap();
+        }
+        let created = started.elapsed();
+        let api: Api<PostgresCluster> = Api::namespaced(client.clone(), NAMESPACE);
+        let result = wait_for(
+            "every cluster Ready",
+            Duration::from_secs(900),
+            Duration::from_millis(500),
+            || async {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|c| condition(c, "Ready").as_deref() == Some("True"))
+                    .count();
+                (ready == CLUSTERS).then_some(ready)
+            },
+        )
+        .await;
+        let all_ready = started.elapsed();
+        if let Err(e) = result {
+            panic!(
+                "{e}\n{}",
+                harness
+                    .operator_logs()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        // Let the requeues and resyncs of a settled cluster set in.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let rss_idle = rss_kib(pid, "VmRSS:").unwrap_or(0);
+        let rss_peak = rss_kib(pid, "VmHWM:").unwrap_or(0);
+        let requests = harness.emulated_apiserver().map(|a| a.request_counts());
+        println!("clusters: {CLUSTERS} (3 instances + 2 poolers each, simulated pods)");
+        println!("apply of all CRs: {:.2} s", created.as_secs_f64());
+        println!("time to all Ready: {:.2} s", all_ready.as_secs_f64());
+        println!(
+            "operator RSS before any cluster: {:.1} MiB",
+            rss_empty as f64 / 1024.0
         );
-    }
-    // Let the requeues and resyncs of a settled cluster set in.
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let rss_idle = rss_kib(pid, "VmRSS:").unwrap_or(0);
-    let rss_peak = rss_kib(pid, "VmHWM:").unwrap_or(0);
-    let requests = harness.apiserver().request_counts();
-    println!("clusters: {CLUSTERS} (3 instances + 2 poolers each, simulated pods)");
-    println!("apply of all CRs: {:.2} s", created.as_secs_f64());
-    println!("time to all Ready: {:.2} s", all_ready.as_secs_f64());
-    println!(
-        "operator RSS before any cluster: {:.1} MiB",
-        rss_empty as f64 / 1024.0
-    );
-    println!(
-        "operator RSS idle with {CLUSTERS} clusters: {:.1} MiB",
-        rss_idle as f64 / 1024.0
-    );
-    println!(
-        "operator peak RSS (VmHWM): {:.1} MiB",
-        rss_peak as f64 / 1024.0
-    );
-    println!("API requests served: {requests:?}");
+        println!(
+            "operator RSS idle with {CLUSTERS} clusters: {:.1} MiB",
+            rss_idle as f64 / 1024.0
+        );
+        println!(
+            "operator peak RSS (VmHWM): {:.1} MiB",
+            rss_peak as f64 / 1024.0
+        );
+        println!("API requests served: {requests:?}");
+    });
 }

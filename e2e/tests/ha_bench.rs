@@ -412,42 +412,50 @@ async fn local_target(name: &str) -> Option<Target> {
     Some(target)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "measurement; run bench/ha-bench.sh rto"]
-async fn bench_rto() {
-    let Some(mut target) = local_target("rto").await else {
-        return;
-    };
-    if let Err(e) = rto(&mut target, "ha-bench-rto").await {
-        fail(&target, "ha-bench-rto", e).await;
-    }
+fn bench_rto() {
+    capstan_e2e::netns::run(|| async {
+        let Some(mut target) = local_target("rto").await else {
+            return;
+        };
+        if let Err(e) = rto(&mut target, "ha-bench-rto").await {
+            fail(&target, "ha-bench-rto", e).await;
+        }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "measurement; run bench/ha-bench.sh kill9"]
-async fn bench_kill9() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    if let Err(e) = kill9(&mut target, "ha-bench-kill9").await {
-        fail(&target, "ha-bench-kill9", e).await;
-    }
+fn bench_kill9() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        if let Err(e) = kill9(&mut target, "ha-bench-kill9").await {
+            fail(&target, "ha-bench-kill9", e).await;
+        }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "measurement; run bench/ha-bench.sh switchover"]
-async fn bench_switchover() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    if let Err(e) = switchover(&mut target, "ha-bench-switchover").await {
-        fail(&target, "ha-bench-switchover", e).await;
-    }
+fn bench_switchover() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        if let Err(e) = switchover(&mut target, "ha-bench-switchover").await {
+            fail(&target, "ha-bench-switchover", e).await;
+        }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[test]
 #[ignore = "measurement; run bench/ha-bench.sh ackwrites"]
-async fn bench_ackwrites() {
-    let Some(mut target) = local_target("ackwrites").await else {
-        return;
-    };
-    if let Err(e) = ackwrites(&mut target, "ha-bench-ackwrites").await {
-        fail(&target, "ha-bench-ackwrites", e).await;
-    }
+fn bench_ackwrites() {
+    capstan_e2e::netns::run(|| async {
+        let Some(mut target) = local_target("ackwrites").await else {
+            return;
+        };
+        if let Err(e) = ackwrites(&mut target, "ha-bench-ackwrites").await {
+            fail(&target, "ha-bench-ackwrites", e).await;
+        }
+    });
 }

@@ -119,11 +119,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     ha.delete(target).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_postmaster_restarts_in_place_without_failover() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-ha-kill9-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn killed_postmaster_restarts_in_place_without_failover() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-ha-kill9-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

@@ -60,7 +60,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     target.kill_operator().await?;
     eprintln!("[{ns}] froze primary {first} and killed the operator");
     tokio::time::sleep(DOWN_FOR).await;
-    target.start_operator()?;
+    target.start_operator().await?;
     let (_, failover) = ha.wait_failover(target, &first, FAILOVER_WITHIN).await?;
     let ack = writer.wait_ack_after(t0, Duration::from_secs(60)).await?;
     eprintln!(
@@ -119,7 +119,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         }
     );
     tokio::time::sleep(DOWN_FOR).await;
-    target.start_operator()?;
+    target.start_operator().await?;
     let (c, failover) = ha.wait_failover(target, &second, FAILOVER_WITHIN).await?;
     let ack = writer.wait_ack_after(t1, Duration::from_secs(60)).await?;
     eprintln!(
@@ -147,11 +147,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     ha.delete(target).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_completes_across_an_operator_restart() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-ha-oprestart-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn failover_completes_across_an_operator_restart() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-ha-oprestart-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

@@ -278,11 +278,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     ha.delete(target).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_primary_fences_itself_and_returns_as_a_replica() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-ha-partition-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn partitioned_primary_fences_itself_and_returns_as_a_replica() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-ha-partition-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

@@ -91,11 +91,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     ha.delete(target).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switchover_under_pgbench_loses_no_client() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-ha-switchover-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn switchover_under_pgbench_loses_no_client() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-ha-switchover-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

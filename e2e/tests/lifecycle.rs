@@ -158,11 +158,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_use_and_delete_a_cluster() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-lifecycle-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn create_use_and_delete_a_cluster() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-lifecycle-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

@@ -43,7 +43,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         replica.is_none() || target.harness().is_none(),
         "no operator, no new replica"
     );
-    target.start_operator()?;
+    target.start_operator().await?;
 
     let ready = cluster::wait_ready(&client, ns, &name, Duration::from_secs(240)).await?;
     assert_eq!(ready.status.as_ref().map(|s| s.ready_instances), Some(3));
@@ -84,11 +84,13 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_converges_after_the_operator_is_killed_mid_creation() {
-    let mut target = Target::from_env().await.expect("e2e target");
-    let ns = format!("e2e-restart-{}", std::process::id());
-    if let Err(e) = scenario(&mut target, &ns).await {
-        fail(&target, &ns, e).await;
-    }
+#[test]
+fn cluster_converges_after_the_operator_is_killed_mid_creation() {
+    capstan_e2e::netns::run(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-restart-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }

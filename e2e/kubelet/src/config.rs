@@ -1,8 +1,11 @@
 //! Configuration of a process kubelet instance.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::images::ImageTable;
 use crate::ipam::Cidr;
@@ -17,7 +20,9 @@ pub const SIMULATED_ANNOTATION: &str = "e2e.capstan.dev/simulated";
 pub struct ApiServerAccess {
     pub host: IpAddr,
     pub port: u16,
-    /// Bearer token written to `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    /// Bearer token written to `/var/run/secrets/kubernetes.io/serviceaccount/token`
+    /// and to projected `serviceAccountToken` files (unused with
+    /// [`KubeletConfig::token_requests`]).
     pub token: String,
     /// PEM of the API server's CA, written to `ca.crt` there.
     pub ca_crt: String,
@@ -52,7 +57,9 @@ pub struct Controllers {
     pub endpoints: bool,
     pub deployments: bool,
     pub claim_binder: bool,
-    /// Bind unscheduled pods to this node (`pods/binding`) and create the Node.
+    /// Bind unscheduled pods to this node (`pods/binding`). Without it only
+    /// pods whose `spec.nodeName` is this node run. The Node is registered
+    /// either way.
     pub scheduler: bool,
 }
 
@@ -64,6 +71,50 @@ impl Default for Controllers {
             deployments: true,
             claim_binder: true,
             scheduler: true,
+        }
+    }
+}
+
+/// The Node object the kubelet registers (always) and keeps alive, as a
+/// kubelet does: a `coordination.k8s.io/v1` Lease in `kube-node-lease`
+/// renewed every `lease_renew`, and the Ready condition's `lastHeartbeatTime`
+/// refreshed every `status_heartbeat` (a node lifecycle controller taints a
+/// node whose lease and status both go stale for its grace period, 40–50 s).
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `status.capacity` and `status.allocatable`. Large by default: a
+    /// scheduler must not refuse pods for resources the processes do not
+    /// really reserve (resource limits are not enforced).
+    pub capacity: BTreeMap<String, String>,
+    /// Extra labels besides `kubernetes.io/hostname`, `kubernetes.io/os` and
+    /// `kubernetes.io/arch`.
+    pub labels: BTreeMap<String, String>,
+    /// Reported as `status.nodeInfo.kubeletVersion`.
+    pub kubelet_version: String,
+    pub lease_renew: Duration,
+    /// `spec.leaseDurationSeconds` of the Lease.
+    pub lease_duration: Duration,
+    pub status_heartbeat: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        let capacity = [
+            ("cpu", "1000"),
+            ("memory", "4Ti"),
+            ("pods", "2000"),
+            ("ephemeral-storage", "10Ti"),
+        ];
+        NodeSettings {
+            capacity: capacity
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            labels: BTreeMap::new(),
+            kubelet_version: "v1.37.2".to_string(),
+            lease_renew: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(40),
+            status_heartbeat: Duration::from_secs(20),
         }
     }
 }
@@ -87,6 +138,21 @@ pub struct KubeletConfig {
     pub controllers: Controllers,
     /// How often the controllers re-check everything besides watch events.
     pub resync: Duration,
+    pub node: NodeSettings,
+    /// Projected `serviceAccountToken` sources get a token of the pod's own
+    /// ServiceAccount from the TokenRequest API (bound to the pod, refreshed
+    /// at 80% of its lifetime), and the kubelet writes no service account
+    /// directory of its own (the API server's ServiceAccount admission plugin
+    /// injects a `kube-api-access-*` volume instead). Needs an API server
+    /// serving `serviceaccounts/token`; otherwise every such source gets
+    /// [`ApiServerAccess::token`].
+    pub token_requests: bool,
+    /// The claim binder binds claims through PersistentVolume objects (a
+    /// hostPath volume of the claim's directory, `claimRef`, Delete policy)
+    /// and the claim's `spec.volumeName`, leaving `Bound` to the API server's
+    /// PersistentVolume controller (kube-controller-manager); otherwise it
+    /// writes the claim's status itself and no PersistentVolume exists.
+    pub persistent_volumes: bool,
 }
 
 impl KubeletConfig {
@@ -119,6 +185,24 @@ impl KubeletConfig {
             backoff: RestartBackoff::default(),
             controllers: Controllers::default(),
             resync: Duration::from_secs(2),
+            node: NodeSettings::default(),
+            token_requests: false,
+            persistent_volumes: false,
+        }
+    }
+
+    /// Whether `pod` runs simulated: its [`SIMULATED_ANNOTATION`], else
+    /// [`KubeletConfig::simulated`].
+    pub fn runs_simulated(&self, pod: &Pod) -> bool {
+        let annotation = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SIMULATED_ANNOTATION));
+        match annotation.map(String::as_str) {
+            Some("true") => true,
+            Some("false") => false,
+            _ => self.simulated,
         }
     }
 }

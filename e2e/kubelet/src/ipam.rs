@@ -1,7 +1,11 @@
-//! Loopback address ranges and the allocator handing out pod and Service addresses.
+//! Address ranges and the allocator handing out pod and Service addresses.
 //!
-//! Every `127.0.0.0/8` address is local on Linux without `ip addr add`, so a
-//! pod can bind its own address and every other process reaches it.
+//! Pods and Services bind addresses of their range without any `ip addr add`,
+//! so the caller must make the whole range local: every `127.0.0.0/8` address
+//! already is on Linux; any other range needs an "AnyIP" local route, e.g.
+//! `ip route add local 10.244.0.0/16 dev lo` (inside a network namespace of
+//! the harness, never on the host's own interfaces). Then a pod can bind its
+//! own address and every other process of the namespace reaches it.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -12,15 +16,14 @@ use std::str::FromStr;
 pub enum IpamError {
     #[error("invalid CIDR {0:?}: expected a.b.c.d/len with len between 8 and 30")]
     InvalidCidr(String),
-    #[error(
-        "CIDR {0} is not inside 127.0.0.0/8; the e2e kubelet only hands out loopback addresses"
-    )]
-    NotLoopback(Cidr),
+    #[error("CIDR {0} is not a unicast range (0/8, multicast and 240/4 cannot be handed out)")]
+    NotUnicast(Cidr),
     #[error("address range {0} is exhausted")]
     Exhausted(Cidr),
 }
 
-/// An IPv4 range such as `127.20.0.0/16`.
+/// An IPv4 range such as `127.20.0.0/16` or `10.244.0.0/16` (see the module
+/// documentation: the caller makes it local).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     network: Ipv4Addr,
@@ -37,8 +40,9 @@ impl Cidr {
             network: Ipv4Addr::from(u32::from(addr) & mask),
             prefix,
         };
-        if !cidr.network.is_loopback() {
-            return Err(IpamError::NotLoopback(cidr));
+        let first = cidr.network.octets()[0];
+        if first == 0 || first >= 224 {
+            return Err(IpamError::NotUnicast(cidr));
         }
         Ok(cidr)
     }
@@ -139,12 +143,28 @@ mod tests {
         assert_eq!(c.hosts(), 65534);
         assert!(c.contains(Ipv4Addr::new(127, 20, 255, 1)));
         assert!(!c.contains(Ipv4Addr::new(127, 21, 0, 1)));
-        assert!(matches!(
-            "10.0.0.0/8".parse::<Cidr>(),
-            Err(IpamError::NotLoopback(_))
-        ));
         assert!("127.0.0.0/31".parse::<Cidr>().is_err());
+        assert!("127.0.0.0/7".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn accepts_non_loopback_ranges() {
+        let pods: Cidr = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(pods.host(1), Some(Ipv4Addr::new(10, 244, 0, 1)));
+        assert!(pods.contains(Ipv4Addr::new(10, 244, 3, 7)));
+        assert!(!pods.contains(Ipv4Addr::new(10, 96, 0, 1)));
+        // Host bits are dropped, as the API server does for its ranges.
+        let services: Cidr = "10.96.7.9/16".parse().unwrap();
+        assert_eq!(services.to_string(), "10.96.0.0/16");
+        let mut pool = IpPool::new("10.96.0.0/30".parse().unwrap());
+        assert_eq!(pool.allocate().unwrap(), Ipv4Addr::new(10, 96, 0, 1));
+        for bad in ["0.0.0.0/8", "224.0.0.0/8", "240.0.0.0/8"] {
+            assert!(
+                matches!(bad.parse::<Cidr>(), Err(IpamError::NotUnicast(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -16,11 +16,12 @@ pub mod proxy;
 pub mod quantity;
 pub mod runtime;
 pub mod sys;
+pub mod tokens;
 pub mod users;
 pub mod volumes;
 
 pub use config::{
-    ApiServerAccess, Controllers, KubeletConfig, RestartBackoff, SIMULATED_ANNOTATION,
+    ApiServerAccess, Controllers, KubeletConfig, NodeSettings, RestartBackoff, SIMULATED_ANNOTATION,
 };
 pub use controller::{Kubelet, KubeletError, run};
 pub use dns::{DnsTable, Resolver};

@@ -1,4 +1,5 @@
-//! Read access to the API objects pods refer to (Secrets, ConfigMaps, claims).
+//! Read access to the API objects pods refer to (Secrets, ConfigMaps, claims)
+//! and to their service account tokens.
 //!
 //! The API-facing controller backs this with watch caches; tests and API-less
 //! harnesses use [`MemoryObjects`].
@@ -9,10 +10,18 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
 use kube::ResourceExt;
 
+use crate::tokens::{IssuedToken, TokenKey, TokenStore};
+
 pub trait ObjectSource: Send + Sync + 'static {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>>;
     fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>>;
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>>;
+    /// The current token for a projected `serviceAccountToken` source (with
+    /// [`crate::KubeletConfig::token_requests`]); `None` until requested.
+    fn service_account_token(&self, key: &TokenKey) -> Option<String> {
+        let _ = key;
+        None
+    }
 }
 
 type Objects<K> = RwLock<BTreeMap<(String, String), Arc<K>>>;
@@ -24,6 +33,7 @@ pub struct MemoryObjects {
     secrets: Objects<Secret>,
     config_maps: Objects<ConfigMap>,
     claims: Objects<PersistentVolumeClaim>,
+    tokens: TokenStore,
 }
 
 fn key<K: ResourceExt>(obj: &K) -> (String, String) {
@@ -59,6 +69,22 @@ impl MemoryObjects {
     pub fn put_claim(&self, claim: PersistentVolumeClaim) {
         put(&self.claims, claim);
     }
+
+    /// Stands in for a TokenRequest answer.
+    pub fn put_token(&self, key: TokenKey, token: &str) {
+        let now = jiff::Timestamp::now();
+        let expires = now
+            .checked_add(jiff::SignedDuration::from_secs(key.expiration_seconds))
+            .unwrap_or(now);
+        self.tokens.put(
+            key,
+            IssuedToken {
+                token: token.to_string(),
+                issued: now,
+                expires,
+            },
+        );
+    }
 }
 
 impl ObjectSource for MemoryObjects {
@@ -72,5 +98,9 @@ impl ObjectSource for MemoryObjects {
 
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
         get(&self.claims, namespace, name)
+    }
+
+    fn service_account_token(&self, key: &TokenKey) -> Option<String> {
+        self.tokens.get(key).map(|t| t.token)
     }
 }

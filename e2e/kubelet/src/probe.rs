@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::ipam::Cidr;
 use crate::sys::spawn::{Namespaces, NsFds, SpawnSpec, spawn};
 use crate::sys::{Signal, send_signal};
 use crate::users::Credentials;
@@ -30,6 +31,8 @@ use crate::users::Credentials;
 pub struct ProbeTarget {
     pub pod_ip: Ipv4Addr,
     pub node_ip: Ipv4Addr,
+    /// Targets in this range (or on loopback) are reached from `node_ip`.
+    pub pod_cidr: Cidr,
     /// Named container ports, for `port: http`.
     pub ports: BTreeMap<String, u16>,
     /// `None` when the container's namespaces could not be opened.
@@ -148,12 +151,14 @@ async fn address(
     }
 }
 
-/// Connects from the node address (when the target is on loopback).
+/// Connects from the node address when the target is a pod address or on
+/// loopback (without binding, the kernel would pick the destination itself as
+/// source for an address of an AnyIP local route).
 async fn connect(addr: SocketAddr, target: &ProbeTarget) -> Result<TcpStream, String> {
     let socket = match addr {
         SocketAddr::V4(v4) => {
             let s = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            if v4.ip().is_loopback() {
+            if v4.ip().is_loopback() || target.pod_cidr.contains(*v4.ip()) {
                 s.bind(SocketAddr::new(IpAddr::V4(target.node_ip), 0))
                     .map_err(|e| e.to_string())?;
             }

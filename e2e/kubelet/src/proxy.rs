@@ -1,7 +1,10 @@
 //! Service addresses and the userspace TCP proxy behind them.
 //!
-//! Each ClusterIP Service gets a loopback address (its `spec.clusterIP` when
-//! that is a loopback address, else one from the Service range) and, for each
+//! Each ClusterIP Service gets a local address: its `spec.clusterIP` when that
+//! lies in the Service range or on loopback (an API server allocating from
+//! the same range as ours, e.g. a real one with `--service-cluster-ip-range`
+//! = our `service_cidr`), else a local alias from the Service range, used in
+//! names. The range must be local (see [`crate::ipam`]). For each
 //! TCP port with ready endpoints, a listener forwarding every new connection
 //! to one ready endpoint (round robin; an endpoint refusing the connection is
 //! skipped). Without ready endpoints nothing listens, so clients get
@@ -203,7 +206,8 @@ impl ServiceProxy {
         let requested = cluster_ip
             .filter(|c| !c.is_empty())
             .and_then(|c| c.parse::<Ipv4Addr>().ok());
-        if let Some(ip) = requested.filter(|ip| ip.is_loopback()) {
+        if let Some(ip) = requested.filter(|ip| ip.is_loopback() || self.pool.cidr().contains(*ip))
+        {
             if self.pool.cidr().contains(ip) {
                 self.pool.reserve(ip);
             }
@@ -222,8 +226,8 @@ impl ServiceProxy {
                 }
             },
         };
-        // A non-loopback clusterIP (set by the API server) keeps its value; the
-        // local address stands in for it in names.
+        // A clusterIP outside our range (set by the API server) keeps its
+        // value; the local address stands in for it in names.
         if requested.is_none() {
             update
                 .assign_cluster_ip
@@ -298,11 +302,10 @@ async fn connect_any(backends: &Backends, client_ip: IpAddr) -> Option<TcpStream
     None
 }
 
-/// Connects from the client's own (loopback) address when possible.
+/// Connects from the client's own address when possible (it is local: the
+/// client connected to us on this host).
 async fn connect_from(client_ip: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    if let (IpAddr::V4(src), SocketAddr::V4(_)) = (client_ip, addr)
-        && src.is_loopback()
-    {
+    if let (IpAddr::V4(src), SocketAddr::V4(_)) = (client_ip, addr) {
         let socket = TcpSocket::new_v4()?;
         if socket.bind(SocketAddr::new(IpAddr::V4(src), 0)).is_ok() {
             return socket.connect(addr).await;

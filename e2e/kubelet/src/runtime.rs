@@ -292,6 +292,11 @@ impl RuntimeHandle {
         lock(&self.inner.pods).keys().cloned().collect()
     }
 
+    /// Whether the node runs (or ran) the pod with this uid.
+    pub fn has_pod(&self, uid: &str) -> bool {
+        lock(&self.inner.pods).contains_key(uid) || lock(&self.inner.finished).contains(uid)
+    }
+
     /// Secrets/ConfigMaps/claims changed: projected volumes are refreshed and
     /// containers waiting for a missing object retry.
     pub fn objects_changed(&self) {

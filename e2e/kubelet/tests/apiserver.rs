@@ -68,4 +68,5 @@ scenario!(
     claims_bind_expand_and_keep_data_across_pods,
     simulated_pods_are_ready_without_processes,
     pods_reach_the_api_server_with_their_service_account,
+    node_is_registered_with_a_lease,
 );

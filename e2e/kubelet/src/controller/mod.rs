@@ -4,8 +4,10 @@
 
 mod claims;
 mod deployments;
+mod node;
 mod pods;
 mod services;
+mod tokens;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
@@ -26,6 +30,7 @@ use crate::config::KubeletConfig;
 use crate::dns::Resolver;
 use crate::objects::ObjectSource;
 use crate::runtime::{Runtime, RuntimeError, RuntimeHandle};
+use crate::tokens::{TokenKey, TokenStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -37,7 +42,7 @@ pub enum KubeletError {
     NotSynced(Duration),
 }
 
-/// Watch caches of the objects pods refer to.
+/// Watch caches of the objects pods refer to, and their tokens.
 #[derive(Clone)]
 struct Caches {
     pods: Store<Pod>,
@@ -45,7 +50,10 @@ struct Caches {
     secrets: Store<Secret>,
     config_maps: Store<ConfigMap>,
     claims: Store<PersistentVolumeClaim>,
+    /// Only watched by the claim binder with `persistent_volumes`.
+    volumes: Store<PersistentVolume>,
     deployments: Store<Deployment>,
+    tokens: Arc<TokenStore>,
 }
 
 impl ObjectSource for Caches {
@@ -60,6 +68,10 @@ impl ObjectSource for Caches {
 
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
         self.claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn service_account_token(&self, key: &TokenKey) -> Option<String> {
+        self.tokens.get(key).map(|t| t.token)
     }
 }
 
@@ -127,6 +139,7 @@ impl Kubelet {
         let (secrets, secrets_w) = reflector::store();
         let (config_maps, config_maps_w) = reflector::store();
         let (claims, claims_w) = reflector::store();
+        let (volumes, volumes_w) = reflector::store();
         let (deployments, deployments_w) = reflector::store();
         let caches = Caches {
             pods,
@@ -134,24 +147,34 @@ impl Kubelet {
             secrets,
             config_maps,
             claims,
+            volumes,
             deployments,
+            tokens: Arc::new(TokenStore::new()),
         };
         let controllers = config.controllers;
         let resync = config.resync;
+        let token_requests = config.token_requests;
+        let watch_volumes = controllers.claim_binder && config.persistent_volumes;
         let (runtime, events) = Runtime::new(config, Arc::new(caches.clone()))?;
         let rt = runtime.handle();
 
         let services_notify = Arc::new(Notify::new());
         let deployments_notify = Arc::new(Notify::new());
         let claims_notify = Arc::new(Notify::new());
+        let tokens_notify = Arc::new(Notify::new());
         let mut tasks = Vec::new();
 
         let mut pod_sink = pods::PodSink::new(rt.clone(), client.clone(), controllers.scheduler);
-        let (sn, dn) = (services_notify.clone(), deployments_notify.clone());
+        let (sn, dn, tn) = (
+            services_notify.clone(),
+            deployments_notify.clone(),
+            tokens_notify.clone(),
+        );
         tasks.push(reflect(&client, pods_w, move |event| {
             pod_sink.handle(event);
             sn.notify_one();
             dn.notify_one();
+            tn.notify_one();
         }));
         let sn = services_notify.clone();
         tasks.push(reflect(&client, services_w, move |_: &Event<Service>| {
@@ -182,6 +205,14 @@ impl Kubelet {
                 cn.notify_one();
             },
         ));
+        if watch_volumes {
+            let cn = claims_notify.clone();
+            tasks.push(reflect(
+                &client,
+                volumes_w,
+                move |_: &Event<PersistentVolume>| cn.notify_one(),
+            ));
+        }
         if controllers.deployments {
             let dn = deployments_notify.clone();
             tasks.push(reflect(
@@ -197,6 +228,9 @@ impl Kubelet {
             caches.secrets.wait_until_ready().await.ok();
             caches.config_maps.wait_until_ready().await.ok();
             caches.claims.wait_until_ready().await.ok();
+            if watch_volumes {
+                caches.volumes.wait_until_ready().await.ok();
+            }
             if controllers.deployments {
                 caches.deployments.wait_until_ready().await.ok();
             }
@@ -209,10 +243,15 @@ impl Kubelet {
         }
 
         tasks.push(tokio::spawn(pods::write_statuses(client.clone(), events)));
-        if controllers.scheduler {
-            tasks.push(tokio::spawn(pods::register_node(
+        tasks.push(tokio::spawn(node::run(client.clone(), rt.config().clone())));
+        if token_requests {
+            tasks.push(tokio::spawn(tokens::run(
                 client.clone(),
                 rt.clone(),
+                caches.clone(),
+                caches.tokens.clone(),
+                tokens_notify,
+                resync,
             )));
         }
         if controllers.services {
@@ -235,6 +274,7 @@ impl Kubelet {
         if controllers.claim_binder {
             tasks.push(tokio::spawn(claims::run(
                 client.clone(),
+                rt.config().clone(),
                 caches.clone(),
                 claims_notify,
                 resync,

@@ -1,13 +1,10 @@
-//! Pods: feeding the runtime from the pod watch, binding unscheduled pods
-//! to this node, writing statuses (pods/status) and confirming deletions.
+//! Pods: feeding the runtime from the pod watch (the pods of this node, and
+//! unscheduled ones when it schedules), binding unscheduled pods to this
+//! node, writing statuses (pods/status) and confirming deletions.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    Binding, Node, NodeAddress, NodeCondition, NodeStatus, ObjectReference, Pod, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher::Event;
 use kube::{Api, Client, ResourceExt};
@@ -56,6 +53,19 @@ impl PodSink {
             Event::InitApply(pod) | Event::Apply(pod) => {
                 if let (Some(listing), Some(uid)) = (&mut self.listing, &pod.metadata.uid) {
                     listing.insert(uid.clone());
+                }
+                if !runs_here(pod, &self.rt.config().node_name, self.schedule) {
+                    return;
+                }
+                let known = pod
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| self.rt.has_pod(uid));
+                if !known && terminal(pod) {
+                    // Finished before this kubelet started: never run again
+                    // (its containers may not leave the terminated state).
+                    return;
                 }
                 self.bind(pod);
                 self.rt.sync_pod(pod.clone());
@@ -135,6 +145,29 @@ impl PodSink {
             }
         });
     }
+}
+
+/// Whether this node runs `pod`: bound to it, or unscheduled while this
+/// kubelet schedules (it binds them). Pods of other nodes, and unscheduled
+/// ones a scheduler still has to place, are left alone.
+fn runs_here(pod: &Pod, node_name: &str, schedule: bool) -> bool {
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default();
+    if node.is_empty() {
+        schedule
+    } else {
+        node == node_name
+    }
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// The merge patch of a status: our fields, owned-but-absent ones cleared.
@@ -230,82 +263,29 @@ pub(super) async fn write_statuses(client: Client, mut events: mpsc::UnboundedRe
     }
 }
 
-/// Creates this node's Node object (Ready, addresses, capacity), retrying
-/// until the API server accepts it.
-pub(super) async fn register_node(client: Client, rt: RuntimeHandle) {
-    let cfg = rt.config().clone();
-    let api: Api<Node> = Api::all(client);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let capacity = [
-        ("cpu".to_string(), Quantity(cpus.to_string())),
-        ("memory".to_string(), Quantity("8Gi".to_string())),
-        ("pods".to_string(), Quantity("110".to_string())),
-    ];
-    let mut node = Node::default();
-    node.metadata.name = Some(cfg.node_name.clone());
-    node.metadata.labels = Some(
-        [
-            ("kubernetes.io/hostname".to_string(), cfg.node_name.clone()),
-            ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ("kubernetes.io/arch".to_string(), "amd64".to_string()),
-        ]
-        .into(),
-    );
-    let status = NodeStatus {
-        addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".into(),
-                address: cfg.node_ip.to_string(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: cfg.node_name.clone(),
-            },
-        ]),
-        capacity: Some(capacity.clone().into()),
-        allocatable: Some(capacity.into()),
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: Some("KubeletReady".into()),
-            message: Some("capstan e2e process kubelet is posting ready status".into()),
-            last_heartbeat_time: Some(crate::pod::status::now()),
-            last_transition_time: Some(crate::pod::status::now()),
-        }]),
-        ..Default::default()
-    };
-    loop {
-        let created = match api.create(&PostParams::default(), &node).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot create the Node object (retrying)");
-                false
-            }
-        };
-        if created {
-            let patch = serde_json::json!({ "status": status });
-            match api
-                .patch_status(
-                    &cfg.node_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(patch),
-                )
-                .await
-            {
-                Ok(_) => return,
-                Err(e) => tracing::debug!(error = %e, "cannot write the Node status (retrying)"),
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_only_pods_of_this_node() {
+        let pod = |node: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"nodeName": node, "containers": []}
+            }))
+            .unwrap()
+        };
+        assert!(runs_here(&pod(Some("n1")), "n1", false));
+        assert!(runs_here(&pod(Some("n1")), "n1", true));
+        assert!(!runs_here(&pod(Some("n2")), "n1", true));
+        assert!(
+            !runs_here(&pod(None), "n1", false),
+            "the scheduler binds it first"
+        );
+        assert!(runs_here(&pod(None), "n1", true), "we bind it");
+        assert!(runs_here(&pod(Some("")), "n1", true));
+    }
 
     #[test]
     fn status_patch_clears_owned_fields() {

@@ -56,6 +56,7 @@ pub(crate) struct Prepared {
     hostname: String,
     pod_ip: Ipv4Addr,
     node_ip: Ipv4Addr,
+    pod_cidr: crate::ipam::Cidr,
     ports: BTreeMap<String, u16>,
 }
 
@@ -250,6 +251,7 @@ impl Worker {
             hostname,
             pod_ip,
             node_ip: cfg.node_ip,
+            pod_cidr: cfg.pod_cidr,
             ports,
         })
     }
@@ -316,10 +318,11 @@ impl Prepared {
             target: ProbeTarget {
                 pod_ip: self.pod_ip,
                 node_ip: self.node_ip,
+                pod_cidr: self.pod_cidr,
                 ports: self.ports,
                 exec,
             },
-            container_id: format!("e2e://{}/{}/{instance}", self.pod_uid, self.name),
+            container_id: format!("e2e://{}-{}-{instance}", self.pod_uid, self.name),
             cgroup,
         })
     }

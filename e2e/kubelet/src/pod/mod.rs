@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::config::SIMULATED_ANNOTATION;
 use crate::dns::{HostsIdentity, write_in_place};
 use crate::downward::PodFacts;
 use crate::probe::{ProbeKind, ProbeTarget, Transition};
@@ -248,16 +247,7 @@ impl Worker {
     }
 
     fn simulated(&self) -> bool {
-        match self
-            .pod
-            .annotations()
-            .get(SIMULATED_ANNOTATION)
-            .map(String::as_str)
-        {
-            Some("true") => true,
-            Some("false") => false,
-            _ => self.rt.inner.config.simulated,
-        }
+        self.rt.inner.config.runs_simulated(&self.pod)
     }
 
     fn restart_policy(&self) -> &str {
@@ -506,7 +496,7 @@ impl Worker {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let cgroup = group.child(&self.uid).map_err(|e| e.to_string())?;
             if let Err(e) = self.rt.inner.network.add_pod(ip, &cgroup) {
-                tracing::warn!(error = %e, "pod keeps 127.0.0.1 as source address");
+                tracing::warn!(error = %e, "pod connections keep the kernel's source address");
             }
             let fs_group = self
                 .pod
@@ -563,16 +553,14 @@ impl Worker {
         let Some(sb) = &self.sandbox else { return };
         let claims_dir = self.rt.inner.config.state_dir.join("claims");
         let volumes_dir = sb.dir.join("volumes");
-        let sa_files =
-            self.rt
-                .inner
-                .config
-                .api_server
-                .as_ref()
-                .map(|a| volumes::ServiceAccountFiles {
-                    token: a.token.clone(),
-                    ca_crt: a.ca_crt.clone(),
-                });
+        let config = &self.rt.inner.config;
+        let sa_files = config
+            .api_server
+            .as_ref()
+            .map(|a| volumes::ServiceAccountFiles {
+                token: a.token.clone(),
+                ca_crt: a.ca_crt.clone(),
+            });
         let inputs = VolumeInputs {
             facts: self.facts(),
             objects: self.rt.inner.objects.as_ref(),
@@ -580,15 +568,19 @@ impl Worker {
             claims_dir: &claims_dir,
             fs_group: sb.fs_group,
             service_account: sa_files.as_ref(),
+            token_requests: config.token_requests,
         };
         let result = volumes::sync(&inputs);
         let sa_dir = sb.dir.join("serviceaccount");
-        let automount = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.automount_service_account_token)
-            != Some(false);
+        // With token requests, the pod's own volumes carry its token (the
+        // API server's admission injects them); the kubelet adds nothing.
+        let automount = !self.rt.inner.config.token_requests
+            && self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.automount_service_account_token)
+                != Some(false);
         let sa = match &sa_files {
             Some(files) if automount => {
                 match volumes::sync_service_account(&sa_dir, files, &self.namespace, sb.fs_group) {

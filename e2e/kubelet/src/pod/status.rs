@@ -41,7 +41,9 @@ impl Term {
             message: self.message.clone(),
             started_at: Some(self.started.clone()),
             finished_at: Some(self.finished.clone()),
-            container_id: Some(self.container_id.clone()),
+            // `<type>://<id>`, or absent when no process ran (simulated pods,
+            // start failures).
+            container_id: (!self.container_id.is_empty()).then(|| self.container_id.clone()),
         }
     }
 }

@@ -1,14 +1,21 @@
 //! nftables rules of one kubelet instance (table `ce2e_<pid>_<n>`):
 //!
-//! * pod source addresses: packets from sockets in a pod's cgroup get the pod
-//!   IP as source (SNAT), so servers see the client pod's address as they would
-//!   in a cluster; otherwise every loopback connection would come from 127.0.0.1;
+//! * pod source addresses: packets from sockets in a pod's cgroup to a local
+//!   address (out through `lo`) get the pod IP as source (SNAT), so servers
+//!   see the client pod's address as they would in a cluster; otherwise the
+//!   kernel picks the source: 127.0.0.1 towards loopback, and the destination
+//!   itself towards an address of an AnyIP local route such as
+//!   `local 10.244.0.0/16 dev lo` (no preferred source). Packets leaving the
+//!   host keep the kernel's source;
 //! * partitions: every connection between a partitioned pod and anything but
-//!   itself and the node address (where the kubelet's probes come from) is
-//!   dropped, in both directions, established ones included.
+//!   itself is dropped, in both directions, established ones included, except
+//!   connections the node address opens to the pod (the kubelet's probes).
+//!   Connections opened by the pod's own sockets carry a conntrack mark, so a
+//!   host process whose packets got the pod address as source (the destination,
+//!   see above) is told apart from the pod talking to itself.
 //!
-//! Without the `nft` tool pods keep 127.0.0.1 as source and partitions fail
-//! with [`NetError::Unavailable`].
+//! Without the `nft` tool pods keep the kernel's source address and partitions
+//! fail with [`NetError::Unavailable`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -194,21 +201,28 @@ impl Network {
         );
         for (ip, m) in &state.pods {
             if let Some((level, path)) = m {
+                let mark = u32::from(*ip);
                 let _ = writeln!(
                     s,
-                    "    socket cgroupv2 level {level} \"{path}\" meta mark set {:#010x}",
-                    u32::from(*ip)
+                    "    socket cgroupv2 level {level} \"{path}\" meta mark set {mark:#010x}"
+                );
+                // Connections the pod opens: the first packet marks the conntrack entry.
+                let _ = writeln!(
+                    s,
+                    "    meta mark {mark:#010x} ct state new ct mark set {mark:#010x}"
                 );
             }
         }
         s.push_str(
             "  }\n  chain pod_snat {\n    type nat hook postrouting priority srcnat; policy accept;\n",
         );
+        // Only towards local addresses (out through lo): elsewhere the pod
+        // address would be a martian source.
         for (ip, m) in &state.pods {
             if m.is_some() {
                 let _ = writeln!(
                     s,
-                    "    meta mark {:#010x} ip saddr 127.0.0.1 snat to {ip}",
+                    "    meta mark {:#010x} oifname \"lo\" ip saddr != {ip} snat to {ip}",
                     u32::from(*ip)
                 );
             }
@@ -216,13 +230,22 @@ impl Network {
         // After SNAT, so connection tuples carry the pod addresses.
         s.push_str("  }\n  chain pod_partition {\n    type filter hook postrouting priority 200; policy accept;\n");
         for ip in &state.partitioned {
+            let mark = u32::from(*ip);
+            // Opened by the pod (its address as source after SNAT): only to itself.
             let _ = writeln!(
                 s,
-                "    ct reply ip daddr {ip} ct original ip daddr != {{ {ip}, {node} }} drop"
+                "    ct reply ip daddr {ip} ct original ip daddr != {ip} drop"
             );
+            // Opened towards the pod: only by itself or from the node address.
             let _ = writeln!(
                 s,
                 "    ct original ip daddr {ip} ct reply ip daddr != {ip} ct original ip saddr != {node} drop"
+            );
+            // Pod address on both ends but not opened by the pod: a host process
+            // that got the destination as source.
+            let _ = writeln!(
+                s,
+                "    ct original ip daddr {ip} ct original ip saddr {ip} ct mark != {mark:#010x} drop"
             );
         }
         s.push_str("  }\n}\n");
@@ -264,10 +287,21 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("meta mark 0x7f140002 ip saddr 127.0.0.1 snat to 127.20.0.2"),
+            s.contains("meta mark 0x7f140002 ct state new ct mark set 0x7f140002"),
             "{s}"
         );
-        assert!(s.contains("ct reply ip daddr 127.20.0.2 ct original ip daddr != { 127.20.0.2, 127.20.0.1 } drop"), "{s}");
+        assert!(
+            s.contains(
+                "meta mark 0x7f140002 oifname \"lo\" ip saddr != 127.20.0.2 snat to 127.20.0.2"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("ct reply ip daddr 127.20.0.2 ct original ip daddr != 127.20.0.2 drop"),
+            "{s}"
+        );
+        assert!(s.contains("ct original ip daddr 127.20.0.2 ct reply ip daddr != 127.20.0.2 ct original ip saddr != 127.20.0.1 drop"), "{s}");
+        assert!(s.contains("ct original ip daddr 127.20.0.2 ct original ip saddr 127.20.0.2 ct mark != 0x7f140002 drop"), "{s}");
 
         // Let nft itself check the syntax where it is installed (cgroup paths
         // must exist to be checked, so that part is left to the integration tests).

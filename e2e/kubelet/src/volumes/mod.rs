@@ -4,7 +4,10 @@
 //! * `persistentVolumeClaim`: `<state>/claims/<namespace>/<claim>`, outlives the
 //!   pod; removed when the claim is deleted.
 //! * `secret`, `configMap`, `downwardAPI`, `projected`: files projected
-//!   atomically ([`atomic`]), refreshed when the objects change.
+//!   atomically ([`atomic`]), refreshed when the objects change. A
+//!   `serviceAccountToken` source gets the configured token, or with
+//!   `token_requests` the pod's own token from the [`ObjectSource`] (the
+//!   API-facing side requests it); until it is there the volume is not ready.
 //! * `hostPath`: the host path itself.
 //!
 //! fsGroup is approximated: the volume root (emptyDir, claim) gets the mapped
@@ -25,6 +28,7 @@ use k8s_openapi::api::core::v1::{
 
 use crate::downward::{DownwardError, PodFacts};
 use crate::objects::ObjectSource;
+use crate::tokens::{TokenKey, service_account_name};
 use atomic::{FileEntry, Payload};
 
 const DEFAULT_MODE: i32 = 0o644;
@@ -43,6 +47,13 @@ pub enum VolumeError {
     },
     #[error("persistentvolumeclaim {0:?} not found")]
     ClaimNotFound(String),
+    #[error(
+        "MountVolume.SetUp failed for volume {volume:?}: no token of service account {service_account:?} yet (TokenRequest pending)"
+    )]
+    TokenPending {
+        volume: String,
+        service_account: String,
+    },
     #[error("volume {volume:?}: {what} is not supported by the e2e kubelet")]
     Unsupported { volume: String, what: String },
     #[error("volume {volume:?}: {source}")]
@@ -87,6 +98,9 @@ pub struct VolumeInputs<'a> {
     /// Mapped fsGroup of the pod.
     pub fs_group: Option<u32>,
     pub service_account: Option<&'a ServiceAccountFiles>,
+    /// `serviceAccountToken` sources take the pod's own token from
+    /// [`ObjectSource::service_account_token`].
+    pub token_requests: bool,
 }
 
 /// Host directory of claim `namespace/name`.
@@ -302,17 +316,31 @@ fn projection(
             inputs,
         )
     } else if let Some(t) = &source.service_account_token {
-        let files = inputs
-            .service_account
-            .ok_or_else(|| VolumeError::Unsupported {
-                volume: volume.to_string(),
-                what: "a serviceAccountToken projection without a configured API server token"
-                    .to_string(),
-            })?;
+        let token = if inputs.token_requests {
+            let pod = inputs.facts.pod;
+            let key = TokenKey::new(pod.metadata.uid.as_deref().unwrap_or_default(), t);
+            inputs
+                .objects
+                .service_account_token(&key)
+                .ok_or_else(|| VolumeError::TokenPending {
+                    volume: volume.to_string(),
+                    service_account: service_account_name(pod),
+                })?
+        } else {
+            inputs
+                .service_account
+                .ok_or_else(|| VolumeError::Unsupported {
+                    volume: volume.to_string(),
+                    what: "a serviceAccountToken projection without a configured API server token"
+                        .to_string(),
+                })?
+                .token
+                .clone()
+        };
         payload.insert(
             t.path.clone(),
             FileEntry {
-                content: files.token.as_bytes().to_vec(),
+                content: token.into_bytes(),
                 mode: mode_of(None, default),
             },
         );

@@ -2,7 +2,9 @@
 //! tests: list/watch with resourceVersions, get/create/replace/merge-patch/
 //! delete, status subresources, graceful pod deletion (deletionTimestamp until
 //! a delete with gracePeriodSeconds=0), no binding subresource (so the
-//! kubelet's nodeName fallback is exercised), no clusterIP allocation.
+//! kubelet's nodeName fallback is exercised), no clusterIP allocation, and
+//! `serviceaccounts/<name>/token` (TokenRequest, 404 without the
+//! ServiceAccount; the requests are recorded).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,10 @@ struct State {
 pub struct FakeApi {
     state: Mutex<State>,
     events: broadcast::Sender<WatchEvent>,
+    /// TokenRequests answered so far (namespace, service account, request).
+    token_requests: Mutex<Vec<(String, String, Value)>>,
+    /// Lifetime of issued tokens instead of the requested expirationSeconds.
+    token_lifetime: Mutex<Option<Duration>>,
 }
 
 /// A running fake; dropping it stops the server.
@@ -57,6 +63,8 @@ impl FakeServer {
         let api = Arc::new(FakeApi {
             state: Mutex::default(),
             events: broadcast::channel(4096).0,
+            token_requests: Mutex::default(),
+            token_lifetime: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -165,6 +173,62 @@ fn now() -> String {
 }
 
 impl FakeApi {
+    /// Issued tokens expire after `lifetime`, whatever was requested.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        *self.token_lifetime.lock().unwrap() = Some(lifetime);
+    }
+
+    /// TokenRequests answered so far: (namespace, service account, request).
+    pub fn token_requests(&self) -> Vec<(String, String, Value)> {
+        self.token_requests.lock().unwrap().clone()
+    }
+
+    /// The object stored under `prefix` (e.g. `api/v1/nodes`, as in its URL), if any.
+    pub fn object(&self, prefix: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (prefix.to_string(), namespace.to_string(), name.to_string());
+        self.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    fn token(&self, namespace: &str, account: &str, request: &Value) -> Response {
+        let key = (
+            "api/v1/serviceaccounts".to_string(),
+            namespace.to_string(),
+            account.to_string(),
+        );
+        if !self.state.lock().unwrap().objects.contains_key(&key) {
+            return status(
+                404,
+                "NotFound",
+                format!("serviceaccounts \"{account}\" not found"),
+            );
+        }
+        let mut requests = self.token_requests.lock().unwrap();
+        requests.push((namespace.to_string(), account.to_string(), request.clone()));
+        let requested = request["spec"]["expirationSeconds"]
+            .as_i64()
+            .unwrap_or(3600);
+        let lifetime = self
+            .token_lifetime
+            .lock()
+            .unwrap()
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(requested * 1000);
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_millis(lifetime);
+        let mut answer = request.clone();
+        answer["kind"] = json!("TokenRequest");
+        answer["apiVersion"] = json!("authentication.k8s.io/v1");
+        answer["status"] = json!({
+            "token": format!("token-{namespace}-{account}-{}", requests.len()),
+            "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
+        (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            answer.to_string(),
+        )
+            .into_response()
+    }
+
     fn emit(
         &self,
         st: &mut State,
@@ -232,6 +296,9 @@ impl FakeApi {
             (_, Some(name)) => {
                 let key = (r.prefix.clone(), ns, name.clone());
                 match (method, r.sub.as_deref()) {
+                    (Method::POST, Some("token")) if r.prefix == "api/v1/serviceaccounts" => {
+                        self.token(&key.1, &key.2, &body)
+                    }
                     (Method::GET, _) => match self.state.lock().unwrap().objects.get(&key) {
                         Some(v) => ok(v),
                         None => status(404, "NotFound", format!("{name} not found")),

@@ -47,6 +47,20 @@ pub fn pod_ready(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(ready)
 }
 
+pub fn phase_of(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+pub fn claim_phase(c: &PersistentVolumeClaim) -> &str {
+    c.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
 pub async fn pods_run_report_status_and_are_deleted_gracefully(c: &Cluster) {
     let _: Pod = create(&c.client, "ns", json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -388,6 +402,32 @@ pub async fn simulated_pods_are_ready_without_processes(c: &Cluster) {
         get_pod(&c.client, "sim").await.is_none().then_some(())
     })
     .await;
+}
+
+/// The Node is registered Ready and its Lease held (whether or not the
+/// kubelet schedules).
+pub async fn node_is_registered_with_a_lease(c: &Cluster) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    let name = c.kubelet.runtime().config().node_name.clone();
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    eventually_async("the Node, Ready", 20, || async {
+        let node = nodes.get_opt(&name).await.ok()??;
+        node.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
+    let lease = eventually_async("the node Lease", 20, || async {
+        leases.get_opt(&name).await.ok()?
+    })
+    .await;
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some(name.as_str()));
+    assert!(spec.renew_time.is_some());
 }
 
 /// A pod uses its service account directory and `KUBERNETES_SERVICE_*` to
