@@ -6,6 +6,7 @@
 //! listens on a pod-range address, because Kubernetes refuses loopback
 //! endpoint addresses.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +25,9 @@ use crate::E2eError;
 pub const API_PORT: u16 = 6443;
 /// The issuer in ServiceAccount tokens; its audience is the default one.
 const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// User of `operator.kubeconfig`; the audit log records its requests only.
+pub const OPERATOR_USER: &str = "capstan-e2e-operator";
+
 /// Kubernetes version the tools are built at (e2e/k8s-tools/go.mod).
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
 
@@ -185,6 +189,9 @@ fn generate_pki(dir: &Path, api_ip: Ipv4Addr, service_ip: Ipv4Addr) -> Result<Pk
 
     for (file, common_name, organization) in [
         ("admin", "capstan-e2e-admin", Some("system:masters")),
+        // The operator as a host process: its own name, so the audit log
+        // tells its requests from everyone else's.
+        ("operator", OPERATOR_USER, Some("system:masters")),
         ("controller-manager", "system:kube-controller-manager", None),
         ("scheduler", "system:kube-scheduler", None),
     ] {
@@ -296,6 +303,14 @@ impl ControlPlane {
             dir,
         )?;
 
+        // Requests of the host-process operator (metadata only), to count
+        // them by verb in measurements.
+        write(
+            &dir.join("audit-policy.yaml"),
+            &format!(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [{OPERATOR_USER}]\n- level: None\n"
+            ),
+        )?;
         let mut apiserver = Component::spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
@@ -316,6 +331,9 @@ impl ControlPlane {
                 // One client (the harness) and a handful of controllers:
                 // fairness queues only add latency here.
                 "--enable-priority-and-fairness=false".into(),
+                format!("--audit-policy-file={}", file("audit-policy.yaml")),
+                format!("--audit-log-path={}", file("audit.log")),
+                "--audit-log-maxsize=0".into(),
             ],
             dir,
         )?;
@@ -439,6 +457,28 @@ impl ControlPlane {
     /// The admin kubeconfig (client certificate; for kubectl and helm).
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
+    }
+
+    /// Kubeconfig of [`OPERATOR_USER`] (cluster admin, audited).
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.dir.join("operator.kubeconfig")
+    }
+
+    /// Requests of [`OPERATOR_USER`] so far, by verb (from the audit log).
+    pub fn operator_requests(&self) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["stage"] != "ResponseComplete" {
+                continue;
+            }
+            let verb = event["verb"].as_str().unwrap_or("?").to_string();
+            *counts.entry(verb).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn addr(&self) -> Ipv4Addr {

@@ -42,17 +42,28 @@ pub struct HarnessOptions {
     /// Pods are marked Running and Ready without processes (control-plane
     /// scale tests).
     pub simulated: bool,
-    /// Install Capstan with `helm install` (the real control plane only;
-    /// otherwise the operator runs as a host process with the admin
-    /// kubeconfig, and the CRDs are applied directly).
-    pub helm: bool,
+    /// How Capstan is installed on the real control plane (on the emulated
+    /// API server the operator always runs as a host process).
+    pub install: Install,
+}
+
+/// How the harness installs Capstan when the operator is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// `helm install` of `charts/capstan` with default values.
+    Helm,
+    /// `kubectl apply --server-side -k config/`.
+    Kustomize,
+    /// The CRDs applied by the harness; `capstan operator` as a host process
+    /// with the admin kubeconfig (simulated pods run no processes).
+    HostProcess,
 }
 
 impl Default for HarnessOptions {
     fn default() -> Self {
         HarnessOptions {
             simulated: false,
-            helm: true,
+            install: Install::Helm,
         }
     }
 }
@@ -113,11 +124,11 @@ impl Drop for OperatorProcess {
 enum Operator {
     /// Not started yet.
     None,
-    /// A host process (emulated API server, or `helm: false`).
+    /// A host process.
     Host(OperatorProcess),
-    /// The chart's Deployment, installed by Helm; `running` is whether it is
-    /// scaled to one replica.
-    Helm { running: bool },
+    /// The Deployment `capstan-operator`, installed by Helm or kustomize;
+    /// `running` is whether it is scaled to one replica.
+    Deployed { running: bool },
 }
 
 /// The API server the harness runs.
@@ -136,7 +147,7 @@ pub struct Harness {
     client: Client,
     kubeconfig: PathBuf,
     capstan: PathBuf,
-    helm: bool,
+    install: Install,
     state: tempfile::TempDir,
 }
 
@@ -254,9 +265,12 @@ impl Harness {
         let kubelet = Kubelet::start(client.clone(), kubelet_config)
             .await
             .map_err(|e| E2eError::Setup(format!("process kubelet: {e}")))?;
-        let helm = options.helm && matches!(api, ApiBackend::Real(_));
-        if !helm {
-            // Helm installs them from the chart otherwise.
+        let install = match api {
+            ApiBackend::Real(_) => options.install,
+            ApiBackend::Emulated(_) => Install::HostProcess,
+        };
+        if install == Install::HostProcess {
+            // Helm and kustomize install them otherwise.
             ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
             if matches!(api, ApiBackend::Real(_)) {
                 install_crds(&client).await?;
@@ -270,7 +284,7 @@ impl Harness {
             client,
             kubeconfig,
             capstan,
-            helm,
+            install,
             state,
         })
     }
@@ -338,43 +352,72 @@ impl Harness {
         }
     }
 
-    /// Starts the operator: `helm install` the first time (then scales its
+    /// Runs kubectl (this machine's) against the harness.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, E2eError> {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| E2eError::Setup(format!("cannot run kubectl: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(E2eError::Check(format!(
+                "kubectl {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    /// Starts the operator: installed by Helm or kustomize the first time (then scales its
     /// Deployment back to one replica), or a host process.
     pub async fn start_operator(&mut self) -> Result<(), E2eError> {
         match self.operator {
-            Operator::Host(_) | Operator::Helm { running: true } => return Ok(()),
-            Operator::Helm { running: false } => {
+            Operator::Host(_) | Operator::Deployed { running: true } => return Ok(()),
+            Operator::Deployed { running: false } => {
                 self.operator_starts += 1;
                 self.scale_operator(1).await?;
-                self.operator = Operator::Helm { running: true };
+                self.operator = Operator::Deployed { running: true };
                 return Ok(());
             }
             Operator::None => {}
         }
         self.operator_starts += 1;
-        if self.helm {
-            let chart = chart_dir();
-            let (repository, tag) = OPERATOR_IMAGE
-                .split_once(':')
-                .unwrap_or((OPERATOR_IMAGE, "dev"));
-            let level = std::env::var("CAPSTAN_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into());
-            self.helm(&[
+        if self.install == Install::Kustomize {
+            let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+            self.kubectl(&[
+                "apply",
+                "--server-side",
+                "-k",
+                &config.display().to_string(),
+            ])?;
+            self.operator = Operator::Deployed { running: true };
+            return Ok(());
+        }
+        if self.install == Install::Helm {
+            // Default values, as a user installs it: the default image names
+            // `capstan`, which the kubelet maps to the built binary. Only the
+            // log level follows CAPSTAN_E2E_OPERATOR_LOG when it is set.
+            let chart = chart_dir().display().to_string();
+            let mut args = vec![
                 "install",
                 RELEASE,
-                &chart.display().to_string(),
+                &chart,
                 "--namespace",
                 OPERATOR_NAMESPACE,
                 "--create-namespace",
-                "--set",
-                &format!("image.repository={repository}"),
-                "--set",
-                &format!("image.tag={tag}"),
-                "--set",
-                "logFormat=text",
-                "--set",
-                &format!("logLevel={level}"),
-            ])?;
-            self.operator = Operator::Helm { running: true };
+            ];
+            let level = std::env::var("CAPSTAN_E2E_OPERATOR_LOG")
+                .map(|l| format!("logLevel={l}"))
+                .ok();
+            if let Some(level) = &level {
+                args.extend(["--set", level]);
+            }
+            self.helm(&args)?;
+            self.operator = Operator::Deployed { running: true };
             return Ok(());
         }
         let log = self
@@ -386,9 +429,13 @@ impl Harness {
         let err = file
             .try_clone()
             .map_err(|e| E2eError::Setup(e.to_string()))?;
+        let kubeconfig = match &self.api {
+            ApiBackend::Real(plane) => plane.operator_kubeconfig(),
+            ApiBackend::Emulated(_) => self.kubeconfig.clone(),
+        };
         let child = Command::new(&self.capstan)
             .arg("operator")
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
             .env("CAPSTAN_IMAGE", OPERATOR_IMAGE)
             .env("CAPSTAN_PROBE_ADDR", "127.0.0.1:0")
             .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
@@ -415,7 +462,7 @@ impl Harness {
     pub async fn kill_operator(&mut self) -> Result<(), E2eError> {
         match self.operator {
             Operator::Host(_) => self.operator = Operator::None,
-            Operator::Helm { running: true } => {
+            Operator::Deployed { running: true } => {
                 self.scale_operator(0).await?;
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
                 let list = pods
@@ -435,9 +482,9 @@ impl Harness {
                         }
                     }
                 }
-                self.operator = Operator::Helm { running: false };
+                self.operator = Operator::Deployed { running: false };
             }
-            Operator::Helm { running: false } | Operator::None => {}
+            Operator::Deployed { running: false } | Operator::None => {}
         }
         Ok(())
     }
@@ -460,7 +507,7 @@ impl Harness {
     pub async fn operator_pid(&self) -> Option<u32> {
         match &self.operator {
             Operator::Host(o) => Some(o.child.id()),
-            Operator::Helm { running: true } => {
+            Operator::Deployed { running: true } => {
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
                 let list = pods
                     .list(&ListParams::default().labels(OPERATOR_SELECTOR))
@@ -483,7 +530,7 @@ impl Harness {
 
     /// The operator's log so far (all runs), for failure messages.
     pub fn operator_logs(&self) -> String {
-        if self.helm {
+        if self.install != Install::HostProcess {
             return self.pod_logs(OPERATOR_NAMESPACE, "operator");
         }
         (1..=self.operator_starts)

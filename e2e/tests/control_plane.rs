@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use capstan_e2e::controlplane::KUBERNETES_VERSION;
-use capstan_e2e::harness::{Harness, HarnessOptions, ensure_namespace, wait_for};
+use capstan_e2e::harness::{Harness, HarnessOptions, Install, ensure_namespace, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, PostParams};
@@ -20,7 +20,7 @@ fn the_harness_runs_a_real_control_plane() {
     capstan_e2e::netns::run(|| async {
         let harness = Harness::start(HarnessOptions {
             simulated: false,
-            helm: false,
+            install: Install::HostProcess,
         })
         .await
         .expect("harness");
