@@ -1,18 +1,17 @@
 //! The local harness: a real control plane (etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler; [`crate::controlplane`]) with
 //! Capstan installed by `helm install` of `charts/capstan`, as users install
-//! it, or — while it remains, and only outside CI — the emulated API server
-//! with the operator as a host process. The process kubelet runs the pods,
-//! and its Service proxy the Services. Local scenarios run inside a network
-//! namespace of their own ([`crate::netns::run`]). Dropping a [`Harness`]
-//! stops the operator, every pod process and the control plane.
+//! it (or kustomize, or a host process for measurements). The process
+//! kubelet runs the pods, and its Service proxy the Services. Local
+//! scenarios run inside a network namespace of their own
+//! ([`crate::netns::run`]). Dropping a [`Harness`] stops the operator, every
+//! pod process and the control plane.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use capstan_e2e_apiserver::{ApiServer, Config as ApiConfig};
 use capstan_e2e_kubelet::{
     ApiServerAccess, Cidr, Controllers, ImageTable, Kubelet, KubeletConfig, RuntimeHandle,
 };
@@ -42,8 +41,7 @@ pub struct HarnessOptions {
     /// Pods are marked Running and Ready without processes (control-plane
     /// scale tests).
     pub simulated: bool,
-    /// How Capstan is installed on the real control plane (on the emulated
-    /// API server the operator always runs as a host process).
+    /// How Capstan is installed.
     pub install: Install,
 }
 
@@ -131,37 +129,18 @@ enum Operator {
     Deployed { running: bool },
 }
 
-/// The API server the harness runs.
-enum ApiBackend {
-    Real(ControlPlane),
-    Emulated(ApiServer),
-}
-
 pub struct Harness {
     // Field order is drop order: the operator first (so it stops re-creating
     // pods), then the kubelet (kills every pod process), then the API server.
     operator: Operator,
     operator_starts: u32,
     kubelet: Kubelet,
-    api: ApiBackend,
+    plane: ControlPlane,
     client: Client,
     kubeconfig: PathBuf,
     capstan: PathBuf,
     install: Install,
     state: tempfile::TempDir,
-}
-
-/// The real control plane's tools, or why the emulated API server is used.
-/// In CI (`CI=true`) the real one is required.
-fn real_control_plane() -> Result<Option<PathBuf>, E2eError> {
-    match controlplane::tools_dir() {
-        Ok(dir) => Ok(Some(dir)),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(e),
-        Err(e) => {
-            eprintln!("e2e: using the emulated API server: {e}");
-            Ok(None)
-        }
-    }
 }
 
 impl Harness {
@@ -176,111 +155,60 @@ impl Harness {
             .map_err(|e| {
                 E2eError::Setup(format!("cannot create the harness state directory: {e}"))
             })?;
-        let tools = real_control_plane()?;
-        // The emulated API server runs outside a network namespace too, on
-        // loopback ranges; the real one needs the namespace's ranges.
-        let (pod_range, service_range) = if tools.is_some() {
-            (netns::POD_CIDR, netns::SERVICE_CIDR)
-        } else {
-            (
-                (Ipv4Addr::new(127, 100, 0, 0), 16),
-                (Ipv4Addr::new(127, 101, 0, 0), 16),
-            )
-        };
+        let tools = controlplane::tools_dir()?;
         let cidr = |(addr, prefix): (Ipv4Addr, u8)| {
             Cidr::new(addr, prefix).map_err(|e| E2eError::Setup(e.to_string()))
         };
-        let pod_cidr = cidr(pod_range)?;
-        let service_cidr = cidr(service_range)?;
         let mut kubelet_config = KubeletConfig::new(
             state.path().join("kubelet"),
-            pod_cidr,
-            service_cidr,
+            cidr(netns::POD_CIDR)?,
+            cidr(netns::SERVICE_CIDR)?,
             images(&capstan),
         );
         kubelet_config.simulated = options.simulated;
-
-        let (api, client, kubeconfig, access) = match &tools {
-            Some(bin) => {
-                let dir = state.path().join("controlplane");
-                let plane = ControlPlane::start(
-                    bin,
-                    &dir,
-                    &ControlPlaneOptions {
-                        addr: kubelet_config.node_ip,
-                        service_cidr: service_range,
-                    },
-                )
-                .await?;
-                // The real controllers keep Endpoints, Deployments and
-                // scheduling; there is no volume provisioner but ours.
-                kubelet_config.controllers = Controllers {
-                    services: true,
-                    endpoints: false,
-                    deployments: false,
-                    claim_binder: true,
-                    scheduler: false,
-                };
-                kubelet_config.token_requests = true;
-                kubelet_config.persistent_volumes = true;
-                let access = ApiServerAccess {
-                    host: IpAddr::V4(plane.addr()),
-                    port: API_PORT,
-                    token: String::new(),
-                    ca_crt: plane.ca_pem().to_string(),
-                };
-                let client = plane.client();
-                let kubeconfig = plane.kubeconfig();
-                (ApiBackend::Real(plane), client, kubeconfig, access)
-            }
-            None => {
-                // The emulated API server keeps Endpoints itself; two writers would fight.
-                kubelet_config.controllers.endpoints = false;
-                let apiserver = ApiServer::start(ApiConfig {
-                    crds: capstan::api::crd::all(),
-                    node_name: Some(kubelet_config.node_name.clone()),
-                    service_cidr: (service_cidr.network(), service_cidr.hosts()),
-                    ..ApiConfig::default()
-                })
-                .await
-                .map_err(|e| E2eError::Setup(format!("emulated API server: {e}")))?;
-                let kubeconfig = state.path().join("kubeconfig");
-                apiserver
-                    .write_kubeconfig(&kubeconfig)
-                    .map_err(|e| E2eError::Setup(format!("cannot write the kubeconfig: {e}")))?;
-                let client = apiserver
-                    .client()
-                    .await
-                    .map_err(|e| E2eError::Setup(format!("client: {e}")))?;
-                let access = ApiServerAccess {
-                    host: apiserver.addr().ip(),
-                    port: apiserver.addr().port(),
-                    token: apiserver.issue_token(),
-                    ca_crt: apiserver.ca_pem().to_string(),
-                };
-                (ApiBackend::Emulated(apiserver), client, kubeconfig, access)
-            }
+        let plane = ControlPlane::start(
+            &tools,
+            &state.path().join("controlplane"),
+            &ControlPlaneOptions {
+                addr: kubelet_config.node_ip,
+                service_cidr: netns::SERVICE_CIDR,
+            },
+        )
+        .await?;
+        // The real controllers keep Endpoints, Deployments and scheduling;
+        // there is no volume provisioner but ours.
+        kubelet_config.controllers = Controllers {
+            services: true,
+            endpoints: false,
+            deployments: false,
+            claim_binder: true,
+            scheduler: false,
         };
+        kubelet_config.token_requests = true;
+        kubelet_config.persistent_volumes = true;
+        let access = ApiServerAccess {
+            host: IpAddr::V4(plane.addr()),
+            port: API_PORT,
+            token: String::new(),
+            ca_crt: plane.ca_pem().to_string(),
+        };
+        let client = plane.client();
+        let kubeconfig = plane.kubeconfig();
         kubelet_config.api_server = Some(access);
         let kubelet = Kubelet::start(client.clone(), kubelet_config)
             .await
             .map_err(|e| E2eError::Setup(format!("process kubelet: {e}")))?;
-        let install = match api {
-            ApiBackend::Real(_) => options.install,
-            ApiBackend::Emulated(_) => Install::HostProcess,
-        };
+        let install = options.install;
         if install == Install::HostProcess {
             // Helm and kustomize install them otherwise.
             ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
-            if matches!(api, ApiBackend::Real(_)) {
-                install_crds(&client).await?;
-            }
+            install_crds(&client).await?;
         }
         Ok(Harness {
             operator: Operator::None,
             operator_starts: 0,
             kubelet,
-            api,
+            plane,
             client,
             kubeconfig,
             capstan,
@@ -301,20 +229,8 @@ impl Harness {
         self.kubelet.runtime()
     }
 
-    /// The emulated API server, when the harness runs one.
-    pub fn emulated_apiserver(&self) -> Option<&ApiServer> {
-        match &self.api {
-            ApiBackend::Emulated(server) => Some(server),
-            ApiBackend::Real(_) => None,
-        }
-    }
-
-    /// The real control plane, when the harness runs one.
-    pub fn control_plane(&self) -> Option<&ControlPlane> {
-        match &self.api {
-            ApiBackend::Real(plane) => Some(plane),
-            ApiBackend::Emulated(_) => None,
-        }
+    pub fn control_plane(&self) -> &ControlPlane {
+        &self.plane
     }
 
     /// Host-side address of `<service>.<namespace>.svc:<port>`.
@@ -326,9 +242,6 @@ impl Harness {
 
     /// Runs Helm against the harness (`helm` from the control-plane tools).
     pub fn helm(&self, args: &[&str]) -> Result<String, E2eError> {
-        let ApiBackend::Real(_) = &self.api else {
-            return Err(E2eError::Setup("helm needs the real control plane".into()));
-        };
         let bin = controlplane::tools_dir()?.join("helm");
         let helm_home = self.state.path().join("helm");
         let out = Command::new(&bin)
@@ -429,10 +342,7 @@ impl Harness {
         let err = file
             .try_clone()
             .map_err(|e| E2eError::Setup(e.to_string()))?;
-        let kubeconfig = match &self.api {
-            ApiBackend::Real(plane) => plane.operator_kubeconfig(),
-            ApiBackend::Emulated(_) => self.kubeconfig.clone(),
-        };
+        let kubeconfig = self.plane.operator_kubeconfig();
         let child = Command::new(&self.capstan)
             .arg("operator")
             .env("KUBECONFIG", &kubeconfig)

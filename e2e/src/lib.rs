@@ -1,7 +1,8 @@
-//! Capstan's end-to-end tests: the local harness (emulated API server,
-//! process kubelet, Service proxy; see README.md) and the scenarios, written
-//! against the Kubernetes API and the cluster's Service names only, so they
-//! run unchanged on a real cluster (`CAPSTAN_E2E_KUBECONFIG`).
+//! Capstan's end-to-end tests: the local harness (a real control plane
+//! built from Go modules, the process kubelet and its Service proxy; see
+//! README.md) and the scenarios, written against the Kubernetes API and the
+//! cluster's Service names only, so they run unchanged on a real cluster
+//! (`CAPSTAN_E2E_KUBECONFIG`).
 
 pub mod cluster;
 pub mod controlplane;
@@ -26,4 +27,24 @@ pub enum E2eError {
     Sql(String),
     #[error("{0}")]
     Check(String),
+}
+
+/// Runs an e2e scenario ([`netns::run`]). On the local harness it needs the
+/// control-plane binaries: without them the test is skipped with the reason
+/// printed, except under `CI=true`, where that fails the test.
+pub fn scenario<F, Fut>(scenario: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    if std::env::var_os("CAPSTAN_E2E_KUBECONFIG").is_none()
+        && let Err(e) = controlplane::tools_dir()
+    {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{e}");
+        }
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    netns::run(scenario);
 }

@@ -415,7 +415,7 @@ async fn local_target(name: &str) -> Option<Target> {
 #[test]
 #[ignore = "measurement; run bench/ha-bench.sh rto"]
 fn bench_rto() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let Some(mut target) = local_target("rto").await else {
             return;
         };
@@ -428,7 +428,7 @@ fn bench_rto() {
 #[test]
 #[ignore = "measurement; run bench/ha-bench.sh kill9"]
 fn bench_kill9() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         if let Err(e) = kill9(&mut target, "ha-bench-kill9").await {
             fail(&target, "ha-bench-kill9", e).await;
@@ -439,7 +439,7 @@ fn bench_kill9() {
 #[test]
 #[ignore = "measurement; run bench/ha-bench.sh switchover"]
 fn bench_switchover() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         if let Err(e) = switchover(&mut target, "ha-bench-switchover").await {
             fail(&target, "ha-bench-switchover", e).await;
@@ -450,7 +450,7 @@ fn bench_switchover() {
 #[test]
 #[ignore = "measurement; run bench/ha-bench.sh ackwrites"]
 fn bench_ackwrites() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let Some(mut target) = local_target("ackwrites").await else {
             return;
         };

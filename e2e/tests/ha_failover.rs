@@ -147,7 +147,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn frozen_primary_is_replaced_and_rejoins_as_a_replica() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-ha-freeze-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

@@ -121,7 +121,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn killed_postmaster_restarts_in_place_without_failover() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-ha-kill9-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

@@ -149,7 +149,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn failover_completes_across_an_operator_restart() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-ha-oprestart-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

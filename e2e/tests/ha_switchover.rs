@@ -93,7 +93,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn switchover_under_pgbench_loses_no_client() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-ha-switchover-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

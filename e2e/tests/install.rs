@@ -81,14 +81,10 @@ async fn operator_ready_with(client: &Client, expect_env: (&str, &str)) -> bool 
 
 #[test]
 fn helm_install_examples_upgrade_and_uninstall() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut harness = Harness::start(HarnessOptions::default())
             .await
             .expect("harness");
-        if harness.control_plane().is_none() {
-            eprintln!("SKIP: no real control plane (CAPSTAN_K8S_BIN unset)");
-            return;
-        }
         let client = harness.client();
         harness.start_operator().await.expect("helm install");
         let status = harness
@@ -249,17 +245,13 @@ fn helm_install_examples_upgrade_and_uninstall() {
 
 #[test]
 fn kustomize_install_runs_a_cluster() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut harness = Harness::start(HarnessOptions {
             simulated: false,
             install: Install::Kustomize,
         })
         .await
         .expect("harness");
-        if harness.control_plane().is_none() {
-            eprintln!("SKIP: no real control plane (CAPSTAN_K8S_BIN unset)");
-            return;
-        }
         harness
             .start_operator()
             .await

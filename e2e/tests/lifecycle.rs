@@ -160,7 +160,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn create_use_and_delete_a_cluster() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-lifecycle-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

@@ -86,7 +86,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
 
 #[test]
 fn cluster_converges_after_the_operator_is_killed_mid_creation() {
-    capstan_e2e::netns::run(|| async {
+    capstan_e2e::scenario(|| async {
         let mut target = Target::from_env().await.expect("e2e target");
         let ns = format!("e2e-restart-{}", std::process::id());
         if let Err(e) = scenario(&mut target, &ns).await {

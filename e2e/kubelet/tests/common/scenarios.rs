@@ -1,6 +1,6 @@
 //! Scenarios of the kubelet driven through the Kubernetes API, run against
-//! the in-memory double (tests/controller.rs) and, with the `apiserver`
-//! feature, against capstan-e2e-apiserver (tests/apiserver.rs).
+//! the in-memory double (tests/controller.rs); the e2e scenarios run the
+//! kubelet against the real kube-apiserver.
 
 use capstan_e2e_kubelet::Kubelet;
 use k8s_openapi::api::apps::v1::Deployment;
