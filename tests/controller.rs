@@ -56,6 +56,8 @@ fn answer(call: &Call, cluster: &Value) -> Response<Body> {
     let path = call.path.as_str();
     match call.method {
         Method::GET if path.ends_with("/deployments/db-pooler") => not_found(path),
+        // A Secret the spec names (provided certificates): none exists.
+        Method::GET if path.contains("/secrets/") => not_found(path),
         Method::GET if path.contains("poddisruptionbudgets") => json_response(
             StatusCode::OK,
             &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"}, "items": []}),
@@ -342,6 +344,36 @@ async fn status_patch_carries_observed_generation_and_conditions() {
     // Optimistic: a reconcile working from a stale copy must get a conflict
     // rather than put back a targetPrimary that a failover moved.
     assert_eq!(patch.body["metadata"]["resourceVersion"], "10");
+}
+
+#[tokio::test]
+async fn a_missing_provided_secret_is_stalled_and_looked_at_again() {
+    // GitOps tools apply in no fixed order: the Secret may come later, and
+    // creating it is no spec change.
+    let spec = json!({"instances": 1, "postgres": {"version": 17}, "storage": {"size": "1Gi"},
+        "tls": {"mode": "Provided", "provided": {"caSecretName": "my-ca", "serverSecretName": "my-server",
+        "replicationSecretName": "my-replication", "poolerSecretName": "my-pooler"}}});
+    let (result, calls, _ctx) = run(cluster(spec, None)).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(std::time::Duration::from_secs(10))
+    );
+    let status = &calls
+        .iter()
+        .find(|c| c.path.ends_with("/postgresclusters/db/status"))
+        .expect("a status write")
+        .body["status"];
+    assert_eq!(status["phase"], "Stalled");
+    let message = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("\"my-ca\" does not exist"), "{message}");
 }
 
 #[tokio::test]

@@ -158,6 +158,16 @@ fn the_real_api_server_enforces_the_crd_rules() {
                 json!({"mode": "Provided"}),
                 "spec.tls.provided must be set when spec.tls.mode is Provided",
             ),
+            (
+                "/spec/tls",
+                json!({"mode": "Provided", "provided": {
+                    "caSecretName": "my-ca",
+                    "serverSecretName": "my-server",
+                    "replicationSecretName": "my-replication",
+                    "poolerSecretName": "NAME-pooler",
+                }}),
+                "spec.tls.provided: a Secret name is one Capstan uses",
+            ),
         ];
         let mut failures = Vec::new();
         for (i, (pointer, value, expected)) in create.iter().enumerate() {
@@ -165,6 +175,11 @@ fn the_real_api_server_enforces_the_crd_rules() {
             if *pointer != "/metadata/name" {
                 obj["metadata"]["name"] = json!(format!("bad-{i}"));
             }
+            // NAME stands for the object's own name.
+            let text = serde_json::to_string(&obj)
+                .unwrap()
+                .replace("NAME-", &format!("bad-{i}-"));
+            let obj: Value = serde_json::from_str(&text).unwrap();
             match apply(&api, &obj).await {
                 Err(e) if e.starts_with("422") && e.contains(expected) => {}
                 other => failures.push(format!(

@@ -21,9 +21,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-/// Examples that need nothing but the operator (provided-tls.yaml needs the
-/// user's own certificates; the admission test checks that it is accepted).
-const EXAMPLES: &[(&str, &str)] = &[("minimal.yaml", "minimal"), ("ha-sync.yaml", "ledger")];
+/// The examples and their cluster names (`ha-cluster.yaml` runs in
+/// `tests/lifecycle.rs`); `provided-tls.yaml` gets its certificates first
+/// ([`provide_certificates`]).
+const EXAMPLES: &[(&str, &str)] = &[
+    ("minimal.yaml", "minimal"),
+    ("ha-sync.yaml", "ledger"),
+    ("provided-tls.yaml", "billing"),
+];
 /// Namespace of examples that name none.
 const NS: &str = "e2e-install";
 
@@ -53,6 +58,78 @@ async fn pod_uids(client: &Client, namespace: &str) -> BTreeMap<String, String> 
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The Secrets `examples/provided-tls.yaml` names, as a user's own PKI (say
+/// cert-manager) would make them: a CA, a server certificate for the
+/// cluster's Services, a client certificate for the replication role and one
+/// for the pooler's Service, each a `kubernetes.io/tls` Secret with `ca.crt`.
+async fn provide_certificates(client: &Client, namespace: &str) {
+    use capstan::resources::names;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::PostParams;
+    let now = time::OffsetDateTime::now_utc();
+    let ca = capstan::tls::new_ca("billing-ca", now).unwrap();
+    let services = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .flat_map(|s| names::service_dns_names(s, namespace))
+            .collect()
+    };
+    let server = capstan::tls::issue_server(
+        &ca,
+        &services(&[
+            names::rw_service("billing"),
+            names::ro_service("billing"),
+            names::r_service("billing"),
+        ]),
+        now,
+    )
+    .unwrap();
+    let pooler =
+        capstan::tls::issue_server(&ca, &services(&[names::pooler("billing")]), now).unwrap();
+    let replication =
+        capstan::tls::issue_client(&ca, capstan::postgres::roles::REPLICATION, now).unwrap();
+    let secret = |name: &str, data: Vec<(&str, &str)>, type_: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "type": type_,
+            "stringData": data.into_iter().collect::<BTreeMap<_, _>>(),
+        }))
+        .unwrap()
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for s in [
+        secret("billing-ca", vec![("ca.crt", &ca.cert_pem)], "Opaque"),
+        secret(
+            "billing-server",
+            vec![
+                ("tls.crt", &server.cert_pem),
+                ("tls.key", &server.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+            "kubernetes.io/tls",
+        ),
+        secret(
+            "billing-replication",
+            vec![
+                ("tls.crt", &replication.cert_pem),
+                ("tls.key", &replication.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+            "kubernetes.io/tls",
+        ),
+        secret(
+            "billing-pooler-tls",
+            vec![
+                ("tls.crt", &pooler.cert_pem),
+                ("tls.key", &pooler.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+            "kubernetes.io/tls",
+        ),
+    ] {
+        api.create(&PostParams::default(), &s).await.unwrap();
+    }
 }
 
 async fn operator_ready_with(client: &Client, expect_env: (&str, &str)) -> bool {
@@ -86,15 +163,25 @@ fn helm_install_examples_upgrade_and_uninstall() {
             .await
             .expect("harness");
         let client = harness.client();
+        // The chart says which Kubernetes versions it supports.
+        let chart = capstan_e2e::harness::chart_dir().display().to_string();
+        let old = harness.helm(&["template", "x", &chart, "--kube-version", "1.29.0"]);
+        assert!(
+            matches!(&old, Err(e) if e.to_string().contains("kubeVersion")),
+            "the chart installs on Kubernetes 1.29: {old:?}"
+        );
         harness.start_operator().await.expect("helm install");
         let status = harness
             .helm(&["status", RELEASE, "-n", OPERATOR_NAMESPACE])
             .unwrap();
         assert!(status.contains("STATUS: deployed"), "{status}");
 
-        for (file, _) in EXAMPLES {
+        for (file, name) in EXAMPLES {
             let ns = namespace_of(file);
             ensure_namespace(&client, &ns).await.unwrap();
+            if *name == "billing" {
+                provide_certificates(&client, &ns).await;
+            }
             let out = harness
                 .kubectl(&[
                     "apply",

@@ -33,7 +33,8 @@ use super::status::PostgresClusterStatus;
     printcolumn(name = "Ready Instances", type_ = "integer", json_path = ".status.readyInstances"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = rules::cluster_name()
+    validation = rules::cluster_name(),
+    validation = rules::provided_secrets_not_capstans()
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::wal_storage_presence_immutable())]
@@ -320,14 +321,18 @@ pub enum TlsMode {
 #[serde(rename_all = "camelCase")]
 pub struct ProvidedTls {
     /// Secret with `ca.crt`: the CA that signed every certificate below.
+    #[schemars(length(min = 1, max = 253))]
     pub ca_secret_name: String,
     /// Server certificate for the instances; its SANs must cover the
     /// `<name>-rw`, `<name>-ro` and `<name>-r` Services.
+    #[schemars(length(min = 1, max = 253))]
     pub server_secret_name: String,
     /// Client certificate with common name `streaming_replica`.
+    #[schemars(length(min = 1, max = 253))]
     pub replication_secret_name: String,
     /// Server certificate for the poolers; its SANs must cover the
     /// `<name>-pooler` Service.
+    #[schemars(length(min = 1, max = 253))]
     pub pooler_secret_name: String,
 }
 

@@ -82,6 +82,37 @@ pub fn pgbouncer_parameters_not_managed() -> Rule {
     )
 }
 
+/// Secrets Capstan creates for a cluster whatever its TLS mode (credentials,
+/// its own CA for the agents, the agent and operator certificates). A
+/// provided Secret with one of these names would be taken for Capstan's own:
+/// `<name>-pooler` as a pooler certificate left the poolers without their
+/// credentials, and the cluster never became Ready.
+pub fn provided_secrets_not_capstans() -> Rule {
+    let owned = [
+        "superuser",
+        "app",
+        "pooler",
+        "ca-key",
+        "agent-tls",
+        "operator-tls",
+    ]
+    .map(|suffix| format!("self.metadata.name + '-{suffix}'"))
+    .join(", ");
+    let free = [
+        "caSecretName",
+        "serverSecretName",
+        "replicationSecretName",
+        "poolerSecretName",
+    ]
+    .map(|field| format!("!(self.spec.tls.provided.{field} in [{owned}])"))
+    .join(" && ");
+    Rule::new(format!(
+        "!has(self.spec.tls) || !has(self.spec.tls.provided) || ({free})"
+    ))
+    .message("spec.tls.provided: a Secret name is one Capstan uses for this cluster's own Secrets (<name>-superuser, -app, -pooler, -ca-key, -agent-tls, -operator-tls); name your certificate Secrets differently, e.g. <name>-pooler-tls")
+    .reason(Reason::FieldValueInvalid)
+}
+
 /// Capstan serves PostgreSQL over TLS only; extra rules may narrow or
 /// widen access but never open a plain-text path.
 pub fn hba_lines() -> Rule {
@@ -527,6 +558,50 @@ mod tests {
         // Spelling out the defaults is not a change.
         let explicit = with(minimal(), "/spec/bootstrap/initdb/database", json!("app"));
         assert_ok(&explicit, Some(&minimal()));
+    }
+
+    #[test]
+    fn provided_secrets_may_not_take_the_names_of_capstans_own() {
+        let name = minimal()["metadata"]["name"].as_str().unwrap().to_string();
+        for own in [
+            "pooler",
+            "superuser",
+            "app",
+            "ca-key",
+            "agent-tls",
+            "operator-tls",
+        ] {
+            let provided = json!({
+                "caSecretName": "my-ca",
+                "serverSecretName": "my-server",
+                "replicationSecretName": "my-replication",
+                "poolerSecretName": format!("{name}-{own}"),
+            });
+            assert_refused(
+                &with(
+                    minimal(),
+                    "/spec/tls",
+                    json!({"mode": "Provided", "provided": provided}),
+                ),
+                None,
+                "one Capstan uses for this cluster's own Secrets",
+            );
+        }
+        // Names Capstan only uses in Managed mode are free in Provided mode.
+        let provided = json!({
+            "caSecretName": format!("{name}-ca"),
+            "serverSecretName": format!("{name}-server-tls"),
+            "replicationSecretName": format!("{name}-replication-tls"),
+            "poolerSecretName": format!("{name}-pooler-tls"),
+        });
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/tls",
+                json!({"mode": "Provided", "provided": provided}),
+            ),
+            None,
+        );
     }
 
     #[test]

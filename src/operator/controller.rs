@@ -30,6 +30,8 @@ use crate::resources::labels;
 
 /// Requeue while an operation is under way (child events usually come first).
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
+/// How often a cluster waiting for a Secret its spec names looks again.
+const AWAIT_OBJECT_RECHECK: Duration = Duration::from_secs(10);
 /// After a write conflict.
 const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
 /// While a failover runs or is blocked.
@@ -85,8 +87,14 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
                 status::stalled(previous, generation, Time(now), &spec_error);
             write_status(ctx, cluster, &status).await?;
             publish(ctx, cluster, &transitions).await;
-            // Only a spec change can fix this: wait for one, no retry storm.
-            return Ok(Action::await_change());
+            // A missing Secret the spec names may be created any time (GitOps
+            // tools apply in no fixed order): look again now and then. Other
+            // errors only a spec change can fix: wait for one.
+            return Ok(if spec_error.awaits_object {
+                Action::requeue(AWAIT_OBJECT_RECHECK)
+            } else {
+                Action::await_change()
+            });
         }
     };
 

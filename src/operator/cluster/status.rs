@@ -573,6 +573,7 @@ mod tests {
         let err = SpecError {
             field: "spec.postgres.parameters".into(),
             message: "port is managed by Capstan and may not be set; remove it".into(),
+            awaits_object: false,
         };
         let (s, t) = stalled(Some(&ready), 5, now(300), &err);
         assert_eq!(s.observed_generation, Some(5));

@@ -23,12 +23,24 @@ pub struct SpecError {
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// The spec names an object that is missing or incomplete: creating or
+    /// fixing that object (not only a spec change) resolves it, so the
+    /// operator looks again from time to time.
+    pub awaits_object: bool,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> SpecError {
     SpecError {
         field: field.to_string(),
         message: message.into(),
+        awaits_object: false,
+    }
+}
+
+fn missing_object(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        awaits_object: true,
+        ..invalid(field, message)
     }
 }
 
@@ -280,7 +292,7 @@ fn validate_tls(
             ];
             for (field, secret, keys) in checks {
                 let Some(facts) = observed.secrets.get(secret) else {
-                    return Err(invalid(
+                    return Err(missing_object(
                         field,
                         format!(
                             "Secret {secret:?} does not exist in this namespace; create it or fix the name"
@@ -288,7 +300,7 @@ fn validate_tls(
                     ));
                 };
                 if let Some(missing) = keys.iter().find(|k| !facts.keys.contains(**k)) {
-                    return Err(invalid(
+                    return Err(missing_object(
                         field,
                         format!("Secret {secret:?} has no {missing:?} key"),
                     ));
@@ -439,6 +451,8 @@ mod tests {
         let err = check(&c).unwrap_err();
         assert_eq!(err.field, "spec.tls.provided.caSecretName");
         assert!(err.message.contains("does not exist"));
+        // Creating the Secret fixes it without a spec change.
+        assert!(err.awaits_object);
         let mut observed = Observed::default();
         let facts = |keys: &[&str]| SecretFacts {
             keys: keys.iter().map(|k| k.to_string()).collect(),
