@@ -74,20 +74,22 @@ pub fn capstan_binary() -> Result<PathBuf, E2eError> {
     }
     let exe = std::env::current_exe()
         .map_err(|e| E2eError::Setup(format!("cannot locate the test binary: {e}")))?;
-    // target/<profile>/deps/<test> → target/<profile>/capstan
-    let candidate = exe
+    // target/<profile>/deps/<test> (tests) or target/<profile>/capstan-e2e
+    // (`up`) → target/<profile>/capstan
+    let dir = exe
         .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("capstan"))
         .ok_or_else(|| E2eError::Setup("unexpected test binary location".into()))?;
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        Err(E2eError::Setup(format!(
+    let candidates = [
+        Some(dir.join("capstan")),
+        dir.parent().map(|d| d.join("capstan")),
+    ];
+    let found = candidates.iter().flatten().find(|c| c.is_file());
+    found.cloned().ok_or_else(|| {
+        E2eError::Setup(format!(
             "{} not found: build it with `cargo build --bin capstan` (cargo test --workspace does) or set CAPSTAN_BIN",
-            candidate.display()
-        )))
-    }
+            dir.join("capstan").display()
+        ))
+    })
 }
 
 /// The repository's chart directory.

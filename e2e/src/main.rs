@@ -28,7 +28,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,capstan_e2e=info".into()),
+                .unwrap_or_else(|_| "capstan_e2e=info".into()),
         )
         .init();
     capstan_e2e::netns::run(|| async {
