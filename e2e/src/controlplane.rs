@@ -303,12 +303,14 @@ impl ControlPlane {
             dir,
         )?;
 
-        // Requests of the host-process operator (metadata only), to count
-        // them by verb in measurements.
+        // Requests of the host-process operator and of every workload's
+        // ServiceAccount (metadata only): measurements count the operator's
+        // by verb, and the RBAC review compares what each identity used with
+        // what it is granted.
         write(
             &dir.join("audit-policy.yaml"),
             &format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [{OPERATOR_USER}]\n- level: None\n"
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: None\n  userGroups: [system:serviceaccounts:kube-system]\n- level: Metadata\n  users: [{OPERATOR_USER}]\n- level: Metadata\n  userGroups: [system:serviceaccounts]\n- level: None\n"
             ),
         )?;
         let mut apiserver = Component::spawn(
@@ -464,21 +466,57 @@ impl ControlPlane {
         self.dir.join("operator.kubeconfig")
     }
 
+    /// Completed requests in the audit log: the host-process operator's and
+    /// every ServiceAccount's outside kube-system.
+    fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            // A watch is logged when its response starts (it may never end).
+            .filter(|event| {
+                event["stage"] == "ResponseComplete"
+                    || (event["stage"] == "ResponseStarted" && event["verb"] == "watch")
+            })
+            .collect()
+    }
+
     /// Requests of [`OPERATOR_USER`] so far, by verb (from the audit log).
     pub fn operator_requests(&self) -> BTreeMap<String, u64> {
-        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
         let mut counts = BTreeMap::new();
-        for line in text.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if event["stage"] != "ResponseComplete" {
+        for event in self.audit_events() {
+            if event["user"]["username"] != OPERATOR_USER {
                 continue;
             }
             let verb = event["verb"].as_str().unwrap_or("?").to_string();
             *counts.entry(verb).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// What each ServiceAccount did so far: user → `verb group/resource[/sub]`
+    /// (allowed or not), from the audit log.
+    pub fn service_account_requests(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for event in self.audit_events() {
+            let user = event["user"]["username"].as_str().unwrap_or_default();
+            if !user.starts_with("system:serviceaccount:") {
+                continue;
+            }
+            let obj = &event["objectRef"];
+            let resource = match (obj["resource"].as_str(), obj["subresource"].as_str()) {
+                (Some(r), Some(sub)) => format!("{r}/{sub}"),
+                (Some(r), None) => r.to_string(),
+                _ => event["requestURI"].as_str().unwrap_or("?").to_string(),
+            };
+            let group = obj["apiGroup"].as_str().unwrap_or("");
+            let code = event["responseStatus"]["code"].as_i64().unwrap_or(0);
+            let verb = event["verb"].as_str().unwrap_or("?");
+            let denied = if code == 403 { " DENIED" } else { "" };
+            out.entry(user.to_string())
+                .or_default()
+                .insert(format!("{verb} {group}/{resource}{denied}"));
+        }
+        out
     }
 
     pub fn addr(&self) -> Ipv4Addr {

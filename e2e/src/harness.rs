@@ -577,6 +577,26 @@ async fn install_crds(client: &Client) -> Result<(), E2eError> {
     Ok(())
 }
 
+/// With `CAPSTAN_E2E_RBAC_REPORT=<file>`, each harness appends what every
+/// ServiceAccount did (from the audit log) to that file as one JSON line,
+/// for comparing the chart's and the operator's grants with their use.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let Some(path) = std::env::var_os("CAPSTAN_E2E_RBAC_REPORT") else {
+            return;
+        };
+        let line = serde_json::json!(self.plane.service_account_requests()).to_string();
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            eprintln!("CAPSTAN_E2E_RBAC_REPORT: {e}");
+        }
+    }
+}
+
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), E2eError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns = Namespace {

@@ -84,7 +84,11 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         .filter(|a| a.sent >= t0)
         .map(|a| a.n)
         .collect();
-    ha.wait_replicated(target, 2, Duration::from_secs(30))
+    // The third instance may still be rejoining the new timeline (seen
+    // taking over 30 s on a loaded 2-core machine: ~20 s until it notices it
+    // cannot follow, then the rewind); this scenario checks no commit is lost,
+    // bench/ha-bench.sh measures the timing.
+    ha.wait_replicated(target, 2, Duration::from_secs(90))
         .await?;
     freeze(target, ns, &second, true)?;
     let t1 = Instant::now();
