@@ -97,36 +97,23 @@ async fn provide_certificates(client: &Client, namespace: &str) {
         }))
         .unwrap()
     };
+    let leaf = |name: &str, cert: &capstan::tls::Issued| {
+        secret(
+            name,
+            vec![
+                ("tls.crt", &cert.cert_pem),
+                ("tls.key", &cert.key_pem),
+                ("ca.crt", &ca.cert_pem),
+            ],
+            "kubernetes.io/tls",
+        )
+    };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for s in [
         secret("billing-ca", vec![("ca.crt", &ca.cert_pem)], "Opaque"),
-        secret(
-            "billing-server",
-            vec![
-                ("tls.crt", &server.cert_pem),
-                ("tls.key", &server.key_pem),
-                ("ca.crt", &ca.cert_pem),
-            ],
-            "kubernetes.io/tls",
-        ),
-        secret(
-            "billing-replication",
-            vec![
-                ("tls.crt", &replication.cert_pem),
-                ("tls.key", &replication.key_pem),
-                ("ca.crt", &ca.cert_pem),
-            ],
-            "kubernetes.io/tls",
-        ),
-        secret(
-            "billing-pooler-tls",
-            vec![
-                ("tls.crt", &pooler.cert_pem),
-                ("tls.key", &pooler.key_pem),
-                ("ca.crt", &ca.cert_pem),
-            ],
-            "kubernetes.io/tls",
-        ),
+        leaf("billing-server", &server),
+        leaf("billing-replication", &replication),
+        leaf("billing-pooler-tls", &pooler),
     ] {
         api.create(&PostParams::default(), &s).await.unwrap();
     }
