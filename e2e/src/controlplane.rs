@@ -367,41 +367,21 @@ impl ControlPlane {
         let controller_manager = Component::spawn(
             "kube-controller-manager",
             &bin.join("kube-controller-manager"),
-            &[
-                format!("--kubeconfig={}", file("controller-manager.kubeconfig")),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    file("controller-manager.kubeconfig")
-                ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    file("controller-manager.kubeconfig")
-                ),
-                "--leader-elect=false".into(),
-                "--controllers=*".into(),
-                format!("--root-ca-file={}", file("ca.crt")),
-                format!("--service-account-private-key-file={}", file("sa.key")),
-                "--use-service-account-credentials=true".into(),
-                "--bind-address=127.0.0.1".into(),
-            ],
+            &controller_flags(
+                &file("controller-manager.kubeconfig"),
+                [
+                    "--controllers=*".into(),
+                    format!("--root-ca-file={}", file("ca.crt")),
+                    format!("--service-account-private-key-file={}", file("sa.key")),
+                    "--use-service-account-credentials=true".into(),
+                ],
+            ),
             dir,
         )?;
         let scheduler = Component::spawn(
             "kube-scheduler",
             &bin.join("kube-scheduler"),
-            &[
-                format!("--kubeconfig={}", file("scheduler.kubeconfig")),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    file("scheduler.kubeconfig")
-                ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    file("scheduler.kubeconfig")
-                ),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-            ],
+            &controller_flags(&file("scheduler.kubeconfig"), []),
             dir,
         )?;
         let mut plane = ControlPlane {
@@ -531,6 +511,22 @@ impl ControlPlane {
     pub fn log_dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Flags of kube-controller-manager and kube-scheduler: the kubeconfig of
+/// their own user for the API and for checking their callers, one instance
+/// (no election), their HTTPS endpoint on the namespace's loopback, then
+/// `extra`.
+fn controller_flags<const N: usize>(kubeconfig: &str, extra: [String; N]) -> Vec<String> {
+    let mut flags = vec![
+        format!("--kubeconfig={kubeconfig}"),
+        format!("--authentication-kubeconfig={kubeconfig}"),
+        format!("--authorization-kubeconfig={kubeconfig}"),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+    ];
+    flags.extend(extra);
+    flags
 }
 
 async fn admin_client(kubeconfig: &Path) -> Result<Client, E2eError> {

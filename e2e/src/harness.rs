@@ -246,44 +246,39 @@ impl Harness {
     pub fn helm(&self, args: &[&str]) -> Result<String, E2eError> {
         let bin = controlplane::tools_dir()?.join("helm");
         let helm_home = self.state.path().join("helm");
-        let out = Command::new(&bin)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
+        let mut command = Command::new(&bin);
+        command
             .env("HELM_CACHE_HOME", helm_home.join("cache"))
             .env("HELM_CONFIG_HOME", helm_home.join("config"))
-            .env("HELM_DATA_HOME", helm_home.join("data"))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| E2eError::Setup(format!("cannot run {}: {e}", bin.display())))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(E2eError::Setup(format!(
-                "helm {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+            .env("HELM_DATA_HOME", helm_home.join("data"));
+        self.run_tool(command, "helm", args)
+            .map_err(E2eError::Setup)
     }
 
     /// Runs kubectl (this machine's) against the harness.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, E2eError> {
-        let out = Command::new("kubectl")
+        self.run_tool(Command::new("kubectl"), "kubectl", args)
+            .map_err(E2eError::Check)
+    }
+
+    /// Runs a client tool with the admin kubeconfig: its stdout, or what it
+    /// printed when it failed.
+    fn run_tool(&self, mut command: Command, name: &str, args: &[&str]) -> Result<String, String> {
+        let out = command
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| E2eError::Setup(format!("cannot run kubectl: {e}")))?;
+            .map_err(|e| format!("cannot run {name}: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(E2eError::Check(format!(
-                "kubectl {}: {}{}",
+            Err(format!(
+                "{name} {}: {}{}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            )))
+            ))
         }
     }
 

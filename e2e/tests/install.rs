@@ -36,6 +36,19 @@ fn example_path(file: &str) -> String {
     capstan_e2e::cluster::example(file).display().to_string()
 }
 
+/// `kubectl apply --server-side` of an example, in its namespace.
+fn apply_example(harness: &Harness, file: &str) -> Result<String, capstan_e2e::E2eError> {
+    let ns = namespace_of(file);
+    harness.kubectl(&[
+        "apply",
+        "--server-side",
+        "-n",
+        &ns,
+        "-f",
+        &example_path(file),
+    ])
+}
+
 /// Namespace an example's object lives in.
 fn namespace_of(file: &str) -> String {
     let text = std::fs::read_to_string(capstan_e2e::cluster::example(file)).unwrap_or_default();
@@ -169,16 +182,7 @@ fn helm_install_examples_upgrade_and_uninstall() {
             if *name == "billing" {
                 provide_certificates(&client, &ns).await;
             }
-            let out = harness
-                .kubectl(&[
-                    "apply",
-                    "--server-side",
-                    "-n",
-                    &ns,
-                    "-f",
-                    &example_path(file),
-                ])
-                .unwrap_or_else(|e| panic!("{e}"));
+            let out = apply_example(&harness, file).unwrap_or_else(|e| panic!("{e}"));
             assert!(out.contains("serverside-applied"), "{out}");
         }
         for (file, name) in EXAMPLES {
@@ -206,16 +210,7 @@ fn helm_install_examples_upgrade_and_uninstall() {
             let ns = namespace_of(file);
             let api: Api<capstan::api::PostgresCluster> = Api::namespaced(client.clone(), &ns);
             let before = api.get(name).await.unwrap();
-            harness
-                .kubectl(&[
-                    "apply",
-                    "--server-side",
-                    "-n",
-                    &ns,
-                    "-f",
-                    &example_path(file),
-                ])
-                .unwrap();
+            apply_example(&harness, file).unwrap();
             let after = api.get(name).await.unwrap();
             assert_eq!(
                 before.metadata.generation, after.metadata.generation,
