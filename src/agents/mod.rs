@@ -1,7 +1,10 @@
-//! What the operator and the agents share for the agents' HTTPS APIs: the
-//! rustls configurations (server side in the pods, client side in the
-//! operator) and the generic client.
+//! What the operator and the two agents (instance manager, pooler
+//! supervisor) share: the rustls configurations (server side in the pods,
+//! client side in the operator), the agents' HTTPS serving and middleware,
+//! their PID 1 duties, and the generic client.
 
 pub mod client;
 pub mod instance;
+pub mod pid1;
+pub mod server;
 pub mod tls;

@@ -1,9 +1,10 @@
-//! rustls configuration of the pooler API: the server side (the pooler's
-//! certificate; client certificates verified against the cluster CA but
-//! optional, so probes and Prometheus need none) and the client side the
-//! operator uses (its `capstan-operator` certificate).
+//! rustls configuration of the agents' HTTPS APIs: the server side (the
+//! agent certificate; client certificates verified against the cluster CA
+//! but optional, so probes and Prometheus need none), the client side the
+//! operator uses (its `capstan-operator` certificate), and the client side
+//! an instance uses for PostgreSQL replication connections.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -21,6 +22,38 @@ pub enum TlsError {
     Pem { what: String, message: String },
     #[error("invalid TLS configuration: {0}")]
     Config(String),
+}
+
+/// A mounted TLS Secret: `tls.crt`, `tls.key` and the `ca.crt` that signed
+/// it (or, for an API, the CA that signs its clients).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            cert: dir.join(files::TLS_CRT),
+            key: dir.join(files::TLS_KEY),
+            ca: dir.join(files::CA_CRT),
+        }
+    }
+
+    pub fn all(&self) -> [&Path; 3] {
+        [&self.cert, &self.key, &self.ca]
+    }
+
+    /// Modification times, to notice a rotated Secret (the kubelet swaps in
+    /// new files, so a rotation always changes them).
+    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.all()
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -69,47 +102,73 @@ fn roots(ca_pem: &[u8], what: &str) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Server configuration from a mounted TLS Secret directory
-/// (`tls.crt`, `tls.key`, `ca.crt`).
-pub fn server_config(tls_dir: &Path) -> Result<ServerConfig, TlsError> {
-    let crt = tls_dir.join(files::TLS_CRT);
-    let key = tls_dir.join(files::TLS_KEY);
-    let ca = tls_dir.join(files::CA_CRT);
-    let chain = certs_from_pem(&read(&crt)?, &crt.display().to_string())?;
-    let key = key_from_pem(&read(&key)?, &key.display().to_string())?;
-    let roots = roots(&read(&ca)?, &ca.display().to_string())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+/// Server configuration of an agent API from its mounted Secret. With a
+/// `ca.crt`, client certificates are verified against it but stay optional
+/// (probes and Prometheus have none); handlers decide per route who may
+/// call. Without one no client can prove an identity, so every guarded
+/// route refuses.
+pub fn server_config(tls: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    let chain = certs_from_pem(&read(&tls.cert)?, &tls.cert.display().to_string())?;
+    let key = key_from_pem(&read(&tls.key)?, &tls.key.display().to_string())?;
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if tls.ca.exists() {
+        let roots = roots(&read(&tls.ca)?, &tls.ca.display().to_string())?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// Client configuration for calling pooler APIs: trust `ca_pem`, present
-/// `cert_pem`/`key_pem` (the operator's client certificate).
+/// Client configuration for calling the agents' APIs: trust `ca_pem`,
+/// present `cert_pem`/`key_pem` (the operator's client certificate).
 pub fn client_config(
     ca_pem: &[u8],
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<ClientConfig, TlsError> {
-    let roots = roots(ca_pem, "the cluster CA")?;
-    let chain = certs_from_pem(cert_pem, "the client certificate")?;
-    let key = key_from_pem(key_pem, "the client key")?;
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = client_with_identity(
+        roots(ca_pem, "the cluster CA")?,
+        certs_from_pem(cert_pem, "the client certificate")?,
+        key_from_pem(key_pem, "the client key")?,
+    )?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Client configuration for PostgreSQL connections with a client
+/// certificate (`streaming_replica` to the primary): the server must present
+/// a certificate from `ca.crt` for the host name (verify-full). No ALPN:
+/// PostgreSQL refuses any protocol but its own.
+pub fn postgres_client_config(tls: &TlsFiles) -> Result<ClientConfig, TlsError> {
+    client_with_identity(
+        roots(&read(&tls.ca)?, &tls.ca.display().to_string())?,
+        certs_from_pem(&read(&tls.cert)?, &tls.cert.display().to_string())?,
+        key_from_pem(&read(&tls.key)?, &tls.key.display().to_string())?,
+    )
+}
+
+fn client_with_identity(
+    roots: RootCertStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+        .map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// Common name of a (verified) peer certificate.
@@ -142,6 +201,15 @@ mod tests {
             .push(DnType::CommonName, "capstan-operator");
         let cert = params.signed_by(&key, &issuer).unwrap();
         assert_eq!(common_name(cert.der()).as_deref(), Some("capstan-operator"));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let files = TlsFiles::new("/nonexistent/tls".into());
+        let err = postgres_client_config(&files).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tls"), "{err}");
+        let err = server_config(&files).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tls"), "{err}");
     }
 
     #[test]

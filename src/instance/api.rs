@@ -12,31 +12,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-use tracing::Instrument;
 
-use crate::contract::instance::{ApiError, DemoteRequest, PromoteRequest};
-use crate::contract::layout::OPERATOR_CLIENT_CN;
+use crate::agents::server::{self, ServerTls, TimeLimit, error, require_operator};
+use crate::contract::instance::{DemoteRequest, PromoteRequest};
 
 use super::state::{Command, CommandError, Shared};
-use super::tls;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Promotion and demotion include a shutdown, a rewind or a clone start.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+const TIME_LIMIT: TimeLimit = TimeLimit {
+    read: Duration::from_secs(10),
+    // Promotion and demotion include a shutdown, a rewind or a clone start.
+    command: Duration::from_secs(120),
+    status: StatusCode::SERVICE_UNAVAILABLE,
+};
 const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,20 +47,6 @@ pub enum ApiServeError {
     },
 }
 
-/// The verified common name of the client certificate, if any.
-#[derive(Clone, Debug, Default)]
-struct ClientIdentity(Option<String>);
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(ApiError {
-            error: message.into(),
-        }),
-    )
-        .into_response()
-}
-
 fn json<T: Serialize>(value: &T) -> Response {
     axum::Json(value).into_response()
 }
@@ -74,53 +57,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/promote", post(promote))
         .route("/demote", post(demote))
         .route_layer(middleware::from_fn(require_operator));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(operator)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(middleware::from_fn(time_limit))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
+    server::with_time_limit(routes, TIME_LIMIT)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
-}
-
-async fn time_limit(request: Request, next: Next) -> Response {
-    let limit = if request.method() == axum::http::Method::POST {
-        COMMAND_TIMEOUT
-    } else {
-        REQUEST_TIMEOUT
-    };
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the request took longer than {}s", limit.as_secs()),
-        ),
-    }
-}
-
-async fn require_operator(request: Request, next: Next) -> Response {
-    let identity = request
-        .extensions()
-        .get::<ClientIdentity>()
-        .cloned()
-        .unwrap_or_default();
-    match identity.0.as_deref() {
-        Some(OPERATOR_CLIENT_CN) => next.run(request).await,
-        Some(other) => error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "client certificate {other:?} may not call this endpoint; it needs {OPERATOR_CLIENT_CN:?}"
-            ),
-        ),
-        None => error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "this endpoint needs a client certificate for {OPERATOR_CLIENT_CN:?} from the cluster CA"
-            ),
-        ),
-    }
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
@@ -250,11 +195,9 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ApiServeError::Bind { addr, source })?;
-    let files = shared.inputs.agent_tls();
-    let (mut acceptor, mut stamp) = loop {
-        let stamp = files.stamp();
-        match tls::api_server(&files) {
-            Ok(config) => break (TlsAcceptor::from(Arc::new(config)), stamp),
+    let tls = loop {
+        match ServerTls::load(shared.inputs.agent_tls()) {
+            Ok(tls) => break tls,
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up TLS for the API; retrying in 5s");
                 tokio::select! {
@@ -265,76 +208,12 @@ pub async fn serve(
         }
     };
     tracing::info!(%addr, "API listening");
-    let app = router(shared);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = super::state::stopping(&mut shutdown) => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Rotated certificates (the kubelet updates the mounted Secret) are
-        // picked up by the next connection; a broken new set keeps the old.
-        let current = files.stamp();
-        if current != stamp {
-            stamp = current;
-            match tls::api_server(&files) {
-                Ok(config) => {
-                    acceptor = TlsAcceptor::from(Arc::new(config));
-                    tracing::info!("API certificates reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "new API certificates are unusable; keeping the old ones")
-                }
-            }
-        }
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(
-            async move {
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                let identity = ClientIdentity(
-                    stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(tls::common_name),
-                );
-                let service =
-                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let app = app.clone();
-                        let identity = identity.clone();
-                        async move {
-                            let (mut parts, body) = request.into_parts();
-                            parts.extensions.insert(identity);
-                            app.oneshot(Request::from_parts(parts, Body::new(body)))
-                                .await
-                        }
-                    });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(REQUEST_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
-            .in_current_span(),
-        );
-    }
+    server::serve(
+        listener,
+        tls,
+        router(shared),
+        super::state::stopping(&mut shutdown),
+    )
+    .await;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::agents::tls::TlsFiles;
 use crate::contract::layout::{self, env, files, mounts};
 
 use super::authority::AuthoritySpec;
@@ -150,36 +151,6 @@ impl Inputs {
     /// Replication slot this instance streams through on the primary.
     pub fn slot_name(&self) -> String {
         slot_name(&self.pod)
-    }
-}
-
-/// A mounted TLS Secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
-
-impl TlsFiles {
-    pub fn new(dir: PathBuf) -> Self {
-        Self {
-            cert: dir.join(files::TLS_CRT),
-            key: dir.join(files::TLS_KEY),
-            ca: dir.join(files::CA_CRT),
-        }
-    }
-
-    pub fn all(&self) -> [&Path; 3] {
-        [&self.cert, &self.key, &self.ca]
-    }
-
-    /// Modification times, to notice a rotated Secret.
-    pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
-        self.all()
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
     }
 }
 

@@ -24,7 +24,6 @@ mod secrets;
 mod settings;
 mod state;
 mod supervisor;
-mod tls;
 
 use std::sync::Arc;
 
@@ -81,8 +80,7 @@ fn init_logging(format: &str) {
 }
 
 async fn run_async(args: Args) -> Result<(), InstanceError> {
-    process::become_subreaper();
-    tokio::spawn(process::reap_adopted_forever());
+    crate::agents::pid1::start_reaping();
     let inputs = inputs::Inputs::from_args(&args);
     tracing::info!(
         pgdata = %inputs.data_dir.display(),

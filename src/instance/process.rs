@@ -1,69 +1,18 @@
-//! Child processes and PID 1 duties.
-//!
-//! As PID 1 (and as a child subreaper outside a pod) the manager inherits
-//! every orphan in the container, e.g. backends of a postmaster that was
-//! killed. Those must be reaped, but a blanket `waitpid(-1)` would steal the
-//! exit status of children tokio is waiting for. So every child we spawn is
-//! registered (under the same lock the reaper holds), and the reaper only
-//! waits for zombies whose PID is not registered.
+//! PostgreSQL tools run to completion, and the processes working in a data
+//! directory (what fencing signals and a new postmaster waits out). Every
+//! child is spawned through [`crate::agents::pid1::spawn`], so the PID 1
+//! reaper never steals its exit status.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::process::ExitStatus;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tracing::Instrument;
 
-fn registry() -> &'static Mutex<HashSet<u32>> {
-    static TRACKED: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
-    TRACKED.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-fn lock() -> std::sync::MutexGuard<'static, HashSet<u32>> {
-    // A panic while holding the lock leaves a usable set behind.
-    registry().lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A child we spawned and will wait for ourselves.
-pub struct Tracked {
-    pub child: Child,
-    pid: u32,
-}
-
-impl Tracked {
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        let status = self.child.wait().await;
-        lock().remove(&self.pid);
-        status
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // Reaped already: forget it. Otherwise tokio reaps it later (it is
-        // killed on drop) and the reaper prunes the PID once it is gone.
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            lock().remove(&self.pid);
-        }
-    }
-}
-
-/// Spawns `command` and registers it before the reaper can see it exit.
-pub fn spawn(command: &mut Command) -> std::io::Result<Tracked> {
-    let mut tracked = lock();
-    let child = command.spawn()?;
-    let pid = child.id().unwrap_or(0);
-    tracked.insert(pid);
-    Ok(Tracked { child, pid })
-}
+use crate::agents::pid1::{self, proc_entries, stat_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -90,7 +39,7 @@ pub async fn run_tool(tool: &str, command: &mut Command) -> Result<String, ToolE
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .env("LC_ALL", "C");
-    let mut child = spawn(command).map_err(|source| ToolError::Spawn {
+    let mut child = pid1::spawn(command).map_err(|source| ToolError::Spawn {
         tool: tool.to_string(),
         source,
     })?;
@@ -144,69 +93,6 @@ async fn collect_lines(
         kept.push_back(line);
     }
     kept
-}
-
-/// Makes orphans of our descendants our children (no-op effect as PID 1,
-/// where the kernel does this anyway), so they are reaped here too.
-pub fn become_subreaper() {
-    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        tracing::warn!(error = %e, "cannot become a child subreaper; orphans are left to init");
-    }
-}
-
-/// Reaps adopted zombies for the life of the process: on SIGCHLD and every
-/// few seconds (signals coalesce).
-pub async fn reap_adopted_forever() {
-    let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGCHLD; reaping on a timer only");
-            None
-        }
-    };
-    let mut timer = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        match sigchld.as_mut() {
-            Some(s) => {
-                tokio::select! {
-                    _ = s.recv() => {}
-                    _ = timer.tick() => {}
-                }
-            }
-            None => {
-                timer.tick().await;
-            }
-        }
-        let reaped = tokio::task::spawn_blocking(reap_adopted_once)
-            .await
-            .unwrap_or(0);
-        if reaped > 0 {
-            tracing::debug!(reaped, "reaped adopted processes");
-        }
-    }
-}
-
-/// One pass over /proc: waits for zombie children that nobody else owns.
-pub fn reap_adopted_once() -> usize {
-    let me = std::process::id();
-    let mut tracked = lock();
-    let mut reaped = 0;
-    let mut alive = HashSet::new();
-    for (pid, dir) in proc_entries() {
-        alive.insert(pid);
-        let Some((state, ppid)) = stat_in(&dir) else {
-            continue;
-        };
-        if state == 'Z' && ppid == me && !tracked.contains(&pid) {
-            let target = Pid::from_raw(pid as i32);
-            if waitpid(target, Some(WaitPidFlag::WNOHANG)).is_ok() {
-                reaped += 1;
-            }
-        }
-    }
-    // Children dropped without a wait were reaped by tokio; forget them.
-    tracked.retain(|pid| alive.contains(pid));
-    reaped
 }
 
 /// Waits until no process works in `dir` (every PostgreSQL process chdirs
@@ -278,33 +164,6 @@ pub fn children_titled(parent: u32, needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Every process's PID and `/proc/<pid>` directory (none when /proc is
-/// unreadable).
-fn proc_entries() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            Some((pid, entry.path()))
-        })
-}
-
-fn stat_in(dir: &std::path::Path) -> Option<(char, u32)> {
-    parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)
-}
-
-/// State and parent PID from `/proc/<pid>/stat` (the command name may hold
-/// spaces and parentheses, so parse after the last `)`).
-fn parse_stat(stat: &str) -> Option<(char, u32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,30 +191,10 @@ mod tests {
         let _ = child.wait();
     }
 
-    #[test]
-    fn parses_proc_stat() {
-        assert_eq!(
-            parse_stat("123 (postgres: a) b) Z 1 123 123 0 -1"),
-            Some(('Z', 1))
-        );
-        assert_eq!(parse_stat("9 (sh) S 42 9 9"), Some(('S', 42)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
-
-    #[tokio::test]
-    async fn reaper_leaves_tracked_children_alone() {
-        let mut child = spawn(Command::new("true").kill_on_drop(true)).unwrap();
-        // Let it exit and become a zombie that only we may reap.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        reap_adopted_once();
-        let status = child.wait().await.unwrap();
-        assert!(status.success(), "exit status was stolen: {status:?}");
-    }
-
     #[tokio::test]
     async fn waits_for_processes_working_in_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = spawn(
+        let mut child = pid1::spawn(
             Command::new("sleep")
                 .arg("0.3")
                 .current_dir(dir.path())

@@ -13,7 +13,7 @@ use crate::postgres::roles;
 
 use super::inputs::Inputs;
 use super::local::error_text;
-use super::tls;
+use crate::agents::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -48,7 +48,7 @@ impl<'a> Primary<'a> {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, RemoteError> {
-        let tls = tls::replication_client(&self.inputs.replication_tls())?;
+        let tls = tls::postgres_client_config(&self.inputs.replication_tls())?;
         let host = self.settings.primary_host.clone();
         let port = self.settings.primary_port;
         let mut config = tokio_postgres::Config::new();

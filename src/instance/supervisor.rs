@@ -18,7 +18,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::process;
+use crate::agents::pid1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -76,11 +76,10 @@ impl PostgresChild {
             // Its own process group: a signal meant for the manager (Ctrl-C
             // in a terminal) must not reach the postmaster directly.
             .process_group(0);
-        let mut tracked =
-            process::spawn(&mut command).map_err(|source| SupervisorError::Spawn {
-                bin: bin.display().to_string(),
-                source,
-            })?;
+        let mut tracked = pid1::spawn(&mut command).map_err(|source| SupervisorError::Spawn {
+            bin: bin.display().to_string(),
+            source,
+        })?;
         let pid = tracked.pid();
         if let Some(out) = tracked.child.stdout.take() {
             tokio::spawn(forward_log(out).in_current_span());

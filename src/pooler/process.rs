@@ -1,23 +1,19 @@
-//! The PgBouncer child process and PID 1 duties.
-//!
-//! As PID 1 the supervisor inherits every orphan in the pod and must reap
-//! it. A single reaper owns `waitpid(-1)`: it reaps everything and forwards
-//! each exit, so the supervisor learns its own child's status from the same
-//! place instead of racing the reaper for it. Nothing else in this process
-//! may wait for children.
+//! The PgBouncer child process: spawned through the agents' PID 1 registry
+//! ([`crate::agents::pid1`]), so the reaper of orphans never takes its exit
+//! status; a task waits for it and hands the exit to the supervisor loop.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid, User};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::process::Command;
 use tokio::sync::mpsc;
+
+use crate::agents::pid1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -27,8 +23,6 @@ pub enum ProcessError {
     Lookup { user: String, message: String },
     #[error("cannot start {program}: {message}")]
     Spawn { program: String, message: String },
-    #[error("cannot install the SIGCHLD handler: {0}")]
-    Signal(String),
 }
 
 /// The unprivileged identity PgBouncer runs as (it refuses root).
@@ -73,13 +67,26 @@ impl std::fmt::Display for Exit {
     }
 }
 
+impl Exit {
+    fn of(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(signal)) => Exit::Signal(signal),
+            // Neither: not possible for a child that was waited for.
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
 /// Starts `program args` as `identity` (when given), with stdout/stderr
-/// inherited so its log lines reach the container log. The child is not
-/// waited for here: its exit arrives through [`reaper`].
+/// inherited so its log lines reach the container log. Its pid and exit
+/// are sent on `exits` once it ends.
 pub fn spawn(
     program: &PathBuf,
     args: &[OsString],
     identity: Option<Identity>,
+    exits: mpsc::UnboundedSender<(Pid, Exit)>,
 ) -> Result<Pid, ProcessError> {
     let mut command = Command::new(program);
     command
@@ -91,13 +98,21 @@ pub fn spawn(
         // std drops supplementary groups when changing uid as root.
         command.uid(id.uid.as_raw()).gid(id.gid.as_raw());
     }
-    let child = command.spawn().map_err(|e| ProcessError::Spawn {
+    let mut child = pid1::spawn(&mut command).map_err(|e| ProcessError::Spawn {
         program: program.display().to_string(),
         message: e.to_string(),
     })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // Dropping a std Child neither waits nor kills; the reaper collects it.
-    drop(child);
+    let pid = Pid::from_raw(child.pid() as i32);
+    tokio::spawn(async move {
+        let exit = match child.wait().await {
+            Ok(status) => Exit::of(status),
+            Err(e) => {
+                tracing::warn!(pid = pid.as_raw(), error = %e, "cannot wait for pgbouncer");
+                Exit::Code(-1)
+            }
+        };
+        let _ = exits.send((pid, exit));
+    });
     Ok(pid)
 }
 
@@ -107,45 +122,6 @@ pub fn signal_child(pid: Pid, signal: Signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pid = pid.as_raw(), %signal, error = %e, "cannot signal child"),
     }
-}
-
-/// Starts the reaper task: every child that ends (ours or an orphan handed
-/// to PID 1) is reaped, and its pid and exit are sent on the channel.
-pub fn reaper() -> Result<mpsc::UnboundedReceiver<(Pid, Exit)>, ProcessError> {
-    let mut sigchld =
-        signal(SignalKind::child()).map_err(|e| ProcessError::Signal(e.to_string()))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        // SIGCHLD coalesces; the periodic sweep also catches a missed one.
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = sigchld.recv() => {}
-                _ = sweep.tick() => {}
-            }
-            loop {
-                match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) => {
-                        let _ = tx.send((pid, Exit::Code(code)));
-                    }
-                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                        let _ = tx.send((pid, Exit::Signal(sig as i32)));
-                    }
-                    Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "waitpid failed");
-                        break;
-                    }
-                }
-            }
-            if tx.is_closed() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
 }
 
 /// Delay before restart number `attempt` (0-based) of a crashing child:

@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -22,7 +21,8 @@ use tokio::sync::mpsc;
 use super::admin::{AdminConsole, AdminError};
 use super::config::{self, Credentials, Environment, Rendered};
 use super::process::{self, Exit, Identity, ProcessError};
-use crate::agents::tls::{self, TlsError};
+use crate::agents::server::{self, ServerTls};
+use crate::agents::tls::{TlsError, TlsFiles};
 use crate::contract::layout::files;
 use crate::contract::pooler::PoolerReport;
 use crate::contract::settings::PoolerSettings;
@@ -104,7 +104,6 @@ pub struct Shared {
     /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
     ops: tokio::sync::Mutex<()>,
     shutting_down: AtomicBool,
-    tls: RwLock<Arc<ServerConfig>>,
 }
 
 /// A point-in-time view for `/status`, `/readyz` and `/metrics`.
@@ -138,10 +137,6 @@ impl Shared {
             restarts: s.restarts,
             reloads: s.reloads,
         }
-    }
-
-    pub fn tls_config(&self) -> Arc<ServerConfig> {
-        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn set_error(&self, message: Option<String>) {
@@ -275,7 +270,7 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         .take(40)
         .map(char::from)
         .collect();
-    let tls_config = tls::server_config(&opts.api_tls_dir)?;
+    let api_tls = ServerTls::load(TlsFiles::new(opts.api_tls_dir.clone()))?;
     let shared = Arc::new(Shared {
         name: opts.name.clone(),
         admin: AdminConsole::new(
@@ -286,10 +281,10 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         state: Mutex::new(State::default()),
         ops: tokio::sync::Mutex::new(()),
         shutting_down: AtomicBool::new(false),
-        tls: RwLock::new(Arc::new(tls_config)),
     });
 
-    let mut exits = process::reaper()?;
+    crate::agents::pid1::start_reaping();
+    let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
     let mut sigint =
@@ -308,7 +303,12 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
                 addr: api_addr,
                 message: e.to_string(),
             })?;
-    tokio::spawn(super::api::serve(listener, Arc::clone(&shared)));
+    tokio::spawn(server::serve(
+        listener,
+        api_tls,
+        super::api::router(Arc::clone(&shared)),
+        std::future::pending(),
+    ));
     tracing::info!(api = %api_addr, "pooler API listening");
 
     let mut sup = Supervisor {
@@ -316,8 +316,8 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         identity,
         shared: Arc::clone(&shared),
         admin_password,
+        exits: exits_tx,
         fingerprint: None,
-        api_tls_fingerprint: None,
     };
     let mut restart_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut crashes: u32 = 0;
@@ -331,8 +331,10 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             Some((pid, exit)) = exits.recv() => {
+                // Only our PgBouncers report here (orphans are reaped
+                // silently); one that is no longer the current child is old news.
                 if Some(pid) != child {
-                    tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphaned process");
+                    tracing::debug!(pid = pid.as_raw(), %exit, "exit of a former pgbouncer");
                     continue;
                 }
                 if started_at.elapsed() >= HEALTHY_RUN {
@@ -425,10 +427,10 @@ struct Supervisor {
     identity: Option<Identity>,
     shared: Arc<Shared>,
     admin_password: String,
+    /// Where the exit of each PgBouncer it starts arrives.
+    exits: mpsc::UnboundedSender<(Pid, Exit)>,
     /// Of the rendered files plus the TLS files PgBouncer reads.
     fingerprint: Option<[u8; 32]>,
-    /// Of the API's certificate files.
-    api_tls_fingerprint: Option<[u8; 32]>,
 }
 
 impl Supervisor {
@@ -479,7 +481,6 @@ impl Supervisor {
     fn apply(&mut self) -> Result<bool, ApplyError> {
         let (settings, rendered) = self.load()?;
         let tls = Self::fingerprint_of(&self.opts.tls_dir);
-        let api_tls = Self::fingerprint_of(&self.opts.api_tls_dir);
         let mut h = Sha256::new();
         h.update(rendered.ini.as_bytes());
         h.update([0]);
@@ -490,18 +491,6 @@ impl Supervisor {
             let mut s = self.shared.state();
             s.backend_host = settings.backend_host.clone();
             s.backend_port = settings.backend_port;
-        }
-        if self.api_tls_fingerprint != Some(api_tls) {
-            match tls::server_config(&self.opts.api_tls_dir) {
-                Ok(c) => {
-                    *self.shared.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
-                    if self.api_tls_fingerprint.is_some() {
-                        tracing::info!("API certificate reloaded");
-                    }
-                    self.api_tls_fingerprint = Some(api_tls);
-                }
-                Err(e) => tracing::error!(error = %e, "keeping the previous API certificate"),
-            }
         }
         if self.fingerprint == Some(fingerprint) {
             return Ok(false);
@@ -535,8 +524,13 @@ impl Supervisor {
         self.fingerprint = None;
         self.apply().map_err(|e| e.to_string())?;
         let ini = self.opts.run_dir.join(config::INI_FILE);
-        let pid = process::spawn(&self.opts.pgbouncer, &[ini.into_os_string()], self.identity)
-            .map_err(|e| e.to_string())?;
+        let pid = process::spawn(
+            &self.opts.pgbouncer,
+            &[ini.into_os_string()],
+            self.identity,
+            self.exits.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         tracing::info!(pid = pid.as_raw(), "pgbouncer started");
         {
             let mut s = self.shared.state();
