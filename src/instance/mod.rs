@@ -10,7 +10,6 @@ pub mod authority;
 mod binaries;
 mod bootstrap;
 mod config;
-mod decide;
 pub mod fencing;
 mod identity;
 mod inputs;
