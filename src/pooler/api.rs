@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::admin::AdminError;
-use super::supervisor::Shared;
+use super::shared::Shared;
 use crate::agents::server::{self, TimeLimit, error, require_operator};
 use crate::contract::pooler::{
     DEFAULT_MAX_HOLD_MS, MAX_HOLD_LIMIT_MS, MAX_PAUSE_TIMEOUT_MS, PauseRequest, PauseResult,

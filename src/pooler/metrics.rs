@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use super::admin::{Pool, Stats};
-use super::supervisor::{Shared, Snapshot};
+use super::shared::{Shared, Snapshot};
 
 /// The admin console's own pseudo-database, left out of the figures.
 const ADMIN_DB: &str = "pgbouncer";

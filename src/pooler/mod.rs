@@ -8,6 +8,7 @@ pub mod config;
 pub mod managed;
 pub mod metrics;
 pub mod process;
+pub mod shared;
 pub mod supervisor;
 pub mod switchover;
 

@@ -6,8 +6,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -18,13 +17,13 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::admin::{AdminConsole, AdminError};
+use super::admin::AdminConsole;
 use super::config::{self, Credentials, Environment, Rendered};
 use super::process::{self, Exit, Identity, ProcessError};
+use super::shared::Shared;
 use crate::agents::server::{self, ServerTls};
 use crate::agents::tls::{TlsError, TlsFiles};
 use crate::contract::layout::files;
-use crate::contract::pooler::PoolerReport;
 use crate::contract::settings::PoolerSettings;
 use crate::postgres::roles;
 
@@ -81,186 +80,6 @@ pub struct Options {
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Clone, Debug, Default)]
-struct State {
-    child: Option<Pid>,
-    running: bool,
-    paused: bool,
-    backend_host: String,
-    backend_port: u16,
-    last_error: Option<String>,
-    restarts: u64,
-    reloads: u64,
-    /// Bumped by every PAUSE and RESUME, so a hold-limit timer only resumes
-    /// the pause it was started for.
-    pause_generation: u64,
-}
-
-/// State shared by the supervisor loop and the API handlers.
-pub struct Shared {
-    pub name: String,
-    pub admin: AdminConsole,
-    state: Mutex<State>,
-    /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
-    ops: tokio::sync::Mutex<()>,
-    shutting_down: AtomicBool,
-}
-
-/// A point-in-time view for `/status`, `/readyz` and `/metrics`.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub running: bool,
-    pub paused: bool,
-    pub shutting_down: bool,
-    pub backend_host: String,
-    pub backend_port: u16,
-    pub last_error: Option<String>,
-    pub restarts: u64,
-    pub reloads: u64,
-}
-
-impl Shared {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere; the data is plain.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let s = self.state();
-        Snapshot {
-            running: s.running,
-            paused: s.paused,
-            shutting_down: self.shutting_down.load(Ordering::SeqCst),
-            backend_host: s.backend_host.clone(),
-            backend_port: s.backend_port,
-            last_error: s.last_error.clone(),
-            restarts: s.restarts,
-            reloads: s.reloads,
-        }
-    }
-
-    fn set_error(&self, message: Option<String>) {
-        self.state().last_error = message;
-    }
-
-    /// Ready: PgBouncer runs, answers, and the pod is not shutting down.
-    pub async fn ready(&self) -> Result<(), String> {
-        let snap = self.snapshot();
-        if snap.shutting_down {
-            return Err("shutting down".into());
-        }
-        if !snap.running {
-            return Err(snap
-                .last_error
-                .unwrap_or_else(|| "PgBouncer is not running".into()));
-        }
-        self.admin.ping().await.map_err(|e| e.to_string())
-    }
-
-    /// PAUSE bounded by `timeout`; on success the pooler resumes by itself
-    /// after `max_hold` unless RESUME comes first (an operator that dies
-    /// mid-switchover must not leave clients waiting forever).
-    pub async fn pause(
-        self: &Arc<Self>,
-        timeout: Duration,
-        max_hold: Duration,
-    ) -> Result<Duration, AdminError> {
-        let _op = self.ops.lock().await;
-        match self.admin.pause(timeout).await {
-            Ok(elapsed) => {
-                let generation = {
-                    let mut s = self.state();
-                    s.paused = true;
-                    s.pause_generation += 1;
-                    s.pause_generation
-                };
-                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "pooler paused");
-                let shared = Arc::clone(self);
-                tokio::spawn(async move {
-                    tokio::time::sleep(max_hold).await;
-                    let _op = shared.ops.lock().await;
-                    let still = {
-                        let s = shared.state();
-                        s.paused && s.pause_generation == generation
-                    };
-                    if still {
-                        tracing::warn!(
-                            max_hold_ms = max_hold.as_millis() as u64,
-                            "no RESUME within the hold limit; resuming"
-                        );
-                        match shared.admin.resume().await {
-                            Ok(()) => shared.mark_resumed(),
-                            Err(e) => {
-                                tracing::error!(error = %e, "RESUME after the hold limit failed")
-                            }
-                        }
-                    }
-                });
-                Ok(elapsed)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "PAUSE failed");
-                self.mark_resumed();
-                Err(e)
-            }
-        }
-    }
-
-    fn mark_resumed(&self) {
-        let mut s = self.state();
-        s.paused = false;
-        s.pause_generation += 1;
-    }
-
-    pub async fn resume(&self) -> Result<(), AdminError> {
-        let _op = self.ops.lock().await;
-        self.admin.resume().await?;
-        self.mark_resumed();
-        tracing::info!("pooler resumed");
-        Ok(())
-    }
-
-    pub async fn reconnect(&self) -> Result<(), AdminError> {
-        let _op = self.ops.lock().await;
-        self.admin.reconnect().await?;
-        tracing::info!("server connections will reconnect");
-        Ok(())
-    }
-
-    /// `GET /status`: the pool figures summed over all pools.
-    pub async fn report(&self) -> PoolerReport {
-        let snap = self.snapshot();
-        let mut report = PoolerReport {
-            name: self.name.clone(),
-            running: snap.running,
-            paused: snap.paused,
-            backend_host: snap.backend_host,
-            backend_port: Some(snap.backend_port),
-            restarts: snap.restarts,
-            reloads: snap.reloads,
-            clients_active: 0,
-            clients_waiting: 0,
-            servers_active: 0,
-            servers_idle: 0,
-            last_error: snap.last_error,
-        };
-        if snap.running {
-            match self.admin.show_pools().await {
-                Ok(pools) => {
-                    for p in pools.iter().filter(|p| p.database != "pgbouncer") {
-                        report.clients_active += p.cl_active;
-                        report.clients_waiting += p.cl_waiting;
-                        report.servers_active += p.sv_active;
-                        report.servers_idle += p.sv_idle;
-                    }
-                }
-                Err(e) => report.last_error = Some(e.to_string()),
-            }
-        }
-        report
-    }
-}
-
 /// Runs the supervisor until SIGTERM/SIGINT and a drained PgBouncer.
 pub async fn run(opts: Options) -> Result<(), SupervisorError> {
     let identity = opts.run_as.as_deref().map(Identity::lookup).transpose()?;
@@ -271,17 +90,14 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         .map(char::from)
         .collect();
     let api_tls = ServerTls::load(TlsFiles::new(opts.api_tls_dir.clone()))?;
-    let shared = Arc::new(Shared {
-        name: opts.name.clone(),
-        admin: AdminConsole::new(
+    let shared = Arc::new(Shared::new(
+        opts.name.clone(),
+        AdminConsole::new(
             opts.run_dir.clone(),
             opts.listen_port,
             admin_password.clone(),
         ),
-        state: Mutex::new(State::default()),
-        ops: tokio::sync::Mutex::new(()),
-        shutting_down: AtomicBool::new(false),
-    });
+    ));
 
     crate::agents::pid1::start_reaping();
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
@@ -378,7 +194,7 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         }
     }
 
-    shared.shutting_down.store(true, Ordering::SeqCst);
+    shared.set_shutting_down();
     let child = shared.state().child;
     if let Some(pid) = child {
         drain(pid, &mut exits, sup.opts.shutdown_timeout).await;

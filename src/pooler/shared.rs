@@ -1,0 +1,208 @@
+//! What the pooler supervisor loop shares with the API handlers: the
+//! child's state for `/status`, `/readyz` and `/metrics`, and PAUSE, RESUME
+//! and RECONNECT, serialised so they never interleave, with the hold limit
+//! that resumes a pause nobody ended.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use super::admin::{AdminConsole, AdminError};
+use crate::contract::pooler::PoolerReport;
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct State {
+    pub(super) child: Option<Pid>,
+    pub(super) running: bool,
+    pub(super) paused: bool,
+    pub(super) backend_host: String,
+    pub(super) backend_port: u16,
+    pub(super) last_error: Option<String>,
+    pub(super) restarts: u64,
+    pub(super) reloads: u64,
+    /// Bumped by every PAUSE and RESUME, so a hold-limit timer only resumes
+    /// the pause it was started for.
+    pub(super) pause_generation: u64,
+}
+
+/// State shared by the supervisor loop and the API handlers.
+pub struct Shared {
+    pub name: String,
+    pub admin: AdminConsole,
+    state: Mutex<State>,
+    /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
+    ops: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+}
+
+/// A point-in-time view for `/status`, `/readyz` and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub running: bool,
+    pub paused: bool,
+    pub shutting_down: bool,
+    pub backend_host: String,
+    pub backend_port: u16,
+    pub last_error: Option<String>,
+    pub restarts: u64,
+    pub reloads: u64,
+}
+
+impl Shared {
+    pub(super) fn new(name: String, admin: AdminConsole) -> Self {
+        Self {
+            name,
+            admin,
+            state: Mutex::new(State::default()),
+            ops: tokio::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// SIGTERM arrived: `/readyz` fails from now on while PgBouncer drains.
+    pub(super) fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the data is plain.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state();
+        Snapshot {
+            running: s.running,
+            paused: s.paused,
+            shutting_down: self.shutting_down.load(Ordering::SeqCst),
+            backend_host: s.backend_host.clone(),
+            backend_port: s.backend_port,
+            last_error: s.last_error.clone(),
+            restarts: s.restarts,
+            reloads: s.reloads,
+        }
+    }
+
+    pub(super) fn set_error(&self, message: Option<String>) {
+        self.state().last_error = message;
+    }
+
+    /// Ready: PgBouncer runs, answers, and the pod is not shutting down.
+    pub async fn ready(&self) -> Result<(), String> {
+        let snap = self.snapshot();
+        if snap.shutting_down {
+            return Err("shutting down".into());
+        }
+        if !snap.running {
+            return Err(snap
+                .last_error
+                .unwrap_or_else(|| "PgBouncer is not running".into()));
+        }
+        self.admin.ping().await.map_err(|e| e.to_string())
+    }
+
+    /// PAUSE bounded by `timeout`; on success the pooler resumes by itself
+    /// after `max_hold` unless RESUME comes first (an operator that dies
+    /// mid-switchover must not leave clients waiting forever).
+    pub async fn pause(
+        self: &Arc<Self>,
+        timeout: Duration,
+        max_hold: Duration,
+    ) -> Result<Duration, AdminError> {
+        let _op = self.ops.lock().await;
+        match self.admin.pause(timeout).await {
+            Ok(elapsed) => {
+                let generation = {
+                    let mut s = self.state();
+                    s.paused = true;
+                    s.pause_generation += 1;
+                    s.pause_generation
+                };
+                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "pooler paused");
+                let shared = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(max_hold).await;
+                    let _op = shared.ops.lock().await;
+                    let still = {
+                        let s = shared.state();
+                        s.paused && s.pause_generation == generation
+                    };
+                    if still {
+                        tracing::warn!(
+                            max_hold_ms = max_hold.as_millis() as u64,
+                            "no RESUME within the hold limit; resuming"
+                        );
+                        match shared.admin.resume().await {
+                            Ok(()) => shared.mark_resumed(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "RESUME after the hold limit failed")
+                            }
+                        }
+                    }
+                });
+                Ok(elapsed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PAUSE failed");
+                self.mark_resumed();
+                Err(e)
+            }
+        }
+    }
+
+    fn mark_resumed(&self) {
+        let mut s = self.state();
+        s.paused = false;
+        s.pause_generation += 1;
+    }
+
+    pub async fn resume(&self) -> Result<(), AdminError> {
+        let _op = self.ops.lock().await;
+        self.admin.resume().await?;
+        self.mark_resumed();
+        tracing::info!("pooler resumed");
+        Ok(())
+    }
+
+    pub async fn reconnect(&self) -> Result<(), AdminError> {
+        let _op = self.ops.lock().await;
+        self.admin.reconnect().await?;
+        tracing::info!("server connections will reconnect");
+        Ok(())
+    }
+
+    /// `GET /status`: the pool figures summed over all pools.
+    pub async fn report(&self) -> PoolerReport {
+        let snap = self.snapshot();
+        let mut report = PoolerReport {
+            name: self.name.clone(),
+            running: snap.running,
+            paused: snap.paused,
+            backend_host: snap.backend_host,
+            backend_port: Some(snap.backend_port),
+            restarts: snap.restarts,
+            reloads: snap.reloads,
+            clients_active: 0,
+            clients_waiting: 0,
+            servers_active: 0,
+            servers_idle: 0,
+            last_error: snap.last_error,
+        };
+        if snap.running {
+            match self.admin.show_pools().await {
+                Ok(pools) => {
+                    for p in pools.iter().filter(|p| p.database != "pgbouncer") {
+                        report.clients_active += p.cl_active;
+                        report.clients_waiting += p.cl_waiting;
+                        report.servers_active += p.sv_active;
+                        report.servers_idle += p.sv_idle;
+                    }
+                }
+                Err(e) => report.last_error = Some(e.to_string()),
+            }
+        }
+        report
+    }
+}
