@@ -4,6 +4,11 @@
 //! data directory: bootstrap (initdb or clone), configuration, supervision,
 //! role changes decided by the cluster's authority (`status.targetPrimary`),
 //! and an HTTPS API for probes, metrics and the operator.
+//!
+//! The loop is `manager` (one module per lifecycle, pure decisions next
+//! to their steps); the primary Lease and self-fencing are [`fencing`]; the
+//! HTTPS serving, TLS and PID 1 duties it shares with the pooler are in
+//! [`crate::agents`].
 
 mod api;
 pub mod authority;

@@ -57,9 +57,9 @@
 //! a commit that was already under way (a window of scheduler latency).
 
 //!
-//! The pieces: [`decide`] holds the pure rules (when a lease may be taken,
-//! what a holder writes, when the bound runs out), [`keeper`] the task that
-//! talks to the lease store and fences, [`state`] what the keeper shares
+//! The pieces: `decide` holds the pure rules (when a lease may be taken,
+//! what a holder writes, when the bound runs out), `keeper` the task that
+//! talks to the lease store and fences, `state` what the keeper shares
 //! with the manager loop and the API (and the gate every postmaster start
 //! goes through); [`LeaseHandle`] is the manager's side of the keeper.
 
