@@ -99,6 +99,36 @@ pub struct PostgresClusterSpec {
     /// When and how a lost primary is replaced.
     #[serde(default = "defaults::failover")]
     pub failover: FailoverSpec,
+
+    /// How a changed instance pod spec (resources, image, scheduling) is
+    /// rolled out: replicas one at a time, then the primary.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// How the primary is updated once every replica runs the new pod spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// `Switchover` (default): an updated replica becomes the primary
+    /// while the poolers hold client queries, then the old primary is
+    /// re-created as a replica; clients see a short wait, no error.
+    /// `Restart`: the primary's pod is re-created in place (writes stop
+    /// until it is back). A single-instance cluster always restarts.
+    #[serde(default)]
+    pub primary_update_method: PrimaryUpdateMethod,
+    /// Update the replicas, then wait: the primary is only touched after
+    /// someone asks for a switchover (annotation `capstan.dev/switchover`
+    /// or `capstan switchover`). Status says what it waits for.
+    #[serde(default)]
+    pub supervised: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PrimaryUpdateMethod {
+    #[default]
+    Switchover,
+    Restart,
 }
 
 /// Replication between the instances.

@@ -64,6 +64,25 @@ pub struct PostgresClusterStatus {
     /// The last (or running) planned switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<SwitchoverStatus>,
+
+    /// The operation in progress (one at a time), or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationStatus>,
+}
+
+/// What the operator is doing, step by step; `kubectl capstan status` and
+/// GitOps tools read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStatus {
+    /// The operation: e.g. `CreateInstances`, `RollingUpdate`,
+    /// `Switchover`, `Failover`, `ScaleDown`; `None` when idle.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Its current step, in words (also in the Reconciling condition).
+    pub message: String,
+    /// RFC 3339: when this operation started.
+    pub started_at: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

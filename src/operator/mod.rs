@@ -1,14 +1,15 @@
 //! `capstan operator`: the controller manager (DESIGN §2, §4).
 
 pub mod agents;
+pub mod cache;
 pub mod cluster;
 pub mod context;
 pub mod controller;
 pub mod error;
-pub mod ha;
 pub mod http;
 pub mod leases;
 pub mod metrics;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

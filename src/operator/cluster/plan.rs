@@ -11,8 +11,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
+use super::operation::{self, Operation, is_terminating};
 use crate::api::{PostgresClusterStatus, RetentionRule};
-use crate::resources::instance::{self, SPEC_HASH_ANNOTATION};
+use crate::resources::instance;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertIdentity, CertKind, PasswordSecret};
 use crate::resources::{config, labels, lease, names, pdb, proxy, quantity, rbac, services};
@@ -59,59 +60,6 @@ pub enum Deletion {
     Pdb(String),
 }
 
-/// The operation in progress, as reported in status and Events.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Nothing to do; the cluster matches its spec.
-    Steady,
-    /// Creating instance pods (the primary first, then the replicas).
-    CreateInstances(Vec<String>),
-    /// Waiting for instances to become ready (or terminating pods to go).
-    AwaitInstances(Vec<String>),
-    /// Re-creating one pod to apply a changed pod spec.
-    Recreate { instance: String, primary: bool },
-    /// Removing instances after `spec.instances` was lowered.
-    RemoveInstances(Vec<String>),
-}
-
-impl Step {
-    pub fn is_steady(&self) -> bool {
-        matches!(self, Step::Steady)
-    }
-
-    /// One line for status and Events.
-    pub fn describe(&self) -> String {
-        match self {
-            Step::Steady => "cluster matches its spec".into(),
-            Step::CreateInstances(v) => format!("creating instance(s) {}", v.join(", ")),
-            Step::AwaitInstances(v) => {
-                format!("waiting for instance(s) {} to become ready", v.join(", "))
-            }
-            Step::Recreate {
-                instance,
-                primary: false,
-            } => format!("re-creating replica {instance} to apply the updated pod spec"),
-            Step::Recreate {
-                instance,
-                primary: true,
-            } => {
-                format!("restarting primary {instance} in place to apply the updated pod spec")
-            }
-            Step::RemoveInstances(v) => format!("removing instance(s) {}", v.join(", ")),
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Step::Steady => "Reconciled",
-            Step::CreateInstances(_) => "CreatingInstances",
-            Step::AwaitInstances(_) => "WaitingForInstances",
-            Step::Recreate { .. } => "RollingUpdate",
-            Step::RemoveInstances(_) => "ScalingDown",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub target_primary: String,
@@ -123,7 +71,8 @@ pub struct Plan {
     /// Pods whose `capstan.dev/role` label must change: (pod, role).
     pub relabel: Vec<(String, String)>,
     pub delete: Vec<Deletion>,
-    pub step: Step,
+    /// The one operation this reconcile works on.
+    pub operation: Operation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,12 +140,22 @@ pub fn plan(
         }
     }
 
-    let (step, create_pods) =
-        instance_step(model, observed, &instances, &target_primary, &mut delete);
-    let step = match (step, removed.is_empty()) {
-        (Step::Steady, false) => Step::RemoveInstances(removed),
-        (step, _) => step,
-    };
+    let operation = operation::choose(&operation::Input {
+        model,
+        observed,
+        status,
+        target_primary: &target_primary,
+        instances: &instances,
+        removed: &removed,
+        switchover_request: observed.switchover_request.as_deref(),
+        lease: observed.lease.as_ref(),
+    });
+    let create_pods = operation::pods_to_create(model, &operation, &target_primary);
+    delete.extend(
+        operation::pods_to_delete(&operation)
+            .into_iter()
+            .map(Deletion::Pod),
+    );
     delete.sort();
     delete.dedup();
 
@@ -208,7 +167,7 @@ pub fn plan(
         create_pods,
         relabel,
         delete,
-        step,
+        operation,
     })
 }
 
@@ -349,131 +308,6 @@ fn removals(
     removed
 }
 
-fn is_terminating(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-}
-
-fn is_failed(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
-}
-
-pub fn is_ready(pod: &Pod) -> bool {
-    !is_terminating(pod)
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn spec_hash(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(SPEC_HASH_ANNOTATION)
-        .map(String::as_str)
-}
-
-/// The instance operation for this reconcile, and pods to create.
-fn instance_step(
-    model: &Model,
-    observed: &Observed,
-    keep: &[String],
-    target_primary: &str,
-    delete: &mut Vec<Deletion>,
-) -> (Step, Vec<Pod>) {
-    let role_of = |name: &str| {
-        if name == target_primary {
-            labels::ROLE_PRIMARY
-        } else {
-            labels::ROLE_REPLICA
-        }
-    };
-    let desired = |name: &str| instance::pod(model, name, role_of(name));
-
-    // An evicted or failed pod never comes back by itself: remove it so it
-    // is re-created on its volume.
-    let failed: Vec<String> = keep
-        .iter()
-        .filter(|n| {
-            observed
-                .pod(n)
-                .is_some_and(|p| is_failed(p) && !is_terminating(p))
-        })
-        .cloned()
-        .collect();
-    if !failed.is_empty() {
-        delete.extend(failed.iter().cloned().map(Deletion::Pod));
-        return (Step::AwaitInstances(failed), vec![]);
-    }
-    let terminating: Vec<String> = keep
-        .iter()
-        .filter(|n| observed.pod(n).is_some_and(is_terminating))
-        .cloned()
-        .collect();
-    if !terminating.is_empty() {
-        return (Step::AwaitInstances(terminating), vec![]);
-    }
-
-    // The primary must exist and be ready before any replica can clone it.
-    let Some(primary) = observed.pod(target_primary) else {
-        return (
-            Step::CreateInstances(vec![target_primary.to_string()]),
-            vec![desired(target_primary)],
-        );
-    };
-    if !is_ready(primary) {
-        return (
-            Step::AwaitInstances(vec![target_primary.to_string()]),
-            vec![],
-        );
-    }
-    let missing: Vec<&String> = keep.iter().filter(|n| observed.pod(n).is_none()).collect();
-    if !missing.is_empty() {
-        let pods = missing.iter().map(|n| desired(n)).collect();
-        return (
-            Step::CreateInstances(missing.into_iter().cloned().collect()),
-            pods,
-        );
-    }
-    let not_ready: Vec<String> = keep
-        .iter()
-        .filter(|n| observed.pod(n).is_some_and(|p| !is_ready(p)))
-        .cloned()
-        .collect();
-    if !not_ready.is_empty() {
-        return (Step::AwaitInstances(not_ready), vec![]);
-    }
-
-    // Every instance is up: apply a changed pod spec one pod at a time,
-    // replicas first, the primary last.
-    let outdated = |name: &&String| {
-        let want = desired(name);
-        observed.pod(name).and_then(spec_hash) != spec_hash(&want)
-    };
-    let mut ordered: Vec<&String> = keep
-        .iter()
-        .filter(|n| n.as_str() != target_primary)
-        .collect();
-    ordered.push(
-        keep.iter()
-            .find(|n| n.as_str() == target_primary)
-            .unwrap_or(&keep[0]),
-    );
-    if let Some(name) = ordered.into_iter().find(outdated) {
-        delete.push(Deletion::Pod(name.clone()));
-        let primary = name == target_primary;
-        return (
-            Step::Recreate {
-                instance: name.clone(),
-                primary,
-            },
-            vec![],
-        );
-    }
-    (Step::Steady, vec![])
-}
-
 /// Secrets to create: passwords only when absent; the CA when absent;
 /// certificates when absent, unreadable, from another CA, naming the wrong
 /// hosts, or close to expiry.
@@ -584,7 +418,10 @@ mod tests {
         assert_eq!(plan.target_primary, "db-1");
         assert_eq!(plan.instances, ["db-1", "db-2", "db-3"]);
         assert_eq!(pod_names(&plan), ["db-1"]);
-        assert_eq!(plan.step, Step::CreateInstances(vec!["db-1".into()]));
+        assert_eq!(
+            plan.operation,
+            Operation::CreateInstances(vec!["db-1".into()])
+        );
         let role = &plan.create_pods[0].metadata.labels.as_ref().unwrap()[labels::ROLE];
         assert_eq!(role, "primary");
         let kinds: Vec<&str> = plan
@@ -635,7 +472,13 @@ mod tests {
             ..Observed::default()
         };
         let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-1".into()]));
+        assert_eq!(
+            p.operation,
+            Operation::AwaitInstances {
+                instances: vec!["db-1".into()],
+                failed: vec![]
+            }
+        );
         assert!(p.create_pods.is_empty());
 
         observed.pods = vec![running(&m, "db-1", "primary", true)];
@@ -653,7 +496,7 @@ mod tests {
         let m = model();
         let observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
         let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::Steady);
+        assert_eq!(p.operation, Operation::Idle);
         assert!(p.create_pods.is_empty() && p.delete.is_empty() && p.relabel.is_empty());
     }
 
@@ -672,8 +515,8 @@ mod tests {
         let p = plan(&m, &observed, Some(&status("db-3"))).unwrap();
         assert_eq!(p.instances, ["db-3"]);
         assert_eq!(
-            p.step,
-            Step::RemoveInstances(vec!["db-1".into(), "db-2".into()])
+            p.operation,
+            Operation::RemoveInstances(vec!["db-1".into(), "db-2".into()])
         );
         assert!(p.delete.contains(&Deletion::Pod("db-1".into())));
         assert!(p.delete.contains(&Deletion::Pod("db-2".into())));
@@ -730,46 +573,18 @@ mod tests {
     }
 
     #[test]
-    fn changed_pod_spec_recreates_replicas_first_then_the_primary() {
-        let m = model();
-        let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        let mut m2 = m.clone();
-        m2.images.postgres = "postgres:17.9".into();
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(
-            p.step,
-            Step::Recreate {
-                instance: "db-2".into(),
-                primary: false
-            }
-        );
-        assert_eq!(p.delete, vec![Deletion::Pod("db-2".into())]);
-
-        // db-2 came back updated but is not ready: wait, touch nothing else.
-        observed.pods[1] = running(&m2, "db-2", "replica", false);
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-2".into()]));
-        assert!(p.delete.is_empty());
-
-        observed.pods[1] = running(&m2, "db-2", "replica", true);
-        observed.pods[2] = running(&m2, "db-3", "replica", true);
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(
-            p.step,
-            Step::Recreate {
-                instance: "db-1".into(),
-                primary: true
-            }
-        );
-    }
-
-    #[test]
     fn terminating_and_failed_pods_are_waited_for_or_replaced() {
         let m = model();
         let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
         observed.pods[2].metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-3".into()]));
+        assert_eq!(
+            p.operation,
+            Operation::AwaitInstances {
+                instances: vec!["db-3".into()],
+                failed: vec![]
+            }
+        );
         assert!(p.create_pods.is_empty());
 
         let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);

@@ -6,13 +6,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observe::Observed;
-use super::plan::{Plan, is_ready};
+use super::operation::is_ready;
+use super::plan::Plan;
 use super::validate::{Blocked, SpecError};
 use crate::api::{
-    Endpoints, InstanceStatus, Phase, PostgresClusterStatus, ProxyStatus, SecretNames, TlsStatus,
+    Endpoints, InstanceStatus, OperationStatus, Phase, PostgresClusterStatus, ProxyStatus,
+    SecretNames, TlsStatus,
 };
 use crate::contract::instance::{InstanceReport, Role};
 use crate::contract::layout;
+use crate::operator::report::reason;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertKind, PasswordSecret, tls_sources};
 use crate::resources::{labels, names};
@@ -26,7 +29,7 @@ pub const DEGRADED: &str = "Degraded";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub warning: bool,
-    pub reason: String,
+    pub reason: &'static str,
     pub message: String,
 }
 
@@ -110,6 +113,26 @@ fn sync_state(r: &Report<'_>, name: &str) -> Option<String> {
     )
 }
 
+/// `status.operation`: the operation under way; it keeps its start time
+/// while the same kind of operation goes on.
+fn operation_status(r: &Report<'_>) -> Option<OperationStatus> {
+    let op = &r.plan.operation;
+    if op.is_idle() {
+        return None;
+    }
+    let type_ = op.kind().to_string();
+    let started_at = r
+        .previous
+        .and_then(|s| s.operation.as_ref())
+        .filter(|o| o.type_ == type_)
+        .map_or_else(|| r.now.0.to_string(), |o| o.started_at.clone());
+    Some(OperationStatus {
+        type_,
+        message: op.describe(),
+        started_at,
+    })
+}
+
 pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let model = r.model;
     let cluster = &model.name;
@@ -186,14 +209,15 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         g,
         &r.now,
     );
-    let progressing = !r.plan.step.is_steady() || !ready;
-    let (reason, message) = if r.plan.step.is_steady() && !ready {
+    let idle = r.plan.operation.is_idle();
+    let progressing = !idle || !ready;
+    let (reason, message) = if idle && !ready {
         (
             "WaitingForPoolers",
             format!("{pooler_ready}/{wanted_poolers} pooler(s) ready"),
         )
     } else {
-        (r.plan.step.reason(), r.plan.step.describe())
+        (r.plan.operation.reason(), r.plan.operation.describe())
     };
     set(
         &mut conditions,
@@ -265,13 +289,13 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     if ready && !was_ready {
         transitions.push(Transition {
             warning: false,
-            reason: "ClusterReady".into(),
+            reason: reason::CLUSTER_READY,
             message: ready_message.clone(),
         });
     } else if !ready && was_ready {
         transitions.push(Transition {
             warning: true,
-            reason: "ClusterNotReady".into(),
+            reason: reason::CLUSTER_NOT_READY,
             message: ready_message.clone(),
         });
     }
@@ -280,7 +304,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     {
         transitions.push(Transition {
             warning: true,
-            reason: b.reason.into(),
+            reason: b.reason,
             message: b.message.clone(),
         });
     }
@@ -304,6 +328,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
+        operation: operation_status(r),
         observed_generation: Some(g),
         phase: Some(phase),
         conditions,
@@ -401,7 +426,7 @@ pub fn stalled(
     } else {
         vec![Transition {
             warning: true,
-            reason: "InvalidSpec".into(),
+            reason: reason::INVALID_SPEC,
             message,
         }]
     };
@@ -503,7 +528,7 @@ mod tests {
             t,
             vec![Transition {
                 warning: false,
-                reason: "ClusterReady".into(),
+                reason: reason::CLUSTER_READY,
                 message: "3 instance(s) and 2 pooler(s) ready".into()
             }]
         );
