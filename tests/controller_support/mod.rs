@@ -42,6 +42,9 @@ pub struct Tripwire {
     count: AtomicUsize,
     /// 1-based; 0 = never.
     at: AtomicUsize,
+    /// Every step of an operation in order: pod writes, status patches and
+    /// agent calls (children applies and Events are left out).
+    timeline: Mutex<Vec<String>>,
 }
 
 impl Tripwire {
@@ -58,6 +61,14 @@ impl Tripwire {
 
     pub fn actions(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    fn note(&self, step: String) {
+        self.timeline.lock().unwrap().push(step);
+    }
+
+    pub fn take_timeline(&self) -> Vec<String> {
+        std::mem::take(&mut self.timeline.lock().unwrap())
     }
 }
 
@@ -157,9 +168,53 @@ impl Api {
         std::mem::take(&mut self.state.lock().unwrap().calls)
     }
 
+    /// The timeline entry of a request, if it is a step of an operation.
+    fn step(call: &Call) -> Option<String> {
+        let path = call.path.as_str();
+        let last = path.rsplit('/').next().unwrap_or_default();
+        match call.method {
+            Method::PATCH if path.ends_with("/postgresclusters/db/status") => {
+                if call.content_type == "application/apply-patch+yaml" {
+                    Some("status".into())
+                } else {
+                    let mut keys: Vec<String> = call.body["status"]
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect())
+                        .unwrap_or_default();
+                    keys.sort();
+                    let phase =
+                        |k: &str| call.body["status"][k]["phase"].as_str().map(str::to_string);
+                    let detail = phase("switchover")
+                        .or(phase("failover"))
+                        .unwrap_or_default();
+                    Some(
+                        format!("status {} {detail}", keys.join("+"))
+                            .trim()
+                            .to_string(),
+                    )
+                }
+            }
+            Method::PATCH if path.contains("/pods/") => Some(format!(
+                "label {last} {}",
+                call.body["metadata"]["labels"]["capstan.dev/role"]
+                    .as_str()
+                    .unwrap_or_default()
+            )),
+            Method::DELETE if path.contains("/pods/") => Some(format!("delete {last}")),
+            Method::POST if path.ends_with("/pods") => Some(format!(
+                "create {}",
+                call.body["metadata"]["name"].as_str().unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
     fn answer(&self, call: &Call) -> Option<Response<Body>> {
         let path = call.path.as_str();
         let write = call.method != Method::GET;
+        if let Some(step) = Self::step(call) {
+            self.trip.note(step);
+        }
         // Events are not steps of an operation.
         if write && !path.contains("/events") && self.trip.trips() {
             return None;
@@ -311,6 +366,7 @@ impl FakeAgents {
     /// Records an action; hangs forever when it is the tripwire's.
     async fn act(&self, what: String) {
         let trips = self.trip.trips();
+        self.trip.note(what.clone());
         self.calls.lock().unwrap().push(what);
         if trips {
             std::future::pending::<()>().await;
