@@ -45,10 +45,7 @@ pub fn resources(generator: &mut SchemaGenerator) -> Schema {
 /// A string field whose schema lists the values it may hold.
 fn string_enum(values: &[&str]) -> Schema {
     let mut schema = String::json_schema(&mut SchemaGenerator::default());
-    schema.insert(
-        "enum".into(),
-        values.iter().copied().collect::<Vec<_>>().into(),
-    );
+    schema.insert("enum".into(), values.to_vec().into());
     schema
 }
 
