@@ -122,7 +122,9 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
     let started = Instant::now();
     tokio::time::sleep(CHANGE_AFTER).await;
     change_resources(target, &ha).await?;
-    eprintln!("[{ns}] changed spec.resources (cpu {CPU}) under pgbench -c 8; supervised: {supervised}");
+    eprintln!(
+        "[{ns}] changed spec.resources (cpu {CPU}) under pgbench -c 8; supervised: {supervised}"
+    );
 
     if supervised {
         let waiting = wait_for(
@@ -193,7 +195,10 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
         rolled_at.as_secs_f64(),
         switchover.client_hold_ms
     );
-    assert!(rolled_at < RUN, "the rollout finished inside the pgbench run");
+    assert!(
+        rolled_at < RUN,
+        "the rollout finished inside the pgbench run"
+    );
 
     let report = run.finish(RUN + Duration::from_secs(60)).await?;
     eprintln!(

@@ -5,7 +5,11 @@
 //! unit-tested in `tests` against the generated CRD with kube's local CEL
 //! evaluator (the same rule text the API server gets).
 
+use std::ops::RangeInclusive;
+
 use kube::core::{Message, Reason, Rule};
+
+use super::limits;
 
 use crate::pooler::managed as pgbouncer_managed;
 use crate::postgres::parameters as postgres_managed;
@@ -13,23 +17,40 @@ use crate::postgres::parameters as postgres_managed;
 /// Child objects are named `<name>-pooler`, `<name>-rw`, … and Services must
 /// be DNS-1035 labels (≤ 63 characters, starting with a letter).
 pub fn cluster_name() -> Rule {
-    Rule::new("self.metadata.name.size() <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be at most 50 characters of lowercase letters, digits and '-', starting with a letter (it prefixes Service names such as <name>-pooler)")
+    let max = limits::CLUSTER_NAME_MAX;
+    Rule::new(format!("self.metadata.name.size() <= {max} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"))
+        .message(Message::Message(format!("metadata.name must be at most {max} characters of lowercase letters, digits and '-', starting with a letter (it prefixes Service names such as <name>-pooler)")))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// `self` within `range`, refused with "`field` must be between …".
+fn within(field: &str, range: &RangeInclusive<i32>) -> Rule {
+    let (min, max) = (range.start(), range.end());
+    Rule::new(format!("self >= {min} && self <= {max}"))
+        .message(Message::Message(format!(
+            "{field} must be between {min} and {max}"
+        )))
         .reason(Reason::FieldValueInvalid)
 }
 
 /// One primary plus up to eight replicas. Beyond that, cascading replication
 /// or a second cluster serves better than one WAL sender fan-out.
 pub fn instances_range() -> Rule {
-    Rule::new("self >= 1 && self <= 9")
-        .message("spec.instances must be between 1 and 9")
-        .reason(Reason::FieldValueInvalid)
+    within("spec.instances", &limits::INSTANCES)
 }
 
 pub fn version_supported() -> Rule {
-    Rule::new("self >= 14 && self <= 18")
-        .message("spec.postgres.version must be a supported PostgreSQL major version: 14, 15, 16, 17 or 18")
-        .reason(Reason::FieldValueInvalid)
+    let versions = limits::POSTGRES_VERSIONS;
+    Rule::new(format!(
+        "self >= {} && self <= {}",
+        versions.start(),
+        versions.end()
+    ))
+    .message(Message::Message(format!(
+        "spec.postgres.version must be a supported PostgreSQL major version: {}",
+        limits::spelled(&versions)
+    )))
+    .reason(Reason::FieldValueInvalid)
 }
 
 /// Data files of a newer major cannot be read by an older one.
@@ -170,11 +191,18 @@ pub fn tls_mode_consistent() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+/// `number` is set exactly when the mode is not `off`: a number left with
+/// `mode: off` would read as if commits were still confirmed.
 pub fn synchronous_number() -> Rule {
-    Rule::new("self.mode == 'off' ? self.number >= 0 : self.number >= 1")
-        .message("spec.replication.synchronous.number must be at least 1 when mode is quorum or priority")
-        .field_path(".number")
-        .reason(Reason::FieldValueInvalid)
+    let min = limits::SYNCHRONOUS_NUMBER_MIN;
+    Rule::new(format!(
+        "self.mode == 'off' ? self.number == 0 : self.number >= {min}"
+    ))
+    .message(Message::Message(format!(
+        "spec.replication.synchronous.number must be at least {min} when mode is quorum or priority, and unset (0) when mode is off"
+    )))
+    .field_path(".number")
+    .reason(Reason::FieldValueInvalid)
 }
 
 /// Waiting for more replicas than exist would block every commit.
@@ -185,28 +213,26 @@ pub fn synchronous_fits_instances() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
-pub fn non_negative(field: &str) -> Rule {
-    Rule::new("self >= 0")
-        .message(Message::Message(format!("{field} must not be negative")))
+pub fn max_lag_bytes() -> Rule {
+    Rule::new(format!("self >= {}", limits::MAX_LAG_BYTES_MIN))
+        .message("spec.failover.maxLagBytes must not be negative")
         .reason(Reason::FieldValueInvalid)
 }
 
 pub fn detection_seconds() -> Rule {
-    Rule::new("self >= 2 && self <= 60")
-        .message("spec.failover.detectionSeconds must be between 2 and 60")
-        .reason(Reason::FieldValueInvalid)
+    within("spec.failover.detectionSeconds", &limits::DETECTION_SECONDS)
 }
 
 pub fn pooler_replicas_range() -> Rule {
-    Rule::new("self >= 1 && self <= 32")
-        .message("spec.proxy.pgbouncer.replicas must be between 1 and 32")
-        .reason(Reason::FieldValueInvalid)
+    within("spec.proxy.pgbouncer.replicas", &limits::POOLER_REPLICAS)
 }
 
-pub fn positive(field: &str) -> Rule {
-    Rule::new("self >= 1")
+/// `maxClientConn` and `defaultPoolSize`.
+pub fn pool_size(field: &str) -> Rule {
+    let min = limits::POOL_SIZE_MIN;
+    Rule::new(format!("self >= {min}"))
         .message(Message::Message(format!(
-            "spec.proxy.pgbouncer.{field} must be at least 1"
+            "spec.proxy.pgbouncer.{field} must be at least {min}"
         )))
         .reason(Reason::FieldValueInvalid)
 }
@@ -214,9 +240,10 @@ pub fn positive(field: &str) -> Rule {
 /// Names are used unquoted in generated SQL and in connection strings;
 /// keeping them to plain identifiers avoids quoting surprises for users.
 pub fn sql_identifier(field: &str) -> Rule {
-    Rule::new("self.matches('^[a-z_][a-z0-9_]{0,62}$') && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])")
+    let max = limits::SQL_IDENTIFIER_MAX;
+    Rule::new(format!("self.matches('^[a-z_][a-z0-9_]{{0,{}}}$') && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])", max - 1))
         .message(Message::Message(format!(
-            "spec.bootstrap.initdb.{field} must be a lowercase SQL identifier (letters, digits, '_', at most 63) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
+            "spec.bootstrap.initdb.{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
         )))
         .reason(Reason::FieldValueInvalid)
 }
@@ -332,6 +359,59 @@ mod tests {
         assert_ok(
             &with(minimal(), "/metadata/name", json!("orders-db-2")),
             None,
+        );
+    }
+
+    /// The rules read their bounds from `limits`: the edges are accepted,
+    /// one past them refused.
+    #[test]
+    fn numeric_rules_follow_the_limits_module() {
+        use crate::api::limits;
+        let cases = [
+            ("/spec/instances", limits::INSTANCES, "spec.instances"),
+            (
+                "/spec/postgres/version",
+                limits::POSTGRES_VERSIONS,
+                "spec.postgres.version",
+            ),
+            (
+                "/spec/proxy/pgbouncer/replicas",
+                limits::POOLER_REPLICAS,
+                "spec.proxy.pgbouncer.replicas",
+            ),
+            (
+                "/spec/failover/detectionSeconds",
+                limits::DETECTION_SECONDS,
+                "spec.failover.detectionSeconds",
+            ),
+        ];
+        for (pointer, range, field) in cases {
+            for ok in [*range.start(), *range.end()] {
+                assert_ok(&with(minimal(), pointer, json!(ok)), None);
+            }
+            for bad in [range.start() - 1, range.end() + 1] {
+                assert_refused(&with(minimal(), pointer, json!(bad)), None, field);
+            }
+        }
+        let name = "a".repeat(limits::CLUSTER_NAME_MAX);
+        assert_ok(&with(minimal(), "/metadata/name", json!(name)), None);
+        let identifier = "a".repeat(limits::SQL_IDENTIFIER_MAX);
+        assert_ok(
+            &with(
+                minimal(),
+                "/spec/bootstrap/initdb/database",
+                json!(identifier),
+            ),
+            None,
+        );
+        assert_refused(
+            &with(
+                minimal(),
+                "/spec/bootstrap/initdb/database",
+                json!(format!("{identifier}a")),
+            ),
+            None,
+            "initdb.database must be",
         );
     }
 
@@ -708,6 +788,8 @@ mod tests {
         assert_ok(&sync("priority", 2, 3), None);
         assert_ok(&sync("off", 0, 1), None);
         assert_refused(&sync("quorum", 0, 3), None, "number must be at least 1");
+        // A number left with mode off would read as if commits were confirmed.
+        assert_refused(&sync("off", 1, 3), None, "unset (0) when mode is off");
         assert_refused(&sync("quorum", 3, 3), None, "at most spec.instances - 1");
         assert_refused(&sync("priority", 1, 1), None, "at most spec.instances - 1");
         // Scaling down below what synchronous replication needs is refused too.

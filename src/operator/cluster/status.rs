@@ -336,6 +336,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         target_primary: Some(r.plan.target_primary.clone()),
         postgres_version: Some(model.postgres_version),
         ready_instances,
+        selector: Some(crate::api::scale_selector(cluster)),
         instances,
         proxy: Some(ProxyStatus {
             replicas: pooler_replicas,
