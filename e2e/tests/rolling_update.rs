@@ -216,7 +216,7 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
 }
 
 fn run(supervised: bool) {
-    capstan_e2e::scenario(|| async move {
+    capstan_e2e::scenario(move || async move {
         let mut target = Target::from_env().await.expect("e2e target");
         let kind = if supervised { "supervised" } else { "auto" };
         let ns = format!("e2e-rolling-{kind}-{}", std::process::id());

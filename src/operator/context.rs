@@ -20,6 +20,8 @@ pub struct OperatorConfig {
     pub operator_image: String,
     /// Watch only this namespace (None: all namespaces).
     pub namespace: Option<String>,
+    /// How often a settled cluster is reconciled again without any change.
+    pub resync: Duration,
 }
 
 pub struct Context {

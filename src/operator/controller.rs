@@ -39,8 +39,8 @@ const AWAIT_OBJECT_RECHECK: Duration = Duration::from_secs(10);
 const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
 /// While a failover runs or is blocked.
 const HA_REQUEUE: Duration = Duration::from_secs(1);
-/// Periodic resync of a settled cluster.
-const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// How often the applied-children cache drops deleted clusters.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// How long a reconcile waits for the watch caches' first lists.
@@ -202,7 +202,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     Ok(Action::requeue(if failing_over {
         HA_REQUEUE
     } else if settled {
-        STEADY_REQUEUE
+        ctx.config.resync
     } else {
         PROGRESS_REQUEUE
     }))
@@ -339,7 +339,7 @@ pub async fn run(
     let pruning = ctx.clone();
     let pruner = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(STEADY_REQUEUE).await;
+            tokio::time::sleep(PRUNE_EVERY).await;
             let live: std::collections::HashSet<String> = store
                 .state()
                 .iter()

@@ -522,6 +522,7 @@ pub fn context(client: Client, agents: Option<Arc<FakeAgents>>) -> Arc<Context> 
         OperatorConfig {
             operator_image: "capstan:test".into(),
             namespace: None,
+            resync: Duration::from_secs(300),
         },
         Arc::new(Metrics::default()),
     );
