@@ -2,151 +2,29 @@
 //! reconciler sends is recorded and answered by a scripted server, and the
 //! tests check the exact sequence and the bodies.
 
+mod controller_support;
+
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use tower_test::mock;
 
 use capstan::api::PostgresCluster;
-use capstan::operator::context::{Context, OperatorConfig};
+use capstan::operator::context::Context;
 use capstan::operator::controller::{error_policy, reconcile};
-use capstan::operator::metrics::Metrics;
-
-#[derive(Clone, Debug)]
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-impl Call {
-    fn line(&self) -> String {
-        format!("{} {}", self.method, self.path)
-    }
-}
-
-type Log = Arc<Mutex<Vec<Call>>>;
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-fn not_found(path: &str) -> Response<Body> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
-    )
-}
-
-/// Answers like an API server holding `cluster` and nothing else: lists are
-/// empty, gets are 404, writes echo their body.
-fn answer(call: &Call, cluster: &Value) -> Response<Body> {
-    let path = call.path.as_str();
-    match call.method {
-        Method::GET if path.ends_with("/deployments/db-pooler") => not_found(path),
-        // A Secret the spec names (provided certificates): none exists.
-        Method::GET if path.contains("/secrets/") => not_found(path),
-        Method::GET if path.contains("poddisruptionbudgets") => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "1"}, "items": []}),
-        ),
-        Method::GET => json_response(
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
-        ),
-        Method::PATCH if path.ends_with("/status") => {
-            let mut out = cluster.clone();
-            out["status"] = call.body["status"].clone();
-            json_response(StatusCode::OK, &out)
-        }
-        Method::PATCH | Method::POST => {
-            let mut body = call.body.clone();
-            if body.get("metadata").is_none() {
-                body["metadata"] = json!({"name": "x"});
-            }
-            json_response(StatusCode::CREATED, &body)
-        }
-        _ => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({})),
-    }
-}
-
-async fn serve(handle: mock::Handle<Request<Body>, Response<Body>>, cluster: Value, log: Log) {
-    let mut handle = pin!(handle);
-    while let Some((request, send)) = handle.next_request().await {
-        let (parts, body) = request.into_parts();
-        let bytes = body.collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        let call = Call {
-            method: parts.method.clone(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            content_type: parts
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            body,
-        };
-        let response = answer(&call, &cluster);
-        log.lock().unwrap().push(call);
-        send.send_response(response);
-    }
-}
-
-fn cluster(spec: Value, status: Option<Value>) -> Value {
-    let mut c = json!({
-        "apiVersion": "capstan.dev/v1alpha1",
-        "kind": "PostgresCluster",
-        "metadata": {"name": "db", "namespace": "ns", "uid": "uid-7", "generation": 3, "resourceVersion": "10"},
-        "spec": spec,
-    });
-    if let Some(s) = status {
-        c["status"] = s;
-    }
-    c
-}
+use controller_support::{Api, Call, Tripwire, cluster, context, json_response, not_found, seed};
 
 fn valid_spec() -> Value {
     json!({"instances": 3, "postgres": {"version": 17}, "storage": {"size": "1Gi"}})
 }
 
-fn context(client: Client) -> Arc<Context> {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "capstan-operator".into(),
-            instance: Some("test".into()),
-        },
-    );
-    Arc::new(Context::new(
-        client,
-        recorder,
-        OperatorConfig {
-            operator_image: "capstan:test".into(),
-            namespace: None,
-        },
-        Arc::new(Metrics::default()),
-    ))
-}
-
-/// Runs one reconcile of `object` against the API double.
+/// Runs one reconcile of `object` against the API double, the watch
+/// caches listed and empty.
 async fn run(
     object: Value,
 ) -> (
@@ -154,10 +32,10 @@ async fn run(
     Vec<Call>,
     Arc<Context>,
 ) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let log: Log = Arc::default();
-    let server = tokio::spawn(serve(handle, object.clone(), log.clone()));
-    let ctx = context(Client::new(service, "default"));
+    let api = Api::new(object.clone(), Arc::new(Tripwire::default()));
+    let (client, server) = api.serve();
+    let ctx = context(client, None);
+    let _writers = seed(&ctx, &[], &[]);
     let cluster: PostgresCluster = serde_json::from_value(object).unwrap();
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),
@@ -166,24 +44,11 @@ async fn run(
     .await
     .expect("reconcile finished");
     server.abort();
-    let calls = log.lock().unwrap().clone();
-    (result, calls, ctx)
+    (result, api.calls(), ctx)
 }
 
-/// Observe: full objects only for pods, volumes and the pooler; everything
-/// else (Secrets included) by metadata.
-const OBSERVE: [&str; 10] = [
-    "GET /api/v1/namespaces/ns/pods",
-    "GET /api/v1/namespaces/ns/persistentvolumeclaims",
-    "GET /apis/apps/v1/namespaces/ns/deployments/db-pooler",
-    "GET /apis/policy/v1/namespaces/ns/poddisruptionbudgets",
-    "GET /api/v1/namespaces/ns/configmaps",
-    "GET /api/v1/namespaces/ns/services",
-    "GET /api/v1/namespaces/ns/serviceaccounts",
-    "GET /apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles",
-    "GET /apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings",
-    "GET /api/v1/namespaces/ns/secrets",
-];
+/// Observe reads the watch caches: no request at all.
+const OBSERVE: [&str; 0] = [];
 
 #[tokio::test]
 async fn a_new_cluster_first_records_its_primary() {
@@ -432,17 +297,14 @@ async fn api_errors_back_off_exponentially() {
             ));
         }
     });
-    let ctx = context(Client::new(service, "default"));
+    let ctx = context(Client::new(service, "default"), None);
+    let _writers = seed(&ctx, &[], &[]);
     let cluster =
         Arc::new(serde_json::from_value::<PostgresCluster>(cluster(valid_spec(), None)).unwrap());
     let mut waits = vec![];
     for _ in 0..3 {
         let err = reconcile(cluster.clone(), ctx.clone()).await.unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("cannot read the cluster's objects"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("cannot write status"), "{err}");
         waits.push(error_policy(cluster.clone(), &err, ctx.clone()));
     }
     server.abort();
@@ -452,7 +314,7 @@ async fn api_errors_back_off_exponentially() {
         ctx.metrics
             .encode()
             .unwrap()
-            .contains("category=\"Observe\"} 3")
+            .contains("category=\"Status\"} 3")
     );
 }
 

@@ -55,7 +55,7 @@ async fn up() -> Result<(), capstan_e2e::E2eError> {
                 .ok()?;
             list.items
                 .iter()
-                .any(capstan::operator::cluster::plan::is_ready)
+                .any(capstan::operator::cluster::operation::is_ready)
                 .then_some(())
         },
     )

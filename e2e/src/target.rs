@@ -272,7 +272,7 @@ impl Remote {
                             let ready = list
                                 .items
                                 .into_iter()
-                                .find(capstan::operator::cluster::plan::is_ready);
+                                .find(capstan::operator::cluster::operation::is_ready);
                             let Some(name) = ready.and_then(|p| p.metadata.name) else {
                                 return;
                             };

@@ -4,11 +4,11 @@
 //! that names the field. Local harness only: the CRD is what is tested, and
 //! a real cluster has its own copy installed.
 
-use capstan::api::PostgresCluster;
+use capstan::api::{PostgresCluster, scale_selector};
 use capstan_e2e::cluster::{example, load_example};
 use capstan_e2e::harness::{Harness, HarnessOptions, Install, ensure_namespace};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const NS: &str = "e2e-admission";
@@ -168,6 +168,61 @@ fn the_real_api_server_enforces_the_crd_rules() {
                 }}),
                 "spec.tls.provided: a Secret name is one Capstan uses",
             ),
+            (
+                "/spec/tls",
+                json!({"mode": "Provided", "provided": {
+                    "caSecretName": "My_CA",
+                    "serverSecretName": "my-server",
+                    "replicationSecretName": "my-replication",
+                    "poolerSecretName": "my-pooler",
+                }}),
+                "spec.tls.provided.caSecretName",
+            ),
+            (
+                "/spec/resources",
+                json!({"limits": {"cpu": "2 cores"}}),
+                "spec.resources.limits.cpu",
+            ),
+            (
+                "/spec/proxy/pgbouncer/resources",
+                json!({"requests": {"memory": "lots"}}),
+                "spec.proxy.pgbouncer.resources.requests.memory",
+            ),
+            (
+                "/spec/storage/storageClassName",
+                json!("Fast_SSD"),
+                "spec.storage.storageClassName",
+            ),
+            (
+                "/spec/bootstrap/initdb/encoding",
+                json!("UTF8 --no-sync"),
+                "spec.bootstrap.initdb.encoding",
+            ),
+            (
+                "/spec/bootstrap/initdb/locale",
+                json!("en_US.UTF-8; x"),
+                "spec.bootstrap.initdb.locale",
+            ),
+            (
+                "/spec/replication/synchronous",
+                json!({"mode": "off", "number": 1}),
+                "unset (0) when mode is off",
+            ),
+            (
+                "/spec/failover/maxLagBytes",
+                json!(-1),
+                "spec.failover.maxLagBytes must not be negative",
+            ),
+            (
+                "/spec/proxy/pgbouncer/maxClientConn",
+                json!(0),
+                "spec.proxy.pgbouncer.maxClientConn must be at least 1",
+            ),
+            (
+                "/spec/proxy/pgbouncer/defaultPoolSize",
+                json!(0),
+                "spec.proxy.pgbouncer.defaultPoolSize must be at least 1",
+            ),
         ];
         let mut failures = Vec::new();
         for (i, (pointer, value, expected)) in create.iter().enumerate() {
@@ -239,6 +294,107 @@ fn the_real_api_server_enforces_the_crd_rules() {
         if let Err(e) = apply(&api, &grown).await {
             failures.push(format!("growing storage and raising the version: {e}"));
         }
+
+        failures.extend(scale_subresource(&api, "updates").await);
+        failures.extend(status_schema(&api, "updates").await);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     });
+}
+
+/// `kubectl scale` goes through the `/scale` subresource: it sets
+/// `spec.instances`, and the CRD's rules still apply to what it writes.
+async fn scale_subresource(api: &Api<PostgresCluster>, name: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let scale_to = |replicas: i32| Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    let pp = PatchParams::default();
+    match api.patch_scale(name, &pp, &scale_to(3)).await {
+        Ok(_) => match api.get(name).await {
+            Ok(c) if c.spec.instances == 3 => {}
+            Ok(c) => failures.push(format!(
+                "scale to 3: spec.instances is {}",
+                c.spec.instances
+            )),
+            Err(e) => failures.push(format!("scale to 3: get: {e}")),
+        },
+        Err(e) => failures.push(format!("scale to 3: {e}")),
+    }
+    match api.patch_scale(name, &pp, &scale_to(10)).await {
+        Err(kube::Error::Api(s))
+            if s.code == 422 && s.message.contains("spec.instances must be between 1 and 9") => {}
+        other => failures.push(format!(
+            "scale to 10: {other:?}, expected 422 spec.instances must be between 1 and 9"
+        )),
+    }
+    failures
+}
+
+/// The status schema: the scale selector is served from `status.selector`,
+/// roles are an enum, conditions a list-map keyed by `type`.
+async fn status_schema(api: &Api<PostgresCluster>, name: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let write = |status: Value| async move {
+        let mut cluster = api.get(name).await.map_err(|e| e.to_string())?;
+        let mut obj = serde_json::to_value(&cluster).unwrap();
+        obj["status"] = status;
+        cluster = serde_json::from_value(obj).unwrap();
+        api.replace_status(name, &PostParams::default(), &cluster)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                kube::Error::Api(s) => format!("{} {}", s.code, s.message),
+                other => other.to_string(),
+            })
+    };
+    let condition = |type_: &str| {
+        json!({
+            "type": type_, "status": "True", "reason": "Test", "message": "",
+            "lastTransitionTime": "2025-01-01T00:00:00Z",
+        })
+    };
+    let selector = scale_selector(name);
+    let good = json!({
+        "readyInstances": 1,
+        "selector": selector,
+        "conditions": [condition("Ready"), condition("Degraded")],
+        "instances": [{"name": format!("{name}-1"), "role": "primary", "ready": true}],
+    });
+    match write(good.clone()).await {
+        Ok(()) => match api.get_scale(name).await {
+            Ok(scale) => {
+                let status = scale.status.unwrap_or_default();
+                if status.selector.as_deref() != Some(selector.as_str()) || status.replicas != 1 {
+                    failures.push(format!(
+                        "/scale status: {status:?}, expected selector {selector:?} and 1 replica"
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("get /scale: {e}")),
+        },
+        Err(e) => failures.push(format!("a valid status was refused: {e}")),
+    }
+    let mut bad_role = good.clone();
+    bad_role["instances"][0]["role"] = json!("leader");
+    let mut duplicate = good.clone();
+    duplicate["conditions"] = json!([condition("Ready"), condition("Ready")]);
+    let mut bad_phase = good;
+    bad_phase["failover"] = json!({
+        "phase": "Exploded", "from": "a", "message": "", "startedAt": "2025-01-01T00:00:00Z",
+    });
+    for (what, status, expected) in [
+        ("role leader", bad_role, "status.instances[0].role"),
+        ("two Ready conditions", duplicate, "status.conditions[1]"),
+        (
+            "failover phase Exploded",
+            bad_phase,
+            "status.failover.phase",
+        ),
+    ] {
+        match write(status).await {
+            Err(e) if e.starts_with("422") && e.contains(expected) => {}
+            other => failures.push(format!(
+                "status with {what}: {other:?}, expected {expected:?}"
+            )),
+        }
+    }
+    failures
 }

@@ -103,5 +103,22 @@ fn hundred_clusters_in_simulated_mode() {
             rss_peak as f64 / 1024.0
         );
         println!("operator API requests by verb (audit log): {requests:?}");
+        // An idle window long enough for every cluster's periodic resync
+        // (CAPSTAN_RESYNC_SECONDS, inherited by the operator process).
+        let idle = std::env::var("CAPSTAN_FOOTPRINT_IDLE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60);
+        tokio::time::sleep(Duration::from_secs(idle)).await;
+        let after = harness.control_plane().operator_requests();
+        let delta: std::collections::BTreeMap<&String, u64> = after
+            .iter()
+            .map(|(verb, n)| (verb, n - requests.get(verb).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        println!(
+            "operator API requests while idle for {idle} s (resync every {} s): {delta:?}",
+            std::env::var("CAPSTAN_RESYNC_SECONDS").unwrap_or_else(|_| "300".into())
+        );
     });
 }

@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::defaults;
+use super::limits;
 use super::rules;
 use super::status::PostgresClusterStatus;
 
@@ -26,6 +27,13 @@ use super::status::PostgresClusterStatus;
     category = "capstan",
     namespaced,
     status = "PostgresClusterStatus",
+    // `kubectl scale pgc/db --replicas=3` and a HorizontalPodAutoscaler set
+    // spec.instances; status.selector finds the instance pods.
+    scale(
+        spec_replicas_path = ".spec.instances",
+        status_replicas_path = ".status.readyInstances",
+        label_selector_path = ".status.selector"
+    ),
     derive = "PartialEq",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary"),
@@ -60,6 +68,7 @@ pub struct PostgresClusterSpec {
 
     /// CPU and memory for each PostgreSQL container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::resources")]
     pub resources: Option<ResourceRequirements>,
 
     /// Affinity rules for the instance pods.
@@ -99,6 +108,36 @@ pub struct PostgresClusterSpec {
     /// When and how a lost primary is replaced.
     #[serde(default = "defaults::failover")]
     pub failover: FailoverSpec,
+
+    /// How a changed instance pod spec (resources, image, scheduling) is
+    /// rolled out: replicas one at a time, then the primary.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+}
+
+/// How the primary is updated once every replica runs the new pod spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// `Switchover` (default): an updated replica becomes the primary
+    /// while the poolers hold client queries, then the old primary is
+    /// re-created as a replica; clients see a short wait, no error.
+    /// `Restart`: the primary's pod is re-created in place (writes stop
+    /// until it is back). A single-instance cluster always restarts.
+    #[serde(default)]
+    pub primary_update_method: PrimaryUpdateMethod,
+    /// Update the replicas, then wait: the primary is only touched after
+    /// someone asks for a switchover (annotation `capstan.dev/switchover`
+    /// or `capstan switchover`). Status says what it waits for.
+    #[serde(default)]
+    pub supervised: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PrimaryUpdateMethod {
+    #[default]
+    Switchover,
+    Restart,
 }
 
 /// Replication between the instances.
@@ -119,7 +158,8 @@ pub struct SynchronousSpec {
     /// commit) or `priority` (the first `number` replicas in instance order).
     #[serde(default)]
     pub mode: SynchronousMode,
-    /// Replicas that must confirm a commit (1 to instances - 1).
+    /// Replicas that must confirm a commit: 1 to instances - 1 when `mode`
+    /// is `quorum` or `priority`; unset (0) when it is `off`.
     #[serde(default)]
     pub number: i32,
 }
@@ -147,7 +187,7 @@ pub struct FailoverSpec {
     /// primary last reported is not promoted (it would lose those
     /// transactions) unless `allowDataLoss` is true.
     #[serde(default = "defaults::max_lag_bytes")]
-    #[x_kube(validation = rules::non_negative("spec.failover.maxLagBytes"))]
+    #[x_kube(validation = rules::max_lag_bytes())]
     pub max_lag_bytes: i64,
     /// Promote the best replica even when it is behind by more than
     /// `maxLagBytes` (availability over durability).
@@ -166,12 +206,13 @@ pub struct PostgresSpec {
 
     /// Container image; defaults to the official `postgres:<version>-bookworm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::IMAGE_MAX))]
     pub image: Option<String>,
 
     /// `postgresql.conf` settings. Settings Capstan manages itself (listen
     /// address, port, TLS files, WAL and replication settings, …) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    #[schemars(extend("maxProperties" = limits::POSTGRES_PARAMETERS_MAX, "additionalProperties" = {"type": "string", "maxLength": limits::POSTGRES_PARAMETER_VALUE_MAX}))]
     #[x_kube(validation = rules::parameter_names())]
     #[x_kube(validation = rules::parameter_values_single_line())]
     #[x_kube(validation = rules::postgres_parameters_not_managed())]
@@ -181,7 +222,7 @@ pub struct PostgresSpec {
     /// placed after Capstan's own rules (replication, pooler, superuser) and
     /// before the default `hostssl all all all scram-sha-256`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("maxItems" = 64, "items" = {"type": "string", "maxLength": 512}))]
+    #[schemars(length(max = limits::HBA_LINES_MAX), inner(length(max = limits::HBA_LINE_MAX)))]
     #[x_kube(validation = rules::hba_lines())]
     pub hba: Vec<String>,
 }
@@ -195,11 +236,13 @@ pub struct PostgresSpec {
 pub struct StorageSpec {
     /// Volume size, e.g. `20Gi`. May grow (when the StorageClass allows
     /// expansion), never shrink.
+    #[schemars(schema_with = "super::schema::quantity")]
     pub size: Quantity,
 
     /// StorageClass of the volumes; the cluster default when empty.
     /// Immutable: existing volumes cannot move to another class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
     pub storage_class_name: Option<String>,
 
     /// What happens to the volumes when the cluster is deleted or scaled down.
@@ -251,18 +294,18 @@ pub struct PgBouncerSpec {
 
     /// `max_client_conn`: client connections each PgBouncer accepts.
     #[serde(default = "defaults::max_client_conn")]
-    #[x_kube(validation = rules::positive("maxClientConn"))]
+    #[x_kube(validation = rules::pool_size("maxClientConn"))]
     pub max_client_conn: i32,
 
     /// `default_pool_size`: server connections per user/database pair.
     #[serde(default = "defaults::default_pool_size")]
-    #[x_kube(validation = rules::positive("defaultPoolSize"))]
+    #[x_kube(validation = rules::pool_size("defaultPoolSize"))]
     pub default_pool_size: i32,
 
     /// Other `[pgbouncer]` settings. Settings Capstan manages (listen
     /// address, authentication, TLS, pool mode and sizes, …) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 128, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[schemars(extend("maxProperties" = limits::PGBOUNCER_PARAMETERS_MAX, "additionalProperties" = {"type": "string", "maxLength": limits::PGBOUNCER_PARAMETER_VALUE_MAX}))]
     #[x_kube(validation = rules::parameter_names())]
     #[x_kube(validation = rules::parameter_values_single_line())]
     #[x_kube(validation = rules::pgbouncer_parameters_not_managed())]
@@ -270,10 +313,12 @@ pub struct PgBouncerSpec {
 
     /// Container image; defaults to a stock PgBouncer image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::IMAGE_MAX))]
     pub image: Option<String>,
 
     /// CPU and memory for each PgBouncer container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::resources")]
     pub resources: Option<ResourceRequirements>,
 }
 
@@ -321,18 +366,18 @@ pub enum TlsMode {
 #[serde(rename_all = "camelCase")]
 pub struct ProvidedTls {
     /// Secret with `ca.crt`: the CA that signed every certificate below.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
     pub ca_secret_name: String,
     /// Server certificate for the instances; its SANs must cover the
     /// `<name>-rw`, `<name>-ro` and `<name>-r` Services.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
     pub server_secret_name: String,
     /// Client certificate with common name `streaming_replica`.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
     pub replication_secret_name: String,
     /// Server certificate for the poolers; its SANs must cover the
     /// `<name>-pooler` Service.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
     pub pooler_secret_name: String,
 }
 
@@ -351,20 +396,22 @@ pub struct BootstrapSpec {
 pub struct InitdbSpec {
     /// Application database to create.
     #[serde(default = "defaults::database")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
     #[x_kube(validation = rules::sql_identifier("database"))]
     pub database: String,
     /// Owner of the application database; its password is in the
     /// `<name>-app` Secret.
     #[serde(default = "defaults::owner")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
     #[x_kube(validation = rules::sql_identifier("owner"))]
     pub owner: String,
-    /// Database encoding.
+    /// Database encoding, e.g. `UTF8` or `LATIN1`.
     #[serde(default = "defaults::encoding")]
+    #[schemars(length(min = 1, max = limits::ENCODING_MAX), pattern(limits::ENCODING_PATTERN))]
     pub encoding: String,
-    /// Locale (`LC_COLLATE`, `LC_CTYPE`).
+    /// Locale (`LC_COLLATE`, `LC_CTYPE`), e.g. `C.UTF-8` or `en_US.UTF-8`.
     #[serde(default = "defaults::locale")]
+    #[schemars(length(min = 1, max = limits::LOCALE_MAX), pattern(limits::LOCALE_PATTERN))]
     pub locale: String,
     /// Page checksums (recommended; also lets `pg_rewind` work).
     #[serde(default = "defaults::data_checksums")]

@@ -3,7 +3,9 @@
 pub mod cluster;
 pub mod crd;
 pub mod defaults;
+pub mod limits;
 pub mod rules;
+pub mod schema;
 pub mod status;
 
 pub use cluster::*;

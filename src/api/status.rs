@@ -4,6 +4,34 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::resources::labels;
+
+/// Values of `status.instances[].role` (the CRD lists them as an enum).
+pub const INSTANCE_ROLES: &[&str] = &[labels::ROLE_PRIMARY, labels::ROLE_REPLICA];
+
+/// Values the operator writes to `status.failover.phase` (the CRD lists them
+/// as an enum: a status write with any other value is refused).
+pub const FAILOVER_PHASES: &[&str] = &["Promoting", "Completed", "Blocked", "Recovered"];
+
+/// Values the operator writes to `status.switchover.phase` (an enum in the
+/// CRD, like [`FAILOVER_PHASES`]).
+pub const SWITCHOVER_PHASES: &[&str] = &[
+    "Pending",
+    "Pausing",
+    "Promoting",
+    "Resuming",
+    "Completed",
+    "Failed",
+];
+
+/// The value of `status.selector` for the cluster named `cluster_name`: the
+/// label selector of its instance pods (and no pooler pod), serialized as
+/// the `/scale` subresource and the HorizontalPodAutoscaler expect, e.g.
+/// `app.kubernetes.io/component=database,capstan.dev/cluster=db`.
+pub fn scale_selector(cluster_name: &str) -> String {
+    labels::to_selector(&labels::instances_selector(cluster_name))
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresClusterStatus {
@@ -16,7 +44,9 @@ pub struct PostgresClusterStatus {
     pub phase: Option<Phase>,
 
     /// kstatus-compatible conditions: Ready, Reconciling, Stalled, Degraded.
+    /// At most one per `type` (a list-map keyed by `type`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// The instance currently serving as primary.
@@ -33,9 +63,18 @@ pub struct PostgresClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_version: Option<i32>,
 
-    /// Instances that are ready.
+    /// Instances that are ready (the `/scale` subresource's
+    /// `status.replicas`).
     #[serde(default)]
     pub ready_instances: i32,
+
+    /// Label selector of the instance pods as a string, e.g.
+    /// `app.kubernetes.io/component=database,capstan.dev/cluster=db`: the
+    /// `/scale` subresource's `status.selector`, which a
+    /// HorizontalPodAutoscaler needs.
+    // Always `scale_selector(<cluster name>)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 
     /// Every instance, primary first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +103,25 @@ pub struct PostgresClusterStatus {
     /// The last (or running) planned switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<SwitchoverStatus>,
+
+    /// The operation in progress (one at a time), or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationStatus>,
+}
+
+/// What the operator is doing, step by step; `kubectl capstan status` and
+/// GitOps tools read it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationStatus {
+    /// The operation: e.g. `CreateInstances`, `RollingUpdate`,
+    /// `Switchover`, `Failover`, `ScaleDown`; `None` when idle.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Its current step, in words (also in the Reconciling condition).
+    pub message: String,
+    /// RFC 3339: when this operation started.
+    pub started_at: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -94,6 +152,7 @@ impl Phase {
 pub struct InstanceStatus {
     pub name: String,
     /// `primary` or `replica`.
+    #[schemars(schema_with = "super::schema::instance_role")]
     pub role: String,
     pub ready: bool,
     /// Pod phase as the kubelet reports it.
@@ -123,7 +182,10 @@ pub struct InstanceStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverStatus {
-    /// `Promoting`, `Completed` or `Blocked`.
+    /// `Promoting`, `Completed`, `Blocked` (no replica may be promoted
+    /// safely) or `Recovered` (the primary renewed its Lease again before
+    /// anything was promoted).
+    #[schemars(schema_with = "super::schema::failover_phase")]
     pub phase: String,
     /// The primary that was lost.
     pub from: String,
@@ -153,6 +215,7 @@ pub struct SwitchoverStatus {
     /// The annotation value this describes; a request is carried out once.
     pub request: String,
     /// `Pending`, `Pausing`, `Promoting`, `Resuming`, `Completed` or `Failed`.
+    #[schemars(schema_with = "super::schema::switchover_phase")]
     pub phase: String,
     pub from: String,
     pub to: String,
@@ -213,4 +276,49 @@ pub struct SecretNames {
     pub app: String,
     pub replication: String,
     pub pooler: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::cluster::operation::failover_phase as ha;
+    use crate::operator::cluster::switchover as so;
+
+    /// A status write with a value the CRD's enum does not list is refused
+    /// by the API server as a whole: every value the operator writes must
+    /// be listed.
+    #[test]
+    fn the_schema_enums_list_every_value_the_operator_writes() {
+        for phase in [ha::PROMOTING, ha::COMPLETED, ha::BLOCKED, ha::RECOVERED] {
+            assert!(FAILOVER_PHASES.contains(&phase), "{phase}");
+        }
+        for phase in [
+            so::PENDING,
+            so::PAUSING,
+            so::PROMOTING,
+            so::RESUMING,
+            so::COMPLETED,
+            so::FAILED,
+        ] {
+            assert!(SWITCHOVER_PHASES.contains(&phase), "{phase}");
+        }
+    }
+
+    #[test]
+    fn the_scale_selector_selects_the_instance_pods_only() {
+        let selector = scale_selector("db");
+        assert_eq!(
+            selector,
+            "app.kubernetes.io/component=database,capstan.dev/cluster=db"
+        );
+        let matches = |pod: &std::collections::BTreeMap<String, String>| {
+            selector.split(',').all(|term| {
+                let (k, v) = term.split_once('=').unwrap();
+                pod.get(k).is_some_and(|x| x == v)
+            })
+        };
+        assert!(matches(&labels::instance("db", "db-1")));
+        assert!(!matches(&labels::common("db", labels::COMPONENT_POOLER)));
+        assert!(!matches(&labels::instance("db2", "db2-1")));
+    }
 }

@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::ListParams;
-use kube::{Api, Client};
 
-use crate::agents::client::{AgentClient, Endpoint};
+use crate::agents::client::{AgentClient, ClientError, Endpoint};
 use crate::agents::tls;
-use crate::contract::instance::InstanceReport;
+use crate::contract::instance::{DemoteRequest, InstanceReport, PromoteRequest, PromoteResult};
 use crate::contract::layout::{self, files};
-use crate::resources::{labels, names};
+use crate::pooler::switchover::PoolerControl;
+use crate::resources::names;
 
 /// A frozen or partitioned pod accepts the TCP connection (the kernel does)
 /// and then never answers: this bounds what it costs a reconcile.
@@ -28,12 +27,6 @@ const SILENT_HOLDER_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
-    #[error("cannot read Secret {secret}: {source}")]
-    Read {
-        secret: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error(
         "Secret {secret} lacks {key}; delete it and Capstan issues the operator's client certificate again"
     )]
@@ -46,42 +39,87 @@ pub enum AgentsError {
     },
 }
 
-/// Builds the client for one cluster's agents from its Secret. Not cached:
-/// a reconcile reads the Secret anyway, building the TLS configuration
-/// costs microseconds, and a hundred idle clusters would otherwise keep a
-/// hundred configurations in memory.
-pub async fn client(
-    kube: &Client,
-    namespace: &str,
-    cluster: &str,
-) -> Result<AgentClient, AgentsError> {
-    let secret_name = names::operator_tls_secret(cluster);
-    let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
-        .get(&secret_name)
-        .await
-        .map_err(|source| AgentsError::Read {
+/// The agent calls the operator makes: the HTTPS client in production, a
+/// double in the controller tests. Only `cluster::execute` (actions) and
+/// [`reports`] (observation) use it.
+pub trait Agents: PoolerControl {
+    fn instance_status<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<InstanceReport, ClientError>>;
+    fn promote<'a>(&'a self, ep: &'a Endpoint)
+    -> BoxFuture<'a, Result<PromoteResult, ClientError>>;
+    fn demote<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        new_primary: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
+}
+
+impl Agents for AgentClient {
+    fn instance_status<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<InstanceReport, ClientError>> {
+        Box::pin(async move { self.clone().with_timeout(timeout).instance_status(ep).await })
+    }
+    fn promote<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<PromoteResult, ClientError>> {
+        Box::pin(async move { AgentClient::promote(self, ep, &PromoteRequest::default()).await })
+    }
+    fn demote<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        new_primary: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            let request = DemoteRequest {
+                new_primary: new_primary.to_string(),
+            };
+            AgentClient::demote(self, ep, &request).await.map(|_| ())
+        })
+    }
+}
+
+/// Makes the agent client of one cluster from its `<name>-operator-tls`
+/// Secret.
+pub trait Connect: Send + Sync {
+    fn connect(&self, secret: &Secret) -> Result<Arc<dyn Agents>, AgentsError>;
+}
+
+/// The production [`Connect`]: HTTPS with the operator's client
+/// certificate. Not cached: building the TLS configuration costs
+/// microseconds, and a hundred idle clusters would otherwise keep a hundred
+/// configurations in memory.
+pub struct Https;
+
+impl Connect for Https {
+    fn connect(&self, secret: &Secret) -> Result<Arc<dyn Agents>, AgentsError> {
+        let secret_name = secret.metadata.name.clone().unwrap_or_default();
+        let data = secret.data.clone().unwrap_or_default();
+        let get = |k: &str| {
+            data.get(k)
+                .map(|b| b.0.clone())
+                .ok_or_else(|| AgentsError::Missing {
+                    secret: secret_name.clone(),
+                    key: k.to_string(),
+                })
+        };
+        let config = tls::client_config(
+            &get(files::CA_CRT)?,
+            &get(files::TLS_CRT)?,
+            &get(files::TLS_KEY)?,
+        )
+        .map_err(|source| AgentsError::Tls {
             secret: secret_name.clone(),
             source,
         })?;
-    let data = secret.data.unwrap_or_default();
-    let get = |k: &str| {
-        data.get(k)
-            .map(|b| b.0.clone())
-            .ok_or_else(|| AgentsError::Missing {
-                secret: secret_name.clone(),
-                key: k.to_string(),
-            })
-    };
-    let config = tls::client_config(
-        &get(files::CA_CRT)?,
-        &get(files::TLS_CRT)?,
-        &get(files::TLS_KEY)?,
-    )
-    .map_err(|source| AgentsError::Tls {
-        secret: secret_name.clone(),
-        source,
-    })?;
-    Ok(AgentClient::new(Arc::new(config)))
+        Ok(Arc::new(AgentClient::new(Arc::new(config))))
+    }
 }
 
 /// The agent of a pod, when it has an IP and is not being deleted.
@@ -102,26 +140,23 @@ pub fn endpoint(pod: &Pod, cluster: &str, namespace: &str) -> Option<Endpoint> {
 /// in time are left out. `silent_holder`: the instance whose primary Lease
 /// has gone silent, given less time.
 pub async fn reports(
-    client: &AgentClient,
+    client: &dyn Agents,
     pods: &[Pod],
     cluster: &str,
     namespace: &str,
     silent_holder: Option<&str>,
 ) -> BTreeMap<String, InstanceReport> {
-    let normal = client.clone().with_timeout(STATUS_TIMEOUT);
-    let short = client.clone().with_timeout(SILENT_HOLDER_TIMEOUT);
     let endpoints: Vec<Endpoint> = pods
         .iter()
         .filter_map(|p| endpoint(p, cluster, namespace))
         .collect();
-    let (normal, short) = (&normal, &short);
     join_all(endpoints.iter().map(|ep| async move {
-        let client = if silent_holder == Some(ep.name.as_str()) {
-            short
+        let timeout = if silent_holder == Some(ep.name.as_str()) {
+            SILENT_HOLDER_TIMEOUT
         } else {
-            normal
+            STATUS_TIMEOUT
         };
-        match client.instance_status(ep).await {
+        match client.instance_status(ep, timeout).await {
             Ok(r) => Some((ep.name.clone(), r)),
             Err(e) => {
                 tracing::debug!(cluster = %cluster, instance = %ep.name, error = %e, "instance status");
@@ -136,23 +171,9 @@ pub async fn reports(
 }
 
 /// The running pooler pods' agents.
-pub async fn poolers(
-    kube: &Client,
-    namespace: &str,
-    cluster: &str,
-) -> Result<Vec<Endpoint>, kube::Error> {
-    let selector = labels::pooler_selector(cluster)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = Api::<Pod>::namespaced(kube.clone(), namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
+pub fn poolers(pods: &[Pod], namespace: &str, cluster: &str) -> Vec<Endpoint> {
+    pods.iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .filter_map(|p| endpoint(p, cluster, namespace))
-        .collect())
+        .collect()
 }

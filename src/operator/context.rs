@@ -7,6 +7,8 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::Recorder;
 
+use super::agents::{Connect, Https};
+use super::cache::{self, Caches, Writers};
 use super::cluster::apply::AppliedCache;
 use super::leases::LeaseMonitor;
 use super::metrics::Metrics;
@@ -18,6 +20,8 @@ pub struct OperatorConfig {
     pub operator_image: String,
     /// Watch only this namespace (None: all namespaces).
     pub namespace: Option<String>,
+    /// How often a settled cluster is reconciled again without any change.
+    pub resync: Duration,
 }
 
 pub struct Context {
@@ -29,6 +33,12 @@ pub struct Context {
     pub applied: AppliedCache,
     /// Primary Leases as this operator sees them renewed.
     pub leases: Arc<LeaseMonitor>,
+    /// Watch caches of the children (`observe` reads them).
+    pub caches: Caches,
+    /// Their write side, taken by `controller::run` (or filled by a test).
+    writers: Mutex<Option<Writers>>,
+    /// Builds a cluster's agent client.
+    pub agents: Box<dyn Connect>,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -44,6 +54,7 @@ impl Context {
         config: OperatorConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (caches, writers) = cache::new();
         Context {
             client,
             recorder,
@@ -51,8 +62,25 @@ impl Context {
             metrics,
             applied: AppliedCache::default(),
             leases: Arc::new(LeaseMonitor::default()),
+            caches,
+            writers: Mutex::new(Some(writers)),
+            agents: Box::new(Https),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With another way to reach the agents (the controller tests' double).
+    pub fn with_agents(mut self, agents: Box<dyn Connect>) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// The caches' write side; None once taken.
+    pub fn take_writers(&self) -> Option<Writers> {
+        self.writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Records a failure and returns how long to wait before retrying.

@@ -5,26 +5,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{reflector, store::Writer};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::agents;
-use super::cluster::apply::{self, Applied, FIELD_MANAGER};
+use super::cluster::apply::{self, Applied};
+use super::cluster::execute::{Executor, Next};
 use super::cluster::observe::observe;
+use super::cluster::operation::Operation;
 use super::cluster::plan::{self, Deletion, Plan};
 use super::cluster::status::{self, Report, Transition};
 use super::cluster::validate::validate;
 use super::context::Context;
 use super::error::Error;
-use super::ha;
 use super::metrics::ErrorCategory;
+use super::report::{self, reason};
 use crate::api::{PostgresCluster, PostgresClusterStatus};
 use crate::resources::labels;
 
@@ -36,10 +39,12 @@ const AWAIT_OBJECT_RECHECK: Duration = Duration::from_secs(10);
 const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
 /// While a failover runs or is blocked.
 const HA_REQUEUE: Duration = Duration::from_secs(1);
-/// Periodic resync of a settled cluster.
-const STEADY_REQUEUE: Duration = Duration::from_secs(300);
+/// How often the applied-children cache drops deleted clusters.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long a reconcile waits for the watch caches' first lists.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
 /// Reconciles running at once (each cluster is never reconciled twice at once).
 const CONCURRENCY: u16 = 8;
 
@@ -71,8 +76,15 @@ pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Resu
 
 async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
     let name = cluster.name_any();
+    let namespace = cluster.namespace().unwrap_or_default();
+    // Before the first list of every watch arrived, an empty cache would
+    // read as "nothing exists".
+    tokio::time::timeout(CACHE_WAIT, ctx.caches.ready())
+        .await
+        .map_err(|_| Error::CachesNotReady)?
+        .map_err(|_| Error::CachesNotReady)?;
     let now = jiff::Timestamp::now();
-    let observed = observe(&ctx.client, cluster, now.as_second())
+    let mut observed = observe(&ctx.client, &ctx.caches, cluster, now.as_second())
         .await
         .map_err(Error::Observe)?;
     let generation = cluster.metadata.generation.unwrap_or(0);
@@ -85,8 +97,8 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
             ctx.metrics.error(ErrorCategory::InvalidSpec);
             let (status, transitions) =
                 status::stalled(previous, generation, Time(now), &spec_error);
-            write_status(ctx, cluster, &status).await?;
-            publish(ctx, cluster, &transitions).await;
+            report::write_status(ctx, cluster, &status).await?;
+            report::publish(ctx, cluster, &transitions).await;
             // A missing Secret the spec names may be created any time (GitOps
             // tools apply in no fixed order): look again now and then. Other
             // errors only a spec change can fix: wait for one.
@@ -107,51 +119,49 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
             postgres_version: Some(validated.model.postgres_version),
             ..previous.cloned().unwrap_or_default()
         };
-        write_status(ctx, cluster, &initial).await?;
+        report::write_status(ctx, cluster, &initial).await?;
         info!(cluster = %name, primary = %plan.target_primary, "chose the first primary");
         return Ok(Action::requeue(Duration::ZERO));
     }
 
-    let mut observed = observed;
-    let namespace = cluster.namespace().unwrap_or_default();
     // Agents exist only once pods do, and their client needs the
     // operator's certificate.
-    let can_ask = !observed.pods.is_empty()
-        && observed.has_secret(&crate::resources::names::operator_tls_secret(&name));
-    let agent_client = if can_ask {
-        match agents::client(&ctx.client, &namespace, &name).await {
-            Ok(c) => Some(c),
+    let agents = match (&observed.operator_tls, observed.pods.is_empty()) {
+        (Some(secret), false) => match ctx.agents.connect(secret) {
+            Ok(a) => Some(a),
             Err(e) => {
                 warn!(cluster = %name, error = %e, "cannot call the instance managers");
                 None
             }
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
-    if let Some(c) = &agent_client {
+    if let Some(a) = &agents {
         let silent = ctx.leases.silent_holder(&namespace, &name);
-        observed.reports =
-            agents::reports(c, &observed.pods, &name, &namespace, silent.as_deref()).await;
+        observed.reports = agents::reports(
+            a.as_ref(),
+            &observed.pods,
+            &name,
+            &namespace,
+            silent.as_deref(),
+        )
+        .await;
     }
+    observed.lease = ctx.leases.view(&namespace, &name);
+
     let plan = plan::plan(&validated.model, &observed, previous)?;
     let mut working = previous.cloned().unwrap_or_default();
-    match ha::before(
+    let executor = Executor {
         ctx,
         cluster,
-        &validated.model,
-        &observed,
-        &plan.instances,
-        &mut working,
-        agent_client.as_ref(),
-    )
-    .await?
-    {
-        ha::Next::Continue => {}
-        // targetPrimary moved: plan again from what the API server has now.
-        ha::Next::Restart => return Ok(Action::requeue(Duration::ZERO)),
+        model: &validated.model,
+        observed: &observed,
+        agents: agents.as_deref(),
+    };
+    if executor.run(&plan.operation, &mut working).await? == Next::Restart {
+        return Ok(Action::requeue(Duration::ZERO));
     }
-    let previous = Some(&working);
+
     let (applied, apply_error) = match apply::apply(
         &ctx.client,
         &validated.model,
@@ -172,40 +182,27 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         model: &validated.model,
         observed: &observed,
         plan: &plan,
-        previous,
+        previous: Some(&working),
         generation,
         now: Time(now),
         blocked: validated.blocked.as_ref(),
         apply_error: (!problems.is_empty()).then(|| problems.join("; ")),
     });
-    let mut new_status = new_status;
-    ha::after(
-        ctx,
-        cluster,
-        &validated.model,
-        &observed,
-        &mut new_status,
-        agent_client.as_ref(),
-    )
-    .await;
     if cluster.status.as_ref() != Some(&new_status) {
-        write_status(ctx, cluster, &new_status).await?;
+        report::write_status(ctx, cluster, &new_status).await?;
     }
-    publish(ctx, cluster, &operation_events(&plan, &applied)).await;
-    publish(ctx, cluster, &transitions).await;
+    report::publish(ctx, cluster, &operation_events(&plan, &applied)).await;
+    report::publish(ctx, cluster, &transitions).await;
     if let Some(e) = apply_error {
         return Err(e.into());
     }
     let settled =
-        plan.step.is_steady() && status::condition_is(Some(&new_status), status::READY, "True");
-    let ha_running = new_status
-        .failover
-        .as_ref()
-        .is_some_and(|f| f.phase == ha::PROMOTING || f.phase == ha::BLOCKED);
-    Ok(Action::requeue(if ha_running {
+        plan.operation.is_idle() && status::condition_is(Some(&new_status), status::READY, "True");
+    let failing_over = matches!(plan.operation, Operation::Failover(_));
+    Ok(Action::requeue(if failing_over {
         HA_REQUEUE
     } else if settled {
-        STEADY_REQUEUE
+        ctx.config.resync
     } else {
         PROGRESS_REQUEUE
     }))
@@ -216,18 +213,18 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
 /// later ones would be lost).
 fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
     let mut out = vec![];
-    let mut add = |warning: bool, reason: &str, items: Vec<String>| {
+    let mut add = |warning: bool, reason: &'static str, items: Vec<String>| {
         if !items.is_empty() {
             out.push(Transition {
                 warning,
-                reason: reason.into(),
+                reason,
                 message: items.join("; "),
             });
         }
     };
     add(
         false,
-        "CreatedInstances",
+        reason::CREATED_INSTANCES,
         applied
             .created_pods
             .iter()
@@ -243,19 +240,19 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
     );
     add(
         false,
-        "DeletedPods",
+        reason::DELETED_PODS,
         applied
             .deleted
             .iter()
             .filter_map(|d| match d {
-                Deletion::Pod(p) => Some(format!("deleted pod {p}: {}", plan.step.describe())),
+                Deletion::Pod(p) => Some(format!("deleted pod {p}: {}", plan.operation.describe())),
                 _ => None,
             })
             .collect(),
     );
     add(
         false,
-        "DeletedVolumes",
+        reason::DELETED_VOLUMES,
         applied
             .deleted
             .iter()
@@ -267,7 +264,7 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
     );
     add(
         false,
-        "CreatedSecrets",
+        reason::CREATED_SECRETS,
         applied
             .created_secrets
             .iter()
@@ -276,61 +273,15 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
     );
     add(
         false,
-        "IssuedCertificates",
+        reason::ISSUED_CERTIFICATES,
         applied
             .issued
             .iter()
             .map(|(kind, reason)| format!("issued the {kind:?} certificate ({reason:?})"))
             .collect(),
     );
-    add(true, "ApplyRefused", applied.refused.clone());
+    add(true, reason::APPLY_REFUSED, applied.refused.clone());
     out
-}
-
-async fn write_status(
-    ctx: &Context,
-    cluster: &PostgresCluster,
-    status: &PostgresClusterStatus,
-) -> Result<(), Error> {
-    let api: Api<PostgresCluster> =
-        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
-    // The resourceVersion read is a precondition: a reconcile working from
-    // a stale copy must not put back a targetPrimary a failover moved.
-    let body = serde_json::json!({
-        "apiVersion": PostgresCluster::api_version(&()),
-        "kind": PostgresCluster::kind(&()),
-        "metadata": {"resourceVersion": cluster.metadata.resource_version},
-        "status": status,
-    });
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Status)?;
-    Ok(())
-}
-
-async fn publish(ctx: &Context, cluster: &PostgresCluster, transitions: &[Transition]) {
-    let reference = cluster.object_ref(&());
-    for t in transitions {
-        let event = Event {
-            type_: if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason.clone(),
-            note: Some(t.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        // An Event that cannot be written must not fail the reconcile.
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(cluster = %cluster.name_any(), reason = %t.reason, error = %e, "cannot publish Event");
-        }
-    }
 }
 
 pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -339,8 +290,14 @@ pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, ctx: Arc<Conte
         debug!(cluster = %cluster.name_any(), "conflict; reconciling again");
         return Action::requeue(CONFLICT_REQUEUE);
     }
-    ctx.metrics.error(error.category());
+    let category = error.category();
+    ctx.metrics.error(category);
     let wait = ctx.backoff(&key(&cluster));
+    let message = error.to_string();
+    let regarding = cluster.clone();
+    tokio::spawn(async move {
+        report::event(&ctx, &regarding, true, category.reason(), message).await;
+    });
     warn!(cluster = %cluster.name_any(), error = %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
@@ -382,7 +339,7 @@ pub async fn run(
     let pruning = ctx.clone();
     let pruner = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(STEADY_REQUEUE).await;
+            tokio::time::sleep(PRUNE_EVERY).await;
             let live: std::collections::HashSet<String> = store
                 .state()
                 .iter()
@@ -401,14 +358,85 @@ pub async fn run(
         trigger,
         DEBOUNCE,
     );
+    let Some(w) = ctx.take_writers() else {
+        warn!("the watch caches are fed already; not starting a second controller");
+        return;
+    };
+    // Children are watched once into the caches `observe` reads, and each
+    // change triggers its owner's reconcile.
+    fn full<K>(
+        writer: Writer<K>,
+        api: Api<K>,
+        config: &watcher::Config,
+    ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        reflector(writer, watcher::watcher(api, config.clone()))
+            .default_backoff()
+            .touched_objects()
+    }
+    fn meta<K>(
+        writer: Writer<PartialObjectMeta<K>>,
+        api: Api<PartialObjectMeta<K>>,
+        config: &watcher::Config,
+    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        reflector(writer, watcher::watcher(api, config.clone()))
+            .default_backoff()
+            .touched_objects()
+    }
+    let c = &children;
     controller
         .reconcile_on(futures::stream::poll_fn(move |cx| expired.poll_recv(cx)))
-        .owns(api::<Pod>(&client, &ns), children.clone())
-        .owns(api::<PersistentVolumeClaim>(&client, &ns), children.clone())
-        .owns(api::<Deployment>(&client, &ns), children.clone())
-        .owns(api::<Service>(&client, &ns), children.clone())
-        .owns(api::<Secret>(&client, &ns), children.clone())
-        .owns(api::<ConfigMap>(&client, &ns), children)
+        .owns_stream(full(w.pods, api(&client, &ns), c))
+        .owns_stream(full(w.pvcs, api(&client, &ns), c))
+        .owns_stream(full(w.deployments, api(&client, &ns), c))
+        .owns_stream(full(w.secrets, api(&client, &ns), c))
+        .owns_stream(meta(
+            w.services,
+            api::<PartialObjectMeta<Service>>(&client, &ns),
+            c,
+        ))
+        .owns_stream(meta(
+            w.config_maps,
+            api::<PartialObjectMeta<ConfigMap>>(&client, &ns),
+            c,
+        ))
+        .owns_stream(meta(
+            w.service_accounts,
+            api::<PartialObjectMeta<ServiceAccount>>(&client, &ns),
+            c,
+        ))
+        .owns_stream(meta(
+            w.roles,
+            api::<PartialObjectMeta<Role>>(&client, &ns),
+            c,
+        ))
+        .owns_stream(meta(
+            w.role_bindings,
+            api::<PartialObjectMeta<RoleBinding>>(&client, &ns),
+            c,
+        ))
+        .owns_stream(meta(
+            w.pdbs,
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &ns),
+            c,
+        ))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

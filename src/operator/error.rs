@@ -1,8 +1,10 @@
-//! Errors of one reconciliation, each in a static category for metrics.
+//! Errors of one reconciliation, each in a static category for metrics
+//! and as the reason of its Warning Event.
 
 use super::cluster::apply::ApplyError;
 use super::cluster::plan::PlanError;
 use super::metrics::ErrorCategory;
+use super::report::StatusError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -12,28 +14,26 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("cannot write status: {0}")]
-    Status(#[source] kube::Error),
     #[error(transparent)]
-    Ha(#[from] super::ha::HaError),
+    Status(#[from] StatusError),
+    #[error(
+        "the watches of the cluster's children have not delivered their first list within 30s; check the operator's RBAC (list/watch) and the API server"
+    )]
+    CachesNotReady,
 }
 
 impl Error {
     pub fn category(&self) -> ErrorCategory {
         match self {
-            Error::Observe(_) => ErrorCategory::Observe,
+            Error::Observe(_) | Error::CachesNotReady => ErrorCategory::Observe,
             Error::Apply(ApplyError::Api { .. }) => ErrorCategory::Apply,
             Error::Apply(_) | Error::Plan(_) => ErrorCategory::Internal,
-            Error::Status(_) | Error::Ha(_) => ErrorCategory::Status,
+            Error::Status(_) => ErrorCategory::Status,
         }
     }
 
     /// A write refused because another one came first (409).
     pub fn is_conflict(&self) -> bool {
-        match self {
-            Error::Ha(super::ha::HaError::Conflict) => true,
-            Error::Status(kube::Error::Api(s)) => s.code == 409,
-            _ => false,
-        }
+        matches!(self, Error::Status(StatusError::Conflict))
     }
 }

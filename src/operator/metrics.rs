@@ -22,6 +22,19 @@ pub enum ErrorCategory {
     Internal,
 }
 
+impl ErrorCategory {
+    /// The reason of the Warning Event a failed reconcile publishes.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorCategory::InvalidSpec => "InvalidSpec",
+            ErrorCategory::Observe => "ObserveFailed",
+            ErrorCategory::Apply => "ApplyFailed",
+            ErrorCategory::Status => "StatusWriteFailed",
+            ErrorCategory::Internal => "InternalError",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub category: ErrorCategory,

@@ -1,14 +1,15 @@
 //! `capstan operator`: the controller manager (DESIGN §2, §4).
 
 pub mod agents;
+pub mod cache;
 pub mod cluster;
 pub mod context;
 pub mod controller;
 pub mod error;
-pub mod ha;
 pub mod http;
 pub mod leases;
 pub mod metrics;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,11 @@ pub struct Args {
     /// Identity in the leader Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Seconds between reconciles of a settled cluster (changes to it or
+    /// its children are reconciled at once; this only catches what no
+    /// event reports).
+    #[arg(long, env = "CAPSTAN_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub resync_seconds: u64,
 }
 
 impl Args {
@@ -163,6 +169,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         OperatorConfig {
             operator_image: args.image.clone(),
             namespace: args.watch_namespace().map(str::to_string),
+            resync: std::time::Duration::from_secs(args.resync_seconds),
         },
         metrics,
     ));

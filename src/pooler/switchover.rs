@@ -20,10 +20,38 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::{BoxFuture, join_all};
 
 use super::client::{ClientError, Endpoint, PoolerClient};
-use crate::contract::pooler::PauseRequest;
+use crate::contract::pooler::{PauseRequest, PauseResult};
+
+/// The pooler calls a switchover makes: the HTTPS client in production, a
+/// double in the operator's tests.
+pub trait PoolerControl: Send + Sync {
+    fn pause<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a PauseRequest,
+    ) -> BoxFuture<'a, Result<PauseResult, ClientError>>;
+    fn resume<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
+    fn reconnect<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
+}
+
+impl PoolerControl for PoolerClient {
+    fn pause<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a PauseRequest,
+    ) -> BoxFuture<'a, Result<PauseResult, ClientError>> {
+        Box::pin(PoolerClient::pause(self, ep, request))
+    }
+    fn resume<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(PoolerClient::resume(self, ep))
+    }
+    fn reconnect<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(PoolerClient::reconnect(self, ep))
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SwitchoverOptions {
@@ -117,7 +145,10 @@ fn resume_note(failures: &[Failure]) -> String {
 }
 
 /// RESUMEs every pooler (each retried a few times); returns those that failed.
-pub async fn resume_all(client: &PoolerClient, endpoints: &[Endpoint]) -> Vec<Failure> {
+pub async fn resume_all<C: PoolerControl + ?Sized>(
+    client: &C,
+    endpoints: &[Endpoint],
+) -> Vec<Failure> {
     let results = join_all(endpoints.iter().map(|ep| async move {
         let mut last = None;
         for attempt in 0..3u64 {
@@ -139,13 +170,14 @@ pub async fn resume_all(client: &PoolerClient, endpoints: &[Endpoint]) -> Vec<Fa
 }
 
 /// Holds client traffic on every pooler while `step` switches the primary.
-pub async fn switchover<F, Fut, T, E>(
-    client: &PoolerClient,
+pub async fn switchover<C, F, Fut, T, E>(
+    client: &C,
     endpoints: &[Endpoint],
     options: &SwitchoverOptions,
     step: F,
 ) -> Result<Switched<T>, SwitchoverError<E>>
 where
+    C: PoolerControl + ?Sized,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: std::fmt::Display,

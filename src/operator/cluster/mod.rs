@@ -2,8 +2,10 @@
 //! observe → validate → plan → apply → report.
 
 pub mod apply;
+pub mod execute;
 pub mod failover;
 pub mod observe;
+pub mod operation;
 pub mod plan;
 pub mod status;
 pub mod switchover;

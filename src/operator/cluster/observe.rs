@@ -1,21 +1,21 @@
-//! Observe: read what exists for one cluster (children by label, Secrets,
-//! certificates) into a plain value the pure steps work from.
+//! Observe: read what exists for one cluster (children from the watch
+//! caches, Secrets, certificates, the primary Lease view, agent reports,
+//! pending requests) into a plain value the pure steps work from.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource};
 
 use crate::api::{PostgresCluster, TlsMode};
 use crate::contract::instance::InstanceReport;
 use crate::contract::layout::files;
+use crate::operator::cache::{self, Caches};
+use crate::operator::leases::LeaseView;
 use crate::resources::{labels, names, secrets};
 use crate::tls::{self, CertInfo, CertSummary};
 
@@ -37,17 +37,27 @@ pub struct SecretFacts {
 pub struct Observed {
     /// Instance pods (label `capstan.dev/cluster`, component database).
     pub pods: Vec<Pod>,
+    /// Pooler pods (their agents hold clients during a switchover).
+    pub pooler_pods: Vec<Pod>,
     pub pvcs: Vec<PersistentVolumeClaim>,
     pub pooler: Option<Deployment>,
     /// Names of the PodDisruptionBudgets that exist.
     pub pdbs: BTreeSet<String>,
     /// Secrets by name: the cluster's own and the user-provided TLS ones.
     pub secrets: BTreeMap<String, SecretFacts>,
+    /// `<name>-operator-tls`: the operator's client certificate for the
+    /// agents.
+    pub operator_tls: Option<Secret>,
     /// `resourceVersion` of each child applied with server-side apply, by
     /// `Kind/name`: unchanged since Capstan's last apply means no drift.
     pub versions: BTreeMap<String, String>,
     /// What each reachable instance manager reported (`GET /status`).
     pub reports: BTreeMap<String, InstanceReport>,
+    /// The primary Lease as the operator saw it renewed (None until seen).
+    pub lease: Option<LeaseView>,
+    /// A pending switchover request: the `capstan.dev/switchover`
+    /// annotation.
+    pub switchover_request: Option<String>,
     /// Unix seconds when observed.
     pub now: i64,
 }
@@ -97,35 +107,32 @@ fn own_secret_facts(meta: &ObjectMeta, cluster: &str, ca_fingerprint: Option<&st
     }
 }
 
+/// Reads one cluster's children from the watch caches; only Secrets a
+/// user provides (not Capstan's, so not cached) are read from the API.
 pub async fn observe(
     client: &Client,
+    caches: &Caches,
     cluster: &PostgresCluster,
     now: i64,
 ) -> Result<Observed, kube::Error> {
     let ns = cluster.metadata.namespace.as_deref().unwrap_or("default");
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
-    let children = ListParams::default().labels(&labels::children_selector(name));
-    let instances =
-        ListParams::default().labels(&labels::to_selector(&labels::instances_selector(name)));
+    let children = BTreeMap::from([
+        (labels::CLUSTER.to_string(), name.to_string()),
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+    ]);
+    let pods = cache::select(&caches.pods, ns, &labels::instances_selector(name));
+    let pooler_pods = cache::select(&caches.pods, ns, &labels::pooler_selector(name));
+    let pvcs = cache::select(&caches.pvcs, ns, &labels::instances_selector(name));
+    let pooler = cache::get(&caches.deployments, ns, &names::pooler(name));
 
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&instances)
-        .await?
-        .items;
-    let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .list(&instances)
-        .await?
-        .items;
-    let pooler = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get_opt(&names::pooler(name))
-        .await?;
     let mut versions = BTreeMap::new();
-    let pdbs = metadata::<PodDisruptionBudget>(client, ns, &children, &mut versions).await?;
-    metadata::<ConfigMap>(client, ns, &children, &mut versions).await?;
-    metadata::<Service>(client, ns, &children, &mut versions).await?;
-    metadata::<ServiceAccount>(client, ns, &children, &mut versions).await?;
-    metadata::<Role>(client, ns, &children, &mut versions).await?;
-    metadata::<RoleBinding>(client, ns, &children, &mut versions).await?;
+    let pdbs = metadata(&caches.pdbs, ns, &children, &mut versions);
+    metadata(&caches.config_maps, ns, &children, &mut versions);
+    metadata(&caches.services, ns, &children, &mut versions);
+    metadata(&caches.service_accounts, ns, &children, &mut versions);
+    metadata(&caches.roles, ns, &children, &mut versions);
+    metadata(&caches.role_bindings, ns, &children, &mut versions);
     for claim in &pvcs {
         record(&mut versions, "PersistentVolumeClaim", &claim.metadata);
     }
@@ -133,10 +140,7 @@ pub async fn observe(
         record(&mut versions, "Deployment", &d.metadata);
     }
 
-    let own = Api::<Secret>::namespaced(client.clone(), ns)
-        .list_metadata(&children)
-        .await?
-        .items;
+    let own = cache::select(&caches.secrets, ns, &children);
     let ca_fingerprint = own
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some(names::ca_key_secret(name).as_str()))
@@ -149,6 +153,9 @@ pub async fn observe(
             Some((s.metadata.name.clone()?, facts))
         })
         .collect();
+    let operator_tls = own
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(names::operator_tls_secret(name).as_str()));
     if let (TlsMode::Provided, Some(provided)) =
         (&cluster.spec.tls.mode, &cluster.spec.tls.provided)
     {
@@ -167,13 +174,23 @@ pub async fn observe(
 
     Ok(Observed {
         pods,
+        pooler_pods,
         pvcs,
         pooler,
         pdbs: pdbs.into_iter().collect(),
         secrets,
+        operator_tls,
         versions,
-        // Filled by the controller, which holds the agent clients.
+        // Filled by the controller, which holds the agent clients and the
+        // Lease monitor.
         reports: BTreeMap::new(),
+        lease: None,
+        switchover_request: cluster
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::SWITCHOVER_ANNOTATION))
+            .cloned(),
         now,
     })
 }
@@ -184,30 +201,23 @@ fn record(versions: &mut BTreeMap<String, String>, kind: &str, meta: &ObjectMeta
     }
 }
 
-/// Lists the children of kind `K` by metadata, recording their
-/// resourceVersions; returns their names.
-async fn metadata<K>(
-    client: &Client,
+/// The cached children of kind `K`, by metadata: records their
+/// resourceVersions and returns their names.
+fn metadata<K>(
+    store: &Store<PartialObjectMeta<K>>,
     ns: &str,
-    params: &ListParams,
+    selector: &BTreeMap<String, String>,
     versions: &mut BTreeMap<String, String>,
-) -> Result<Vec<String>, kube::Error>
+) -> Vec<String>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    let list = Api::<K>::namespaced(client.clone(), ns)
-        .list_metadata(params)
-        .await?;
     let kind = K::kind(&());
-    Ok(list
-        .items
+    cache::select(store, ns, selector)
         .into_iter()
         .filter_map(|o| {
             record(versions, &kind, &o.metadata);
             o.metadata.name
         })
-        .collect())
+        .collect()
 }

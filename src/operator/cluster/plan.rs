@@ -11,8 +11,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
+use super::operation::{self, Operation, is_terminating};
 use crate::api::{PostgresClusterStatus, RetentionRule};
-use crate::resources::instance::{self, SPEC_HASH_ANNOTATION};
+use crate::resources::instance;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertIdentity, CertKind, PasswordSecret};
 use crate::resources::{config, labels, lease, names, pdb, proxy, quantity, rbac, services};
@@ -59,59 +60,6 @@ pub enum Deletion {
     Pdb(String),
 }
 
-/// The operation in progress, as reported in status and Events.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Nothing to do; the cluster matches its spec.
-    Steady,
-    /// Creating instance pods (the primary first, then the replicas).
-    CreateInstances(Vec<String>),
-    /// Waiting for instances to become ready (or terminating pods to go).
-    AwaitInstances(Vec<String>),
-    /// Re-creating one pod to apply a changed pod spec.
-    Recreate { instance: String, primary: bool },
-    /// Removing instances after `spec.instances` was lowered.
-    RemoveInstances(Vec<String>),
-}
-
-impl Step {
-    pub fn is_steady(&self) -> bool {
-        matches!(self, Step::Steady)
-    }
-
-    /// One line for status and Events.
-    pub fn describe(&self) -> String {
-        match self {
-            Step::Steady => "cluster matches its spec".into(),
-            Step::CreateInstances(v) => format!("creating instance(s) {}", v.join(", ")),
-            Step::AwaitInstances(v) => {
-                format!("waiting for instance(s) {} to become ready", v.join(", "))
-            }
-            Step::Recreate {
-                instance,
-                primary: false,
-            } => format!("re-creating replica {instance} to apply the updated pod spec"),
-            Step::Recreate {
-                instance,
-                primary: true,
-            } => {
-                format!("restarting primary {instance} in place to apply the updated pod spec")
-            }
-            Step::RemoveInstances(v) => format!("removing instance(s) {}", v.join(", ")),
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Step::Steady => "Reconciled",
-            Step::CreateInstances(_) => "CreatingInstances",
-            Step::AwaitInstances(_) => "WaitingForInstances",
-            Step::Recreate { .. } => "RollingUpdate",
-            Step::RemoveInstances(_) => "ScalingDown",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub target_primary: String,
@@ -123,7 +71,8 @@ pub struct Plan {
     /// Pods whose `capstan.dev/role` label must change: (pod, role).
     pub relabel: Vec<(String, String)>,
     pub delete: Vec<Deletion>,
-    pub step: Step,
+    /// The one operation this reconcile works on.
+    pub operation: Operation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,12 +140,22 @@ pub fn plan(
         }
     }
 
-    let (step, create_pods) =
-        instance_step(model, observed, &instances, &target_primary, &mut delete);
-    let step = match (step, removed.is_empty()) {
-        (Step::Steady, false) => Step::RemoveInstances(removed),
-        (step, _) => step,
-    };
+    let operation = operation::choose(&operation::Input {
+        model,
+        observed,
+        status,
+        target_primary: &target_primary,
+        instances: &instances,
+        removed: &removed,
+        switchover_request: observed.switchover_request.as_deref(),
+        lease: observed.lease.as_ref(),
+    });
+    let create_pods = operation::pods_to_create(model, &operation, &target_primary);
+    delete.extend(
+        operation::pods_to_delete(&operation)
+            .into_iter()
+            .map(Deletion::Pod),
+    );
     delete.sort();
     delete.dedup();
 
@@ -208,7 +167,7 @@ pub fn plan(
         create_pods,
         relabel,
         delete,
-        step,
+        operation,
     })
 }
 
@@ -349,131 +308,6 @@ fn removals(
     removed
 }
 
-fn is_terminating(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
-}
-
-fn is_failed(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
-}
-
-pub fn is_ready(pod: &Pod) -> bool {
-    !is_terminating(pod)
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn spec_hash(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(SPEC_HASH_ANNOTATION)
-        .map(String::as_str)
-}
-
-/// The instance operation for this reconcile, and pods to create.
-fn instance_step(
-    model: &Model,
-    observed: &Observed,
-    keep: &[String],
-    target_primary: &str,
-    delete: &mut Vec<Deletion>,
-) -> (Step, Vec<Pod>) {
-    let role_of = |name: &str| {
-        if name == target_primary {
-            labels::ROLE_PRIMARY
-        } else {
-            labels::ROLE_REPLICA
-        }
-    };
-    let desired = |name: &str| instance::pod(model, name, role_of(name));
-
-    // An evicted or failed pod never comes back by itself: remove it so it
-    // is re-created on its volume.
-    let failed: Vec<String> = keep
-        .iter()
-        .filter(|n| {
-            observed
-                .pod(n)
-                .is_some_and(|p| is_failed(p) && !is_terminating(p))
-        })
-        .cloned()
-        .collect();
-    if !failed.is_empty() {
-        delete.extend(failed.iter().cloned().map(Deletion::Pod));
-        return (Step::AwaitInstances(failed), vec![]);
-    }
-    let terminating: Vec<String> = keep
-        .iter()
-        .filter(|n| observed.pod(n).is_some_and(is_terminating))
-        .cloned()
-        .collect();
-    if !terminating.is_empty() {
-        return (Step::AwaitInstances(terminating), vec![]);
-    }
-
-    // The primary must exist and be ready before any replica can clone it.
-    let Some(primary) = observed.pod(target_primary) else {
-        return (
-            Step::CreateInstances(vec![target_primary.to_string()]),
-            vec![desired(target_primary)],
-        );
-    };
-    if !is_ready(primary) {
-        return (
-            Step::AwaitInstances(vec![target_primary.to_string()]),
-            vec![],
-        );
-    }
-    let missing: Vec<&String> = keep.iter().filter(|n| observed.pod(n).is_none()).collect();
-    if !missing.is_empty() {
-        let pods = missing.iter().map(|n| desired(n)).collect();
-        return (
-            Step::CreateInstances(missing.into_iter().cloned().collect()),
-            pods,
-        );
-    }
-    let not_ready: Vec<String> = keep
-        .iter()
-        .filter(|n| observed.pod(n).is_some_and(|p| !is_ready(p)))
-        .cloned()
-        .collect();
-    if !not_ready.is_empty() {
-        return (Step::AwaitInstances(not_ready), vec![]);
-    }
-
-    // Every instance is up: apply a changed pod spec one pod at a time,
-    // replicas first, the primary last.
-    let outdated = |name: &&String| {
-        let want = desired(name);
-        observed.pod(name).and_then(spec_hash) != spec_hash(&want)
-    };
-    let mut ordered: Vec<&String> = keep
-        .iter()
-        .filter(|n| n.as_str() != target_primary)
-        .collect();
-    ordered.push(
-        keep.iter()
-            .find(|n| n.as_str() == target_primary)
-            .unwrap_or(&keep[0]),
-    );
-    if let Some(name) = ordered.into_iter().find(outdated) {
-        delete.push(Deletion::Pod(name.clone()));
-        let primary = name == target_primary;
-        return (
-            Step::Recreate {
-                instance: name.clone(),
-                primary,
-            },
-            vec![],
-        );
-    }
-    (Step::Steady, vec![])
-}
-
 /// Secrets to create: passwords only when absent; the CA when absent;
 /// certificates when absent, unreadable, from another CA, naming the wrong
 /// hosts, or close to expiry.
@@ -527,404 +361,4 @@ fn secret_actions(model: &Model, observed: &Observed) -> Vec<SecretAction> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    use super::*;
-    use crate::operator::cluster::observe::SecretFacts;
-    use crate::resources::model::fixtures::model;
-    use crate::tls::CertInfo;
-
-    fn running(model: &Model, name: &str, role: &str, ready: bool) -> Pod {
-        let mut pod = instance::pod(model, name, role);
-        pod.status = Some(PodStatus {
-            phase: Some("Running".into()),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                ..PodCondition::default()
-            }]),
-            ..PodStatus::default()
-        });
-        pod
-    }
-
-    fn status(target: &str) -> PostgresClusterStatus {
-        PostgresClusterStatus {
-            target_primary: Some(target.into()),
-            ..PostgresClusterStatus::default()
-        }
-    }
-
-    fn all_ready(m: &Model, names: &[&str]) -> Observed {
-        Observed {
-            pods: names
-                .iter()
-                .map(|n| running(m, n, if *n == "db-1" { "primary" } else { "replica" }, true))
-                .collect(),
-            pvcs: names.iter().flat_map(|n| instance::pvcs(m, n)).collect(),
-            ..Observed::default()
-        }
-    }
-
-    fn pod_names(plan: &Plan) -> Vec<String> {
-        plan.create_pods
-            .iter()
-            .map(|p| p.metadata.name.clone().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn first_reconcile_creates_only_the_primary_and_every_shared_child() {
-        let m = model();
-        let plan = plan(&m, &Observed::default(), None).unwrap();
-        assert_eq!(plan.target_primary, "db-1");
-        assert_eq!(plan.instances, ["db-1", "db-2", "db-3"]);
-        assert_eq!(pod_names(&plan), ["db-1"]);
-        assert_eq!(plan.step, Step::CreateInstances(vec!["db-1".into()]));
-        let role = &plan.create_pods[0].metadata.labels.as_ref().unwrap()[labels::ROLE];
-        assert_eq!(role, "primary");
-        let kinds: Vec<&str> = plan
-            .apply
-            .iter()
-            .map(|c| match c {
-                Child::ConfigMap(_) => "cm",
-                Child::Service(_) => "svc",
-                Child::ServiceAccount(_) => "sa",
-                Child::Role(_) => "role",
-                Child::RoleBinding(_) => "rb",
-                Child::Pvc(_) => "pvc",
-                Child::Deployment(_) => "deploy",
-                Child::Pdb(_) => "pdb",
-                Child::Lease(_) => "lease",
-            })
-            .collect();
-        assert_eq!(kinds.iter().filter(|k| **k == "svc").count(), 4);
-        assert_eq!(
-            kinds.iter().filter(|k| **k == "pvc").count(),
-            3,
-            "volumes for every instance"
-        );
-        assert!(kinds.contains(&"deploy") && kinds.contains(&"cm") && kinds.contains(&"pdb"));
-        // Every secret is created on the first pass.
-        assert_eq!(
-            plan.secrets
-                .iter()
-                .filter(|a| matches!(a, SecretAction::CreatePassword(_)))
-                .count(),
-            3
-        );
-        assert!(plan.secrets.contains(&SecretAction::CreateCa));
-        assert_eq!(
-            plan.secrets
-                .iter()
-                .filter(|a| matches!(a, SecretAction::IssueCert(_, CertReason::Missing)))
-                .count(),
-            5
-        );
-    }
-
-    #[test]
-    fn replicas_wait_for_a_ready_primary_then_come_together() {
-        let m = model();
-        let mut observed = Observed {
-            pods: vec![running(&m, "db-1", "primary", false)],
-            ..Observed::default()
-        };
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-1".into()]));
-        assert!(p.create_pods.is_empty());
-
-        observed.pods = vec![running(&m, "db-1", "primary", true)];
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(pod_names(&p), ["db-2", "db-3"]);
-        assert!(
-            p.create_pods
-                .iter()
-                .all(|pod| pod.metadata.labels.as_ref().unwrap()[labels::ROLE] == "replica")
-        );
-    }
-
-    #[test]
-    fn a_ready_cluster_is_steady() {
-        let m = model();
-        let observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::Steady);
-        assert!(p.create_pods.is_empty() && p.delete.is_empty() && p.relabel.is_empty());
-    }
-
-    #[test]
-    fn scale_down_removes_the_highest_replicas_never_the_primary() {
-        let mut m = model();
-        m.spec.instances = 1;
-        // db-3 is the primary after some failover.
-        let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        observed.pods[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(labels::ROLE.into(), "replica".into());
-        let p = plan(&m, &observed, Some(&status("db-3"))).unwrap();
-        assert_eq!(p.instances, ["db-3"]);
-        assert_eq!(
-            p.step,
-            Step::RemoveInstances(vec!["db-1".into(), "db-2".into()])
-        );
-        assert!(p.delete.contains(&Deletion::Pod("db-1".into())));
-        assert!(p.delete.contains(&Deletion::Pod("db-2".into())));
-        assert!(
-            p.delete.contains(&Deletion::Pvc("db-1".into())),
-            "whenScaled defaults to Delete"
-        );
-        assert!(!p.delete.contains(&Deletion::Pvc("db-3".into())));
-        assert!(!p.delete.contains(&Deletion::Pod("db-3".into())));
-    }
-
-    #[test]
-    fn scale_down_keeps_volumes_when_asked() {
-        let mut m = model();
-        m.spec.instances = 2;
-        m.spec.storage.retention.when_scaled = RetentionRule::Retain;
-        let observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(
-            p.delete,
-            vec![Deletion::Pod("db-3".into())],
-            "the volume stays"
-        );
-        // Scaling back up reuses the retained volume's name.
-        let mut back = observed.clone();
-        back.pods
-            .retain(|p| p.metadata.name.as_deref() != Some("db-3"));
-        m.spec.instances = 3;
-        let p = plan(&m, &back, Some(&status("db-1"))).unwrap();
-        assert_eq!(pod_names(&p), ["db-3"]);
-    }
-
-    #[test]
-    fn the_current_primary_volume_is_never_deleted_even_mid_failover() {
-        let mut m = model();
-        m.spec.instances = 1;
-        let observed = all_ready(&m, &["db-1", "db-2"]);
-        let mut st = status("db-2");
-        st.current_primary = Some("db-1".into());
-        let p = plan(&m, &observed, Some(&st)).unwrap();
-        assert!(!p.delete.iter().any(
-            |d| matches!(d, Deletion::Pvc(n) | Deletion::Pod(n) if n == "db-1" || n == "db-2")
-        ));
-    }
-
-    #[test]
-    fn scale_up_uses_the_lowest_free_index() {
-        let mut m = model();
-        m.spec.instances = 3;
-        let observed = all_ready(&m, &["db-1", "db-3"]);
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.instances, ["db-1", "db-2", "db-3"]);
-        assert_eq!(pod_names(&p), ["db-2"]);
-    }
-
-    #[test]
-    fn changed_pod_spec_recreates_replicas_first_then_the_primary() {
-        let m = model();
-        let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        let mut m2 = m.clone();
-        m2.images.postgres = "postgres:17.9".into();
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(
-            p.step,
-            Step::Recreate {
-                instance: "db-2".into(),
-                primary: false
-            }
-        );
-        assert_eq!(p.delete, vec![Deletion::Pod("db-2".into())]);
-
-        // db-2 came back updated but is not ready: wait, touch nothing else.
-        observed.pods[1] = running(&m2, "db-2", "replica", false);
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-2".into()]));
-        assert!(p.delete.is_empty());
-
-        observed.pods[1] = running(&m2, "db-2", "replica", true);
-        observed.pods[2] = running(&m2, "db-3", "replica", true);
-        let p = plan(&m2, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(
-            p.step,
-            Step::Recreate {
-                instance: "db-1".into(),
-                primary: true
-            }
-        );
-    }
-
-    #[test]
-    fn terminating_and_failed_pods_are_waited_for_or_replaced() {
-        let m = model();
-        let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        observed.pods[2].metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.step, Step::AwaitInstances(vec!["db-3".into()]));
-        assert!(p.create_pods.is_empty());
-
-        let mut observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        observed.pods[1].status.as_mut().unwrap().phase = Some("Failed".into());
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.delete, vec![Deletion::Pod("db-2".into())]);
-    }
-
-    #[test]
-    fn role_labels_follow_the_target_primary() {
-        let m = model();
-        let observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
-        let p = plan(&m, &observed, Some(&status("db-2"))).unwrap();
-        assert_eq!(
-            p.relabel,
-            vec![
-                ("db-1".into(), "replica".into()),
-                ("db-2".into(), "primary".into())
-            ]
-        );
-    }
-
-    #[test]
-    fn volumes_grow_but_never_shrink() {
-        let mut m = model();
-        let mut observed = all_ready(&m, &["db-1"]);
-        m.spec.instances = 1;
-        m.spec.storage.size.0 = "20Gi".into();
-        let size_of = |p: &Plan, name: &str| {
-            p.apply.iter().find_map(|c| match c {
-                Child::Pvc(claim) if claim.metadata.name.as_deref() == Some(name) => {
-                    Some(instance::requested_storage(claim).unwrap().0.clone())
-                }
-                _ => None,
-            })
-        };
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(size_of(&p, "db-1").as_deref(), Some("20Gi"));
-        // The volume was grown beyond the spec by hand: keep its size.
-        observed.pvcs[0]
-            .spec
-            .as_mut()
-            .unwrap()
-            .resources
-            .as_mut()
-            .unwrap()
-            .requests = Some(BTreeMap::from([(
-            "storage".into(),
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity("30Gi".into()),
-        )]));
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(size_of(&p, "db-1").as_deref(), Some("30Gi"));
-    }
-
-    #[test]
-    fn unwanted_budgets_are_deleted() {
-        let mut m = model();
-        m.spec.instances = 1;
-        let mut observed = all_ready(&m, &["db-1"]);
-        observed.pdbs = ["db-primary".to_string(), "db-pooler".to_string()].into();
-        let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
-        assert_eq!(p.delete, vec![Deletion::Pdb("db-primary".into())]);
-    }
-
-    fn cert(model: &Model, kind: CertKind, not_after: i64) -> SecretFacts {
-        let (dns_names, common_name) = match kind.identity(model) {
-            CertIdentity::Server(dns) => (dns.clone(), dns.first().cloned()),
-            CertIdentity::Client(cn) => (vec![], Some(cn)),
-        };
-        SecretFacts {
-            keys: ["tls.crt", "tls.key", "ca.crt"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            cert: Some(CertInfo {
-                common_name,
-                dns_names,
-                not_after,
-            }),
-            signed_by_cluster_ca: true,
-            ca_cert: None,
-        }
-    }
-
-    #[test]
-    fn existing_secrets_are_never_regenerated_and_certificates_renew_on_time() {
-        let m = model();
-        let now = 1_800_000_000;
-        let year = 365 * 24 * 3600;
-        let mut observed = Observed {
-            now,
-            ..Observed::default()
-        };
-        for k in PasswordSecret::ALL {
-            observed
-                .secrets
-                .insert(k.name("db"), SecretFacts::default());
-        }
-        let ca = SecretFacts {
-            ca_cert: Some(CertInfo {
-                common_name: Some("db CA".into()),
-                dns_names: vec![],
-                not_after: now + 5 * year,
-            }),
-            ..SecretFacts::default()
-        };
-        observed
-            .secrets
-            .insert(names::ca_key_secret("db"), ca.clone());
-        observed.secrets.insert(names::ca_secret("db"), ca);
-        for kind in CertKind::managed(&m) {
-            observed
-                .secrets
-                .insert(kind.secret_name("db"), cert(&m, kind, now + year));
-        }
-        let p = plan(&m, &observed, None).unwrap();
-        assert!(p.secrets.is_empty(), "{:?}", p.secrets);
-        let mut no_public_ca = observed.clone();
-        no_public_ca.secrets.remove(&names::ca_secret("db"));
-        assert_eq!(
-            plan(&m, &no_public_ca, None).unwrap().secrets,
-            vec![SecretAction::PublishCa]
-        );
-        let mut unannotated = observed.clone();
-        unannotated
-            .secrets
-            .insert(names::ca_key_secret("db"), SecretFacts::default());
-        assert_eq!(
-            plan(&m, &unannotated, None).unwrap().secrets,
-            vec![SecretAction::PublishCa],
-            "re-published with its summary, never re-created"
-        );
-
-        observed.secrets.insert(
-            CertKind::Server.secret_name("db"),
-            cert(&m, CertKind::Server, now + 10 * 24 * 3600),
-        );
-        let mut wrong_names = cert(&m, CertKind::Pooler, now + year);
-        wrong_names.cert.as_mut().unwrap().dns_names = vec!["old-name".into()];
-        observed
-            .secrets
-            .insert(CertKind::Pooler.secret_name("db"), wrong_names);
-        let mut foreign = cert(&m, CertKind::Agent, now + year);
-        foreign.signed_by_cluster_ca = false;
-        observed
-            .secrets
-            .insert(CertKind::Agent.secret_name("db"), foreign);
-        let p = plan(&m, &observed, None).unwrap();
-        assert_eq!(
-            p.secrets,
-            vec![
-                SecretAction::IssueCert(CertKind::Server, CertReason::Expiring),
-                SecretAction::IssueCert(CertKind::Pooler, CertReason::NamesChanged),
-                SecretAction::IssueCert(CertKind::Agent, CertReason::NewCa),
-            ]
-        );
-    }
-}
+mod tests;

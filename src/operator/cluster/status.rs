@@ -6,13 +6,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observe::Observed;
-use super::plan::{Plan, is_ready};
+use super::operation::is_ready;
+use super::plan::Plan;
 use super::validate::{Blocked, SpecError};
 use crate::api::{
-    Endpoints, InstanceStatus, Phase, PostgresClusterStatus, ProxyStatus, SecretNames, TlsStatus,
+    Endpoints, InstanceStatus, OperationStatus, Phase, PostgresClusterStatus, ProxyStatus,
+    SecretNames, TlsStatus,
 };
 use crate::contract::instance::{InstanceReport, Role};
 use crate::contract::layout;
+use crate::operator::report::reason;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertKind, PasswordSecret, tls_sources};
 use crate::resources::{labels, names};
@@ -26,7 +29,7 @@ pub const DEGRADED: &str = "Degraded";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub warning: bool,
-    pub reason: String,
+    pub reason: &'static str,
     pub message: String,
 }
 
@@ -110,6 +113,26 @@ fn sync_state(r: &Report<'_>, name: &str) -> Option<String> {
     )
 }
 
+/// `status.operation`: the operation under way; it keeps its start time
+/// while the same kind of operation goes on.
+fn operation_status(r: &Report<'_>) -> Option<OperationStatus> {
+    let op = &r.plan.operation;
+    if op.is_idle() {
+        return None;
+    }
+    let type_ = op.kind().to_string();
+    let started_at = r
+        .previous
+        .and_then(|s| s.operation.as_ref())
+        .filter(|o| o.type_ == type_)
+        .map_or_else(|| r.now.0.to_string(), |o| o.started_at.clone());
+    Some(OperationStatus {
+        type_,
+        message: op.describe(),
+        started_at,
+    })
+}
+
 pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let model = r.model;
     let cluster = &model.name;
@@ -186,14 +209,15 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         g,
         &r.now,
     );
-    let progressing = !r.plan.step.is_steady() || !ready;
-    let (reason, message) = if r.plan.step.is_steady() && !ready {
+    let idle = r.plan.operation.is_idle();
+    let progressing = !idle || !ready;
+    let (reason, message) = if idle && !ready {
         (
             "WaitingForPoolers",
             format!("{pooler_ready}/{wanted_poolers} pooler(s) ready"),
         )
     } else {
-        (r.plan.step.reason(), r.plan.step.describe())
+        (r.plan.operation.reason(), r.plan.operation.describe())
     };
     set(
         &mut conditions,
@@ -265,13 +289,13 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     if ready && !was_ready {
         transitions.push(Transition {
             warning: false,
-            reason: "ClusterReady".into(),
+            reason: reason::CLUSTER_READY,
             message: ready_message.clone(),
         });
     } else if !ready && was_ready {
         transitions.push(Transition {
             warning: true,
-            reason: "ClusterNotReady".into(),
+            reason: reason::CLUSTER_NOT_READY,
             message: ready_message.clone(),
         });
     }
@@ -280,7 +304,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     {
         transitions.push(Transition {
             warning: true,
-            reason: b.reason.into(),
+            reason: b.reason,
             message: b.message.clone(),
         });
     }
@@ -304,6 +328,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
+        operation: operation_status(r),
         observed_generation: Some(g),
         phase: Some(phase),
         conditions,
@@ -311,6 +336,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         target_primary: Some(r.plan.target_primary.clone()),
         postgres_version: Some(model.postgres_version),
         ready_instances,
+        selector: Some(crate::api::scale_selector(cluster)),
         instances,
         proxy: Some(ProxyStatus {
             replicas: pooler_replicas,
@@ -401,7 +427,7 @@ pub fn stalled(
     } else {
         vec![Transition {
             warning: true,
-            reason: "InvalidSpec".into(),
+            reason: reason::INVALID_SPEC,
             message,
         }]
     };
@@ -409,187 +435,4 @@ pub fn stalled(
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::api::apps::v1::DeploymentStatus;
-    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
-
-    use super::*;
-    use crate::operator::cluster::plan::plan;
-    use crate::resources::instance;
-    use crate::resources::model::fixtures::model;
-
-    fn now(secs: i64) -> Time {
-        Time(jiff::Timestamp::from_second(secs).unwrap())
-    }
-
-    fn pod(m: &Model, name: &str, ready: bool) -> Pod {
-        let mut p = instance::pod(m, name, if name == "db-1" { "primary" } else { "replica" });
-        p.status = Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some(format!("10.0.0.{}", &name[3..])),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                ..PodCondition::default()
-            }]),
-            ..PodStatus::default()
-        });
-        p
-    }
-
-    fn observed(m: &Model, ready: &[bool], poolers_ready: i32) -> Observed {
-        let mut d = crate::resources::proxy::deployment(m);
-        d.status = Some(DeploymentStatus {
-            replicas: Some(2),
-            ready_replicas: Some(poolers_ready),
-            ..DeploymentStatus::default()
-        });
-        Observed {
-            pods: ready
-                .iter()
-                .enumerate()
-                .map(|(i, r)| pod(m, &format!("db-{}", i + 1), *r))
-                .collect(),
-            pooler: Some(d),
-            ..Observed::default()
-        }
-    }
-
-    fn report(
-        m: &Model,
-        o: &Observed,
-        previous: Option<&PostgresClusterStatus>,
-        t: i64,
-    ) -> (PostgresClusterStatus, Vec<Transition>) {
-        let p = plan(m, o, previous).unwrap();
-        compute(&Report {
-            model: m,
-            observed: o,
-            plan: &p,
-            previous,
-            generation: 4,
-            now: now(t),
-            blocked: None,
-            apply_error: None,
-        })
-    }
-
-    fn condition<'a>(s: &'a PostgresClusterStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).unwrap()
-    }
-
-    #[test]
-    fn ready_only_when_every_instance_and_pooler_is() {
-        let m = model();
-        let (s, _) = report(&m, &observed(&m, &[true, true, true], 1), None, 100);
-        assert_eq!(condition(&s, READY).status, "False");
-        assert_eq!(condition(&s, RECONCILING).status, "True");
-        assert_eq!(condition(&s, RECONCILING).reason, "WaitingForPoolers");
-        let (s, t) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
-        assert_eq!(condition(&s, READY).status, "True");
-        assert_eq!(condition(&s, RECONCILING).status, "False");
-        assert_eq!(condition(&s, STALLED).status, "False");
-        assert_eq!(s.phase, Some(Phase::Ready));
-        assert_eq!(s.observed_generation, Some(4));
-        assert_eq!(s.ready_instances, 3);
-        assert_eq!(s.current_primary.as_deref(), Some("db-1"));
-        assert_eq!(s.instances[0].role, "primary");
-        assert_eq!(s.instances[2].pod_ip.as_deref(), Some("10.0.0.3"));
-        assert_eq!(
-            s.endpoints.as_ref().unwrap().pooler,
-            "db-pooler.ns.svc:5432"
-        );
-        assert_eq!(
-            t,
-            vec![Transition {
-                warning: false,
-                reason: "ClusterReady".into(),
-                message: "3 instance(s) and 2 pooler(s) ready".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn losing_an_instance_degrades_and_keeps_transition_times() {
-        let m = model();
-        let (ready, _) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
-        let (s, t) = report(
-            &m,
-            &observed(&m, &[true, false, true], 2),
-            Some(&ready),
-            200,
-        );
-        assert_eq!(condition(&s, READY).status, "False");
-        assert_eq!(condition(&s, DEGRADED).status, "True");
-        assert_eq!(s.phase, Some(Phase::Degraded));
-        assert_eq!(t[0].reason, "ClusterNotReady");
-        assert!(t[0].warning);
-        // Stalled did not change: its transition time stays.
-        assert_eq!(condition(&s, STALLED).last_transition_time, now(100));
-        assert_eq!(condition(&s, READY).last_transition_time, now(200));
-    }
-
-    #[test]
-    fn a_new_cluster_is_creating_not_degraded() {
-        let m = model();
-        let (s, t) = report(&m, &Observed::default(), None, 100);
-        assert_eq!(s.phase, Some(Phase::Creating));
-        assert_eq!(condition(&s, DEGRADED).status, "False");
-        assert_eq!(condition(&s, RECONCILING).reason, "CreatingInstances");
-        assert_eq!(s.target_primary.as_deref(), Some("db-1"));
-        assert!(s.current_primary.is_none());
-        assert!(t.is_empty());
-    }
-
-    #[test]
-    fn blocked_work_is_stalled_with_its_reason() {
-        let m = model();
-        let o = observed(&m, &[true, true, true], 2);
-        let p = plan(&m, &o, None).unwrap();
-        let blocked = Blocked {
-            reason: "MajorUpgradeUnsupported",
-            message: "no".into(),
-        };
-        let (s, t) = compute(&Report {
-            model: &m,
-            observed: &o,
-            plan: &p,
-            previous: None,
-            generation: 1,
-            now: now(1),
-            blocked: Some(&blocked),
-            apply_error: None,
-        });
-        assert_eq!(condition(&s, STALLED).status, "True");
-        assert_eq!(condition(&s, STALLED).reason, "MajorUpgradeUnsupported");
-        assert_eq!(s.phase, Some(Phase::Stalled));
-        assert!(t.iter().any(|t| t.reason == "MajorUpgradeUnsupported"));
-    }
-
-    #[test]
-    fn invalid_spec_is_stalled_once_and_keeps_the_rest() {
-        let m = model();
-        let (ready, _) = report(&m, &observed(&m, &[true, true, true], 2), None, 100);
-        let err = SpecError {
-            field: "spec.postgres.parameters".into(),
-            message: "port is managed by Capstan and may not be set; remove it".into(),
-            awaits_object: false,
-        };
-        let (s, t) = stalled(Some(&ready), 5, now(300), &err);
-        assert_eq!(s.observed_generation, Some(5));
-        assert_eq!(condition(&s, STALLED).status, "True");
-        assert!(
-            condition(&s, STALLED)
-                .message
-                .starts_with("spec.postgres.parameters: port")
-        );
-        assert_eq!(
-            s.current_primary.as_deref(),
-            Some("db-1"),
-            "what is known is kept"
-        );
-        assert_eq!(t.len(), 1);
-        let (_, again) = stalled(Some(&s), 5, now(400), &err);
-        assert!(again.is_empty(), "no Event storm for the same error");
-    }
-}
+mod tests;

@@ -23,14 +23,10 @@ pub enum Decision {
     Nothing,
     /// Carry out a switchover from the current primary to `to`.
     Start { request: String, to: String },
-    /// A request that was under way when the operator stopped.
-    Resume { request: String, to: String },
     /// The target already is the primary.
     AlreadyPrimary { request: String, to: String },
     /// Refused; the message names the annotation and the fix.
     Refuse { request: String, message: String },
-    /// Not now (a failover runs); asked again later.
-    Wait(String),
 }
 
 pub fn target_of(request: &str) -> &str {
@@ -43,7 +39,6 @@ pub struct Input<'a> {
     pub target_primary: &'a str,
     pub instances: &'a [String],
     pub reports: &'a std::collections::BTreeMap<String, InstanceReport>,
-    pub failover_running: bool,
 }
 
 pub fn decide(input: &Input<'_>) -> Decision {
@@ -52,12 +47,9 @@ pub fn decide(input: &Input<'_>) -> Decision {
     };
     let request = request.to_string();
     let to = target_of(&request).to_string();
-    if let Some(rec) = input.recorded.filter(|r| r.request == request) {
-        return if is_terminal(&rec.phase) {
-            Decision::Nothing
-        } else {
-            Decision::Resume { request, to }
-        };
+    // Handled already (a switchover under way is the chooser's concern).
+    if input.recorded.is_some_and(|r| r.request == request) {
+        return Decision::Nothing;
     }
     if !input.instances.contains(&to) {
         return Decision::Refuse {
@@ -70,9 +62,6 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
     if to == input.target_primary {
         return Decision::AlreadyPrimary { request, to };
-    }
-    if input.failover_running {
-        return Decision::Wait("a failover is under way; the switchover starts after it".into());
     }
     match input.reports.get(&to) {
         Some(r) if r.role == Role::Replica && r.ready => Decision::Start { request, to },
@@ -121,7 +110,6 @@ mod tests {
         annotation: Option<&str>,
         recorded: Option<&SwitchoverStatus>,
         reports: &BTreeMap<String, InstanceReport>,
-        failover_running: bool,
     ) -> Decision {
         let instances = vec!["db-1".to_string(), "db-2".to_string()];
         decide(&Input {
@@ -130,7 +118,6 @@ mod tests {
             target_primary: "db-1",
             instances: &instances,
             reports,
-            failover_running,
         })
     }
 
@@ -145,9 +132,9 @@ mod tests {
     #[test]
     fn a_request_is_carried_out_once() {
         let r = reports(true);
-        assert_eq!(decide_with(None, None, &r, false), Decision::Nothing);
+        assert_eq!(decide_with(None, None, &r), Decision::Nothing);
         assert_eq!(
-            decide_with(Some("db-2"), None, &r, false),
+            decide_with(Some("db-2"), None, &r),
             Decision::Start {
                 request: "db-2".into(),
                 to: "db-2".into()
@@ -155,44 +142,35 @@ mod tests {
         );
         let done = recorded("db-2", COMPLETED);
         assert_eq!(
-            decide_with(Some("db-2"), Some(&done), &r, false),
+            decide_with(Some("db-2"), Some(&done), &r),
             Decision::Nothing
         );
         // A new token asks again.
         assert_eq!(
-            decide_with(Some("db-2/b"), Some(&done), &r, false),
+            decide_with(Some("db-2/b"), Some(&done), &r),
             Decision::Start {
                 request: "db-2/b".into(),
                 to: "db-2".into()
             }
         );
-        let running = recorded("db-2", PAUSING);
-        assert!(matches!(
-            decide_with(Some("db-2"), Some(&running), &r, false),
-            Decision::Resume { .. }
-        ));
     }
 
     #[test]
     fn bad_targets_are_refused_with_the_fix() {
         let r = reports(true);
-        match decide_with(Some("db-9"), None, &r, false) {
+        match decide_with(Some("db-9"), None, &r) {
             Decision::Refuse { message, .. } => {
                 assert!(message.contains("db-1, db-2"), "{message}")
             }
             other => panic!("{other:?}"),
         }
-        match decide_with(Some("db-2"), None, &reports(false), false) {
+        match decide_with(Some("db-2"), None, &reports(false)) {
             Decision::Refuse { message, .. } => assert!(message.contains("db-2/2"), "{message}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decide_with(Some("db-1/x"), None, &r, false),
+            decide_with(Some("db-1/x"), None, &r),
             Decision::AlreadyPrimary { .. }
-        ));
-        assert!(matches!(
-            decide_with(Some("db-2"), None, &r, true),
-            Decision::Wait(_)
         ));
     }
 }

@@ -5,7 +5,7 @@
 //! what got past them (an API server without CEL, objects created before a
 //! rule existed) and what admission cannot see (missing Secrets).
 
-use crate::api::{PostgresCluster, TlsMode, defaults};
+use crate::api::{PostgresCluster, TlsMode, defaults, limits};
 use crate::contract::layout::files;
 use crate::pooler::managed as pgbouncer_managed;
 use crate::postgres::parameters as postgres_managed;
@@ -91,24 +91,33 @@ fn check(
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
     let spec = &cluster.spec;
 
-    if name.is_empty() || name.len() > 50 || !is_dns_label(&name) {
+    if name.is_empty() || name.len() > limits::CLUSTER_NAME_MAX || !is_dns_label(&name) {
         return Err(invalid(
             "metadata.name",
-            "must be at most 50 lowercase letters, digits and '-', starting with a letter; create the cluster under a shorter name",
+            format!(
+                "must be at most {} lowercase letters, digits and '-', starting with a letter; create the cluster under a shorter name",
+                limits::CLUSTER_NAME_MAX
+            ),
         ));
     }
-    if !(1..=9).contains(&spec.instances) {
+    if !limits::INSTANCES.contains(&spec.instances) {
         return Err(invalid(
             "spec.instances",
-            format!("{} is out of range; use 1 to 9", spec.instances),
+            format!(
+                "{} is out of range; use {} to {}",
+                spec.instances,
+                limits::INSTANCES.start(),
+                limits::INSTANCES.end()
+            ),
         ));
     }
-    if !(14..=18).contains(&spec.postgres.version) {
+    if !limits::POSTGRES_VERSIONS.contains(&spec.postgres.version) {
         return Err(invalid(
             "spec.postgres.version",
             format!(
-                "{} is not supported; use 14, 15, 16, 17 or 18",
-                spec.postgres.version
+                "{} is not supported; use {}",
+                spec.postgres.version,
+                limits::spelled(&limits::POSTGRES_VERSIONS)
             ),
         ));
     }
@@ -186,14 +195,40 @@ fn check(
         }
     }
     let pgb = &spec.proxy.pgbouncer;
-    if !(1..=32).contains(&pgb.replicas) {
-        return Err(invalid("spec.proxy.pgbouncer.replicas", "use 1 to 32"));
+    if !limits::POOLER_REPLICAS.contains(&pgb.replicas) {
+        return Err(invalid(
+            "spec.proxy.pgbouncer.replicas",
+            format!(
+                "use {} to {}",
+                limits::POOLER_REPLICAS.start(),
+                limits::POOLER_REPLICAS.end()
+            ),
+        ));
     }
-    if pgb.max_client_conn < 1 || pgb.default_pool_size < 1 {
+    if pgb.max_client_conn < limits::POOL_SIZE_MIN || pgb.default_pool_size < limits::POOL_SIZE_MIN
+    {
         return Err(invalid(
             "spec.proxy.pgbouncer",
-            "maxClientConn and defaultPoolSize must be at least 1",
+            format!(
+                "maxClientConn and defaultPoolSize must be at least {}",
+                limits::POOL_SIZE_MIN
+            ),
         ));
+    }
+    let failover = &spec.failover;
+    if !limits::DETECTION_SECONDS.contains(&failover.detection_seconds) {
+        return Err(invalid(
+            "spec.failover.detectionSeconds",
+            format!(
+                "{} is out of range; use {} to {}",
+                failover.detection_seconds,
+                limits::DETECTION_SECONDS.start(),
+                limits::DETECTION_SECONDS.end()
+            ),
+        ));
+    }
+    if failover.max_lag_bytes < limits::MAX_LAG_BYTES_MIN {
+        return Err(invalid("spec.failover.maxLagBytes", "must not be negative"));
     }
     validate_tls(cluster, observed, environment)?;
 
@@ -435,6 +470,30 @@ mod tests {
         let mut c = cluster(base());
         c.metadata.name = Some("Db".into());
         assert_eq!(check(&c).unwrap_err().field, "metadata.name");
+        let mut c = cluster(base());
+        c.metadata.name = Some("a".repeat(limits::CLUSTER_NAME_MAX + 1));
+        assert_eq!(check(&c).unwrap_err().field, "metadata.name");
+        let mut c = cluster(base());
+        c.spec.proxy.pgbouncer.replicas = limits::POOLER_REPLICAS.end() + 1;
+        assert_eq!(
+            check(&c).unwrap_err().field,
+            "spec.proxy.pgbouncer.replicas"
+        );
+        let mut c = cluster(base());
+        c.spec.failover.detection_seconds = limits::DETECTION_SECONDS.start() - 1;
+        assert_eq!(
+            check(&c).unwrap_err().field,
+            "spec.failover.detectionSeconds"
+        );
+        let mut c = cluster(base());
+        c.spec.failover.max_lag_bytes = -1;
+        assert_eq!(check(&c).unwrap_err().field, "spec.failover.maxLagBytes");
+        // The bounds themselves are accepted.
+        let mut c = cluster(base());
+        c.spec.instances = *limits::INSTANCES.end();
+        c.spec.failover.detection_seconds = *limits::DETECTION_SECONDS.end();
+        c.metadata.name = Some("a".repeat(limits::CLUSTER_NAME_MAX));
+        assert!(check(&c).is_ok());
     }
 
     #[test]

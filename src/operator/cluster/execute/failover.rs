@@ -1,0 +1,182 @@
+//! Failover steps: move `targetPrimary` to the chosen replica, promote it,
+//! route clients; record a blocked or no longer needed failover.
+
+use std::time::Instant;
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Executor, Next, now_rfc3339};
+use crate::api::{FailoverStatus, PostgresClusterStatus};
+use crate::operator::cluster::failover::Promotion;
+use crate::operator::cluster::operation::{Failover, failover_phase};
+use crate::operator::report::{self, StatusError, reason};
+
+impl Executor<'_> {
+    pub(super) async fn failover(
+        &self,
+        step: &Failover,
+        status: &mut PostgresClusterStatus,
+    ) -> Result<Next, StatusError> {
+        use failover_phase::*;
+        match step {
+            Failover::Start(p) => {
+                self.start_failover(p).await?;
+                Ok(Next::Restart)
+            }
+            Failover::Promote { to } => {
+                // Idempotent; the instance manager also promotes on its own
+                // once it sees the target and the free Lease.
+                if let (Some(agents), Some(ep)) = (self.agents, self.endpoint(to))
+                    && let Err(e) = agents.promote(&ep).await
+                {
+                    warn!(cluster = %self.model.name, instance = %to, operation = "failover", error = %e, "promote");
+                }
+                Ok(Next::Continue)
+            }
+            Failover::Finish { to, from } => {
+                self.route_clients(to, from).await;
+                self.reconnect_poolers().await;
+                if let Some(f) = status.failover.as_mut() {
+                    f.phase = COMPLETED.into();
+                    f.completed_at = Some(now_rfc3339());
+                    f.message = format!("{to} is the primary; {from} was lost");
+                    info!(cluster = %self.model.name, operation = "failover", primary = %to, "failover completed");
+                    report::event(
+                        self.ctx,
+                        self.cluster,
+                        false,
+                        reason::FAILOVER_COMPLETED,
+                        f.message.clone(),
+                    )
+                    .await;
+                }
+                Ok(Next::Continue)
+            }
+            Failover::Blocked { from, message } => {
+                let new = !status
+                    .failover
+                    .as_ref()
+                    .is_some_and(|f| f.phase == BLOCKED && f.from == *from);
+                if new {
+                    warn!(cluster = %self.model.name, operation = "failover", %message, "failover blocked");
+                    report::event(
+                        self.ctx,
+                        self.cluster,
+                        true,
+                        reason::FAILOVER_BLOCKED,
+                        message.clone(),
+                    )
+                    .await;
+                }
+                let started_at = status
+                    .failover
+                    .as_ref()
+                    .filter(|_| !new)
+                    .map_or_else(now_rfc3339, |f| f.started_at.clone());
+                status.failover = Some(FailoverStatus {
+                    phase: BLOCKED.into(),
+                    from: from.clone(),
+                    to: String::new(),
+                    message: message.clone(),
+                    last_known_lsn: None,
+                    candidate_lsn: None,
+                    started_at,
+                    completed_at: None,
+                });
+                Ok(Next::Continue)
+            }
+            Failover::Recovered => {
+                if let Some(f) = status.failover.as_mut() {
+                    f.phase = RECOVERED.into();
+                    f.message =
+                        format!("{} renewed its Lease again; no failover was needed", f.from);
+                    f.completed_at = Some(now_rfc3339());
+                    report::event(
+                        self.ctx,
+                        self.cluster,
+                        false,
+                        reason::FAILOVER_CANCELLED,
+                        f.message.clone(),
+                    )
+                    .await;
+                }
+                Ok(Next::Continue)
+            }
+        }
+    }
+
+    async fn start_failover(&self, p: &Promotion) -> Result<(), StatusError> {
+        let record = FailoverStatus {
+            phase: failover_phase::PROMOTING.into(),
+            from: p.from.clone(),
+            to: p.to.clone(),
+            message: p.message.clone(),
+            last_known_lsn: p.last_known_lsn.clone(),
+            candidate_lsn: p.candidate_lsn.clone(),
+            started_at: now_rfc3339(),
+            completed_at: None,
+        };
+        let version = report::patch_status_if(
+            self.ctx,
+            self.cluster,
+            &self.resource_version(),
+            json!({"targetPrimary": p.to, "failover": record}),
+            "targetPrimary",
+        )
+        .await?;
+        warn!(cluster = %self.model.name, operation = "failover", from = %p.from, to = %p.to, message = %p.message, "failover started");
+        self.ctx.metrics.failovers.inc();
+        report::event(
+            self.ctx,
+            self.cluster,
+            true,
+            reason::FAILOVER_STARTED,
+            p.message.clone(),
+        )
+        .await;
+        let (Some(agents), Some(ep)) = (self.agents, self.endpoint(&p.to)) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        match agents.promote(&ep).await {
+            Ok(r) => {
+                info!(cluster = %self.model.name, instance = %p.to, operation = "failover", elapsed_ms = started.elapsed().as_millis() as u64, timeline = r.timeline, "promoted")
+            }
+            Err(e) => {
+                warn!(cluster = %self.model.name, instance = %p.to, operation = "failover", error = %e, "promote failed; retried on the next reconcile");
+                return Ok(());
+            }
+        }
+        // Writes are accepted: route clients now rather than on the next
+        // reconcile (which would first wait for the lost primary's agent).
+        self.route_clients(&p.to, &p.from).await;
+        self.reconnect_poolers().await;
+        let mut done = record;
+        done.phase = failover_phase::COMPLETED.into();
+        done.completed_at = Some(now_rfc3339());
+        done.message = format!("{} is the primary; {} was lost", p.to, p.from);
+        // On a conflict the next reconcile finishes it (Failover::Finish).
+        if report::patch_status_if(
+            self.ctx,
+            self.cluster,
+            &version,
+            json!({"failover": done}),
+            "failover",
+        )
+        .await
+        .is_ok()
+        {
+            info!(cluster = %self.model.name, operation = "failover", primary = %p.to, elapsed_ms = started.elapsed().as_millis() as u64, "failover completed");
+            report::event(
+                self.ctx,
+                self.cluster,
+                false,
+                reason::FAILOVER_COMPLETED,
+                done.message,
+            )
+            .await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,457 @@
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::api::{FailoverStatus, InstanceStatus, SwitchoverStatus};
+use crate::resources::model::fixtures::model;
+
+fn pod(model: &Model, name: &str, ready: bool) -> Pod {
+    let mut pod = instance::pod(model, name, labels::ROLE_REPLICA);
+    pod.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..PodCondition::default()
+        }]),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn replica(name: &str, lsn: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.into(),
+        role: Role::Replica,
+        running: true,
+        ready: true,
+        receive_lsn: Some(lsn.into()),
+        wal_receiver: Some("streaming".into()),
+        ..InstanceReport::default()
+    }
+}
+
+fn primary(name: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.into(),
+        role: Role::Primary,
+        running: true,
+        ready: true,
+        ..InstanceReport::default()
+    }
+}
+
+/// A three-instance cluster, every pod ready and built from `built`;
+/// db-1 the primary, db-2 and db-3 streaming.
+struct World {
+    model: Model,
+    observed: Observed,
+    status: PostgresClusterStatus,
+    instances: Vec<String>,
+    removed: Vec<String>,
+}
+
+impl World {
+    fn new() -> Self {
+        let model = model();
+        let names = ["db-1", "db-2", "db-3"];
+        let observed = Observed {
+            pods: names.iter().map(|n| pod(&model, n, true)).collect(),
+            reports: [
+                ("db-1".to_string(), primary("db-1")),
+                ("db-2".to_string(), replica("db-2", "0/3000000")),
+                ("db-3".to_string(), replica("db-3", "0/3000000")),
+            ]
+            .into(),
+            lease: Some(LeaseView {
+                holder: Some("db-1".into()),
+                silent_for: Duration::from_millis(100),
+                duration: Duration::from_secs(4),
+            }),
+            ..Observed::default()
+        };
+        World {
+            model,
+            observed,
+            status: PostgresClusterStatus {
+                target_primary: Some("db-1".into()),
+                instances: vec![InstanceStatus {
+                    name: "db-1".into(),
+                    role: "primary".into(),
+                    lsn: Some("0/3000000".into()),
+                    ..InstanceStatus::default()
+                }],
+                ..PostgresClusterStatus::default()
+            },
+            instances: names.iter().map(|n| n.to_string()).collect(),
+            removed: vec![],
+        }
+    }
+
+    fn target(&self) -> String {
+        self.status.target_primary.clone().unwrap()
+    }
+
+    fn choose(&self) -> Operation {
+        let target = self.target();
+        choose(&Input {
+            model: &self.model,
+            observed: &self.observed,
+            status: Some(&self.status),
+            target_primary: &target,
+            instances: &self.instances,
+            removed: &self.removed,
+            switchover_request: self.observed.switchover_request.as_deref(),
+            lease: self.observed.lease.as_ref(),
+        })
+    }
+
+    /// The spec changes: every pod is now outdated.
+    fn change_pod_spec(&mut self) {
+        self.model.images.postgres = "postgres:17.99".into();
+    }
+
+    /// Re-creates `name` with the current spec, ready and streaming.
+    fn recreate(&mut self, name: &str) {
+        let fresh = pod(&self.model, name, true);
+        for p in &mut self.observed.pods {
+            if p.metadata.name.as_deref() == Some(name) {
+                *p = fresh.clone();
+            }
+        }
+    }
+
+    fn lose_primary(&mut self) {
+        self.observed.lease.as_mut().unwrap().silent_for = Duration::from_secs(5);
+        self.observed.reports.remove("db-1");
+    }
+}
+
+fn rolling_switchover_to(op: &Operation) -> String {
+    match op {
+        Operation::Switchover(Switchover::Start {
+            to,
+            why: SwitchoverWhy::RollingUpdate,
+            ..
+        }) => to.clone(),
+        other => panic!("expected a rolling-update switchover, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_settled_cluster_is_idle() {
+    assert_eq!(World::new().choose(), Operation::Idle);
+}
+
+#[test]
+fn a_rolling_update_takes_replicas_one_at_a_time_then_switches_over() {
+    let mut w = World::new();
+    w.change_pod_spec();
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+
+    // db-2 is back with the new spec but not streaming yet: wait, touch
+    // nothing else.
+    w.recreate("db-2");
+    w.observed.reports.get_mut("db-2").unwrap().wal_receiver = Some("starting".into());
+    assert_eq!(w.choose(), Operation::AwaitReplication(vec!["db-2".into()]));
+    w.observed.reports.remove("db-2");
+    assert_eq!(
+        w.choose(),
+        Operation::AwaitReplication(vec!["db-2".into()]),
+        "an instance manager that does not answer is not known to stream"
+    );
+    w.observed
+        .reports
+        .insert("db-2".into(), replica("db-2", "0/3000000"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-3".into()));
+
+    // Every replica updated: the primary moves to the one with most WAL.
+    w.recreate("db-3");
+    w.observed
+        .reports
+        .insert("db-3".into(), replica("db-3", "0/3000100"));
+    let op = w.choose();
+    assert_eq!(rolling_switchover_to(&op), "db-3");
+    assert_eq!(op.kind(), "RollingUpdate");
+
+    // After the switchover the old primary is an outdated replica.
+    w.status.target_primary = Some("db-3".into());
+    w.observed.lease.as_mut().unwrap().holder = Some("db-3".into());
+    w.observed
+        .reports
+        .insert("db-1".into(), replica("db-1", "0/3000200"));
+    w.observed.reports.insert("db-3".into(), primary("db-3"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-1".into()));
+    w.recreate("db-1");
+    assert_eq!(w.choose(), Operation::Idle);
+}
+
+#[test]
+fn a_rolling_switchover_keeps_the_last_handled_annotation() {
+    let mut w = World::new();
+    w.observed.switchover_request = Some("db-2".into());
+    w.status.switchover = Some(SwitchoverStatus {
+        request: "db-2".into(),
+        phase: so::COMPLETED.into(),
+        ..SwitchoverStatus::default()
+    });
+    w.change_pod_spec();
+    for n in ["db-2", "db-3"] {
+        w.recreate(n);
+    }
+    match w.choose() {
+        Operation::Switchover(Switchover::Start { request, .. }) => assert_eq!(request, "db-2"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn supervised_updates_wait_for_the_user_before_the_primary() {
+    let mut w = World::new();
+    w.model.spec.update_strategy.supervised = true;
+    w.change_pod_spec();
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+    for n in ["db-2", "db-3"] {
+        w.recreate(n);
+    }
+    let op = w.choose();
+    assert_eq!(
+        op,
+        Operation::AwaitSwitchoverRequest {
+            primary: "db-1".into()
+        }
+    );
+    assert!(op.describe().contains("capstan.dev/switchover"));
+    // The user's request is what moves the primary.
+    w.observed.switchover_request = Some("db-2".into());
+    assert_eq!(
+        w.choose(),
+        Operation::Switchover(Switchover::Start {
+            request: "db-2".into(),
+            to: "db-2".into(),
+            why: SwitchoverWhy::Requested
+        })
+    );
+}
+
+#[test]
+fn the_restart_strategy_and_single_instances_restart_the_primary_in_place() {
+    let mut w = World::new();
+    w.model.spec.update_strategy.primary_update_method = PrimaryUpdateMethod::Restart;
+    w.change_pod_spec();
+    for n in ["db-2", "db-3"] {
+        w.recreate(n);
+    }
+    assert_eq!(
+        w.choose(),
+        Operation::RestartPrimary {
+            instance: "db-1".into(),
+            why: RestartWhy::Strategy
+        }
+    );
+
+    let mut single = World::new();
+    single.instances.truncate(1);
+    single.observed.pods.truncate(1);
+    single.change_pod_spec();
+    let op = single.choose();
+    assert_eq!(
+        op,
+        Operation::RestartPrimary {
+            instance: "db-1".into(),
+            why: RestartWhy::SingleInstance
+        }
+    );
+    assert_eq!(pods_to_delete(&op), ["db-1"]);
+    assert!(op.describe().contains("writes stop"));
+}
+
+#[test]
+fn failover_comes_before_everything() {
+    let mut w = World::new();
+    w.change_pod_spec();
+    w.observed.switchover_request = Some("db-2".into());
+    w.lose_primary();
+    match w.choose() {
+        Operation::Failover(Failover::Start(p)) => {
+            assert_eq!((p.from.as_str(), p.to.as_str()), ("db-1", "db-2"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failover_in_flight_continues_until_the_new_primary_runs() {
+    let mut w = World::new();
+    w.lose_primary();
+    w.status.target_primary = Some("db-2".into());
+    w.status.failover = Some(FailoverStatus {
+        phase: failover_phase::PROMOTING.into(),
+        from: "db-1".into(),
+        to: "db-2".into(),
+        ..FailoverStatus::default()
+    });
+    // The Lease is still silent (nobody holds it anew), the replica has
+    // not promoted yet: ask it again.
+    assert_eq!(
+        w.choose(),
+        Operation::Failover(Failover::Promote { to: "db-2".into() })
+    );
+    w.observed.reports.insert("db-2".into(), primary("db-2"));
+    assert_eq!(
+        w.choose(),
+        Operation::Failover(Failover::Finish {
+            to: "db-2".into(),
+            from: "db-1".into()
+        })
+    );
+}
+
+#[test]
+fn a_chosen_replica_that_vanishes_is_replaced_by_another() {
+    let mut w = World::new();
+    w.lose_primary();
+    w.status.target_primary = Some("db-2".into());
+    w.status.failover = Some(FailoverStatus {
+        phase: failover_phase::PROMOTING.into(),
+        from: "db-1".into(),
+        to: "db-2".into(),
+        ..FailoverStatus::default()
+    });
+    w.observed.reports.remove("db-2");
+    w.observed.lease.as_mut().unwrap().holder = Some("db-2".into());
+    match w.choose() {
+        Operation::Failover(Failover::Start(p)) => {
+            assert_eq!((p.from.as_str(), p.to.as_str()), ("db-2", "db-3"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_blocked_failover_is_reported_and_recovers() {
+    let mut w = World::new();
+    w.lose_primary();
+    w.observed.reports.clear();
+    let op = w.choose();
+    assert!(
+        matches!(&op, Operation::Failover(Failover::Blocked { message, .. }) if message.contains("no replica answers")),
+        "{op:?}"
+    );
+    w.status.failover = Some(FailoverStatus {
+        phase: failover_phase::BLOCKED.into(),
+        from: "db-1".into(),
+        ..FailoverStatus::default()
+    });
+    w.observed.lease.as_mut().unwrap().silent_for = Duration::from_millis(10);
+    assert_eq!(w.choose(), Operation::Failover(Failover::Recovered));
+}
+
+#[test]
+fn an_interrupted_switchover_is_resolved_before_new_requests() {
+    let mut w = World::new();
+    w.status.switchover = Some(SwitchoverStatus {
+        request: "db-2".into(),
+        phase: so::PROMOTING.into(),
+        from: "db-1".into(),
+        to: "db-2".into(),
+        ..SwitchoverStatus::default()
+    });
+    w.observed.switchover_request = Some("db-3".into());
+    assert_eq!(
+        w.choose(),
+        Operation::Switchover(Switchover::Interrupted {
+            from: "db-1".into(),
+            to: "db-2".into()
+        })
+    );
+}
+
+#[test]
+fn user_requests_come_before_rolling_updates_and_bad_ones_say_why() {
+    let mut w = World::new();
+    w.change_pod_spec();
+    w.observed.switchover_request = Some("db-3".into());
+    assert_eq!(
+        w.choose(),
+        Operation::Switchover(Switchover::Start {
+            request: "db-3".into(),
+            to: "db-3".into(),
+            why: SwitchoverWhy::Requested
+        })
+    );
+    w.observed.switchover_request = Some("db-9".into());
+    assert!(matches!(
+        w.choose(),
+        Operation::Switchover(Switchover::Refuse { message, .. }) if message.contains("not an instance")
+    ));
+}
+
+#[test]
+fn instances_come_before_rolling_updates_and_the_primary_first() {
+    let mut w = World::new();
+    w.change_pod_spec();
+    w.observed.pods[1].status.as_mut().unwrap().phase = Some("Failed".into());
+    let op = w.choose();
+    assert_eq!(
+        op,
+        Operation::AwaitInstances {
+            instances: vec!["db-2".into()],
+            failed: vec!["db-2".into()]
+        }
+    );
+    assert_eq!(pods_to_delete(&op), ["db-2"]);
+
+    let mut w = World::new();
+    w.observed.pods.clear();
+    let op = w.choose();
+    assert_eq!(op, Operation::CreateInstances(vec!["db-1".into()]));
+    let created = pods_to_create(&w.model, &op, "db-1");
+    assert_eq!(
+        created[0].metadata.labels.as_ref().unwrap()[labels::ROLE],
+        labels::ROLE_PRIMARY
+    );
+
+    let mut w = World::new();
+    w.observed.pods[0] = pod(&w.model, "db-1", false);
+    w.observed.pods.truncate(1);
+    assert_eq!(
+        w.choose(),
+        Operation::AwaitInstances {
+            instances: vec!["db-1".into()],
+            failed: vec![]
+        },
+        "replicas clone a ready primary"
+    );
+
+    let mut w = World::new();
+    w.observed.pods[2].metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+    assert!(matches!(w.choose(), Operation::AwaitInstances { .. }));
+}
+
+#[test]
+fn scale_down_comes_last() {
+    let mut w = World::new();
+    w.removed = vec!["db-3".into()];
+    w.instances.truncate(2);
+    assert_eq!(w.choose(), Operation::RemoveInstances(vec!["db-3".into()]));
+    w.change_pod_spec();
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+}
+
+#[test]
+fn every_operation_describes_itself_for_people() {
+    let ops = [
+        Operation::Idle,
+        Operation::CreateInstances(vec!["db-1".into()]),
+        Operation::AwaitReplication(vec!["db-2".into()]),
+        Operation::RecreateReplica("db-2".into()),
+        Operation::RemoveInstances(vec!["db-3".into()]),
+    ];
+    for op in ops {
+        assert!(!op.describe().is_empty());
+        assert!(!op.reason().is_empty());
+    }
+}

@@ -1,0 +1,152 @@
+//! Report: the one status writer and the one Event publisher of the
+//! operator (DESIGN §4 step 5). Event reasons are defined here, once.
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::cluster::apply::FIELD_MANAGER;
+use super::cluster::status::Transition;
+use super::context::Context;
+use crate::api::{PostgresCluster, PostgresClusterStatus};
+
+/// Every Event reason the operator publishes. Warning reasons for failed
+/// reconciles are the static error categories
+/// ([`super::metrics::ErrorCategory::reason`]).
+pub mod reason {
+    pub const CLUSTER_READY: &str = "ClusterReady";
+    pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const CREATED_INSTANCES: &str = "CreatedInstances";
+    pub const DELETED_PODS: &str = "DeletedPods";
+    pub const DELETED_VOLUMES: &str = "DeletedVolumes";
+    pub const CREATED_SECRETS: &str = "CreatedSecrets";
+    pub const ISSUED_CERTIFICATES: &str = "IssuedCertificates";
+    pub const APPLY_REFUSED: &str = "ApplyRefused";
+    pub const FAILOVER_STARTED: &str = "FailoverStarted";
+    pub const FAILOVER_COMPLETED: &str = "FailoverCompleted";
+    pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
+    pub const FAILOVER_CANCELLED: &str = "FailoverCancelled";
+    pub const SWITCHOVER_STARTED: &str = "SwitchoverStarted";
+    pub const SWITCHOVER_COMPLETED: &str = "SwitchoverCompleted";
+    pub const SWITCHOVER_FAILED: &str = "SwitchoverFailed";
+    pub const SWITCHOVER_REFUSED: &str = "SwitchoverRefused";
+    pub const SWITCHOVER_INTERRUPTED: &str = "SwitchoverInterrupted";
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    pub const RESTARTING_PRIMARY: &str = "RestartingPrimary";
+    pub const WAITING_FOR_SWITCHOVER: &str = "WaitingForSwitchover";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("the cluster changed meanwhile (conflict on resourceVersion); deciding again")]
+    Conflict,
+    #[error("cannot write status.{field}: {source}")]
+    Write {
+        field: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn api(ctx: &Context, cluster: &PostgresCluster) -> Api<PostgresCluster> {
+    Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default())
+}
+
+fn classify(field: &'static str) -> impl FnOnce(kube::Error) -> StatusError {
+    move |source| match source {
+        kube::Error::Api(s) if s.code == 409 => StatusError::Conflict,
+        source => StatusError::Write { field, source },
+    }
+}
+
+/// Writes the whole status (server-side apply). The resourceVersion read
+/// is a precondition: a reconcile working from a stale copy must not put
+/// back a targetPrimary a failover moved.
+pub async fn write_status(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    status: &PostgresClusterStatus,
+) -> Result<(), StatusError> {
+    let body = json!({
+        "apiVersion": PostgresCluster::api_version(&()),
+        "kind": PostgresCluster::kind(&()),
+        "metadata": {"resourceVersion": cluster.metadata.resource_version},
+        "status": status,
+    });
+    api(ctx, cluster)
+        .patch_status(
+            &cluster.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(classify("status"))?;
+    Ok(())
+}
+
+/// A merge patch of some status fields, valid only against
+/// `resource_version`; returns the new resourceVersion. Operations record
+/// each step with it, so `targetPrimary` only moves from the state the
+/// decision was made on.
+pub async fn patch_status_if(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    resource_version: &str,
+    status: serde_json::Value,
+    field: &'static str,
+) -> Result<String, StatusError> {
+    let body = json!({"metadata": {"resourceVersion": resource_version}, "status": status});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let updated = api(ctx, cluster)
+        .patch_status(&cluster.name_any(), &params, &Patch::Merge(&body))
+        .await
+        .map_err(classify(field))?;
+    Ok(updated.metadata.resource_version.unwrap_or_default())
+}
+
+/// Publishes Events; one that cannot be written never fails a reconcile.
+pub async fn publish(ctx: &Context, cluster: &PostgresCluster, transitions: &[Transition]) {
+    let reference = cluster.object_ref(&());
+    for t in transitions {
+        let event = Event {
+            type_: if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason.to_string(),
+            note: Some(t.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(cluster = %cluster.name_any(), reason = %t.reason, error = %e, "cannot publish Event");
+        }
+    }
+}
+
+/// One Event.
+pub async fn event(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    warning: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) {
+    publish(
+        ctx,
+        cluster,
+        &[Transition {
+            warning,
+            reason,
+            message: message.into(),
+        }],
+    )
+    .await;
+}

@@ -1,0 +1,459 @@
+//! Operations end to end through the controller, against the API double
+//! and the fake agent: the exact steps of a failover, a switchover and a
+//! rolling update, and an operator killed at every step of a switchover.
+
+mod controller_support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use capstan::api::PostgresCluster;
+use capstan::contract::instance::{InstanceReport, Role};
+use capstan::operator::cache::Writers;
+use capstan::operator::cluster::validate::validate_offline;
+use capstan::operator::context::Context;
+use capstan::resources::{instance, labels};
+use controller_support::{
+    Api, FakeAgents, Tripwire, cluster, context, reconcile_once, running, seed,
+};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn ip(name: &str) -> String {
+    let i = name.rsplit('-').next().unwrap_or("9");
+    format!("10.0.0.{i}")
+}
+
+fn spec() -> Value {
+    json!({"instances": 3, "postgres": {"version": 17}, "storage": {"size": "1Gi"}})
+}
+
+fn model_of(spec: &Value) -> capstan::resources::model::Model {
+    let c: PostgresCluster = serde_json::from_value(cluster(spec.clone(), None)).unwrap();
+    validate_offline(&c, "capstan:test").unwrap().model
+}
+
+fn replica(name: &str, lsn: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.into(),
+        role: Role::Replica,
+        running: true,
+        ready: true,
+        timeline: Some(1),
+        receive_lsn: Some(lsn.into()),
+        wal_receiver: Some("streaming".into()),
+        ..InstanceReport::default()
+    }
+}
+
+fn primary(name: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.into(),
+        role: Role::Primary,
+        running: true,
+        ready: true,
+        timeline: Some(1),
+        current_lsn: Some("0/3000000".into()),
+        ..InstanceReport::default()
+    }
+}
+
+fn child_meta(name: &str, mut extra: BTreeMap<String, String>) -> ObjectMeta {
+    extra.insert(labels::CLUSTER.into(), "db".into());
+    extra.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("ns".into()),
+        labels: Some(extra),
+        ..ObjectMeta::default()
+    }
+}
+
+fn pooler_pod() -> Pod {
+    let mut l = labels::pooler_selector("db");
+    l.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
+    running(
+        Pod {
+            metadata: child_meta("db-pooler-a", l),
+            ..Pod::default()
+        },
+        "10.0.1.1",
+        true,
+    )
+}
+
+fn operator_secret() -> Secret {
+    Secret {
+        metadata: child_meta("db-operator-tls", BTreeMap::new()),
+        ..Secret::default()
+    }
+}
+
+/// A Ready three-instance cluster: db-1 primary, db-2 and db-3 streaming,
+/// one pooler. Pods are built from `built_with` (an older spec makes them
+/// outdated).
+struct World {
+    api: Api,
+    agents: Arc<FakeAgents>,
+    trip: Arc<Tripwire>,
+    pods: BTreeMap<String, Pod>,
+}
+
+impl World {
+    fn new(spec: Value, built_with: &Value, annotation: Option<&str>) -> Self {
+        let trip = Arc::new(Tripwire::default());
+        let mut object = cluster(
+            spec,
+            Some(json!({"targetPrimary": "db-1", "currentPrimary": "db-1", "postgresVersion": 17})),
+        );
+        if let Some(a) = annotation {
+            object["metadata"]["annotations"] = json!({"capstan.dev/switchover": a});
+        }
+        let api = Api::new(object, trip.clone());
+        let agents = FakeAgents::new(trip.clone());
+        let model = model_of(built_with);
+        let mut pods = BTreeMap::new();
+        for (name, role) in [
+            ("db-1", "primary"),
+            ("db-2", "replica"),
+            ("db-3", "replica"),
+        ] {
+            let pod = running(instance::pod(&model, name, role), &ip(name), true);
+            pods.insert(name.to_string(), pod);
+            api.state
+                .lock()
+                .unwrap()
+                .pods
+                .insert(name.into(), (ip(name), role.into()));
+        }
+        agents.set(primary("db-1"));
+        agents.set(replica("db-2", "0/3000000"));
+        agents.set(replica("db-3", "0/3000000"));
+        World {
+            api,
+            agents,
+            trip,
+            pods,
+        }
+    }
+
+    /// A fresh operator process: new context, caches listed from what
+    /// exists now (pods with the role labels the API server has).
+    fn operator(&self) -> (Arc<Context>, Writers, tokio::task::JoinHandle<()>) {
+        let (client, server) = self.api.serve();
+        let ctx = context(client, Some(self.agents.clone()));
+        let roles = self.api.state.lock().unwrap().pods.clone();
+        let mut pods: Vec<Pod> = self
+            .pods
+            .values()
+            .cloned()
+            .map(|mut p| {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                if let Some((_, role)) = roles.get(&name) {
+                    p.metadata
+                        .labels
+                        .get_or_insert_default()
+                        .insert(labels::ROLE.into(), role.clone());
+                }
+                p
+            })
+            .collect();
+        pods.push(pooler_pod());
+        let writers = seed(&ctx, &pods, &[operator_secret()]);
+        (ctx, writers, server)
+    }
+
+    fn primaries(&self) -> Vec<String> {
+        let reports = self.agents.reports.lock().unwrap();
+        reports
+            .values()
+            .filter(|r| r.role == Role::Primary)
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    fn labelled_primary(&self) -> Vec<String> {
+        let st = self.api.state.lock().unwrap();
+        st.pods
+            .iter()
+            .filter(|(_, (_, role))| role == "primary")
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+fn steps(timeline: Vec<String>) -> Vec<String> {
+    // Full status writes (the report step) are checked apart.
+    timeline.into_iter().filter(|s| s != "status").collect()
+}
+
+#[tokio::test]
+async fn a_requested_switchover_holds_clients_and_moves_the_primary_in_order() {
+    let w = World::new(spec(), &spec(), Some("db-2"));
+    let (ctx, _writers, server) = w.operator();
+    let result = reconcile_once(&w.api, &ctx, LIMIT).await.expect("finished");
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::ZERO)
+    );
+    assert_eq!(
+        w.trip.take_timeline(),
+        [
+            "status switchover Pausing",
+            "pause db-pooler-a",
+            "status switchover+targetPrimary Promoting",
+            "demote db-1 for db-2",
+            "promote db-2",
+            "label db-2 primary",
+            "label db-1 replica",
+            "reconnect db-pooler-a",
+            "resume db-pooler-a",
+            "status currentPrimary+switchover Completed",
+        ]
+    );
+    let status = w.api.status();
+    assert_eq!(status["targetPrimary"], "db-2");
+    assert_eq!(status["currentPrimary"], "db-2");
+    assert_eq!(status["switchover"]["request"], "db-2");
+    assert!(status["switchover"]["clientHoldMs"].is_u64());
+
+    // The same annotation again (a GitOps re-apply) does nothing.
+    let (ctx, _writers2, server2) = w.operator();
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    let again = steps(w.trip.take_timeline());
+    assert!(
+        again
+            .iter()
+            .all(|s| !s.starts_with("pause") && !s.starts_with("promote")),
+        "{again:?}"
+    );
+    server.abort();
+    server2.abort();
+}
+
+#[tokio::test]
+async fn a_lost_primary_is_failed_over_to_the_replica_with_most_wal() {
+    let w = World::new(spec(), &spec(), None);
+    w.agents.remove("db-1");
+    w.agents.set(replica("db-3", "0/3000100"));
+    let (ctx, _writers, server) = w.operator();
+    let lease = Lease {
+        metadata: child_meta("db-primary", BTreeMap::new()),
+        spec: Some(LeaseSpec {
+            holder_identity: Some("db-1".into()),
+            lease_duration_seconds: Some(4),
+            ..LeaseSpec::default()
+        }),
+    };
+    // Last renewal seen 10 s ago: past the 4 s duration.
+    ctx.leases
+        .observe(&lease, Instant::now() - Duration::from_secs(10));
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(
+        w.trip.take_timeline(),
+        [
+            "status failover+targetPrimary Promoting",
+            "promote db-3",
+            "label db-3 primary",
+            "label db-1 replica",
+            "reconnect db-pooler-a",
+            "status failover Completed",
+        ]
+    );
+    let status = w.api.status();
+    assert_eq!(status["targetPrimary"], "db-3");
+    assert_eq!(status["failover"]["from"], "db-1");
+    assert_eq!(status["failover"]["candidateLsn"], "0/3000100");
+    server.abort();
+}
+
+/// Plays the kubelet after a reconcile: deleted pods go, created ones run
+/// (replicas streaming); role labels follow the API server.
+fn kubelet(w: &mut World, writers: &mut Writers, calls: &[controller_support::Call]) {
+    for call in calls {
+        let name = call.path.rsplit('/').next().unwrap_or_default().to_string();
+        if call.method == http::Method::DELETE && call.path.contains("/pods/") {
+            if let Some(p) = w.pods.remove(&name) {
+                writers.pods.apply_watcher_event(&watcher::Event::Delete(p));
+            }
+            w.agents.remove(&name);
+        }
+        if call.method == http::Method::POST && call.path.ends_with("/pods") {
+            let pod: Pod = serde_json::from_value(call.body.clone()).unwrap();
+            let name = pod.metadata.name.clone().unwrap();
+            let pod = running(pod, &ip(&name), true);
+            writers
+                .pods
+                .apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+            w.pods.insert(name.clone(), pod);
+            w.agents.set(replica(&name, "0/3000000"));
+        }
+    }
+    let roles = w.api.state.lock().unwrap().pods.clone();
+    for (name, pod) in &mut w.pods {
+        if let Some((_, role)) = roles.get(name) {
+            pod.metadata
+                .labels
+                .get_or_insert_default()
+                .insert(labels::ROLE.into(), role.clone());
+            writers
+                .pods
+                .apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+        }
+    }
+}
+
+fn updated_spec() -> Value {
+    let mut s = spec();
+    s["resources"] = json!({"requests": {"cpu": "100m", "memory": "256Mi"}});
+    s
+}
+
+/// Reconciles until the operation settles; returns the steps taken.
+async fn roll(w: &mut World) -> (Vec<String>, Vec<Value>) {
+    let (ctx, mut writers, server) = w.operator();
+    let mut operations = vec![];
+    for _ in 0..30 {
+        reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+        let calls = w.api.take_calls();
+        kubelet(w, &mut writers, &calls);
+        let op = w.api.status()["operation"].clone();
+        if op.is_null() {
+            break;
+        }
+        operations.push(op);
+    }
+    server.abort();
+    (steps(w.trip.take_timeline()), operations)
+}
+
+#[tokio::test]
+async fn a_rolling_update_takes_replicas_first_and_moves_the_primary_by_switchover() {
+    let mut w = World::new(updated_spec(), &spec(), None);
+    let (steps, operations) = roll(&mut w).await;
+    assert_eq!(
+        steps,
+        [
+            "delete db-2",
+            "create db-2",
+            "delete db-3",
+            "create db-3",
+            "status switchover Pausing",
+            "pause db-pooler-a",
+            "status switchover+targetPrimary Promoting",
+            "demote db-1 for db-2",
+            "promote db-2",
+            "label db-2 primary",
+            "label db-1 replica",
+            "reconnect db-pooler-a",
+            "resume db-pooler-a",
+            "status currentPrimary+switchover Completed",
+            "delete db-1",
+            "create db-1",
+        ]
+    );
+    assert!(
+        operations.iter().all(|o| o.is_null()
+            || ["RollingUpdate", "CreateInstances"].contains(&o["type"].as_str().unwrap())),
+        "{operations:#?}"
+    );
+    let model = model_of(&updated_spec());
+    for (name, pod) in &w.pods {
+        let want = instance::pod(&model, name, "replica");
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[instance::SPEC_HASH_ANNOTATION],
+            want.metadata.annotations.unwrap()[instance::SPEC_HASH_ANNOTATION],
+            "{name} runs the new spec"
+        );
+    }
+    assert_eq!(w.api.status()["targetPrimary"], "db-2");
+}
+
+#[tokio::test]
+async fn a_supervised_rolling_update_waits_for_the_users_switchover() {
+    let mut s = updated_spec();
+    s["updateStrategy"] = json!({"supervised": true});
+    let mut w = World::new(s, &spec(), None);
+    let (steps, operations) = roll(&mut w).await;
+    assert_eq!(
+        steps,
+        ["delete db-2", "create db-2", "delete db-3", "create db-3"],
+        "the primary is not touched"
+    );
+    let last = operations.last().unwrap();
+    assert_eq!(last["type"], "RollingUpdate");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("waits for a switchover request"),
+        "{last}"
+    );
+    assert_eq!(w.primaries(), ["db-1"]);
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_any_step_of_a_switchover_resumes_or_rolls_back() {
+    let clean = World::new(spec(), &spec(), Some("db-2"));
+    let (ctx, _w, server) = clean.operator();
+    reconcile_once(&clean.api, &ctx, LIMIT)
+        .await
+        .unwrap()
+        .unwrap();
+    server.abort();
+    let total = clean.trip.actions();
+    assert!(total >= 10, "{total} actions");
+
+    for k in 1..=total {
+        let w = World::new(spec(), &spec(), Some("db-2"));
+        w.trip.arm(k);
+        let (ctx, _writers, server) = w.operator();
+        let died = reconcile_once(&w.api, &ctx, Duration::from_secs(2)).await;
+        assert!(died.is_none(), "step {k}: the operator should hang there");
+        server.abort();
+        let before = w.trip.take_timeline();
+        w.trip.arm(0);
+
+        // A new operator process, reconciling until the record settles.
+        let (ctx, _writers, server) = w.operator();
+        for _ in 0..3 {
+            reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+            let phase = w.api.status()["switchover"]["phase"].clone();
+            if phase == "Completed" || phase == "Failed" {
+                break;
+            }
+        }
+        server.abort();
+        let after = w.trip.take_timeline();
+        let status = w.api.status();
+        let phase = status["switchover"]["phase"].as_str().unwrap_or_default();
+        let primary = if phase == "Completed" { "db-2" } else { "db-1" };
+        let context = format!("killed at step {k} ({:?}); then {after:?}", before.last());
+        assert!(
+            phase == "Completed" || phase == "Failed",
+            "{context}: {status}"
+        );
+        assert_eq!(w.primaries(), [primary], "{context}");
+        assert_eq!(status["targetPrimary"], primary, "{context}");
+        assert_eq!(w.labelled_primary(), [primary], "{context}");
+        let pooler: Vec<&String> = before
+            .iter()
+            .chain(after.iter())
+            .filter(|s| s.ends_with("db-pooler-a") && !s.starts_with("reconnect"))
+            .collect();
+        if let Some(last) = pooler.last() {
+            assert_eq!(
+                last.as_str(),
+                "resume db-pooler-a",
+                "{context}: poolers left paused"
+            );
+        }
+    }
+}
