@@ -32,8 +32,8 @@ const ROLLOUT_WITHIN: Duration = Duration::from_secs(130);
 /// The new CPU request, printed back from every re-created pod.
 const CPU: &str = "150m";
 
-/// Instance pod name → uid.
-async fn pod_uids(target: &Target, ha: &HaCluster) -> Result<BTreeMap<String, String>, E2eError> {
+/// The instance pods that are not being deleted.
+async fn instance_pods(target: &Target, ha: &HaCluster) -> Result<Vec<Pod>, E2eError> {
     let api: Api<Pod> = Api::namespaced(target.client(), &ha.ns);
     let selector = labels::to_selector(&labels::instances_selector(&ha.name));
     let pods = api
@@ -44,20 +44,22 @@ async fn pod_uids(target: &Target, ha: &HaCluster) -> Result<BTreeMap<String, St
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// Instance pod name → uid.
+async fn pod_uids(target: &Target, ha: &HaCluster) -> Result<BTreeMap<String, String>, E2eError> {
+    Ok(instance_pods(target, ha)
+        .await?
+        .into_iter()
         .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
         .collect())
 }
 
 /// Instance pods that run the new CPU request and are ready.
 async fn updated_pods(target: &Target, ha: &HaCluster) -> Result<Vec<String>, E2eError> {
-    let api: Api<Pod> = Api::namespaced(target.client(), &ha.ns);
-    let selector = labels::to_selector(&labels::instances_selector(&ha.name));
-    let pods = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| E2eError::Kube(format!("list pods of {}", ha.name), e))?;
-    Ok(pods
-        .items
+    Ok(instance_pods(target, ha)
+        .await?
         .into_iter()
         .filter(|p| {
             let cpu = p.spec.as_ref().is_some_and(|s| {
@@ -74,7 +76,7 @@ async fn updated_pods(target: &Target, ha: &HaCluster) -> Result<Vec<String>, E2
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            cpu && ready && p.metadata.deletion_timestamp.is_none()
+            cpu && ready
         })
         .filter_map(|p| p.metadata.name)
         .collect())

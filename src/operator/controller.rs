@@ -364,7 +364,7 @@ pub async fn run(
     };
     // Children are watched once into the caches `observe` reads, and each
     // change triggers its owner's reconcile.
-    fn full<K>(
+    fn cached<K>(
         writer: Writer<K>,
         api: Api<K>,
         config: &watcher::Config,
@@ -382,57 +382,39 @@ pub async fn run(
             .default_backoff()
             .touched_objects()
     }
-    fn meta<K>(
-        writer: Writer<PartialObjectMeta<K>>,
-        api: Api<PartialObjectMeta<K>>,
-        config: &watcher::Config,
-    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        reflector(writer, watcher::watcher(api, config.clone()))
-            .default_backoff()
-            .touched_objects()
-    }
     let c = &children;
     controller
         .reconcile_on(futures::stream::poll_fn(move |cx| expired.poll_recv(cx)))
-        .owns_stream(full(w.pods, api(&client, &ns), c))
-        .owns_stream(full(w.pvcs, api(&client, &ns), c))
-        .owns_stream(full(w.deployments, api(&client, &ns), c))
-        .owns_stream(full(w.secrets, api(&client, &ns), c))
-        .owns_stream(meta(
+        .owns_stream(cached(w.pods, api(&client, &ns), c))
+        .owns_stream(cached(w.pvcs, api(&client, &ns), c))
+        .owns_stream(cached(w.deployments, api(&client, &ns), c))
+        .owns_stream(cached(w.secrets, api(&client, &ns), c))
+        .owns_stream(cached(
             w.services,
             api::<PartialObjectMeta<Service>>(&client, &ns),
             c,
         ))
-        .owns_stream(meta(
+        .owns_stream(cached(
             w.config_maps,
             api::<PartialObjectMeta<ConfigMap>>(&client, &ns),
             c,
         ))
-        .owns_stream(meta(
+        .owns_stream(cached(
             w.service_accounts,
             api::<PartialObjectMeta<ServiceAccount>>(&client, &ns),
             c,
         ))
-        .owns_stream(meta(
+        .owns_stream(cached(
             w.roles,
             api::<PartialObjectMeta<Role>>(&client, &ns),
             c,
         ))
-        .owns_stream(meta(
+        .owns_stream(cached(
             w.role_bindings,
             api::<PartialObjectMeta<RoleBinding>>(&client, &ns),
             c,
         ))
-        .owns_stream(meta(
+        .owns_stream(cached(
             w.pdbs,
             api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &ns),
             c,

@@ -42,14 +42,8 @@ impl Executor<'_> {
                     f.completed_at = Some(now_rfc3339());
                     f.message = format!("{to} is the primary; {from} was lost");
                     info!(cluster = %self.model.name, operation = "failover", primary = %to, "failover completed");
-                    report::event(
-                        self.ctx,
-                        self.cluster,
-                        false,
-                        reason::FAILOVER_COMPLETED,
-                        f.message.clone(),
-                    )
-                    .await;
+                    self.event(false, reason::FAILOVER_COMPLETED, f.message.clone())
+                        .await;
                 }
                 Ok(Next::Continue)
             }
@@ -60,14 +54,8 @@ impl Executor<'_> {
                     .is_some_and(|f| f.phase == BLOCKED && f.from == *from);
                 if new {
                     warn!(cluster = %self.model.name, operation = "failover", %message, "failover blocked");
-                    report::event(
-                        self.ctx,
-                        self.cluster,
-                        true,
-                        reason::FAILOVER_BLOCKED,
-                        message.clone(),
-                    )
-                    .await;
+                    self.event(true, reason::FAILOVER_BLOCKED, message.clone())
+                        .await;
                 }
                 let started_at = status
                     .failover
@@ -92,14 +80,8 @@ impl Executor<'_> {
                     f.message =
                         format!("{} renewed its Lease again; no failover was needed", f.from);
                     f.completed_at = Some(now_rfc3339());
-                    report::event(
-                        self.ctx,
-                        self.cluster,
-                        false,
-                        reason::FAILOVER_CANCELLED,
-                        f.message.clone(),
-                    )
-                    .await;
+                    self.event(false, reason::FAILOVER_CANCELLED, f.message.clone())
+                        .await;
                 }
                 Ok(Next::Continue)
             }
@@ -127,14 +109,8 @@ impl Executor<'_> {
         .await?;
         warn!(cluster = %self.model.name, operation = "failover", from = %p.from, to = %p.to, message = %p.message, "failover started");
         self.ctx.metrics.failovers.inc();
-        report::event(
-            self.ctx,
-            self.cluster,
-            true,
-            reason::FAILOVER_STARTED,
-            p.message.clone(),
-        )
-        .await;
+        self.event(true, reason::FAILOVER_STARTED, p.message.clone())
+            .await;
         let (Some(agents), Some(ep)) = (self.agents, self.endpoint(&p.to)) else {
             return Ok(());
         };
@@ -168,14 +144,8 @@ impl Executor<'_> {
         .is_ok()
         {
             info!(cluster = %self.model.name, operation = "failover", primary = %p.to, elapsed_ms = started.elapsed().as_millis() as u64, "failover completed");
-            report::event(
-                self.ctx,
-                self.cluster,
-                false,
-                reason::FAILOVER_COMPLETED,
-                done.message,
-            )
-            .await;
+            self.event(false, reason::FAILOVER_COMPLETED, done.message)
+                .await;
         }
         Ok(())
     }

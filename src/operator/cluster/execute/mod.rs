@@ -87,6 +87,11 @@ impl Executor<'_> {
         )
     }
 
+    /// Publishes one Event about this cluster.
+    async fn event(&self, warning: bool, reason: &'static str, message: impl Into<String>) {
+        report::event(self.ctx, self.cluster, warning, reason, message).await;
+    }
+
     fn resource_version(&self) -> String {
         self.cluster.resource_version().unwrap_or_default()
     }
@@ -106,14 +111,7 @@ impl Executor<'_> {
                 if *why == RestartWhy::SingleInstance {
                     warn!(cluster = %self.model.name, instance = %instance, operation = "rolling-update", "restarting the only instance in place");
                 }
-                report::event(
-                    self.ctx,
-                    self.cluster,
-                    false,
-                    reason::RESTARTING_PRIMARY,
-                    note,
-                )
-                .await;
+                self.event(false, reason::RESTARTING_PRIMARY, note).await;
                 Ok(Next::Continue)
             }
             Operation::AwaitSwitchoverRequest { .. } => {
@@ -122,26 +120,14 @@ impl Executor<'_> {
                     .as_ref()
                     .is_some_and(|o| o.message == op.describe());
                 if !told {
-                    report::event(
-                        self.ctx,
-                        self.cluster,
-                        false,
-                        reason::WAITING_FOR_SWITCHOVER,
-                        op.describe(),
-                    )
-                    .await;
+                    self.event(false, reason::WAITING_FOR_SWITCHOVER, op.describe())
+                        .await;
                 }
                 Ok(Next::Continue)
             }
             Operation::RecreateReplica(_) => {
-                report::event(
-                    self.ctx,
-                    self.cluster,
-                    false,
-                    reason::ROLLING_UPDATE,
-                    op.describe(),
-                )
-                .await;
+                self.event(false, reason::ROLLING_UPDATE, op.describe())
+                    .await;
                 Ok(Next::Continue)
             }
             _ => Ok(Next::Continue),

@@ -25,14 +25,8 @@ impl Executor<'_> {
         match step {
             Switchover::Refuse { request, message } => {
                 warn!(cluster = %self.model.name, operation = "switchover", %message, "switchover refused");
-                report::event(
-                    self.ctx,
-                    self.cluster,
-                    true,
-                    reason::SWITCHOVER_REFUSED,
-                    message.clone(),
-                )
-                .await;
+                self.event(true, reason::SWITCHOVER_REFUSED, message.clone())
+                    .await;
                 status.switchover = Some(SwitchoverStatus {
                     request: request.clone(),
                     phase: so::FAILED.into(),
@@ -105,14 +99,8 @@ impl Executor<'_> {
         )
         .await?;
         info!(cluster = %self.model.name, operation = "switchover", %from, %to, ?why, "switchover started");
-        report::event(
-            self.ctx,
-            self.cluster,
-            false,
-            reason::SWITCHOVER_STARTED,
-            record.message.clone(),
-        )
-        .await;
+        self.event(false, reason::SWITCHOVER_STARTED, record.message.clone())
+            .await;
 
         let old_lsn: Option<Lsn> = self
             .observed
@@ -199,9 +187,7 @@ impl Executor<'_> {
         } else {
             info!(cluster = %self.model.name, operation = "switchover", message = %record.message, "switchover completed");
         }
-        report::event(
-            self.ctx,
-            self.cluster,
+        self.event(
             warning,
             if warning {
                 reason::SWITCHOVER_FAILED
@@ -295,9 +281,7 @@ impl Executor<'_> {
             )
         };
         record.completed_at = Some(now_rfc3339());
-        report::event(
-            self.ctx,
-            self.cluster,
+        self.event(
             !moved,
             reason::SWITCHOVER_INTERRUPTED,
             record.message.clone(),
