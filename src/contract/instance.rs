@@ -87,6 +87,19 @@ pub struct InstanceReport {
     pub standbys: Vec<StandbyReport>,
 }
 
+impl InstanceReport {
+    /// The WAL this replica has on disk: the larger of what its WAL
+    /// receiver flushed and what it replayed. `pg_last_wal_receive_lsn()`
+    /// starts again from the segment boundary whenever the WAL receiver
+    /// restarts (as it does when the primary moves), so right after a
+    /// restart it is lower than the replay position; taking it alone once
+    /// made a failover promote a replica with less WAL than another.
+    pub fn wal_held(&self) -> Option<crate::postgres::lsn::Lsn> {
+        let parse = |s: &Option<String>| s.as_deref().and_then(|s| s.parse().ok());
+        parse(&self.receive_lsn).max(parse(&self.replay_lsn))
+    }
+}
+
 /// The primary Lease as this instance sees it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -54,11 +54,7 @@ pub struct Promotion {
 }
 
 fn lsn_of(report: &InstanceReport) -> Option<Lsn> {
-    report
-        .receive_lsn
-        .as_deref()
-        .or(report.replay_lsn.as_deref())
-        .and_then(|s| s.parse().ok())
+    report.wal_held()
 }
 
 /// The primary answers that it holds the Lease: the operator's view of the
@@ -346,6 +342,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_replica_whose_wal_receiver_just_restarted_counts_what_it_replayed() {
+        // db-3 replayed past db-2's end, but its receiver restarted: the
+        // receive position fell back to the segment start.
+        let mut c = Case::new();
+        let r = c.reports.get_mut("db-3").unwrap();
+        r.receive_lsn = Some("0/3000000".into());
+        r.replay_lsn = Some("0/3000200".into());
+        c.reports.get_mut("db-2").unwrap().receive_lsn = Some("0/3000100".into());
+        c.recorded = recorded("0/3000200", &[]);
+        assert_eq!(promoted(c.decide()), "db-3");
     }
 
     #[test]

@@ -427,12 +427,7 @@ fn streaming(report: Option<&InstanceReport>) -> bool {
 }
 
 fn received(report: Option<&InstanceReport>) -> Option<Lsn> {
-    report?
-        .receive_lsn
-        .as_deref()
-        .or(report?.replay_lsn.as_deref())?
-        .parse()
-        .ok()
+    report?.wal_held()
 }
 
 /// Every instance is up and ready: a changed pod spec is rolled out one

@@ -208,11 +208,7 @@ impl Executor<'_> {
                 .instance_status(new, Duration::from_secs(1))
                 .await
                 .is_ok_and(|r| {
-                    r.role == Role::Primary
-                        || r.receive_lsn
-                            .or(r.replay_lsn)
-                            .and_then(|s| s.parse::<Lsn>().ok())
-                            .is_some_and(|have| have >= lsn)
+                    r.role == Role::Primary || r.wal_held().is_some_and(|have| have >= lsn)
                 });
             if caught_up {
                 return true;
