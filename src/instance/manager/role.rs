@@ -168,8 +168,10 @@ fn restart_wal_receiver(postmaster: u32) {
 impl<A: Authority> Manager<A> {
     /// The primary moved: a replica streaming from the old one (perhaps
     /// frozen or cut off, so its connection just hangs) reconnects through
-    /// the `-rw` Service. Twice: the Service may move a moment after the
-    /// target does; a primary has no WAL receiver, so it is a no-op there.
+    /// the `-rw` Service. At once, so an old primary that runs again for a
+    /// moment (a thawed VM) cannot stream WAL the new primary never had;
+    /// then twice more, as the Service may move a moment after the target
+    /// does. A primary has no WAL receiver, so it is a no-op there.
     pub(super) fn follow_new_primary(&self) {
         use tracing::Instrument as _;
         let Some(postmaster) = self.postgres.as_ref().map(|p| p.signaller().pid()) else {
@@ -177,7 +179,11 @@ impl<A: Authority> Manager<A> {
         };
         tokio::spawn(
             async move {
-                for delay in [Duration::from_secs(1), Duration::from_secs(3)] {
+                for delay in [
+                    Duration::ZERO,
+                    Duration::from_secs(1),
+                    Duration::from_secs(3),
+                ] {
                     tokio::time::sleep(delay).await;
                     restart_wal_receiver(postmaster);
                 }

@@ -23,8 +23,12 @@ use super::errors::Source;
 use super::role::{RoleChange, role_change};
 
 const SLOT_SYNC_EVERY: Duration = Duration::from_secs(10);
-/// A replica not streaming for this long is checked for divergence.
-const STUCK_AFTER: Duration = Duration::from_secs(20);
+/// A replica not streaming for this long is checked for divergence. A
+/// replica that can follow a new primary streams again within a second or
+/// two; one that received WAL the new primary never had (from an old
+/// primary that ran on for a moment after a freeze) never will, and while
+/// it waits a synchronous primary may have no standby to confirm commits.
+const STUCK_AFTER: Duration = Duration::from_secs(6);
 /// Named primary while still streaming from the old one: a switchover. Wait
 /// this long for the old primary to shut down (it sends all its WAL first),
 /// so the promotion loses nothing and nothing diverges.
@@ -414,10 +418,10 @@ mod tests {
     fn a_stuck_replica_is_checked_after_a_while_and_then_not_too_often() {
         let since = Instant::now();
         let at = |s: u64| since + Duration::from_secs(s);
-        assert!(!stuck_check_due(since, None, at(19)));
-        assert!(stuck_check_due(since, None, at(20)));
-        assert!(!stuck_check_due(since, Some(at(20)), at(39)));
-        assert!(stuck_check_due(since, Some(at(20)), at(40)));
+        assert!(!stuck_check_due(since, None, at(5)));
+        assert!(stuck_check_due(since, None, at(6)));
+        assert!(!stuck_check_due(since, Some(at(6)), at(11)));
+        assert!(stuck_check_due(since, Some(at(6)), at(12)));
     }
 
     #[test]
