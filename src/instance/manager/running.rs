@@ -43,6 +43,8 @@ pub(super) struct Upkeep {
     pub(super) tls_stamp: Option<Vec<Option<SystemTime>>>,
     pub(super) last_slot_sync: Option<Instant>,
     not_streaming_since: Option<Instant>,
+    /// Since when every snapshot showed the WAL receiver streaming.
+    streaming_since: Option<Instant>,
     last_rejoin_check: Option<Instant>,
 }
 
@@ -50,6 +52,7 @@ impl Upkeep {
     /// Postgres (re)started: everything is checked again.
     pub(super) fn started(&mut self) {
         self.not_streaming_since = None;
+        self.streaming_since = None;
         self.last_slot_sync = None;
         self.passwords_applied = None;
     }
@@ -83,6 +86,18 @@ fn passwords_digest<'a>(wanted: impl IntoIterator<Item = (&'a str, &'a str)>) ->
 
 /// A replica not streaming since `since` is checked against the primary
 /// once it has been stuck for [`STUCK_AFTER`], and then at most that often.
+/// How long a WAL receiver must stream without a break to count as
+/// following: one that cannot follow a new timeline connects, is told the
+/// timeline ended before its own position, and retries every second, so it
+/// shows `streaming` now and then without ever following.
+const STEADY_STREAMING: Duration = Duration::from_secs(3);
+
+/// The replica follows its primary: streaming at every snapshot for
+/// [`STEADY_STREAMING`].
+fn steadily_streaming(streaming_since: Option<Instant>, now: Instant) -> bool {
+    streaming_since.is_some_and(|t| now.saturating_duration_since(t) >= STEADY_STREAMING)
+}
+
 fn stuck_check_due(since: Instant, last_check: Option<Instant>, now: Instant) -> bool {
     now.saturating_duration_since(since) >= STUCK_AFTER && due(last_check, STUCK_AFTER, now)
 }
@@ -341,12 +356,16 @@ impl<A: Authority> Manager<A> {
     /// A replica that stopped streaming while the primary moved to a newer
     /// timeline has diverged: rewind it.
     async fn watch_replication(&mut self, settings: &InstanceSettings, snapshot: &Snapshot) {
+        let now = Instant::now();
         if snapshot.wal_receiver.as_deref() == Some("streaming") {
-            self.upkeep.not_streaming_since = None;
-            self.clear_error(Source::Replication);
+            let since = *self.upkeep.streaming_since.get_or_insert(now);
+            if steadily_streaming(Some(since), now) {
+                self.upkeep.not_streaming_since = None;
+                self.clear_error(Source::Replication);
+            }
             return;
         }
-        let now = Instant::now();
+        self.upkeep.streaming_since = None;
         let since = *self.upkeep.not_streaming_since.get_or_insert(now);
         if !stuck_check_due(since, self.upkeep.last_rejoin_check, now) {
             return;
@@ -418,6 +437,9 @@ mod tests {
     fn a_stuck_replica_is_checked_after_a_while_and_then_not_too_often() {
         let since = Instant::now();
         let at = |s: u64| since + Duration::from_secs(s);
+        assert!(!steadily_streaming(None, at(9)));
+        assert!(!steadily_streaming(Some(at(1)), at(3)));
+        assert!(steadily_streaming(Some(at(1)), at(4)));
         assert!(!stuck_check_due(since, None, at(5)));
         assert!(stuck_check_due(since, None, at(6)));
         assert!(!stuck_check_due(since, Some(at(6)), at(11)));
