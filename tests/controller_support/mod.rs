@@ -461,50 +461,9 @@ impl Agents for FakeAgents {
 /// Hands every cluster the same fake.
 pub struct FakeConnect(pub Arc<FakeAgents>);
 
-struct Shared(Arc<FakeAgents>);
-
-impl PoolerControl for Shared {
-    fn pause<'a>(
-        &'a self,
-        ep: &'a Endpoint,
-        r: &'a PauseRequest,
-    ) -> BoxFuture<'a, Result<PauseResult, ClientError>> {
-        self.0.pause(ep, r)
-    }
-    fn resume<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
-        self.0.resume(ep)
-    }
-    fn reconnect<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
-        self.0.reconnect(ep)
-    }
-}
-
-impl Agents for Shared {
-    fn instance_status<'a>(
-        &'a self,
-        ep: &'a Endpoint,
-        t: Duration,
-    ) -> BoxFuture<'a, Result<InstanceReport, ClientError>> {
-        self.0.instance_status(ep, t)
-    }
-    fn promote<'a>(
-        &'a self,
-        ep: &'a Endpoint,
-    ) -> BoxFuture<'a, Result<PromoteResult, ClientError>> {
-        self.0.promote(ep)
-    }
-    fn demote<'a>(
-        &'a self,
-        ep: &'a Endpoint,
-        new_primary: &'a str,
-    ) -> BoxFuture<'a, Result<(), ClientError>> {
-        self.0.demote(ep, new_primary)
-    }
-}
-
 impl Connect for FakeConnect {
     fn connect(&self, _: &Secret) -> Result<Arc<dyn Agents>, AgentsError> {
-        Ok(Arc::new(Shared(self.0.clone())))
+        Ok(self.0.clone())
     }
 }
 
