@@ -460,15 +460,18 @@ impl ControlPlane {
             .collect()
     }
 
-    /// Requests of [`OPERATOR_USER`] so far, by verb (from the audit log).
+    /// Requests of [`OPERATOR_USER`] so far, by `verb resource[/sub]` (from
+    /// the audit log).
     pub fn operator_requests(&self) -> BTreeMap<String, u64> {
         let mut counts = BTreeMap::new();
         for event in self.audit_events() {
             if event["user"]["username"] != OPERATOR_USER {
                 continue;
             }
-            let verb = event["verb"].as_str().unwrap_or("?").to_string();
-            *counts.entry(verb).or_insert(0) += 1;
+            let verb = event["verb"].as_str().unwrap_or("?");
+            *counts
+                .entry(format!("{verb} {}", resource_of(&event)))
+                .or_insert(0) += 1;
         }
         counts
     }
@@ -482,13 +485,8 @@ impl ControlPlane {
             if !user.starts_with("system:serviceaccount:") {
                 continue;
             }
-            let obj = &event["objectRef"];
-            let resource = match (obj["resource"].as_str(), obj["subresource"].as_str()) {
-                (Some(r), Some(sub)) => format!("{r}/{sub}"),
-                (Some(r), None) => r.to_string(),
-                _ => event["requestURI"].as_str().unwrap_or("?").to_string(),
-            };
-            let group = obj["apiGroup"].as_str().unwrap_or("");
+            let resource = resource_of(&event);
+            let group = event["objectRef"]["apiGroup"].as_str().unwrap_or("");
             let code = event["responseStatus"]["code"].as_i64().unwrap_or(0);
             let verb = event["verb"].as_str().unwrap_or("?");
             let denied = if code == 403 { " DENIED" } else { "" };
@@ -510,6 +508,16 @@ impl ControlPlane {
     /// Logs of every component, for failure messages.
     pub fn log_dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// `resource[/subresource]` of an audit event, or its URI when it has none.
+fn resource_of(event: &serde_json::Value) -> String {
+    let obj = &event["objectRef"];
+    match (obj["resource"].as_str(), obj["subresource"].as_str()) {
+        (Some(r), Some(sub)) => format!("{r}/{sub}"),
+        (Some(r), None) => r.to_string(),
+        _ => event["requestURI"].as_str().unwrap_or("?").to_string(),
     }
 }
 

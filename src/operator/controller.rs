@@ -363,61 +363,67 @@ pub async fn run(
         return;
     };
     // Children are watched once into the caches `observe` reads, and each
-    // change triggers its owner's reconcile.
+    // change triggers its owner's reconcile. managedFields are dropped before
+    // caching: nothing reads them, and on pods they are a third of the object.
     fn cached<K>(
         writer: Writer<K>,
-        api: Api<K>,
-        config: &watcher::Config,
+        events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
     where
-        K: Resource<DynamicType = ()>
+        K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    {
+        let events = events.modify(|o| o.meta_mut().managed_fields = None);
+        reflector(writer, events)
+            .default_backoff()
+            .touched_objects()
+    }
+    // For the metadata-only kinds, `Api<PartialObjectMeta<_>>` makes the
+    // watch ask for metadata, so only that crosses the wire.
+    fn watch<K>(
+        client: &kube::Client,
+        ns: &Option<String>,
+        config: &watcher::Config,
+    ) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug
             + Send
-            + Sync
             + 'static,
     {
-        reflector(writer, watcher::watcher(api, config.clone()))
-            .default_backoff()
-            .touched_objects()
+        watcher::watcher(api::<K>(client, ns), config.clone())
     }
     let c = &children;
     controller
         .reconcile_on(futures::stream::poll_fn(move |cx| expired.poll_recv(cx)))
-        .owns_stream(cached(w.pods, api(&client, &ns), c))
-        .owns_stream(cached(w.pvcs, api(&client, &ns), c))
-        .owns_stream(cached(w.deployments, api(&client, &ns), c))
-        .owns_stream(cached(w.secrets, api(&client, &ns), c))
+        .owns_stream(cached(w.pods, watch(&client, &ns, c)))
+        .owns_stream(cached(w.pvcs, watch(&client, &ns, c)))
+        .owns_stream(cached(w.deployments, watch(&client, &ns, c)))
+        .owns_stream(cached(w.secrets, watch(&client, &ns, c)))
         .owns_stream(cached(
             w.services,
-            api::<PartialObjectMeta<Service>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<Service>>(&client, &ns, c),
         ))
         .owns_stream(cached(
             w.config_maps,
-            api::<PartialObjectMeta<ConfigMap>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<ConfigMap>>(&client, &ns, c),
         ))
         .owns_stream(cached(
             w.service_accounts,
-            api::<PartialObjectMeta<ServiceAccount>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<ServiceAccount>>(&client, &ns, c),
         ))
         .owns_stream(cached(
             w.roles,
-            api::<PartialObjectMeta<Role>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<Role>>(&client, &ns, c),
         ))
         .owns_stream(cached(
             w.role_bindings,
-            api::<PartialObjectMeta<RoleBinding>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<RoleBinding>>(&client, &ns, c),
         ))
         .owns_stream(cached(
             w.pdbs,
-            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, &ns),
-            c,
+            watch::<PartialObjectMeta<PodDisruptionBudget>>(&client, &ns, c),
         ))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
