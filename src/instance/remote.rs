@@ -27,6 +27,26 @@ pub enum RemoteError {
     },
     #[error("query on the primary failed ({what}): {message}")]
     Query { what: &'static str, message: String },
+    #[error("the primary did not answer within {}s ({what}); it may be frozen or partitioned", .after.as_secs())]
+    TimedOut { what: &'static str, after: Duration },
+}
+
+/// Bound of a short question to the primary, connection included. A frozen
+/// primary accepts the TCP connection and then never answers (the connect
+/// timeout covers only the socket), and the manager's loop must not hang on
+/// it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(8);
+/// `CHECKPOINT` writes every dirty buffer, so it gets longer.
+const CHECKPOINT_WITHIN: Duration = Duration::from_secs(120);
+
+async fn bounded<T>(
+    what: &'static str,
+    after: Duration,
+    work: impl std::future::Future<Output = Result<T, RemoteError>>,
+) -> Result<T, RemoteError> {
+    tokio::time::timeout(after, work)
+        .await
+        .unwrap_or(Err(RemoteError::TimedOut { what, after }))
 }
 
 /// What the server behind `primary_host` says about itself.
@@ -80,6 +100,10 @@ impl<'a> Primary<'a> {
     }
 
     pub async fn info(&self) -> Result<PrimaryInfo, RemoteError> {
+        bounded("server identity", ANSWER_WITHIN, self.ask_info()).await
+    }
+
+    async fn ask_info(&self) -> Result<PrimaryInfo, RemoteError> {
         let client = self.connect().await?;
         let row = client
             .query_one(
@@ -110,6 +134,10 @@ impl<'a> Primary<'a> {
 
     /// Whether the primary has the physical slot `name`.
     pub async fn slot_exists(&self, name: &str) -> Result<bool, RemoteError> {
+        bounded("replication slots", ANSWER_WITHIN, self.ask_slot(name)).await
+    }
+
+    async fn ask_slot(&self, name: &str) -> Result<bool, RemoteError> {
         let client = self.connect().await?;
         let row = client
             .query_one(
@@ -127,6 +155,10 @@ impl<'a> Primary<'a> {
     /// `CHECKPOINT` on the primary, so its control file shows the new
     /// timeline before pg_rewind reads it (needs `pg_checkpoint`, 15+).
     pub async fn checkpoint(&self) -> Result<(), RemoteError> {
+        bounded("CHECKPOINT", CHECKPOINT_WITHIN, self.run_checkpoint()).await
+    }
+
+    async fn run_checkpoint(&self) -> Result<(), RemoteError> {
         let client = self.connect().await?;
         client
             .simple_query("CHECKPOINT")
@@ -136,5 +168,26 @@ impl<'a> Primary<'a> {
                 message: error_text(&e),
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_never_answers_is_given_up_on() {
+        let never = std::future::pending::<Result<(), RemoteError>>();
+        let err = bounded("server identity", ANSWER_WITHIN, never)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RemoteError::TimedOut {
+                what: "server identity",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("8s"), "{err}");
     }
 }
