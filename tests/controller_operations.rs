@@ -1,6 +1,7 @@
 //! Operations end to end through the controller, against the API double
 //! and the fake agent: the exact steps of a failover, a switchover and a
-//! rolling update, and an operator killed at every step of a switchover.
+//! rolling update, an operator killed at every step of a switchover, and
+//! the primary Lease left alone while its holder renews it.
 
 mod controller_support;
 
@@ -456,4 +457,45 @@ async fn an_operator_killed_at_any_step_of_a_switchover_resumes_or_rolls_back() 
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_renewed_primary_lease_is_not_applied_again() {
+    let w = World::new(spec(), &spec(), None);
+    let (ctx, _writers, server) = w.operator();
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ns/leases/db-primary";
+    let lease_patches = |calls: Vec<controller_support::Call>| {
+        calls
+            .into_iter()
+            .filter(|c| c.path == lease_path)
+            .map(|c| c.body)
+            .collect::<Vec<Value>>()
+    };
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    let applied = lease_patches(w.api.take_calls());
+    assert_eq!(applied.len(), 1, "the first reconcile applies the Lease");
+    // The holder renews it: its resourceVersion and spec move, Capstan's
+    // labels and owner stay.
+    let mut renewed: Lease = serde_json::from_value(applied[0].clone()).unwrap();
+    renewed.metadata.resource_version = Some("777".into());
+    renewed.spec = Some(LeaseSpec {
+        holder_identity: Some("db-1".into()),
+        lease_duration_seconds: Some(4),
+        ..LeaseSpec::default()
+    });
+    ctx.leases.observe(&renewed, Instant::now());
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert!(lease_patches(w.api.take_calls()).is_empty());
+    // Someone strips Capstan's labels: applied again.
+    let mut stripped = renewed.clone();
+    stripped
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .remove(labels::MANAGED_BY);
+    ctx.leases.observe(&stripped, Instant::now());
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(lease_patches(w.api.take_calls()).len(), 1);
+    server.abort();
 }

@@ -29,7 +29,7 @@ use super::error::Error;
 use super::metrics::ErrorCategory;
 use super::report::{self, reason};
 use crate::api::{PostgresCluster, PostgresClusterStatus};
-use crate::resources::labels;
+use crate::resources::{labels, names};
 
 /// Requeue while an operation is under way (child events usually come first).
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
@@ -148,6 +148,12 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         .await;
     }
     observed.lease = ctx.leases.view(&namespace, &name);
+    if let Some(lease) = &observed.lease {
+        observed.versions.insert(
+            format!("Lease/{}", names::primary_lease(&name)),
+            lease.metadata_version.clone(),
+        );
+    }
 
     let plan = plan::plan(&validated.model, &observed, previous)?;
     let mut working = previous.cloned().unwrap_or_default();

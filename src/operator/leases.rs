@@ -29,13 +29,15 @@ use crate::resources::labels;
 pub const TICK: Duration = Duration::from_millis(50);
 
 /// A primary Lease as the operator sees it now.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseView {
     pub holder: Option<String>,
     /// Since the operator last saw the holder or renewTime change.
     pub silent_for: Duration,
     /// `leaseDurationSeconds`.
     pub duration: Duration,
+    /// [`crate::resources::lease::metadata_version`] of the Lease as last seen.
+    pub metadata_version: String,
 }
 
 impl LeaseView {
@@ -50,6 +52,7 @@ struct Tracked {
     renew: Option<String>,
     changed_at: Instant,
     duration: Duration,
+    metadata_version: String,
     /// A reconcile was requested ahead of the expiry (see `newly_expiring`).
     warned: bool,
     /// A reconcile was requested at the expiry.
@@ -85,6 +88,7 @@ impl LeaseMonitor {
             holder: t.holder.clone(),
             silent_for: t.changed_at.elapsed(),
             duration: t.duration,
+            metadata_version: t.metadata_version.clone(),
         })
     }
 
@@ -97,9 +101,13 @@ impl LeaseMonitor {
         let duration = Duration::from_secs(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
         );
+        let metadata_version = crate::resources::lease::metadata_version(&lease.metadata);
         let mut state = self.state();
         match state.get_mut(&key) {
-            Some(t) if t.holder == holder && t.renew == renew => t.duration = duration,
+            Some(t) if t.holder == holder && t.renew == renew => {
+                t.duration = duration;
+                t.metadata_version = metadata_version;
+            }
             _ => {
                 state.insert(
                     key,
@@ -108,6 +116,7 @@ impl LeaseMonitor {
                         renew,
                         changed_at: now,
                         duration,
+                        metadata_version,
                         warned: false,
                         triggered: false,
                     },

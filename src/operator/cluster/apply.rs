@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -188,7 +189,19 @@ async fn apply_child(
         Child::Pvc(o) => ssa(client, ns, o).await,
         Child::Deployment(o) => ssa(client, ns, o.as_ref()).await,
         Child::Pdb(o) => ssa(client, ns, o).await,
-        Child::Lease(o) => ssa(client, ns, o).await,
+        // Its resourceVersion moves with every renewal; only Capstan's
+        // fields are compared (the controller observes the same version).
+        Child::Lease(o) => {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            Api::<Lease>::namespaced(client.clone(), ns)
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(o),
+                )
+                .await
+                .map(|l| Some(crate::resources::lease::metadata_version(&l.metadata)))
+        }
     }
 }
 

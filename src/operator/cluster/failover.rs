@@ -197,6 +197,7 @@ mod tests {
             holder: holder.map(str::to_string),
             silent_for: Duration::from_millis(silent_ms),
             duration: Duration::from_secs(4),
+            ..LeaseView::default()
         }
     }
 

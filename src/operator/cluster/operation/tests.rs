@@ -69,6 +69,7 @@ impl World {
                 holder: Some("db-1".into()),
                 silent_for: Duration::from_millis(100),
                 duration: Duration::from_secs(4),
+                ..LeaseView::default()
             }),
             ..Observed::default()
         };
