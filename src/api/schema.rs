@@ -64,6 +64,16 @@ pub fn switchover_phase(_: &mut SchemaGenerator) -> Schema {
     string_enum(super::status::SWITCHOVER_PHASES)
 }
 
+/// `PostgresBackup` `status.phase`.
+pub fn backup_phase(_: &mut SchemaGenerator) -> Schema {
+    string_enum(super::pgbackup::BACKUP_PHASES)
+}
+
+/// `PostgresBackup` `status.verification.phase`.
+pub fn verification_phase(_: &mut SchemaGenerator) -> Schema {
+    string_enum(super::pgbackup::VERIFICATION_PHASES)
+}
+
 #[cfg(test)]
 mod tests {
     //! What the API server checks from the schema alone (patterns, enums,
