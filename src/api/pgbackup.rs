@@ -11,6 +11,9 @@ use super::limits;
 use super::rules;
 
 /// One pgBackRest backup of a `PostgresCluster` in the same namespace.
+// Each `printcolumn(...)` repeats `type_ = "string"`; clippy reads the
+// repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "capstan.dev",

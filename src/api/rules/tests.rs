@@ -594,6 +594,9 @@ fn every_iterating_rule_has_bounded_input() {
     );
     let iterating = ["all(", "exists(", "filter(", "map(", "exists_one("];
     let mut checked = 0;
+    let iterated =
+        regex::Regex::new(r"self((?:\.[A-Za-z_]+)+)\.(?:all|exists|exists_one|filter|map)\(")
+            .expect("regex");
     for (node, rule) in nodes {
         if !iterating.iter().any(|f| rule.contains(f)) {
             continue;
@@ -602,10 +605,6 @@ fn every_iterating_rule_has_bounded_input() {
         // A rule on a struct iterates over lists inside it (`self.a.b.all(`):
         // each of those must be bounded.
         let targets: Vec<&Value> = if node["type"] == "object" && node.get("properties").is_some() {
-            let iterated = regex::Regex::new(
-                r"self((?:\.[A-Za-z_]+)+)\.(?:all|exists|exists_one|filter|map)\(",
-            )
-            .expect("regex");
             let found: Vec<&Value> = iterated
                 .captures_iter(&rule)
                 .map(|c| {
