@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use kube::CustomResourceExt;
 use kube::core::cel::Validator;
 
-use capstan::api::PostgresCluster;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+use capstan::api::{PostgresBackup, PostgresCluster};
 
 fn examples() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -23,10 +25,8 @@ fn examples() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn examples_pass_the_cel_rules() {
-    let crd = PostgresCluster::crd();
-    let schema = serde_json::to_value(
+fn schema(crd: CustomResourceDefinition) -> serde_json::Value {
+    serde_json::to_value(
         crd.spec.versions[0]
             .schema
             .as_ref()
@@ -35,23 +35,62 @@ fn examples_pass_the_cel_rules() {
             .as_ref()
             .unwrap(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn examples_pass_the_cel_rules() {
+    let cluster_schema = schema(PostgresCluster::crd());
+    let backup_schema = schema(PostgresBackup::crd());
+    let (mut clusters, mut backups) = (0, 0);
     for file in examples() {
         let text = std::fs::read_to_string(&file).unwrap();
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
-        for doc in docs.into_iter().filter(|d| d["kind"] == "PostgresCluster") {
-            if let Err(errors) = Validator::new().validate(&schema, &doc, None) {
+        for doc in docs {
+            let schema = match doc["kind"].as_str() {
+                Some("PostgresCluster") => &cluster_schema,
+                Some("PostgresBackup") => &backup_schema,
+                _ => continue,
+            };
+            if let Err(errors) = Validator::new().validate(schema, &doc, None) {
                 panic!("{}: {errors:?}", file.display());
             }
-            let cluster: PostgresCluster = serde_json::from_value(doc).unwrap();
-            assert!(cluster.metadata.name.is_some());
+            if doc["kind"] == "PostgresCluster" {
+                let cluster: PostgresCluster = serde_json::from_value(doc).unwrap();
+                assert!(cluster.metadata.name.is_some());
+                clusters += 1;
+            } else {
+                let backup: PostgresBackup = serde_json::from_value(doc).unwrap();
+                assert!(backup.metadata.name.is_some());
+                backups += 1;
+            }
         }
     }
+    assert!(
+        clusters >= 3 && backups >= 1,
+        "{clusters} clusters, {backups} backups"
+    );
 }
+
+/// Examples this operator build refuses (restore is not implemented yet):
+/// rendering them must fail with that reason, and once it no longer does,
+/// this list goes.
+const NOT_RENDERED_YET: &[&str] = &["restore.yaml"];
 
 #[test]
 fn examples_render() {
     for file in examples() {
+        if NOT_RENDERED_YET.iter().any(|f| file.ends_with(f)) {
+            let err = capstan::render::render_file(&file, "capstan:test")
+                .expect_err("restore is refused by this build");
+            assert!(
+                err.to_string()
+                    .contains("spec.bootstrap.restore: not supported by this operator build yet"),
+                "{}: {err}",
+                file.display()
+            );
+            continue;
+        }
         let out =
             capstan::render::render_file(&file, "capstan:test").unwrap_or_else(|e| panic!("{e}"));
         assert!(out.contains("kind: Deployment"), "{}", file.display());

@@ -69,3 +69,21 @@ fn crd_yaml_reads_back_unchanged() {
         );
     }
 }
+
+/// `kubectl apply -k crds/` (and config/, which includes it) installs every
+/// CRD only if the kustomization lists it.
+#[test]
+fn kustomization_lists_every_crd() {
+    let text = std::fs::read_to_string(root().join("crds/kustomization.yaml")).unwrap();
+    let listed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    for crd in capstan::api::crd::all() {
+        let file = capstan::api::crd::file_name(&crd);
+        assert!(
+            listed.contains(&file.as_str()),
+            "crds/kustomization.yaml does not list {file}"
+        );
+    }
+}

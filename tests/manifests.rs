@@ -12,6 +12,10 @@ use std::process::Command;
 /// Oldest Kubernetes the operator supports (k8s-openapi feature v1_33).
 const KUBERNETES_VERSION: &str = "1.33.0";
 
+/// Examples of what this operator build refuses (restore); tests/examples.rs
+/// checks the refusal.
+const NOT_RENDERED_YET: &[&str] = &["restore.yaml"];
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -56,6 +60,14 @@ fn rendered_examples_pass_kubernetes_validate_strict() {
             .arg("render")
             .arg("-f")
             .arg(&example));
+        if NOT_RENDERED_YET.iter().any(|f| example.ends_with(f)) {
+            assert!(
+                !ok && text.contains("not supported by this operator build yet"),
+                "{}: {text}",
+                example.display()
+            );
+            continue;
+        }
         assert!(ok, "capstan render -f {}: {text}", example.display());
         std::fs::write(&out, &text).unwrap();
         let (ok, report) = kubernetes_validate(&validator, &out);
@@ -88,9 +100,25 @@ fn example_custom_resources_match_the_crd_schema() {
         .arg(root().join("crds"))
         .args(examples()));
     assert!(ok, "{report}");
+    // Every custom resource in the examples (PostgresCluster, PostgresBackup)
+    // was checked.
+    let custom_resources = examples()
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("apiVersion: capstan.dev/"))
+                .count()
+        })
+        .sum::<usize>();
+    assert!(
+        custom_resources > examples().len(),
+        "the PostgresBackup example"
+    );
     assert_eq!(
         report.lines().filter(|l| l.starts_with("OK")).count(),
-        examples().len(),
+        custom_resources,
         "{report}"
     );
 

@@ -65,6 +65,8 @@ fn rules_cover_what_the_operator_does() {
     let needed = triples(&[
         ("capstan.dev", "postgresclusters", &["get", "list", "watch"]),
         ("capstan.dev", "postgresclusters/status", &["patch"]),
+        ("capstan.dev", "postgresbackups", crud),
+        ("capstan.dev", "postgresbackups/status", &["get", "patch"]),
         ("", "pods", crud),
         ("", "persistentvolumeclaims", crud),
         ("", "services", crud),

@@ -10,6 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::backup::{BackupSpec, RestoreSpec};
 use super::defaults;
 use super::limits;
 use super::rules;
@@ -42,7 +43,8 @@ use super::status::PostgresClusterStatus;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = rules::cluster_name(),
-    validation = rules::provided_secrets_not_capstans()
+    validation = rules::provided_secrets_not_capstans(),
+    validation = rules::restore_not_into_source()
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::wal_storage_presence_immutable())]
@@ -100,6 +102,10 @@ pub struct PostgresClusterSpec {
     /// How the first instance's data is created. Immutable after creation.
     #[serde(default = "defaults::bootstrap")]
     pub bootstrap: BootstrapSpec,
+
+    /// Backups and WAL archiving with pgBackRest; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 
     /// Replication between the instances.
     #[serde(default)]
@@ -381,13 +387,31 @@ pub struct ProvidedTls {
     pub pooler_secret_name: String,
 }
 
-/// How the cluster's data is first created.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// How the cluster's data is first created: `initdb` (the default) or
+/// `restore`, not both.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::bootstrap_one_method())]
 pub struct BootstrapSpec {
-    /// Create a new, empty cluster with `initdb`.
-    #[serde(default = "defaults::initdb")]
-    pub initdb: InitdbSpec,
+    /// Create a new, empty cluster with `initdb`. Used, with its
+    /// defaults, when neither `initdb` nor `restore` is set.
+    // No schema default here: one would be filled in next to `restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initdb: Option<InitdbSpec>,
+
+    /// Create the cluster from a pgBackRest backup, to the latest point or
+    /// to a target (point-in-time recovery, clones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+impl BootstrapSpec {
+    /// The `initdb` settings, defaults filled in when none are given. A
+    /// restored cluster has them too (its application database and owner
+    /// come from the backup; these are the defaults Capstan assumes).
+    pub fn initdb_or_default(&self) -> InitdbSpec {
+        self.initdb.clone().unwrap_or_else(defaults::initdb)
+    }
 }
 
 /// `initdb` settings and the application database.

@@ -3,11 +3,11 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use super::PostgresCluster;
+use super::{PostgresBackup, PostgresCluster};
 
 /// Every CRD, in the order `capstan crd` prints them.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![PostgresCluster::crd()]
+    vec![PostgresCluster::crd(), PostgresBackup::crd()]
 }
 
 /// File name under `crds/` for a CRD.

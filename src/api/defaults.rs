@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::backup::{ArchiveSpec, BackupTarget, RetentionSpec, VerifySpec};
 use super::cluster::{
     BootstrapSpec, FailoverSpec, InitdbSpec, PgBouncerSpec, PoolMode, ProxySpec,
     PvcRetentionPolicy, RetentionRule, TlsMode, TlsSpec,
@@ -91,7 +92,71 @@ pub fn initdb() -> InitdbSpec {
 }
 
 pub fn bootstrap() -> BootstrapSpec {
-    BootstrapSpec { initdb: initdb() }
+    BootstrapSpec {
+        initdb: Some(initdb()),
+        restore: None,
+    }
+}
+
+/// Backups are read from a streaming replica when there is one, so the
+/// primary's I/O serves clients; pgBackRest falls back to the primary.
+pub fn backup_target() -> BackupTarget {
+    BackupTarget::PreferReplica
+}
+
+/// A minute of WAL at most is lost with the cluster (when anything was
+/// written): the RPO most teams start from.
+pub fn archive_timeout() -> String {
+    "60s".to_string()
+}
+
+/// Asynchronous `archive-push` keeps up with busy primaries.
+pub fn archive_async() -> bool {
+    true
+}
+
+pub fn archive() -> ArchiveSpec {
+    ArchiveSpec {
+        timeout: archive_timeout(),
+        async_: archive_async(),
+    }
+}
+
+/// Every full backup is proven restorable unless turned off.
+pub fn verify_enabled() -> bool {
+    true
+}
+
+pub fn verify() -> VerifySpec {
+    VerifySpec {
+        enabled: verify_enabled(),
+    }
+}
+
+/// Two full backups: while the newest is verified the one before still
+/// covers its WAL.
+pub fn retention_full() -> i32 {
+    2
+}
+
+pub fn retention() -> RetentionSpec {
+    RetentionSpec {
+        full: retention_full(),
+        differential: None,
+    }
+}
+
+pub fn verify_tls() -> bool {
+    true
+}
+
+/// The key names the AWS tools use.
+pub fn access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".to_string()
+}
+
+pub fn secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_string()
 }
 
 /// Keeping volumes when the cluster is deleted is the safe choice: deleting a

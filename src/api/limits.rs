@@ -87,6 +87,75 @@ pub const ENCODING_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 /// `spec.bootstrap.initdb.locale`: an operating-system locale name.
 pub const LOCALE_PATTERN: &str = r"^[A-Za-z0-9_.@-]+$";
 
+/// `spec.backup.repositories`: pgBackRest numbers its repositories
+/// `repo1`…`repo4` and supports no more than four.
+pub const BACKUP_REPOSITORIES: RangeInclusive<usize> = 1..=4;
+
+/// `spec.backup.repositories[].name`: the pgBackRest repository it
+/// configures, `repo1` to `repo4`, so a name in the spec, in pgBackRest's
+/// own output and in its options (`--repo=2`) is the same thing.
+pub const REPOSITORY_NAME_PATTERN: &str = "^repo[1-4]$";
+
+/// `spec.backup.schedules`: three backup types for each of four
+/// repositories.
+pub const BACKUP_SCHEDULES_MAX: usize = 12;
+
+/// `spec.backup.schedules[].name`: a DNS label short enough to suffix
+/// the names of the `PostgresBackup` objects a schedule creates.
+pub const SCHEDULE_NAME_MAX: usize = 40;
+
+/// `spec.backup.schedules[].schedule`: a five-field cron expression
+/// (minute hour day-of-month month day-of-week). Only the shape is checked
+/// at admission; the operator parses the fields.
+pub const CRON_MAX: usize = 128;
+pub const CRON_PATTERN: &str = "^[0-9A-Za-z*/,?-]+( +[0-9A-Za-z*/,?-]+){4}$";
+
+/// `retention.full` and `retention.differential`: how many backups
+/// pgBackRest keeps (its own bounds for `repo-retention-full`).
+pub const RETENTION: RangeInclusive<i32> = 1..=9_999_999;
+
+/// `spec.backup.archive.timeout`, in seconds: PostgreSQL's
+/// `archive_timeout`, the bound on how much committed work is not yet in
+/// the repository. Each forced switch archives a whole segment, so below a
+/// second it would only fill the repository; above an hour it is no RPO.
+pub const ARCHIVE_TIMEOUT_SECONDS: RangeInclusive<i64> = 1..=3600;
+
+/// Host names, S3 bucket and Azure account/container names, regions.
+pub const HOST_MAX: usize = 253;
+pub const REGION_MAX: usize = 64;
+/// `host` or `host:port`, without a scheme: pgBackRest always speaks HTTPS
+/// to object stores.
+pub const ENDPOINT_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$";
+/// S3 and GCS bucket names (3 to 63 lowercase letters, digits, '.', '-').
+pub const BUCKET_PATTERN: &str = r"^[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]$";
+/// Azure storage account: 3 to 24 lowercase letters and digits.
+pub const AZURE_ACCOUNT_PATTERN: &str = "^[a-z0-9]{3,24}$";
+/// Azure blob container: 3 to 63 lowercase letters, digits and '-'.
+pub const AZURE_CONTAINER_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{1,61}[a-z0-9])$";
+
+/// Repository paths: absolute, plain segments, no `.` or `..`.
+pub const REPOSITORY_PATH_MAX: usize = 512;
+pub const REPOSITORY_PATH_PATTERN: &str = r"^(/[A-Za-z0-9_.-]+)+$";
+
+/// Keys inside a Secret (`[-._a-zA-Z0-9]+`, at most 253).
+pub const SECRET_KEY_MAX: usize = 253;
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// `spec.bootstrap.restore.target.lsn`: a PostgreSQL LSN as `pg_lsn`
+/// prints it.
+pub const LSN_PATTERN: &str = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$";
+/// `spec.bootstrap.restore.target.time`: RFC 3339 with an offset. Without
+/// one PostgreSQL would read the time in the restoring server's time zone.
+pub const RFC3339_PATTERN: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+/// `spec.bootstrap.restore.target.backup`: a pgBackRest backup label, e.g.
+/// `20250101-010000F` or `20250101-010000F_20250102-010000I`.
+pub const BACKUP_LABEL_PATTERN: &str = "^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$";
+pub const BACKUP_LABEL_MAX: usize = 64;
+/// `spec.bootstrap.restore.target.name`: a restore point made with
+/// `pg_create_restore_point` (at most `MAXFNAMELEN - 1` bytes).
+pub const RESTORE_POINT_MAX: usize = 63;
+pub const RESTORE_POINT_PATTERN: &str = "^[A-Za-z0-9_.:@ -]+$";
+
 /// `a, b, c or d` for a range, as messages spell it.
 pub fn spelled(range: &RangeInclusive<i32>) -> String {
     let items: Vec<String> = range.clone().map(|v| v.to_string()).collect();
@@ -114,5 +183,13 @@ mod tests {
         assert!(*DETECTION_SECONDS.start() >= 2, "fencing needs D/2 ≥ 1 s");
         // Services are DNS-1035 labels: `<name>-pooler` must fit in 63.
         assert!(CLUSTER_NAME_MAX + "-pooler".len() <= 63);
+        // A volume repository's claim is `<name>-repoN`.
+        assert!(CLUSTER_NAME_MAX + "-repo4".len() <= 63);
+        assert_eq!(
+            *BACKUP_REPOSITORIES.end(),
+            4,
+            "pgBackRest has repo1 to repo4"
+        );
+        assert!(BACKUP_SCHEDULES_MAX >= 3 * BACKUP_REPOSITORIES.end());
     }
 }

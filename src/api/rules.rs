@@ -248,5 +248,237 @@ pub fn sql_identifier(field: &str) -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+// --- Backup and restore -------------------------------------------------
+
+/// `pattern` as a single-quoted CEL string literal.
+fn cel_literal(pattern: &str) -> String {
+    format!("'{}'", pattern.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `field` matches `pattern`, refused with `message`.
+fn matching(pattern: &str, message: String) -> Rule {
+    Rule::new(format!("self.matches({})", cel_literal(pattern)))
+        .message(Message::Message(message))
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// The kinds a repository can be; each names a field of the repository.
+const REPOSITORY_KINDS: [&str; 4] = ["s3", "azure", "gcs", "volume"];
+
+/// A repository is exactly one kind: two would leave pgBackRest (and the
+/// reader) guessing which one is meant. `named` repositories (the list
+/// under `spec.backup`) say which entry is wrong.
+pub fn exactly_one_repository_kind(field: &str, named: bool) -> Rule {
+    let count = REPOSITORY_KINDS
+        .map(|k| format!("(has(self.{k}) ? 1 : 0)"))
+        .join(" + ");
+    let fix = "set exactly one of s3, azure, gcs or volume";
+    let message = if named {
+        Message::Expression(format!("'{field}[' + self.name + ']: {fix}'"))
+    } else {
+        Message::Message(format!("{field}: {fix}"))
+    };
+    Rule::new(format!("{count} == 1"))
+        .message(message)
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// `repo1`…`repo4`: pgBackRest's own numbering, so `--repo=2` in a log and
+/// `repo2` in the spec are the same repository.
+pub fn repository_name(field: &str) -> Rule {
+    matching(
+        limits::REPOSITORY_NAME_PATTERN,
+        format!(
+            "{field} must be repo1, repo2, repo3 or repo4 (pgBackRest numbers its repositories); rename it"
+        ),
+    )
+}
+
+/// pgBackRest always speaks HTTPS to object stores and takes the host
+/// (and port) alone; a URL would be read as a host name.
+pub fn endpoint(field: &str) -> Rule {
+    matching(
+        limits::ENDPOINT_PATTERN,
+        format!(
+            "{field} must be host or host:port without a scheme (pgBackRest always uses HTTPS), e.g. s3.eu-west-1.amazonaws.com or minio.storage.svc:9000"
+        ),
+    )
+}
+
+/// An absolute path of plain segments: `..` could climb into another
+/// cluster's repository.
+pub fn repository_path() -> Rule {
+    Rule::new(format!(
+        "self.matches({}) && !self.matches('(^|/)[.][.]?(/|$)')",
+        cel_literal(limits::REPOSITORY_PATH_PATTERN)
+    ))
+    .message("repository path must be absolute, e.g. /capstan/ns/db: segments of letters, digits, '_', '.' and '-', none of them '.' or '..'")
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// `retention.full` and `retention.differential`: keeping no backup would
+/// expire the one just taken.
+pub fn retention(field: &str) -> Rule {
+    within(
+        &format!("spec.backup.repositories[].retention.{field}"),
+        &limits::RETENTION,
+    )
+}
+
+/// Every schedule names a repository that exists (the default, the first
+/// repository, always does).
+pub fn schedule_repository_exists() -> Rule {
+    Rule::new("!has(self.schedules) || self.schedules.all(s, !has(s.repository) || self.repositories.exists(r, r.name == s.repository))")
+        .message("spec.backup.schedules[].repository must name one of spec.backup.repositories; add that repository or fix the name")
+        .field_path(".schedules")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// A DNS label: it prefixes the names of the `PostgresBackup` objects the
+/// schedule creates.
+pub fn schedule_name() -> Rule {
+    matching(
+        "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        format!(
+            "spec.backup.schedules[].name must be at most {} lowercase letters, digits and '-' (it prefixes PostgresBackup names)",
+            limits::SCHEDULE_NAME_MAX
+        ),
+    )
+}
+
+/// Five cron fields. Only the shape is checked here (a field's range needs
+/// a parser); the operator reports a field out of range as Stalled.
+pub fn cron() -> Rule {
+    matching(
+        limits::CRON_PATTERN,
+        "spec.backup.schedules[].schedule must be a cron expression of five fields in UTC (minute hour day-of-month month day-of-week), e.g. '0 1 * * 0'; seconds and @-macros are not accepted".into(),
+    )
+}
+
+pub fn archive_timeout() -> Rule {
+    let range = limits::ARCHIVE_TIMEOUT_SECONDS;
+    Rule::new(format!(
+        "self.matches('^[1-9][0-9]{{0,4}}(s|m|h)$') && duration(self) >= duration('{}s') && duration(self) <= duration('{}s')",
+        range.start(),
+        range.end()
+    ))
+    .message(Message::Message(format!(
+        "spec.backup.archive.timeout must be a whole number of seconds (s), minutes (m) or hours (h) from {}s to {}s, e.g. 60s or 5m",
+        range.start(),
+        range.end()
+    )))
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// Creating a cluster from a backup and creating an empty one exclude each
+/// other.
+pub fn bootstrap_one_method() -> Rule {
+    Rule::new("!(has(self.initdb) && has(self.restore))")
+        .message("spec.bootstrap: set either initdb (a new, empty cluster) or restore (a cluster from a backup), not both")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn exactly_one_restore_target() -> Rule {
+    let count = ["time", "lsn", "name", "backup"]
+        .map(|k| format!("(has(self.{k}) ? 1 : 0)"))
+        .join(" + ");
+    Rule::new(format!("{count} == 1"))
+        .message("spec.bootstrap.restore.target: set exactly one of time, lsn, name or backup, or remove target to recover to the end of the archived WAL")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn target_time() -> Rule {
+    matching(
+        limits::RFC3339_PATTERN,
+        "spec.bootstrap.restore.target.time must be an RFC 3339 time with a zone offset, e.g. 2025-06-01T12:00:00Z (without one the restoring server's time zone would decide)".into(),
+    )
+}
+
+pub fn target_lsn() -> Rule {
+    matching(
+        limits::LSN_PATTERN,
+        "spec.bootstrap.restore.target.lsn must be a WAL position as PostgreSQL prints it, e.g. 0/3000060".into(),
+    )
+}
+
+/// The name is written into PostgreSQL's recovery settings; a quote or a
+/// newline could end the value and add settings.
+pub fn target_name() -> Rule {
+    matching(
+        limits::RESTORE_POINT_PATTERN,
+        "spec.bootstrap.restore.target.name must be a restore point name of letters, digits, spaces and '_', '-', '.', ':', '@'".into(),
+    )
+}
+
+pub fn target_backup() -> Rule {
+    matching(
+        limits::BACKUP_LABEL_PATTERN,
+        "spec.bootstrap.restore.target.backup must be a pgBackRest backup label such as 20250601-010000F or 20250601-010000F_20250602-010000I (a PostgresBackup's status.label)".into(),
+    )
+}
+
+/// A `PostgresCluster` named in another field: the same shape as
+/// [`cluster_name`] requires.
+pub fn cluster_reference(field: &str) -> Rule {
+    matching(
+        "^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        format!(
+            "{field} must name a PostgresCluster: at most {} lowercase letters, digits and '-', starting with a letter",
+            limits::CLUSTER_NAME_MAX
+        ),
+    )
+}
+
+/// A `PostgresBackup` records one backup; changing what it asked for after
+/// the fact would make its status describe something else.
+pub fn backup_spec_immutable() -> Rule {
+    Rule::new("self == oldSelf")
+        .message("spec of a PostgresBackup is immutable: it records one backup; create another PostgresBackup instead")
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// A restored cluster promotes on a new timeline; archiving it into the
+/// source's repository path would mix two histories in one archive (and a
+/// retention run could expire the source's backups). Paths left to their
+/// defaults are compared by cluster name: both sit in this namespace. An
+/// explicit path equal to a default one needs the namespace, which CEL
+/// does not see; the operator checks that.
+pub fn restore_not_into_source() -> Rule {
+    let restore = "self.spec.bootstrap.restore";
+    let source = format!("{restore}.source.repository");
+    let source_cluster =
+        format!("(has({restore}.source.cluster) ? {restore}.source.cluster : self.metadata.name)");
+    let path = |repo: &str, kind: &str, cluster: &str| {
+        format!("(has({repo}.{kind}.path) ? {repo}.{kind}.path : '/capstan/~/' + {cluster})")
+    };
+    let same = |kind: &str, keys: &[&str]| {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("r.{kind}.{k} == {source}.{kind}.{k}"))
+            .collect();
+        format!(
+            "(has(r.{kind}) && has({source}.{kind}) && {} && {} == {})",
+            keys.join(" && "),
+            path("r", kind, "self.metadata.name"),
+            path(&source, kind, &source_cluster)
+        )
+    };
+    let volume = format!(
+        "(has(r.volume) && has({source}.volume) && {source}.volume.claimName == self.metadata.name + '-' + r.name)"
+    );
+    let clash = [
+        same("s3", &["endpoint", "bucket"]),
+        same("azure", &["account", "container"]),
+        same("gcs", &["bucket"]),
+        volume,
+    ]
+    .join(" || ");
+    Rule::new(format!(
+        "!has(self.spec.bootstrap) || !has({restore}) || !has(self.spec.backup) || self.spec.backup.repositories.all(r, !({clash}))"
+    ))
+    .message("spec.backup.repositories: a repository is the restore source's own (same store and path); a restored cluster starts a new timeline and must archive elsewhere: give it another path, or restore from source.cluster with the default paths")
+    .reason(Reason::FieldValueInvalid)
+}
+
 #[cfg(test)]
 mod tests;

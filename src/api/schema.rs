@@ -64,6 +64,16 @@ pub fn switchover_phase(_: &mut SchemaGenerator) -> Schema {
     string_enum(super::status::SWITCHOVER_PHASES)
 }
 
+/// `PostgresBackup` `status.phase`.
+pub fn backup_phase(_: &mut SchemaGenerator) -> Schema {
+    string_enum(super::pgbackup::BACKUP_PHASES)
+}
+
+/// `PostgresBackup` `status.verification.phase`.
+pub fn verification_phase(_: &mut SchemaGenerator) -> Schema {
+    string_enum(super::pgbackup::VERIFICATION_PHASES)
+}
+
 #[cfg(test)]
 mod tests {
     //! What the API server checks from the schema alone (patterns, enums,
@@ -276,6 +286,137 @@ mod tests {
             .as_array()
             .expect("required");
         assert!(required.contains(&json!("type")));
+    }
+
+    #[test]
+    fn backup_lists_are_bounded_list_maps_keyed_by_name() {
+        for (path, max) in [
+            (
+                "spec.backup.repositories",
+                *limits::BACKUP_REPOSITORIES.end(),
+            ),
+            ("spec.backup.schedules", limits::BACKUP_SCHEDULES_MAX),
+        ] {
+            let list = node(path);
+            assert_eq!(list["x-kubernetes-list-type"], json!("map"), "{path}");
+            assert_eq!(
+                list["x-kubernetes-list-map-keys"],
+                json!(["name"]),
+                "{path}"
+            );
+            assert_eq!(list["maxItems"], json!(max), "{path}");
+            let required = list["items"]["required"].as_array().expect("required");
+            assert!(required.contains(&json!("name")), "{path}");
+        }
+        assert_eq!(node("spec.backup.repositories")["minItems"], json!(1));
+        // Absent by default: a cluster without backups stays as it was.
+        assert!(node("spec.backup").get("default").is_none());
+        assert!(node("spec.bootstrap.restore").get("default").is_none());
+        // A default on initdb would be filled in next to restore.
+        assert!(node("spec.bootstrap.initdb").get("default").is_none());
+        assert!(node("spec.bootstrap")["default"]["initdb"].is_object());
+    }
+
+    #[test]
+    fn backup_names_and_buckets_follow_the_stores_rules() {
+        assert_pattern(
+            "spec.backup.repositories.[].s3.bucket",
+            &["backups", "pg.backups-1", "abc"],
+            &["Backups", "ab", "-backups", "backups-", "my_bucket"],
+        );
+        assert_pattern(
+            "spec.backup.repositories.[].azure.account",
+            &["acct1", "abc"],
+            &["Acct", "ab", "my-account"],
+        );
+        for path in [
+            "spec.backup.repositories.[].s3.credentials.accessKeyIdKey",
+            "spec.backup.repositories.[].s3.caSecret.key",
+            "spec.backup.repositories.[].gcs.credentials.key",
+        ] {
+            assert_pattern(
+                path,
+                &["AWS_ACCESS_KEY_ID", "ca.crt", "key-1"],
+                &["a b", "a/b", ""],
+            );
+        }
+        assert_pattern(
+            "spec.bootstrap.restore.source.repository.volume.claimName",
+            &["db-repo1"],
+            &["DB", "db_repo1"],
+        );
+        assert_eq!(
+            node("spec.backup.repositories.[].s3.credentials.secretAccessKeyKey")["default"],
+            json!("AWS_SECRET_ACCESS_KEY")
+        );
+        assert_eq!(node("spec.backup.archive.timeout")["default"], json!("60s"));
+        assert_eq!(
+            node("spec.backup.target")["default"],
+            json!("preferReplica")
+        );
+        assert_eq!(
+            node("spec.backup.verify")["default"],
+            json!({"enabled": true})
+        );
+        assert_eq!(
+            node("spec.backup.repositories.[].s3.uriStyle")["enum"],
+            json!(["host", "path"])
+        );
+    }
+
+    fn backup_crd() -> Value {
+        serde_json::to_value(crate::api::PostgresBackup::crd()).expect("json")
+    }
+
+    #[test]
+    fn postgres_backup_is_a_namespaced_kind_with_printer_columns() {
+        let cluster_crd = crd();
+        let crd = backup_crd();
+        assert_eq!(
+            crd["metadata"]["name"],
+            json!("postgresbackups.capstan.dev")
+        );
+        assert_eq!(crd["spec"]["group"], cluster_crd["spec"]["group"]);
+        assert_eq!(crd["spec"]["scope"], json!("Namespaced"));
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["pgbackup"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], cluster_crd["spec"]["versions"][0]["name"]);
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Cluster", "Type", "Phase", "Label", "Verified", "Age"]
+        );
+        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(
+            status["phase"]["enum"],
+            json!(["Pending", "Running", "Verifying", "Completed", "Failed"])
+        );
+        assert_eq!(
+            status["verification"]["properties"]["phase"]["enum"],
+            json!(super::super::pgbackup::VERIFICATION_PHASES)
+        );
+        assert_eq!(
+            status["conditions"]["x-kubernetes-list-map-keys"],
+            json!(["type"])
+        );
+        // Every printer column points at a field that exists.
+        let root = &version["schema"]["openAPIV3Schema"];
+        for column in version["additionalPrinterColumns"].as_array().unwrap() {
+            let path = column["jsonPath"].as_str().unwrap().trim_start_matches('.');
+            if path.starts_with("metadata") {
+                continue;
+            }
+            let field = path
+                .split('.')
+                .fold(root, |at, name| &at["properties"][name]);
+            assert!(field.is_object(), "{path}");
+        }
     }
 
     /// `kubectl scale` and a HorizontalPodAutoscaler use the scale

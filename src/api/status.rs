@@ -107,6 +107,87 @@ pub struct PostgresClusterStatus {
     /// The operation in progress (one at a time), or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<OperationStatus>,
+
+    /// Backups and WAL archiving, when `spec.backup` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// What the cluster can be restored to, and how archiving goes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The newest backup that completed (and passed verification when it
+    /// was verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup: Option<BackupReference>,
+
+    /// RFC 3339: the earliest time the cluster can be restored to (the end
+    /// of the oldest backup kept in any repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<String>,
+
+    /// The last WAL segment archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<ArchivedWal>,
+
+    /// The last failure to archive a segment; kept after archiving
+    /// recovers, next to a newer `lastArchivedWal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archive_failure: Option<ArchiveFailure>,
+
+    /// The next backup a schedule will take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled: Option<ScheduledBackup>,
+}
+
+/// A `PostgresBackup` object and what it holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReference {
+    /// The `PostgresBackup` object's name.
+    pub name: String,
+    /// pgBackRest's label.
+    pub label: String,
+    /// `full`, `differential` or `incremental`.
+    #[serde(rename = "type")]
+    pub type_: super::backup::BackupType,
+    /// `repo1` to `repo4`.
+    pub repository: String,
+    /// RFC 3339: when the backup stopped.
+    pub completed_at: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivedWal {
+    /// Segment name, e.g. `000000010000000000000003`.
+    pub wal: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveFailure {
+    /// Segment that failed.
+    pub wal: String,
+    /// RFC 3339.
+    pub time: String,
+    /// pgBackRest's message.
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledBackup {
+    /// Name of the schedule in `spec.backup.schedules`.
+    pub schedule: String,
+    /// `full`, `differential` or `incremental`.
+    #[serde(rename = "type")]
+    pub type_: super::backup::BackupType,
+    /// RFC 3339.
+    pub time: String,
 }
 
 /// What the operator is doing, step by step; `kubectl capstan status` and

@@ -16,7 +16,7 @@ use crate::contract::settings::{
 
 pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSettings {
     let spec = &model.spec;
-    let initdb = &spec.bootstrap.initdb;
+    let initdb = &spec.bootstrap.initdb_or_default();
     InstanceSettings {
         cluster: model.name.clone(),
         namespace: model.namespace.clone(),

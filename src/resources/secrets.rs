@@ -110,7 +110,7 @@ impl PasswordSecret {
     pub fn username(self, model: &Model) -> String {
         match self {
             PasswordSecret::Superuser => roles::SUPERUSER.to_string(),
-            PasswordSecret::App => model.spec.bootstrap.initdb.owner.clone(),
+            PasswordSecret::App => model.spec.bootstrap.initdb_or_default().owner,
             PasswordSecret::Pooler => roles::POOLER.to_string(),
         }
     }
@@ -125,7 +125,7 @@ pub fn password_secret(model: &Model, kind: PasswordSecret, password: &str) -> S
         (files::PASSWORD.to_string(), password.to_string()),
     ]);
     if kind == PasswordSecret::App {
-        let db = &model.spec.bootstrap.initdb.database;
+        let db = &model.spec.bootstrap.initdb_or_default().database;
         let host = format!("{}.{}.svc", names::pooler(&model.name), model.namespace);
         let port = layout::POOLER_PORT;
         data.insert(files::DBNAME.into(), db.clone());

@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 
 use crate::api::PostgresCluster;
 
+mod backup;
+
 fn schema() -> Value {
     let crd = PostgresCluster::crd();
     let schema = crd.spec.versions[0]
@@ -592,25 +594,47 @@ fn every_iterating_rule_has_bounded_input() {
     );
     let iterating = ["all(", "exists(", "filter(", "map(", "exists_one("];
     let mut checked = 0;
+    let iterated =
+        regex::Regex::new(r"self((?:\.[A-Za-z_]+)+)\.(?:all|exists|exists_one|filter|map)\(")
+            .expect("regex");
     for (node, rule) in nodes {
         if !iterating.iter().any(|f| rule.contains(f)) {
             continue;
         }
         checked += 1;
-        let (bound, element) = match node["type"].as_str() {
-            Some("array") => (node.get("maxItems"), &node["items"]),
-            Some("object") => (node.get("maxProperties"), &node["additionalProperties"]),
-            other => panic!("{rule}: iterates over a {other:?}"),
+        // A rule on a struct iterates over lists inside it (`self.a.b.all(`):
+        // each of those must be bounded.
+        let targets: Vec<&Value> = if node["type"] == "object" && node.get("properties").is_some() {
+            let found: Vec<&Value> = iterated
+                .captures_iter(&rule)
+                .map(|c| {
+                    c[1].split('.').skip(1).fold(node, |at, name| {
+                        assert!(!at["properties"][name].is_null(), "{rule}: no {name}");
+                        &at["properties"][name]
+                    })
+                })
+                .collect();
+            assert!(!found.is_empty(), "{rule}: iterates over what?");
+            found
+        } else {
+            vec![node]
         };
-        assert!(
-            bound.and_then(Value::as_u64).is_some(),
-            "{rule}: no maxItems/maxProperties on its node"
-        );
-        if element["type"] == "string" {
+        for node in targets {
+            let (bound, element) = match node["type"].as_str() {
+                Some("array") => (node.get("maxItems"), &node["items"]),
+                Some("object") => (node.get("maxProperties"), &node["additionalProperties"]),
+                other => panic!("{rule}: iterates over a {other:?}"),
+            };
             assert!(
-                element["maxLength"].as_u64().is_some(),
-                "{rule}: elements have no maxLength"
+                bound.and_then(Value::as_u64).is_some(),
+                "{rule}: no maxItems/maxProperties on its node"
             );
+            if element["type"] == "string" {
+                assert!(
+                    element["maxLength"].as_u64().is_some(),
+                    "{rule}: elements have no maxLength"
+                );
+            }
         }
     }
     assert!(

@@ -328,6 +328,8 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
+        // Written by the backup operations, not recomputed here.
+        backup: r.previous.and_then(|s| s.backup.clone()),
         operation: operation_status(r),
         observed_generation: Some(g),
         phase: Some(phase),

@@ -15,6 +15,14 @@ use crate::resources::quantity;
 
 use super::observe::Observed;
 
+/// Stalled reason while `spec.backup` is set (the operator side of backups
+/// is not built yet).
+// Removed with the checks below once the operator backs up and restores.
+pub const BACKUP_UNSUPPORTED: &str = "BackupUnsupported";
+const UNSUPPORTED_BACKUP: &str = "spec.backup is not supported by this operator build yet";
+/// Follows the field name in the error (`spec.bootstrap.restore: …`).
+const UNSUPPORTED_RESTORE: &str = "not supported by this operator build yet";
+
 /// A spec that cannot be applied as written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -231,6 +239,16 @@ fn check(
         return Err(invalid("spec.failover.maxLagBytes", "must not be negative"));
     }
     validate_tls(cluster, observed, environment)?;
+    // Until the operator restores, creating the cluster at all would run
+    // initdb and give an empty database where a restored one was asked for.
+    if spec.bootstrap.restore.is_some() {
+        return Err(invalid(
+            "spec.bootstrap.restore",
+            format!(
+                "{UNSUPPORTED_RESTORE}; create the cluster with spec.bootstrap.initdb, or use a Capstan version that restores"
+            ),
+        ));
+    }
 
     // The data files decide which major runs: a raised version waits for a
     // major upgrade instead of starting new binaries on old files.
@@ -264,6 +282,17 @@ fn check(
             .clone()
             .unwrap_or_else(|| defaults::postgres_image(data_version))
     };
+
+    // Backups are not taken yet, but the database keeps being run (failover
+    // included): only the backup part of the spec waits.
+    if spec.backup.is_some() && blocked.is_none() {
+        blocked = Some(Blocked {
+            reason: BACKUP_UNSUPPORTED,
+            message: format!(
+                "{UNSUPPORTED_BACKUP}; no backups are taken and WAL is not archived. Remove spec.backup, or use a Capstan version that backs up"
+            ),
+        });
+    }
 
     Ok(Validated {
         model: Model {
@@ -532,6 +561,47 @@ mod tests {
             .secrets
             .insert("srv".into(), facts(&["tls.crt", "tls.key"]));
         assert!(validate(&c, &observed, "x").is_ok());
+    }
+
+    fn s3_repository() -> serde_json::Value {
+        json!({"name": "repo1", "s3": {"endpoint": "s3.amazonaws.com", "region": "eu-west-1",
+            "bucket": "backups", "credentials": {"secretName": "s3"}}})
+    }
+
+    #[test]
+    fn backups_are_refused_until_the_operator_takes_them() {
+        let mut spec = base();
+        spec["backup"] = json!({"repositories": [s3_repository()]});
+        let v = check(&cluster(spec)).unwrap();
+        let blocked = v.blocked.unwrap();
+        assert_eq!(blocked.reason, BACKUP_UNSUPPORTED);
+        assert!(
+            blocked
+                .message
+                .contains("spec.backup is not supported by this operator build yet"),
+            "{}",
+            blocked.message
+        );
+        // The rest of the cluster is still modelled (and reconciled).
+        assert_eq!(v.model.spec.instances, 1);
+        assert!(check(&cluster(base())).unwrap().blocked.is_none());
+    }
+
+    #[test]
+    fn a_restore_is_refused_until_the_operator_restores() {
+        let mut spec = base();
+        spec["bootstrap"] =
+            json!({"restore": {"source": {"repository": {"s3": s3_repository()["s3"]}}}});
+        let c = cluster(spec);
+        assert!(c.spec.bootstrap.initdb.is_none());
+        let err = check(&c).unwrap_err();
+        assert_eq!(err.field, "spec.bootstrap.restore");
+        assert!(
+            err.to_string()
+                .contains("spec.bootstrap.restore: not supported by this operator build yet"),
+            "{err}"
+        );
+        assert!(!err.awaits_object);
     }
 
     #[test]
