@@ -129,6 +129,10 @@ pub enum CommandError {
         "a restore to the latest point cannot take a target action (pgBackRest refuses --target-action with --type=default); use the end of a backup, a time, an LSN or a name"
     )]
     ActionWithoutTarget,
+    #[error(
+        "a restore to the end of a backup stops on that backup's timeline; pgBackRest refuses --target-timeline with --type=immediate"
+    )]
+    TimelineWithImmediate,
     #[error("the restore target {0:?} is empty")]
     EmptyTarget(&'static str),
     #[error("the LSN {0:?} is not of the form 0/3000050")]
@@ -243,6 +247,9 @@ pub fn argv(
                 )),
             }
             if let Some(timeline) = &restore.target_timeline {
+                if restore.target == RestoreTarget::EndOfBackup {
+                    return Err(CommandError::TimelineWithImmediate);
+                }
                 args.push(format!("--target-timeline={timeline}"));
             }
             if restore.archive_off {
@@ -347,13 +354,23 @@ mod tests {
         let mut r = Restore::new("/scratch/pgdata", RestoreTarget::EndOfBackup);
         r.set = Some("20261204-191306F_20261204-191309I".into());
         r.repo = Some(1);
-        r.target_timeline = Some("current".into());
         r.archive_off = true;
         r.delta = true;
         assert_eq!(
-            tail(Operation::Restore(r)),
+            tail(Operation::Restore(r.clone())),
             "restore --pg1-path=/scratch/pgdata --repo=1 --set=20261204-191306F_20261204-191309I \
-             --type=immediate --target-action=promote --target-timeline=current --archive-mode=off --delta"
+             --type=immediate --target-action=promote --archive-mode=off --delta"
+        );
+        r.target_timeline = Some("current".into());
+        assert_eq!(
+            run(Operation::Restore(r)),
+            Err(CommandError::TimelineWithImmediate)
+        );
+        let mut t = Restore::new("/d", RestoreTarget::Lsn("0/3000050".into()));
+        t.target_timeline = Some("current".into());
+        assert!(
+            tail(Operation::Restore(t))
+                .ends_with("--target-action=promote --target-timeline=current")
         );
     }
 

@@ -194,8 +194,6 @@ async fn run(
     let mut restore = Restore::new(&data, RestoreTarget::EndOfBackup);
     restore.set = Some(v.label.clone());
     restore.repo = v.repo;
-    // Recover along the backup's own timeline even if the archive holds later ones.
-    restore.target_timeline = Some("current".into());
     restore.archive_off = true;
     let t = Instant::now();
     runner
