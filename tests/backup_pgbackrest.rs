@@ -460,3 +460,55 @@ async fn posix_repository_backup_and_restore() {
     drop(c);
     pg.stop();
 }
+
+/// moto checking signatures: the right key backs up, a wrong secret fails
+/// the backup with pgBackRest's own message, and the database keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_s3_credentials_fail_the_backup_with_pgbackrests_message() {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(17)) else {
+        return;
+    };
+    let Some((s3, (id, secret))) = S3Stack::start_with_auth(&PORTS, "auth") else {
+        return;
+    };
+    let tmp = tempfile::Builder::new().prefix("capba").tempdir().unwrap();
+    let root = tmp.path();
+    let mut pg = Pg::initdb(&bin, &root.join("src"), PORTS.take());
+    let repo = s3.repository_with_key("/db", &root.join("secrets"), (&id, &secret));
+    let good = setup(&pgbackrest, &root.join("br"), "db", &pg, repo);
+    let inv = Invocation {
+        pgbackrest: pgbackrest.clone(),
+        config: good.config_path.clone(),
+        stanza: "db".into(),
+    };
+    pg.start(&inv.archive_parameters(Duration::from_secs(60)));
+    let c = pg.client("postgres").await;
+    good.runner
+        .stanza_create()
+        .await
+        .expect("stanza-create with the right key");
+
+    let wrong = s3.repository_with_key("/db", &root.join("wrong"), (&id, "not-the-secret"));
+    let mut config = good.config.clone();
+    config.repositories = vec![wrong];
+    let path = root.join("br/wrong.conf");
+    write_config(&config, &path);
+    let mut runner = good.runner.clone();
+    runner.config = path;
+    let err = runner.backup(BackupType::Full, None).await.unwrap_err();
+    let message = err.pgbackrest_message().unwrap_or_default();
+    eprintln!("wrong secret -> {message}");
+    assert!(message.starts_with("ERROR: ["), "{err}");
+    assert!(
+        message.contains("403") || message.contains("SignatureDoesNotMatch"),
+        "{err}"
+    );
+    assert!(
+        !message.contains("not-the-secret"),
+        "secret leaked: {message}"
+    );
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the database keeps serving");
+    drop(c);
+    pg.stop();
+}

@@ -71,12 +71,39 @@ pub struct Runner {
 }
 
 /// The last line carrying `ERROR:` (pgBackRest prints `ERROR: [nnn]: …`),
-/// without the timestamp/process prefix of file-style lines.
+/// without the timestamp/process prefix of file-style lines, joined with
+/// the indented lines that continue it (the cause of a multi-line error).
 pub fn last_error_line(output: &str) -> Option<String> {
-    output
-        .lines()
+    let lines: Vec<&str> = output.lines().collect();
+    let (index, at) = lines
+        .iter()
+        .enumerate()
         .rev()
-        .find_map(|line| line.find("ERROR:").map(|at| line[at..].trim().to_string()))
+        .find_map(|(i, line)| line.find("ERROR:").map(|at| (i, at)))?;
+    let mut message = lines[index][at..].trim().to_string();
+    for line in &lines[index + 1..] {
+        if !line.starts_with(char::is_whitespace) || line.trim().is_empty() {
+            break;
+        }
+        message.push(' ');
+        message.push_str(line.trim());
+    }
+    Some(message)
+}
+
+/// An S3 error carries the whole HTTP exchange (pgBackRest redacts the
+/// signature); keep what fits a status field and an Event.
+const MAX_MESSAGE: usize = 2000;
+
+fn shorten(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
 fn tail(output: &str, lines: usize) -> String {
@@ -185,6 +212,7 @@ impl Runner {
                     t
                 }
             });
+        let message = shorten(message);
         tracing::warn!(target: "capstan::backup", command = %name, code = ?status.code(), %message, "pgbackrest failed");
         Err(RunError::Failed {
             command: name,
@@ -237,6 +265,25 @@ mod tests {
             Some("ERROR: [049]: unable to find valid repository:")
         );
         assert_eq!(last_error_line("INFO: fine\n"), None);
+        let multi = "ERROR: [055]: unable to load info file 'x' or 'x.copy':\n\
+                     \x20                                   FileMissingError: unable to open missing file\n\
+                     \x20                                   HINT: does the stanza exist?\n\
+                     INFO: done\n";
+        assert_eq!(
+            last_error_line(multi).as_deref(),
+            Some(
+                "ERROR: [055]: unable to load info file 'x' or 'x.copy': FileMissingError: unable to open missing file HINT: does the stanza exist?"
+            )
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let short = shorten(long);
+        assert!(short.len() <= MAX_MESSAGE + "…".len());
+        assert!(short.ends_with('…'));
+        assert_eq!(shorten("ERROR: x".into()), "ERROR: x");
     }
 
     #[cfg(unix)]

@@ -106,8 +106,25 @@ pub struct S3Stack {
 }
 
 impl S3Stack {
-    /// `None` (skip) when moto_server or nginx is absent outside CI.
+    /// `None` (skip) when moto_server or nginx is absent outside CI. moto
+    /// checks no credentials here.
     pub fn start(ports: &Ports, bucket: &str) -> Option<Self> {
+        Self::start_inner(ports, bucket, false).map(|(s, _)| s)
+    }
+
+    /// moto checking signatures against its IAM users: the bucket, a user
+    /// with an S3 policy and its access key are made by the first requests
+    /// (moto's INITIAL_NO_AUTH_ACTION_COUNT), then every request must be
+    /// signed with that key. Returns the key (id, secret).
+    pub fn start_with_auth(ports: &Ports, bucket: &str) -> Option<(Self, (String, String))> {
+        Self::start_inner(ports, bucket, true).map(|(s, k)| (s, k.expect("key")))
+    }
+
+    fn start_inner(
+        ports: &Ports,
+        bucket: &str,
+        auth: bool,
+    ) -> Option<(Self, Option<(String, String)>)> {
         let moto_bin = super::tools::find("moto_server")?;
         let nginx_bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .iter()
@@ -126,9 +143,13 @@ impl S3Stack {
             nginx: None,
         };
         let moto_log = root.join("moto.log");
+        let python = moto_bin.with_file_name("python3");
+        let mut moto = Command::new(&moto_bin);
+        if auth {
+            moto.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+        }
         stack.moto = Some(
-            Command::new(moto_bin)
-                .args(["-H", "127.0.0.1", "-p", &stack.moto_port.to_string()])
+            moto.args(["-H", "127.0.0.1", "-p", &stack.moto_port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(&moto_log).unwrap())
                 .stderr(std::fs::File::create(root.join("moto.err")).unwrap())
@@ -136,7 +157,12 @@ impl S3Stack {
                 .expect("spawn moto_server"),
         );
         wait_port(stack.moto_port, Duration::from_secs(30), "moto", &moto_log);
-        stack.create_bucket(bucket);
+        let access = if auth {
+            Some(stack.bucket_user_and_key(&python, bucket))
+        } else {
+            stack.create_bucket(bucket);
+            None
+        };
 
         // A CA and a server certificate for localhost, made here.
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -209,7 +235,32 @@ impl S3Stack {
         wait_port(stack.tls_port, Duration::from_secs(20), "nginx", &nginx_log);
         // The CA file is read by pgBackRest as the postgres user.
         chown_tree(&stack.ca_file);
-        Some(stack)
+        Some((stack, access))
+    }
+
+    /// Exactly four unauthenticated calls (the INITIAL_NO_AUTH_ACTION_COUNT
+    /// budget), with boto3 from moto's virtualenv.
+    fn bucket_user_and_key(&self, python: &Path, bucket: &str) -> (String, String) {
+        let script = format!(
+            "import boto3, json\n\
+             kw = dict(endpoint_url='http://127.0.0.1:{port}', region_name='{REGION}',\n\
+                       aws_access_key_id='bootstrap', aws_secret_access_key='bootstrap')\n\
+             boto3.client('s3', **kw).create_bucket(Bucket='{bucket}')\n\
+             iam = boto3.client('iam', **kw)\n\
+             iam.create_user(UserName='backup')\n\
+             iam.put_user_policy(UserName='backup', PolicyName='s3', PolicyDocument=json.dumps(\n\
+                 {{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 's3:*', 'Resource': '*'}}]}}))\n\
+             k = iam.create_access_key(UserName='backup')['AccessKey']\n\
+             print(k['AccessKeyId']); print(k['SecretAccessKey'])\n",
+            port = self.moto_port
+        );
+        let out = Command::new(python).arg("-c").arg(script).output().unwrap();
+        assert!(out.status.success(), "moto setup: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let id = lines.next().unwrap().to_string();
+        let secret = lines.next().unwrap().to_string();
+        (id, secret)
     }
 
     /// moto needs no signature on plain HTTP, so a bare PUT makes the bucket.
@@ -231,10 +282,20 @@ impl S3Stack {
 
     /// The repository model for this store, keys from files in `secrets`.
     pub fn repository(&self, path: &str, secrets: &Path) -> capstan::backup::Repository {
+        self.repository_with_key(path, secrets, (ACCESS_KEY, SECRET_KEY))
+    }
+
+    /// The repository with the given key written to files in `secrets`.
+    pub fn repository_with_key(
+        &self,
+        path: &str,
+        secrets: &Path,
+        (id, secret): (&str, &str),
+    ) -> capstan::backup::Repository {
         use capstan::backup::repository::{S3, S3Credentials, Storage, Tls, UriStyle};
         std::fs::create_dir_all(secrets).unwrap();
-        std::fs::write(secrets.join("access-key-id"), format!("{ACCESS_KEY}\n")).unwrap();
-        std::fs::write(secrets.join("secret-access-key"), SECRET_KEY).unwrap();
+        std::fs::write(secrets.join("access-key-id"), format!("{id}\n")).unwrap();
+        std::fs::write(secrets.join("secret-access-key"), secret).unwrap();
         capstan::backup::Repository {
             storage: Storage::S3(S3 {
                 endpoint: "localhost".into(),
