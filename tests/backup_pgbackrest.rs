@@ -512,3 +512,208 @@ async fn wrong_s3_credentials_fail_the_backup_with_pgbackrests_message() {
     drop(c);
     pg.stop();
 }
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The measurement behind bench/backup.sh (not a timed test): on a pgbench
+/// database, a full backup by hand vs through `Runner` (alternating),
+/// restore, verification, and the WAL archive lag under pgbench.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with bench/backup.sh"]
+async fn bench_backup() {
+    let major: u32 = env_or("CAPSTAN_BENCH_PG_VERSION", 17);
+    let scale: u32 = env_or("CAPSTAN_BENCH_SCALE", 70);
+    let rounds: usize = env_or("CAPSTAN_BENCH_ROUNDS", 3);
+    let pgbench_seconds: u64 = env_or("CAPSTAN_BENCH_PGBENCH_SECONDS", 60);
+    let archive_timeout = Duration::from_secs(env_or("CAPSTAN_BENCH_ARCHIVE_TIMEOUT", 60));
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(major)) else {
+        return;
+    };
+    let pgbench = if bin.join("pgbench").is_file() {
+        bin.join("pgbench")
+    } else {
+        PathBuf::from("/usr/lib/postgresql/15/bin/pgbench")
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("capbench")
+        .tempdir_in(std::env::var("CAPSTAN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+        .unwrap();
+    let root = tmp.path();
+    // pgBackRest (as postgres) creates the restore directory in it.
+    chown_tree(root);
+    let repo = PosixRepo::new();
+    let mut pg = Pg::initdb(&bin, &root.join("src"), PORTS.take());
+    let src = setup(
+        &pgbackrest,
+        &root.join("br"),
+        "bench",
+        &pg,
+        repo.repository(),
+    );
+    let inv = Invocation {
+        pgbackrest: pgbackrest.clone(),
+        config: src.config_path.clone(),
+        stanza: "bench".into(),
+    };
+    let mut settings = inv.archive_parameters(archive_timeout);
+    settings.push(("max_wal_size", "4GB".into()));
+    pg.start(&settings);
+    let c = pg.client("postgres").await;
+    src.runner.stanza_create().await.expect("stanza-create");
+    let t = Instant::now();
+    let out = as_postgres(Command::new(&pgbench))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(&pg.socket)
+        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pgbench -i: {out:?}");
+    let size: String = c
+        .query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "backup-bench: PostgreSQL {major}, pgbench scale {scale} ({size}) loaded in {:?}",
+        t.elapsed()
+    );
+    // Settle the load's aftermath (autovacuum, hint-bit WAL with checksums,
+    // the archive backlog) and warm the cache, so no round pays for it.
+    c.simple_query("VACUUM ANALYZE").await.unwrap();
+    c.simple_query("CHECKPOINT").await.unwrap();
+    src.runner.check().await.expect("check");
+    src.runner
+        .backup(BackupType::Full, None)
+        .await
+        .expect("warm-up backup");
+
+    let argv = src
+        .runner
+        .argv(&capstan::backup::Operation::Backup {
+            kind: BackupType::Full,
+            repo: None,
+        })
+        .unwrap();
+    let (mut by_hand, mut through) = (vec![], vec![]);
+    for round in 0..rounds {
+        // Alternate which goes first, so drift favours neither.
+        for turn in 0..2 {
+            let hand_now = (round + turn) % 2 == 0;
+            let t = Instant::now();
+            if hand_now {
+                let out = as_postgres(Command::new(&pgbackrest))
+                    .args(&argv)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "pgbackrest backup: {out:?}");
+                by_hand.push(t.elapsed());
+            } else {
+                src.runner
+                    .backup(BackupType::Full, None)
+                    .await
+                    .expect("backup through Runner");
+                through.push(t.elapsed());
+            }
+        }
+        println!(
+            "backup-bench: round {round}: by hand {:?}, through capstan::backup {:?}",
+            by_hand[round], through[round]
+        );
+    }
+    let (hand, capstan) = (median(by_hand), median(through));
+    println!(
+        "backup-bench: full backup median by hand {hand:?}, through Capstan {capstan:?}, overhead {:+.1} %",
+        (capstan.as_secs_f64() / hand.as_secs_f64() - 1.0) * 100.0
+    );
+
+    let info = src.runner.info(None).await.unwrap();
+    let label = info.latest().unwrap().label.clone();
+    let restore_dir = root.join("restore");
+    let mut restore = Restore::new(&restore_dir, RestoreTarget::Latest);
+    restore.archive_off = true;
+    let t = Instant::now();
+    src.runner.restore(restore).await.expect("restore");
+    println!("backup-bench: restore (files, to latest) {:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&restore_dir);
+
+    let report = capstan::backup::verify_by_restore(
+        &src.runner,
+        &Verification {
+            label: label.clone(),
+            repo: None,
+            scratch: root.join("verify"),
+            bin_dir: bin.clone(),
+            port: PORTS.take(),
+            user: "postgres".into(),
+            sentinel: Some(Sentinel {
+                database: "postgres".into(),
+                query: "SELECT count(*) FROM pgbench_branches".into(),
+                expected: scale.to_string(),
+            }),
+            recovery_timeout: Duration::from_secs(600),
+        },
+    )
+    .await
+    .expect("verification");
+    println!(
+        "backup-bench: verification of {label}: total {:?} (restore {:?}, recovery {:?}, checks incl. pg_amcheck {:?})",
+        report.total, report.restore, report.recovery, report.checks
+    );
+
+    // Archive lag under load: how old the oldest unarchived WAL is, sampled
+    // every second (0 when everything finished is archived).
+    let mut load = as_postgres(Command::new(&pgbench))
+        .args([
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &pgbench_seconds.to_string(),
+            "-h",
+        ])
+        .arg(&pg.socket)
+        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lags = vec![];
+    let mut max_segments = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(pgbench_seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let row = c
+            .query_one(
+                "SELECT coalesce(extract(epoch FROM now() - last_archived_time), 0)::float8,
+                        ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 9, 16))::bit(64)::bigint
+                        - coalesce(('x' || substr(last_archived_wal, 9, 16))::bit(64)::bigint, 0) - 1
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (age, segments): (f64, i64) = (row.get(0), row.get(1));
+        max_segments = max_segments.max(segments);
+        lags.push(if segments > 0 { age } else { 0.0 });
+    }
+    let _ = load.wait();
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "backup-bench: archive lag under pgbench -c 4 ({pgbench_seconds} s): p50 {:.1} s, max {:.1} s, at most {max_segments} finished segments waiting; archive_timeout {archive_timeout:?}",
+        lags[lags.len() / 2],
+        lags.last().copied().unwrap_or(0.0)
+    );
+    drop(c);
+    pg.stop();
+}
