@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod backup;
 pub mod contract;
 pub mod instance;
 pub mod operator;

@@ -22,7 +22,7 @@ pub mod lease;
 mod local;
 mod manager;
 mod metrics;
-mod process;
+pub(crate) mod process;
 mod remote;
 mod secrets;
 mod settings;

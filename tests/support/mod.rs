@@ -7,6 +7,9 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+pub mod tools;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,752 @@
+//! `pgbackrest.conf` and the PostgreSQL settings that hand WAL to
+//! pgBackRest. Rendering is pure: secrets are read from their files first
+//! ([`Secrets::load`]) and only ever land in the 0600 configuration file,
+//! never on a command line or in a log line.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::repository::{
+    Azure, AzureCredentials, Gcs, GcsCredentials, Repository, S3, S3Credentials, Storage, Tls,
+    UriStyle,
+};
+
+/// pgBackRest numbers repositories 1..=256.
+pub const MAX_REPOSITORIES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no backup repository is configured; add at least one")]
+    NoRepository,
+    #[error("{count} repositories are configured; pgBackRest supports at most {MAX_REPOSITORIES}")]
+    TooManyRepositories { count: usize },
+    #[error(
+        "invalid stanza name {0:?}: use letters, digits, '-' and '_' (pgBackRest keys the repository by it)"
+    )]
+    InvalidStanza(String),
+    #[error(
+        "the value of {option} contains a line break or NUL, which pgbackrest.conf cannot hold"
+    )]
+    InvalidValue { option: String },
+    #[error("repository {repo}: {problem}")]
+    InvalidRepository { repo: usize, problem: String },
+    #[error("cannot read the credential file {path}: {source}")]
+    ReadSecret {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the credential file {path} is empty")]
+    EmptySecret { path: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A credential value. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Credential values read from their files, by repository index (0-based).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<Vec<Secret>>);
+
+impl Secrets {
+    /// Reads every credential file the repositories name; surrounding
+    /// whitespace (a trailing newline from `echo`) is dropped.
+    pub fn load(repositories: &[Repository]) -> Result<Self, ConfigError> {
+        let mut all = Vec::with_capacity(repositories.len());
+        for repo in repositories {
+            let mut values = vec![];
+            for path in repo.secret_files() {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecret {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(ConfigError::EmptySecret {
+                        path: path.display().to_string(),
+                    });
+                }
+                values.push(Secret::new(value));
+            }
+            all.push(values);
+        }
+        Ok(Self(all))
+    }
+
+    /// Values given directly, in [`Repository::secret_files`] order (tests).
+    pub fn from_values(values: Vec<Vec<Secret>>) -> Self {
+        Self(values)
+    }
+
+    fn get(&self, repo: usize, index: usize) -> Option<&Secret> {
+        self.0.get(repo)?.get(index)
+    }
+}
+
+/// The PostgreSQL side of the stanza (`pg1-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    pub name: String,
+    pub pg_path: PathBuf,
+    pub pg_port: u16,
+    /// The Unix socket directory: pgBackRest connects locally.
+    pub pg_socket_path: PathBuf,
+    pub pg_user: String,
+}
+
+/// Everything `pgbackrest.conf` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackrestConfig {
+    pub stanza: Stanza,
+    pub repositories: Vec<Repository>,
+    pub log_path: PathBuf,
+    pub lock_path: PathBuf,
+    /// Where asynchronous archive-push/get queue WAL and status files.
+    pub spool_path: PathBuf,
+    pub process_max: u32,
+    /// How long backup and check wait for a WAL segment to reach the
+    /// repository (`archive-timeout`), not PostgreSQL's `archive_timeout`.
+    pub archive_timeout: Duration,
+    /// A cap on the WAL queued for archiving (`archive-push-queue-max`):
+    /// past it pgBackRest drops WAL to keep the disk from filling, which
+    /// breaks the PITR chain. `None` keeps every segment until archived.
+    pub archive_push_queue_max: Option<String>,
+}
+
+impl BackrestConfig {
+    /// The same configuration for a clone: its own stanza, repository paths
+    /// and data directory, so it never writes into its source's archive.
+    pub fn for_clone(&self, stanza: &str, pg_path: &Path, repo_path: &str) -> Self {
+        let mut clone = self.clone();
+        clone.stanza.name = stanza.to_string();
+        clone.stanza.pg_path = pg_path.to_path_buf();
+        for repo in &mut clone.repositories {
+            repo.path = repo_path.to_string();
+        }
+        clone
+    }
+}
+
+fn bool_option(value: bool) -> &'static str {
+    if value { "y" } else { "n" }
+}
+
+/// Stanza names become repository directory names.
+pub fn validate_stanza(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidStanza(name.to_string()))
+    }
+}
+
+struct Section(String);
+
+impl Section {
+    fn new(name: &str) -> Self {
+        Self(format!("[{name}]\n"))
+    }
+
+    fn set(&mut self, option: &str, value: &str) -> Result<(), ConfigError> {
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(ConfigError::InvalidValue {
+                option: option.to_string(),
+            });
+        }
+        let _ = writeln!(self.0, "{option}={value}");
+        Ok(())
+    }
+
+    fn path(&mut self, option: &str, value: &Path) -> Result<(), ConfigError> {
+        self.set(option, &value.display().to_string())
+    }
+}
+
+fn tls(s: &mut Section, n: usize, tls: &Tls) -> Result<(), ConfigError> {
+    s.set(
+        &format!("repo{n}-storage-verify-tls"),
+        bool_option(tls.verify),
+    )?;
+    if let Some(ca) = &tls.ca_file {
+        s.path(&format!("repo{n}-storage-ca-file"), ca)?;
+    }
+    Ok(())
+}
+
+fn uri_style(style: UriStyle) -> &'static str {
+    match style {
+        UriStyle::Host => "host",
+        UriStyle::Path => "path",
+    }
+}
+
+fn secret<'a>(
+    secrets: &'a Secrets,
+    repo: usize,
+    index: usize,
+    what: &str,
+) -> Result<&'a str, ConfigError> {
+    secrets
+        .get(repo, index)
+        .map(Secret::expose)
+        .ok_or_else(|| ConfigError::InvalidRepository {
+            repo: repo + 1,
+            problem: format!("the {what} was not loaded (Secrets::load first)"),
+        })
+}
+
+fn repository(
+    s: &mut Section,
+    index: usize,
+    repo: &Repository,
+    secrets: &Secrets,
+) -> Result<(), ConfigError> {
+    let n = index + 1;
+    let invalid = |problem: &str| ConfigError::InvalidRepository {
+        repo: n,
+        problem: problem.to_string(),
+    };
+    if !repo.path.starts_with('/') {
+        return Err(invalid(
+            "the repository path must be absolute (start with '/')",
+        ));
+    }
+    match &repo.storage {
+        Storage::Posix => s.set(&format!("repo{n}-type"), "posix")?,
+        Storage::S3(S3 {
+            endpoint,
+            port,
+            region,
+            bucket,
+            uri_style: style,
+            tls: t,
+            credentials,
+        }) => {
+            if endpoint.is_empty() || bucket.is_empty() || region.is_empty() {
+                return Err(invalid("S3 needs an endpoint, a region and a bucket"));
+            }
+            if endpoint.contains("://") {
+                return Err(invalid(
+                    "the S3 endpoint is a host name without a scheme; pgBackRest always uses HTTPS",
+                ));
+            }
+            s.set(&format!("repo{n}-type"), "s3")?;
+            s.set(&format!("repo{n}-s3-endpoint"), endpoint)?;
+            if let Some(port) = port {
+                s.set(&format!("repo{n}-storage-port"), &port.to_string())?;
+            }
+            s.set(&format!("repo{n}-s3-region"), region)?;
+            s.set(&format!("repo{n}-s3-bucket"), bucket)?;
+            s.set(&format!("repo{n}-s3-uri-style"), uri_style(*style))?;
+            tls(s, n, t)?;
+            match credentials {
+                S3Credentials::Files { .. } => {
+                    s.set(&format!("repo{n}-s3-key-type"), "shared")?;
+                    s.set(
+                        &format!("repo{n}-s3-key"),
+                        secret(secrets, index, 0, "access key id")?,
+                    )?;
+                    s.set(
+                        &format!("repo{n}-s3-key-secret"),
+                        secret(secrets, index, 1, "secret access key")?,
+                    )?;
+                }
+                // The keys come from PGBACKREST_REPO<N>_S3_KEY[_SECRET].
+                S3Credentials::Environment => s.set(&format!("repo{n}-s3-key-type"), "shared")?,
+                S3Credentials::InstanceRole => s.set(&format!("repo{n}-s3-key-type"), "auto")?,
+            }
+        }
+        Storage::Azure(Azure {
+            container,
+            endpoint,
+            port,
+            uri_style: style,
+            tls: t,
+            credentials,
+        }) => {
+            if container.is_empty() {
+                return Err(invalid("Azure needs a container"));
+            }
+            s.set(&format!("repo{n}-type"), "azure")?;
+            s.set(&format!("repo{n}-azure-container"), container)?;
+            if let Some(endpoint) = endpoint {
+                s.set(&format!("repo{n}-azure-endpoint"), endpoint)?;
+            }
+            if let Some(port) = port {
+                s.set(&format!("repo{n}-storage-port"), &port.to_string())?;
+            }
+            s.set(&format!("repo{n}-azure-uri-style"), uri_style(*style))?;
+            tls(s, n, t)?;
+            if let AzureCredentials::Files { .. } = credentials {
+                s.set(
+                    &format!("repo{n}-azure-account"),
+                    secret(secrets, index, 0, "storage account")?,
+                )?;
+                s.set(&format!("repo{n}-azure-key-type"), "shared")?;
+                s.set(
+                    &format!("repo{n}-azure-key"),
+                    secret(secrets, index, 1, "shared key")?,
+                )?;
+            }
+        }
+        Storage::Gcs(Gcs {
+            bucket,
+            endpoint,
+            tls: t,
+            credentials,
+        }) => {
+            if bucket.is_empty() {
+                return Err(invalid("GCS needs a bucket"));
+            }
+            s.set(&format!("repo{n}-type"), "gcs")?;
+            s.set(&format!("repo{n}-gcs-bucket"), bucket)?;
+            if let Some(endpoint) = endpoint {
+                s.set(&format!("repo{n}-gcs-endpoint"), endpoint)?;
+            }
+            tls(s, n, t)?;
+            match credentials {
+                GcsCredentials::ServiceKeyFile(path) => {
+                    s.set(&format!("repo{n}-gcs-key-type"), "service")?;
+                    s.path(&format!("repo{n}-gcs-key"), path)?;
+                }
+                GcsCredentials::InstanceRole => s.set(&format!("repo{n}-gcs-key-type"), "auto")?,
+            }
+        }
+    }
+    s.set(&format!("repo{n}-path"), &repo.path)?;
+    let r = &repo.retention;
+    if let Some(full) = r.full {
+        s.set(&format!("repo{n}-retention-full"), &full.to_string())?;
+        s.set(
+            &format!("repo{n}-retention-full-type"),
+            r.full_type.as_str(),
+        )?;
+    }
+    if let Some(diff) = r.diff {
+        s.set(&format!("repo{n}-retention-diff"), &diff.to_string())?;
+    }
+    if let Some(archive) = r.archive {
+        s.set(&format!("repo{n}-retention-archive"), &archive.to_string())?;
+    }
+    if let Some(kind) = r.archive_type {
+        s.set(&format!("repo{n}-retention-archive-type"), kind.as_str())?;
+    }
+    Ok(())
+}
+
+/// The whole `pgbackrest.conf`.
+pub fn render(config: &BackrestConfig, secrets: &Secrets) -> Result<String, ConfigError> {
+    validate_stanza(&config.stanza.name)?;
+    if config.repositories.is_empty() {
+        return Err(ConfigError::NoRepository);
+    }
+    if config.repositories.len() > MAX_REPOSITORIES {
+        return Err(ConfigError::TooManyRepositories {
+            count: config.repositories.len(),
+        });
+    }
+    let mut global = Section::new("global");
+    global.path("log-path", &config.log_path)?;
+    global.path("lock-path", &config.lock_path)?;
+    global.path("spool-path", &config.spool_path)?;
+    // The command's own output carries the error; the file log is for people.
+    global.set("log-level-file", "info")?;
+    global.set("archive-async", "y")?;
+    global.set("process-max", &config.process_max.max(1).to_string())?;
+    // A backup begins with a checkpoint: wait for none.
+    global.set("start-fast", "y")?;
+    global.set(
+        "archive-timeout",
+        &config.archive_timeout.as_secs().max(1).to_string(),
+    )?;
+    if let Some(max) = &config.archive_push_queue_max {
+        global.set("archive-push-queue-max", max)?;
+    }
+    for (index, repo) in config.repositories.iter().enumerate() {
+        repository(&mut global, index, repo, secrets)?;
+    }
+    let st = &config.stanza;
+    let mut stanza = Section::new(&st.name);
+    stanza.path("pg1-path", &st.pg_path)?;
+    stanza.set("pg1-port", &st.pg_port.to_string())?;
+    stanza.path("pg1-socket-path", &st.pg_socket_path)?;
+    stanza.set("pg1-user", &st.pg_user)?;
+    Ok(format!(
+        "# Written by Capstan; edits are overwritten. Holds credentials: keep it 0600.\n{}\n{}",
+        global.0, stanza.0
+    ))
+}
+
+/// Writes the file 0600 (it may hold keys) by renaming a temporary one, so
+/// an archive-push running meanwhile reads the old or the new file, never
+/// half of one. `owner` (uid, gid) when the writer is not the user
+/// pgBackRest runs as.
+pub fn write(path: &Path, content: &str, owner: Option<(u32, u32)>) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("conf.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(content.as_bytes()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Quotes a word for `sh -c` (PostgreSQL runs archive and restore commands
+/// through the shell).
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.=:,+@".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// How PostgreSQL reaches pgBackRest: the binary, the configuration file
+/// and the stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub pgbackrest: PathBuf,
+    pub config: PathBuf,
+    pub stanza: String,
+}
+
+impl Invocation {
+    fn prefix(&self) -> String {
+        format!(
+            "{} --config={} --stanza={}",
+            shell_quote(&self.pgbackrest.display().to_string()),
+            shell_quote(&self.config.display().to_string()),
+            shell_quote(&self.stanza)
+        )
+    }
+
+    /// `archive_command`.
+    pub fn archive_command(&self) -> String {
+        format!("{} archive-push %p", self.prefix())
+    }
+
+    /// `restore_command` (a replica falling behind, or a restore).
+    pub fn restore_command(&self) -> String {
+        format!("{} archive-get %f \"%p\"", self.prefix())
+    }
+
+    /// The postgresql.conf settings that archive WAL through pgBackRest.
+    /// `archive_timeout` bounds how old the newest unarchived WAL can get
+    /// on an idle primary: the RPO.
+    pub fn archive_parameters(&self, archive_timeout: Duration) -> Vec<(&'static str, String)> {
+        vec![
+            ("archive_mode", "on".into()),
+            ("archive_command", self.archive_command()),
+            (
+                "archive_timeout",
+                format!("{}s", archive_timeout.as_secs().max(1)),
+            ),
+            ("restore_command", self.restore_command()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::command::BackupType;
+    use crate::backup::repository::{Retention, RetentionType};
+
+    fn base(repositories: Vec<Repository>) -> BackrestConfig {
+        BackrestConfig {
+            stanza: Stanza {
+                name: "db".into(),
+                pg_path: "/var/lib/postgresql/data/pgdata".into(),
+                pg_port: 5432,
+                pg_socket_path: "/run/capstan".into(),
+                pg_user: "postgres".into(),
+            },
+            repositories,
+            log_path: "/var/lib/postgresql/data/pgbackrest/log".into(),
+            lock_path: "/run/capstan/pgbackrest".into(),
+            spool_path: "/var/lib/postgresql/data/pgbackrest/spool".into(),
+            process_max: 2,
+            archive_timeout: Duration::from_secs(60),
+            archive_push_queue_max: None,
+        }
+    }
+
+    fn s3(credentials: S3Credentials) -> Repository {
+        Repository {
+            storage: Storage::S3(S3 {
+                endpoint: "minio.backup".into(),
+                port: Some(9000),
+                region: "us-east-1".into(),
+                bucket: "pg".into(),
+                uri_style: UriStyle::Path,
+                tls: Tls {
+                    verify: true,
+                    ca_file: Some("/etc/capstan/backup-ca/ca.crt".into()),
+                },
+                credentials,
+            }),
+            path: "/db".into(),
+            retention: Retention {
+                full: Some(2),
+                full_type: RetentionType::Count,
+                diff: Some(3),
+                archive: Some(2),
+                archive_type: Some(BackupType::Full),
+            },
+        }
+    }
+
+    fn file_keys() -> S3Credentials {
+        S3Credentials::Files {
+            access_key_id: "/s/id".into(),
+            secret_access_key: "/s/key".into(),
+        }
+    }
+
+    #[test]
+    fn renders_global_stanza_and_an_s3_repository() {
+        let secrets = Secrets::from_values(vec![vec![Secret::new("AKID"), Secret::new("SeCrEt")]]);
+        let text = render(&base(vec![s3(file_keys())]), &secrets).unwrap();
+        let expected = "\
+[global]
+log-path=/var/lib/postgresql/data/pgbackrest/log
+lock-path=/run/capstan/pgbackrest
+spool-path=/var/lib/postgresql/data/pgbackrest/spool
+log-level-file=info
+archive-async=y
+process-max=2
+start-fast=y
+archive-timeout=60
+repo1-type=s3
+repo1-s3-endpoint=minio.backup
+repo1-storage-port=9000
+repo1-s3-region=us-east-1
+repo1-s3-bucket=pg
+repo1-s3-uri-style=path
+repo1-storage-verify-tls=y
+repo1-storage-ca-file=/etc/capstan/backup-ca/ca.crt
+repo1-s3-key-type=shared
+repo1-s3-key=AKID
+repo1-s3-key-secret=SeCrEt
+repo1-path=/db
+repo1-retention-full=2
+repo1-retention-full-type=count
+repo1-retention-diff=3
+repo1-retention-archive=2
+repo1-retention-archive-type=full
+
+[db]
+pg1-path=/var/lib/postgresql/data/pgdata
+pg1-port=5432
+pg1-socket-path=/run/capstan
+pg1-user=postgres
+";
+        assert!(text.starts_with("# Written by Capstan"));
+        assert_eq!(text.split_once('\n').unwrap().1, expected);
+    }
+
+    #[test]
+    fn environment_and_role_credentials_put_no_key_in_the_file() {
+        for (creds, key_type) in [
+            (S3Credentials::Environment, "shared"),
+            (S3Credentials::InstanceRole, "auto"),
+        ] {
+            let text = render(&base(vec![s3(creds)]), &Secrets::default()).unwrap();
+            assert!(text.contains(&format!("repo1-s3-key-type={key_type}\n")));
+            assert!(!text.contains("repo1-s3-key="), "{text}");
+            assert!(!text.contains("key-secret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn several_repositories_are_numbered_in_order() {
+        let mut posix = Repository::posix("/backups/db");
+        posix.retention.full = Some(7);
+        posix.retention.full_type = RetentionType::Time;
+        let gcs = Repository {
+            storage: Storage::Gcs(Gcs {
+                bucket: "b".into(),
+                endpoint: None,
+                tls: Tls::default(),
+                credentials: GcsCredentials::ServiceKeyFile("/s/gcs.json".into()),
+            }),
+            path: "/db".into(),
+            retention: Retention::default(),
+        };
+        let azure = Repository {
+            storage: Storage::Azure(Azure {
+                container: "c".into(),
+                endpoint: Some("azurite".into()),
+                port: Some(10000),
+                uri_style: UriStyle::Path,
+                tls: Tls {
+                    verify: false,
+                    ca_file: None,
+                },
+                credentials: AzureCredentials::Files {
+                    account: "/s/a".into(),
+                    key: "/s/k".into(),
+                },
+            }),
+            path: "/db".into(),
+            retention: Retention::default(),
+        };
+        let secrets = Secrets::from_values(vec![
+            vec![],
+            vec![],
+            vec![Secret::new("acct"), Secret::new("a2V5")],
+        ]);
+        let text = render(&base(vec![posix, gcs, azure]), &secrets).unwrap();
+        for line in [
+            "repo1-type=posix\nrepo1-path=/backups/db\nrepo1-retention-full=7\nrepo1-retention-full-type=time\n",
+            "repo2-type=gcs\nrepo2-gcs-bucket=b\nrepo2-storage-verify-tls=y\nrepo2-gcs-key-type=service\nrepo2-gcs-key=/s/gcs.json\nrepo2-path=/db\n",
+            "repo3-type=azure\nrepo3-azure-container=c\nrepo3-azure-endpoint=azurite\nrepo3-storage-port=10000\nrepo3-azure-uri-style=path\nrepo3-storage-verify-tls=n\nrepo3-azure-account=acct\nrepo3-azure-key-type=shared\nrepo3-azure-key=a2V5\nrepo3-path=/db\n",
+        ] {
+            assert!(text.contains(line), "missing\n{line}\nin\n{text}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        assert!(matches!(
+            render(&base(vec![]), &Secrets::default()),
+            Err(ConfigError::NoRepository)
+        ));
+        let mut bad = base(vec![Repository::posix("/r")]);
+        bad.stanza.name = "db/../x".into();
+        assert!(matches!(
+            render(&bad, &Secrets::default()),
+            Err(ConfigError::InvalidStanza(_))
+        ));
+        let relative = base(vec![Repository::posix("r")]);
+        assert!(matches!(
+            render(&relative, &Secrets::default()),
+            Err(ConfigError::InvalidRepository { repo: 1, .. })
+        ));
+        let mut scheme = s3(S3Credentials::Environment);
+        if let Storage::S3(s) = &mut scheme.storage {
+            s.endpoint = "https://minio".into();
+        }
+        let err = render(&base(vec![scheme]), &Secrets::default()).unwrap_err();
+        assert!(err.to_string().contains("without a scheme"), "{err}");
+        // A key that could start a new option line is refused.
+        let injected = Secrets::from_values(vec![vec![
+            Secret::new("a\nrepo1-path=/x"),
+            Secret::new("s"),
+        ]]);
+        assert!(matches!(
+            render(&base(vec![s3(file_keys())]), &injected),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        // Keys that were never loaded are an error, not an empty option.
+        assert!(matches!(
+            render(&base(vec![s3(file_keys())]), &Secrets::default()),
+            Err(ConfigError::InvalidRepository { .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_load_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("id"), "AKID\n").unwrap();
+        std::fs::write(dir.path().join("key"), "TopSecret\n").unwrap();
+        let repo = s3(S3Credentials::Files {
+            access_key_id: dir.path().join("id"),
+            secret_access_key: dir.path().join("key"),
+        });
+        let secrets = Secrets::load(std::slice::from_ref(&repo)).unwrap();
+        assert!(!format!("{secrets:?}").contains("TopSecret"));
+        let text = render(&base(vec![repo.clone()]), &secrets).unwrap();
+        assert!(text.contains("repo1-s3-key-secret=TopSecret\n"));
+        std::fs::write(dir.path().join("key"), "\n").unwrap();
+        assert!(matches!(
+            Secrets::load(std::slice::from_ref(&repo)),
+            Err(ConfigError::EmptySecret { .. })
+        ));
+    }
+
+    #[test]
+    fn written_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgbackrest.conf");
+        write(&path, "[global]\n", None).unwrap();
+        write(&path, "[global]\nx=1\n", None).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[global]\nx=1\n");
+    }
+
+    #[test]
+    fn archive_settings_call_pgbackrest_with_config_and_stanza() {
+        let inv = Invocation {
+            pgbackrest: "/usr/bin/pgbackrest".into(),
+            config: "/etc/capstan/pgbackrest.conf".into(),
+            stanza: "db".into(),
+        };
+        assert_eq!(
+            inv.archive_command(),
+            "/usr/bin/pgbackrest --config=/etc/capstan/pgbackrest.conf --stanza=db archive-push %p"
+        );
+        assert_eq!(
+            inv.restore_command(),
+            "/usr/bin/pgbackrest --config=/etc/capstan/pgbackrest.conf --stanza=db archive-get %f \"%p\""
+        );
+        let params = inv.archive_parameters(Duration::from_secs(300));
+        assert_eq!(params[0], ("archive_mode", "on".to_string()));
+        assert_eq!(params[2], ("archive_timeout", "300s".to_string()));
+        let odd = Invocation {
+            pgbackrest: "/opt/my tools/pgbackrest".into(),
+            config: "/c/it's.conf".into(),
+            stanza: "db".into(),
+        };
+        assert_eq!(
+            odd.archive_command(),
+            r"'/opt/my tools/pgbackrest' --config='/c/it'\''s.conf' --stanza=db archive-push %p"
+        );
+    }
+}
