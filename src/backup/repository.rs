@@ -6,8 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 /// One repository (`repoN-*` in `pgbackrest.conf`; N is its position + 1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Repository {
     pub storage: Storage,
     /// The path inside the storage (`repoN-path`), e.g. `/db/main`. Each
@@ -16,7 +19,8 @@ pub struct Repository {
     pub retention: Retention,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Storage {
     /// A mounted volume (`repoN-type=posix`).
     Posix,
@@ -26,7 +30,8 @@ pub enum Storage {
 }
 
 /// An S3-compatible object store. pgBackRest speaks HTTPS only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct S3 {
     /// Host name, without scheme (`s3.eu-west-1.amazonaws.com`, `minio.backup`).
     pub endpoint: String,
@@ -39,7 +44,8 @@ pub struct S3 {
     pub credentials: S3Credentials,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum UriStyle {
     /// `bucket.endpoint` (AWS).
     Host,
@@ -48,7 +54,8 @@ pub enum UriStyle {
 }
 
 /// How the repository's TLS certificate is checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Tls {
     pub verify: bool,
     /// A CA bundle for a private CA; the system store otherwise.
@@ -64,7 +71,8 @@ impl Default for Tls {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum S3Credentials {
     /// Files holding the access key id and secret key (a mounted Secret);
     /// their contents go into the 0600 configuration file.
@@ -80,7 +88,8 @@ pub enum S3Credentials {
     InstanceRole,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Azure {
     pub container: String,
     /// Host name when not `blob.core.windows.net` (e.g. Azurite).
@@ -92,7 +101,8 @@ pub struct Azure {
     pub credentials: AzureCredentials,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum AzureCredentials {
     /// Files holding the storage account name and its shared key.
     Files { account: PathBuf, key: PathBuf },
@@ -100,7 +110,8 @@ pub enum AzureCredentials {
     Environment,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Gcs {
     pub bucket: String,
     pub endpoint: Option<String>,
@@ -108,7 +119,8 @@ pub struct Gcs {
     pub credentials: GcsCredentials,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum GcsCredentials {
     /// A service account key file; pgBackRest reads it itself, so only the
     /// path is in the configuration.
@@ -119,7 +131,8 @@ pub enum GcsCredentials {
 
 /// How long backups and WAL are kept (`repoN-retention-*`); `None` leaves
 /// pgBackRest's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Retention {
     pub full: Option<u32>,
     pub full_type: RetentionType,
@@ -129,7 +142,8 @@ pub struct Retention {
     pub archive_type: Option<super::command::BackupType>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum RetentionType {
     /// Keep this many full backups.
     #[default]

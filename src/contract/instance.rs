@@ -85,6 +85,12 @@ pub struct InstanceReport {
     /// Primary: its standbys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standbys: Vec<StandbyReport>,
+    /// Primary, with `spec.backup`: WAL archiving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<super::backup::ArchiveReport>,
+    /// The backup this instance runs, or the last one it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::backup::BackupJob>,
 }
 
 impl InstanceReport {

@@ -44,6 +44,11 @@ pub const SECRETS_DIR: &str = "/etc/capstan/secrets";
 /// certificate; its `ca.crt` is the CA that signs the operator's client
 /// certificate, so agents verify the operator with it).
 pub const TLS_DIR: &str = "/etc/capstan/tls";
+/// Backup repository credentials, one directory per repository
+/// (`repo1/`, …), mounted from the Secrets `spec.backup` names.
+pub const BACKUP_SECRETS_DIR: &str = "/etc/capstan/backup";
+/// pgBackRest's configuration, logs, locks and async spool (pod-local).
+pub const BACKREST_DIR: &str = "/var/run/postgresql/pgbackrest";
 
 /// emptyDir in pooler pods for the rendered `pgbouncer.ini`, auth files and socket.
 pub const POOLER_RUN_DIR: &str = "/var/run/pgbouncer";

@@ -46,6 +46,9 @@ pub struct InstanceSettings {
     /// Synchronous replication among the instances.
     #[serde(default)]
     pub synchronous: SynchronousSettings,
+    /// WAL archiving and backups with pgBackRest (`spec.backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::backup::BackupSettings>,
 }
 
 /// The primary holds a `coordination.k8s.io/v1` Lease and renews it; when it

@@ -136,6 +136,7 @@ pub(crate) mod tests {
             separate_wal: false,
             fencing: None,
             synchronous: Default::default(),
+            backup: None,
         }
     }
 

@@ -143,6 +143,8 @@ pub fn empty_report(name: &str) -> InstanceReport {
         postgres_restarts: 0,
         lease: None,
         standbys: vec![],
+        archive: None,
+        backup: None,
     }
 }
 

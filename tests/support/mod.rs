@@ -196,6 +196,7 @@ pub fn settings(version: i32, primary_port: u16, instances: &[&str]) -> Instance
         separate_wal: false,
         fencing: None,
         synchronous: Default::default(),
+        backup: None,
     }
 }
 

@@ -1,0 +1,160 @@
+//! What the operator and the instance managers agree on for WAL archiving
+//! and backups: the `backup` block of `instance.json`, the `POST /backup`
+//! request, and what an instance reports about archiving and its backup
+//! job. pgBackRest does the work; these only carry who asks for what.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::backup::command::BackupType;
+pub use crate::backup::repository::Repository;
+
+/// `instance.json` → `backup`: present when `spec.backup` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSettings {
+    /// pgBackRest stanza: the cluster's name.
+    pub stanza: String,
+    /// `repo1`, `repo2`, … in order (pgBackRest numbers them by position).
+    /// Credentials are files under [`secrets_dir`], mounted from Secrets.
+    pub repositories: Vec<Repository>,
+    /// `archive_timeout`: the longest a committed change waits to be
+    /// archived (the RPO bound on a quiet database).
+    pub archive_timeout_seconds: u64,
+    /// `archive-async`: WAL is pushed by a background process in batches.
+    pub archive_async: bool,
+}
+
+/// Where the credentials of repository `n` (1-based) are mounted.
+pub fn secrets_dir(n: usize) -> String {
+    format!("{}/repo{n}", super::layout::BACKUP_SECRETS_DIR)
+}
+
+/// `POST /backup`: take one backup now. At most one runs per instance; a
+/// second request while one runs is refused (409) unless it is the same
+/// `backup`, which answers with the running job (retries are harmless).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRequest {
+    /// Name of the `PostgresBackup` object.
+    pub backup: String,
+    #[serde(rename = "type")]
+    pub kind: BackupType,
+    /// 1-based repository number (`repoN`).
+    pub repository: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobPhase {
+    Running,
+    Completed,
+    Failed,
+}
+
+/// The backup an instance runs, or the last one it ran since it started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJob {
+    pub backup: String,
+    #[serde(rename = "type")]
+    pub kind: BackupType,
+    pub repository: u32,
+    pub phase: JobPhase,
+    /// RFC 3339.
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// What pgBackRest recorded (from `pgbackrest info`), once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BackupResult>,
+    /// pgBackRest's own error, when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResult {
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn_stop: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_stop: Option<String>,
+    /// Database size backed up, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Bytes stored in the repository (compressed, this backup only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_size: Option<u64>,
+    /// pgBackRest's start and stop times, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+}
+
+/// WAL archiving on the primary: the stanza and `pg_stat_archiver`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveReport {
+    /// `stanza-create` succeeded for every repository.
+    pub stanza_ready: bool,
+    /// Why the stanza is not ready (pgBackRest's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stanza_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_at: Option<String>,
+    #[serde(default)]
+    pub archived_count: u64,
+    #[serde(default)]
+    pub failed_count: u64,
+}
+
+impl ArchiveReport {
+    /// The last archive attempt failed (a later success clears it).
+    pub fn failing(&self) -> bool {
+        match (&self.last_failed_at, &self.last_archived_at) {
+            (Some(failed), Some(archived)) => failed > archived,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archiving_is_failing_only_when_the_last_attempt_failed() {
+        let at = |f: Option<&str>, a: Option<&str>| ArchiveReport {
+            last_failed_at: f.map(str::to_string),
+            last_archived_at: a.map(str::to_string),
+            ..ArchiveReport::default()
+        };
+        assert!(!at(None, None).failing());
+        assert!(at(Some("2026-12-04T10:00:00Z"), None).failing());
+        assert!(at(Some("2026-12-04T10:00:01Z"), Some("2026-12-04T10:00:00Z")).failing());
+        assert!(!at(Some("2026-12-04T10:00:00Z"), Some("2026-12-04T10:00:01Z")).failing());
+    }
+
+    #[test]
+    fn a_request_reads_as_the_operator_writes_it() {
+        let r: BackupRequest = serde_json::from_str(
+            r#"{"backup":"db-nightly-202612040100","type":"incr","repository":2}"#,
+        )
+        .unwrap();
+        assert_eq!(r.kind, BackupType::Incr);
+        assert_eq!(r.repository, 2);
+        assert_eq!(serde_json::to_value(&r).unwrap()["type"], "incr");
+    }
+}
