@@ -32,7 +32,7 @@ pub fn secrets_dir(n: usize) -> String {
 /// `POST /backup`: take one backup now. At most one runs per instance; a
 /// second request while one runs is refused (409) unless it is the same
 /// `backup`, which answers with the running job (retries are harmless).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRequest {
     /// Name of the `PostgresBackup` object.
@@ -51,7 +51,7 @@ pub enum JobPhase {
 }
 
 /// The backup an instance runs, or the last one it ran since it started.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJob {
     pub backup: String,
@@ -71,7 +71,7 @@ pub struct BackupJob {
     pub message: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupResult {
     pub label: String,

@@ -17,6 +17,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Resource;
+
+use crate::api::pgbackup::PostgresBackup;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher;
@@ -36,6 +38,8 @@ pub struct Caches {
     pub roles: Store<Meta<Role>>,
     pub role_bindings: Store<Meta<RoleBinding>>,
     pub pdbs: Store<Meta<PodDisruptionBudget>>,
+    /// Every `PostgresBackup` (users create them without Capstan's labels).
+    pub backups: Store<PostgresBackup>,
 }
 
 /// Write side: each fed by one watch (see `controller::run`), or by a test.
@@ -50,6 +54,7 @@ pub struct Writers {
     pub roles: Writer<Meta<Role>>,
     pub role_bindings: Writer<Meta<RoleBinding>>,
     pub pdbs: Writer<Meta<PodDisruptionBudget>>,
+    pub backups: Writer<PostgresBackup>,
 }
 
 pub fn new() -> (Caches, Writers) {
@@ -63,6 +68,7 @@ pub fn new() -> (Caches, Writers) {
     let (role_r, role_w) = reflector::store();
     let (rb_r, rb_w) = reflector::store();
     let (pdb_r, pdb_w) = reflector::store();
+    let (backup_r, backup_w) = reflector::store();
     (
         Caches {
             pods: pods_r,
@@ -75,6 +81,7 @@ pub fn new() -> (Caches, Writers) {
             roles: role_r,
             role_bindings: rb_r,
             pdbs: pdb_r,
+            backups: backup_r,
         },
         Writers {
             pods: pods_w,
@@ -87,6 +94,7 @@ pub fn new() -> (Caches, Writers) {
             roles: role_w,
             role_bindings: rb_w,
             pdbs: pdb_w,
+            backups: backup_w,
         },
     )
 }
@@ -104,7 +112,8 @@ impl Caches {
         self.service_accounts.wait_until_ready().await?;
         self.roles.wait_until_ready().await?;
         self.role_bindings.wait_until_ready().await?;
-        self.pdbs.wait_until_ready().await
+        self.pdbs.wait_until_ready().await?;
+        self.backups.wait_until_ready().await
     }
 }
 
@@ -164,5 +173,6 @@ impl Writers {
         listed(&mut self.roles);
         listed(&mut self.role_bindings);
         listed(&mut self.pdbs);
+        listed(&mut self.backups);
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{reflector, store::Writer};
+use kube::runtime::reflector::{ObjectRef, reflector, store::Writer};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -28,6 +28,7 @@ use super::context::Context;
 use super::error::Error;
 use super::metrics::ErrorCategory;
 use super::report::{self, reason};
+use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresCluster, PostgresClusterStatus};
 use crate::resources::{labels, names};
 
@@ -431,6 +432,19 @@ pub async fn run(
             w.pdbs,
             watch::<PartialObjectMeta<PodDisruptionBudget>>(&client, &ns, c),
         ))
+        // A backup names its cluster in spec; any change reconciles that one.
+        .watches_stream(
+            cached(
+                w.backups,
+                watch::<PostgresBackup>(&client, &ns, &watcher::Config::default()),
+            ),
+            |b: PostgresBackup| {
+                let ns = b.namespace();
+                std::iter::once(
+                    ObjectRef::new(&b.spec.cluster).within(ns.as_deref().unwrap_or_default()),
+                )
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -252,6 +252,7 @@ fn postgres_container(model: &Model) -> Container {
     if model.spec.wal_storage.is_some() {
         mounts.push(mount("wal", layout::WAL_MOUNT, false));
     }
+    mounts.extend(super::backup::volumes(model).into_iter().map(|(_, m)| m));
     let environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
     Container {
         name: "postgres".into(),
@@ -376,6 +377,7 @@ fn volumes(model: &Model, instance: &str) -> Vec<Volume> {
     if model.spec.wal_storage.is_some() {
         volumes.push(pvc_volume("wal", names::wal_pvc(instance)));
     }
+    volumes.extend(super::backup::volumes(model).into_iter().map(|(v, _)| v));
     volumes
 }
 

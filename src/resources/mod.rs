@@ -1,5 +1,6 @@
 //! Pure builders of every child object of a `PostgresCluster`.
 
+pub mod backup;
 pub mod config;
 pub mod instance;
 pub mod labels;

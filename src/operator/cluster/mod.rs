@@ -2,6 +2,7 @@
 //! observe → validate → plan → apply → report.
 
 pub mod apply;
+pub mod backup;
 pub mod execute;
 pub mod failover;
 pub mod observe;

@@ -58,6 +58,8 @@ pub struct Observed {
     /// A pending switchover request: the `capstan.dev/switchover`
     /// annotation.
     pub switchover_request: Option<String>,
+    /// This cluster's `PostgresBackup` objects, oldest first.
+    pub backups: Vec<crate::api::pgbackup::PostgresBackup>,
     /// Unix seconds when observed.
     pub now: i64,
 }
@@ -125,6 +127,7 @@ pub async fn observe(
     let pooler_pods = cache::select(&caches.pods, ns, &labels::pooler_selector(name));
     let pvcs = cache::select(&caches.pvcs, ns, &labels::instances_selector(name));
     let pooler = cache::get(&caches.deployments, ns, &names::pooler(name));
+    let backups = backups_of(&caches.backups, ns, name);
 
     let mut versions = BTreeMap::new();
     let pdbs = metadata(&caches.pdbs, ns, &children, &mut versions);
@@ -191,6 +194,7 @@ pub async fn observe(
             .as_ref()
             .and_then(|a| a.get(labels::SWITCHOVER_ANNOTATION))
             .cloned(),
+        backups,
         now,
     })
 }
@@ -220,4 +224,29 @@ where
             o.metadata.name
         })
         .collect()
+}
+
+/// The `PostgresBackup` objects naming `cluster`, oldest first (one backup
+/// runs at a time, in the order they were asked for).
+fn backups_of(
+    store: &kube::runtime::reflector::Store<crate::api::pgbackup::PostgresBackup>,
+    ns: &str,
+    cluster: &str,
+) -> Vec<crate::api::pgbackup::PostgresBackup> {
+    let mut out: Vec<_> = store
+        .state()
+        .iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(ns) && b.spec.cluster == cluster)
+        .map(|b| std::sync::Arc::unwrap_or_clone(b.clone()))
+        .collect();
+    out.sort_by(|a, b| {
+        let key = |x: &crate::api::pgbackup::PostgresBackup| {
+            (
+                x.metadata.creation_timestamp.clone().map(|t| t.0),
+                x.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    out
 }

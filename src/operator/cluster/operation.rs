@@ -5,13 +5,17 @@
 //! 1. a failover in flight continues; a lost primary is failed over;
 //! 2. a switchover the operator was carrying out when it stopped is
 //!    resolved;
-//! 3. user requests (the `capstan.dev/switchover` annotation);
+//! 3. user requests (the `capstan.dev/switchover` annotation), then
+//!    backups (`PostgresBackup` objects, one at a time, oldest first);
 //! 4. instances: failed pods replaced, the primary created and ready
 //!    first, then the replicas;
 //! 5. rolling update of a changed pod spec: replicas one at a time (each
 //!    ready and streaming before the next), then the primary through a
 //!    switchover (or a restart, by `spec.updateStrategy`);
 //! 6. scale down.
+//!
+//! A backup running on the primary holds back the rolling update's
+//! primary step (a restart would fail it); everything else goes on.
 //!
 //! Progress lives in the API: pods and their spec-hash annotations, and
 //! `status.failover` / `status.switchover`, so an operator that restarts
@@ -76,6 +80,10 @@ pub enum Operation {
     /// The last rolling-update switchover failed: wait before trying
     /// again (the message says why it failed).
     RetryLater(String),
+    /// Start, record or hold a `PostgresBackup`.
+    Backup(super::backup::Step),
+    /// The rolling update's primary step waits for this backup to end.
+    AwaitBackup(String),
 }
 
 /// How long a failed rolling-update switchover waits before the next try.
@@ -150,6 +158,8 @@ impl Operation {
             | Operation::AwaitSwitchoverRequest { .. }
             | Operation::RetryLater(_) => "RollingUpdate",
             Operation::RemoveInstances(_) => "ScaleDown",
+            Operation::Backup(_) => "Backup",
+            Operation::AwaitBackup(_) => "RollingUpdate",
         }
     }
 
@@ -163,6 +173,7 @@ impl Operation {
             Operation::RemoveInstances(_) => "ScalingDown",
             Operation::Failover(_) => "Failover",
             Operation::Switchover(_) => "Switchover",
+            Operation::Backup(_) => "Backup",
             _ => "RollingUpdate",
         }
     }
@@ -230,6 +241,21 @@ impl Operation {
             Operation::Switchover(Switchover::AlreadyPrimary { to, .. }) => {
                 format!("{to} already is the primary")
             }
+            Operation::Backup(step) => {
+                use super::backup::Step;
+                match step {
+                    Step::Start {
+                        backup, instance, ..
+                    } => format!("backup {backup}: starting on {instance}"),
+                    Step::Finish { backup, .. } => format!("backup {backup}: recording its result"),
+                    Step::Reject { backup, message } | Step::Wait { backup, message } => {
+                        format!("backup {backup}: {message}")
+                    }
+                }
+            }
+            Operation::AwaitBackup(b) => format!(
+                "rolling update: the primary waits for backup {b} to finish before it is restarted"
+            ),
         }
     }
 }
@@ -257,11 +283,26 @@ pub fn choose(input: &Input<'_>) -> Operation {
     if let Some(op) = switchover_step(input) {
         return Operation::Switchover(op);
     }
+    let backups = super::backup::decide(&super::backup::Input {
+        spec: input.model.spec.backup.as_ref(),
+        backups: &input.observed.backups,
+        target_primary: input.target_primary,
+        primary_pod: input.observed.pod(input.target_primary),
+        reports: &input.observed.reports,
+    });
+    if let Some(step) = backups.step {
+        return Operation::Backup(step);
+    }
     if let Some(op) = instances_step(input) {
         return op;
     }
     if let Some(op) = rolling_step(input) {
-        return op;
+        return match (op, backups.running) {
+            (Operation::Switchover(_) | Operation::RestartPrimary { .. }, Some(backup)) => {
+                Operation::AwaitBackup(backup)
+            }
+            (op, _) => op,
+        };
     }
     if !input.removed.is_empty() {
         return Operation::RemoveInstances(input.removed.to_vec());

@@ -1,0 +1,185 @@
+//! Which backup to start or record next: one at a time per cluster, the
+//! oldest `PostgresBackup` first. Pure; the executor calls the agent and
+//! writes the objects' status.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::api::backup::{BackupSpec, BackupType as ApiType};
+use crate::api::pgbackup::PostgresBackup;
+use crate::contract::backup::{BackupJob, BackupRequest, BackupType, JobPhase};
+use crate::contract::instance::{InstanceReport, Role};
+
+/// `status.phase` of a `PostgresBackup`.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const RUNNING: &str = "Running";
+    pub const COMPLETED: &str = "Completed";
+    pub const FAILED: &str = "Failed";
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Ask `instance` to take the backup.
+    Start {
+        backup: String,
+        instance: String,
+        request: BackupRequest,
+    },
+    /// The instance finished it: record the outcome.
+    Finish { backup: String, job: BackupJob },
+    /// It cannot be taken at all (the message names the fix).
+    Reject { backup: String, message: String },
+    /// It waits; the message says for what.
+    Wait { backup: String, message: String },
+}
+
+impl Step {
+    pub fn backup(&self) -> &str {
+        match self {
+            Step::Start { backup, .. }
+            | Step::Finish { backup, .. }
+            | Step::Reject { backup, .. }
+            | Step::Wait { backup, .. } => backup,
+        }
+    }
+}
+
+pub struct Input<'a> {
+    pub spec: Option<&'a BackupSpec>,
+    /// This cluster's `PostgresBackup` objects, oldest first.
+    pub backups: &'a [PostgresBackup],
+    pub target_primary: &'a str,
+    pub primary_pod: Option<&'a Pod>,
+    pub reports: &'a std::collections::BTreeMap<String, InstanceReport>,
+}
+
+/// What the backups need now: the step to take (if any), and the backup
+/// running on an instance (the primary must not be restarted under it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    pub step: Option<Step>,
+    pub running: Option<String>,
+}
+
+fn phase_of(b: &PostgresBackup) -> &str {
+    b.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or(phase::PENDING)
+}
+
+pub fn decide(input: &Input<'_>) -> Decision {
+    // A running backup is followed to its end before another starts.
+    if let Some(b) = input.backups.iter().find(|b| phase_of(b) == phase::RUNNING) {
+        let name = b.name_any();
+        let instance = b
+            .status
+            .as_ref()
+            .and_then(|s| s.instance.clone())
+            .unwrap_or_default();
+        let step = match input.reports.get(&instance) {
+            // Unreachable for now: the job may still run; ask again later.
+            None => None,
+            Some(r) => match r.backup.as_ref().filter(|j| j.backup == name) {
+                Some(j) if j.phase == JobPhase::Running => None,
+                Some(j) => Some(Step::Finish {
+                    backup: name.clone(),
+                    job: j.clone(),
+                }),
+                None => Some(Step::Reject {
+                    backup: name.clone(),
+                    message: format!(
+                        "instance {instance} restarted or lost the backup while it ran; create a new PostgresBackup to try again"
+                    ),
+                }),
+            },
+        };
+        let running = step.is_none().then_some(name);
+        return Decision { step, running };
+    }
+    let Some(b) = input.backups.iter().find(|b| phase_of(b) == phase::PENDING) else {
+        return Decision::default();
+    };
+    let name = b.name_any();
+    let Some(spec) = input.spec else {
+        return reject(
+            name,
+            format!(
+                "cluster {} has no spec.backup; add a repository there, then create the PostgresBackup again",
+                b.spec.cluster
+            ),
+        );
+    };
+    let repository = b
+        .spec
+        .repository
+        .clone()
+        .or_else(|| spec.repositories.first().map(|r| r.name.clone()))
+        .unwrap_or_default();
+    let Some(position) = spec.repositories.iter().position(|r| r.name == repository) else {
+        let known: Vec<&str> = spec.repositories.iter().map(|r| r.name.as_str()).collect();
+        return reject(
+            name,
+            format!(
+                "spec.repository {repository} is not one of the cluster's repositories ({}); create the PostgresBackup again naming one of them",
+                known.join(", ")
+            ),
+        );
+    };
+    let primary = input.target_primary;
+    let ready = input.primary_pod.is_some_and(super::operation::is_ready);
+    let wait = |message: String| Decision {
+        step: Some(Step::Wait {
+            backup: name.clone(),
+            message,
+        }),
+        running: None,
+    };
+    let report = match input.reports.get(primary) {
+        Some(r) if ready && r.role == Role::Primary && r.running => r,
+        _ => return wait(format!("waiting for the primary {primary} to be ready")),
+    };
+    match &report.archive {
+        Some(a) if a.stanza_ready => {}
+        Some(a) => {
+            return wait(format!(
+                "waiting for WAL archiving to the repositories: {}",
+                a.stanza_error
+                    .as_deref()
+                    .unwrap_or("the pgBackRest stanza is being created")
+            ));
+        }
+        None => {
+            return wait(format!(
+                "waiting for {primary} to configure WAL archiving (its pod may still run without spec.backup)"
+            ));
+        }
+    }
+    Decision {
+        step: Some(Step::Start {
+            backup: name.clone(),
+            instance: primary.to_string(),
+            request: BackupRequest {
+                backup: name,
+                kind: match b.spec.type_ {
+                    ApiType::Full => BackupType::Full,
+                    ApiType::Differential => BackupType::Diff,
+                    ApiType::Incremental => BackupType::Incr,
+                },
+                repository: u32::try_from(position + 1).unwrap_or(1),
+            },
+        }),
+        running: None,
+    }
+}
+
+fn reject(backup: String, message: String) -> Decision {
+    Decision {
+        step: Some(Step::Reject { backup, message }),
+        running: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use serde_json::json;
+
+use super::*;
+use crate::api::pgbackup::PostgresBackupStatus;
+use crate::contract::backup::ArchiveReport;
+
+fn spec() -> BackupSpec {
+    serde_json::from_value(json!({"repositories": [
+        {"name": "repo1", "s3": {"endpoint": "s3.store", "region": "r", "bucket": "bkt",
+                                 "credentials": {"secretName": "k"}}},
+        {"name": "repo2", "s3": {"endpoint": "s3.other", "region": "r", "bucket": "bkt",
+                                 "credentials": {"secretName": "k"}}}
+    ]}))
+    .unwrap()
+}
+
+fn backup(name: &str, kind: &str, repo: Option<&str>, phase: Option<&str>) -> PostgresBackup {
+    let mut b: PostgresBackup = serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"cluster": "db", "type": kind, "repository": repo}
+    }))
+    .unwrap();
+    b.status = phase.map(|p| PostgresBackupStatus {
+        phase: Some(p.into()),
+        instance: Some("db-1".into()),
+        ..PostgresBackupStatus::default()
+    });
+    b
+}
+
+fn ready_pod() -> Pod {
+    Pod {
+        status: Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn primary(
+    archive: Option<ArchiveReport>,
+    job: Option<BackupJob>,
+) -> BTreeMap<String, InstanceReport> {
+    [(
+        "db-1".to_string(),
+        InstanceReport {
+            name: "db-1".into(),
+            role: Role::Primary,
+            running: true,
+            ready: true,
+            archive,
+            backup: job,
+            ..InstanceReport::default()
+        },
+    )]
+    .into()
+}
+
+fn archiving() -> Option<ArchiveReport> {
+    Some(ArchiveReport {
+        stanza_ready: true,
+        ..ArchiveReport::default()
+    })
+}
+
+fn job(name: &str, phase: JobPhase) -> BackupJob {
+    BackupJob {
+        backup: name.into(),
+        kind: BackupType::Full,
+        repository: 1,
+        phase,
+        started_at: "2026-12-04T10:00:00Z".into(),
+        finished_at: None,
+        result: None,
+        message: None,
+    }
+}
+
+fn decide_with(
+    spec: Option<&BackupSpec>,
+    backups: &[PostgresBackup],
+    reports: &BTreeMap<String, InstanceReport>,
+) -> Decision {
+    let pod = ready_pod();
+    decide(&Input {
+        spec,
+        backups,
+        target_primary: "db-1",
+        primary_pod: Some(&pod),
+        reports,
+    })
+}
+
+#[test]
+fn the_oldest_pending_backup_starts_on_the_primary_in_its_repository() {
+    let s = spec();
+    let backups = [
+        backup("b1", "incremental", Some("repo2"), None),
+        backup("b2", "full", None, None),
+    ];
+    let d = decide_with(Some(&s), &backups, &primary(archiving(), None));
+    assert_eq!(
+        d.step,
+        Some(Step::Start {
+            backup: "b1".into(),
+            instance: "db-1".into(),
+            request: BackupRequest {
+                backup: "b1".into(),
+                kind: BackupType::Incr,
+                repository: 2,
+            },
+        })
+    );
+    // Without a repository named, the first one listed.
+    let d = decide_with(Some(&s), &backups[1..], &primary(archiving(), None));
+    assert!(matches!(d.step, Some(Step::Start { request, .. }) if request.repository == 1));
+}
+
+#[test]
+fn a_running_backup_is_followed_to_its_end_before_another_starts() {
+    let s = spec();
+    let backups = [
+        backup("b1", "full", None, Some(phase::COMPLETED)),
+        backup("b2", "full", None, Some(phase::RUNNING)),
+        backup("b3", "full", None, None),
+    ];
+    let running = primary(archiving(), Some(job("b2", JobPhase::Running)));
+    let d = decide_with(Some(&s), &backups, &running);
+    assert_eq!(
+        d,
+        Decision {
+            step: None,
+            running: Some("b2".into())
+        }
+    );
+
+    let done = primary(archiving(), Some(job("b2", JobPhase::Completed)));
+    let d = decide_with(Some(&s), &backups, &done);
+    assert!(matches!(d.step, Some(Step::Finish { ref backup, .. }) if backup == "b2"));
+    assert_eq!(d.running, None);
+
+    // The instance no longer knows the job (it restarted): failed.
+    let forgot = primary(archiving(), None);
+    let d = decide_with(Some(&s), &backups, &forgot);
+    assert!(
+        matches!(d.step, Some(Step::Reject { ref backup, ref message }) if backup == "b2" && message.contains("restarted"))
+    );
+    // Unreachable: no decision until it answers.
+    let d = decide_with(Some(&s), &backups, &BTreeMap::new());
+    assert_eq!(
+        d,
+        Decision {
+            step: None,
+            running: Some("b2".into())
+        }
+    );
+}
+
+#[test]
+fn a_backup_waits_for_a_ready_primary_and_its_stanza() {
+    let s = spec();
+    let backups = [backup("b1", "full", None, None)];
+    let not_ready = ArchiveReport {
+        stanza_ready: false,
+        stanza_error: Some("ERROR: [039] HTTP request failed with 403".into()),
+        ..ArchiveReport::default()
+    };
+    let d = decide_with(Some(&s), &backups, &primary(Some(not_ready), None));
+    assert!(
+        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("403")),
+        "{d:?}"
+    );
+    let d = decide_with(Some(&s), &backups, &primary(None, None));
+    assert!(matches!(d.step, Some(Step::Wait { .. })));
+    let d = decide(&Input {
+        spec: Some(&s),
+        backups: &backups,
+        target_primary: "db-1",
+        primary_pod: None,
+        reports: &primary(archiving(), None),
+    });
+    assert!(
+        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("primary db-1"))
+    );
+}
+
+#[test]
+fn a_backup_the_cluster_cannot_take_is_rejected_with_the_fix() {
+    let backups = [backup("b1", "full", Some("repo3"), None)];
+    let d = decide_with(Some(&spec()), &backups, &primary(archiving(), None));
+    assert!(
+        matches!(d.step, Some(Step::Reject { ref message, .. }) if message.contains("repo3") && message.contains("repo1, repo2"))
+    );
+    let d = decide_with(None, &backups, &primary(archiving(), None));
+    assert!(
+        matches!(d.step, Some(Step::Reject { ref message, .. }) if message.contains("no spec.backup"))
+    );
+}
+
+#[test]
+fn finished_backups_need_nothing() {
+    let backups = [
+        backup("b1", "full", None, Some(phase::COMPLETED)),
+        backup("b2", "full", None, Some(phase::FAILED)),
+    ];
+    assert_eq!(
+        decide_with(Some(&spec()), &backups, &primary(archiving(), None)),
+        Decision::default()
+    );
+}
