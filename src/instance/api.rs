@@ -105,7 +105,10 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let sample = if shared.report().running {
+    let report = shared.report();
+    // The job may have finished since the loop last published.
+    shared.metrics.observe_report(&report);
+    let sample = if report.running {
         tokio::time::timeout(Duration::from_secs(5), shared.local.sample())
             .await
             .ok()
