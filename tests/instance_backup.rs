@@ -216,3 +216,54 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
     drop(c);
     assert!(a.terminate(Duration::from_secs(40)).success());
 }
+
+/// An image without pgBackRest: PostgreSQL still runs (its archive_command
+/// fails and WAL is kept), the report names the fix, and backups are
+/// refused with the same reason; no crash loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
+    let Some(bin) = pg17_bin() else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(17, PORTS.take(), &["db-1"]);
+    let repo = support::s3::PosixRepo::new();
+    s.backup = Some(BackupSettings {
+        stanza: "db".into(),
+        repositories: vec![repo.repository()],
+        archive_timeout_seconds: 60,
+        archive_async: true,
+    });
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
+    a.env = vec![
+        (
+            "CAPSTAN_PGBACKREST".into(),
+            a.root.join("no/pgbackrest").display().to_string(),
+        ),
+        (
+            "CAPSTAN_BACKREST_DIR".into(),
+            a.root.join("pgbackrest").display().to_string(),
+        ),
+    ];
+    a.set_authority("db-1");
+    a.start();
+    let report = a
+        .wait_status("ready with the missing tool reported", LONG, |r| {
+            r.ready
+                && r.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("pgBackRest 2.55 or newer"))
+        })
+        .await;
+    assert_eq!(report.postgres_restarts, 0);
+    assert!(!report.archive.unwrap().stanza_ready);
+    let (code, body) = a.operator("POST", "/backup", Some(&request("b1"))).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pgBackRest is not at"), "{body}");
+    let c = a.sql("app").await.unwrap();
+    c.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    drop(c);
+    assert!(a.terminate(Duration::from_secs(40)).success());
+}

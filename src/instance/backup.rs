@@ -315,11 +315,12 @@ impl Backups {
     ) -> Result<BackupJob, CommandError> {
         let mut inner = self.lock();
         let admission = admit(inner.job.as_ref(), &request, primary, inner.repositories);
-        match admission {
+        let admission = match admission {
             Admission::Existing(job) => return Ok(*job),
-            Admission::Refused(e) => return Err(e),
-            Admission::Start => {}
-        }
+            Admission::Refused(e) if !primary => return Err(e),
+            other => other,
+        };
+        // Why backups cannot run at all says more than a repository count.
         let Some(runner) = inner.runner.clone() else {
             return Err(CommandError::Unavailable(
                 inner.unavailable.clone().unwrap_or_else(|| {
@@ -327,6 +328,9 @@ impl Backups {
                 }),
             ));
         };
+        if let Admission::Refused(e) = admission {
+            return Err(e);
+        }
         if inner.stanza.running {
             return Err(CommandError::Unavailable(
                 "stanza-create is running; ask again in a moment".into(),

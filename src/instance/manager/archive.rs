@@ -30,8 +30,6 @@ pub(super) struct BackupUpkeep {
     written: Option<u64>,
     /// `pg_stat_archiver` on the primary, from the last tick.
     pub(super) archiver: Option<Archiver>,
-    /// Whether the last tick saw a primary with backups configured.
-    pub(super) primary: bool,
 }
 
 /// A configuration's version: its digest (never logged; it holds keys).
@@ -132,11 +130,14 @@ impl<A: Authority> Manager<A> {
         Ok(())
     }
 
+    /// A primary with backups configured: it archives and reports on it.
+    pub(super) fn archiving(&self, settings: &InstanceSettings) -> bool {
+        settings.backup.is_some() && self.snapshot.as_ref().is_some_and(|s| !s.in_recovery)
+    }
+
     /// On the primary: the stanza, and `pg_stat_archiver` for the report.
     pub(super) async fn keep_archive(&mut self, settings: &InstanceSettings) {
-        let primary = self.snapshot.as_ref().is_some_and(|s| !s.in_recovery);
-        self.backup.primary = primary && settings.backup.is_some();
-        if !self.backup.primary {
+        if !self.archiving(settings) {
             self.backup.archiver = None;
             return;
         }

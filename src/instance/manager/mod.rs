@@ -169,11 +169,8 @@ impl<A: Authority> Manager<A> {
                 self.restarts.due(Instant::now()),
             );
             match step {
-                TickStep::Idle => self.backup.primary = false,
-                TickStep::Start(target) => {
-                    self.backup.primary = false;
-                    self.start(&settings, target).await;
-                }
+                TickStep::Idle => {}
+                TickStep::Start(target) => self.start(&settings, target).await,
                 TickStep::Maintain(target) => {
                     self.refresh_snapshot().await;
                     self.maintain(&settings, target).await;

@@ -96,11 +96,15 @@ impl<A: Authority> Manager<A> {
             snapshot: self.snapshot.as_ref(),
             primary_end: self.role.primary_end,
             ready_max_lag: self.inputs.ready_max_lag_bytes,
-            archive: self.backup.primary.then(|| {
-                self.shared
-                    .backups
-                    .archive_report(self.backup.archiver.as_ref())
-            }),
+            archive: self
+                .settings
+                .as_ref()
+                .is_some_and(|s| self.archiving(s))
+                .then(|| {
+                    self.shared
+                        .backups
+                        .archive_report(self.backup.archiver.as_ref())
+                }),
             backup: self.shared.backups.job(),
         });
         self.shared.publish(report);
