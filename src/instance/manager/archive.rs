@@ -40,6 +40,16 @@ fn version_of(text: &str) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// `archiveAsync: false`: the library renders asynchronous archiving
+/// (the fast default); the settings may turn it off for this cluster.
+fn with_archive_async(text: String, archive_async: bool) -> String {
+    if archive_async {
+        text
+    } else {
+        text.replacen("\narchive-async=y\n", "\narchive-async=n\n", 1)
+    }
+}
+
 /// pgBackRest must run as the owner of the data directory; when the
 /// manager runs as root (not in a pod), the files are given to that owner.
 fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
@@ -104,6 +114,7 @@ impl<A: Authority> Manager<A> {
         // picked up like a changed setting.
         let secrets = Secrets::load(&backup.repositories).map_err(|e| e.to_string())?;
         let text = backrest::render(&config, &secrets).map_err(|e| e.to_string())?;
+        let text = with_archive_async(text, backup.archive_async);
         let version = version_of(&text);
         let path = self.inputs.backrest_config();
         let owner = owner_for(&self.inputs.data_dir);
@@ -157,6 +168,37 @@ mod tests {
     fn any_change_to_the_file_is_a_new_version() {
         assert_eq!(version_of("a"), version_of("a"));
         assert_ne!(version_of("repo1-s3-key=a"), version_of("repo1-s3-key=b"));
+    }
+
+    #[test]
+    fn asynchronous_archiving_follows_the_settings() {
+        let text = "[global]\narchive-async=y\nprocess-max=2\n".to_string();
+        assert_eq!(with_archive_async(text.clone(), true), text);
+        assert_eq!(
+            with_archive_async(text, false),
+            "[global]\narchive-async=n\nprocess-max=2\n"
+        );
+        // On what the library really renders.
+        let config = backrest::BackrestConfig {
+            stanza: backrest::Stanza {
+                name: "db".into(),
+                pg_path: "/d".into(),
+                pg_port: 5432,
+                pg_socket_path: "/r".into(),
+                pg_user: "postgres".into(),
+            },
+            repositories: vec![crate::backup::Repository::posix("/backups/db")],
+            log_path: "/b/log".into(),
+            lock_path: "/b/lock".into(),
+            spool_path: "/b/spool".into(),
+            process_max: 2,
+            archive_timeout: std::time::Duration::from_secs(60),
+            archive_push_queue_max: None,
+        };
+        let rendered = backrest::render(&config, &Secrets::default()).unwrap();
+        let off = with_archive_async(rendered, false);
+        assert!(off.contains("\narchive-async=n\n"), "{off}");
+        assert!(!off.contains("archive-async=y"), "{off}");
     }
 
     #[test]
