@@ -267,3 +267,69 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
     drop(c);
     assert!(a.terminate(Duration::from_secs(40)).success());
 }
+
+/// A replica gets pgbackrest.conf (its restore_command fetches WAL from the
+/// repository) but creates no stanza and refuses backups; the primary backs
+/// up to a volume repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_primary_backs_up_and_replicas_refuse() {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let proxy_port = PORTS.take();
+    let mut s = settings(17, proxy_port, &["db-1", "db-2"]);
+    let repo = support::s3::PosixRepo::new();
+    s.backup = Some(BackupSettings {
+        stanza: "db".into(),
+        repositories: vec![repo.repository()],
+        archive_timeout_seconds: 60,
+        archive_async: false,
+    });
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
+    let mut b = Instance::new("db-2", &PORTS, &bin, pki.clone(), &s);
+    for i in [&mut a, &mut b] {
+        i.env = vec![
+            (
+                "CAPSTAN_PGBACKREST".into(),
+                pgbackrest.display().to_string(),
+            ),
+            (
+                "CAPSTAN_BACKREST_DIR".into(),
+                i.root.join("pgbackrest").display().to_string(),
+            ),
+        ];
+        i.set_authority("db-1");
+    }
+    let _proxy = Proxy::start(proxy_port, a.pg_port).await;
+    a.start();
+    a.wait_status("primary with its stanza", LONG, |r| {
+        r.ready && r.archive.as_ref().is_some_and(|x| x.stanza_ready)
+    })
+    .await;
+    b.start();
+    let report = b
+        .wait_status("replica streaming", LONG, |r| {
+            r.ready && r.role == Role::Replica
+        })
+        .await;
+    assert!(report.archive.is_none(), "{:?}", report.archive);
+    let conf = std::fs::read_to_string(b.root.join("pgbackrest/pgbackrest.conf")).unwrap();
+    assert!(conf.contains("archive-async=n"), "{conf}");
+    let managed = std::fs::read_to_string(b.pgdata().join("capstan-managed.conf")).unwrap();
+    assert!(managed.contains("archive-get %f"), "{managed}");
+    let (code, body) = b.operator("POST", "/backup", Some(&request("b1"))).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("backups run on the primary"), "{body}");
+
+    let (code, body) = post_backup(&a, "b1").await;
+    assert_eq!(code, 200, "{body}");
+    let job = finished_job(&a, "b1").await;
+    assert_eq!(job.phase, JobPhase::Completed, "{job:?}");
+    assert!(
+        !b.log().contains("stanza-create"),
+        "a replica created the stanza"
+    );
+    assert!(b.terminate(Duration::from_secs(40)).success());
+    assert!(a.terminate(Duration::from_secs(40)).success());
+}
