@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::client::{AgentClient, ClientError, Endpoint};
+use crate::contract::backup::{BackupJob, BackupRequest};
 use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
 };
@@ -34,5 +35,17 @@ impl AgentClient {
         request: &DemoteRequest,
     ) -> Result<DemoteResult, ClientError> {
         self.post(ep, "/demote", request, ROLE_CHANGE_TIMEOUT).await
+    }
+
+    /// `POST /backup`: starts the backup on the primary and returns its job
+    /// (`Running`) at once, or the job of the same `backup` asked for
+    /// before; 409 while another backup runs or on a replica. Follow the
+    /// job in `InstanceReport.backup`.
+    pub async fn backup(
+        &self,
+        ep: &Endpoint,
+        request: &BackupRequest,
+    ) -> Result<BackupJob, ClientError> {
+        self.post(ep, "/backup", request, self.timeout()).await
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTPS API on the API port.
 //!
 //! `GET /healthz`, `/readyz` and `/metrics` answer anyone (kubelet probes,
-//! Prometheus). `GET /status`, `POST /promote` and `POST /demote` need a
+//! Prometheus). `GET /status`, `POST /promote`, `POST /demote` and `POST /backup` need a
 //! client certificate from the cluster CA with CN `capstan-operator`; rustls
 //! verifies the chain during the handshake and each request carries the
 //! verified common name. Every request has a time limit, and every error is
@@ -24,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::agents::server::{self, ServerTls, TimeLimit, error, require_operator};
-use crate::contract::instance::{DemoteRequest, PromoteRequest};
+use crate::contract::backup::BackupRequest;
+use crate::contract::instance::{DemoteRequest, PromoteRequest, Role};
 
 use super::state::{Command, CommandError, Shared};
 
@@ -56,6 +57,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/promote", post(promote))
         .route("/demote", post(demote))
+        .route("/backup", post(backup))
         .route_layer(middleware::from_fn(require_operator));
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -103,7 +105,10 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let sample = if shared.report().running {
+    let report = shared.report();
+    // The job may have finished since the loop last published.
+    shared.metrics.observe_report(&report);
+    let sample = if report.running {
         tokio::time::timeout(Duration::from_secs(5), shared.local.sample())
             .await
             .ok()
@@ -178,6 +183,24 @@ async fn demote(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     send(&shared, |tx| Command::Demote(request, tx)).await
+}
+
+/// Starts a backup (or answers with the same one) without a round trip
+/// through the loop: the job runs in the background, `/status` follows it.
+async fn backup(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: BackupRequest = match parse_required(&body) {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    // The published report, with a fence applied at once: a fenced
+    // primary is no primary for backups.
+    let report = shared.report();
+    let fenced = report.lease.as_ref().is_some_and(|l| l.fenced);
+    let primary = report.running && report.role == Role::Primary && !fenced;
+    match shared.backups.request(request, primary) {
+        Ok(job) => json(&job),
+        Err(e) => command_error(e),
+    }
 }
 
 /// Binds the API port and serves until `shutdown`. TLS material that is

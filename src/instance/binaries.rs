@@ -74,8 +74,75 @@ impl Binaries {
 }
 
 fn on_path() -> Option<PathBuf> {
+    find_on_path("postgres")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).find(|dir| dir.join("postgres").is_file())
+    std::env::split_paths(&path).find(|dir| dir.join(name).is_file())
+}
+
+/// The oldest pgBackRest that reads PostgreSQL 16+ control files (2.45
+/// fails with `unexpected control version`) and that Capstan is tested with.
+pub const PGBACKREST_MIN: (u32, u32) = (2, 55);
+
+/// `--pgbackrest`, else `pgbackrest` next to the PostgreSQL binaries, else
+/// on PATH, else the Debian location (named in the error if it is absent).
+pub fn pgbackrest_path(explicit: Option<&Path>, pg_bin_dir: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    let beside = pg_bin_dir
+        .map(Path::to_path_buf)
+        .or_else(on_path)
+        .map(|dir| dir.join("pgbackrest"))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| find_on_path("pgbackrest").map(|dir| dir.join("pgbackrest")))
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/pgbackrest"))
+}
+
+/// `pgBackRest 2.55.1` → (2, 55).
+pub fn parse_pgbackrest_version(output: &str) -> Option<(u32, u32)> {
+    let version = output.trim().strip_prefix("pgBackRest ")?;
+    let mut parts = version.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    });
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Checks that `path` is a pgBackRest Capstan can use; its version text.
+pub async fn check_pgbackrest(path: &Path) -> Result<String, BinariesError> {
+    let fix =
+        "use an instance image with pgBackRest 2.55 or newer, or point CAPSTAN_PGBACKREST at one";
+    if !path.is_file() {
+        return Err(BinariesError::NotFound(format!(
+            "backups are configured but pgBackRest is not at {}: {fix}",
+            path.display()
+        )));
+    }
+    let out = process::run_tool("pgbackrest", Command::new(path).arg("version"))
+        .await
+        .map_err(|e| BinariesError::Version {
+            bin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    match parse_pgbackrest_version(&out) {
+        Some(v) if v >= PGBACKREST_MIN => Ok(out.trim().to_string()),
+        Some(_) => Err(BinariesError::NotFound(format!(
+            "{} is {}, too old for backups: {fix}",
+            path.display(),
+            out.trim()
+        ))),
+        None => Err(BinariesError::Version {
+            bin: path.display().to_string(),
+            message: format!("unexpected output {out:?}"),
+        }),
+    }
 }
 
 /// `postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)` → (15, "15.20").
@@ -112,5 +179,31 @@ mod tests {
             Some((19, "19beta1".into()))
         );
         assert_eq!(parse_version("bash 5"), None);
+    }
+
+    #[test]
+    fn parses_pgbackrest_versions() {
+        assert_eq!(
+            parse_pgbackrest_version("pgBackRest 2.55.1\n"),
+            Some((2, 55))
+        );
+        assert_eq!(parse_pgbackrest_version("pgBackRest 2.45"), Some((2, 45)));
+        assert!(parse_pgbackrest_version("pgBackRest 2.45").unwrap() < PGBACKREST_MIN);
+        assert_eq!(parse_pgbackrest_version("pgBackRest 3.0dev"), Some((3, 0)));
+        assert_eq!(parse_pgbackrest_version("postgres 17"), None);
+    }
+
+    #[test]
+    fn an_explicit_pgbackrest_wins_and_a_missing_one_names_debians_path() {
+        assert_eq!(
+            pgbackrest_path(Some(Path::new("/x/pgbackrest")), None),
+            PathBuf::from("/x/pgbackrest")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pgbackrest"), "").unwrap();
+        assert_eq!(
+            pgbackrest_path(None, Some(dir.path())),
+            dir.path().join("pgbackrest")
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::backup::Invocation;
 use crate::contract::settings::InstanceSettings;
 use crate::postgres::conninfo::ConnInfo;
 use crate::postgres::{conf, hba, roles, synchronous};
@@ -111,7 +112,7 @@ pub fn managed_parameters(
         ("log_destination", "stderr".into()),
         ("logging_collector", "off".into()),
     ];
-    params.extend(archive_parameters(settings));
+    params.extend(archive_parameters(inputs, settings));
     params.push((
         "synchronous_standby_names",
         synchronous_standby_names(inputs, settings, role),
@@ -177,11 +178,28 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("wal_retrieve_retry_interval", "1s"),
 ];
 
-/// WAL archiving. It belongs to backups: once the settings carry a backup
-/// repository, `archive_mode` and `archive_command` come from it here. A
-/// cluster without one does not archive.
-fn archive_parameters(_settings: &InstanceSettings) -> Vec<(&'static str, String)> {
-    vec![("archive_mode", "off".into())]
+/// How PostgreSQL calls pgBackRest for this cluster's stanza.
+pub fn backrest_invocation(inputs: &Inputs, stanza: &str) -> Invocation {
+    Invocation {
+        pgbackrest: inputs.pgbackrest.clone(),
+        config: inputs.backrest_config(),
+        stanza: stanza.to_string(),
+    }
+}
+
+/// WAL archiving through pgBackRest when the settings carry a backup
+/// block, on every instance: a standby ignores `archive_mode=on`, and a
+/// promoted one archives on its new timeline at once (changing
+/// `archive_mode` would need a restart then). `restore_command` lets a
+/// standby that fell behind its slot fetch WAL from the repository. A
+/// cluster without backups does not archive.
+fn archive_parameters(inputs: &Inputs, settings: &InstanceSettings) -> Vec<(&'static str, String)> {
+    match &settings.backup {
+        Some(backup) => backrest_invocation(inputs, &backup.stanza).archive_parameters(
+            std::time::Duration::from_secs(backup.archive_timeout_seconds),
+        ),
+        None => vec![("archive_mode", "off".into())],
+    }
 }
 
 /// Every file for `role`.
@@ -312,6 +330,8 @@ mod tests {
             postgres_port: 5432,
             api_port: 8000,
             pg_bin_dir: None,
+            pgbackrest: Some("/usr/bin/pgbackrest".into()),
+            backrest_dir: "/var/run/postgresql/pgbackrest".into(),
             authority: AuthoritySpec::Kube,
             lease: crate::instance::lease::LeaseStoreSpec::Kube,
             shutdown_seconds: 50,
@@ -436,6 +456,38 @@ mod tests {
                 .unwrap()
                 .contains("synchronous_standby_names = ''")
         );
+    }
+
+    #[test]
+    fn backups_turn_archiving_on_through_pgbackrest_in_both_roles() {
+        use crate::contract::backup::BackupSettings;
+        let without = render(&inputs(), &example(), Desired::Primary).unwrap();
+        let managed = without.get(MANAGED_CONF).unwrap();
+        assert!(!managed.contains("archive_command"), "{managed}");
+        assert!(!managed.contains("restore_command"), "{managed}");
+        let mut settings = example();
+        settings.backup = Some(BackupSettings {
+            stanza: "db".into(),
+            repositories: vec![crate::backup::Repository::posix("/backups/db")],
+            archive_timeout_seconds: 300,
+            archive_async: true,
+        });
+        for role in [Desired::Primary, Desired::Replica] {
+            let rendered = render(&inputs(), &settings, role).unwrap();
+            let managed = rendered.get(MANAGED_CONF).unwrap();
+            for line in [
+                "archive_mode = 'on'",
+                "archive_command = '/usr/bin/pgbackrest --config=/var/run/postgresql/pgbackrest/pgbackrest.conf --stanza=db archive-push %p'",
+                "restore_command = '/usr/bin/pgbackrest --config=/var/run/postgresql/pgbackrest/pgbackrest.conf --stanza=db archive-get %f \"%p\"'",
+                "archive_timeout = '300s'",
+            ] {
+                assert!(
+                    managed.lines().any(|l| l == line),
+                    "missing {line:?} in\n{managed}"
+                );
+            }
+            assert!(!managed.contains("archive_mode = 'off'"));
+        }
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub struct Args {
     /// else /usr/lib/postgresql/<version>/bin].
     #[arg(long, env = "CAPSTAN_PG_BIN_DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+    /// pgBackRest, used when the settings configure backups [default:
+    /// `pgbackrest` next to the PostgreSQL binaries, else on PATH].
+    #[arg(long, env = "CAPSTAN_PGBACKREST")]
+    pub pgbackrest: Option<PathBuf>,
+    /// pgBackRest's configuration, logs, locks and async spool.
+    #[arg(long, env = "CAPSTAN_BACKREST_DIR", default_value = layout::BACKREST_DIR)]
+    pub backrest_dir: PathBuf,
     /// Where the role decision comes from: `kube` (status.targetPrimary of the
     /// PostgresCluster) or `file:<path>` (a file holding the target pod name).
     #[arg(long, env = "CAPSTAN_AUTHORITY", default_value = "kube")]
@@ -92,6 +99,9 @@ pub struct Inputs {
     pub postgres_port: u16,
     pub api_port: u16,
     pub pg_bin_dir: Option<PathBuf>,
+    /// pgBackRest as configured or found; checked when backups are on.
+    pub pgbackrest: PathBuf,
+    pub backrest_dir: PathBuf,
     pub shutdown_budget: Duration,
     pub ready_max_lag_bytes: u64,
 }
@@ -115,6 +125,11 @@ impl Inputs {
             postgres_port: args.postgres_port,
             api_port: args.api_port,
             pg_bin_dir: args.pg_bin_dir.clone(),
+            pgbackrest: super::binaries::pgbackrest_path(
+                args.pgbackrest.as_deref(),
+                args.pg_bin_dir.as_deref(),
+            ),
+            backrest_dir: args.backrest_dir.clone(),
             shutdown_budget: Duration::from_secs(args.shutdown_seconds),
             ready_max_lag_bytes: args.ready_max_lag_bytes,
         }
@@ -146,6 +161,11 @@ impl Inputs {
 
     pub fn secret_dir(&self, name: &str) -> PathBuf {
         self.secrets_dir.join(name)
+    }
+
+    /// `pgbackrest.conf`, which PostgreSQL's archive and restore commands name.
+    pub fn backrest_config(&self) -> PathBuf {
+        self.backrest_dir.join("pgbackrest.conf")
     }
 
     /// Replication slot this instance streams through on the primary.

@@ -73,6 +73,17 @@ pub struct Sample {
     pub database_sizes: Vec<(String, i64)>,
 }
 
+/// What `pg_stat_archiver` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Archiver {
+    pub last_archived_wal: Option<String>,
+    pub last_archived_us: Option<i64>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_us: Option<i64>,
+    pub archived_count: u64,
+    pub failed_count: u64,
+}
+
 fn lsn(text: Option<String>) -> Option<Lsn> {
     text.and_then(|t| Lsn::from_str(&t).ok())
 }
@@ -202,6 +213,31 @@ impl Local {
                 .collect();
         }
         Ok(snap)
+    }
+
+    /// `pg_stat_archiver`, times in microseconds since the epoch.
+    pub async fn archiver(&self) -> Result<Archiver, LocalError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT last_archived_wal::text,
+                        (extract(epoch FROM last_archived_time) * 1000000)::int8,
+                        last_failed_wal::text,
+                        (extract(epoch FROM last_failed_time) * 1000000)::int8,
+                        archived_count, failed_count
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(query_err("pg_stat_archiver"))?;
+        Ok(Archiver {
+            last_archived_wal: row.get(0),
+            last_archived_us: row.get(1),
+            last_failed_wal: row.get(2),
+            last_failed_us: row.get(3),
+            archived_count: row.get::<_, i64>(4).max(0) as u64,
+            failed_count: row.get::<_, i64>(5).max(0) as u64,
+        })
     }
 
     pub async fn sample(&self) -> Result<Sample, LocalError> {

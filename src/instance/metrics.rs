@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::contract::backup::JobPhase;
 use crate::contract::instance::{InstanceReport, Role};
 
 use super::local::Sample;
@@ -49,6 +50,15 @@ pub struct Metrics {
     pub rewinds: Family<ResultLabel, Counter>,
     pub reclones: Counter,
     pub promotions: Counter,
+    archive_failed: Gauge,
+    archived: Gauge,
+    archive_failing: Gauge,
+    archive_age: Gauge<f64, AtomicU64>,
+    stanza_ready: Gauge,
+    backup_running: Gauge,
+    backup_duration: Gauge<f64, AtomicU64>,
+    backup_last: Family<ResultLabel, Gauge>,
+    backup_finished_at: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +86,15 @@ impl Metrics {
             rewinds: Family::default(),
             reclones: Counter::default(),
             promotions: Counter::default(),
+            archive_failed: Gauge::default(),
+            archived: Gauge::default(),
+            archive_failing: Gauge::default(),
+            archive_age: Gauge::default(),
+            stanza_ready: Gauge::default(),
+            backup_running: Gauge::default(),
+            backup_duration: Gauge::default(),
+            backup_last: Family::default(),
+            backup_finished_at: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,6 +172,51 @@ impl Metrics {
             "Promotions of this instance",
             metrics.promotions.clone(),
         );
+        registry.register(
+            "wal_archive_failures",
+            "Primary: failed WAL archive attempts (pg_stat_archiver.failed_count)",
+            metrics.archive_failed.clone(),
+        );
+        registry.register(
+            "wal_archived",
+            "Primary: WAL files archived (pg_stat_archiver.archived_count)",
+            metrics.archived.clone(),
+        );
+        registry.register(
+            "wal_archive_failing",
+            "Primary: the last WAL archive attempt failed",
+            metrics.archive_failing.clone(),
+        );
+        registry.register(
+            "wal_last_archived_age_seconds",
+            "Primary: seconds since the last WAL file was archived",
+            metrics.archive_age.clone(),
+        );
+        registry.register(
+            "backup_stanza_ready",
+            "Primary: the pgBackRest stanza exists in every repository",
+            metrics.stanza_ready.clone(),
+        );
+        registry.register(
+            "backup_running",
+            "A backup runs on this instance",
+            metrics.backup_running.clone(),
+        );
+        registry.register(
+            "backup_last_duration_seconds",
+            "Duration of the last backup this instance ran",
+            metrics.backup_duration.clone(),
+        );
+        registry.register(
+            "backup_last_result",
+            "1 for the result of the last backup this instance ran (completed, failed)",
+            metrics.backup_last.clone(),
+        );
+        registry.register(
+            "backup_last_finished_timestamp_seconds",
+            "When the last backup this instance ran finished (Unix time)",
+            metrics.backup_finished_at.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -184,6 +248,48 @@ impl Metrics {
         self.lease_held
             .set(i64::from(lease.is_some_and(|l| l.held)));
         self.fenced.set(i64::from(lease.is_some_and(|l| l.fenced)));
+        self.observe_backups(report, jiff::Timestamp::now());
+    }
+
+    fn observe_backups(&self, report: &InstanceReport, now: jiff::Timestamp) {
+        let archive = report.archive.clone().unwrap_or_default();
+        let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+        self.archive_failed.set(clamp(archive.failed_count));
+        self.archived.set(clamp(archive.archived_count));
+        self.archive_failing.set(i64::from(archive.failing()));
+        self.stanza_ready.set(i64::from(archive.stanza_ready));
+        let age = archive
+            .last_archived_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0);
+        self.archive_age.set(age.unwrap_or(0.0));
+        let Some(job) = &report.backup else {
+            return;
+        };
+        self.backup_running
+            .set(i64::from(job.phase == JobPhase::Running));
+        let (Some(started), Some(finished)) = (
+            job.started_at.parse::<jiff::Timestamp>().ok(),
+            job.finished_at
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+        ) else {
+            return;
+        };
+        self.backup_duration
+            .set((finished.as_millisecond() - started.as_millisecond()).max(0) as f64 / 1000.0);
+        self.backup_finished_at.set(finished.as_second());
+        for (result, phase) in [
+            ("completed", JobPhase::Completed),
+            ("failed", JobPhase::Failed),
+        ] {
+            self.backup_last
+                .get_or_create(&ResultLabel {
+                    result: result.into(),
+                })
+                .set(i64::from(job.phase == phase));
+        }
     }
 
     pub fn observe_sample(&self, sample: Option<&Sample>) {
@@ -251,6 +357,10 @@ mod tests {
         metrics.rewind_result(true);
         metrics.promotions.inc();
         let text = metrics.encode();
+        assert!(
+            text.contains("capstan_wal_last_archived_age_seconds 0.0"),
+            "{text}"
+        );
         for line in [
             "capstan_postgres_up 1",
             "capstan_postgres_role{role=\"replica\"} 1",
@@ -263,6 +373,54 @@ mod tests {
             "capstan_database_size_bytes{datname=\"app\"} 8000000",
             "capstan_rewinds_total{result=\"ok\"} 1",
             "capstan_promotions_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn encodes_archiving_and_the_last_backup() {
+        use crate::contract::backup::{ArchiveReport, BackupJob, BackupType};
+        let metrics = Metrics::new();
+        let report = InstanceReport {
+            role: Role::Primary,
+            running: true,
+            archive: Some(ArchiveReport {
+                stanza_ready: true,
+                last_archived_at: Some("2026-12-04T10:00:00.000000Z".into()),
+                last_failed_at: Some("2026-12-04T10:00:05.000000Z".into()),
+                archived_count: 12,
+                failed_count: 3,
+                ..ArchiveReport::default()
+            }),
+            backup: Some(BackupJob {
+                backup: "db-1".into(),
+                kind: BackupType::Full,
+                repository: 1,
+                phase: JobPhase::Failed,
+                started_at: "2026-12-04T10:00:00.000000Z".into(),
+                finished_at: Some("2026-12-04T10:00:07.500000Z".into()),
+                result: None,
+                message: Some("ERROR: [049]: x".into()),
+            }),
+            ..crate::instance::state::empty_report("db-1")
+        };
+        let now: jiff::Timestamp = "2026-12-04T10:01:00Z".parse().unwrap();
+        metrics.observe_backups(&report, now);
+        let text = metrics.encode();
+        for line in [
+            "capstan_wal_archive_failures 3",
+            "capstan_wal_archived 12",
+            "capstan_wal_archive_failing 1",
+            "capstan_wal_last_archived_age_seconds 60.0",
+            "capstan_backup_stanza_ready 1",
+            "capstan_backup_running 0",
+            "capstan_backup_last_duration_seconds 7.5",
+            "capstan_backup_last_result{result=\"failed\"} 1",
+            "capstan_backup_last_result{result=\"completed\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

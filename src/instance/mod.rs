@@ -12,6 +12,7 @@
 
 mod api;
 pub mod authority;
+mod backup;
 mod binaries;
 mod bootstrap;
 mod config;

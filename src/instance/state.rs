@@ -10,6 +10,7 @@ use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult, Role,
 };
 
+use super::backup::Backups;
 use super::fencing::LeaseState;
 use super::inputs::Inputs;
 use super::local::Local;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     /// The primary lease and the fence, kept by their own task.
     pub lease: Arc<LeaseState>,
+    /// pgBackRest on this instance: the stanza and the backup job.
+    pub backups: Arc<Backups>,
     report: RwLock<InstanceReport>,
     heartbeat: Mutex<Instant>,
     busy: Mutex<Option<&'static str>>,
@@ -67,6 +70,7 @@ impl Shared {
             metrics: Metrics::new(),
             commands,
             lease,
+            backups: Arc::new(Backups::default()),
             report: RwLock::new(report),
             heartbeat: Mutex::new(Instant::now()),
             busy: Mutex::new(None),
@@ -82,6 +86,8 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         report.lease = self.lease.report();
+        // A job's start and end show at once, not at the next publish.
+        report.backup = self.backups.job();
         if report.lease.as_ref().is_some_and(|l| l.fenced) {
             report.ready = false;
         }

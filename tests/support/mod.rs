@@ -213,6 +213,8 @@ pub struct Instance {
     pub shutdown_seconds: u64,
     /// `--lease file:<dir>` when set (fencing tests); `kube` otherwise.
     pub lease_dir: Option<PathBuf>,
+    /// Extra environment for the manager (e.g. CAPSTAN_PGBACKREST).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -237,6 +239,7 @@ impl Instance {
             pki,
             shutdown_seconds: 20,
             lease_dir: None,
+            env: vec![],
             child: None,
         };
         for dir in ["data", "run"] {
@@ -324,6 +327,7 @@ impl Instance {
                 .arg("--lease")
                 .arg(format!("file:{}", dir.display()));
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .env("POD_NAME", &self.name)
             .env("POD_NAMESPACE", NAMESPACE)

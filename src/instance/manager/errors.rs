@@ -19,6 +19,8 @@ pub(super) enum Source {
     Replication,
     RoleChange,
     Lease,
+    /// pgBackRest missing or pgbackrest.conf not writable.
+    Backup,
 }
 
 #[derive(Default)]

@@ -13,6 +13,7 @@
 //! (the manager's side of the primary lease), [`report`] (what `/status`
 //! shows), [`errors`] (the standing errors behind `lastError`).
 
+mod archive;
 mod errors;
 mod fence;
 mod report;
@@ -59,6 +60,7 @@ pub struct Manager<A: Authority> {
     restarts: start::Restarts,
     upkeep: running::Upkeep,
     role: role::RoleState,
+    backup: archive::BackupUpkeep,
 }
 
 /// What a tick does once settings are loaded.
@@ -107,6 +109,7 @@ impl<A: Authority> Manager<A> {
             restarts: start::Restarts::new(Instant::now()),
             upkeep: running::Upkeep::default(),
             role: role::RoleState::default(),
+            backup: archive::BackupUpkeep::default(),
         }
     }
 
@@ -157,6 +160,7 @@ impl<A: Authority> Manager<A> {
         self.load_settings();
         if let Some(settings) = self.settings.clone() {
             self.ensure_binaries(&settings).await;
+            self.keep_backup_config(&settings).await;
             let target = self.read_authority().await;
             let step = tick_step(
                 self.bins.is_some(),
@@ -170,6 +174,7 @@ impl<A: Authority> Manager<A> {
                 TickStep::Maintain(target) => {
                     self.refresh_snapshot().await;
                     self.maintain(&settings, target).await;
+                    self.keep_archive(&settings).await;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! built by a pure function from what the loop knows; the loop publishes it
 //! after every tick and command.
 
+use crate::contract::backup::{ArchiveReport, BackupJob};
 use crate::contract::instance::{InstanceReport, LeaseReport, Role};
 use crate::postgres::lsn::Lsn;
 
@@ -21,6 +22,9 @@ pub(super) struct Facts<'a> {
     /// The furthest WAL position of the primary this replica has heard of.
     pub primary_end: Option<Lsn>,
     pub ready_max_lag: u64,
+    /// Primary with backups configured: archiving.
+    pub archive: Option<ArchiveReport>,
+    pub backup: Option<BackupJob>,
 }
 
 pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
@@ -29,6 +33,8 @@ pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
     report.lease = facts.lease;
     report.postgres_restarts = facts.restarts;
     report.last_error = facts.last_error;
+    report.archive = facts.archive;
+    report.backup = facts.backup;
     if let Some(s) = facts.snapshot {
         report.running = true;
         report.role = if s.in_recovery {
@@ -90,6 +96,16 @@ impl<A: Authority> Manager<A> {
             snapshot: self.snapshot.as_ref(),
             primary_end: self.role.primary_end,
             ready_max_lag: self.inputs.ready_max_lag_bytes,
+            archive: self
+                .settings
+                .as_ref()
+                .is_some_and(|s| self.archiving(s))
+                .then(|| {
+                    self.shared
+                        .backups
+                        .archive_report(self.backup.archiver.as_ref())
+                }),
+            backup: self.shared.backups.job(),
         });
         self.shared.publish(report);
     }
@@ -147,6 +163,8 @@ mod tests {
             snapshot,
             primary_end: primary_end.map(Lsn),
             ready_max_lag: 100,
+            archive: None,
+            backup: None,
         }
     }
 
