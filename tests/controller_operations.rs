@@ -1,7 +1,8 @@
 //! Operations end to end through the controller, against the API double
 //! and the fake agent: the exact steps of a failover, a switchover and a
 //! rolling update, an operator killed at every step of a switchover, and
-//! the primary Lease left alone while its holder renews it.
+//! the primary Lease left alone while its holder renews it, and a backup
+//! started on the primary and recorded on its object.
 
 mod controller_support;
 
@@ -497,5 +498,85 @@ async fn a_renewed_primary_lease_is_not_applied_again() {
     ctx.leases.observe(&stripped, Instant::now());
     reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
     assert_eq!(lease_patches(w.api.take_calls()).len(), 1);
+    server.abort();
+}
+
+fn backup_spec() -> Value {
+    let mut s = spec();
+    s["backup"] = json!({"repositories": [{"name": "repo1", "s3": {
+        "endpoint": "s3.store", "region": "r", "bucket": "bkt",
+        "credentials": {"secretName": "keys"}}}]});
+    s
+}
+
+fn backup_object(name: &str, status: Option<Value>) -> capstan::api::pgbackup::PostgresBackup {
+    serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": name, "namespace": "ns", "creationTimestamp": "2026-12-04T10:00:00Z"},
+        "spec": {"cluster": "db", "type": "full"},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
+    use capstan::contract::backup::{ArchiveReport, BackupResult, JobPhase};
+    let w = World::new(backup_spec(), &backup_spec(), None);
+    let mut report = primary("db-1");
+    report.archive = Some(ArchiveReport {
+        stanza_ready: true,
+        ..ArchiveReport::default()
+    });
+    w.agents.set(report);
+    let (ctx, mut writers, server) = w.operator();
+    writers
+        .backups
+        .apply_watcher_event(&watcher::Event::Apply(backup_object("b1", None)));
+    let backup_status = |calls: Vec<controller_support::Call>| -> Vec<Value> {
+        calls
+            .into_iter()
+            .filter(|c| c.path.ends_with("/postgresbackups/b1/status"))
+            .map(|c| c.body["status"].clone())
+            .collect()
+    };
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(steps(w.trip.take_timeline()), ["backup db-1 b1"]);
+    let written = backup_status(w.api.take_calls());
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["phase"], "Running");
+    assert_eq!(written[0]["instance"], "db-1");
+    assert_eq!(written[0]["repository"], "repo1");
+
+    // The object now says Running; the instance finishes the job.
+    writers
+        .backups
+        .apply_watcher_event(&watcher::Event::Apply(backup_object(
+            "b1",
+            Some(json!({"phase": "Running", "instance": "db-1"})),
+        )));
+    {
+        let mut reports = w.agents.reports.lock().unwrap();
+        let job = reports.get_mut("db-1").unwrap().backup.as_mut().unwrap();
+        job.phase = JobPhase::Completed;
+        job.result = Some(BackupResult {
+            label: "20261204-100000F".into(),
+            lsn_stop: Some("0/5000100".into()),
+            started_at: Some("2026-12-04T10:00:00Z".into()),
+            stopped_at: Some("2026-12-04T10:00:42Z".into()),
+            ..BackupResult::default()
+        });
+    }
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert!(
+        steps(w.trip.take_timeline()).is_empty(),
+        "no agent call to finish"
+    );
+    let written = backup_status(w.api.take_calls());
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["phase"], "Completed");
+    assert_eq!(written[0]["label"], "20261204-100000F");
+    assert_eq!(written[0]["durationSeconds"], 42);
+    assert_eq!(written[0]["verification"]["phase"], "Skipped");
     server.abort();
 }

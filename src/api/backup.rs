@@ -36,10 +36,10 @@ pub struct BackupSpec {
     #[serde(default = "defaults::archive")]
     pub archive: ArchiveSpec,
 
-    /// Which instance backups are read from. `preferReplica` (default):
-    /// a streaming replica, so the primary's disks and CPU serve clients
-    /// only; the primary when no replica is streaming. `primary`: always
-    /// the primary (a replica's copy can only be as fresh as its replay).
+    /// Which instance backups are read from. `primary` (default): the
+    /// primary. `preferReplica`: a streaming replica, so the primary's
+    /// disks and CPU serve clients only (not supported by this operator
+    /// build yet: the cluster reports it as Stalled).
     #[serde(default = "defaults::backup_target")]
     pub target: BackupTarget,
 
@@ -322,8 +322,8 @@ pub struct ArchiveSpec {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BackupTarget {
-    Primary,
     #[default]
+    Primary,
     PreferReplica,
 }
 

@@ -101,7 +101,7 @@ pub fn bootstrap() -> BootstrapSpec {
 /// Backups are read from a streaming replica when there is one, so the
 /// primary's I/O serves clients; pgBackRest falls back to the primary.
 pub fn backup_target() -> BackupTarget {
-    BackupTarget::PreferReplica
+    BackupTarget::Primary
 }
 
 /// A minute of WAL at most is lost with the cluster (when anything was

@@ -350,10 +350,7 @@ mod tests {
             json!("AWS_SECRET_ACCESS_KEY")
         );
         assert_eq!(node("spec.backup.archive.timeout")["default"], json!("60s"));
-        assert_eq!(
-            node("spec.backup.target")["default"],
-            json!("preferReplica")
-        );
+        assert_eq!(node("spec.backup.target")["default"], json!("primary"));
         assert_eq!(
             node("spec.backup.verify")["default"],
             json!({"enabled": true})

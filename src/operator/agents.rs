@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 
 use crate::agents::client::{AgentClient, ClientError, Endpoint};
 use crate::agents::tls;
+use crate::contract::backup::{BackupJob, BackupRequest};
 use crate::contract::instance::{DemoteRequest, InstanceReport, PromoteRequest, PromoteResult};
 use crate::contract::layout::{self, files};
 use crate::pooler::switchover::PoolerControl;
@@ -55,9 +56,22 @@ pub trait Agents: PoolerControl {
         ep: &'a Endpoint,
         new_primary: &'a str,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// `POST /backup`: start (or look up) a backup on the instance.
+    fn backup<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a BackupRequest,
+    ) -> BoxFuture<'a, Result<BackupJob, ClientError>>;
 }
 
 impl Agents for AgentClient {
+    fn backup<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a BackupRequest,
+    ) -> BoxFuture<'a, Result<BackupJob, ClientError>> {
+        Box::pin(async move { AgentClient::backup(self, ep, request).await })
+    }
     fn instance_status<'a>(
         &'a self,
         ep: &'a Endpoint,

@@ -206,9 +206,14 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let settled =
         plan.operation.is_idle() && status::condition_is(Some(&new_status), status::READY, "True");
     let failing_over = matches!(plan.operation, Operation::Failover(_));
+    // A backup in flight is followed through the agent's report.
+    let backing_up = observed.backups.iter().any(|b| {
+        let phase = b.status.as_ref().and_then(|s| s.phase.as_deref());
+        matches!(phase, None | Some("Pending" | "Running"))
+    });
     Ok(Action::requeue(if failing_over {
         HA_REQUEUE
-    } else if settled {
+    } else if settled && !backing_up {
         ctx.config.resync
     } else {
         PROGRESS_REQUEUE

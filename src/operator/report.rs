@@ -37,6 +37,9 @@ pub mod reason {
     pub const ROLLING_UPDATE: &str = "RollingUpdate";
     pub const RESTARTING_PRIMARY: &str = "RestartingPrimary";
     pub const WAITING_FOR_SWITCHOVER: &str = "WaitingForSwitchover";
+    pub const BACKUP_STARTED: &str = "BackupStarted";
+    pub const BACKUP_COMPLETED: &str = "BackupCompleted";
+    pub const BACKUP_FAILED: &str = "BackupFailed";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,25 @@ pub async fn patch_status_if(
         .await
         .map_err(classify(field))?;
     Ok(updated.metadata.resource_version.unwrap_or_default())
+}
+
+/// A merge patch of a `PostgresBackup`'s status (only the operator writes
+/// it; each backup has one writer at a time, the cluster's reconcile).
+pub async fn patch_backup_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), StatusError> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    Api::<crate::api::pgbackup::PostgresBackup>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(name, &params, &Patch::Merge(&json!({ "status": status })))
+        .await
+        .map_err(classify("backup"))?;
+    Ok(())
 }
 
 /// Publishes Events; one that cannot be written never fails a reconcile.

@@ -408,6 +408,30 @@ impl PoolerControl for FakeAgents {
 }
 
 impl Agents for FakeAgents {
+    fn backup<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a capstan::contract::backup::BackupRequest,
+    ) -> BoxFuture<'a, Result<capstan::contract::backup::BackupJob, ClientError>> {
+        Box::pin(async move {
+            self.act(format!("backup {} {}", ep.name, request.backup))
+                .await;
+            let mut reports = self.reports.lock().unwrap();
+            let r = reports.get_mut(&ep.name).ok_or_else(|| unreachable(ep))?;
+            let job = capstan::contract::backup::BackupJob {
+                backup: request.backup.clone(),
+                kind: request.kind,
+                repository: request.repository,
+                phase: capstan::contract::backup::JobPhase::Running,
+                started_at: "2026-12-04T10:00:00Z".into(),
+                finished_at: None,
+                result: None,
+                message: None,
+            };
+            r.backup = Some(job.clone());
+            Ok(job)
+        })
+    }
     fn instance_status<'a>(
         &'a self,
         ep: &'a Endpoint,

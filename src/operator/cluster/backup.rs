@@ -7,6 +7,7 @@ use kube::ResourceExt;
 
 use crate::api::backup::{BackupSpec, BackupType as ApiType};
 use crate::api::pgbackup::PostgresBackup;
+use crate::api::status::{ArchiveFailure, ArchivedWal, BackupReference, BackupStatus};
 use crate::contract::backup::{BackupJob, BackupRequest, BackupType, JobPhase};
 use crate::contract::instance::{InstanceReport, Role};
 
@@ -27,7 +28,7 @@ pub enum Step {
         request: BackupRequest,
     },
     /// The instance finished it: record the outcome.
-    Finish { backup: String, job: BackupJob },
+    Finish { backup: String, job: Box<BackupJob> },
     /// It cannot be taken at all (the message names the fix).
     Reject { backup: String, message: String },
     /// It waits; the message says for what.
@@ -85,7 +86,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 Some(j) if j.phase == JobPhase::Running => None,
                 Some(j) => Some(Step::Finish {
                     backup: name.clone(),
-                    job: j.clone(),
+                    job: Box::new(j.clone()),
                 }),
                 None => Some(Step::Reject {
                     backup: name.clone(),
@@ -179,6 +180,58 @@ fn reject(backup: String, message: String) -> Decision {
         step: Some(Step::Reject { backup, message }),
         running: None,
     }
+}
+
+/// `status.backup`: the newest completed backup and how archiving goes on
+/// the primary; what the primary does not report now is kept as it was.
+pub fn status(
+    spec: Option<&BackupSpec>,
+    backups: &[PostgresBackup],
+    primary: Option<&InstanceReport>,
+    previous: Option<&BackupStatus>,
+) -> Option<BackupStatus> {
+    spec?;
+    let mut out = previous.cloned().unwrap_or_default();
+    let completed = backups
+        .iter()
+        .filter(|b| phase_of(b) == phase::COMPLETED)
+        .filter_map(|b| {
+            let s = b.status.as_ref()?;
+            Some(BackupReference {
+                name: b.name_any(),
+                label: s.label.clone()?,
+                type_: s.type_.unwrap_or(b.spec.type_),
+                repository: s.repository.clone().unwrap_or_default(),
+                completed_at: s.stopped_at.clone()?,
+            })
+        })
+        .max_by(|a, b| a.completed_at.cmp(&b.completed_at));
+    if completed.is_some() {
+        out.last_successful_backup = completed;
+    }
+    if let Some(a) = primary.and_then(|r| r.archive.as_ref()) {
+        if let (Some(wal), Some(time)) = (&a.last_archived_wal, &a.last_archived_at) {
+            out.last_archived_wal = Some(ArchivedWal {
+                wal: wal.clone(),
+                time: time.clone(),
+            });
+        }
+        if let (Some(wal), Some(time)) = (&a.last_failed_wal, &a.last_failed_at) {
+            out.last_archive_failure = Some(ArchiveFailure {
+                wal: wal.clone(),
+                time: time.clone(),
+                message: format!(
+                    "archive-push of {wal} failed ({} failures so far); the primary's log has pgBackRest's message{}",
+                    a.failed_count,
+                    a.stanza_error
+                        .as_deref()
+                        .map(|e| format!("; stanza: {e}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

@@ -328,8 +328,12 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
-        // Written by the backup operations, not recomputed here.
-        backup: r.previous.and_then(|s| s.backup.clone()),
+        backup: super::backup::status(
+            model.spec.backup.as_ref(),
+            &r.observed.backups,
+            r.observed.reports.get(&r.plan.target_primary),
+            r.previous.and_then(|s| s.backup.as_ref()),
+        ),
         operation: operation_status(r),
         observed_generation: Some(g),
         phase: Some(phase),

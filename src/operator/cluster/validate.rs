@@ -15,11 +15,9 @@ use crate::resources::quantity;
 
 use super::observe::Observed;
 
-/// Stalled reason while `spec.backup` is set (the operator side of backups
-/// is not built yet).
-// Removed with the checks below once the operator backs up and restores.
+/// Stalled reason while `spec.backup` asks for what this build cannot do
+/// yet (Azure, GCS and volume repositories; backups from a replica).
 pub const BACKUP_UNSUPPORTED: &str = "BackupUnsupported";
-const UNSUPPORTED_BACKUP: &str = "spec.backup is not supported by this operator build yet";
 /// Follows the field name in the error (`spec.bootstrap.restore: …`).
 const UNSUPPORTED_RESTORE: &str = "not supported by this operator build yet";
 
@@ -283,15 +281,17 @@ fn check(
             .unwrap_or_else(|| defaults::postgres_image(data_version))
     };
 
-    // Backups are not taken yet, but the database keeps being run (failover
-    // included): only the backup part of the spec waits.
-    if spec.backup.is_some() && blocked.is_none() {
+    // What this build cannot back up to waits (Stalled), and nothing of
+    // spec.backup is rendered meanwhile; the database keeps being run.
+    let mut spec = spec.clone();
+    if let Some(message) = spec.backup.as_ref().and_then(unsupported_backup)
+        && blocked.is_none()
+    {
         blocked = Some(Blocked {
             reason: BACKUP_UNSUPPORTED,
-            message: format!(
-                "{UNSUPPORTED_BACKUP}; no backups are taken and WAL is not archived. Remove spec.backup, or use a Capstan version that backs up"
-            ),
+            message,
         });
+        spec.backup = None;
     }
 
     Ok(Validated {
@@ -299,7 +299,7 @@ fn check(
             name,
             namespace,
             uid,
-            spec: spec.clone(),
+            spec,
             images: Images {
                 operator: operator_image.to_string(),
                 postgres: postgres_image,
@@ -312,6 +312,30 @@ fn check(
         },
         blocked,
     })
+}
+
+/// Why `backup` cannot be carried out by this build, naming the fix.
+fn unsupported_backup(backup: &crate::api::backup::BackupSpec) -> Option<String> {
+    if let Some(r) = backup.repositories.iter().find(|r| r.s3.is_none()) {
+        let kind = if r.azure.is_some() {
+            "azure"
+        } else if r.gcs.is_some() {
+            "gcs"
+        } else {
+            "volume"
+        };
+        return Some(format!(
+            "spec.backup.repositories[{}]: {kind} repositories are not supported by this operator build yet; use an s3 repository (any S3-compatible store). No backups are taken and WAL is not archived until then",
+            r.name
+        ));
+    }
+    if !backup.schedules.is_empty() {
+        return Some("spec.backup.schedules are not supported by this operator build yet; remove them and create PostgresBackup objects instead (on demand, or from a CronJob). No backups are taken and WAL is not archived until then".into());
+    }
+    if backup.target == crate::api::backup::BackupTarget::PreferReplica {
+        return Some("spec.backup.target: preferReplica is not supported by this operator build yet; set target: primary. No backups are taken and WAL is not archived until then".into());
+    }
+    None
 }
 
 fn validate_tls(
@@ -569,22 +593,42 @@ mod tests {
     }
 
     #[test]
-    fn backups_are_refused_until_the_operator_takes_them() {
+    fn s3_backups_from_the_primary_are_modelled() {
         let mut spec = base();
         spec["backup"] = json!({"repositories": [s3_repository()]});
         let v = check(&cluster(spec)).unwrap();
-        let blocked = v.blocked.unwrap();
-        assert_eq!(blocked.reason, BACKUP_UNSUPPORTED);
-        assert!(
-            blocked
-                .message
-                .contains("spec.backup is not supported by this operator build yet"),
-            "{}",
-            blocked.message
-        );
-        // The rest of the cluster is still modelled (and reconciled).
-        assert_eq!(v.model.spec.instances, 1);
-        assert!(check(&cluster(base())).unwrap().blocked.is_none());
+        assert!(v.blocked.is_none(), "{:?}", v.blocked);
+        assert!(v.model.spec.backup.is_some());
+    }
+
+    #[test]
+    fn backups_this_build_cannot_take_wait_and_render_nothing() {
+        for (backup, field) in [
+            (
+                json!({"repositories": [s3_repository(), {"name": "repo2", "volume": {"size": "1Gi"}}]}),
+                "spec.backup.repositories[repo2]: volume repositories are not supported",
+            ),
+            (
+                json!({"repositories": [s3_repository()], "target": "preferReplica"}),
+                "spec.backup.target: preferReplica is not supported",
+            ),
+            (
+                json!({"repositories": [s3_repository()],
+                       "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"}]}),
+                "spec.backup.schedules are not supported",
+            ),
+        ] {
+            let mut spec = base();
+            spec["backup"] = backup;
+            let v = check(&cluster(spec)).unwrap();
+            let blocked = v.blocked.unwrap();
+            assert_eq!(blocked.reason, BACKUP_UNSUPPORTED);
+            assert!(blocked.message.contains(field), "{}", blocked.message);
+            // The rest of the cluster is still modelled (and reconciled),
+            // without any of spec.backup.
+            assert!(v.model.spec.backup.is_none());
+            assert_eq!(v.model.spec.instances, 1);
+        }
     }
 
     #[test]

@@ -217,3 +217,66 @@ fn finished_backups_need_nothing() {
         Decision::default()
     );
 }
+
+#[test]
+fn status_shows_the_newest_completed_backup_and_the_primarys_archiving() {
+    let s = spec();
+    let done = |name: &str, label: &str, stopped: &str| {
+        let mut b = backup(name, "full", None, Some(phase::COMPLETED));
+        let st = b.status.as_mut().unwrap();
+        st.label = Some(label.into());
+        st.stopped_at = Some(stopped.into());
+        st.repository = Some("repo1".into());
+        b
+    };
+    let backups = [
+        done("b2", "20261204-110000F", "2026-12-04T11:05:00Z"),
+        done("b1", "20261204-100000F", "2026-12-04T10:05:00Z"),
+        backup("b3", "full", None, Some(phase::FAILED)),
+    ];
+    let report = InstanceReport {
+        archive: Some(ArchiveReport {
+            stanza_ready: true,
+            last_archived_wal: Some("000000010000000000000007".into()),
+            last_archived_at: Some("2026-12-04T11:06:00Z".into()),
+            last_failed_wal: Some("000000010000000000000006".into()),
+            last_failed_at: Some("2026-12-04T11:00:00Z".into()),
+            failed_count: 2,
+            ..ArchiveReport::default()
+        }),
+        ..InstanceReport::default()
+    };
+    let st = status(Some(&s), &backups, Some(&report), None).unwrap();
+    let last = st.last_successful_backup.unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.label.as_str()),
+        ("b2", "20261204-110000F")
+    );
+    assert_eq!(
+        st.last_archived_wal.unwrap().wal,
+        "000000010000000000000007"
+    );
+    let failure = st.last_archive_failure.unwrap();
+    assert!(
+        failure.message.contains("2 failures"),
+        "{}",
+        failure.message
+    );
+    // Without spec.backup there is no status.backup; an unreachable
+    // primary keeps what was known.
+    assert!(status(None, &backups, Some(&report), None).is_none());
+    let kept = status(
+        Some(&s),
+        &[],
+        None,
+        Some(&BackupStatus {
+            last_archived_wal: Some(ArchivedWal {
+                wal: "w".into(),
+                time: "t".into(),
+            }),
+            ..BackupStatus::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(kept.last_archived_wal.unwrap().wal, "w");
+}

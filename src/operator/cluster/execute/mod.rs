@@ -19,6 +19,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+mod backup;
 mod failover;
 mod switchover;
 
@@ -123,6 +124,10 @@ impl Executor<'_> {
                     self.event(false, reason::WAITING_FOR_SWITCHOVER, op.describe())
                         .await;
                 }
+                Ok(Next::Continue)
+            }
+            Operation::Backup(step) => {
+                self.backup(step).await;
                 Ok(Next::Continue)
             }
             Operation::RecreateReplica(_) => {
