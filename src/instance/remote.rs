@@ -100,7 +100,13 @@ impl<'a> Primary<'a> {
     }
 
     pub async fn info(&self) -> Result<PrimaryInfo, RemoteError> {
-        bounded("server identity", ANSWER_WITHIN, self.ask_info()).await
+        self.info_within(ANSWER_WITHIN).await
+    }
+
+    /// [`Self::info`] with its own bound, for callers that must not wait
+    /// long on a primary that may be frozen.
+    pub async fn info_within(&self, after: Duration) -> Result<PrimaryInfo, RemoteError> {
+        bounded("server identity", after, self.ask_info()).await
     }
 
     async fn ask_info(&self) -> Result<PrimaryInfo, RemoteError> {

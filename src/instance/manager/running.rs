@@ -29,6 +29,8 @@ const SLOT_SYNC_EVERY: Duration = Duration::from_secs(10);
 /// primary that ran on for a moment after a freeze) never will, and while
 /// it waits a synchronous primary may have no standby to confirm commits.
 const STUCK_AFTER: Duration = Duration::from_secs(6);
+/// Bound of the divergence check's question to the primary.
+const DIVERGENCE_CHECK_WITHIN: Duration = Duration::from_secs(2);
 /// Named primary while still streaming from the old one: a switchover. Wait
 /// this long for the old primary to shut down (it sends all its WAL first),
 /// so the promotion loses nothing and nothing diverges.
@@ -378,7 +380,13 @@ impl<A: Authority> Manager<A> {
                 since.elapsed().as_secs()
             ),
         );
-        let primary = match Primary::new(&self.inputs, settings).info().await {
+        // Short: the manager's loop waits on it, and the primary it asks
+        // may be the frozen one a failover is replacing; a target that
+        // moves meanwhile is only noticed after this returns.
+        let asked = Primary::new(&self.inputs, settings)
+            .info_within(DIVERGENCE_CHECK_WITHIN)
+            .await;
+        let primary = match asked {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the primary");
