@@ -41,7 +41,45 @@ pub struct Context {
     pub agents: Box<dyn Connect>,
     /// Consecutive failures per cluster (`namespace/name`), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The operator's own last step writes, which a reconcile waits for.
+    pub own_writes: OwnWrites,
 }
+
+/// resourceVersion of each cluster's last operation-step status write (by
+/// uid), and when it was made.
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<String, (String, std::time::Instant)>>);
+
+impl OwnWrites {
+    /// Records a status write of an operation step.
+    pub fn wrote(&self, uid: &str, resource_version: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            uid.to_string(),
+            (resource_version, std::time::Instant::now()),
+        );
+    }
+
+    /// Whether the object a reconcile was handed predates the operator's
+    /// own last step write: deciding from it would redo that step (an
+    /// immediate requeue after a switchover saw it still in flight and
+    /// reconnected the poolers again, failing clients mid-login).
+    pub fn behind(&self, uid: &str, resource_version: &str) -> bool {
+        let mut written = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match written.get(uid) {
+            Some((rv, at)) if rv != resource_version && at.elapsed() < OWN_WRITE_WAIT => true,
+            Some(_) => {
+                written.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// How long a reconcile waits for the watch to deliver the operator's own
+/// status write before it goes on with what it has (another writer may
+/// have changed the object since, so the versions never match).
+pub const OWN_WRITE_WAIT: Duration = Duration::from_secs(3);
 
 /// First retry after a failure; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_secs(2);
@@ -66,6 +104,7 @@ impl Context {
             writers: Mutex::new(Some(writers)),
             agents: Box::new(Https),
             failures: Mutex::new(HashMap::new()),
+            own_writes: OwnWrites::default(),
         }
     }
 
@@ -108,6 +147,21 @@ pub fn backoff_for(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_waits_for_its_own_step_write_a_bounded_time() {
+        let w = OwnWrites::default();
+        assert!(!w.behind("u", "5"));
+        w.wrote("u", "7".into());
+        assert!(w.behind("u", "5"), "the cache still has the older object");
+        assert!(!w.behind("u", "7"), "caught up");
+        assert!(!w.behind("u", "5"), "forgotten once caught up");
+        w.0.lock().unwrap().insert(
+            "u".into(),
+            ("9".into(), std::time::Instant::now() - OWN_WRITE_WAIT),
+        );
+        assert!(!w.behind("u", "5"), "not waited for forever");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

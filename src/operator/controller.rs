@@ -84,6 +84,14 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         .await
         .map_err(|_| Error::CachesNotReady)?
         .map_err(|_| Error::CachesNotReady)?;
+    // Deciding from an object older than our own last step write would
+    // redo that step; the watch delivers it in milliseconds.
+    if let (Some(uid), Some(rv)) = (cluster.uid(), cluster.resource_version())
+        && ctx.own_writes.behind(&uid, &rv)
+    {
+        debug!(cluster = %name, "waiting for the watch to deliver the last status write");
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let now = jiff::Timestamp::now();
     let mut observed = observe(&ctx.client, &ctx.caches, cluster, now.as_second())
         .await

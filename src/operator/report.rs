@@ -110,7 +110,11 @@ pub async fn patch_status_if(
         .patch_status(&cluster.name_any(), &params, &Patch::Merge(&body))
         .await
         .map_err(classify(field))?;
-    Ok(updated.metadata.resource_version.unwrap_or_default())
+    let version = updated.metadata.resource_version.unwrap_or_default();
+    if let Some(uid) = cluster.metadata.uid.as_deref() {
+        ctx.own_writes.wrote(uid, version.clone());
+    }
+    Ok(version)
 }
 
 /// A merge patch of a `PostgresBackup`'s status (only the operator writes
