@@ -290,9 +290,14 @@ pub fn choose(input: &Input<'_>) -> Operation {
         primary_pod: input.observed.pod(input.target_primary),
         reports: &input.observed.reports,
     });
-    if let Some(step) = backups.step {
-        return Operation::Backup(step);
-    }
+    // Starting, recording or refusing a backup is one quick step; a backup
+    // that waits (for a ready primary, for its stanza) must not hold up
+    // the instances, so it only reports when nothing else is to be done.
+    let waiting = match backups.step {
+        Some(step @ super::backup::Step::Wait { .. }) => Some(step),
+        Some(step) => return Operation::Backup(step),
+        None => None,
+    };
     if let Some(op) = instances_step(input) {
         return op;
     }
@@ -307,7 +312,7 @@ pub fn choose(input: &Input<'_>) -> Operation {
     if !input.removed.is_empty() {
         return Operation::RemoveInstances(input.removed.to_vec());
     }
-    Operation::Idle
+    waiting.map_or(Operation::Idle, Operation::Backup)
 }
 
 fn failover_step(input: &Input<'_>) -> Option<Failover> {

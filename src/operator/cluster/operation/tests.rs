@@ -456,3 +456,90 @@ fn every_operation_describes_itself_for_people() {
         assert!(!op.reason().is_empty());
     }
 }
+
+fn with_backup(w: &mut World, stanza_ready: bool) {
+    w.model.spec.backup = Some(
+        serde_json::from_value(serde_json::json!({"repositories": [{"name": "repo1",
+            "s3": {"endpoint": "s3.store", "region": "r", "bucket": "bkt",
+                   "credentials": {"secretName": "k"}}}]}))
+        .unwrap(),
+    );
+    w.observed.reports.get_mut("db-1").unwrap().archive =
+        Some(crate::contract::backup::ArchiveReport {
+            stanza_ready,
+            ..Default::default()
+        });
+    // The pods already run with the repositories' credential volumes.
+    for name in ["db-1", "db-2", "db-3"] {
+        w.recreate(name);
+    }
+}
+
+fn pending_backup(name: &str, phase: Option<&str>) -> crate::api::pgbackup::PostgresBackup {
+    let mut b: crate::api::pgbackup::PostgresBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "capstan.dev/v1alpha1", "kind": "PostgresBackup",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"cluster": "db"}
+    }))
+    .unwrap();
+    b.status = phase.map(|p| crate::api::pgbackup::PostgresBackupStatus {
+        phase: Some(p.into()),
+        instance: Some("db-1".into()),
+        ..Default::default()
+    });
+    b
+}
+
+#[test]
+fn a_backup_starts_after_failover_and_switchover_but_before_instances() {
+    let mut w = World::new();
+    with_backup(&mut w, true);
+    w.observed.backups = vec![pending_backup("b1", None)];
+    w.instances.push("db-4".into());
+    assert!(matches!(
+        w.choose(),
+        Operation::Backup(crate::operator::cluster::backup::Step::Start { .. })
+    ));
+    w.lose_primary();
+    assert!(matches!(w.choose(), Operation::Failover(_)));
+}
+
+#[test]
+fn a_waiting_backup_never_holds_up_the_instances() {
+    let mut w = World::new();
+    // The stanza cannot be created (e.g. wrong credentials): it waits.
+    with_backup(&mut w, false);
+    w.observed.backups = vec![pending_backup("b1", None)];
+    w.instances.push("db-4".into());
+    assert_eq!(w.choose(), Operation::CreateInstances(vec!["db-4".into()]));
+    w.instances.pop();
+    assert!(matches!(
+        w.choose(),
+        Operation::Backup(crate::operator::cluster::backup::Step::Wait { .. })
+    ));
+}
+
+#[test]
+fn a_running_backup_holds_back_only_the_primarys_restart() {
+    let mut w = World::new();
+    with_backup(&mut w, true);
+    w.observed.backups = vec![pending_backup("b1", Some("Running"))];
+    w.observed.reports.get_mut("db-1").unwrap().backup = Some(crate::contract::backup::BackupJob {
+        backup: "b1".into(),
+        kind: crate::contract::backup::BackupType::Full,
+        repository: 1,
+        phase: crate::contract::backup::JobPhase::Running,
+        started_at: "2026-12-04T10:00:00Z".into(),
+        finished_at: None,
+        result: None,
+        message: None,
+    });
+    assert_eq!(w.choose(), Operation::Idle);
+    w.change_pod_spec();
+    // Replicas roll meanwhile ...
+    assert!(matches!(w.choose(), Operation::RecreateReplica(_)));
+    w.recreate("db-2");
+    w.recreate("db-3");
+    // ... and the primary waits for the backup.
+    assert_eq!(w.choose(), Operation::AwaitBackup("b1".into()));
+}
