@@ -10,7 +10,12 @@ use crate::api::PostgresCluster;
 mod backup;
 
 fn schema() -> Value {
-    let crd = PostgresCluster::crd();
+    schema_of::<PostgresCluster>()
+}
+
+/// The openAPIV3Schema of `K`'s generated CRD, as the API server sees it.
+fn schema_of<K: CustomResourceExt>() -> Value {
+    let crd = K::crd();
     let schema = crd.spec.versions[0]
         .schema
         .as_ref()

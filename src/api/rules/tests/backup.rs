@@ -475,16 +475,6 @@ fn a_restored_cluster_never_archives_into_its_source() {
 
 // --- PostgresBackup --------------------------------------------------------
 
-fn backup_schema() -> Value {
-    let crd = PostgresBackup::crd();
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .expect("schema");
-    serde_json::to_value(schema).expect("json")
-}
-
 fn backup_object(spec: Value) -> Value {
     json!({
         "apiVersion": "capstan.dev/v1alpha1",
@@ -495,7 +485,7 @@ fn backup_object(spec: Value) -> Value {
 }
 
 fn backup_errors(obj: &Value, old: Option<&Value>) -> Vec<String> {
-    match Validator::new().validate(&backup_schema(), obj, old) {
+    match Validator::new().validate(&schema_of::<PostgresBackup>(), obj, old) {
         Ok(()) => vec![],
         Err(errs) => errs
             .into_vec()
