@@ -109,6 +109,7 @@ impl Executor<'_> {
             .and_then(|r| r.current_lsn.as_deref())
             .and_then(|s| s.parse().ok());
         let version = std::sync::Mutex::new(version);
+        let phases = Phases::start();
         let promoting = {
             let mut r = record.clone();
             r.phase = so::PROMOTING.into();
@@ -120,6 +121,7 @@ impl Executor<'_> {
             &self.poolers(),
             &SwitchoverOptions::default(),
             || async {
+                phases.mark("paused");
                 let (Some(old), Some(new)) = (self.endpoint(from), self.endpoint(to)) else {
                     return Err("an instance has no pod IP".to_string());
                 };
@@ -129,6 +131,7 @@ impl Executor<'_> {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+                phases.mark("targetMoved");
                 let give_back = |why: String| async {
                     if let Err(e) = self
                         .move_target(&version, json!({"targetPrimary": from}))
@@ -141,6 +144,7 @@ impl Executor<'_> {
                 if let Err(e) = agents.demote(&old, to).await {
                     return Err(give_back(format!("stopping {from} failed: {e}")).await);
                 }
+                phases.mark("demoted");
                 if let Some(lsn) = old_lsn
                     && !self.wait_for_wal(agents, &new, lsn).await
                 {
@@ -149,15 +153,19 @@ impl Executor<'_> {
                     ))
                     .await);
                 }
+                phases.mark("caughtUp");
                 if let Err(e) = agents.promote(&new).await {
                     return Err(give_back(format!("promoting {to} failed: {e}")).await);
                 }
+                phases.mark("promoted");
                 self.route_clients(to, from).await;
+                phases.mark("routed");
                 Ok::<(), String>(())
             },
         )
         .await;
         let version = version.into_inner().unwrap_or_else(|p| p.into_inner());
+        phases.mark("resumed");
         let warning = outcome.is_err();
         match outcome {
             Ok(switched) => {
@@ -183,9 +191,9 @@ impl Executor<'_> {
         }
         record.completed_at = Some(now_rfc3339());
         if warning {
-            warn!(cluster = %self.model.name, operation = "switchover", message = %record.message, "switchover failed");
+            warn!(cluster = %self.model.name, operation = "switchover", message = %record.message, phases = %phases, "switchover failed");
         } else {
-            info!(cluster = %self.model.name, operation = "switchover", message = %record.message, "switchover completed");
+            info!(cluster = %self.model.name, operation = "switchover", message = %record.message, phases = %phases, "switchover completed");
         }
         self.event(
             warning,
@@ -287,5 +295,35 @@ impl Executor<'_> {
             record.message.clone(),
         )
         .await;
+    }
+}
+
+/// When each step of a switchover ended, in ms since the poolers were
+/// asked to pause: the log line that shows where a long client wait went.
+struct Phases {
+    started: std::time::Instant,
+    marks: std::sync::Mutex<Vec<(&'static str, u128)>>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            marks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn mark(&self, step: &'static str) {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.push((step, self.started.elapsed().as_millis()));
+        }
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let marks = self.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        let parts: Vec<String> = marks.iter().map(|(s, ms)| format!("{s}={ms}")).collect();
+        f.write_str(&parts.join(" "))
     }
 }
