@@ -211,10 +211,10 @@ async fn a_requested_switchover_holds_clients_and_moves_the_primary_in_order() {
             "status switchover Pausing",
             "pause db-pooler-a",
             "status switchover+targetPrimary Promoting",
+            "label db-1 replica",
             "demote db-1 for db-2",
             "promote db-2",
             "label db-2 primary",
-            "label db-1 replica",
             "reconnect db-pooler-a",
             "resume db-pooler-a",
             "status currentPrimary+switchover Completed",
@@ -241,6 +241,42 @@ async fn a_requested_switchover_holds_clients_and_moves_the_primary_in_order() {
 }
 
 #[tokio::test]
+async fn a_switchover_target_without_the_old_primarys_last_wal_is_not_promoted() {
+    let w = World::new(spec(), &spec(), Some("db-2"));
+    // db-2 stopped receiving before the primary's last write.
+    w.agents.set(replica("db-2", "0/2000000"));
+    let (ctx, _writers, server) = w.operator();
+    reconcile_once(&w.api, &ctx, LIMIT)
+        .await
+        .expect("finished")
+        .unwrap();
+    assert_eq!(
+        steps(w.trip.take_timeline()),
+        [
+            "status switchover Pausing",
+            "pause db-pooler-a",
+            "status switchover+targetPrimary Promoting",
+            "label db-1 replica",
+            "demote db-1 for db-2",
+            "promote db-2",
+            "status targetPrimary",
+            "label db-1 primary",
+            "reconnect db-pooler-a",
+            "resume db-pooler-a",
+            "status switchover Failed",
+        ]
+    );
+    let status = w.api.status();
+    assert_eq!(status["targetPrimary"], "db-1");
+    assert_eq!(status["switchover"]["phase"], "Failed");
+    let message = status["switchover"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("promoting db-2 failed"), "{message}");
+    assert!(message.contains("0/3000000"), "{message}");
+    assert_eq!(w.labelled_primary(), ["db-1"]);
+    server.abort();
+}
+
+#[tokio::test]
 async fn a_lost_primary_is_failed_over_to_the_replica_with_most_wal() {
     let w = World::new(spec(), &spec(), None);
     w.agents.remove("db-1");
@@ -262,9 +298,9 @@ async fn a_lost_primary_is_failed_over_to_the_replica_with_most_wal() {
         w.trip.take_timeline(),
         [
             "status failover+targetPrimary Promoting",
+            "label db-1 replica",
             "promote db-3",
             "label db-3 primary",
-            "label db-1 replica",
             "reconnect db-pooler-a",
             "status failover Completed",
         ]
@@ -350,10 +386,10 @@ async fn a_rolling_update_takes_replicas_first_and_moves_the_primary_by_switchov
             "status switchover Pausing",
             "pause db-pooler-a",
             "status switchover+targetPrimary Promoting",
+            "label db-1 replica",
             "demote db-1 for db-2",
             "promote db-2",
             "label db-2 primary",
-            "label db-1 replica",
             "reconnect db-pooler-a",
             "resume db-pooler-a",
             "status currentPrimary+switchover Completed",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan::contract::instance::{PromoteResult, Role};
+use capstan::postgres::lsn::Lsn;
 use support::*;
 
 static PORTS: Ports = Ports::new(20100, 20200);
@@ -134,6 +135,21 @@ async fn promoted_replica_takes_writes_and_the_old_primary_returns_as_replica() 
         node.set_authority("db-2");
     }
     proxy.repoint(nodes[1].pg_port);
+    // A replica without the WAL it is asked to have waits (here 300 ms),
+    // then refuses and stays a replica.
+    let (code, body) = nodes[1]
+        .operator(
+            "POST",
+            "/promote",
+            Some(r#"{"minWal":"FF/0","catchUpMs":300}"#),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("not up to the old primary's shutdown checkpoint at FF/0"),
+        "{body}"
+    );
+    assert_eq!(nodes[1].status().await.unwrap().role, Role::Replica);
     let result = promote(&nodes[1]).await;
     assert_eq!(result.timeline, 2);
     let report = nodes[1].status().await.unwrap();
@@ -375,6 +391,12 @@ async fn switchover_waits_for_the_old_primary_and_loses_nothing() {
     };
     let ((code, body), ()) = tokio::join!(demote, moved_late);
     assert_eq!(code, 200, "{body}");
+    // Where the last record db-1 wrote starts: what db-2 must have.
+    let demoted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let checkpoint: Lsn = demoted["shutdownCheckpoint"]
+        .as_str()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no shutdown checkpoint in {body}"));
     let (code, body) = nodes[0].operator("POST", "/demote", Some("{}")).await;
     assert_eq!(code, 400, "newPrimary is required: {body}");
 
@@ -387,6 +409,9 @@ async fn switchover_waits_for_the_old_primary_and_loses_nothing() {
         .await;
     proxy.repoint(nodes[1].pg_port);
     wait_values(&nodes[1], &["before", "last-on-old"]).await;
+    let promoted = nodes[1].status().await.unwrap();
+    let new_start: Lsn = promoted.current_lsn.as_deref().unwrap().parse().unwrap();
+    assert!(new_start > checkpoint, "{new_start} after {checkpoint}");
     insert(&nodes[1], "after").await;
     nodes[0]
         .wait_status("old primary follows", LONG, |r| {

@@ -147,6 +147,13 @@ pub struct PromoteRequest {
     /// last known primary LSN than this (None: no check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lag_bytes: Option<u64>,
+    /// A switchover: the WAL position the replica must have received (the
+    /// old primary's shutdown checkpoint). The instance waits for it, at
+    /// most `catch_up_ms`, and refuses to promote without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_ms: Option<u64>,
 }
 
 /// `POST /promote` answer.
@@ -183,6 +190,10 @@ pub struct DemoteResult {
     /// follows as soon as the new primary answers behind the `-rw` Service.
     #[serde(default)]
     pub following: bool,
+    /// Where the shutdown checkpoint starts, when this call stopped a
+    /// primary: the new primary must have received WAL up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_checkpoint: Option<String>,
 }
 
 /// Error body of every endpoint.

@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use crate::agents::client::{AgentClient, ClientError, Endpoint};
 use crate::agents::tls;
 use crate::contract::backup::{BackupJob, BackupRequest};
-use crate::contract::instance::{DemoteRequest, InstanceReport, PromoteRequest, PromoteResult};
+use crate::contract::instance::{
+    DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
+};
 use crate::contract::layout::{self, files};
 use crate::pooler::switchover::PoolerControl;
 use crate::resources::names;
@@ -49,13 +51,16 @@ pub trait Agents: PoolerControl {
         ep: &'a Endpoint,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<InstanceReport, ClientError>>;
-    fn promote<'a>(&'a self, ep: &'a Endpoint)
-    -> BoxFuture<'a, Result<PromoteResult, ClientError>>;
+    fn promote<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        request: &'a PromoteRequest,
+    ) -> BoxFuture<'a, Result<PromoteResult, ClientError>>;
     fn demote<'a>(
         &'a self,
         ep: &'a Endpoint,
         new_primary: &'a str,
-    ) -> BoxFuture<'a, Result<(), ClientError>>;
+    ) -> BoxFuture<'a, Result<DemoteResult, ClientError>>;
     /// `POST /backup`: start (or look up) a backup on the instance.
     fn backup<'a>(
         &'a self,
@@ -82,19 +87,20 @@ impl Agents for AgentClient {
     fn promote<'a>(
         &'a self,
         ep: &'a Endpoint,
+        request: &'a PromoteRequest,
     ) -> BoxFuture<'a, Result<PromoteResult, ClientError>> {
-        Box::pin(async move { AgentClient::promote(self, ep, &PromoteRequest::default()).await })
+        Box::pin(async move { AgentClient::promote(self, ep, request).await })
     }
     fn demote<'a>(
         &'a self,
         ep: &'a Endpoint,
         new_primary: &'a str,
-    ) -> BoxFuture<'a, Result<(), ClientError>> {
+    ) -> BoxFuture<'a, Result<DemoteResult, ClientError>> {
         Box::pin(async move {
             let request = DemoteRequest {
                 new_primary: new_primary.to_string(),
             };
-            AgentClient::demote(self, ep, &request).await.map(|_| ())
+            AgentClient::demote(self, ep, &request).await
         })
     }
 }

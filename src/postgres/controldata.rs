@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use super::lsn::Lsn;
+
 /// What the instance manager needs from `pg_control`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlData {
@@ -12,6 +14,9 @@ pub struct ControlData {
     pub timeline: u32,
     /// Data checksums on (`Data page checksum version` > 0).
     pub data_checksums: bool,
+    /// Where the latest checkpoint record starts; after a clean shutdown,
+    /// the shutdown checkpoint: the last record the server wrote.
+    pub checkpoint: Option<Lsn>,
 }
 
 impl ControlData {
@@ -33,6 +38,7 @@ const SYSTEM_IDENTIFIER: &str = "Database system identifier";
 const CLUSTER_STATE: &str = "Database cluster state";
 const TIMELINE: &str = "Latest checkpoint's TimeLineID";
 const CHECKSUMS: &str = "Data page checksum version";
+const CHECKPOINT: &str = "Latest checkpoint location";
 
 pub fn parse(output: &str) -> Result<ControlData, ControlDataError> {
     let fields: HashMap<&str, &str> = output
@@ -63,6 +69,7 @@ pub fn parse(output: &str) -> Result<ControlData, ControlDataError> {
             .parse::<u32>()
             .map_err(|_| invalid(CHECKSUMS, checksums))?
             > 0,
+        checkpoint: fields.get(CHECKPOINT).and_then(|v| v.parse().ok()),
     })
 }
 
@@ -89,6 +96,7 @@ Data page checksum version:           1
         assert_eq!(data.timeline, 3);
         assert!(data.data_checksums);
         assert!(data.shut_down_cleanly());
+        assert_eq!(data.checkpoint, Some(Lsn(0x1500790)));
     }
 
     #[test]

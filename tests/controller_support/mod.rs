@@ -26,7 +26,9 @@ use tower_test::mock;
 
 use capstan::agents::client::{ClientError, Endpoint};
 use capstan::api::PostgresCluster;
-use capstan::contract::instance::{InstanceReport, PromoteResult, Role};
+use capstan::contract::instance::{
+    DemoteResult, InstanceReport, PromoteRequest, PromoteResult, Role,
+};
 use capstan::contract::pooler::{PauseRequest, PauseResult};
 use capstan::operator::agents::{Agents, AgentsError, Connect};
 use capstan::operator::cache::Writers;
@@ -34,6 +36,7 @@ use capstan::operator::context::{Context, OperatorConfig};
 use capstan::operator::controller::reconcile;
 use capstan::operator::metrics::Metrics;
 use capstan::pooler::switchover::PoolerControl;
+use capstan::postgres::lsn::Lsn;
 
 /// Counts the actions (writes to the API server, agent calls) of one run
 /// and hangs forever at the chosen one: the operator "dies" there.
@@ -449,12 +452,26 @@ impl Agents for FakeAgents {
     fn promote<'a>(
         &'a self,
         ep: &'a Endpoint,
+        request: &'a PromoteRequest,
     ) -> BoxFuture<'a, Result<PromoteResult, ClientError>> {
         Box::pin(async move {
             self.act(format!("promote {}", ep.name)).await;
             let mut reports = self.reports.lock().unwrap();
             let r = reports.get_mut(&ep.name).ok_or_else(|| unreachable(ep))?;
             let already_primary = r.role == Role::Primary;
+            // As the instance: a replica without the old primary's last WAL
+            // is not promoted.
+            let min: Option<Lsn> = request.min_wal.as_deref().and_then(|m| m.parse().ok());
+            if let Some(min) = min
+                && !already_primary
+                && r.wal_held().is_none_or(|have| have < min)
+            {
+                return Err(ClientError::Status {
+                    endpoint: ep.name.clone(),
+                    status: StatusCode::CONFLICT,
+                    message: format!("no WAL up to {min}; refusing to promote"),
+                });
+            }
             r.role = Role::Primary;
             r.wal_receiver = None;
             r.timeline = Some(r.timeline.unwrap_or(1) + u32::from(!already_primary));
@@ -469,15 +486,22 @@ impl Agents for FakeAgents {
         &'a self,
         ep: &'a Endpoint,
         new_primary: &'a str,
-    ) -> BoxFuture<'a, Result<(), ClientError>> {
+    ) -> BoxFuture<'a, Result<DemoteResult, ClientError>> {
         Box::pin(async move {
             self.act(format!("demote {} for {new_primary}", ep.name))
                 .await;
             let mut reports = self.reports.lock().unwrap();
             let r = reports.get_mut(&ep.name).ok_or_else(|| unreachable(ep))?;
+            let was_primary = r.role == Role::Primary;
             r.role = Role::Replica;
             r.running = false;
-            Ok(())
+            Ok(DemoteResult {
+                elapsed_ms: 5,
+                already_replica: !was_primary,
+                rewound: false,
+                following: false,
+                shutdown_checkpoint: r.current_lsn.clone().filter(|_| was_primary),
+            })
         })
     }
 }

@@ -308,13 +308,13 @@ impl<A: Authority> Manager<A> {
     }
 
     /// Clean shutdown, then follow the new primary. Returns (rewound,
-    /// following); when the new primary does not answer yet, postgres stays
+    /// following, where the shutdown checkpoint starts); when the new primary does not answer yet, postgres stays
     /// stopped and the start path rejoins it once it does — a demoted
     /// primary never comes back writable.
     pub(super) async fn demote_now(
         &mut self,
         settings: &InstanceSettings,
-    ) -> Result<(bool, bool), CommandError> {
+    ) -> Result<(bool, bool, Option<Lsn>), CommandError> {
         tracing::info!(
             operation = "demote",
             "demoting: clean shutdown, then follow the new primary"
@@ -329,19 +329,30 @@ impl<A: Authority> Manager<A> {
         let Some(bins) = self.bins.clone() else {
             return Err(CommandError::Failed("no PostgreSQL binaries".into()));
         };
+        let checkpoint = match self
+            .ops(settings, &bins)
+            .controldata(&self.inputs.data_dir)
+            .await
+        {
+            Ok(control) => control.checkpoint,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read where the shutdown checkpoint is");
+                None
+            }
+        };
         self.clear_error(Source::RoleChange);
         match self.rejoin(settings, &bins).await {
             Ok(rewound) => {
                 self.launch(settings, &bins, Desired::Replica)
                     .await
                     .map_err(CommandError::Failed)?;
-                Ok((rewound, true))
+                Ok((rewound, true, checkpoint))
             }
             Err(e) => {
                 self.set_error(Source::Start, e);
                 self.restarts
                     .retry_after(Instant::now(), Duration::from_secs(1));
-                Ok((false, false))
+                Ok((false, false, checkpoint))
             }
         }
     }
@@ -389,22 +400,46 @@ impl<A: Authority> Manager<A> {
         let pod = self.inputs.pod.clone();
         let target = self.authority_target_expecting(&pod).await?;
         check_promote_target(&pod, target.as_deref())?;
-        let snapshot = self
-            .local
-            .snapshot()
-            .await
-            .map_err(|e| CommandError::Unavailable(e.to_string()))?;
-        if !snapshot.in_recovery {
-            return Ok(PromoteResult {
-                timeline: snapshot.timeline.unwrap_or(0),
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                already_primary: true,
-            });
-        }
-        let received = snapshot
-            .receive_lsn
-            .or(snapshot.replay_lsn)
-            .unwrap_or_default();
+        let min_wal = match request.min_wal.as_deref() {
+            Some(text) => Some(text.parse::<Lsn>().map_err(|_| {
+                CommandError::Conflict(format!("minWal {text:?} is not a WAL position"))
+            })?),
+            None => None,
+        };
+        let catch_up = Duration::from_millis(request.catch_up_ms.unwrap_or(0));
+        // Asked live (not from the last report) and polled briefly: the
+        // clean shutdown of the old primary already sent its last WAL, so
+        // this normally holds at once.
+        let received = loop {
+            let snapshot = self
+                .local
+                .snapshot()
+                .await
+                .map_err(|e| CommandError::Unavailable(e.to_string()))?;
+            if !snapshot.in_recovery {
+                return Ok(PromoteResult {
+                    timeline: snapshot.timeline.unwrap_or(0),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    already_primary: true,
+                });
+            }
+            let received = snapshot
+                .receive_lsn
+                .or(snapshot.replay_lsn)
+                .unwrap_or_default();
+            match min_wal {
+                Some(min) if received < min => {
+                    if started.elapsed() >= catch_up {
+                        return Err(CommandError::Conflict(format!(
+                            "this replica has WAL up to {received}, not up to the old primary's shutdown checkpoint at {min}, after {} ms; refusing to promote",
+                            started.elapsed().as_millis()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => break received,
+            }
+        };
         check_lag(request.max_lag_bytes, received, self.role.primary_end)?;
         // A failover: the operator waited out the old holder's lease, so the
         // takeover is normally immediate; a holder still renewing is refused.
@@ -451,6 +486,7 @@ impl<A: Authority> Manager<A> {
                 already_replica: false,
                 rewound: false,
                 following: false,
+                shutdown_checkpoint: None,
             });
         }
         let snapshot = self
@@ -464,14 +500,16 @@ impl<A: Authority> Manager<A> {
                 already_replica: true,
                 rewound: false,
                 following: snapshot.wal_receiver.as_deref() == Some("streaming"),
+                shutdown_checkpoint: None,
             });
         }
-        let (rewound, following) = self.demote_now(&settings).await?;
+        let (rewound, following, checkpoint) = self.demote_now(&settings).await?;
         Ok(DemoteResult {
             elapsed_ms: elapsed(),
             already_replica: false,
             rewound,
             following,
+            shutdown_checkpoint: checkpoint.map(|l| l.to_string()),
         })
     }
 }

@@ -396,6 +396,7 @@ mod tests {
                 cluster_state: "shut down".into(),
                 timeline: 1,
                 data_checksums: true,
+                checkpoint: None,
             },
             standby,
             major,

@@ -8,9 +8,11 @@ use tracing::{info, warn};
 
 use super::{Executor, Next, now_rfc3339};
 use crate::api::{FailoverStatus, PostgresClusterStatus};
+use crate::contract::instance::PromoteRequest;
 use crate::operator::cluster::failover::Promotion;
 use crate::operator::cluster::operation::{Failover, failover_phase};
 use crate::operator::report::{self, StatusError, reason};
+use crate::resources::labels;
 
 impl Executor<'_> {
     pub(super) async fn failover(
@@ -28,14 +30,15 @@ impl Executor<'_> {
                 // Idempotent; the instance manager also promotes on its own
                 // once it sees the target and the free Lease.
                 if let (Some(agents), Some(ep)) = (self.agents, self.endpoint(to))
-                    && let Err(e) = agents.promote(&ep).await
+                    && let Err(e) = agents.promote(&ep, &PromoteRequest::default()).await
                 {
                     warn!(cluster = %self.model.name, instance = %to, operation = "failover", error = %e, "promote");
                 }
                 Ok(Next::Continue)
             }
             Failover::Finish { to, from } => {
-                self.route_clients(to, from).await;
+                self.set_role(from, labels::ROLE_REPLICA).await;
+                self.route_clients(to).await;
                 self.reconnect_poolers().await;
                 if let Some(f) = status.failover.as_mut() {
                     f.phase = COMPLETED.into();
@@ -111,11 +114,14 @@ impl Executor<'_> {
         self.ctx.metrics.failovers.inc();
         self.event(true, reason::FAILOVER_STARTED, p.message.clone())
             .await;
+        // New connections stop going to the lost primary (and the label
+        // changes reach the EndpointSlice controller one at a time).
+        self.set_role(&p.from, labels::ROLE_REPLICA).await;
         let (Some(agents), Some(ep)) = (self.agents, self.endpoint(&p.to)) else {
             return Ok(());
         };
         let started = Instant::now();
-        match agents.promote(&ep).await {
+        match agents.promote(&ep, &PromoteRequest::default()).await {
             Ok(r) => {
                 info!(cluster = %self.model.name, instance = %p.to, operation = "failover", elapsed_ms = started.elapsed().as_millis() as u64, timeline = r.timeline, "promoted")
             }
@@ -126,7 +132,7 @@ impl Executor<'_> {
         }
         // Writes are accepted: route clients now rather than on the next
         // reconcile (which would first wait for the lost primary's agent).
-        self.route_clients(&p.to, &p.from).await;
+        self.route_clients(&p.to).await;
         self.reconnect_poolers().await;
         let mut done = record;
         done.phase = failover_phase::COMPLETED.into();

@@ -28,11 +28,9 @@ use super::observe::Observed;
 use super::operation::{Operation, RestartWhy};
 use crate::agents::client::Endpoint;
 use crate::api::{PostgresCluster, PostgresClusterStatus};
-use crate::contract::instance::Role;
 use crate::operator::agents::{self, Agents};
 use crate::operator::context::Context;
 use crate::operator::report::{self, StatusError, reason};
-use crate::postgres::lsn::Lsn;
 use crate::resources::labels;
 use crate::resources::model::Model;
 use crate::resources::names;
@@ -41,10 +39,10 @@ use crate::resources::names;
 /// before clients are let through anyway.
 const ENDPOINTS_WAIT: Duration = Duration::from_secs(5);
 /// How long the target of a switchover may take to receive the old
-/// primary's last WAL.
+/// primary's last WAL (the instance waits before promoting).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
-/// How often the catch-up and the `-rw` endpoints are looked at.
-const POLL: Duration = Duration::from_millis(20);
+/// How often the `-rw` endpoints are looked at.
+const POLL: Duration = Duration::from_millis(40);
 
 /// What the reconcile does after the step.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,16 +137,24 @@ impl Executor<'_> {
         }
     }
 
-    /// Moves the role labels (the Services select on them) and waits until
-    /// `<name>-rw` lists the new primary, so connections opened after this
-    /// reach it. Every change of primary goes through here.
-    async fn route_clients(&self, to: &str, from: &str) {
+    /// Sets an instance pod's role label (the Services select on it).
+    /// A change of primary takes the old one out of `<name>-rw` as its first
+    /// step and labels the new one only in [`Self::route_clients`]: two label
+    /// changes in quick succession find the EndpointSlice controller's cache
+    /// stale, and it retries the second only after a 1 s back-off while
+    /// clients wait.
+    async fn set_role(&self, name: &str, role: &str) {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.model.namespace);
-        for (name, role) in [(to, labels::ROLE_PRIMARY), (from, labels::ROLE_REPLICA)] {
-            if let Err(e) = relabel(&pods, name, role).await {
-                warn!(cluster = %self.model.name, instance = %name, error = %e, "relabel");
-            }
+        if let Err(e) = relabel(&pods, name, role).await {
+            warn!(cluster = %self.model.name, instance = %name, error = %e, "relabel");
         }
+    }
+
+    /// Labels the new primary (the old one was labelled a replica first) and
+    /// waits until `<name>-rw` lists only it, so connections opened after
+    /// this reach it. Every change of primary goes through here.
+    async fn route_clients(&self, to: &str) {
+        self.set_role(to, labels::ROLE_PRIMARY).await;
         if let Some(ip) = self
             .observed
             .pod(to)
@@ -198,28 +204,7 @@ impl Executor<'_> {
                 }
                 return;
             }
-            tokio::time::sleep(POLL * 2).await;
-        }
-    }
-
-    /// Waits (bounded) until `new` has received WAL up to `lsn`, or has
-    /// already promoted itself (it follows `targetPrimary` on its own once
-    /// the old primary released the Lease, after its clean shutdown sent
-    /// every WAL record). False when it never caught up.
-    async fn wait_for_wal(&self, agents: &dyn Agents, new: &Endpoint, lsn: Lsn) -> bool {
-        let deadline = Instant::now() + CATCH_UP_WAIT;
-        while Instant::now() < deadline {
-            let caught_up = agents
-                .instance_status(new, Duration::from_secs(1))
-                .await
-                .is_ok_and(|r| {
-                    r.role == Role::Primary || r.wal_held().is_some_and(|have| have >= lsn)
-                });
-            if caught_up {
-                return true;
-            }
             tokio::time::sleep(POLL).await;
         }
-        false
     }
 }

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::{CATCH_UP_WAIT, Executor, Next, now_rfc3339};
 use crate::api::{PostgresClusterStatus, SwitchoverStatus};
+use crate::contract::instance::PromoteRequest;
 use crate::contract::instance::Role;
 use crate::operator::agents::Agents;
 use crate::operator::cluster::operation::{Switchover, SwitchoverWhy};
@@ -14,6 +15,7 @@ use crate::operator::cluster::switchover as so;
 use crate::operator::report::{self, StatusError, reason};
 use crate::pooler::switchover::{SwitchoverOptions, resume_all, switchover};
 use crate::postgres::lsn::Lsn;
+use crate::resources::labels;
 
 impl Executor<'_> {
     pub(super) async fn switchover(
@@ -132,6 +134,7 @@ impl Executor<'_> {
                 .await
                 .map_err(|e| e.to_string())?;
                 phases.mark("targetMoved");
+                self.set_role(from, labels::ROLE_REPLICA).await;
                 let give_back = |why: String| async {
                     if let Err(e) = self
                         .move_target(&version, json!({"targetPrimary": from}))
@@ -139,26 +142,21 @@ impl Executor<'_> {
                     {
                         warn!(cluster = %self.model.name, error = %e, "cannot give the primary role back");
                     }
+                    self.set_role(from, labels::ROLE_PRIMARY).await;
                     why
                 };
-                if let Err(e) = agents.demote(&old, to).await {
-                    return Err(give_back(format!("stopping {from} failed: {e}")).await);
-                }
+                let stopped_at = match agents.demote(&old, to).await {
+                    Ok(r) => r.shutdown_checkpoint,
+                    Err(e) => {
+                        return Err(give_back(format!("stopping {from} failed: {e}")).await);
+                    }
+                };
                 phases.mark("demoted");
-                if let Some(lsn) = old_lsn
-                    && !self.wait_for_wal(agents, &new, lsn).await
-                {
-                    return Err(give_back(format!(
-                        "{to} did not receive {from}'s last WAL ({lsn}) within {CATCH_UP_WAIT:?}; not promoting it"
-                    ))
-                    .await);
-                }
-                phases.mark("caughtUp");
-                if let Err(e) = agents.promote(&new).await {
+                if let Err(e) = agents.promote(&new, &catch_up(stopped_at, old_lsn)).await {
                     return Err(give_back(format!("promoting {to} failed: {e}")).await);
                 }
                 phases.mark("promoted");
-                self.route_clients(to, from).await;
+                self.route_clients(to).await;
                 phases.mark("routed");
                 Ok::<(), String>(())
             },
@@ -246,34 +244,38 @@ impl Executor<'_> {
         let Some(agents) = self.agents else { return };
         let moved = status.target_primary.as_deref() == Some(to);
         let role = |name: &str| self.observed.reports.get(name).map(|r| r.role);
+        if moved {
+            self.set_role(from, labels::ROLE_REPLICA).await;
+        }
         if moved && role(to) != Some(Role::Primary) {
             let (Some(old), Some(new)) = (self.endpoint(from), self.endpoint(to)) else {
                 return;
             };
+            let mut request = PromoteRequest::default();
             if role(from) == Some(Role::Primary) {
-                if let Err(e) = agents.demote(&old, to).await {
-                    warn!(cluster = %self.model.name, instance = %from, operation = "switchover", error = %e, "demote; tried again on the next reconcile");
-                    return;
-                }
-                let lsn = self
-                    .observed
-                    .reports
-                    .get(from)
-                    .and_then(|r| r.current_lsn.as_deref())
-                    .and_then(|s| s.parse::<Lsn>().ok());
-                if let Some(lsn) = lsn
-                    && !self.wait_for_wal(agents, &new, lsn).await
-                {
-                    return;
+                match agents.demote(&old, to).await {
+                    Ok(r) => {
+                        let last = self
+                            .observed
+                            .reports
+                            .get(from)
+                            .and_then(|r| r.current_lsn.as_deref())
+                            .and_then(|s| s.parse::<Lsn>().ok());
+                        request = catch_up(r.shutdown_checkpoint, last);
+                    }
+                    Err(e) => {
+                        warn!(cluster = %self.model.name, instance = %from, operation = "switchover", error = %e, "demote; tried again on the next reconcile");
+                        return;
+                    }
                 }
             }
-            if let Err(e) = agents.promote(&new).await {
+            if let Err(e) = agents.promote(&new, &request).await {
                 warn!(cluster = %self.model.name, instance = %to, operation = "switchover", error = %e, "promote; tried again on the next reconcile");
                 return;
             }
         }
         if moved {
-            self.route_clients(to, from).await;
+            self.route_clients(to).await;
             self.reconnect_poolers().await;
         }
         let _ = resume_all(agents, &self.poolers()).await;
@@ -295,6 +297,17 @@ impl Executor<'_> {
             record.message.clone(),
         )
         .await;
+    }
+}
+
+/// The promotion of a switchover's target: only once it has the old
+/// primary's last WAL (where its shutdown checkpoint starts, else the
+/// position it last reported), waiting for it at most [`CATCH_UP_WAIT`].
+fn catch_up(shutdown_checkpoint: Option<String>, last_reported: Option<Lsn>) -> PromoteRequest {
+    PromoteRequest {
+        min_wal: shutdown_checkpoint.or_else(|| last_reported.map(|l| l.to_string())),
+        catch_up_ms: Some(CATCH_UP_WAIT.as_millis() as u64),
+        ..PromoteRequest::default()
     }
 }
 
