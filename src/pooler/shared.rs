@@ -27,6 +27,27 @@ pub(super) struct State {
     pub(super) pause_generation: u64,
 }
 
+/// How long RECONNECT waits for the backend to accept connections.
+const BACKEND_WAIT: Duration = Duration::from_secs(2);
+
+/// How long until `host:port` accepted a TCP connection (closed at once,
+/// without a byte: PostgreSQL does not log such probes), or
+/// [`BACKEND_WAIT`] when it never did.
+async fn backend_accepts(host: &str, port: u16) -> Duration {
+    let started = std::time::Instant::now();
+    while started.elapsed() < BACKEND_WAIT {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(250),
+            tokio::net::TcpStream::connect((host, port)),
+        );
+        if let Ok(Ok(_)) = attempt.await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
 /// State shared by the supervisor loop and the API handlers.
 pub struct Shared {
     pub name: String,
@@ -166,10 +187,24 @@ impl Shared {
         Ok(())
     }
 
+    /// RECONNECT, then wait (at most [`BACKEND_WAIT`]) until the backend
+    /// accepts TCP connections. After a change of primary the Service
+    /// routes to the new one a moment after its label moved; a RESUME
+    /// before that makes PgBouncer's first connect fail, and it retries
+    /// only after `server_login_retry`, one connection at a time.
     pub async fn reconnect(&self) -> Result<(), AdminError> {
         let _op = self.ops.lock().await;
         self.admin.reconnect().await?;
-        tracing::info!("server connections will reconnect");
+        let (host, port) = {
+            let s = self.state();
+            (s.backend_host.clone(), s.backend_port)
+        };
+        let waited = backend_accepts(&host, port).await;
+        tracing::info!(
+            backend = %format!("{host}:{port}"),
+            waited_ms = waited.as_millis() as u64,
+            "server connections will reconnect"
+        );
         Ok(())
     }
 
@@ -204,5 +239,36 @@ impl Shared {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn waits_until_the_backend_listens_and_gives_up_after_the_bound() {
+        let port = free_port();
+        // Nobody listens yet: the wait lasts until the listener appears.
+        let listen_later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap()
+        });
+        let waited = backend_accepts("127.0.0.1", port).await;
+        let listener = listen_later.await.unwrap();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < BACKEND_WAIT, "{waited:?}");
+        // Listening: at once.
+        assert!(backend_accepts("127.0.0.1", port).await < Duration::from_millis(200));
+        drop(listener);
+        // Never: the bound.
+        assert!(backend_accepts("127.0.0.1", free_port()).await >= BACKEND_WAIT);
     }
 }
