@@ -333,3 +333,94 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     assert!(b.terminate(Duration::from_secs(40)).success());
     assert!(a.terminate(Duration::from_secs(40)).success());
 }
+
+/// Retention is pgBackRest's: with `repo-retention-full=1` the second full
+/// backup expires the first, and the primary's report (read with
+/// `pgbackrest info` after the backup) lists only the second, which is
+/// what the operator deletes expired `PostgresBackup` objects from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_expires_the_first_full_backup_and_the_report_follows() {
+    use capstan::contract::backup::RepositoryInventory;
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(17, PORTS.take(), &["db-1"]);
+    let repo = support::s3::PosixRepo::new();
+    let mut repository = repo.repository();
+    repository.retention.full = Some(1);
+    s.backup = Some(BackupSettings {
+        stanza: "db".into(),
+        repositories: vec![repository],
+        archive_timeout_seconds: 60,
+        archive_async: false,
+    });
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
+    a.env = vec![
+        (
+            "CAPSTAN_PGBACKREST".into(),
+            pgbackrest.display().to_string(),
+        ),
+        (
+            "CAPSTAN_BACKREST_DIR".into(),
+            a.root.join("pgbackrest").display().to_string(),
+        ),
+    ];
+    a.set_authority("db-1");
+    a.start();
+    a.wait_status("primary with its stanza", LONG, |r| {
+        r.ready && r.archive.as_ref().is_some_and(|x| x.stanza_ready)
+    })
+    .await;
+    let conf = std::fs::read_to_string(a.root.join("pgbackrest/pgbackrest.conf")).unwrap();
+    assert!(conf.contains("\nrepo1-retention-full=1\n"), "{conf}");
+    let held = |r: &capstan::contract::instance::InstanceReport| -> Option<RepositoryInventory> {
+        r.archive.as_ref()?.repositories.first().cloned()
+    };
+
+    let mut labels = vec![];
+    for name in ["b1", "b2"] {
+        let (code, body) = post_backup(&a, name).await;
+        assert_eq!(code, 200, "{body}");
+        let job = finished_job(&a, name).await;
+        assert_eq!(job.phase, JobPhase::Completed, "{job:?}");
+        let result = job.result.unwrap();
+        let stopped = result.stopped_at.clone().unwrap();
+        // A listing read after the backup ended, naming it.
+        let label = result.label.clone();
+        let report = a
+            .wait_status(&format!("{label} listed"), LONG, |r| {
+                held(r).is_some_and(|h| h.read_at >= stopped && h.labels.contains(&label))
+            })
+            .await;
+        labels.push((label, held(&report).unwrap()));
+    }
+    let (first, _) = &labels[0];
+    let (second, inventory) = &labels[1];
+    assert_ne!(first, second);
+    assert_eq!(inventory.repository, 1);
+    assert_eq!(inventory.labels, [second.clone()], "{first} was expired");
+    assert_eq!(inventory.first_recoverability_point, inventory.last_backup_at);
+    // pgBackRest removed it from the repository, not only from its list.
+    let backup_dir = repo.dir.path().join("backup/db");
+    assert!(backup_dir.join(second).is_dir());
+    assert!(!backup_dir.join(first).exists(), "{first} is still in the repository");
+
+    let (_, metrics) = a.http("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "capstan_backup_repository_backups{repository=\"repo1\"} 1"),
+        "{metrics}"
+    );
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("capstan_backup_last_successful_age_seconds{repository=\"repo1\"} ")
+        })
+        .expect("the age of the newest backup")
+        .parse()
+        .unwrap();
+    assert!((0.0..LONG.as_secs_f64()).contains(&age), "{age}");
+    assert!(a.terminate(Duration::from_secs(40)).success());
+}
