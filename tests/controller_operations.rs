@@ -628,8 +628,14 @@ async fn a_due_schedule_creates_one_backup_object_and_a_later_reconcile_none() {
     assert_eq!(writes.len(), 1, "{writes:?}");
     let (method, name, body) = &writes[0];
     assert_eq!(method, "PATCH", "server-side apply");
-    assert!(name.starts_with("db-yearly-") && name.ends_with("01010000"), "{name}");
-    assert_eq!(body["spec"], json!({"cluster": "db", "type": "full", "repository": "repo1"}));
+    assert!(
+        name.starts_with("db-yearly-") && name.ends_with("01010000"),
+        "{name}"
+    );
+    assert_eq!(
+        body["spec"],
+        json!({"cluster": "db", "type": "full", "repository": "repo1"})
+    );
     assert_eq!(body["metadata"]["labels"]["capstan.dev/schedule"], "yearly");
     assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "db");
     let run = body["metadata"]["annotations"]["capstan.dev/scheduled-at"].clone();
@@ -638,7 +644,10 @@ async fn a_due_schedule_creates_one_backup_object_and_a_later_reconcile_none() {
     let status = w.api.status();
     let entry = &status["backup"]["schedules"][0];
     assert_eq!(entry["lastBackup"], json!(name));
-    assert!(entry["next"].as_str().unwrap() > run.as_str().unwrap(), "{entry}");
+    assert!(
+        entry["next"].as_str().unwrap() > run.as_str().unwrap(),
+        "{entry}"
+    );
     assert_eq!(status["backup"]["nextScheduled"]["schedule"], "yearly");
     assert_eq!(status["backup"]["nextScheduled"]["time"], entry["next"]);
 
@@ -654,7 +663,10 @@ async fn a_due_schedule_creates_one_backup_object_and_a_later_reconcile_none() {
         .backups
         .apply_watcher_event(&watcher::Event::Apply(object));
     reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
-    assert_eq!(steps(w.trip.take_timeline()), [format!("backup db-1 {name}")]);
+    assert_eq!(
+        steps(w.trip.take_timeline()),
+        [format!("backup db-1 {name}")]
+    );
     assert!(backup_writes(&w.api.take_calls()).is_empty());
     // Even when the status that moved the schedule on was lost.
     w.api.state.lock().unwrap().cluster["status"]["backup"] = overdue;
@@ -689,18 +701,26 @@ async fn objects_of_expired_backups_are_deleted_with_an_event() {
             .backups
             .apply_watcher_event(&watcher::Event::Apply(backup_object(
                 name,
-                Some(json!({"phase": "Completed", "label": label, "repository": "repo1",
-                            "stoppedAt": stopped})),
+                Some(
+                    json!({"phase": "Completed", "label": label, "repository": "repo1",
+                            "stoppedAt": stopped}),
+                ),
             )));
     }
     reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
     let calls = w.api.take_calls();
     let writes = backup_writes(&calls);
     assert_eq!(writes.len(), 1, "{writes:?}");
-    assert_eq!((writes[0].0.as_str(), writes[0].1.as_str()), ("DELETE", "old"));
+    assert_eq!(
+        (writes[0].0.as_str(), writes[0].1.as_str()),
+        ("DELETE", "old")
+    );
     let notes = event_notes(&calls, "BackupExpired");
     assert_eq!(notes.len(), 1, "{notes:?}");
-    assert!(notes[0].contains("old") && notes[0].contains("20261204-100000F"), "{notes:?}");
+    assert!(
+        notes[0].contains("old") && notes[0].contains("20261204-100000F"),
+        "{notes:?}"
+    );
     assert_eq!(
         w.api.status()["backup"]["firstRecoverabilityPoint"],
         "2026-12-04T11:05:00Z"

@@ -2,7 +2,8 @@
 //! 17, pgBackRest 2.55 and an S3 repository over TLS (moto behind nginx,
 //! checking signatures). The manager writes pgbackrest.conf from the
 //! settings and the mounted credential files, creates the stanza, archives
-//! WAL, runs `POST /backup` one at a time, and with a wrong key reports
+//! WAL, runs `POST /backup` one at a time, reports what the repository
+//! holds (retention expiring old backups), and with a wrong key reports
 //! pgBackRest's own message while PostgreSQL keeps serving.
 
 mod support;
@@ -32,6 +33,20 @@ fn pg17_bin() -> Option<PathBuf> {
     }
     eprintln!("SKIP: PostgreSQL 17 not found in {}", dir.display());
     None
+}
+
+/// The manager's pgBackRest and its working directory under `root`.
+fn backrest_env(root: &std::path::Path, pgbackrest: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "CAPSTAN_PGBACKREST".into(),
+            pgbackrest.display().to_string(),
+        ),
+        (
+            "CAPSTAN_BACKREST_DIR".into(),
+            root.join("pgbackrest").display().to_string(),
+        ),
+    ]
 }
 
 fn request(name: &str) -> String {
@@ -87,16 +102,7 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
         archive_async: true,
     });
     a.write_settings(&s);
-    a.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            pgbackrest.display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            a.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    a.env = backrest_env(&a.root, &pgbackrest);
     a.set_authority("db-1");
     a.start();
     a.wait_ready(LONG).await;
@@ -164,8 +170,18 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
         result.wal_start.is_some() && result.size.is_some(),
         "{result:?}"
     );
+    // What the repository holds, read from S3 after the backup.
+    a.wait_status("the backup listed in the report", LONG, |r| {
+        r.archive.as_ref().is_some_and(|x| {
+            x.repositories
+                .iter()
+                .any(|h| h.repository == 1 && h.labels == [result.label.clone()])
+        })
+    })
+    .await;
     let (_, metrics) = a.http("GET", "/metrics", None, None).await;
     for line in [
+        "capstan_backup_repository_backups{repository=\"repo1\"} 1",
         "capstan_backup_stanza_ready 1",
         "capstan_backup_running 0",
         "capstan_backup_last_result{result=\"completed\"} 1",
@@ -235,16 +251,7 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
         archive_async: true,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
-    a.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            a.root.join("no/pgbackrest").display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            a.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    a.env = backrest_env(&a.root, &a.root.join("no/pgbackrest"));
     a.set_authority("db-1");
     a.start();
     let report = a
@@ -289,16 +296,7 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
     let mut b = Instance::new("db-2", &PORTS, &bin, pki.clone(), &s);
     for i in [&mut a, &mut b] {
-        i.env = vec![
-            (
-                "CAPSTAN_PGBACKREST".into(),
-                pgbackrest.display().to_string(),
-            ),
-            (
-                "CAPSTAN_BACKREST_DIR".into(),
-                i.root.join("pgbackrest").display().to_string(),
-            ),
-        ];
+        i.env = backrest_env(&i.root, &pgbackrest);
         i.set_authority("db-1");
     }
     let _proxy = Proxy::start(proxy_port, a.pg_port).await;
@@ -356,16 +354,7 @@ async fn retention_expires_the_first_full_backup_and_the_report_follows() {
         archive_async: false,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
-    a.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            pgbackrest.display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            a.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    a.env = backrest_env(&a.root, &pgbackrest);
     a.set_authority("db-1");
     a.start();
     a.wait_status("primary with its stanza", LONG, |r| {
@@ -399,12 +388,22 @@ async fn retention_expires_the_first_full_backup_and_the_report_follows() {
     let (second, inventory) = &labels[1];
     assert_ne!(first, second);
     assert_eq!(inventory.repository, 1);
-    assert_eq!(inventory.labels, [second.clone()], "{first} was expired");
-    assert_eq!(inventory.first_recoverability_point, inventory.last_backup_at);
+    assert_eq!(
+        inventory.labels,
+        std::slice::from_ref(second),
+        "{first} was expired"
+    );
+    assert_eq!(
+        inventory.first_recoverability_point,
+        inventory.last_backup_at
+    );
     // pgBackRest removed it from the repository, not only from its list.
     let backup_dir = repo.dir.path().join("backup/db");
     assert!(backup_dir.join(second).is_dir());
-    assert!(!backup_dir.join(first).exists(), "{first} is still in the repository");
+    assert!(
+        !backup_dir.join(first).exists(),
+        "{first} is still in the repository"
+    );
 
     let (_, metrics) = a.http("GET", "/metrics", None, None).await;
     assert!(

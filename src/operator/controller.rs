@@ -165,7 +165,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         );
     }
 
-    let plan = plan::plan(&validated.model, &observed, previous)?;
+    let mut plan = plan::plan(&validated.model, &observed, previous)?;
     let mut working = previous.cloned().unwrap_or_default();
     let executor = Executor {
         ctx,
@@ -190,6 +190,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         Ok(applied) => (applied, None),
         Err(e) => (Applied::default(), Some(e)),
     };
+    plan.schedules.keep_uncreated(&applied.created_backups);
     let mut problems: Vec<String> = applied.refused.clone();
     if let Some(e) = &apply_error {
         problems.push(e.to_string());

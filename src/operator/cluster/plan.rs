@@ -67,7 +67,10 @@ pub enum Deletion {
         repository: String,
     },
     /// A schedule's `Failed` `PostgresBackup` beyond the newest few.
-    FailedBackup { name: String, schedule: String },
+    FailedBackup {
+        name: String,
+        schedule: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

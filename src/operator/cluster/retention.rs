@@ -72,15 +72,12 @@ pub fn prune(backups: &[PostgresBackup], inventory: &[RepositoryInventory]) -> V
         objects.sort_by_key(|b| {
             std::cmp::Reverse((b.creation_timestamp().map(|t| t.0), b.name_any()))
         });
-        out.extend(
-            objects
-                .into_iter()
-                .skip(FAILED_KEPT_PER_SCHEDULE)
-                .map(|b| Deletion::FailedBackup {
-                    name: b.name_any(),
-                    schedule: schedule.to_string(),
-                }),
-        );
+        out.extend(objects.into_iter().skip(FAILED_KEPT_PER_SCHEDULE).map(|b| {
+            Deletion::FailedBackup {
+                name: b.name_any(),
+                schedule: schedule.to_string(),
+            }
+        }));
     }
     out
 }
@@ -91,7 +88,12 @@ mod tests {
 
     use super::*;
 
-    fn object(name: &str, schedule: Option<&str>, created: &str, status: serde_json::Value) -> PostgresBackup {
+    fn object(
+        name: &str,
+        schedule: Option<&str>,
+        created: &str,
+        status: serde_json::Value,
+    ) -> PostgresBackup {
         let labels = schedule.map(|s| json!({"capstan.dev/schedule": s}));
         serde_json::from_value(json!({
             "apiVersion": "capstan.dev/v1alpha1", "kind": "PostgresBackup",
@@ -103,7 +105,13 @@ mod tests {
         .unwrap()
     }
 
-    fn completed(name: &str, schedule: Option<&str>, label: &str, repo: &str, stopped: &str) -> PostgresBackup {
+    fn completed(
+        name: &str,
+        schedule: Option<&str>,
+        label: &str,
+        repo: &str,
+        stopped: &str,
+    ) -> PostgresBackup {
         object(
             name,
             schedule,
@@ -113,7 +121,12 @@ mod tests {
     }
 
     fn failed(name: &str, schedule: Option<&str>, created: &str) -> PostgresBackup {
-        object(name, schedule, created, json!({"phase": "Failed", "message": "ERROR: [049]"}))
+        object(
+            name,
+            schedule,
+            created,
+            json!({"phase": "Failed", "message": "ERROR: [049]"}),
+        )
     }
 
     fn held(repository: u32, read_at: &str, labels: &[&str]) -> RepositoryInventory {
@@ -139,10 +152,34 @@ mod tests {
     #[test]
     fn completed_objects_go_when_their_repository_no_longer_lists_them() {
         let backups = [
-            completed("old", Some("nightly"), "20261201-010000F", "repo1", "2026-12-01T01:05:00Z"),
-            completed("mine", None, "20261202-010000F", "repo1", "2026-12-02T01:05:00Z"),
-            completed("kept", Some("nightly"), "20261203-010000F", "repo1", "2026-12-03T01:05:00Z"),
-            completed("other", None, "20261201-020000F", "repo2", "2026-12-01T02:05:00Z"),
+            completed(
+                "old",
+                Some("nightly"),
+                "20261201-010000F",
+                "repo1",
+                "2026-12-01T01:05:00Z",
+            ),
+            completed(
+                "mine",
+                None,
+                "20261202-010000F",
+                "repo1",
+                "2026-12-02T01:05:00Z",
+            ),
+            completed(
+                "kept",
+                Some("nightly"),
+                "20261203-010000F",
+                "repo1",
+                "2026-12-03T01:05:00Z",
+            ),
+            completed(
+                "other",
+                None,
+                "20261201-020000F",
+                "repo2",
+                "2026-12-01T02:05:00Z",
+            ),
         ];
         let inventory = [
             held(1, "2026-12-03T01:06:00Z", &["20261203-010000F"]),
@@ -163,9 +200,21 @@ mod tests {
 
     #[test]
     fn nothing_goes_on_a_listing_that_cannot_tell() {
-        let b = [completed("b", None, "20261203-010000F", "repo1", "2026-12-03T01:05:00Z")];
+        let b = [completed(
+            "b",
+            None,
+            "20261203-010000F",
+            "repo1",
+            "2026-12-03T01:05:00Z",
+        )];
         // Read before the backup ended: it may not have been written yet.
-        assert!(prune(&b, &[held(1, "2026-12-03T01:04:59Z", &["20261202-010000F"])]).is_empty());
+        assert!(
+            prune(
+                &b,
+                &[held(1, "2026-12-03T01:04:59Z", &["20261202-010000F"])]
+            )
+            .is_empty()
+        );
         // A repository listing nothing: a wrong path or a wiped store.
         assert!(prune(&b, &[held(1, "2026-12-03T02:00:00Z", &[])]).is_empty());
         // Its repository was not read (unreachable, or no longer configured).
@@ -180,21 +229,38 @@ mod tests {
         )];
         assert!(prune(&odd, &[held(1, "2026-12-03T02:00:00Z", &["x"])]).is_empty());
         // Not completed: no label to miss.
-        let running = [object("r", None, "2026-12-03T01:00:00Z", json!({"phase": "Running", "repository": "repo1"}))];
+        let running = [object(
+            "r",
+            None,
+            "2026-12-03T01:00:00Z",
+            json!({"phase": "Running", "repository": "repo1"}),
+        )];
         assert!(prune(&running, &[held(1, "2026-12-03T02:00:00Z", &["x"])]).is_empty());
     }
 
     #[test]
     fn a_schedule_keeps_its_newest_failed_objects_and_users_keep_theirs() {
         let mut backups: Vec<PostgresBackup> = (1..=5)
-            .map(|d| failed(&format!("n{d}"), Some("nightly"), &format!("2026-12-0{d}T01:00:00Z")))
+            .map(|d| {
+                failed(
+                    &format!("n{d}"),
+                    Some("nightly"),
+                    &format!("2026-12-0{d}T01:00:00Z"),
+                )
+            })
             .collect();
         backups.push(failed("h1", Some("hourly"), "2026-12-01T01:00:00Z"));
         for d in 1..=5 {
-            backups.push(failed(&format!("mine{d}"), None, &format!("2026-12-0{d}T01:00:00Z")));
+            backups.push(failed(
+                &format!("mine{d}"),
+                None,
+                &format!("2026-12-0{d}T01:00:00Z"),
+            ));
         }
         let out = prune(&backups, &[]);
         assert_eq!(names(&out), ["n2", "n1"]);
-        assert!(matches!(&out[0], Deletion::FailedBackup { schedule, .. } if schedule == "nightly"));
+        assert!(
+            matches!(&out[0], Deletion::FailedBackup { schedule, .. } if schedule == "nightly")
+        );
     }
 }

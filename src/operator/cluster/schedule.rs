@@ -107,7 +107,10 @@ pub fn latest_until(cron: &Cron, at: Timestamp) -> Option<Timestamp> {
 /// name pair is cut and given a digest of the whole pair, so the name stays
 /// within 63 characters and two schedules never share one.
 pub fn backup_name(cluster: &str, schedule: &str, at: Timestamp) -> String {
-    let stamp = at.to_zoned(TimeZone::UTC).strftime("%Y%m%d%H%M").to_string();
+    let stamp = at
+        .to_zoned(TimeZone::UTC)
+        .strftime("%Y%m%d%H%M")
+        .to_string();
     let prefix = format!("{cluster}-{schedule}");
     let room = NAME_MAX - 1 - stamp.len();
     if prefix.len() <= room {
@@ -184,6 +187,10 @@ pub struct Input<'a> {
 pub struct Run {
     pub schedule: BackupSchedule,
     pub at: Timestamp,
+    /// The object's name.
+    pub name: String,
+    /// The schedule's status entry while the object is not made yet.
+    pub held: ScheduleStatus,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -229,20 +236,26 @@ pub fn decide(input: &Input<'_>) -> Decision {
         let run = overdue
             .and(latest_until(&cron, now))
             .filter(|latest| answered.is_none_or(|a| a < *latest));
-        let (next, last_backup) = match run {
+        let entry = |next: Timestamp, last_backup: Option<String>| ScheduleStatus {
+            name: schedule.name.clone(),
+            schedule: schedule.schedule.clone(),
+            next: next.to_string(),
+            last_backup,
+        };
+        let (next, last_backup) = match (run, overdue) {
             // One at a time per schedule: the run waits, and stays one.
-            Some(_) if busy => (overdue.unwrap_or(upcoming), newest),
-            Some(at) => {
+            (Some(_), Some(overdue)) if busy => (overdue, newest),
+            (Some(at), Some(overdue)) => {
+                let name = backup_name(input.cluster, &schedule.name, at);
                 out.due.push(Run {
                     schedule: schedule.clone(),
                     at,
+                    name: name.clone(),
+                    held: entry(overdue, newest),
                 });
-                (
-                    upcoming,
-                    Some(backup_name(input.cluster, &schedule.name, at)),
-                )
+                (upcoming, Some(name))
             }
-            None => (upcoming, newest),
+            _ => (upcoming, newest),
         };
         if next > now {
             out.wake_at = Some(out.wake_at.map_or(next, |w| w.min(next)));
@@ -250,19 +263,43 @@ pub fn decide(input: &Input<'_>) -> Decision {
         if soonest.is_none_or(|(t, _)| next < t) {
             soonest = Some((next, schedule));
         }
-        out.status.push(ScheduleStatus {
-            name: schedule.name.clone(),
-            schedule: schedule.schedule.clone(),
-            next: next.to_string(),
-            last_backup,
-        });
+        out.status.push(entry(next, last_backup));
     }
-    out.next = soonest.map(|(time, s)| ScheduledBackup {
-        schedule: s.name.clone(),
-        type_: s.type_,
-        time: time.to_string(),
-    });
+    out.next = soonest.map(|(time, s)| scheduled(s, time));
     out
+}
+
+fn scheduled(schedule: &BackupSchedule, time: Timestamp) -> ScheduledBackup {
+    ScheduledBackup {
+        schedule: schedule.name.clone(),
+        type_: schedule.type_,
+        time: time.to_string(),
+    }
+}
+
+impl Decision {
+    /// Runs whose object was not created (the API server failed or refused
+    /// it) stay due: their schedules' entries go back to what they were, so
+    /// the next reconcile tries again instead of skipping the run.
+    pub fn keep_uncreated(&mut self, created: &[String]) {
+        for run in self.due.iter().filter(|r| !created.contains(&r.name)) {
+            if let Some(e) = self.status.iter_mut().find(|e| e.name == run.held.name) {
+                *e = run.held.clone();
+            }
+            let Ok(held) = run.held.next.parse::<Timestamp>() else {
+                continue;
+            };
+            let sooner = self
+                .next
+                .as_ref()
+                .and_then(|n| n.time.parse::<Timestamp>().ok())
+                .is_none_or(|t| held < t);
+            if sooner {
+                self.next = Some(scheduled(&run.schedule, held));
+            }
+        }
+        self.due.retain(|r| created.contains(&r.name));
+    }
 }
 
 #[cfg(test)]

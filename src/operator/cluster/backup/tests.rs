@@ -338,6 +338,9 @@ fn status_shows_the_schedules_and_the_first_recoverability_point() {
         Some(&st),
     )
     .unwrap();
-    assert_eq!(kept.first_recoverability_point, st.first_recoverability_point);
+    assert_eq!(
+        kept.first_recoverability_point,
+        st.first_recoverability_point
+    );
     assert!(kept.schedules.is_empty() && kept.next_scheduled.is_none());
 }

@@ -26,47 +26,109 @@ fn next(expression: &str, from: &str) -> String {
 }
 
 fn latest(expression: &str, until: &str) -> String {
-    latest_until(&cron(expression), at(until)).unwrap().to_string()
+    latest_until(&cron(expression), at(until))
+        .unwrap()
+        .to_string()
 }
 
 #[test]
 fn five_fields_in_utc_as_the_crd_describes_them() {
     // 2026-12-04 is a Friday.
-    assert_eq!(next("0 1 * * 0", "2026-12-04T10:00:00Z"), "2026-12-06T01:00:00Z");
-    assert_eq!(next("0 1 * * SUN", "2026-12-04T10:00:00Z"), "2026-12-06T01:00:00Z");
-    assert_eq!(next("0 1 * * 7", "2026-12-04T10:00:00Z"), "2026-12-06T01:00:00Z");
-    assert_eq!(next("30 */6 * * *", "2026-12-04T10:00:00Z"), "2026-12-04T12:30:00Z");
+    assert_eq!(
+        next("0 1 * * 0", "2026-12-04T10:00:00Z"),
+        "2026-12-06T01:00:00Z"
+    );
+    assert_eq!(
+        next("0 1 * * SUN", "2026-12-04T10:00:00Z"),
+        "2026-12-06T01:00:00Z"
+    );
+    assert_eq!(
+        next("0 1 * * 7", "2026-12-04T10:00:00Z"),
+        "2026-12-06T01:00:00Z"
+    );
+    assert_eq!(
+        next("30 */6 * * *", "2026-12-04T10:00:00Z"),
+        "2026-12-04T12:30:00Z"
+    );
     // UTC whatever the offset of the time given: 01:30+02:00 is 23:30 UTC
     // the day before.
-    assert_eq!(next("0 1 * * *", "2026-12-04T01:30:00+02:00"), "2026-12-04T01:00:00Z");
+    assert_eq!(
+        next("0 1 * * *", "2026-12-04T01:30:00+02:00"),
+        "2026-12-04T01:00:00Z"
+    );
     // Strictly after; the latest run includes the instant itself.
-    assert_eq!(next("0 1 * * *", "2026-12-04T01:00:00Z"), "2026-12-05T01:00:00Z");
-    assert_eq!(latest("0 1 * * *", "2026-12-04T01:00:00Z"), "2026-12-04T01:00:00Z");
-    assert_eq!(latest("0 1 * * *", "2026-12-04T00:59:59.9Z"), "2026-12-03T01:00:00Z");
-    assert_eq!(next("0 1 * * *", "2026-12-04T00:59:59.9Z"), "2026-12-04T01:00:00Z");
+    assert_eq!(
+        next("0 1 * * *", "2026-12-04T01:00:00Z"),
+        "2026-12-05T01:00:00Z"
+    );
+    assert_eq!(
+        latest("0 1 * * *", "2026-12-04T01:00:00Z"),
+        "2026-12-04T01:00:00Z"
+    );
+    assert_eq!(
+        latest("0 1 * * *", "2026-12-04T00:59:59.9Z"),
+        "2026-12-03T01:00:00Z"
+    );
+    assert_eq!(
+        next("0 1 * * *", "2026-12-04T00:59:59.9Z"),
+        "2026-12-04T01:00:00Z"
+    );
 }
 
 #[test]
 fn month_and_day_fields() {
     // Quarterly, on the first.
-    assert_eq!(next("0 0 1 */3 *", "2026-12-04T00:00:00Z"), "2027-01-01T00:00:00Z");
-    assert_eq!(next("0 0 1 JAN,jul *", "2027-01-01T00:00:00Z"), "2027-07-01T00:00:00Z");
+    assert_eq!(
+        next("0 0 1 */3 *", "2026-12-04T00:00:00Z"),
+        "2027-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        next("0 0 1 JAN,jul *", "2027-01-01T00:00:00Z"),
+        "2027-07-01T00:00:00Z"
+    );
     // Both day fields restricted: either matches, as in cron (the 13th, or
     // a Friday), not only Fridays the 13th.
-    assert_eq!(next("0 0 13 * 5", "2026-12-04T00:00:01Z"), "2026-12-11T00:00:00Z");
-    assert_eq!(next("0 0 13 * 5", "2026-12-11T00:00:00Z"), "2026-12-13T00:00:00Z");
+    assert_eq!(
+        next("0 0 13 * 5", "2026-12-04T00:00:01Z"),
+        "2026-12-11T00:00:00Z"
+    );
+    assert_eq!(
+        next("0 0 13 * 5", "2026-12-11T00:00:00Z"),
+        "2026-12-13T00:00:00Z"
+    );
     // 29 February exists every few years.
-    assert_eq!(next("0 0 29 2 *", "2026-12-04T00:00:00Z"), "2028-02-29T00:00:00Z");
-    assert_eq!(next("0 2 * * 1-5", "2026-12-05T03:00:00Z"), "2026-12-07T02:00:00Z");
+    assert_eq!(
+        next("0 0 29 2 *", "2026-12-04T00:00:00Z"),
+        "2028-02-29T00:00:00Z"
+    );
+    assert_eq!(
+        next("0 2 * * 1-5", "2026-12-05T03:00:00Z"),
+        "2026-12-07T02:00:00Z"
+    );
 }
 
 #[test]
 fn what_cannot_be_read_names_the_schedule_and_the_fix() {
-    for bad in ["61 * * * *", "0 24 * * *", "0 0 32 * *", "0 0 * 13 *", "0 0 * * 8", "0 0 * *", "0 0 1 * * *", "@daily", "0 0 * * 5#2", "0 0 * * +5", "x y z w v"] {
+    for bad in [
+        "61 * * * *",
+        "0 24 * * *",
+        "0 0 32 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "0 0 * *",
+        "0 0 1 * * *",
+        "@daily",
+        "0 0 * * 5#2",
+        "0 0 * * +5",
+        "x y z w v",
+    ] {
         let e = parse(&schedule("nightly", bad)).unwrap_err();
         assert!(matches!(e, ScheduleError::Invalid { .. }), "{bad}: {e:?}");
         let text = e.to_string();
-        assert!(text.starts_with("spec.backup.schedules[nightly].schedule"), "{text}");
+        assert!(
+            text.starts_with("spec.backup.schedules[nightly].schedule"),
+            "{text}"
+        );
         assert!(text.contains("e.g. '0 1 * * 0'"), "{text}");
     }
     let never = parse(&schedule("leap", "0 0 30 2 *")).unwrap_err();
@@ -138,10 +200,16 @@ fn the_object_of_a_run() {
     // The repository is fixed when the run is: the first one listed.
     assert_eq!(b.spec.repository.as_deref(), Some("repo2"));
     assert_eq!(schedule_of(&b), Some("hourly"));
-    assert_eq!(b.labels().get(labels::CLUSTER).map(String::as_str), Some("db"));
+    assert_eq!(
+        b.labels().get(labels::CLUSTER).map(String::as_str),
+        Some("db")
+    );
     assert_eq!(scheduled_at(&b), Some(at("2026-12-04T10:00:00Z")));
     let owner = &b.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("PostgresCluster", "db"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("PostgresCluster", "db")
+    );
     assert_eq!(owner.controller, Some(true));
     // What server-side apply sends names its kind.
     let body = serde_json::to_value(&b).unwrap();
@@ -149,7 +217,10 @@ fn the_object_of_a_run() {
     assert_eq!(body["apiVersion"], "capstan.dev/v1alpha1");
     s.repository = Some("repo3".into());
     assert_eq!(
-        backup_object(&model, &s, at("2026-12-04T10:00:00Z")).spec.repository.as_deref(),
+        backup_object(&model, &s, at("2026-12-04T10:00:00Z"))
+            .spec
+            .repository
+            .as_deref(),
         Some("repo3")
     );
 }
@@ -158,7 +229,9 @@ fn the_object_of_a_run() {
 fn made(schedule_name: &str, run: &str, phase: Option<&str>) -> PostgresBackup {
     let model = fixtures::model();
     let mut b = backup_object(&model, &schedule(schedule_name, "0 1 * * *"), at(run));
-    b.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(run)));
+    b.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+        run,
+    )));
     b.status = phase.map(|p| crate::api::pgbackup::PostgresBackupStatus {
         phase: Some(p.into()),
         ..Default::default()
@@ -195,10 +268,16 @@ fn a_new_schedule_waits_for_its_first_run() {
     let nightly = [schedule("nightly", "0 1 * * *")];
     let d = decide_at(&nightly, &[], &[], "2026-12-04T10:00:00Z");
     assert!(d.due.is_empty());
-    assert_eq!(d.status, [entry("nightly", "0 1 * * *", "2026-12-05T01:00:00Z")]);
+    assert_eq!(
+        d.status,
+        [entry("nightly", "0 1 * * *", "2026-12-05T01:00:00Z")]
+    );
     assert_eq!(d.wake_at, Some(at("2026-12-05T01:00:00Z")));
     let next = d.next.unwrap();
-    assert_eq!((next.schedule.as_str(), next.time.as_str()), ("nightly", "2026-12-05T01:00:00Z"));
+    assert_eq!(
+        (next.schedule.as_str(), next.time.as_str()),
+        ("nightly", "2026-12-05T01:00:00Z")
+    );
     assert_eq!(next.type_, BackupType::Full);
 }
 
@@ -216,16 +295,32 @@ fn a_due_schedule_creates_one_object_and_moves_on() {
     assert_eq!(d.due[0].at, at("2026-12-05T01:00:00Z"));
     assert_eq!(d.due[0].schedule.name, "nightly");
     assert_eq!(d.status[0].next, "2026-12-06T01:00:00Z");
-    assert_eq!(d.status[0].last_backup.as_deref(), Some("db-nightly-202612050100"));
+    assert_eq!(
+        d.status[0].last_backup.as_deref(),
+        Some("db-nightly-202612050100")
+    );
     assert_eq!(d.wake_at, Some(at("2026-12-06T01:00:00Z")));
     // The status written then: nothing more.
-    let again = decide_at(&nightly, &[made("nightly", "2026-12-05T01:00:00Z", None)], &d.status, "2026-12-05T01:00:02Z");
+    let again = decide_at(
+        &nightly,
+        &[made("nightly", "2026-12-05T01:00:00Z", None)],
+        &d.status,
+        "2026-12-05T01:00:02Z",
+    );
     assert!(again.due.is_empty());
     // The status write was lost, the object exists: still nothing.
-    let lost = decide_at(&nightly, &[made("nightly", "2026-12-05T01:00:00Z", None)], &previous, "2026-12-05T01:00:02Z");
+    let lost = decide_at(
+        &nightly,
+        &[made("nightly", "2026-12-05T01:00:00Z", None)],
+        &previous,
+        "2026-12-05T01:00:02Z",
+    );
     assert!(lost.due.is_empty(), "{lost:?}");
     assert_eq!(lost.status[0].next, "2026-12-06T01:00:00Z");
-    assert_eq!(lost.status[0].last_backup.as_deref(), Some("db-nightly-202612050100"));
+    assert_eq!(
+        lost.status[0].last_backup.as_deref(),
+        Some("db-nightly-202612050100")
+    );
 }
 
 #[test]
@@ -249,7 +344,10 @@ fn a_run_waits_while_the_schedules_previous_backup_is_unfinished() {
         assert!(d.due.is_empty(), "{phase:?}");
         // Shown as overdue; the object's end wakes the controller.
         assert_eq!(d.status[0].next, "2026-12-05T01:00:00Z");
-        assert_eq!(d.status[0].last_backup.as_deref(), Some("db-nightly-202612040100"));
+        assert_eq!(
+            d.status[0].last_backup.as_deref(),
+            Some("db-nightly-202612040100")
+        );
         assert_eq!(d.wake_at, None);
     }
     // It ended (either way) hours later: the run goes, once.
@@ -263,7 +361,10 @@ fn a_run_waits_while_the_schedules_previous_backup_is_unfinished() {
     // runs them one at a time).
     let mut mine = made("other", "2026-12-04T01:00:00Z", Some("Running"));
     mine.metadata.labels = None;
-    let others = [made("weekly", "2026-12-04T01:00:00Z", Some("Pending")), mine];
+    let others = [
+        made("weekly", "2026-12-04T01:00:00Z", Some("Pending")),
+        mine,
+    ];
     let d = decide_at(&nightly, &others, &previous, "2026-12-05T01:00:05Z");
     assert_eq!(d.due.len(), 1);
 }
@@ -274,7 +375,10 @@ fn a_changed_expression_starts_over() {
     let previous = [entry("nightly", "0 1 * * *", "2026-12-05T01:00:00Z")];
     let d = decide_at(&nightly, &[], &previous, "2026-12-05T01:30:00Z");
     assert!(d.due.is_empty());
-    assert_eq!(d.status, [entry("nightly", "0 2 * * *", "2026-12-05T02:00:00Z")]);
+    assert_eq!(
+        d.status,
+        [entry("nightly", "0 2 * * *", "2026-12-05T02:00:00Z")]
+    );
     // A removed schedule leaves the status.
     let d = decide_at(&[], &[], &previous, "2026-12-05T01:30:00Z");
     assert!(d.status.is_empty() && d.next.is_none() && d.wake_at.is_none());
@@ -295,7 +399,47 @@ fn the_soonest_schedule_is_next() {
     assert_eq!(times, ["2026-12-06T01:00:00Z", "2026-12-04T11:00:00Z"]);
     // Both due at once: one object each.
     let previous = d.status.clone();
-    let d = decide_at(&schedules, &[], &[entry("weekly", "0 1 * * 0", "2026-12-06T01:00:00Z"), previous[1].clone()], "2026-12-06T01:00:30Z");
+    let d = decide_at(
+        &schedules,
+        &[],
+        &[
+            entry("weekly", "0 1 * * 0", "2026-12-06T01:00:00Z"),
+            previous[1].clone(),
+        ],
+        "2026-12-06T01:00:30Z",
+    );
     let due: Vec<&str> = d.due.iter().map(|r| r.schedule.name.as_str()).collect();
     assert_eq!(due, ["weekly", "hourly"]);
+}
+
+#[test]
+fn a_run_whose_object_was_not_created_stays_due() {
+    let schedules = [
+        schedule("nightly", "0 1 * * *"),
+        schedule("weekly", "0 2 * * 0"),
+    ];
+    let previous = [
+        entry("nightly", "0 1 * * *", "2026-12-05T01:00:00Z"),
+        entry("weekly", "0 2 * * 0", "2026-12-06T02:00:00Z"),
+    ];
+    let made = decide_at(&schedules, &[], &previous, "2026-12-05T01:00:10Z");
+    assert_eq!(made.due.len(), 1);
+    assert_eq!(made.due[0].name, "db-nightly-202612050100");
+    // Created: as decided.
+    let mut created = made.clone();
+    created.keep_uncreated(&["db-nightly-202612050100".to_string()]);
+    assert_eq!(created, made);
+    // Not created: the entry is as before, and shown as next (overdue).
+    let mut failed = made.clone();
+    failed.keep_uncreated(&[]);
+    assert!(failed.due.is_empty());
+    assert_eq!(failed.status, previous);
+    let next = failed.next.unwrap();
+    assert_eq!(
+        (next.schedule.as_str(), next.time.as_str()),
+        ("nightly", "2026-12-05T01:00:00Z")
+    );
+    // So the next reconcile makes it.
+    let again = decide_at(&schedules, &[], &failed.status, "2026-12-05T01:00:20Z");
+    assert_eq!(again.due.len(), 1);
 }
