@@ -24,6 +24,8 @@ use super::inputs::Inputs;
 use super::local::Archiver;
 use super::state::CommandError;
 
+mod inventory;
+
 /// stanza-create talks to the repository once; a minute is generous.
 const STANZA_TIMEOUT: Duration = Duration::from_secs(600);
 /// A full backup of a large database takes hours; the operator decides
@@ -211,6 +213,7 @@ struct Inner {
     unavailable: Option<String>,
     stanza: StanzaState,
     job: Option<BackupJob>,
+    inventory: inventory::InventoryState,
 }
 
 /// Backups on this instance, shared by the loop and the API.
@@ -230,6 +233,7 @@ impl Backups {
         if inner.version != version {
             inner.stanza.retry_at = None;
             inner.stanza.backoff = Duration::ZERO;
+            inner.inventory.reset();
         }
         inner.runner = Some(runner);
         inner.version = version;
@@ -243,6 +247,7 @@ impl Backups {
         inner.runner = None;
         inner.unavailable = Some(why);
         inner.stanza = StanzaState::default();
+        inner.inventory.reset();
     }
 
     pub fn job(&self) -> Option<BackupJob> {
@@ -304,6 +309,8 @@ impl Backups {
             report.archived_count = a.archived_count;
             report.failed_count = a.failed_count;
         }
+        report.repositories = inner.inventory.repositories.clone();
+        report.inventory_error = inner.inventory.error.clone();
         report
     }
 
@@ -353,6 +360,8 @@ impl Backups {
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let outcome = run_backup(&runner, &request, started).await;
             let mut inner = this.lock();
+            // pgBackRest expired old backups after this one.
+            inner.inventory.changed();
             let Some(job) = inner.job.as_mut().filter(|j| j.backup == request.backup) else {
                 return;
             };
@@ -546,6 +555,7 @@ mod tests {
                 backup("incr", 2_001, BackupType::Incr),
             ],
             archive: vec![],
+            repos: vec![],
         };
         let started = jiff::Timestamp::from_second(2_000).unwrap();
         assert_eq!(

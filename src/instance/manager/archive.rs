@@ -1,7 +1,8 @@
 //! The manager's side of backups, every tick: find pgBackRest, keep
 //! `pgbackrest.conf` equal to what the settings and the credential files
-//! (refreshed by the kubelet) say, and on the primary create the stanza and
-//! read `pg_stat_archiver` for the report. Jobs live in
+//! (refreshed by the kubelet) say, and on the primary create the stanza,
+//! read `pg_stat_archiver` and what the repositories hold (now and then)
+//! for the report. Jobs live in
 //! [`super::super::backup`].
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -153,6 +154,7 @@ impl<A: Authority> Manager<A> {
             return;
         }
         self.shared.backups.ensure_stanza();
+        self.shared.backups.refresh_inventory();
         match self.local.archiver().await {
             Ok(a) => self.backup.archiver = Some(a),
             Err(e) => tracing::debug!(error = %e, "no pg_stat_archiver sample"),

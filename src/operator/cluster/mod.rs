@@ -8,6 +8,8 @@ pub mod failover;
 pub mod observe;
 pub mod operation;
 pub mod plan;
+pub mod retention;
+pub mod schedule;
 pub mod status;
 pub mod switchover;
 pub mod validate;

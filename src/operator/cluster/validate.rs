@@ -329,8 +329,10 @@ fn unsupported_backup(backup: &crate::api::backup::BackupSpec) -> Option<String>
             r.name
         ));
     }
-    if !backup.schedules.is_empty() {
-        return Some("spec.backup.schedules are not supported by this operator build yet; remove them and create PostgresBackup objects instead (on demand, or from a CronJob). No backups are taken and WAL is not archived until then".into());
+    if let Some(message) = super::schedule::invalid(&backup.schedules) {
+        return Some(format!(
+            "{message}. No backups are taken and WAL is not archived until then"
+        ));
     }
     if backup.target == crate::api::backup::BackupTarget::PreferReplica {
         return Some("spec.backup.target: preferReplica is not supported by this operator build yet; set target: primary. No backups are taken and WAL is not archived until then".into());
@@ -595,10 +597,11 @@ mod tests {
     #[test]
     fn s3_backups_from_the_primary_are_modelled() {
         let mut spec = base();
-        spec["backup"] = json!({"repositories": [s3_repository()]});
+        spec["backup"] = json!({"repositories": [s3_repository()],
+            "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * SUN"}]});
         let v = check(&cluster(spec)).unwrap();
         assert!(v.blocked.is_none(), "{:?}", v.blocked);
-        assert!(v.model.spec.backup.is_some());
+        assert_eq!(v.model.spec.backup.unwrap().schedules.len(), 1);
     }
 
     #[test]
@@ -614,8 +617,9 @@ mod tests {
             ),
             (
                 json!({"repositories": [s3_repository()],
-                       "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"}]}),
-                "spec.backup.schedules are not supported",
+                       "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"},
+                                     {"name": "often", "type": "incremental", "schedule": "61 * * * *"}]}),
+                "spec.backup.schedules[often].schedule \"61 * * * *\" is not a cron expression",
             ),
         ] {
             let mut spec = base();
