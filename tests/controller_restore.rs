@@ -21,7 +21,9 @@ use capstan::contract::instance::{InstanceReport, Role};
 use capstan::contract::restore::{RestorePhase, RestoreReport};
 use capstan::operator::cluster::validate::validate_offline;
 use capstan::resources::{instance, labels};
-use controller_support::{Api, FakeAgents, Tripwire, cluster, context, reconcile_once, running, seed};
+use controller_support::{
+    Api, FakeAgents, Tripwire, cluster, context, reconcile_once, running, seed,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
 const PGBACKREST: &str =
@@ -54,7 +56,11 @@ fn operator_secret() -> Secret {
 fn report(restore: RestoreReport, primary: bool) -> InstanceReport {
     InstanceReport {
         name: "db-1".into(),
-        role: if primary { Role::Primary } else { Role::Unknown },
+        role: if primary {
+            Role::Primary
+        } else {
+            Role::Unknown
+        },
         running: primary,
         ready: primary,
         timeline: primary.then_some(2),
@@ -85,11 +91,18 @@ async fn a_failed_restore_stalls_the_cluster_until_the_instance_restores() {
     let c: PostgresCluster = serde_json::from_value(cluster(spec(), None)).unwrap();
     let model = validate_offline(&c, "capstan:test").unwrap().model;
     let pod = instance::pod(&model, "db-1", "primary");
-    let mounted = pod.spec.as_ref().unwrap().volumes.iter().flatten().any(|v| {
-        v.secret
-            .as_ref()
-            .is_some_and(|s| s.secret_name.as_deref() == Some("orders-s3"))
-    });
+    let mounted = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| {
+            v.secret
+                .as_ref()
+                .is_some_and(|s| s.secret_name.as_deref() == Some("orders-s3"))
+        });
     assert!(mounted, "the source's credentials are mounted");
     agents.set(report(
         RestoreReport {
@@ -142,8 +155,14 @@ async fn a_failed_restore_stalls_the_cluster_until_the_instance_restores() {
     let settings: Value =
         serde_json::from_str(config.body["data"]["instance.json"].as_str().unwrap()).unwrap();
     assert_eq!(settings["restore"]["stanza"], "orders");
-    assert_eq!(settings["restore"]["target"]["time"], "2026-12-04T10:00:00Z");
-    assert_eq!(settings["restore"]["repository"]["path"], "/capstan/ns/orders");
+    assert_eq!(
+        settings["restore"]["target"]["time"],
+        "2026-12-04T10:00:00Z"
+    );
+    assert_eq!(
+        settings["restore"]["repository"]["path"],
+        "/capstan/ns/orders"
+    );
     assert!(
         !calls
             .iter()
@@ -172,11 +191,9 @@ async fn a_failed_restore_stalls_the_cluster_until_the_instance_restores() {
         },
         true,
     ));
-    writers.pods.apply_watcher_event(&watcher::Event::Apply(running(
-        pod,
-        "10.0.0.1",
-        true,
-    )));
+    writers
+        .pods
+        .apply_watcher_event(&watcher::Event::Apply(running(pod, "10.0.0.1", true)));
     reconcile_once(&api, &ctx, LIMIT).await.unwrap().unwrap();
     let status = api.status();
     assert_eq!(stalled(&status)["status"], "False", "{status:#}");

@@ -63,10 +63,9 @@ fn instance(
     let mut i = Instance::new(&name, &PORTS, bin, pki.clone(), &s);
     s.backup = Some(BackupSettings {
         stanza: cluster.into(),
-        repositories: vec![s3.repository(
-            &format!("/{cluster}"),
-            &i.root.join("backup").join("repo1"),
-        )],
+        repositories: vec![
+            s3.repository(&format!("/{cluster}"), &i.root.join("backup").join("repo1")),
+        ],
         archive_timeout_seconds: 60,
         archive_async: true,
     });
@@ -125,12 +124,18 @@ async fn source(
         .backup(BackupType::Full, None)
         .await
         .expect("full backup");
-    c.batch_execute("INSERT INTO t VALUES ('a1')").await.unwrap();
-    c.batch_execute("INSERT INTO t VALUES ('a2')").await.unwrap();
+    c.batch_execute("INSERT INTO t VALUES ('a1')")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO t VALUES ('a2')")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let target = server_now(&c).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.batch_execute("INSERT INTO t VALUES ('b1')").await.unwrap();
+    c.batch_execute("INSERT INTO t VALUES ('b1')")
+        .await
+        .unwrap();
     // check switches WAL and waits until the segment is in the repository.
     runner.check().await.expect("WAL archived");
     Source {
@@ -151,7 +156,15 @@ async fn restore_to_a_time_between_two_writes(major: u32) {
     let mut src = source(major, &bin, &pki, &s3, &pgbackrest).await;
 
     let target = RestoreTarget::Time(src.target.to_string());
-    let mut d = instance("dst", major, &bin, &pki, &s3, &pgbackrest, Some(("src", target)));
+    let mut d = instance(
+        "dst",
+        major,
+        &bin,
+        &pki,
+        &s3,
+        &pgbackrest,
+        Some(("src", target)),
+    );
     // This cluster's own passwords, unlike the source's.
     d.restore_secret("superuser/password", "dst-super");
     d.restore_secret("app/password", "dst-app");
@@ -269,14 +282,24 @@ async fn a_target_before_the_first_backup_is_reported_and_nothing_starts() {
     let pki = Arc::new(Pki::new());
     let mut src = source(17, &bin, &pki, &s3, &pgbackrest).await;
     let target = RestoreTarget::Time(src.before_backup.to_string());
-    let mut bad = instance("bad", 17, &bin, &pki, &s3, &pgbackrest, Some(("src", target)));
+    let mut bad = instance(
+        "bad",
+        17,
+        &bin,
+        &pki,
+        &s3,
+        &pgbackrest,
+        Some(("src", target)),
+    );
     bad.start();
     let failed = |attempts: u32| {
         move |r: &capstan::contract::instance::InstanceReport| {
             r.restore.as_ref().is_some_and(|x| {
                 x.attempts >= attempts
                     && x.phase == RestorePhase::Waiting
-                    && x.last_error.as_deref().is_some_and(|e| e.contains("ERROR: [075]"))
+                    && x.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("ERROR: [075]"))
             })
         }
     };
@@ -291,7 +314,10 @@ async fn a_target_before_the_first_backup_is_reported_and_nothing_starts() {
     );
     assert_eq!(restore.retry_in_seconds, Some(10));
     assert!(
-        report.last_error.as_deref().is_some_and(|e| e.contains("ERROR: [075]")),
+        report
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ERROR: [075]")),
         "{:?}",
         report.last_error
     );

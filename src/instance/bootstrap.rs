@@ -396,7 +396,7 @@ impl DataOps<'_> {
              END $$;",
             missing(replication, replication),
             missing(pooler, pooler),
-            missing(&initdb.owner, &owner),
+            missing(initdb.owner.as_str(), owner.as_str()),
             su = verifier(&secrets.superuser),
             pool = verifier(&secrets.pooler),
             app = verifier(&secrets.app),
@@ -507,7 +507,11 @@ impl DataOps<'_> {
 
     /// Moves a complete `.partial` into place (keeping the old data until
     /// the new one is there) and records the identity.
-    pub(super) fn install(&self, partial: &Path, system_identifier: u64) -> Result<(), BootstrapError> {
+    pub(super) fn install(
+        &self,
+        partial: &Path,
+        system_identifier: u64,
+    ) -> Result<(), BootstrapError> {
         self.write_identity(system_identifier)?;
         let pgdata = self.pgdata();
         let old = self.old();

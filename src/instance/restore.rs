@@ -159,7 +159,10 @@ impl DataOps<'_> {
             source_restore_command,
         );
         let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        tracing::info!(operation = "recover", "replaying the source's WAL to the target");
+        tracing::info!(
+            operation = "recover",
+            "replaying the source's WAL to the target"
+        );
         let mut server = PostgresChild::spawn(&self.bins.dir, &partial, &settings)
             .map_err(|e| BootstrapError::Refused(e.to_string()))?;
         let work = async {
@@ -180,7 +183,11 @@ impl DataOps<'_> {
         let control = self.controldata(&partial).await?;
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;
-        tracing::info!(operation = "recover", timeline = control.timeline, "restored and promoted");
+        tracing::info!(
+            operation = "recover",
+            timeline = control.timeline,
+            "restored and promoted"
+        );
         Ok(control.system_identifier)
     }
 
@@ -264,7 +271,11 @@ mod tests {
 
     #[test]
     fn the_recovering_server_is_private_and_reads_the_sources_archive() {
-        let s = recovery_settings(Path::new("/run/pg"), 5432, "pgbackrest archive-get %f \"%p\"");
+        let s = recovery_settings(
+            Path::new("/run/pg"),
+            5432,
+            "pgbackrest archive-get %f \"%p\"",
+        );
         assert!(s.contains(&("listen_addresses", String::new())));
         assert!(s.contains(&("unix_socket_directories", "/run/pg".into())));
         assert!(s.contains(&("synchronous_standby_names", String::new())));

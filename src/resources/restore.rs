@@ -136,8 +136,14 @@ mod tests {
                 json!({"time": "2025-06-01T12:00:00Z"}),
                 RestoreTarget::Time("2025-06-01T12:00:00Z".into()),
             ),
-            (json!({"lsn": "0/3000060"}), RestoreTarget::Lsn("0/3000060".into())),
-            (json!({"name": "before"}), RestoreTarget::Name("before".into())),
+            (
+                json!({"lsn": "0/3000060"}),
+                RestoreTarget::Lsn("0/3000060".into()),
+            ),
+            (
+                json!({"name": "before"}),
+                RestoreTarget::Name("before".into()),
+            ),
             (
                 json!({"backup": "20250601-010000F"}),
                 RestoreTarget::Backup("20250601-010000F".into()),

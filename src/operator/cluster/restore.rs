@@ -137,7 +137,13 @@ mod tests {
             ..PostgresClusterStatus::default()
         };
         let none = BTreeMap::new();
-        let kept = blocked(&restoring(), &none, "db-1", Some(&condition(RESTORE_FAILED))).unwrap();
+        let kept = blocked(
+            &restoring(),
+            &none,
+            "db-1",
+            Some(&condition(RESTORE_FAILED)),
+        )
+        .unwrap();
         assert_eq!(kept.message, "restoring db-1 … failed");
         assert!(blocked(&restoring(), &none, "db-1", Some(&condition("InvalidSpec"))).is_none());
         assert!(blocked(&restoring(), &none, "db-1", None).is_none());

@@ -237,7 +237,12 @@ fn check(
     validate_tls(cluster, observed, environment)?;
     // A source this build cannot read: creating the cluster at all would
     // run initdb and give an empty database where a restored one was asked for.
-    if let Some(e) = spec.bootstrap.restore.as_ref().and_then(unsupported_restore) {
+    if let Some(e) = spec
+        .bootstrap
+        .restore
+        .as_ref()
+        .and_then(unsupported_restore)
+    {
         return Err(e);
     }
 
