@@ -7,9 +7,9 @@
 //! replayed the source's WAL to the target, promoted on a new timeline,
 //! and has this cluster's roles and passwords: a half-restored directory
 //! is never started as PGDATA. During recovery `restore_command` reads
-//! the source's archive (its own pgbackrest.conf); `archive_command` is
-//! this cluster's own, so WAL of the new timeline only ever goes to its
-//! own stanza.
+//! the source's archive (its own pgbackrest.conf); archiving is paused
+//! until the server runs on PGDATA with this cluster's `archive_command`,
+//! so WAL of the new timeline only ever goes to its own stanza.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -50,7 +50,11 @@ pub fn restore_of(target: &RestoreTarget, pg_path: &Path) -> Result<Restore, Str
 /// Settings of the server that recovers the restored copy: on the Unix
 /// socket only (nobody may connect before it is complete), WAL from the
 /// source's archive, and no synchronous standbys to wait for (there are
-/// none yet).
+/// none yet). An empty `archive_command` pauses archiving without losing
+/// anything: the new timeline's first segments and history file wait
+/// (`.ready`) for the server started on PGDATA, whose pgBackRest
+/// configuration names that directory, to archive them to this
+/// cluster's own stanza.
 pub fn recovery_settings(
     socket_dir: &Path,
     port: u16,
@@ -61,6 +65,7 @@ pub fn recovery_settings(
         ("unix_socket_directories", socket_dir.display().to_string()),
         ("port", port.to_string()),
         ("restore_command", source_restore_command.to_string()),
+        ("archive_command", String::new()),
         ("synchronous_standby_names", String::new()),
     ]
 }
@@ -279,6 +284,10 @@ mod tests {
         assert!(s.contains(&("listen_addresses", String::new())));
         assert!(s.contains(&("unix_socket_directories", "/run/pg".into())));
         assert!(s.contains(&("synchronous_standby_names", String::new())));
+        assert!(
+            s.contains(&("archive_command", String::new())),
+            "paused, not off"
+        );
         assert!(s.contains(&("restore_command", "pgbackrest archive-get %f \"%p\"".into())));
     }
 
