@@ -280,38 +280,49 @@ impl DataOps<'_> {
 
         // Set up roles and databases on a server that listens on the socket
         // only, before the data directory exists under its real name.
-        let mut server = PostgresChild::spawn(
-            &self.bins.dir,
-            &partial,
-            &[
-                ("listen_addresses", ""),
-                (
-                    "unix_socket_directories",
-                    &self.inputs.run_dir.display().to_string(),
-                ),
-                ("port", &self.inputs.postgres_port.to_string()),
-            ],
-        )
-        .map_err(|e| BootstrapError::Refused(e.to_string()))?;
-        let setup = async {
-            self.wait_accepting(&server, &partial, Duration::from_secs(60))
+        let socket = self.inputs.run_dir.display().to_string();
+        let port = self.inputs.postgres_port.to_string();
+        let settings = [
+            ("listen_addresses", ""),
+            ("unix_socket_directories", socket.as_str()),
+            ("port", port.as_str()),
+        ];
+        self.on_private_server(&partial, &settings, "bootstrap", async |server| {
+            self.wait_accepting(server, &partial, Duration::from_secs(60))
                 .await?;
             self.setup_sql(secrets).await
-        }
-        .await;
-        let stopped = server
-            .stop(&supervisor::fast_plan(Duration::from_secs(60)))
-            .await;
-        setup?;
-        if stopped.as_deref() != Some("exit code 0") {
-            return Err(BootstrapError::Refused(format!(
-                "the bootstrap server did not stop cleanly ({})",
-                stopped.unwrap_or_else(|| "still running".into())
-            )));
-        }
+        })
+        .await?;
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;
         Ok(control.system_identifier)
+    }
+
+    /// Runs `work` against a postgres started on `dir` with `settings`,
+    /// then stops it cleanly (a checkpoint, so the directory needs no
+    /// recovery at its first real start); one that does not stop cleanly
+    /// fails the bootstrap.
+    pub(super) async fn on_private_server(
+        &self,
+        dir: &Path,
+        settings: &[(&str, &str)],
+        what: &str,
+        work: impl AsyncFnOnce(&PostgresChild) -> Result<(), BootstrapError>,
+    ) -> Result<(), BootstrapError> {
+        let mut server = PostgresChild::spawn(&self.bins.dir, dir, settings)
+            .map_err(|e| BootstrapError::Refused(e.to_string()))?;
+        let result = work(&server).await;
+        let stopped = server
+            .stop(&supervisor::fast_plan(Duration::from_secs(60)))
+            .await;
+        result?;
+        if stopped.as_deref() != Some("exit code 0") {
+            return Err(BootstrapError::Refused(format!(
+                "the {what} server did not stop cleanly ({})",
+                stopped.unwrap_or_else(|| "still running".into())
+            )));
+        }
+        Ok(())
     }
 
     /// Flushes the new data (and WAL) to disk before it may be renamed into

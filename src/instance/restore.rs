@@ -168,23 +168,11 @@ impl DataOps<'_> {
             operation = "recover",
             "replaying the source's WAL to the target"
         );
-        let mut server = PostgresChild::spawn(&self.bins.dir, &partial, &settings)
-            .map_err(|e| BootstrapError::Refused(e.to_string()))?;
-        let work = async {
-            self.wait_promoted(&server, &partial).await?;
+        self.on_private_server(&partial, &settings, "recovered", async |server| {
+            self.wait_promoted(server, &partial).await?;
             self.setup_sql(secrets).await
-        }
-        .await;
-        let stopped = server
-            .stop(&supervisor::fast_plan(Duration::from_secs(60)))
-            .await;
-        work?;
-        if stopped.as_deref() != Some("exit code 0") {
-            return Err(BootstrapError::Refused(format!(
-                "the recovered server did not stop cleanly ({})",
-                stopped.unwrap_or_else(|| "still running".into())
-            )));
-        }
+        })
+        .await?;
         let control = self.controldata(&partial).await?;
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;

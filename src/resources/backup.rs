@@ -179,7 +179,7 @@ pub(super) fn s3_volumes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::resources::model::fixtures::model;
 
@@ -189,7 +189,9 @@ mod tests {
         m
     }
 
-    fn s3(extra: serde_json::Value) -> serde_json::Value {
+    /// An S3 repository spec (`minio.store:9000`, bucket `backups`, keys in
+    /// Secret `s3-keys`) with `extra` fields.
+    pub(in crate::resources) fn s3(extra: serde_json::Value) -> serde_json::Value {
         let mut base = serde_json::json!({
             "endpoint": "minio.store:9000", "region": "us-east-1", "bucket": "backups",
             "uriStyle": "path", "credentials": {"secretName": "s3-keys"}

