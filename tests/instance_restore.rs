@@ -338,3 +338,79 @@ async fn a_target_before_the_first_backup_is_reported_and_nothing_starts() {
     assert!(bad.terminate(Duration::from_secs(40)).success());
     assert!(src.instance.terminate(Duration::from_secs(40)).success());
 }
+
+/// A key missing from the source's Secret (its volume is optional, so the
+/// pod starts without the file): the report names the file and the field
+/// to fix, pgBackRest is not even run, and nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_credential_is_reported_and_nothing_starts() {
+    use capstan::backup::repository::{Repository, S3, S3Credentials, Storage, Tls, UriStyle};
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(17)) else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(17, PORTS.take(), &["new-1"]);
+    s.cluster = "new".into();
+    let mut i = Instance::new("new-1", &PORTS, &bin, pki, &s);
+    let keys = i.root.join("restore");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("s3-key"), "AKID").unwrap();
+    s.restore = Some(RestoreSettings {
+        stanza: "src".into(),
+        repository: Repository {
+            storage: Storage::S3(S3 {
+                endpoint: "localhost".into(),
+                port: Some(PORTS.take()),
+                region: "us-east-1".into(),
+                bucket: "none".into(),
+                uri_style: UriStyle::Path,
+                tls: Tls::default(),
+                credentials: S3Credentials::Files {
+                    access_key_id: keys.join("s3-key"),
+                    secret_access_key: keys.join("s3-key-secret"),
+                },
+            }),
+            path: "/src".into(),
+            retention: Default::default(),
+        },
+        target: RestoreTarget::Latest,
+    });
+    chown_tree(&i.root);
+    i.write_settings(&s);
+    i.env = vec![
+        (
+            "CAPSTAN_PGBACKREST".into(),
+            pgbackrest.display().to_string(),
+        ),
+        (
+            "CAPSTAN_BACKREST_DIR".into(),
+            i.root.join("pgbackrest").display().to_string(),
+        ),
+    ];
+    i.set_authority("new-1");
+    i.start();
+    let report = i
+        .wait_status("the missing key reported", LONG, |r| {
+            r.restore
+                .as_ref()
+                .and_then(|x| x.last_error.as_deref())
+                .is_some_and(|e| e.contains("s3-key-secret"))
+        })
+        .await;
+    let message = report.restore.unwrap().last_error.unwrap();
+    assert!(
+        message.contains("spec.bootstrap.restore.source.repository.s3.credentials"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("AKID"),
+        "a key reached the report: {message}"
+    );
+    assert!(
+        !i.log().contains("running pgbackrest"),
+        "{}",
+        i.log_tail(30)
+    );
+    assert!(!i.pgdata().exists() && i.postgres_processes().is_empty());
+    assert!(i.terminate(Duration::from_secs(40)).success());
+}
