@@ -70,6 +70,18 @@ pub fn recovery_settings(
     ]
 }
 
+/// The restored data must be of the major the cluster runs: newer
+/// binaries refuse older data files (that is a major upgrade).
+fn same_major(pg_version: &str, binaries: u32) -> Result<(), String> {
+    let found = pg_version.trim();
+    if found == binaries.to_string() {
+        return Ok(());
+    }
+    Err(format!(
+        "the backup holds PostgreSQL {found} data but the cluster runs PostgreSQL {binaries}; create the restored cluster with spec.postgres.version {found} (it can be upgraded afterwards)"
+    ))
+}
+
 /// Moves the (small) `pg_wal` pgBackRest restored into `wal`, leaving a
 /// link in its place, as initdb `--waldir` does.
 fn relocate_wal(pgdata: &Path, wal: &Path) -> std::io::Result<()> {
@@ -132,6 +144,9 @@ impl DataOps<'_> {
                     .map(str::to_string)
                     .unwrap_or_else(|| e.to_string()),
             })?;
+        let version_file = partial.join("PG_VERSION");
+        let found = std::fs::read_to_string(&version_file).map_err(io(&version_file))?;
+        same_major(&found, self.bins.major).map_err(BootstrapError::Refused)?;
         if self.settings.separate_wal {
             let wal = self.wal_partial();
             relocate_wal(&partial, &wal).map_err(io(&wal))?;
@@ -277,6 +292,13 @@ mod tests {
             "paused, not off"
         );
         assert!(s.contains(&("restore_command", "pgbackrest archive-get %f \"%p\"".into())));
+    }
+
+    #[test]
+    fn data_of_another_major_is_refused_with_the_fix() {
+        assert!(same_major("17\n", 17).is_ok());
+        let err = same_major("16\n", 17).unwrap_err();
+        assert!(err.contains("spec.postgres.version 16"), "{err}");
     }
 
     #[test]
