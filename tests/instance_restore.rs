@@ -76,16 +76,7 @@ fn instance(
     });
     chown_tree(&i.root);
     i.write_settings(&s);
-    i.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            pgbackrest.display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            i.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    i.use_pgbackrest(pgbackrest);
     i.set_authority(&name);
     i
 }
@@ -377,16 +368,7 @@ async fn a_missing_credential_is_reported_and_nothing_starts() {
     });
     chown_tree(&i.root);
     i.write_settings(&s);
-    i.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            pgbackrest.display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            i.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    i.use_pgbackrest(&pgbackrest);
     i.set_authority("new-1");
     i.start();
     let report = i

@@ -318,6 +318,18 @@ impl Instance {
         chown_tree(&dir);
     }
 
+    /// The manager runs `pgbackrest` and keeps its files in `<root>/pgbackrest`.
+    pub fn use_pgbackrest(&mut self, pgbackrest: &Path) {
+        let dir = self.root.join("pgbackrest");
+        self.env.extend([
+            (
+                "CAPSTAN_PGBACKREST".into(),
+                pgbackrest.display().to_string(),
+            ),
+            ("CAPSTAN_BACKREST_DIR".into(), dir.display().to_string()),
+        ]);
+    }
+
     pub fn set_authority(&self, target: &str) {
         let path = self.root.join("authority");
         write_file(&path, target.as_bytes(), 0o644);
