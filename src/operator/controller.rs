@@ -23,6 +23,7 @@ use super::cluster::execute::{Executor, Next};
 use super::cluster::observe::observe;
 use super::cluster::operation::Operation;
 use super::cluster::plan::{self, Deletion, Plan};
+use super::cluster::restore;
 use super::cluster::status::{self, Report, Transition};
 use super::cluster::validate::validate;
 use super::context::Context;
@@ -195,6 +196,14 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     if let Some(e) = &apply_error {
         problems.push(e.to_string());
     }
+    // A failing restore says more than anything else that waits.
+    let blocked = restore::blocked(
+        &validated.model,
+        &observed.reports,
+        &plan.target_primary,
+        previous,
+    )
+    .or(validated.blocked);
     let (new_status, transitions) = status::compute(&Report {
         model: &validated.model,
         observed: &observed,
@@ -202,7 +211,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         previous: Some(&working),
         generation,
         now: Time(now),
-        blocked: validated.blocked.as_ref(),
+        blocked: blocked.as_ref(),
         apply_error: (!problems.is_empty()).then(|| problems.join("; ")),
     });
     if cluster.status.as_ref() != Some(&new_status) {

@@ -280,6 +280,26 @@ impl S3Stack {
         );
     }
 
+    /// Keys under `prefix` in the bucket (moto answers plain HTTP without
+    /// a signature), at most the 1000 of one listing.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.moto_port)).unwrap();
+        write!(
+            s,
+            "GET /{}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.bucket, self.moto_port
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.contains(" 200 "), "listing {prefix}: {response}");
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_string()))
+            .collect()
+    }
+
     /// The repository model for this store, keys from files in `secrets`.
     pub fn repository(&self, path: &str, secrets: &Path) -> capstan::backup::Repository {
         self.repository_with_key(path, secrets, (ACCESS_KEY, SECRET_KEY))

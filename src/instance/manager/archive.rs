@@ -53,7 +53,7 @@ fn with_archive_async(text: String, archive_async: bool) -> String {
 
 /// pgBackRest must run as the owner of the data directory; when the
 /// manager runs as root (not in a pod), the files are given to that owner.
-fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
+pub(super) fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
@@ -64,7 +64,7 @@ fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
     Some((meta.uid(), meta.gid()))
 }
 
-fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(super) fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -8,6 +8,7 @@ pub mod failover;
 pub mod observe;
 pub mod operation;
 pub mod plan;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod status;
