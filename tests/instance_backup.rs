@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use capstan::contract::backup::{BackupJob, BackupSettings, JobPhase};
 use capstan::contract::instance::Role;
-use support::s3::{S3Stack, pgbackrest};
+use support::s3::{Listen, S3Stack, pgbackrest};
 use support::*;
 
 static PORTS: Ports = Ports::new(25300, 25400);
@@ -86,7 +86,9 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
         return;
     };
-    let Some((s3, (id, secret))) = S3Stack::start_with_auth(&PORTS, "capstan") else {
+    let Some((s3, (id, secret))) =
+        S3Stack::start_with_auth(Listen::loopback(PORTS.take(), PORTS.take()), "capstan")
+    else {
         return;
     };
     let pki = Arc::new(Pki::new());
@@ -243,7 +245,7 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
     };
     let pki = Arc::new(Pki::new());
     let mut s = settings(17, PORTS.take(), &["db-1"]);
-    let repo = support::s3::PosixRepo::new();
+    let repo = support::posix::PosixRepo::new();
     s.backup = Some(BackupSettings {
         stanza: "db".into(),
         repositories: vec![repo.repository()],
@@ -286,7 +288,7 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     let pki = Arc::new(Pki::new());
     let proxy_port = PORTS.take();
     let mut s = settings(17, proxy_port, &["db-1", "db-2"]);
-    let repo = support::s3::PosixRepo::new();
+    let repo = support::posix::PosixRepo::new();
     s.backup = Some(BackupSettings {
         stanza: "db".into(),
         repositories: vec![repo.repository()],

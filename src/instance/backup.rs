@@ -21,7 +21,7 @@ use crate::contract::backup::{
 use crate::postgres::roles;
 
 use super::inputs::Inputs;
-use super::local::Archiver;
+use super::local::{Archiver, Local};
 use super::state::CommandError;
 
 mod inventory;
@@ -314,11 +314,13 @@ impl Backups {
         report
     }
 
-    /// `POST /backup`: the job, started or as it stands.
+    /// `POST /backup`: the job, started or as it stands. `local` is this
+    /// instance's PostgreSQL (for the checkpoint before the backup).
     pub fn request(
         self: &Arc<Self>,
         request: BackupRequest,
         primary: bool,
+        local: &Local,
     ) -> Result<BackupJob, CommandError> {
         let mut inner = self.lock();
         let admission = admit(inner.job.as_ref(), &request, primary, inner.repositories);
@@ -357,7 +359,17 @@ impl Backups {
         inner.job = Some(job.clone());
         drop(inner);
         let this = self.clone();
+        let local = local.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
+            // pgBackRest reads pg_control before its own checkpoint, and
+            // after a promotion pg_control names the old timeline until the
+            // first checkpoint on the new one ends (a spread one, seconds
+            // later): pgBackRest would refuse with "WAL timeline 2 does not
+            // match pg_control timeline 1". One now leaves little to write
+            // for the immediate checkpoint pgBackRest then asks for.
+            if let Err(e) = local.checkpoint().await {
+                tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "CHECKPOINT before the backup failed; starting it anyway");
+            }
             let outcome = run_backup(&runner, &request, started).await;
             let mut inner = this.lock();
             // pgBackRest expired old backups after this one.

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod posix;
 pub mod s3;
 pub mod tools;
 

@@ -148,13 +148,15 @@ pub fn decide(input: &Input<'_>) -> Decision {
     };
     match &report.archive {
         Some(a) if a.stanza_ready => {}
-        Some(a) => {
-            return wait(format!(
-                "waiting for WAL archiving to the repositories: {}",
-                a.stanza_error
-                    .as_deref()
-                    .unwrap_or("the pgBackRest stanza is being created")
-            ));
+        // stanza-create failed (wrong credentials, an unreachable store, no
+        // pgBackRest): waiting could be forever, so the backup is tried and
+        // ends with what pgBackRest (or the instance) says about it.
+        Some(a) if a.stanza_error.is_some() => {}
+        Some(_) => {
+            return wait(
+                "waiting for WAL archiving to the repositories: the pgBackRest stanza is being created"
+                    .into(),
+            );
         }
         None => {
             return wait(format!(

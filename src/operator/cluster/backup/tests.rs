@@ -169,16 +169,32 @@ fn a_running_backup_is_followed_to_its_end_before_another_starts() {
 fn a_backup_waits_for_a_ready_primary_and_its_stanza() {
     let s = spec();
     let backups = [backup("b1", "full", None, None)];
-    let not_ready = ArchiveReport {
+    let being_created = ArchiveReport {
         stanza_ready: false,
-        stanza_error: Some("ERROR: [039] HTTP request failed with 403".into()),
         ..ArchiveReport::default()
     };
-    let d = decide_with(Some(&s), &backups, &primary(Some(not_ready), None));
+    let d = decide_with(Some(&s), &backups, &primary(Some(being_created), None));
     assert!(
-        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("403")),
+        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("stanza is being created")),
         "{d:?}"
     );
+    // A stanza that failed may never come: the backup is tried, so it ends
+    // (as Failed with pgBackRest's message, if the repository still fails).
+    for error in [
+        "ERROR: [039]: HTTP request failed with 403 (Forbidden)",
+        "backups are configured but pgBackRest is not at /usr/bin/pgbackrest: set spec.postgres.image …",
+    ] {
+        let failed = ArchiveReport {
+            stanza_ready: false,
+            stanza_error: Some(error.into()),
+            ..ArchiveReport::default()
+        };
+        let d = decide_with(Some(&s), &backups, &primary(Some(failed), None));
+        assert!(
+            matches!(d.step, Some(Step::Start { ref instance, .. }) if instance == "db-1"),
+            "{error}: {d:?}"
+        );
+    }
     let d = decide_with(Some(&s), &backups, &primary(None, None));
     assert!(matches!(d.step, Some(Step::Wait { .. })));
     let d = decide(&Input {
