@@ -14,7 +14,8 @@ use capstan::backup::config::{self, BackrestConfig, Invocation, Secrets, Stanza}
 use capstan::backup::{BackupType, Restore, RestoreTarget, Runner, Sentinel, Verification};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::s3::{PosixRepo, S3Stack, pgbackrest};
+use support::posix::PosixRepo;
+use support::s3::{Listen, S3Stack, pgbackrest};
 use support::{Ports, chown_tree, postgres_ids};
 
 static PORTS: Ports = Ports::new(25100, 25300);
@@ -232,7 +233,10 @@ async fn full_cycle(major: u32) {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(major)) else {
         return;
     };
-    let Some(s3) = S3Stack::start(&PORTS, &format!("pg{major}")) else {
+    let Some(s3) = S3Stack::start(
+        Listen::loopback(PORTS.take(), PORTS.take()),
+        &format!("pg{major}"),
+    ) else {
         return;
     };
     let started = Instant::now();
@@ -468,7 +472,9 @@ async fn wrong_s3_credentials_fail_the_backup_with_pgbackrests_message() {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(17)) else {
         return;
     };
-    let Some((s3, (id, secret))) = S3Stack::start_with_auth(&PORTS, "auth") else {
+    let Some((s3, (id, secret))) =
+        S3Stack::start_with_auth(Listen::loopback(PORTS.take(), PORTS.take()), "auth")
+    else {
         return;
     };
     let tmp = tempfile::Builder::new().prefix("capba").tempdir().unwrap();

@@ -616,3 +616,150 @@ async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
     assert_eq!(written[0]["verification"]["phase"], "Skipped");
     server.abort();
 }
+
+/// The API double's writes to `PostgresBackup` objects other than status:
+/// (method, name, body).
+fn backup_writes(calls: &[controller_support::Call]) -> Vec<(String, String, Value)> {
+    calls
+        .iter()
+        .filter(|c| c.path.contains("/postgresbackups/") && !c.path.ends_with("/status"))
+        .filter(|c| c.method != http::Method::GET)
+        .map(|c| {
+            let name = c.path.rsplit('/').next().unwrap_or_default().to_string();
+            (c.method.to_string(), name, c.body.clone())
+        })
+        .collect()
+}
+
+fn event_notes(calls: &[controller_support::Call], reason: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.path.ends_with("/events") && c.body["reason"] == reason)
+        .map(|c| c.body["note"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_due_schedule_creates_one_backup_object_and_a_later_reconcile_none() {
+    use capstan::contract::backup::ArchiveReport;
+    let mut spec = backup_spec();
+    spec["backup"]["schedules"] =
+        json!([{"name": "yearly", "type": "full", "schedule": "0 0 1 1 *"}]);
+    let w = World::new(spec.clone(), &spec, None);
+    let mut report = primary("db-1");
+    report.archive = Some(ArchiveReport {
+        stanza_ready: true,
+        ..ArchiveReport::default()
+    });
+    w.agents.set(report);
+    // The run recorded as next has come (the operator was down over it).
+    let overdue = json!({"schedules": [{"name": "yearly", "schedule": "0 0 1 1 *",
+                                        "next": "2020-01-01T00:00:00Z"}]});
+    w.api.state.lock().unwrap().cluster["status"]["backup"] = overdue.clone();
+    let (ctx, mut writers, server) = w.operator();
+
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    let calls = w.api.take_calls();
+    let writes = backup_writes(&calls);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let (method, name, body) = &writes[0];
+    assert_eq!(method, "PATCH", "server-side apply");
+    assert!(
+        name.starts_with("db-yearly-") && name.ends_with("01010000"),
+        "{name}"
+    );
+    assert_eq!(
+        body["spec"],
+        json!({"cluster": "db", "type": "full", "repository": "repo1"})
+    );
+    assert_eq!(body["metadata"]["labels"]["capstan.dev/schedule"], "yearly");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "db");
+    let run = body["metadata"]["annotations"]["capstan.dev/scheduled-at"].clone();
+    assert_eq!(event_notes(&calls, "BackupScheduled").len(), 1);
+    // Status shows the next run, a year on, and the object made.
+    let status = w.api.status();
+    let entry = &status["backup"]["schedules"][0];
+    assert_eq!(entry["lastBackup"], json!(name));
+    assert!(
+        entry["next"].as_str().unwrap() > run.as_str().unwrap(),
+        "{entry}"
+    );
+    assert_eq!(status["backup"]["nextScheduled"]["schedule"], "yearly");
+    assert_eq!(status["backup"]["nextScheduled"]["time"], entry["next"]);
+
+    // The watch delivers the object: it is started, and no second one made.
+    let object: capstan::api::pgbackup::PostgresBackup = serde_json::from_value({
+        let mut o = body.clone();
+        o["metadata"]["namespace"] = json!("ns");
+        o["metadata"]["creationTimestamp"] = json!("2026-12-04T10:00:00Z");
+        o
+    })
+    .unwrap();
+    writers
+        .backups
+        .apply_watcher_event(&watcher::Event::Apply(object));
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(
+        steps(w.trip.take_timeline()),
+        [format!("backup db-1 {name}")]
+    );
+    assert!(backup_writes(&w.api.take_calls()).is_empty());
+    // Even when the status that moved the schedule on was lost.
+    w.api.state.lock().unwrap().cluster["status"]["backup"] = overdue;
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert!(backup_writes(&w.api.take_calls()).is_empty());
+    server.abort();
+}
+
+#[tokio::test]
+async fn objects_of_expired_backups_are_deleted_with_an_event() {
+    use capstan::contract::backup::{ArchiveReport, RepositoryInventory};
+    let w = World::new(backup_spec(), &backup_spec(), None);
+    let mut report = primary("db-1");
+    report.archive = Some(ArchiveReport {
+        stanza_ready: true,
+        repositories: vec![RepositoryInventory {
+            repository: 1,
+            read_at: "2026-12-04T12:00:00.000000Z".into(),
+            labels: vec!["20261204-110000F".into()],
+            first_recoverability_point: Some("2026-12-04T11:05:00.000000Z".into()),
+            ..RepositoryInventory::default()
+        }],
+        ..ArchiveReport::default()
+    });
+    w.agents.set(report);
+    let (ctx, mut writers, server) = w.operator();
+    for (name, label, stopped) in [
+        ("old", "20261204-100000F", "2026-12-04T10:05:00Z"),
+        ("new", "20261204-110000F", "2026-12-04T11:05:00Z"),
+    ] {
+        writers
+            .backups
+            .apply_watcher_event(&watcher::Event::Apply(backup_object(
+                name,
+                Some(
+                    json!({"phase": "Completed", "label": label, "repository": "repo1",
+                            "stoppedAt": stopped}),
+                ),
+            )));
+    }
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    let calls = w.api.take_calls();
+    let writes = backup_writes(&calls);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        (writes[0].0.as_str(), writes[0].1.as_str()),
+        ("DELETE", "old")
+    );
+    let notes = event_notes(&calls, "BackupExpired");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("old") && notes[0].contains("20261204-100000F"),
+        "{notes:?}"
+    );
+    assert_eq!(
+        w.api.status()["backup"]["firstRecoverabilityPoint"],
+        "2026-12-04T11:05:00Z"
+    );
+    server.abort();
+}

@@ -72,25 +72,9 @@ fn examples_pass_the_cel_rules() {
     );
 }
 
-/// Examples this operator build refuses (restore is not implemented yet):
-/// rendering them must fail with that reason, and once it no longer does,
-/// this list goes.
-const NOT_RENDERED_YET: &[&str] = &["restore.yaml"];
-
 #[test]
 fn examples_render() {
     for file in examples() {
-        if NOT_RENDERED_YET.iter().any(|f| file.ends_with(f)) {
-            let err = capstan::render::render_file(&file, "capstan:test")
-                .expect_err("restore is refused by this build");
-            assert!(
-                err.to_string()
-                    .contains("spec.bootstrap.restore: not supported by this operator build yet"),
-                "{}: {err}",
-                file.display()
-            );
-            continue;
-        }
         let out =
             capstan::render::render_file(&file, "capstan:test").unwrap_or_else(|e| panic!("{e}"));
         assert!(out.contains("kind: Deployment"), "{}", file.display());

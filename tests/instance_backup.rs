@@ -2,7 +2,8 @@
 //! 17, pgBackRest 2.55 and an S3 repository over TLS (moto behind nginx,
 //! checking signatures). The manager writes pgbackrest.conf from the
 //! settings and the mounted credential files, creates the stanza, archives
-//! WAL, runs `POST /backup` one at a time, and with a wrong key reports
+//! WAL, runs `POST /backup` one at a time, reports what the repository
+//! holds (retention expiring old backups), and with a wrong key reports
 //! pgBackRest's own message while PostgreSQL keeps serving.
 
 mod support;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use capstan::contract::backup::{BackupJob, BackupSettings, JobPhase};
 use capstan::contract::instance::Role;
-use support::s3::{S3Stack, pgbackrest};
+use support::s3::{Listen, S3Stack, pgbackrest};
 use support::*;
 
 static PORTS: Ports = Ports::new(25300, 25400);
@@ -32,6 +33,20 @@ fn pg17_bin() -> Option<PathBuf> {
     }
     eprintln!("SKIP: PostgreSQL 17 not found in {}", dir.display());
     None
+}
+
+/// The manager's pgBackRest and its working directory under `root`.
+fn backrest_env(root: &std::path::Path, pgbackrest: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "CAPSTAN_PGBACKREST".into(),
+            pgbackrest.display().to_string(),
+        ),
+        (
+            "CAPSTAN_BACKREST_DIR".into(),
+            root.join("pgbackrest").display().to_string(),
+        ),
+    ]
 }
 
 fn request(name: &str) -> String {
@@ -71,7 +86,9 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
         return;
     };
-    let Some((s3, (id, secret))) = S3Stack::start_with_auth(&PORTS, "capstan") else {
+    let Some((s3, (id, secret))) =
+        S3Stack::start_with_auth(Listen::loopback(PORTS.take(), PORTS.take()), "capstan")
+    else {
         return;
     };
     let pki = Arc::new(Pki::new());
@@ -87,16 +104,7 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
         archive_async: true,
     });
     a.write_settings(&s);
-    a.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            pgbackrest.display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            a.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    a.env = backrest_env(&a.root, &pgbackrest);
     a.set_authority("db-1");
     a.start();
     a.wait_ready(LONG).await;
@@ -164,8 +172,18 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
         result.wal_start.is_some() && result.size.is_some(),
         "{result:?}"
     );
+    // What the repository holds, read from S3 after the backup.
+    a.wait_status("the backup listed in the report", LONG, |r| {
+        r.archive.as_ref().is_some_and(|x| {
+            x.repositories
+                .iter()
+                .any(|h| h.repository == 1 && h.labels == [result.label.clone()])
+        })
+    })
+    .await;
     let (_, metrics) = a.http("GET", "/metrics", None, None).await;
     for line in [
+        "capstan_backup_repository_backups{repository=\"repo1\"} 1",
         "capstan_backup_stanza_ready 1",
         "capstan_backup_running 0",
         "capstan_backup_last_result{result=\"completed\"} 1",
@@ -227,7 +245,7 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
     };
     let pki = Arc::new(Pki::new());
     let mut s = settings(17, PORTS.take(), &["db-1"]);
-    let repo = support::s3::PosixRepo::new();
+    let repo = support::posix::PosixRepo::new();
     s.backup = Some(BackupSettings {
         stanza: "db".into(),
         repositories: vec![repo.repository()],
@@ -235,16 +253,7 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
         archive_async: true,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
-    a.env = vec![
-        (
-            "CAPSTAN_PGBACKREST".into(),
-            a.root.join("no/pgbackrest").display().to_string(),
-        ),
-        (
-            "CAPSTAN_BACKREST_DIR".into(),
-            a.root.join("pgbackrest").display().to_string(),
-        ),
-    ];
+    a.env = backrest_env(&a.root, &a.root.join("no/pgbackrest"));
     a.set_authority("db-1");
     a.start();
     let report = a
@@ -279,7 +288,7 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     let pki = Arc::new(Pki::new());
     let proxy_port = PORTS.take();
     let mut s = settings(17, proxy_port, &["db-1", "db-2"]);
-    let repo = support::s3::PosixRepo::new();
+    let repo = support::posix::PosixRepo::new();
     s.backup = Some(BackupSettings {
         stanza: "db".into(),
         repositories: vec![repo.repository()],
@@ -289,16 +298,7 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
     let mut b = Instance::new("db-2", &PORTS, &bin, pki.clone(), &s);
     for i in [&mut a, &mut b] {
-        i.env = vec![
-            (
-                "CAPSTAN_PGBACKREST".into(),
-                pgbackrest.display().to_string(),
-            ),
-            (
-                "CAPSTAN_BACKREST_DIR".into(),
-                i.root.join("pgbackrest").display().to_string(),
-            ),
-        ];
+        i.env = backrest_env(&i.root, &pgbackrest);
         i.set_authority("db-1");
     }
     let _proxy = Proxy::start(proxy_port, a.pg_port).await;
@@ -331,5 +331,97 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
         "a replica created the stanza"
     );
     assert!(b.terminate(Duration::from_secs(40)).success());
+    assert!(a.terminate(Duration::from_secs(40)).success());
+}
+
+/// Retention is pgBackRest's: with `repo-retention-full=1` the second full
+/// backup expires the first, and the primary's report (read with
+/// `pgbackrest info` after the backup) lists only the second, which is
+/// what the operator deletes expired `PostgresBackup` objects from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_expires_the_first_full_backup_and_the_report_follows() {
+    use capstan::contract::backup::RepositoryInventory;
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(17, PORTS.take(), &["db-1"]);
+    let repo = support::s3::PosixRepo::new();
+    let mut repository = repo.repository();
+    repository.retention.full = Some(1);
+    s.backup = Some(BackupSettings {
+        stanza: "db".into(),
+        repositories: vec![repository],
+        archive_timeout_seconds: 60,
+        archive_async: false,
+    });
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
+    a.env = backrest_env(&a.root, &pgbackrest);
+    a.set_authority("db-1");
+    a.start();
+    a.wait_status("primary with its stanza", LONG, |r| {
+        r.ready && r.archive.as_ref().is_some_and(|x| x.stanza_ready)
+    })
+    .await;
+    let conf = std::fs::read_to_string(a.root.join("pgbackrest/pgbackrest.conf")).unwrap();
+    assert!(conf.contains("\nrepo1-retention-full=1\n"), "{conf}");
+    let held = |r: &capstan::contract::instance::InstanceReport| -> Option<RepositoryInventory> {
+        r.archive.as_ref()?.repositories.first().cloned()
+    };
+
+    let mut labels = vec![];
+    for name in ["b1", "b2"] {
+        let (code, body) = post_backup(&a, name).await;
+        assert_eq!(code, 200, "{body}");
+        let job = finished_job(&a, name).await;
+        assert_eq!(job.phase, JobPhase::Completed, "{job:?}");
+        let result = job.result.unwrap();
+        let stopped = result.stopped_at.clone().unwrap();
+        // A listing read after the backup ended, naming it.
+        let label = result.label.clone();
+        let report = a
+            .wait_status(&format!("{label} listed"), LONG, |r| {
+                held(r).is_some_and(|h| h.read_at >= stopped && h.labels.contains(&label))
+            })
+            .await;
+        labels.push((label, held(&report).unwrap()));
+    }
+    let (first, _) = &labels[0];
+    let (second, inventory) = &labels[1];
+    assert_ne!(first, second);
+    assert_eq!(inventory.repository, 1);
+    assert_eq!(
+        inventory.labels,
+        std::slice::from_ref(second),
+        "{first} was expired"
+    );
+    assert_eq!(
+        inventory.first_recoverability_point,
+        inventory.last_backup_at
+    );
+    // pgBackRest removed it from the repository, not only from its list.
+    let backup_dir = repo.dir.path().join("backup/db");
+    assert!(backup_dir.join(second).is_dir());
+    assert!(
+        !backup_dir.join(first).exists(),
+        "{first} is still in the repository"
+    );
+
+    let (_, metrics) = a.http("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "capstan_backup_repository_backups{repository=\"repo1\"} 1"),
+        "{metrics}"
+    );
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("capstan_backup_last_successful_age_seconds{repository=\"repo1\"} ")
+        })
+        .expect("the age of the newest backup")
+        .parse()
+        .unwrap();
+    assert!((0.0..LONG.as_secs_f64()).contains(&age), "{age}");
     assert!(a.terminate(Duration::from_secs(40)).success());
 }

@@ -12,10 +12,6 @@ use std::process::Command;
 /// Oldest Kubernetes the operator supports (k8s-openapi feature v1_33).
 const KUBERNETES_VERSION: &str = "1.33.0";
 
-/// Examples of what this operator build refuses (restore); tests/examples.rs
-/// checks the refusal.
-const NOT_RENDERED_YET: &[&str] = &["restore.yaml"];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -60,14 +56,6 @@ fn rendered_examples_pass_kubernetes_validate_strict() {
             .arg("render")
             .arg("-f")
             .arg(&example));
-        if NOT_RENDERED_YET.iter().any(|f| example.ends_with(f)) {
-            assert!(
-                !ok && text.contains("not supported by this operator build yet"),
-                "{}: {text}",
-                example.display()
-            );
-            continue;
-        }
         assert!(ok, "capstan render -f {}: {text}", example.display());
         std::fs::write(&out, &text).unwrap();
         let (ok, report) = kubernetes_validate(&validator, &out);

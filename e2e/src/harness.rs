@@ -98,9 +98,11 @@ pub fn chart_dir() -> PathBuf {
 }
 
 /// PostgreSQL bin directories for the majors the images may ask for: Debian's
-/// under /usr/lib/postgresql, plus `$CAPSTAN_PG<major>_BIN`.
+/// under /usr/lib/postgresql, plus `$CAPSTAN_PG<major>_BIN`; images named
+/// `…pgbackrest…` (images/postgres) also get pgBackRest.
 fn images(capstan: &Path) -> ImageTable {
-    let mut table = ImageTable::capstan_defaults(capstan);
+    let mut table = ImageTable::capstan_defaults(capstan)
+        .with_pgbackrest_image(crate::backup::pgbackrest_binary());
     for major in 14..=18u32 {
         if let Some(dir) = std::env::var_os(format!("CAPSTAN_PG{major}_BIN")) {
             table = table.with_postgres_major(major, PathBuf::from(dir));

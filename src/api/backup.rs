@@ -26,7 +26,10 @@ pub struct BackupSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub repositories: Vec<BackupRepository>,
 
-    /// When backups are taken. Each run creates a `PostgresBackup` object.
+    /// When backups are taken. Each run creates a `PostgresBackup` object
+    /// (`<cluster>-<schedule>-<yyyymmddhhmm>`, UTC), taken one at a time
+    /// with the others; a run waits while the schedule's previous backup is
+    /// unfinished, and runs missed while the operator was down become one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = limits::BACKUP_SCHEDULES_MAX))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]

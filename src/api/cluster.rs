@@ -50,6 +50,7 @@ use super::status::PostgresClusterStatus;
 #[x_kube(validation = rules::wal_storage_presence_immutable())]
 #[x_kube(validation = rules::bootstrap_immutable())]
 #[x_kube(validation = rules::synchronous_fits_instances())]
+#[x_kube(validation = rules::backup_needs_image())]
 pub struct PostgresClusterSpec {
     /// Number of PostgreSQL instances (one primary plus `instances - 1`
     /// streaming replicas).

@@ -10,7 +10,12 @@ use super::backup::BackupType;
 use super::limits;
 use super::rules;
 
-/// One pgBackRest backup of a `PostgresCluster` in the same namespace.
+/// One pgBackRest backup of a `PostgresCluster` in the same namespace,
+/// created on demand or by one of its `spec.backup.schedules`. Deleting the
+/// object never deletes the backup in the repository. The operator deletes
+/// a `Completed` object once pgBackRest expired its backup (retention), and
+/// keeps the newest 3 `Failed` objects of each schedule; other objects are
+/// left to whoever created them.
 // Each `printcolumn(...)` repeats `type_ = "string"`; clippy reads the
 // repeats as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]

@@ -206,6 +206,15 @@ pub fn synchronous_number() -> Rule {
 }
 
 /// Waiting for more replicas than exist would block every commit.
+/// Stock PostgreSQL images carry no pgBackRest, so the default image
+/// cannot archive, back up or restore: the image is named on purpose.
+pub fn backup_needs_image() -> Rule {
+    Rule::new("(!has(self.backup) && !(has(self.bootstrap) && has(self.bootstrap.restore))) || has(self.postgres.image)")
+        .message("spec.backup and spec.bootstrap.restore need spec.postgres.image: an image with pgBackRest 2.55 or newer (the stock PostgreSQL images have none; images/postgres/Dockerfile builds one on the official image)")
+        .field_path(".postgres.image")
+        .reason(Reason::FieldValueRequired)
+}
+
 pub fn synchronous_fits_instances() -> Rule {
     Rule::new("!has(self.replication) || !has(self.replication.synchronous) || self.replication.synchronous.mode == 'off' || self.replication.synchronous.number <= self.instances - 1")
         .message("spec.replication.synchronous.number must be at most spec.instances - 1 (the number of replicas); raise instances or lower number")

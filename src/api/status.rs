@@ -139,6 +139,12 @@ pub struct BackupStatus {
     /// The next backup a schedule will take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_scheduled: Option<ScheduledBackup>,
+
+    /// Each schedule of `spec.backup.schedules`: when it runs next and the
+    /// `PostgresBackup` object it created last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub schedules: Vec<ScheduleStatus>,
 }
 
 /// A `PostgresBackup` object and what it holds.
@@ -188,6 +194,24 @@ pub struct ScheduledBackup {
     pub type_: super::backup::BackupType,
     /// RFC 3339.
     pub time: String,
+}
+
+/// One schedule's progress. A run that falls due while the schedule's
+/// previous backup is still pending or running waits for it; runs missed
+/// while the operator was down become one backup, not one per run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    /// Name of the schedule in `spec.backup.schedules`.
+    pub name: String,
+    /// The cron expression `next` was computed from.
+    pub schedule: String,
+    /// RFC 3339: when it next creates a `PostgresBackup`; in the past while
+    /// that run waits for the schedule's previous backup.
+    pub next: String,
+    /// The `PostgresBackup` object it created last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
 }
 
 /// What the operator is doing, step by step; `kubectl capstan status` and

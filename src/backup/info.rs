@@ -66,6 +66,24 @@ pub struct StanzaInfo {
     /// Oldest first, as pgBackRest lists them.
     pub backups: Vec<Backup>,
     pub archive: Vec<ArchiveRange>,
+    /// Each repository's own status: one that cannot be read (unreachable,
+    /// refused) lists none of its backups.
+    pub repos: Vec<RepoStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoStatus {
+    pub key: u32,
+    /// 0 is ok, 2 no valid backups; see the stanza's codes.
+    pub code: i64,
+    pub message: String,
+}
+
+impl RepoStatus {
+    /// pgBackRest read the repository: what it lists is what it holds.
+    pub fn readable(&self) -> bool {
+        matches!(self.code, 0 | 2)
+    }
 }
 
 impl StanzaInfo {
@@ -98,6 +116,15 @@ struct RawStanza {
     backup: Vec<RawBackup>,
     #[serde(default)]
     archive: Vec<RawArchive>,
+    #[serde(default)]
+    repo: Vec<RawRepo>,
+}
+
+#[derive(Deserialize)]
+struct RawRepo {
+    key: u32,
+    #[serde(default)]
+    status: RawStatus,
 }
 
 #[derive(Deserialize, Default)]
@@ -234,6 +261,15 @@ pub fn parse(json: &str) -> Result<Vec<StanzaInfo>, InfoError> {
                         max: a.max,
                     })
                     .collect(),
+                repos: s
+                    .repo
+                    .into_iter()
+                    .map(|r| RepoStatus {
+                        key: r.key,
+                        code: r.status.code,
+                        message: r.status.message,
+                    })
+                    .collect(),
             })
         })
         .collect()
@@ -290,6 +326,15 @@ mod tests {
             Some("000000010000000000000002")
         );
         assert_eq!(s.last_archived_wal(), Some("000000010000000000000009"));
+        assert_eq!(
+            s.repos,
+            [RepoStatus {
+                key: 1,
+                code: 0,
+                message: "ok".into()
+            }]
+        );
+        assert!(s.repos[0].readable());
     }
 
     #[test]
@@ -311,6 +356,8 @@ mod tests {
         assert!(s.latest().is_none());
         assert!(s.first_recoverability_point().is_none());
         assert_eq!(s.last_archived_wal(), None);
+        assert_eq!((s.repos[0].key, s.repos[0].code), (1, 2));
+        assert!(s.repos[0].readable(), "read, and empty");
     }
 
     #[test]

@@ -117,6 +117,36 @@ pub struct ArchiveReport {
     pub archived_count: u64,
     #[serde(default)]
     pub failed_count: u64,
+    /// What each readable repository holds (`pgbackrest info`, read after
+    /// each backup and every few minutes); a repository that cannot be
+    /// read is left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<RepositoryInventory>,
+    /// Why the last `pgbackrest info` failed (pgBackRest's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_error: Option<String>,
+}
+
+/// The backups one repository holds. pgBackRest expires old ones itself
+/// after each backup (`repoN-retention-full` / `-diff`); the operator
+/// deletes the `PostgresBackup` objects of the expired ones from this.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryInventory {
+    /// 1-based repository number (`repoN`).
+    pub repository: u32,
+    /// RFC 3339: when `pgbackrest info` started. A backup that ended after
+    /// it may be missing only because it was not written yet.
+    pub read_at: String,
+    /// Labels of the backups it holds, oldest first.
+    pub labels: Vec<String>,
+    /// RFC 3339: the end of its oldest backup, the earliest point a
+    /// restore from it reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<String>,
+    /// RFC 3339: the end of its newest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_at: Option<String>,
 }
 
 impl ArchiveReport {

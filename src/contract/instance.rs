@@ -91,6 +91,9 @@ pub struct InstanceReport {
     /// The backup this instance runs, or the last one it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<super::backup::BackupJob>,
+    /// The bootstrap from a backup, on the instance that restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<super::restore::RestoreReport>,
 }
 
 impl InstanceReport {

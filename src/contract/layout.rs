@@ -47,6 +47,10 @@ pub const TLS_DIR: &str = "/etc/capstan/tls";
 /// Backup repository credentials, one directory per repository
 /// (`repo1/`, …), mounted from the Secrets `spec.backup` names.
 pub const BACKUP_SECRETS_DIR: &str = "/etc/capstan/backup";
+/// Credentials of the repository a new cluster is restored from
+/// (`spec.bootstrap.restore.source.repository`), files named as under
+/// [`BACKUP_SECRETS_DIR`].
+pub const RESTORE_SECRETS_DIR: &str = "/etc/capstan/restore";
 /// pgBackRest's configuration, logs, locks and async spool (pod-local).
 pub const BACKREST_DIR: &str = "/var/run/postgresql/pgbackrest";
 

@@ -8,4 +8,5 @@ pub mod backup;
 pub mod instance;
 pub mod layout;
 pub mod pooler;
+pub mod restore;
 pub mod settings;

@@ -49,6 +49,10 @@ pub struct InstanceSettings {
     /// WAL archiving and backups with pgBackRest (`spec.backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<super::backup::BackupSettings>,
+    /// The first primary restores a backup instead of running initdb
+    /// (`spec.bootstrap.restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<super::restore::RestoreSettings>,
 }
 
 /// The primary holds a `coordination.k8s.io/v1` Lease and renews it; when it

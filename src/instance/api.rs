@@ -197,7 +197,7 @@ async fn backup(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let report = shared.report();
     let fenced = report.lease.as_ref().is_some_and(|l| l.fenced);
     let primary = report.running && report.role == Role::Primary && !fenced;
-    match shared.backups.request(request, primary) {
+    match shared.backups.request(request, primary, &shared.local) {
         Ok(job) => json(&job),
         Err(e) => command_error(e),
     }

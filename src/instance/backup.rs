@@ -21,8 +21,10 @@ use crate::contract::backup::{
 use crate::postgres::roles;
 
 use super::inputs::Inputs;
-use super::local::Archiver;
+use super::local::{Archiver, Local};
 use super::state::CommandError;
+
+mod inventory;
 
 /// stanza-create talks to the repository once; a minute is generous.
 const STANZA_TIMEOUT: Duration = Duration::from_secs(600);
@@ -211,6 +213,7 @@ struct Inner {
     unavailable: Option<String>,
     stanza: StanzaState,
     job: Option<BackupJob>,
+    inventory: inventory::InventoryState,
 }
 
 /// Backups on this instance, shared by the loop and the API.
@@ -230,6 +233,7 @@ impl Backups {
         if inner.version != version {
             inner.stanza.retry_at = None;
             inner.stanza.backoff = Duration::ZERO;
+            inner.inventory.reset();
         }
         inner.runner = Some(runner);
         inner.version = version;
@@ -243,6 +247,7 @@ impl Backups {
         inner.runner = None;
         inner.unavailable = Some(why);
         inner.stanza = StanzaState::default();
+        inner.inventory.reset();
     }
 
     pub fn job(&self) -> Option<BackupJob> {
@@ -304,14 +309,18 @@ impl Backups {
             report.archived_count = a.archived_count;
             report.failed_count = a.failed_count;
         }
+        report.repositories = inner.inventory.repositories.clone();
+        report.inventory_error = inner.inventory.error.clone();
         report
     }
 
-    /// `POST /backup`: the job, started or as it stands.
+    /// `POST /backup`: the job, started or as it stands. `local` is this
+    /// instance's PostgreSQL (for the checkpoint before the backup).
     pub fn request(
         self: &Arc<Self>,
         request: BackupRequest,
         primary: bool,
+        local: &Local,
     ) -> Result<BackupJob, CommandError> {
         let mut inner = self.lock();
         let admission = admit(inner.job.as_ref(), &request, primary, inner.repositories);
@@ -350,9 +359,21 @@ impl Backups {
         inner.job = Some(job.clone());
         drop(inner);
         let this = self.clone();
+        let local = local.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
+            // pgBackRest reads pg_control before its own checkpoint, and
+            // after a promotion pg_control names the old timeline until the
+            // first checkpoint on the new one ends (a spread one, seconds
+            // later): pgBackRest would refuse with "WAL timeline 2 does not
+            // match pg_control timeline 1". One now leaves little to write
+            // for the immediate checkpoint pgBackRest then asks for.
+            if let Err(e) = local.checkpoint().await {
+                tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "CHECKPOINT before the backup failed; starting it anyway");
+            }
             let outcome = run_backup(&runner, &request, started).await;
             let mut inner = this.lock();
+            // pgBackRest expired old backups after this one.
+            inner.inventory.changed();
             let Some(job) = inner.job.as_mut().filter(|j| j.backup == request.backup) else {
                 return;
             };
@@ -546,6 +567,7 @@ mod tests {
                 backup("incr", 2_001, BackupType::Incr),
             ],
             archive: vec![],
+            repos: vec![],
         };
         let started = jiff::Timestamp::from_second(2_000).unwrap();
         assert_eq!(

@@ -10,6 +10,9 @@ use super::process;
 pub enum BinariesError {
     #[error("no PostgreSQL binaries: {0}")]
     NotFound(String),
+    /// pgBackRest is missing or unusable; the message names the fix.
+    #[error("{0}")]
+    PgBackRest(String),
     #[error("cannot tell the PostgreSQL version of {bin}: {message}")]
     Version { bin: String, message: String },
     #[error(
@@ -115,13 +118,15 @@ pub fn parse_pgbackrest_version(output: &str) -> Option<(u32, u32)> {
     Some((parts.next()??, parts.next()??))
 }
 
+/// What to do when the instance image has no usable pgBackRest: stock
+/// PostgreSQL images have none.
+const PGBACKREST_FIX: &str = "set spec.postgres.image to an image with pgBackRest 2.55 or newer (images/postgres in the Capstan repository builds one from the official image), or point CAPSTAN_PGBACKREST at one";
+
 /// Checks that `path` is a pgBackRest Capstan can use; its version text.
 pub async fn check_pgbackrest(path: &Path) -> Result<String, BinariesError> {
-    let fix =
-        "use an instance image with pgBackRest 2.55 or newer, or point CAPSTAN_PGBACKREST at one";
     if !path.is_file() {
-        return Err(BinariesError::NotFound(format!(
-            "backups are configured but pgBackRest is not at {}: {fix}",
+        return Err(BinariesError::PgBackRest(format!(
+            "backups are configured but pgBackRest is not at {}: {PGBACKREST_FIX}",
             path.display()
         )));
     }
@@ -133,8 +138,8 @@ pub async fn check_pgbackrest(path: &Path) -> Result<String, BinariesError> {
         })?;
     match parse_pgbackrest_version(&out) {
         Some(v) if v >= PGBACKREST_MIN => Ok(out.trim().to_string()),
-        Some(_) => Err(BinariesError::NotFound(format!(
-            "{} is {}, too old for backups: {fix}",
+        Some(_) => Err(BinariesError::PgBackRest(format!(
+            "{} is {}, too old for backups: {PGBACKREST_FIX}",
             path.display(),
             out.trim()
         ))),
@@ -191,6 +196,23 @@ mod tests {
         assert!(parse_pgbackrest_version("pgBackRest 2.45").unwrap() < PGBACKREST_MIN);
         assert_eq!(parse_pgbackrest_version("pgBackRest 3.0dev"), Some((3, 0)));
         assert_eq!(parse_pgbackrest_version("postgres 17"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_pgbackrest_names_the_image_fix_and_not_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("pgbackrest");
+        let message = check_pgbackrest(&missing).await.unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "backups are configured but pgBackRest is not at {}: ",
+                missing.display()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("spec.postgres.image"), "{message}");
+        assert!(message.contains("pgBackRest 2.55 or newer"), "{message}");
+        assert!(!message.contains("PostgreSQL binaries"), "{message}");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum BootstrapError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error("pgbackrest restore from stanza {stanza} failed: {message}")]
+    Restore { stanza: String, message: String },
+    #[error("recovery of the restored data did not finish: {0}")]
+    Recovery(String),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> BootstrapError + '_ {
@@ -141,7 +145,7 @@ impl DataOps<'_> {
         &self.inputs.data_dir
     }
 
-    fn partial(&self) -> PathBuf {
+    pub(super) fn partial(&self) -> PathBuf {
         sibling(self.pgdata(), ".partial")
     }
 
@@ -149,7 +153,7 @@ impl DataOps<'_> {
         sibling(self.pgdata(), ".old")
     }
 
-    fn wal_partial(&self) -> PathBuf {
+    pub(super) fn wal_partial(&self) -> PathBuf {
         sibling(&self.inputs.wal_dir, ".partial")
     }
 
@@ -157,7 +161,7 @@ impl DataOps<'_> {
         sibling(&self.inputs.wal_dir, ".old")
     }
 
-    fn local(&self) -> Local {
+    pub(super) fn local(&self) -> Local {
         Local::new(self.inputs.run_dir.clone(), self.inputs.postgres_port)
     }
 
@@ -276,45 +280,56 @@ impl DataOps<'_> {
 
         // Set up roles and databases on a server that listens on the socket
         // only, before the data directory exists under its real name.
-        let mut server = PostgresChild::spawn(
-            &self.bins.dir,
-            &partial,
-            &[
-                ("listen_addresses", ""),
-                (
-                    "unix_socket_directories",
-                    &self.inputs.run_dir.display().to_string(),
-                ),
-                ("port", &self.inputs.postgres_port.to_string()),
-            ],
-        )
-        .map_err(|e| BootstrapError::Refused(e.to_string()))?;
-        let setup = async {
-            self.wait_accepting(&server, &partial, Duration::from_secs(60))
+        let socket = self.inputs.run_dir.display().to_string();
+        let port = self.inputs.postgres_port.to_string();
+        let settings = [
+            ("listen_addresses", ""),
+            ("unix_socket_directories", socket.as_str()),
+            ("port", port.as_str()),
+        ];
+        self.on_private_server(&partial, &settings, "bootstrap", async |server| {
+            self.wait_accepting(server, &partial, Duration::from_secs(60))
                 .await?;
             self.setup_sql(secrets).await
-        }
-        .await;
-        let stopped = server
-            .stop(&supervisor::fast_plan(Duration::from_secs(60)))
-            .await;
-        setup?;
-        if stopped.as_deref() != Some("exit code 0") {
-            return Err(BootstrapError::Refused(format!(
-                "the bootstrap server did not stop cleanly ({})",
-                stopped.unwrap_or_else(|| "still running".into())
-            )));
-        }
+        })
+        .await?;
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;
         Ok(control.system_identifier)
+    }
+
+    /// Runs `work` against a postgres started on `dir` with `settings`,
+    /// then stops it cleanly (a checkpoint, so the directory needs no
+    /// recovery at its first real start); one that does not stop cleanly
+    /// fails the bootstrap.
+    pub(super) async fn on_private_server(
+        &self,
+        dir: &Path,
+        settings: &[(&str, &str)],
+        what: &str,
+        work: impl AsyncFnOnce(&PostgresChild) -> Result<(), BootstrapError>,
+    ) -> Result<(), BootstrapError> {
+        let mut server = PostgresChild::spawn(&self.bins.dir, dir, settings)
+            .map_err(|e| BootstrapError::Refused(e.to_string()))?;
+        let result = work(&server).await;
+        let stopped = server
+            .stop(&supervisor::fast_plan(Duration::from_secs(60)))
+            .await;
+        result?;
+        if stopped.as_deref() != Some("exit code 0") {
+            return Err(BootstrapError::Refused(format!(
+                "the {what} server did not stop cleanly ({})",
+                stopped.unwrap_or_else(|| "still running".into())
+            )));
+        }
+        Ok(())
     }
 
     /// Flushes the new data (and WAL) to disk before it may be renamed into
     /// place: one syncfs() per filesystem instead of the tools' file-by-file
     /// fsync, which is slow on network volumes. The same guarantee as
     /// `recovery_init_sync_method = syncfs`.
-    fn sync_filesystems(&self, dir: &Path) -> Result<(), BootstrapError> {
+    pub(super) fn sync_filesystems(&self, dir: &Path) -> Result<(), BootstrapError> {
         let mut dirs = vec![dir.to_path_buf()];
         if self.settings.separate_wal {
             dirs.push(self.wal_partial());
@@ -329,7 +344,7 @@ impl DataOps<'_> {
         Ok(())
     }
 
-    async fn wait_accepting(
+    pub(super) async fn wait_accepting(
         &self,
         server: &PostgresChild,
         pgdata: &Path,
@@ -355,7 +370,11 @@ impl DataOps<'_> {
         }
     }
 
-    async fn setup_sql(&self, secrets: &BootstrapSecrets) -> Result<(), BootstrapError> {
+    /// Roles, passwords, the application database and the pooler's lookup
+    /// function. Idempotent: after initdb it creates them; on restored data
+    /// it creates what the source lacks and sets the passwords of this
+    /// cluster's Secrets, so they work whatever the source had.
+    pub(super) async fn setup_sql(&self, secrets: &BootstrapSecrets) -> Result<(), BootstrapError> {
         let local = self.local();
         let initdb = &self.settings.initdb;
         let owner = sql::quote_ident(&initdb.owner);
@@ -365,11 +384,18 @@ impl DataOps<'_> {
         let superuser = roles::SUPERUSER;
         let verifier = |p: &Password| sql::quote_literal(&p.scram_verifier());
         let postgres_db = local.connect().await?;
+        let missing = |role: &str, ident: &str| {
+            format!(
+                "IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {}) THEN CREATE ROLE {ident}; END IF;",
+                sql::quote_literal(role)
+            )
+        };
         let roles_sql = format!(
-            "ALTER ROLE {superuser} PASSWORD {su};
-             CREATE ROLE {replication} WITH LOGIN REPLICATION;
-             CREATE ROLE {pooler} WITH LOGIN PASSWORD {pool};
-             CREATE ROLE {owner} WITH LOGIN PASSWORD {app};
+            "DO $capstan$ BEGIN {} {} {} END $capstan$;
+             ALTER ROLE {superuser} PASSWORD {su};
+             ALTER ROLE {replication} WITH LOGIN REPLICATION;
+             ALTER ROLE {pooler} WITH LOGIN PASSWORD {pool};
+             ALTER ROLE {owner} WITH LOGIN PASSWORD {app};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {replication};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {replication};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {replication};
@@ -379,6 +405,9 @@ impl DataOps<'_> {
                  GRANT pg_checkpoint TO {replication};
                END IF;
              END $$;",
+            missing(replication, replication),
+            missing(pooler, pooler),
+            missing(initdb.owner.as_str(), owner.as_str()),
             su = verifier(&secrets.superuser),
             pool = verifier(&secrets.pooler),
             app = verifier(&secrets.app),
@@ -391,17 +420,37 @@ impl DataOps<'_> {
             .batch_execute(&roles_sql)
             .await
             .map_err(sql_err("creating roles"))?;
-        // template1 first, so every database created later has the lookup function.
-        for db in ["template1", "postgres"] {
+        let exists = postgres_db
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&initdb.database],
+            )
+            .await
+            .map_err(sql_err("looking up the application database"))?
+            .is_some();
+        if !exists {
+            postgres_db
+                .batch_execute(&format!(
+                    "CREATE DATABASE {database} OWNER {owner} TEMPLATE template1"
+                ))
+                .await
+                .map_err(sql_err("creating the application database"))?;
+        }
+        // Every database (template1 too, so later ones inherit it): PgBouncer
+        // runs auth_query in the database a client asks for.
+        let databases: Vec<String> = postgres_db
+            .query(
+                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname",
+                &[],
+            )
+            .await
+            .map_err(sql_err("listing databases"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for db in &databases {
             self.install_pooler_auth(&local, db).await?;
         }
-        postgres_db
-            .batch_execute(&format!(
-                "CREATE DATABASE {database} OWNER {owner} TEMPLATE template1"
-            ))
-            .await
-            .map_err(sql_err("creating the application database"))?;
-        self.install_pooler_auth(&local, &initdb.database).await?;
         Ok(())
     }
 
@@ -469,7 +518,11 @@ impl DataOps<'_> {
 
     /// Moves a complete `.partial` into place (keeping the old data until
     /// the new one is there) and records the identity.
-    fn install(&self, partial: &Path, system_identifier: u64) -> Result<(), BootstrapError> {
+    pub(super) fn install(
+        &self,
+        partial: &Path,
+        system_identifier: u64,
+    ) -> Result<(), BootstrapError> {
         self.write_identity(system_identifier)?;
         let pgdata = self.pgdata();
         let old = self.old();

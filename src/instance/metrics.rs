@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::contract::backup::JobPhase;
+use crate::contract::backup::{ArchiveReport, JobPhase};
 use crate::contract::instance::{InstanceReport, Role};
 
 use super::local::Sample;
@@ -31,6 +31,11 @@ pub struct DatabaseLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepositoryLabel {
+    pub repository: String,
 }
 
 pub struct Metrics {
@@ -59,6 +64,8 @@ pub struct Metrics {
     backup_duration: Gauge<f64, AtomicU64>,
     backup_last: Family<ResultLabel, Gauge>,
     backup_finished_at: Gauge,
+    backup_age: Family<RepositoryLabel, Gauge<f64, AtomicU64>>,
+    backups_held: Family<RepositoryLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,6 +102,8 @@ impl Metrics {
             backup_duration: Gauge::default(),
             backup_last: Family::default(),
             backup_finished_at: Gauge::default(),
+            backup_age: Family::default(),
+            backups_held: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -217,6 +226,16 @@ impl Metrics {
             "When the last backup this instance ran finished (Unix time)",
             metrics.backup_finished_at.clone(),
         );
+        registry.register(
+            "backup_last_successful_age_seconds",
+            "Primary: seconds since the newest backup the repository holds ended (pgbackrest info)",
+            metrics.backup_age.clone(),
+        );
+        registry.register(
+            "backup_repository_backups",
+            "Primary: backups the repository holds after retention (pgbackrest info)",
+            metrics.backups_held.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -264,6 +283,7 @@ impl Metrics {
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             .map(|t| (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0);
         self.archive_age.set(age.unwrap_or(0.0));
+        self.observe_repositories(&archive, now);
         let Some(job) = &report.backup else {
             return;
         };
@@ -289,6 +309,29 @@ impl Metrics {
                     result: result.into(),
                 })
                 .set(i64::from(job.phase == phase));
+        }
+    }
+
+    /// Per repository, from its last listing: absent for a repository
+    /// not read or holding no backup (an alert on absence catches both).
+    fn observe_repositories(&self, archive: &ArchiveReport, now: jiff::Timestamp) {
+        self.backup_age.clear();
+        self.backups_held.clear();
+        for r in &archive.repositories {
+            let label = RepositoryLabel {
+                repository: format!("repo{}", r.repository),
+            };
+            self.backups_held
+                .get_or_create(&label)
+                .set(r.labels.len().min(i64::MAX as usize) as i64);
+            if let Some(last) = r
+                .last_backup_at
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            {
+                let age = (now.as_millisecond() - last.as_millisecond()).max(0) as f64 / 1000.0;
+                self.backup_age.get_or_create(&label).set(age);
+            }
         }
     }
 
@@ -383,7 +426,7 @@ mod tests {
 
     #[test]
     fn encodes_archiving_and_the_last_backup() {
-        use crate::contract::backup::{ArchiveReport, BackupJob, BackupType};
+        use crate::contract::backup::{BackupJob, BackupType, RepositoryInventory};
         let metrics = Metrics::new();
         let report = InstanceReport {
             role: Role::Primary,
@@ -394,6 +437,18 @@ mod tests {
                 last_failed_at: Some("2026-12-04T10:00:05.000000Z".into()),
                 archived_count: 12,
                 failed_count: 3,
+                repositories: vec![
+                    RepositoryInventory {
+                        repository: 1,
+                        labels: vec!["20261204-010000F".into(), "20261204-095900F".into()],
+                        last_backup_at: Some("2026-12-04T09:59:30.000000Z".into()),
+                        ..RepositoryInventory::default()
+                    },
+                    RepositoryInventory {
+                        repository: 2,
+                        ..RepositoryInventory::default()
+                    },
+                ],
                 ..ArchiveReport::default()
             }),
             backup: Some(BackupJob {
@@ -421,11 +476,18 @@ mod tests {
             "capstan_backup_last_duration_seconds 7.5",
             "capstan_backup_last_result{result=\"failed\"} 1",
             "capstan_backup_last_result{result=\"completed\"} 0",
+            "capstan_backup_last_successful_age_seconds{repository=\"repo1\"} 90.0",
+            "capstan_backup_repository_backups{repository=\"repo1\"} 2",
+            "capstan_backup_repository_backups{repository=\"repo2\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
+        assert!(
+            !text.contains("age_seconds{repository=\"repo2\"}"),
+            "no backup, no age: {text}"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! `capstan instance`: the instance manager, PID 1 of every PostgreSQL pod.
 //!
 //! It runs `postgres` as its child and is the only thing that touches the
-//! data directory: bootstrap (initdb or clone), configuration, supervision,
-//! role changes decided by the cluster's authority (`status.targetPrimary`),
-//! and an HTTPS API for probes, metrics and the operator.
+//! data directory: bootstrap (initdb, clone, or restore from a backup),
+//! configuration, supervision, role changes decided by the cluster's
+//! authority (`status.targetPrimary`), and an HTTPS API for probes, metrics
+//! and the operator.
 //!
 //! The loop is `manager` (one module per lifecycle, pure decisions next
 //! to their steps); the primary Lease and self-fencing are [`fencing`]; the
@@ -25,6 +26,7 @@ mod manager;
 mod metrics;
 pub(crate) mod process;
 mod remote;
+mod restore;
 mod secrets;
 mod settings;
 mod state;

@@ -137,6 +137,7 @@ pub(crate) mod tests {
             fencing: None,
             synchronous: Default::default(),
             backup: None,
+            restore: None,
         }
     }
 

@@ -151,6 +151,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         standbys: vec![],
         archive: None,
         backup: None,
+        restore: None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -30,6 +31,8 @@ pub enum SupervisorError {
 pub struct PostgresChild {
     pid: u32,
     exit: watch::Receiver<Option<String>>,
+    /// The last `FATAL`/`PANIC`/`ERROR` line it logged: why it stopped.
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 /// PostgreSQL's shutdown modes, by signal to the postmaster.
@@ -81,11 +84,12 @@ impl PostgresChild {
             source,
         })?;
         let pid = tracked.pid();
+        let last_error = Arc::new(Mutex::new(None));
         if let Some(out) = tracked.child.stdout.take() {
-            tokio::spawn(forward_log(out).in_current_span());
+            tokio::spawn(forward_log(out, last_error.clone()).in_current_span());
         }
         if let Some(err) = tracked.child.stderr.take() {
-            tokio::spawn(forward_log(err).in_current_span());
+            tokio::spawn(forward_log(err, last_error.clone()).in_current_span());
         }
         let (tx, rx) = watch::channel(None);
         tokio::spawn(
@@ -99,7 +103,19 @@ impl PostgresChild {
             .in_current_span(),
         );
         tracing::info!(pid, "postgres started");
-        Ok(Self { pid, exit: rx })
+        Ok(Self {
+            pid,
+            exit: rx,
+            last_error,
+        })
+    }
+
+    /// The last error line it logged, without the log line prefix.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How it exited, once it has.
@@ -228,11 +244,15 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-async fn forward_log(stream: impl AsyncRead + Unpin) {
+async fn forward_log(stream: impl AsyncRead + Unpin, last_error: Arc<Mutex<Option<String>>>) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match severity(&line) {
-            Severity::Error => tracing::error!(target: "postgres", "{line}"),
+            Severity::Error => {
+                tracing::error!(target: "postgres", "{line}");
+                let message = error_message(&line).to_string();
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+            }
             Severity::Warn => tracing::warn!(target: "postgres", "{line}"),
             Severity::Info => tracing::info!(target: "postgres", "{line}"),
         }
@@ -244,6 +264,14 @@ enum Severity {
     Error,
     Warn,
     Info,
+}
+
+/// `FATAL:  recovery ended before …` out of a whole log line.
+fn error_message(line: &str) -> &str {
+    ["PANIC:  ", "FATAL:  ", "ERROR:  "]
+        .iter()
+        .find_map(|tag| line.find(tag).map(|at| &line[at..]))
+        .unwrap_or(line)
 }
 
 fn severity(line: &str) -> Severity {
@@ -275,6 +303,17 @@ mod tests {
             severity("2026-01-01 [12] LOG:  database system is ready"),
             Severity::Info
         );
+    }
+
+    #[test]
+    fn error_lines_lose_their_prefix() {
+        assert_eq!(
+            error_message(
+                "2026-01-01 00:00:00 UTC [12] FATAL:  recovery ended before configured recovery target was reached"
+            ),
+            "FATAL:  recovery ended before configured recovery target was reached"
+        );
+        assert_eq!(error_message("plain"), "plain");
     }
 
     #[test]

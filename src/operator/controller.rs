@@ -18,10 +18,12 @@ use tracing::{debug, info, warn};
 
 use super::agents;
 use super::cluster::apply::{self, Applied};
+use super::cluster::backup;
 use super::cluster::execute::{Executor, Next};
 use super::cluster::observe::observe;
 use super::cluster::operation::Operation;
 use super::cluster::plan::{self, Deletion, Plan};
+use super::cluster::restore;
 use super::cluster::status::{self, Report, Transition};
 use super::cluster::validate::validate;
 use super::context::Context;
@@ -164,7 +166,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         );
     }
 
-    let plan = plan::plan(&validated.model, &observed, previous)?;
+    let mut plan = plan::plan(&validated.model, &observed, previous)?;
     let mut working = previous.cloned().unwrap_or_default();
     let executor = Executor {
         ctx,
@@ -189,10 +191,19 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         Ok(applied) => (applied, None),
         Err(e) => (Applied::default(), Some(e)),
     };
+    plan.schedules.keep_uncreated(&applied.created_backups);
     let mut problems: Vec<String> = applied.refused.clone();
     if let Some(e) = &apply_error {
         problems.push(e.to_string());
     }
+    // A failing restore says more than anything else that waits.
+    let blocked = restore::blocked(
+        &validated.model,
+        &observed.reports,
+        &plan.target_primary,
+        previous,
+    )
+    .or(validated.blocked);
     let (new_status, transitions) = status::compute(&Report {
         model: &validated.model,
         observed: &observed,
@@ -200,7 +211,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         previous: Some(&working),
         generation,
         now: Time(now),
-        blocked: validated.blocked.as_ref(),
+        blocked: blocked.as_ref(),
         apply_error: (!problems.is_empty()).then(|| problems.join("; ")),
     });
     if cluster.status.as_ref() != Some(&new_status) {
@@ -215,17 +226,24 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         plan.operation.is_idle() && status::condition_is(Some(&new_status), status::READY, "True");
     let failing_over = matches!(plan.operation, Operation::Failover(_));
     // A backup in flight is followed through the agent's report.
-    let backing_up = observed.backups.iter().any(|b| {
-        let phase = b.status.as_ref().and_then(|s| s.phase.as_deref());
-        matches!(phase, None | Some("Pending" | "Running"))
-    });
-    Ok(Action::requeue(if failing_over {
+    let backing_up = observed.backups.iter().any(backup::in_flight);
+    let wait = if failing_over {
         HA_REQUEUE
     } else if settled && !backing_up {
         ctx.config.resync
     } else {
         PROGRESS_REQUEUE
-    }))
+    };
+    Ok(Action::requeue(until_scheduled(wait, &plan, now)))
+}
+
+/// `wait`, or less when a schedule's next run comes first (a second
+/// late, so the run is due when the reconcile looks).
+fn until_scheduled(wait: Duration, plan: &Plan, now: jiff::Timestamp) -> Duration {
+    plan.schedules
+        .wake_at
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map_or(wait, |d| wait.min(d + Duration::from_secs(1)))
 }
 
 /// Events for what this reconcile did, one per kind of action (Events with
@@ -298,6 +316,44 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
             .issued
             .iter()
             .map(|(kind, reason)| format!("issued the {kind:?} certificate ({reason:?})"))
+            .collect(),
+    );
+    add(
+        false,
+        reason::BACKUP_SCHEDULED,
+        applied
+            .created_backups
+            .iter()
+            .map(|b| format!("created PostgresBackup {b} for its schedule"))
+            .collect(),
+    );
+    add(
+        false,
+        reason::BACKUP_EXPIRED,
+        applied
+            .deleted
+            .iter()
+            .filter_map(|d| match d {
+                Deletion::ExpiredBackup { name, label, repository } => Some(format!(
+                    "deleted PostgresBackup {name}: pgBackRest expired its backup {label} from {repository} (spec.backup.repositories[].retention)"
+                )),
+                _ => None,
+            })
+            .collect(),
+    );
+    add(
+        false,
+        reason::FAILED_BACKUPS_PRUNED,
+        applied
+            .deleted
+            .iter()
+            .filter_map(|d| match d {
+                Deletion::FailedBackup { name, schedule } => Some(format!(
+                    "deleted PostgresBackup {name}: schedule {schedule} keeps its newest {} failed ones",
+                    super::cluster::retention::FAILED_KEPT_PER_SCHEDULE
+                )),
+                _ => None,
+            })
             .collect(),
     );
     add(true, reason::APPLY_REFUSED, applied.refused.clone());

@@ -40,6 +40,12 @@ pub mod reason {
     pub const BACKUP_STARTED: &str = "BackupStarted";
     pub const BACKUP_COMPLETED: &str = "BackupCompleted";
     pub const BACKUP_FAILED: &str = "BackupFailed";
+    pub const BACKUP_SCHEDULED: &str = "BackupScheduled";
+    pub const BACKUP_EXPIRED: &str = "BackupExpired";
+    pub const FAILED_BACKUPS_PRUNED: &str = "FailedBackupsPruned";
+    /// The instance bootstrapping a restored cluster could not restore
+    /// (also the reason of the cluster's `Stalled` condition).
+    pub const RESTORE_FAILED: &str = "RestoreFailed";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! Secrets; pods see them under fixed file names, so the settings never
 //! carry a user's key names, let alone values.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 
@@ -44,27 +44,8 @@ pub fn settings(model: &Model) -> Option<BackupSettings> {
 
 fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Repository> {
     let s3 = repo.s3.as_ref()?;
-    let dir = PathBuf::from(secrets_dir(n));
-    let (endpoint, port) = split_endpoint(&s3.endpoint);
     Some(Repository {
-        storage: Storage::S3(S3 {
-            endpoint,
-            port,
-            region: s3.region.clone(),
-            bucket: s3.bucket.clone(),
-            uri_style: match s3.uri_style {
-                S3UriStyle::Host => UriStyle::Host,
-                S3UriStyle::Path => UriStyle::Path,
-            },
-            tls: Tls {
-                verify: s3.verify_tls,
-                ca_file: s3.ca_secret.as_ref().map(|_| dir.join(files::CA)),
-            },
-            credentials: S3Credentials::Files {
-                access_key_id: dir.join(files::S3_KEY),
-                secret_access_key: dir.join(files::S3_KEY_SECRET),
-            },
-        }),
+        storage: s3_storage(s3, Path::new(&secrets_dir(n))),
         path: s3
             .path
             .clone()
@@ -78,6 +59,30 @@ fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Reposi
                 .and_then(|d| u32::try_from(d).ok()),
             archive: None,
             archive_type: None,
+        },
+    })
+}
+
+/// pgBackRest's view of an S3 repository whose credential files are
+/// mounted in `dir` (by [`s3_volumes`]).
+pub(super) fn s3_storage(s3: &S3Repository, dir: &Path) -> Storage {
+    let (endpoint, port) = split_endpoint(&s3.endpoint);
+    Storage::S3(S3 {
+        endpoint,
+        port,
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        uri_style: match s3.uri_style {
+            S3UriStyle::Host => UriStyle::Host,
+            S3UriStyle::Path => UriStyle::Path,
+        },
+        tls: Tls {
+            verify: s3.verify_tls,
+            ca_file: s3.ca_secret.as_ref().map(|_| dir.join(files::CA)),
+        },
+        credentials: S3Credentials::Files {
+            access_key_id: dir.join(files::S3_KEY),
+            secret_access_key: dir.join(files::S3_KEY_SECRET),
         },
     })
 }
@@ -111,11 +116,20 @@ pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
         .iter()
         .enumerate()
         .filter_map(|(i, r)| Some((i + 1, r.s3.as_ref()?)))
-        .flat_map(|(n, s3)| s3_volumes(n, s3))
+        .flat_map(|(n, s3)| s3_volumes(s3, &format!("backup-repo{n}"), &secrets_dir(n), false))
         .collect()
 }
 
-fn s3_volumes(n: usize, s3: &S3Repository) -> Vec<(Volume, VolumeMount)> {
+/// The Secret volumes of an S3 repository: its keys in the directory `dir`
+/// (volume `name`), its private CA beside them. `optional`: a missing
+/// Secret or key does not keep the pod from starting; the instance
+/// manager reports the missing file instead.
+pub(super) fn s3_volumes(
+    s3: &S3Repository,
+    name: &str,
+    dir: &str,
+    optional: bool,
+) -> Vec<(Volume, VolumeMount)> {
     let item = |key: &str, path: &str| KeyToPath {
         key: key.to_string(),
         path: path.to_string(),
@@ -127,46 +141,45 @@ fn s3_volumes(n: usize, s3: &S3Repository) -> Vec<(Volume, VolumeMount)> {
             secret_name: Some(secret.to_string()),
             items: Some(items),
             default_mode: Some(0o600),
-            optional: Some(false),
+            optional: Some(optional),
         }),
         ..Volume::default()
     };
     let mount = |name: &str, sub: Option<&str>| VolumeMount {
         name: name.to_string(),
         mount_path: match sub {
-            Some(file) => format!("{}/{file}", secrets_dir(n)),
-            None => secrets_dir(n),
+            Some(file) => format!("{dir}/{file}"),
+            None => dir.to_string(),
         },
         sub_path: sub.map(str::to_string),
         read_only: Some(true),
         ..VolumeMount::default()
     };
-    let keys = format!("backup-repo{n}");
     let mut out = vec![(
         volume(
-            keys.clone(),
+            name.to_string(),
             &s3.credentials.secret_name,
             vec![
                 item(&s3.credentials.access_key_id_key, files::S3_KEY),
                 item(&s3.credentials.secret_access_key_key, files::S3_KEY_SECRET),
             ],
         ),
-        mount(&keys, None),
+        mount(name, None),
     )];
     // A sub-path mount does not follow a rotated Secret, but a CA changes
     // rarely and the keys beside it (a directory mount) do follow.
     if let Some(ca) = &s3.ca_secret {
-        let name = format!("backup-repo{n}-ca");
+        let ca_name = format!("{name}-ca");
         out.push((
-            volume(name.clone(), &ca.name, vec![item(&ca.key, files::CA)]),
-            mount(&name, Some(files::CA)),
+            volume(ca_name.clone(), &ca.name, vec![item(&ca.key, files::CA)]),
+            mount(&ca_name, Some(files::CA)),
         ));
     }
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::resources::model::fixtures::model;
 
@@ -176,7 +189,9 @@ mod tests {
         m
     }
 
-    fn s3(extra: serde_json::Value) -> serde_json::Value {
+    /// An S3 repository spec (`minio.store:9000`, bucket `backups`, keys in
+    /// Secret `s3-keys`) with `extra` fields.
+    pub(in crate::resources) fn s3(extra: serde_json::Value) -> serde_json::Value {
         let mut base = serde_json::json!({
             "endpoint": "minio.store:9000", "region": "us-east-1", "bucket": "backups",
             "uriStyle": "path", "credentials": {"secretName": "s3-keys"}

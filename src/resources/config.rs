@@ -44,6 +44,7 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
             number: u32::try_from(spec.replication.synchronous.number).unwrap_or(0),
         },
         backup: super::backup::settings(model),
+        restore: super::restore::settings(model),
     }
 }
 

@@ -253,6 +253,7 @@ fn postgres_container(model: &Model) -> Container {
         mounts.push(mount("wal", layout::WAL_MOUNT, false));
     }
     mounts.extend(super::backup::volumes(model).into_iter().map(|(_, m)| m));
+    mounts.extend(super::restore::volumes(model).into_iter().map(|(_, m)| m));
     let environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
     Container {
         name: "postgres".into(),
@@ -378,6 +379,7 @@ fn volumes(model: &Model, instance: &str) -> Vec<Volume> {
         volumes.push(pvc_volume("wal", names::wal_pvc(instance)));
     }
     volumes.extend(super::backup::volumes(model).into_iter().map(|(v, _)| v));
+    volumes.extend(super::restore::volumes(model).into_iter().map(|(v, _)| v));
     volumes
 }
 

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 pub const CLUSTER: &str = "capstan.dev/cluster";
 pub const INSTANCE: &str = "capstan.dev/instance";
 pub const ROLE: &str = "capstan.dev/role";
+/// On a `PostgresBackup` a schedule created: the schedule's name.
+pub const SCHEDULE: &str = "capstan.dev/schedule";
+/// On a `PostgresBackup` a schedule created: the run (RFC 3339) it answers.
+pub const SCHEDULED_AT_ANNOTATION: &str = "capstan.dev/scheduled-at";
 /// On a PostgresCluster: `<instance>` or `<instance>/<token>` requests a
 /// switchover to that instance, carried out once per distinct value (a
 /// GitOps re-apply of the same value does nothing; change the token to
@@ -24,6 +28,7 @@ pub const ROLE_REPLICA: &str = "replica";
 pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_CONTROL: &str = "control";
+pub const COMPONENT_BACKUP: &str = "backup";
 
 /// Labels every child of `cluster` carries.
 pub fn common(cluster: &str, component: &str) -> BTreeMap<String, String> {

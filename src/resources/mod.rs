@@ -11,5 +11,6 @@ pub mod pdb;
 pub mod proxy;
 pub mod quantity;
 pub mod rbac;
+pub mod restore;
 pub mod secrets;
 pub mod services;

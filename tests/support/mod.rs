@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod posix;
 pub mod s3;
 pub mod tools;
 
@@ -42,6 +43,28 @@ pub fn pg15_bin() -> Option<PathBuf> {
 pub fn pg18_bin() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("CAPSTAN_PG18_BIN")?);
     dir.join("postgres").is_file().then_some(dir)
+}
+
+/// PostgreSQL `major` binaries: Debian's for 15, else CAPSTAN_PG<major>_BIN
+/// or /opt/capstan-pg/<major>/bin (.ci/install-pg-binaries.sh). `None`
+/// (after saying why) when absent outside CI; panics in CI.
+pub fn pg_bin(major: u32) -> Option<PathBuf> {
+    let dir = match major {
+        15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
+        m => std::env::var_os(format!("CAPSTAN_PG{m}_BIN"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("/opt/capstan-pg/{m}/bin"))),
+    };
+    if dir.join("postgres").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "PostgreSQL {major} is required in CI; not in {}",
+        dir.display()
+    );
+    eprintln!("SKIP: PostgreSQL {major} not found in {}", dir.display());
+    None
 }
 
 /// Ports for one test binary: `base` + a counter, inside 20000-21999.
@@ -197,6 +220,7 @@ pub fn settings(version: i32, primary_port: u16, instances: &[&str]) -> Instance
         fencing: None,
         synchronous: Default::default(),
         backup: None,
+        restore: None,
     }
 }
 
@@ -293,6 +317,18 @@ impl Instance {
         write_file(&tmp, &serde_json::to_vec_pretty(settings).unwrap(), 0o644);
         std::fs::rename(&tmp, dir.join("instance.json")).unwrap();
         chown_tree(&dir);
+    }
+
+    /// The manager runs `pgbackrest` and keeps its files in `<root>/pgbackrest`.
+    pub fn use_pgbackrest(&mut self, pgbackrest: &Path) {
+        let dir = self.root.join("pgbackrest");
+        self.env.extend([
+            (
+                "CAPSTAN_PGBACKREST".into(),
+                pgbackrest.display().to_string(),
+            ),
+            ("CAPSTAN_BACKREST_DIR".into(), dir.display().to_string()),
+        ]);
     }
 
     pub fn set_authority(&self, target: &str) {

@@ -1,12 +1,17 @@
-//! Backup repositories for real-process tests: an S3 store over TLS (moto
-//! on plain HTTP with nginx in front for TLS, because pgBackRest speaks
-//! HTTPS only and moto's own TLS breaks it) and a posix directory. Every
-//! server is stopped by PID on drop, also when a test fails.
+//! An S3 store over TLS for backup tests: moto on plain HTTP with nginx in
+//! front for TLS, because pgBackRest speaks HTTPS only and moto's own TLS
+//! breaks it. Every server is stopped by PID on drop, also when a test
+//! fails.
+//!
+//! One copy for two crates: the real-process tests (`tests/support`) and
+//! the e2e scenarios (`e2e/src/backup.rs`) include this file, so it needs
+//! nothing from its parent module but `tools` (tests/support/tools.rs).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,16 +19,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Ports, chown_tree};
-
 pub const REGION: &str = "us-east-1";
 pub const ACCESS_KEY: &str = "capstan-test-key";
 pub const SECRET_KEY: &str = "capstan-test-secret";
 
-/// pgBackRest 2.55+ from CAPSTAN_PGBACKREST (.ci/install-pgbackrest.sh).
-/// `None` after saying why outside CI; panics in CI.
-pub fn pgbackrest() -> Option<PathBuf> {
-    let found = std::env::var_os("CAPSTAN_PGBACKREST")
+/// pgBackRest from `CAPSTAN_PGBACKREST`, else the newest under
+/// /var/cache/capstan/tools (.ci/install-pgbackrest.sh); not checked.
+pub fn pgbackrest_path() -> Option<PathBuf> {
+    std::env::var_os("CAPSTAN_PGBACKREST")
         .map(PathBuf::from)
         .or_else(|| {
             let dir = std::fs::read_dir("/var/cache/capstan/tools").ok()?;
@@ -32,8 +35,13 @@ pub fn pgbackrest() -> Option<PathBuf> {
                 .filter(|p| p.is_file())
                 .max()
         })
-        .filter(|p| p.is_file());
-    match found {
+        .filter(|p| p.is_file())
+}
+
+/// pgBackRest 2.55+ ([`pgbackrest_path`]). `None` after saying why outside
+/// CI; panics in CI.
+pub fn pgbackrest() -> Option<PathBuf> {
+    match pgbackrest_path() {
         Some(p) => {
             let out = Command::new(&p).arg("version").output().ok()?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -57,7 +65,9 @@ pub fn pgbackrest() -> Option<PathBuf> {
     }
 }
 
-fn missing<T>(what: &str) -> Option<T> {
+/// Says that `what` is missing and returns `None` (skip) outside CI;
+/// panics under `CI=true`, where everything is installed.
+pub fn missing<T>(what: &str) -> Option<T> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{what} is required in CI but was not found");
     }
@@ -65,12 +75,12 @@ fn missing<T>(what: &str) -> Option<T> {
     None
 }
 
-fn wait_port(port: u16, limit: Duration, what: &str, log: &Path) {
+fn wait_port(addr: SocketAddr, limit: Duration, what: &str, log: &Path) {
     let deadline = Instant::now() + limit;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {
             panic!(
-                "{what} did not listen on {port} within {limit:?}:\n{}",
+                "{what} did not listen on {addr} within {limit:?}:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
@@ -93,13 +103,36 @@ fn stop(child: &mut Option<Child>) {
     }
 }
 
-/// moto behind nginx: `https://localhost:<tls_port>/<bucket>`.
+/// Where the store listens: nginx (TLS) on `addr:tls_port`, moto (plain
+/// HTTP, reached only through nginx) on `127.0.0.1:moto_port`.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    pub addr: IpAddr,
+    pub tls_port: u16,
+    pub moto_port: u16,
+}
+
+impl Listen {
+    /// Both on 127.0.0.1: for processes on this host.
+    pub fn loopback(tls_port: u16, moto_port: u16) -> Self {
+        Self {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tls_port,
+            moto_port,
+        }
+    }
+}
+
+/// moto behind nginx: `https://<host>:<tls_port>/<bucket>`, where host is
+/// `localhost` on loopback, else the listen address.
 pub struct S3Stack {
     pub dir: tempfile::TempDir,
+    pub addr: IpAddr,
     pub tls_port: u16,
     pub moto_port: u16,
     pub bucket: String,
-    /// The test CA that signed nginx's certificate (for repo-storage-ca-file).
+    /// The test CA that signed nginx's certificate (for repo-storage-ca-file),
+    /// readable by every user.
     pub ca_file: PathBuf,
     moto: Option<Child>,
     nginx: Option<Child>,
@@ -108,20 +141,20 @@ pub struct S3Stack {
 impl S3Stack {
     /// `None` (skip) when moto_server or nginx is absent outside CI. moto
     /// checks no credentials here.
-    pub fn start(ports: &Ports, bucket: &str) -> Option<Self> {
-        Self::start_inner(ports, bucket, false).map(|(s, _)| s)
+    pub fn start(listen: Listen, bucket: &str) -> Option<Self> {
+        Self::start_inner(listen, bucket, false).map(|(s, _)| s)
     }
 
     /// moto checking signatures against its IAM users: the bucket, a user
     /// with an S3 policy and its access key are made by the first requests
     /// (moto's INITIAL_NO_AUTH_ACTION_COUNT), then every request must be
     /// signed with that key. Returns the key (id, secret).
-    pub fn start_with_auth(ports: &Ports, bucket: &str) -> Option<(Self, (String, String))> {
-        Self::start_inner(ports, bucket, true).map(|(s, k)| (s, k.expect("key")))
+    pub fn start_with_auth(listen: Listen, bucket: &str) -> Option<(Self, (String, String))> {
+        Self::start_inner(listen, bucket, true).map(|(s, k)| (s, k.expect("key")))
     }
 
     fn start_inner(
-        ports: &Ports,
+        listen: Listen,
         bucket: &str,
         auth: bool,
     ) -> Option<(Self, Option<(String, String)>)> {
@@ -134,8 +167,9 @@ impl S3Stack {
         let dir = tempfile::Builder::new().prefix("caps3").tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let mut stack = Self {
-            tls_port: ports.take(),
-            moto_port: ports.take(),
+            addr: listen.addr,
+            tls_port: listen.tls_port,
+            moto_port: listen.moto_port,
             bucket: bucket.to_string(),
             ca_file: root.join("ca.crt"),
             dir,
@@ -156,7 +190,8 @@ impl S3Stack {
                 .spawn()
                 .expect("spawn moto_server"),
         );
-        wait_port(stack.moto_port, Duration::from_secs(30), "moto", &moto_log);
+        let moto_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, stack.moto_port));
+        wait_port(moto_addr, Duration::from_secs(30), "moto", &moto_log);
         let access = if auth {
             Some(stack.bucket_user_and_key(&python, bucket))
         } else {
@@ -164,7 +199,8 @@ impl S3Stack {
             None
         };
 
-        // A CA and a server certificate for localhost, made here.
+        // A CA and a server certificate for localhost and the listen
+        // address, made here.
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -176,9 +212,11 @@ impl S3Stack {
         ];
         let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !listen.addr.is_loopback() {
+            names.push(listen.addr.to_string());
+        }
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
@@ -198,7 +236,7 @@ impl S3Stack {
                client_body_temp_path {root}/body;\n\
                proxy_temp_path {root}/proxy;\n\
                server {{\n\
-                 listen 127.0.0.1:{tls} ssl;\n\
+                 listen {listen} ssl;\n\
                  server_name localhost;\n\
                  ssl_certificate {root}/server.crt;\n\
                  ssl_certificate_key {root}/server.key;\n\
@@ -213,7 +251,7 @@ impl S3Stack {
                }}\n\
              }}\n",
             root = root.display(),
-            tls = stack.tls_port,
+            listen = SocketAddr::new(listen.addr, stack.tls_port),
             moto = stack.moto_port,
         );
         std::fs::write(root.join("nginx.conf"), conf).unwrap();
@@ -232,9 +270,11 @@ impl S3Stack {
                 .spawn()
                 .expect("spawn nginx"),
         );
-        wait_port(stack.tls_port, Duration::from_secs(20), "nginx", &nginx_log);
-        // The CA file is read by pgBackRest as the postgres user.
-        chown_tree(&stack.ca_file);
+        let tls_addr = SocketAddr::new(listen.addr, stack.tls_port);
+        wait_port(tls_addr, Duration::from_secs(20), "nginx", &nginx_log);
+        // pgBackRest reads the CA as the postgres user; a CA is no secret.
+        std::fs::set_permissions(root.as_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&stack.ca_file, std::fs::Permissions::from_mode(0o644)).unwrap();
         Some((stack, access))
     }
 
@@ -280,6 +320,26 @@ impl S3Stack {
         );
     }
 
+    /// Keys under `prefix` in the bucket (moto answers plain HTTP without
+    /// a signature), at most the 1000 of one listing.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.moto_port)).unwrap();
+        write!(
+            s,
+            "GET /{}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.bucket, self.moto_port
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.contains(" 200 "), "listing {prefix}: {response}");
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_string()))
+            .collect()
+    }
+
     /// The repository model for this store, keys from files in `secrets`.
     pub fn repository(&self, path: &str, secrets: &Path) -> capstan::backup::Repository {
         self.repository_with_key(path, secrets, (ACCESS_KEY, SECRET_KEY))
@@ -298,7 +358,7 @@ impl S3Stack {
         std::fs::write(secrets.join("secret-access-key"), secret).unwrap();
         capstan::backup::Repository {
             storage: Storage::S3(S3 {
-                endpoint: "localhost".into(),
+                endpoint: self.host(),
                 port: Some(self.tls_port),
                 region: REGION.into(),
                 bucket: self.bucket.clone(),
@@ -314,6 +374,15 @@ impl S3Stack {
             }),
             path: path.into(),
             retention: Default::default(),
+        }
+    }
+
+    /// The name clients connect to (the certificate carries it).
+    pub fn host(&self) -> String {
+        if self.addr.is_loopback() {
+            "localhost".into()
+        } else {
+            self.addr.to_string()
         }
     }
 
@@ -341,25 +410,5 @@ impl Drop for S3Stack {
         }
         stop(&mut self.nginx);
         stop(&mut self.moto);
-    }
-}
-
-/// A posix (volume) repository: a directory the postgres user owns.
-pub struct PosixRepo {
-    pub dir: tempfile::TempDir,
-}
-
-impl PosixRepo {
-    pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("caprepo")
-            .tempdir()
-            .unwrap();
-        chown_tree(dir.path());
-        Self { dir }
-    }
-
-    pub fn repository(&self) -> capstan::backup::Repository {
-        capstan::backup::Repository::posix(self.dir.path().display().to_string())
     }
 }

@@ -5,9 +5,10 @@
 //!
 //! | image name contains | container gets |
 //! |---|---|
+//! | `pgbackrest` (added by [`ImageTable::with_pgbackrest_image`], tried first) | what `postgres` gives, plus the configured `pgbackrest` binary at `/usr/local/lib/pgbackrest/bin/pgbackrest` (that directory holds nothing else), first on `PATH`: Capstan's `images/postgres` (the official image plus PGDG's pgbackrest) |
 //! | `capstan` | the built `capstan` binary at `/usr/local/bin/capstan` (that directory holds nothing else, as in the image); entrypoint `/usr/local/bin/capstan` |
 //! | `pgbouncer` | a directory holding `pgbouncer` (default `/usr/sbin`) first on `PATH` |
-//! | `postgres` | the PostgreSQL installation (the parent of the configured bin directory) of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>`, its `bin` first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them |
+//! | `postgres` | the PostgreSQL installation (the parent of the configured bin directory) of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>`, its `bin` first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them; no `pgbackrest` (a host one on the default `PATH` is hidden, as the stock image has none) |
 //! | anything added with [`ImageTable::with_host_image`] | the host as it is |
 //!
 //! Rules are tried in order; the first match wins. Any other image makes the
@@ -20,6 +21,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the operator image keeps its binary.
 pub const CAPSTAN_IMAGE_DIR: &str = "/usr/local/bin";
+/// Where pgBackRest images keep `pgbackrest` in the harness (the real image
+/// has the package's `/usr/bin/pgbackrest`; a directory of its own keeps the
+/// host's files out of sight).
+pub const PGBACKREST_IMAGE_DIR: &str = "/usr/local/lib/pgbackrest/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -46,10 +51,12 @@ pub enum ImageError {
 pub enum ImageKind {
     /// The operator/agent image: `binary` appears at `/usr/local/bin/capstan`.
     Capstan { binary: PathBuf },
-    /// Stock PostgreSQL images: major version from the tag → host bin dir.
+    /// PostgreSQL images: major version from the tag → host bin dir; with
+    /// `pgbackrest`, that binary is in the image too (stock images have none).
     Postgres {
         majors: BTreeMap<u32, PathBuf>,
         default_major: Option<u32>,
+        pgbackrest: Option<PathBuf>,
     },
     /// Stock PgBouncer images: `bin_dir` holds `pgbouncer`.
     PgBouncer { bin_dir: PathBuf },
@@ -82,6 +89,9 @@ pub struct ResolvedImage {
     pub env: Vec<(String, String)>,
     /// Image entrypoint, used when the container has no `command`.
     pub entrypoint: Vec<String>,
+    /// Host files the image does not have: each one that exists on the host
+    /// is hidden behind `/dev/null`, so lookups find nothing runnable there.
+    pub hidden: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -127,8 +137,41 @@ impl ImageTable {
                 ImageKind::Postgres {
                     majors,
                     default_major: None,
+                    pgbackrest: None,
                 },
             )
+    }
+
+    /// Images whose name contains `pgbackrest` (Capstan's `images/postgres`):
+    /// what the `postgres` rule gives (its majors, now and when added later)
+    /// plus `binary` as `pgbackrest` first on `PATH`. Tried before every other
+    /// rule: such a name also contains `postgres`, and its registry path may
+    /// contain `capstan`.
+    pub fn with_pgbackrest_image(mut self, binary: impl Into<PathBuf>) -> Self {
+        let (majors, default_major) = self
+            .rules
+            .iter()
+            .find_map(|r| match &r.kind {
+                ImageKind::Postgres {
+                    majors,
+                    default_major,
+                    ..
+                } => Some((majors.clone(), *default_major)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.rules.insert(
+            0,
+            ImageRule {
+                pattern: "pgbackrest".to_string(),
+                kind: ImageKind::Postgres {
+                    majors,
+                    default_major,
+                    pgbackrest: Some(binary.into()),
+                },
+            },
+        );
+        self
     }
 
     pub fn with_rule(mut self, pattern: &str, kind: ImageKind) -> Self {
@@ -196,16 +239,19 @@ impl ImageTable {
                 }],
                 env: vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
                 entrypoint: vec![format!("{CAPSTAN_IMAGE_DIR}/capstan")],
+                hidden: vec![],
             },
             ImageKind::PgBouncer { bin_dir } => ResolvedImage {
                 empty_dirs: vec![],
                 mounts: vec![],
                 env: vec![path(&bin_dir.to_string_lossy())],
                 entrypoint: vec![],
+                hidden: vec![],
             },
             ImageKind::Postgres {
                 majors,
                 default_major,
+                pgbackrest,
             } => {
                 let major = postgres_major(&lower).or(*default_major).ok_or_else(|| {
                     ImageError::NoPostgresTag {
@@ -227,7 +273,7 @@ impl ImageTable {
                     .parent()
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| bin.clone());
-                ResolvedImage {
+                let mut resolved = ResolvedImage {
                     empty_dirs: vec![],
                     mounts: vec![ImageMount {
                         source,
@@ -239,13 +285,34 @@ impl ImageTable {
                         ("PGDATA".to_string(), "/var/lib/postgresql/data".to_string()),
                     ],
                     entrypoint: vec![],
+                    // A host pgbackrest (e.g. Debian's 2.45) is in no
+                    // PostgreSQL image: the stock ones have none, and ours
+                    // comes from `pgbackrest`.
+                    hidden: std::env::split_paths(DEFAULT_PATH)
+                        .map(|dir| dir.join("pgbackrest"))
+                        .collect(),
+                };
+                if let Some(binary) = pgbackrest {
+                    resolved
+                        .empty_dirs
+                        .push(PathBuf::from(PGBACKREST_IMAGE_DIR));
+                    resolved.mounts.push(ImageMount {
+                        source: binary.clone(),
+                        target: Path::new(PGBACKREST_IMAGE_DIR).join("pgbackrest"),
+                    });
+                    resolved.env[0] = path(&format!(
+                        "{PGBACKREST_IMAGE_DIR}:{}",
+                        target.to_string_lossy()
+                    ));
                 }
+                resolved
             }
             ImageKind::Host => ResolvedImage {
                 empty_dirs: vec![],
                 mounts: vec![],
                 env: vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
                 entrypoint: vec![],
+                hidden: vec![],
             },
         })
     }
@@ -299,6 +366,7 @@ mod tests {
                 ImageKind::Postgres {
                     majors: BTreeMap::new(),
                     default_major: None,
+                    pgbackrest: None,
                 },
             )
             .with_postgres_major(15, "/usr/lib/postgresql/15/bin")
@@ -353,5 +421,71 @@ mod tests {
         let err = t.resolve("postgres:17").unwrap_err();
         assert!(err.to_string().contains("PostgreSQL 17"), "{err}");
         assert!(t.resolve("debian:bookworm-slim").is_ok());
+    }
+
+    fn env<'a>(image: &'a ResolvedImage, key: &str) -> Option<&'a str> {
+        image
+            .env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn pgbackrest_images_add_pgbackrest_to_the_postgres_mapping() {
+        // Added before the majors, as the harness does: they reach both rules.
+        let t = table()
+            .with_pgbackrest_image("/tools/pgbackrest-2.55.1/bin/pgbackrest")
+            .with_postgres_major(17, "/opt/pg/17/bin");
+        assert_eq!(t.rules()[0].pattern, "pgbackrest", "tried first");
+        for image in [
+            "localhost/postgres-pgbackrest:17",
+            // A registry path naming capstan does not make it the operator.
+            "ghcr.io/capstan/postgres-pgbackrest:17-bookworm",
+        ] {
+            let r = t.resolve(image).unwrap();
+            assert_eq!(
+                r.mounts[0],
+                ImageMount {
+                    source: PathBuf::from("/opt/pg/17"),
+                    target: PathBuf::from("/usr/lib/postgresql/17"),
+                },
+                "{image}"
+            );
+            assert!(r.empty_dirs.contains(&PathBuf::from(PGBACKREST_IMAGE_DIR)));
+            assert!(r.mounts.contains(&ImageMount {
+                source: PathBuf::from("/tools/pgbackrest-2.55.1/bin/pgbackrest"),
+                target: PathBuf::from("/usr/local/lib/pgbackrest/bin/pgbackrest"),
+            }));
+            assert_eq!(
+                env(&r, "PATH"),
+                Some(
+                    "/usr/local/lib/pgbackrest/bin:/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                ),
+                "{image}"
+            );
+            assert_eq!(env(&r, "PG_MAJOR"), Some("17"));
+            assert!(r.entrypoint.is_empty());
+        }
+        // The tag's major still has to be configured.
+        let err = t.resolve("localhost/postgres-pgbackrest:16").unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL 16"), "{err}");
+    }
+
+    #[test]
+    fn stock_postgres_images_have_no_pgbackrest() {
+        let t = table().with_pgbackrest_image("/tools/pgbackrest");
+        let stock = t.resolve("docker.io/library/postgres:15-bookworm").unwrap();
+        assert_eq!(stock.mounts.len(), 1, "{stock:?}");
+        assert!(stock.empty_dirs.is_empty());
+        let path = env(&stock, "PATH").unwrap();
+        assert!(!path.contains("pgbackrest"), "{path}");
+        // Every default PATH entry's pgbackrest is hidden (when the host has one).
+        for dir in std::env::split_paths(DEFAULT_PATH) {
+            assert!(stock.hidden.contains(&dir.join("pgbackrest")), "{dir:?}");
+        }
+        // Other images are the host as it is.
+        assert!(t.resolve("debian:bookworm").unwrap().hidden.is_empty());
+        assert!(t.resolve("capstan:dev").unwrap().hidden.is_empty());
     }
 }

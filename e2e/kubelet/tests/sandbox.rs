@@ -277,3 +277,70 @@ async fn images_map_to_the_capstan_binary_and_postgres_bin_dirs() {
     );
     assert!(logs.contains("major=15"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_pgbackrest_images_have_pgbackrest() {
+    if !privileged() {
+        return;
+    }
+    if !std::path::Path::new("/usr/lib/postgresql/15/bin/postgres").exists() {
+        eprintln!("skipping: PostgreSQL 15 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("pgbackrest-2.55");
+    fs::write(&fake, "#!/bin/sh\necho \"pgBackRest 2.55.1\"\n").unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let node = node_with(|cfg| {
+        cfg.images = capstan_e2e_kubelet::ImageTable::capstan_defaults("/nonexistent/capstan")
+            .with_pgbackrest_image(&fake);
+    });
+    // What an instance manager looks for: pgbackrest on PATH, and Debian's
+    // path (where this host may have its own 2.45).
+    let script = "echo \"found=$(command -v pgbackrest || echo none)\"; \
+                  if [ -x /usr/bin/pgbackrest ]; then echo usr-bin=runnable; else echo usr-bin=absent; fi; \
+                  pgbackrest version 2>/dev/null || echo no-version; \
+                  echo \"postgres=$(command -v postgres)\"";
+    for (name, image) in [
+        ("stock", "docker.io/library/postgres:15-bookworm"),
+        ("backrest", "localhost/postgres-pgbackrest:15"),
+    ] {
+        node.rt.sync_pod(pod(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "postgres", "image": image,
+                    "command": ["/bin/sh", "-c", script]}]
+            }
+        })));
+    }
+    for name in ["stock", "backrest"] {
+        wait_status(&node, "ns", name, "Succeeded", 30, |s| {
+            phase(s) == "Succeeded"
+        })
+        .await;
+    }
+    let stock = node.rt.logs("ns", "stock", "postgres", false).unwrap();
+    assert!(stock.contains("found=none\n"), "{stock}");
+    assert!(stock.contains("usr-bin=absent\n"), "{stock}");
+    assert!(stock.contains("no-version\n"), "{stock}");
+    assert!(
+        stock.contains("postgres=/usr/lib/postgresql/15/bin/postgres"),
+        "{stock}"
+    );
+    let backrest = node.rt.logs("ns", "backrest", "postgres", false).unwrap();
+    assert!(
+        backrest.contains("found=/usr/local/lib/pgbackrest/bin/pgbackrest\n"),
+        "{backrest}"
+    );
+    assert!(backrest.contains("pgBackRest 2.55.1\n"), "{backrest}");
+    assert!(
+        backrest.contains("postgres=/usr/lib/postgresql/15/bin/postgres"),
+        "{backrest}"
+    );
+    // Nothing was created on the host for either image.
+    assert!(
+        !std::path::Path::new("/usr/local/lib/pgbackrest/bin/pgbackrest").exists(),
+        "the image's binary must not appear on the host"
+    );
+}

@@ -1,7 +1,8 @@
 //! The manager's side of backups, every tick: find pgBackRest, keep
 //! `pgbackrest.conf` equal to what the settings and the credential files
-//! (refreshed by the kubelet) say, and on the primary create the stanza and
-//! read `pg_stat_archiver` for the report. Jobs live in
+//! (refreshed by the kubelet) say, and on the primary create the stanza,
+//! read `pg_stat_archiver` and what the repositories hold (now and then)
+//! for the report. Jobs live in
 //! [`super::super::backup`].
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -52,7 +53,7 @@ fn with_archive_async(text: String, archive_async: bool) -> String {
 
 /// pgBackRest must run as the owner of the data directory; when the
 /// manager runs as root (not in a pod), the files are given to that owner.
-fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
+pub(super) fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
@@ -63,7 +64,7 @@ fn owner_for(data_dir: &Path) -> Option<(u32, u32)> {
     Some((meta.uid(), meta.gid()))
 }
 
-fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(super) fn make_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -153,6 +154,7 @@ impl<A: Authority> Manager<A> {
             return;
         }
         self.shared.backups.ensure_stanza();
+        self.shared.backups.refresh_inventory();
         match self.local.archiver().await {
             Ok(a) => self.backup.archiver = Some(a),
             Err(e) => tracing::debug!(error = %e, "no pg_stat_archiver sample"),

@@ -8,15 +8,17 @@
 //! This file is the thin actor: the loop, what each tick does
 //! ([`tick_step`], pure) and the command dispatch. The work is in one
 //! module per lifecycle, each with its pure decisions next to the steps that
-//! act on them: [`start`] (bootstrap and start), [`running`] (upkeep of a
-//! running instance), [`role`] (promotion, demotion, rejoining), [`fence`]
-//! (the manager's side of the primary lease), [`report`] (what `/status`
-//! shows), [`errors`] (the standing errors behind `lastError`).
+//! act on them: [`start`] (bootstrap and start), [`restore`] (bootstrap
+//! from a backup), [`running`] (upkeep of a running instance), [`role`]
+//! (promotion, demotion, rejoining), [`fence`] (the manager's side of the
+//! primary lease), [`report`] (what `/status` shows), [`errors`] (the
+//! standing errors behind `lastError`).
 
 mod archive;
 mod errors;
 mod fence;
 mod report;
+mod restore;
 mod role;
 mod running;
 mod start;
@@ -61,6 +63,7 @@ pub struct Manager<A: Authority> {
     upkeep: running::Upkeep,
     role: role::RoleState,
     backup: archive::BackupUpkeep,
+    restore: restore::RestoreState,
 }
 
 /// What a tick does once settings are loaded.
@@ -110,6 +113,7 @@ impl<A: Authority> Manager<A> {
             upkeep: running::Upkeep::default(),
             role: role::RoleState::default(),
             backup: archive::BackupUpkeep::default(),
+            restore: restore::RestoreState::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::contract::backup::{ArchiveReport, BackupJob};
 use crate::contract::instance::{InstanceReport, LeaseReport, Role};
+use crate::contract::restore::RestoreReport;
 use crate::postgres::lsn::Lsn;
 
 use super::super::authority::Authority;
@@ -25,6 +26,8 @@ pub(super) struct Facts<'a> {
     /// Primary with backups configured: archiving.
     pub archive: Option<ArchiveReport>,
     pub backup: Option<BackupJob>,
+    /// The bootstrap from a backup, on the instance that restores.
+    pub restore: Option<RestoreReport>,
 }
 
 pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
@@ -35,6 +38,7 @@ pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
     report.last_error = facts.last_error;
     report.archive = facts.archive;
     report.backup = facts.backup;
+    report.restore = facts.restore;
     if let Some(s) = facts.snapshot {
         report.running = true;
         report.role = if s.in_recovery {
@@ -106,6 +110,7 @@ impl<A: Authority> Manager<A> {
                         .archive_report(self.backup.archiver.as_ref())
                 }),
             backup: self.shared.backups.job(),
+            restore: self.restore.report.clone(),
         });
         self.shared.publish(report);
     }
@@ -165,6 +170,7 @@ mod tests {
             ready_max_lag: 100,
             archive: None,
             backup: None,
+            restore: None,
         }
     }
 

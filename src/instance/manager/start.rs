@@ -145,6 +145,12 @@ enum StartError {
     /// The primary lease is not held (yet): retried every tick, without
     /// backoff, so a healed partition or a released lease is used at once.
     Lease(String),
+    /// Tried again after `after` (a failed restore), not after the
+    /// start backoff.
+    Retry {
+        message: String,
+        after: Duration,
+    },
     Other(String),
 }
 
@@ -178,6 +184,10 @@ impl<A: Authority> Manager<A> {
                 self.set_error(Source::Lease, message);
                 self.restarts.retry_now(Instant::now());
             }
+            Err(StartError::Retry { message, after }) => {
+                self.set_error(Source::Start, message);
+                self.restarts.retry_after(Instant::now(), after);
+            }
             Err(StartError::Other(message)) => {
                 self.set_error(Source::Start, message);
                 self.restarts.failed(Instant::now());
@@ -207,12 +217,21 @@ impl<A: Authority> Manager<A> {
             StartPlan::Initdb => {
                 // The lease first: a bootstrap the cluster cannot use is wasted.
                 self.hold_lease().await.map_err(StartError::Lease)?;
-                let secrets =
-                    BootstrapSecrets::read(&self.inputs, settings).map_err(|e| e.to_string())?;
-                self.busy(Some("initdb"));
-                let result = self.ops(settings, &bins).initdb(&secrets).await;
-                self.busy(None);
-                result.map_err(|e| format!("bootstrap failed: {e}"))?;
+                if let Some(restore) = &settings.restore {
+                    self.restore_bootstrap(settings, &bins, restore)
+                        .await
+                        .map_err(|(message, after)| StartError::Retry {
+                            message: format!("restoring from a backup failed: {message}"),
+                            after,
+                        })?;
+                } else {
+                    let secrets = BootstrapSecrets::read(&self.inputs, settings)
+                        .map_err(|e| e.to_string())?;
+                    self.busy(Some("initdb"));
+                    let result = self.ops(settings, &bins).initdb(&secrets).await;
+                    self.busy(None);
+                    result.map_err(|e| format!("bootstrap failed: {e}"))?;
+                }
                 self.launch_primary(settings, &bins).await
             }
             StartPlan::Clone => {

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use super::plan::{CertReason, Child, Deletion, Plan, SecretAction};
+use crate::api::pgbackup::PostgresBackup;
 use crate::contract::layout::files;
 use crate::resources::model::Model;
 use crate::resources::names;
@@ -57,6 +58,8 @@ pub struct Applied {
     pub deleted: Vec<Deletion>,
     pub created_secrets: Vec<String>,
     pub issued: Vec<(CertKind, CertReason)>,
+    /// `PostgresBackup` objects created for due schedules.
+    pub created_backups: Vec<String>,
     /// Children the API server refused for a reason a person must fix
     /// (e.g. a StorageClass that cannot expand volumes); the rest was applied.
     pub refused: Vec<String>,
@@ -285,11 +288,33 @@ pub async fn apply(
         info!(cluster = %model.name, instance = %name, role = %role, operation = "relabel", "role label updated");
     }
 
+    // Applying a scheduled object again (a lost status write) changes
+    // nothing: its name stands for the run it answers.
+    for backup in &plan.create_backups {
+        let name = backup.metadata.name.clone().unwrap_or_default();
+        match ssa(client, ns, backup).await {
+            Ok(_) => {
+                info!(cluster = %model.name, backup = %name, operation = "schedule-backup", "created a scheduled backup");
+                applied.created_backups.push(name);
+            }
+            Err(e) if is_refusal(&e) => {
+                warn!(cluster = %model.name, backup = %name, error = %e, "API server refused a scheduled backup");
+                applied
+                    .refused
+                    .push(format!("PostgresBackup/{name}: {}", refusal_message(&e)));
+            }
+            Err(e) => return Err(ApplyError::api(format!("PostgresBackup {name}"))(e)),
+        }
+    }
+
     for deletion in &plan.delete {
         let result = match deletion {
             Deletion::Pod(n) => delete::<Pod>(client, ns, n).await,
             Deletion::Pvc(n) => delete::<PersistentVolumeClaim>(client, ns, n).await,
             Deletion::Pdb(n) => delete::<PodDisruptionBudget>(client, ns, n).await,
+            Deletion::ExpiredBackup { name, .. } | Deletion::FailedBackup { name, .. } => {
+                delete::<PostgresBackup>(client, ns, name).await
+            }
         };
         result.map_err(ApplyError::api(format!("{deletion:?}")))?;
         info!(cluster = %model.name, operation = "delete", object = ?deletion, "deleted");

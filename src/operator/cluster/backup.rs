@@ -63,11 +63,16 @@ pub struct Decision {
     pub running: Option<String>,
 }
 
-fn phase_of(b: &PostgresBackup) -> &str {
+pub(super) fn phase_of(b: &PostgresBackup) -> &str {
     b.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or(phase::PENDING)
+}
+
+/// Not finished yet: waiting for its turn, running or being verified.
+pub fn in_flight(b: &PostgresBackup) -> bool {
+    !matches!(phase_of(b), phase::COMPLETED | phase::FAILED)
 }
 
 pub fn decide(input: &Input<'_>) -> Decision {
@@ -143,13 +148,15 @@ pub fn decide(input: &Input<'_>) -> Decision {
     };
     match &report.archive {
         Some(a) if a.stanza_ready => {}
-        Some(a) => {
-            return wait(format!(
-                "waiting for WAL archiving to the repositories: {}",
-                a.stanza_error
-                    .as_deref()
-                    .unwrap_or("the pgBackRest stanza is being created")
-            ));
+        // stanza-create failed (wrong credentials, an unreachable store, no
+        // pgBackRest): waiting could be forever, so the backup is tried and
+        // ends with what pgBackRest (or the instance) says about it.
+        Some(a) if a.stanza_error.is_some() => {}
+        Some(_) => {
+            return wait(
+                "waiting for WAL archiving to the repositories: the pgBackRest stanza is being created"
+                    .into(),
+            );
         }
         None => {
             return wait(format!(
@@ -182,16 +189,20 @@ fn reject(backup: String, message: String) -> Decision {
     }
 }
 
-/// `status.backup`: the newest completed backup and how archiving goes on
-/// the primary; what the primary does not report now is kept as it was.
+/// `status.backup`: the newest completed backup, the schedules, what the
+/// repositories can restore and how archiving goes on the primary; what
+/// the primary does not report now is kept as it was.
 pub fn status(
     spec: Option<&BackupSpec>,
     backups: &[PostgresBackup],
+    schedules: &super::schedule::Decision,
     primary: Option<&InstanceReport>,
     previous: Option<&BackupStatus>,
 ) -> Option<BackupStatus> {
     spec?;
     let mut out = previous.cloned().unwrap_or_default();
+    out.schedules = schedules.status.clone();
+    out.next_scheduled = schedules.next.clone();
     let completed = backups
         .iter()
         .filter(|b| phase_of(b) == phase::COMPLETED)
@@ -210,6 +221,15 @@ pub fn status(
         out.last_successful_backup = completed;
     }
     if let Some(a) = primary.and_then(|r| r.archive.as_ref()) {
+        if !a.repositories.is_empty() {
+            out.first_recoverability_point = a
+                .repositories
+                .iter()
+                .filter_map(|r| r.first_recoverability_point.as_deref())
+                .filter_map(|t| t.parse::<jiff::Timestamp>().ok())
+                .min()
+                .map(|t| t.to_string());
+        }
         if let (Some(wal), Some(time)) = (&a.last_archived_wal, &a.last_archived_at) {
             out.last_archived_wal = Some(ArchivedWal {
                 wal: wal.clone(),

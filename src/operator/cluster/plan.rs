@@ -12,6 +12,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
 use super::operation::{self, Operation, is_terminating};
+use super::{retention, schedule};
+use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
 use crate::resources::model::Model;
@@ -58,6 +60,17 @@ pub enum Deletion {
     Pod(String),
     Pvc(String),
     Pdb(String),
+    /// A `PostgresBackup` whose backup its repository expired.
+    ExpiredBackup {
+        name: String,
+        label: String,
+        repository: String,
+    },
+    /// A schedule's `Failed` `PostgresBackup` beyond the newest few.
+    FailedBackup {
+        name: String,
+        schedule: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +86,10 @@ pub struct Plan {
     pub delete: Vec<Deletion>,
     /// The one operation this reconcile works on.
     pub operation: Operation,
+    /// `PostgresBackup` objects due schedules create.
+    pub create_backups: Vec<PostgresBackup>,
+    /// The schedules: what is due, when each runs next.
+    pub schedules: schedule::Decision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +173,8 @@ pub fn plan(
             .into_iter()
             .map(Deletion::Pod),
     );
+    let (create_backups, schedules) =
+        backup_objects(model, observed, status, &target_primary, &mut delete);
     delete.sort();
     delete.dedup();
 
@@ -168,7 +187,48 @@ pub fn plan(
         relabel,
         delete,
         operation,
+        create_backups,
+        schedules,
     })
+}
+
+/// The `PostgresBackup` objects due schedules create, and those retention
+/// deletes (added to `delete`).
+fn backup_objects(
+    model: &Model,
+    observed: &Observed,
+    status: Option<&PostgresClusterStatus>,
+    primary: &str,
+    delete: &mut Vec<Deletion>,
+) -> (Vec<PostgresBackup>, schedule::Decision) {
+    let Some(spec) = &model.spec.backup else {
+        return (vec![], schedule::Decision::default());
+    };
+    let previous = status
+        .and_then(|s| s.backup.as_ref())
+        .map(|b| b.schedules.as_slice())
+        .unwrap_or_default();
+    let now = jiff::Timestamp::from_second(observed.now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let decision = schedule::decide(&schedule::Input {
+        cluster: &model.name,
+        schedules: &spec.schedules,
+        backups: &observed.backups,
+        previous,
+        now,
+    });
+    let create = decision
+        .due
+        .iter()
+        .map(|run| schedule::backup_object(model, &run.schedule, run.at))
+        .collect();
+    let inventory = observed
+        .reports
+        .get(primary)
+        .and_then(|r| r.archive.as_ref())
+        .map(|a| a.repositories.as_slice())
+        .unwrap_or_default();
+    delete.extend(retention::prune(&observed.backups, inventory));
+    (create, decision)
 }
 
 /// Every child applied with server-side apply, for the given instances.

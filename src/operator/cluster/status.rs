@@ -331,6 +331,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         backup: super::backup::status(
             model.spec.backup.as_ref(),
             &r.observed.backups,
+            &r.plan.schedules,
             r.observed.reports.get(&r.plan.target_primary),
             r.previous.and_then(|s| s.backup.as_ref()),
         ),

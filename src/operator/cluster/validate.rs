@@ -18,8 +18,6 @@ use super::observe::Observed;
 /// Stalled reason while `spec.backup` asks for what this build cannot do
 /// yet (Azure, GCS and volume repositories; backups from a replica).
 pub const BACKUP_UNSUPPORTED: &str = "BackupUnsupported";
-/// Follows the field name in the error (`spec.bootstrap.restore: …`).
-const UNSUPPORTED_RESTORE: &str = "not supported by this operator build yet";
 
 /// A spec that cannot be applied as written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -237,15 +235,15 @@ fn check(
         return Err(invalid("spec.failover.maxLagBytes", "must not be negative"));
     }
     validate_tls(cluster, observed, environment)?;
-    // Until the operator restores, creating the cluster at all would run
-    // initdb and give an empty database where a restored one was asked for.
-    if spec.bootstrap.restore.is_some() {
-        return Err(invalid(
-            "spec.bootstrap.restore",
-            format!(
-                "{UNSUPPORTED_RESTORE}; create the cluster with spec.bootstrap.initdb, or use a Capstan version that restores"
-            ),
-        ));
+    // A source this build cannot read: creating the cluster at all would
+    // run initdb and give an empty database where a restored one was asked for.
+    if let Some(e) = spec
+        .bootstrap
+        .restore
+        .as_ref()
+        .and_then(unsupported_restore)
+    {
+        return Err(e);
     }
 
     // The data files decide which major runs: a raised version waits for a
@@ -329,13 +327,39 @@ fn unsupported_backup(backup: &crate::api::backup::BackupSpec) -> Option<String>
             r.name
         ));
     }
-    if !backup.schedules.is_empty() {
-        return Some("spec.backup.schedules are not supported by this operator build yet; remove them and create PostgresBackup objects instead (on demand, or from a CronJob). No backups are taken and WAL is not archived until then".into());
+    if let Some(message) = super::schedule::invalid(&backup.schedules) {
+        return Some(format!(
+            "{message}. No backups are taken and WAL is not archived until then"
+        ));
     }
     if backup.target == crate::api::backup::BackupTarget::PreferReplica {
         return Some("spec.backup.target: preferReplica is not supported by this operator build yet; set target: primary. No backups are taken and WAL is not archived until then".into());
     }
     None
+}
+
+/// Why `bootstrap.restore` cannot be carried out by this build, naming
+/// the field and the fix.
+fn unsupported_restore(restore: &crate::api::backup::RestoreSpec) -> Option<SpecError> {
+    let r = &restore.source.repository;
+    let kind = match (&r.s3, &r.azure, &r.gcs, &r.volume) {
+        (Some(_), None, None, None) => return None,
+        (None, Some(_), None, None) => "azure",
+        (None, None, Some(_), None) => "gcs",
+        (None, None, None, Some(_)) => "volume",
+        _ => {
+            return Some(invalid(
+                "spec.bootstrap.restore.source.repository",
+                "set exactly one of s3, azure, gcs or volume",
+            ));
+        }
+    };
+    Some(invalid(
+        &format!("spec.bootstrap.restore.source.repository.{kind}"),
+        format!(
+            "restoring from {kind} repositories is not supported by this operator build yet; restore from an s3 repository (any S3-compatible store holding the source's pgBackRest repository). Nothing is created until then, so the cluster never starts empty"
+        ),
+    ))
 }
 
 fn validate_tls(
@@ -595,10 +619,11 @@ mod tests {
     #[test]
     fn s3_backups_from_the_primary_are_modelled() {
         let mut spec = base();
-        spec["backup"] = json!({"repositories": [s3_repository()]});
+        spec["backup"] = json!({"repositories": [s3_repository()],
+            "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * SUN"}]});
         let v = check(&cluster(spec)).unwrap();
         assert!(v.blocked.is_none(), "{:?}", v.blocked);
-        assert!(v.model.spec.backup.is_some());
+        assert_eq!(v.model.spec.backup.unwrap().schedules.len(), 1);
     }
 
     #[test]
@@ -614,8 +639,9 @@ mod tests {
             ),
             (
                 json!({"repositories": [s3_repository()],
-                       "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"}]}),
-                "spec.backup.schedules are not supported",
+                       "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"},
+                                     {"name": "often", "type": "incremental", "schedule": "61 * * * *"}]}),
+                "spec.backup.schedules[often].schedule \"61 * * * *\" is not a cron expression",
             ),
         ] {
             let mut spec = base();
@@ -632,17 +658,23 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_is_refused_until_the_operator_restores() {
+    fn an_s3_restore_is_modelled_and_other_sources_are_refused() {
         let mut spec = base();
         spec["bootstrap"] =
             json!({"restore": {"source": {"repository": {"s3": s3_repository()["s3"]}}}});
         let c = cluster(spec);
         assert!(c.spec.bootstrap.initdb.is_none());
-        let err = check(&c).unwrap_err();
-        assert_eq!(err.field, "spec.bootstrap.restore");
+        let v = check(&c).unwrap();
+        assert!(v.blocked.is_none(), "{:?}", v.blocked);
+        assert!(v.model.spec.bootstrap.restore.is_some());
+
+        let mut spec = base();
+        spec["bootstrap"] = json!({"restore": {"source": {"repository":
+            {"volume": {"claimName": "orders-repo1"}}}}});
+        let err = check(&cluster(spec)).unwrap_err();
+        assert_eq!(err.field, "spec.bootstrap.restore.source.repository.volume");
         assert!(
-            err.to_string()
-                .contains("spec.bootstrap.restore: not supported by this operator build yet"),
+            err.message.contains("restore from an s3 repository"),
             "{err}"
         );
         assert!(!err.awaits_object);

@@ -174,6 +174,23 @@ impl Worker {
                 read_only: true,
             });
         }
+        // Only files the host has: a missing mount point would be created on
+        // the host. Canonical paths, so /bin/x and /usr/bin/x count once.
+        let mut hidden: Vec<PathBuf> = image
+            .hidden
+            .iter()
+            .filter_map(|p| fs::canonicalize(p).ok())
+            .filter(|p| p.is_file())
+            .collect();
+        hidden.sort();
+        hidden.dedup();
+        for target in hidden {
+            mounts.push(Mount {
+                source: PathBuf::from("/dev/null"),
+                target,
+                read_only: false,
+            });
+        }
         let mut targets = Vec::new();
         for vm in spec.volume_mounts.iter().flatten() {
             let volume = volumes.get(&vm.name).ok_or_else(|| {

@@ -18,10 +18,19 @@ fn repository(name: &str, kind: &str, settings: Value) -> Value {
     json!({"name": name, kind: settings})
 }
 
+/// The default image has no pgBackRest.
+fn with_backrest_image(cluster: Value) -> Value {
+    with(
+        cluster,
+        "/spec/postgres/image",
+        json!("localhost/postgres-pgbackrest:17"),
+    )
+}
+
 /// A cluster backing up to one S3 repository.
 fn backed_up() -> Value {
     with(
-        minimal(),
+        with_backrest_image(minimal()),
         "/spec/backup",
         json!({"repositories": [repository("repo1", "s3", s3("backups"))]}),
     )
@@ -37,7 +46,7 @@ fn schedule(name: &str, cron: &str) -> Value {
 
 fn restoring(repository: Value) -> Value {
     with(
-        minimal(),
+        with_backrest_image(minimal()),
         "/spec/bootstrap",
         json!({"restore": {"source": {"repository": repository}}}),
     )
@@ -52,10 +61,29 @@ fn with_target(target: Value) -> Value {
 }
 
 #[test]
+fn backups_and_restores_name_an_image_with_pgbackrest() {
+    let needle = "spec.backup and spec.bootstrap.restore need spec.postgres.image";
+    let mut no_image = backed_up();
+    no_image["spec"]["postgres"]
+        .as_object_mut()
+        .unwrap()
+        .remove("image");
+    assert_refused(&no_image, None, needle);
+    let mut restore_no_image = restoring(json!({"s3": s3("backups")}));
+    restore_no_image["spec"]["postgres"]
+        .as_object_mut()
+        .unwrap()
+        .remove("image");
+    assert_refused(&restore_no_image, None, needle);
+    assert_ok(&backed_up(), None);
+    assert_ok(&minimal(), None);
+}
+
+#[test]
 fn a_complete_backup_spec_is_accepted() {
     assert_ok(&backed_up(), None);
     let full = with(
-        minimal(),
+        with_backrest_image(minimal()),
         "/spec/backup",
         json!({
             "repositories": [

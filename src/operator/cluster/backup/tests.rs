@@ -169,16 +169,32 @@ fn a_running_backup_is_followed_to_its_end_before_another_starts() {
 fn a_backup_waits_for_a_ready_primary_and_its_stanza() {
     let s = spec();
     let backups = [backup("b1", "full", None, None)];
-    let not_ready = ArchiveReport {
+    let being_created = ArchiveReport {
         stanza_ready: false,
-        stanza_error: Some("ERROR: [039] HTTP request failed with 403".into()),
         ..ArchiveReport::default()
     };
-    let d = decide_with(Some(&s), &backups, &primary(Some(not_ready), None));
+    let d = decide_with(Some(&s), &backups, &primary(Some(being_created), None));
     assert!(
-        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("403")),
+        matches!(d.step, Some(Step::Wait { ref message, .. }) if message.contains("stanza is being created")),
         "{d:?}"
     );
+    // A stanza that failed may never come: the backup is tried, so it ends
+    // (as Failed with pgBackRest's message, if the repository still fails).
+    for error in [
+        "ERROR: [039]: HTTP request failed with 403 (Forbidden)",
+        "backups are configured but pgBackRest is not at /usr/bin/pgbackrest: set spec.postgres.image …",
+    ] {
+        let failed = ArchiveReport {
+            stanza_ready: false,
+            stanza_error: Some(error.into()),
+            ..ArchiveReport::default()
+        };
+        let d = decide_with(Some(&s), &backups, &primary(Some(failed), None));
+        assert!(
+            matches!(d.step, Some(Step::Start { ref instance, .. }) if instance == "db-1"),
+            "{error}: {d:?}"
+        );
+    }
     let d = decide_with(Some(&s), &backups, &primary(None, None));
     assert!(matches!(d.step, Some(Step::Wait { .. })));
     let d = decide(&Input {
@@ -246,7 +262,8 @@ fn status_shows_the_newest_completed_backup_and_the_primarys_archiving() {
         }),
         ..InstanceReport::default()
     };
-    let st = status(Some(&s), &backups, Some(&report), None).unwrap();
+    let none = crate::operator::cluster::schedule::Decision::default();
+    let st = status(Some(&s), &backups, &none, Some(&report), None).unwrap();
     let last = st.last_successful_backup.unwrap();
     assert_eq!(
         (last.name.as_str(), last.label.as_str()),
@@ -264,10 +281,11 @@ fn status_shows_the_newest_completed_backup_and_the_primarys_archiving() {
     );
     // Without spec.backup there is no status.backup; an unreachable
     // primary keeps what was known.
-    assert!(status(None, &backups, Some(&report), None).is_none());
+    assert!(status(None, &backups, &none, Some(&report), None).is_none());
     let kept = status(
         Some(&s),
         &[],
+        &none,
         None,
         Some(&BackupStatus {
             last_archived_wal: Some(ArchivedWal {
@@ -279,4 +297,66 @@ fn status_shows_the_newest_completed_backup_and_the_primarys_archiving() {
     )
     .unwrap();
     assert_eq!(kept.last_archived_wal.unwrap().wal, "w");
+}
+
+#[test]
+fn status_shows_the_schedules_and_the_first_recoverability_point() {
+    use crate::api::status::{ScheduleStatus, ScheduledBackup};
+    use crate::contract::backup::RepositoryInventory;
+    use crate::operator::cluster::schedule::Decision;
+    let decision = Decision {
+        status: vec![ScheduleStatus {
+            name: "nightly".into(),
+            schedule: "0 1 * * *".into(),
+            next: "2026-12-05T01:00:00Z".into(),
+            last_backup: Some("db-nightly-202612040100".into()),
+        }],
+        next: Some(ScheduledBackup {
+            schedule: "nightly".into(),
+            type_: ApiType::Full,
+            time: "2026-12-05T01:00:00Z".into(),
+        }),
+        ..Decision::default()
+    };
+    let held = |repository: u32, first: Option<&str>| RepositoryInventory {
+        repository,
+        read_at: "2026-12-04T10:00:00.000000Z".into(),
+        first_recoverability_point: first.map(str::to_string),
+        ..RepositoryInventory::default()
+    };
+    let report = |repositories: Vec<RepositoryInventory>| InstanceReport {
+        archive: Some(ArchiveReport {
+            stanza_ready: true,
+            repositories,
+            ..ArchiveReport::default()
+        }),
+        ..InstanceReport::default()
+    };
+    let primary = report(vec![
+        held(1, Some("2026-12-01T01:05:00.000000Z")),
+        held(2, Some("2026-11-30T02:00:00.500000Z")),
+        held(3, None),
+    ]);
+    let st = status(Some(&spec()), &[], &decision, Some(&primary), None).unwrap();
+    assert_eq!(st.schedules, decision.status);
+    assert_eq!(st.next_scheduled, decision.next);
+    // The earliest point any repository reaches.
+    assert_eq!(
+        st.first_recoverability_point.as_deref(),
+        Some("2026-11-30T02:00:00.5Z")
+    );
+    // Not read (yet): kept as it was.
+    let kept = status(
+        Some(&spec()),
+        &[],
+        &Decision::default(),
+        Some(&report(vec![])),
+        Some(&st),
+    )
+    .unwrap();
+    assert_eq!(
+        kept.first_recoverability_point,
+        st.first_recoverability_point
+    );
+    assert!(kept.schedules.is_empty() && kept.next_scheduled.is_none());
 }

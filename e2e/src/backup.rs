@@ -1,0 +1,482 @@
+//! Steps of the backup scenarios, through the Kubernetes API and the
+//! cluster's Service names only: an S3 store the pods reach, the
+//! `spec.backup` naming it, `PostgresBackup` objects, what `status.backup`
+//! says, and how far WAL archiving lags behind a commit.
+
+/// Shared with the real-process tests: one copy of the S3 store and tool
+/// lookup (`s3` needs its sibling `tools`).
+#[path = "../../tests/support/tools.rs"]
+pub mod tools;
+
+#[path = "../../tests/support/s3.rs"]
+pub mod s3;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use capstan::api::{
+    BackupSpec, BackupStatus, BackupType, PostgresBackup, PostgresBackupSpec, PostgresCluster,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+
+use crate::E2eError;
+use crate::cluster::FIELD_MANAGER;
+use crate::ha::{As, HaCluster, WRITES_TABLE};
+use crate::harness::wait_for;
+use crate::sql;
+use crate::target::Target;
+
+/// pgBackRest the harness maps into pgBackRest images when neither
+/// `CAPSTAN_PGBACKREST` nor the tools directory names one.
+pub const PGBACKREST_DEFAULT: &str = "/var/cache/capstan/tools/pgbackrest-2.55.1/bin/pgbackrest";
+/// Secret holding the store's access key pair.
+pub const KEYS_SECRET: &str = "s3-keys";
+/// Secret holding the store's test CA (`ca.crt`).
+pub const CA_SECRET: &str = "s3-ca";
+/// A PostgresBackup, created to finished (Completed or Failed).
+pub const BACKUP_WITHIN: Duration = Duration::from_secs(180);
+
+const POLL: Duration = Duration::from_millis(250);
+
+/// The image `images/postgres` builds for `major` (the harness maps any
+/// name containing `pgbackrest`).
+pub fn pgbackrest_image(major: u32) -> String {
+    format!("localhost/postgres-pgbackrest:{major}")
+}
+
+/// What the harness runs as `pgbackrest` in pgBackRest images.
+pub fn pgbackrest_binary() -> PathBuf {
+    s3::pgbackrest_path().unwrap_or_else(|| PathBuf::from(PGBACKREST_DEFAULT))
+}
+
+/// A port nothing listens on yet at `addr` (the test's own network
+/// namespace: nobody else takes it meanwhile).
+fn free_port(addr: IpAddr) -> Result<u16, E2eError> {
+    TcpListener::bind(SocketAddr::new(addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| E2eError::Setup(format!("no free port on {addr}: {e}")))
+}
+
+/// An S3 store for the pods: moto behind nginx (TLS) on `addr`, which every
+/// pod reaches (on the harness: the node address, in the test's own
+/// network namespace), with a test CA and an access key moto checks every
+/// request's signature against.
+pub struct PodS3 {
+    pub stack: s3::S3Stack,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Which key pair a Secret gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    Right,
+    /// The right key id with a wrong secret: every request is refused (403).
+    WrongSecret,
+}
+
+impl PodS3 {
+    /// `None` (skip) when moto or nginx is missing outside CI.
+    pub async fn start(addr: IpAddr, bucket: &str) -> Result<Option<PodS3>, E2eError> {
+        let listen = s3::Listen {
+            addr,
+            tls_port: free_port(addr)?,
+            moto_port: free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))?,
+        };
+        let bucket = bucket.to_string();
+        // Starting waits for both servers to listen.
+        let started =
+            tokio::task::spawn_blocking(move || s3::S3Stack::start_with_auth(listen, &bucket))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        Ok(started.map(|(stack, (id, secret))| PodS3 {
+            stack,
+            access_key_id: id,
+            secret_access_key: secret,
+        }))
+    }
+
+    /// `host:port` as `spec.backup.repositories[].s3.endpoint` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.stack.host(), self.stack.tls_port)
+    }
+
+    /// The key Secret `name` and [`CA_SECRET`] in `ns`.
+    pub async fn write_secrets(
+        &self,
+        target: &Target,
+        ns: &str,
+        name: &str,
+        keys: Keys,
+    ) -> Result<(), E2eError> {
+        let secret = match keys {
+            Keys::Right => self.secret_access_key.clone(),
+            Keys::WrongSecret => format!("not-{}", self.secret_access_key),
+        };
+        let ca = std::fs::read_to_string(&self.stack.ca_file)
+            .map_err(|e| E2eError::Setup(format!("{}: {e}", self.stack.ca_file.display())))?;
+        apply_secret(
+            target,
+            ns,
+            name,
+            serde_json::json!({
+                "AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": secret,
+            }),
+        )
+        .await?;
+        apply_secret(target, ns, CA_SECRET, serde_json::json!({"ca.crt": ca})).await
+    }
+
+    /// `spec.backup`: `repo1` on this store (path style, TLS verified
+    /// against [`CA_SECRET`], keys from `keys_secret`), WAL archived at
+    /// least every `archive_timeout`.
+    pub fn backup_spec(
+        &self,
+        keys_secret: &str,
+        archive_timeout: &str,
+    ) -> Result<BackupSpec, E2eError> {
+        serde_json::from_value(serde_json::json!({
+            "repositories": [{
+                "name": "repo1",
+                "s3": {
+                    "endpoint": self.endpoint(),
+                    "region": s3::REGION,
+                    "bucket": self.stack.bucket,
+                    "uriStyle": "path",
+                    "verifyTls": true,
+                    "caSecret": {"name": CA_SECRET, "key": "ca.crt"},
+                    "credentials": {"secretName": keys_secret},
+                },
+            }],
+            "archive": {"timeout": archive_timeout},
+        }))
+        .map_err(|e| E2eError::Setup(format!("spec.backup: {e}")))
+    }
+
+    /// moto's and nginx's logs (for failure messages).
+    pub fn logs(&self) -> String {
+        self.stack.logs()
+    }
+}
+
+async fn apply_secret(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    data: serde_json::Value,
+) -> Result<(), E2eError> {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": data,
+    }))
+    .map_err(|e| E2eError::Setup(e.to_string()))?;
+    Api::<Secret>::namespaced(target.client(), ns)
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|e| E2eError::Kube(format!("apply Secret {ns}/{name}"), e))?;
+    Ok(())
+}
+
+/// Creates the `PostgresBackup` `name` of `cluster`, as a user does.
+pub async fn request(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    cluster: &str,
+    type_: BackupType,
+) -> Result<(), E2eError> {
+    let mut backup = PostgresBackup::new(
+        name,
+        PostgresBackupSpec {
+            cluster: cluster.to_string(),
+            type_,
+            repository: None,
+            verify: None,
+        },
+    );
+    backup.metadata.namespace = Some(ns.to_string());
+    Api::<PostgresBackup>::namespaced(target.client(), ns)
+        .create(&PostParams::default(), &backup)
+        .await
+        .map_err(|e| E2eError::Kube(format!("create PostgresBackup {ns}/{name}"), e))?;
+    Ok(())
+}
+
+pub async fn get(target: &Target, ns: &str, name: &str) -> Result<PostgresBackup, E2eError> {
+    Api::<PostgresBackup>::namespaced(target.client(), ns)
+        .get(name)
+        .await
+        .map_err(|e| E2eError::Kube(format!("get PostgresBackup {ns}/{name}"), e))
+}
+
+/// `status.phase`, `Pending` before the operator wrote one.
+pub fn phase(b: &PostgresBackup) -> &str {
+    b.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+/// `status.message`.
+pub fn message(b: &PostgresBackup) -> &str {
+    b.status
+        .as_ref()
+        .and_then(|s| s.message.as_deref())
+        .unwrap_or_default()
+}
+
+/// Waits until the backup is `Completed` or `Failed`, and returns it.
+pub async fn wait_finished(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<PostgresBackup, E2eError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let b = get(target, ns, name).await?;
+        if matches!(phase(&b), "Completed" | "Failed") {
+            return Ok(b);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(E2eError::Timeout(
+                format!(
+                    "PostgresBackup {ns}/{name} to finish (now {}: {})",
+                    phase(&b),
+                    message(&b)
+                ),
+                timeout,
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the backup's `status.message` satisfies `check` (while it
+/// has not finished), and returns it.
+pub async fn wait_message(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    check: impl Fn(&str) -> bool,
+) -> Result<PostgresBackup, E2eError> {
+    wait_for(
+        &format!("PostgresBackup {ns}/{name} to explain itself"),
+        timeout,
+        POLL,
+        || async {
+            let b = get(target, ns, name).await.ok()?;
+            check(message(&b)).then_some(b)
+        },
+    )
+    .await
+}
+
+/// `status.backup` of the cluster.
+pub fn status(c: &PostgresCluster) -> Option<&BackupStatus> {
+    c.status.as_ref()?.backup.as_ref()
+}
+
+/// `status.backup.lastArchivedWal.wal`.
+pub fn last_archived_wal(c: &PostgresCluster) -> Option<&str> {
+    Some(status(c)?.last_archived_wal.as_ref()?.wal.as_str())
+}
+
+/// A WAL segment name (`000000020000000000000005`, also with `.partial`,
+/// or a backup history file `<segment>.<offset>.backup` naming its start
+/// segment) as (timeline, log, segment); `None` for timeline history files
+/// and other names.
+pub fn segment(name: &str) -> Option<(u32, u32, u32)> {
+    let name = match name.split_once('.') {
+        Some((seg, rest)) if rest == "partial" || rest.ends_with(".backup") => seg,
+        Some(_) => return None,
+        None => name,
+    };
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hex = |r: std::ops::Range<usize>| u32::from_str_radix(&name[r], 16).ok();
+    Some((hex(0..8)?, hex(8..16)?, hex(16..24)?))
+}
+
+/// Whether archiving up to `archived` includes `wanted` (a later timeline
+/// includes everything before it: the timeline switch archived it).
+pub fn covers(archived: &str, wanted: &str) -> bool {
+    match (segment(archived), segment(wanted)) {
+        (Some((ta, la, sa)), Some((tw, lw, sw))) => ta > tw || (ta == tw && (la, sa) >= (lw, sw)),
+        _ => false,
+    }
+}
+
+/// The timeline of a segment name (hex, as PostgreSQL writes it).
+pub fn timeline(name: &str) -> Option<u32> {
+    segment(name).map(|(t, _, _)| t)
+}
+
+/// The segment the primary writes now, asked on `<name>-rw`: it holds
+/// every commit acknowledged before this call.
+pub async fn current_segment(ha: &HaCluster, target: &Target) -> Result<String, E2eError> {
+    let admin = ha.connect(&ha.rw(target).await?, As::Superuser).await?;
+    sql::value(&admin, "SELECT pg_walfile_name(pg_current_wal_lsn())").await
+}
+
+/// Waits until the primary's `pg_stat_archiver` (asked on `<name>-rw`)
+/// covers `wanted`; returns when that was seen.
+pub async fn wait_archived(
+    ha: &HaCluster,
+    target: &Target,
+    wanted: &str,
+    timeout: Duration,
+) -> Result<Instant, E2eError> {
+    let rw = ha.rw(target).await?;
+    wait_for(
+        &format!("{wanted} archived (pg_stat_archiver on the primary)"),
+        timeout,
+        Duration::from_millis(100),
+        || async {
+            let admin = ha.connect(&rw, As::Superuser).await.ok()?;
+            let last = sql::value(&admin, "SELECT last_archived_wal FROM pg_stat_archiver")
+                .await
+                .ok()?;
+            covers(&last, wanted).then(Instant::now)
+        },
+    )
+    .await
+}
+
+/// Waits until `status.backup.lastArchivedWal` satisfies `check`.
+pub async fn wait_archived_in_status(
+    ha: &HaCluster,
+    target: &Target,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&str) -> bool,
+) -> Result<PostgresCluster, E2eError> {
+    let found = wait_for(
+        &format!("status.backup.lastArchivedWal {what}"),
+        timeout,
+        POLL,
+        || async {
+            let c = ha.get(target).await.ok()?;
+            last_archived_wal(&c).is_some_and(&check).then_some(c)
+        },
+    )
+    .await;
+    match found {
+        Err(E2eError::Timeout(what, after)) => {
+            let now = ha.get(target).await.ok();
+            let wal = now.as_ref().and_then(last_archived_wal).unwrap_or("none");
+            Err(E2eError::Timeout(format!("{what} (it is {wal})"), after))
+        }
+        other => other,
+    }
+}
+
+/// Inserts rows `numbers` into [`WRITES_TABLE`] through `<name>-pooler` as
+/// the application, retrying the whole batch (rows already there are kept)
+/// until one attempt commits: right after a failover the pooler may still
+/// refuse for a moment.
+pub async fn write_rows(
+    ha: &HaCluster,
+    target: &Target,
+    numbers: std::ops::RangeInclusive<i64>,
+    timeout: Duration,
+) -> Result<(), E2eError> {
+    let pooler = ha.pooler(target).await?;
+    let statement = format!(
+        "INSERT INTO {WRITES_TABLE} (n) SELECT generate_series({}, {}) ON CONFLICT (n) DO NOTHING",
+        numbers.start(),
+        numbers.end()
+    );
+    let mut last_error = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let conn = ha.connect(&pooler, As::App).await?;
+            conn.batch_execute(&statement)
+                .await
+                .map_err(|e| E2eError::Sql(format!("{statement}: {e}")))
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(E2eError::Timeout(
+        format!("rows {numbers:?} written through the pooler (last error: {last_error})"),
+        timeout,
+    ))
+}
+
+/// Restarts of the containers of the cluster's instance pods (0: no crash
+/// loop), as the pods' statuses report them.
+pub async fn instance_restarts(target: &Target, ns: &str, cluster: &str) -> Result<i32, E2eError> {
+    use capstan::resources::labels;
+    let selector = format!(
+        "{}={cluster},{}={}",
+        labels::CLUSTER,
+        labels::COMPONENT,
+        labels::COMPONENT_DATABASE
+    );
+    let pods = Api::<Pod>::namespaced(target.client(), ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| E2eError::Kube(format!("list the pods of {cluster}"), e))?;
+    if pods.items.is_empty() {
+        return Err(E2eError::Check(format!("{cluster} has no instance pods")));
+    }
+    Ok(pods
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .map(|s| s.restart_count)
+        .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_compare_by_timeline_then_position() {
+        assert_eq!(
+            segment("000000020000000100000005"),
+            Some((2, 1, 5)),
+            "hex fields"
+        );
+        assert_eq!(segment("00000002.history"), None);
+        assert_eq!(segment("000000010000000000000007.partial"), Some((1, 0, 7)));
+        assert!(covers(
+            "000000010000000000000007",
+            "000000010000000000000007"
+        ));
+        assert!(!covers(
+            "000000010000000000000006",
+            "000000010000000000000007"
+        ));
+        assert!(covers(
+            "000000010000000100000000",
+            "0000000100000000000000FF"
+        ));
+        // A later timeline has archived the earlier one's end.
+        assert!(covers(
+            "000000020000000000000003",
+            "000000010000000000000007"
+        ));
+        assert!(!covers("00000002.history", "000000010000000000000001"));
+        assert_eq!(timeline("0000000A0000000000000001"), Some(10));
+    }
+}

@@ -1,0 +1,177 @@
+//! The instance pods' side of `spec.bootstrap.restore`: the `restore`
+//! block of `instance.json` (the source's stanza and repository, and where
+//! recovery stops) and the Secret volume its credentials are read from,
+//! under the same fixed file names as a backup repository's.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Volume, VolumeMount};
+
+use crate::api::backup::{RestoreSpec, default_repository_path};
+use crate::backup::repository::{Repository, Retention};
+use crate::contract::layout::RESTORE_SECRETS_DIR;
+use crate::contract::restore::{RestoreSettings, RestoreTarget};
+
+use super::backup::{s3_storage, s3_volumes};
+use super::model::Model;
+
+/// Volume name of the source's credentials.
+const VOLUME: &str = "restore-source";
+
+/// The `restore` block of `instance.json`; `None` without
+/// `spec.bootstrap.restore`. Sources other than S3 are refused by
+/// validation before this runs.
+pub fn settings(model: &Model) -> Option<RestoreSettings> {
+    let restore = model.spec.bootstrap.restore.as_ref()?;
+    let s3 = restore.source.repository.s3.as_ref()?;
+    let stanza = source_cluster(model, restore).to_string();
+    Some(RestoreSettings {
+        repository: Repository {
+            storage: s3_storage(s3, Path::new(RESTORE_SECRETS_DIR)),
+            path: s3
+                .path
+                .clone()
+                .unwrap_or_else(|| default_repository_path(&model.namespace, &stanza)),
+            // Only read from: nothing is ever expired there by this cluster.
+            retention: Retention::default(),
+        },
+        target: target(restore),
+        stanza,
+    })
+}
+
+/// The cluster that wrote the backups: its name is the stanza.
+fn source_cluster<'a>(model: &'a Model, restore: &'a RestoreSpec) -> &'a str {
+    restore.source.cluster.as_deref().unwrap_or(&model.name)
+}
+
+/// Admission allows exactly one target field (or none).
+fn target(restore: &RestoreSpec) -> RestoreTarget {
+    let Some(t) = &restore.target else {
+        return RestoreTarget::Latest;
+    };
+    if let Some(time) = &t.time {
+        RestoreTarget::Time(time.clone())
+    } else if let Some(lsn) = &t.lsn {
+        RestoreTarget::Lsn(lsn.clone())
+    } else if let Some(name) = &t.name {
+        RestoreTarget::Name(name.clone())
+    } else if let Some(label) = &t.backup {
+        RestoreTarget::Backup(label.clone())
+    } else {
+        RestoreTarget::Latest
+    }
+}
+
+/// The source's credentials, mounted in every instance pod (the pod spec
+/// stays the same once the restore is done). Optional: a missing Secret
+/// or key must not keep the pod from starting, so the instance can report
+/// it (the cluster is Stalled with RestoreFailed) and retry once fixed.
+pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
+    model
+        .spec
+        .bootstrap
+        .restore
+        .as_ref()
+        .and_then(|r| r.source.repository.s3.as_ref())
+        .map(|s3| s3_volumes(s3, VOLUME, RESTORE_SECRETS_DIR, true))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::repository::{S3Credentials, Storage};
+    use crate::resources::backup::tests::s3;
+    use crate::resources::model::fixtures::model;
+    use serde_json::json;
+
+    fn with_restore(restore: serde_json::Value) -> Model {
+        let mut m = model();
+        m.spec.bootstrap = serde_json::from_value(json!({ "restore": restore })).unwrap();
+        m
+    }
+
+    #[test]
+    fn no_restore_means_no_settings_and_no_volumes() {
+        assert!(settings(&model()).is_none());
+        assert!(volumes(&model()).is_empty());
+    }
+
+    #[test]
+    fn the_source_stanza_and_path_default_to_this_cluster() {
+        let m = with_restore(json!({"source": {"repository": {"s3": s3(json!({}))}}}));
+        let s = settings(&m).unwrap();
+        assert_eq!(s.stanza, "db");
+        assert_eq!(s.repository.path, "/capstan/ns/db");
+        assert_eq!(s.target, RestoreTarget::Latest);
+        let Storage::S3(store) = &s.repository.storage else {
+            panic!("not S3: {:?}", s.repository.storage)
+        };
+        assert_eq!(store.bucket, "backups");
+        assert_eq!(
+            store.credentials,
+            S3Credentials::Files {
+                access_key_id: "/etc/capstan/restore/s3-key".into(),
+                secret_access_key: "/etc/capstan/restore/s3-key-secret".into(),
+            }
+        );
+        assert_eq!(s.repository.retention, Retention::default());
+    }
+
+    #[test]
+    fn another_clusters_backups_to_each_kind_of_target() {
+        for (target, expected) in [
+            (
+                json!({"time": "2025-06-01T12:00:00Z"}),
+                RestoreTarget::Time("2025-06-01T12:00:00Z".into()),
+            ),
+            (
+                json!({"lsn": "0/3000060"}),
+                RestoreTarget::Lsn("0/3000060".into()),
+            ),
+            (
+                json!({"name": "before"}),
+                RestoreTarget::Name("before".into()),
+            ),
+            (
+                json!({"backup": "20250601-010000F"}),
+                RestoreTarget::Backup("20250601-010000F".into()),
+            ),
+        ] {
+            let m = with_restore(json!({
+                "source": {"cluster": "orders", "repository": {"s3": s3(json!({}))}},
+                "target": target,
+            }));
+            let s = settings(&m).unwrap();
+            assert_eq!(s.stanza, "orders");
+            assert_eq!(s.repository.path, "/capstan/ns/orders");
+            assert_eq!(s.target, expected);
+        }
+        let m = with_restore(json!({"source": {"cluster": "orders",
+            "repository": {"s3": s3(json!({"path": "/elsewhere/orders"}))}}}));
+        assert_eq!(settings(&m).unwrap().repository.path, "/elsewhere/orders");
+    }
+
+    #[test]
+    fn credentials_are_mounted_optional_in_their_own_directory() {
+        let m = with_restore(json!({"source": {"repository": {"s3": s3(json!({
+            "credentials": {"secretName": "s3-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"},
+            "caSecret": {"name": "store-ca", "key": "ca.pem"}}))}}}));
+        let v = volumes(&m);
+        assert_eq!(v.len(), 2);
+        let keys = v[0].0.secret.as_ref().unwrap();
+        assert_eq!(keys.secret_name.as_deref(), Some("s3-keys"));
+        assert_eq!(keys.optional, Some(true));
+        assert_eq!(v[0].1.mount_path, "/etc/capstan/restore");
+        assert_eq!(v[1].1.mount_path, "/etc/capstan/restore/ca.crt");
+        assert_ne!(v[0].0.name, v[1].0.name);
+        let Storage::S3(store) = settings(&m).unwrap().repository.storage else {
+            panic!()
+        };
+        assert_eq!(
+            store.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/capstan/restore/ca.crt"))
+        );
+    }
+}
