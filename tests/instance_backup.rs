@@ -346,7 +346,7 @@ async fn retention_expires_the_first_full_backup_and_the_report_follows() {
     };
     let pki = Arc::new(Pki::new());
     let mut s = settings(17, PORTS.take(), &["db-1"]);
-    let repo = support::s3::PosixRepo::new();
+    let repo = support::posix::PosixRepo::new();
     let mut repository = repo.repository();
     repository.retention.full = Some(1);
     s.backup = Some(BackupSettings {

@@ -17,7 +17,7 @@ use capstan::backup::{BackupType, Runner};
 use capstan::contract::backup::BackupSettings;
 use capstan::contract::instance::Role;
 use capstan::contract::restore::{RestorePhase, RestoreSettings, RestoreTarget};
-use support::s3::{S3Stack, pgbackrest};
+use support::s3::{Listen, S3Stack, pgbackrest};
 use support::*;
 
 static PORTS: Ports = Ports::new(25400, 25500);
@@ -140,7 +140,10 @@ async fn restore_to_a_time_between_two_writes(major: u32) {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(major)) else {
         return;
     };
-    let Some(s3) = S3Stack::start(&PORTS, &format!("restore{major}")) else {
+    let Some(s3) = S3Stack::start(
+        Listen::loopback(PORTS.take(), PORTS.take()),
+        &format!("restore{major}"),
+    ) else {
         return;
     };
     let pki = Arc::new(Pki::new());
@@ -267,7 +270,8 @@ async fn a_target_before_the_first_backup_is_reported_and_nothing_starts() {
     let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(17)) else {
         return;
     };
-    let Some(s3) = S3Stack::start(&PORTS, "restorefault") else {
+    let Some(s3) = S3Stack::start(Listen::loopback(PORTS.take(), PORTS.take()), "restorefault")
+    else {
         return;
     };
     let pki = Arc::new(Pki::new());
