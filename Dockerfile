@@ -13,9 +13,6 @@ RUN apt-get update \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY e2e/Cargo.toml e2e/Cargo.toml
-COPY e2e/apiserver/Cargo.toml e2e/apiserver/Cargo.toml
-COPY e2e/kubelet/Cargo.toml e2e/kubelet/Cargo.toml
 COPY src src
 COPY e2e e2e
 # A fully static binary: it must run in any image the pods use.

@@ -42,6 +42,10 @@ const AWAIT_OBJECT_RECHECK: Duration = Duration::from_secs(10);
 const CONFLICT_REQUEUE: Duration = Duration::from_millis(100);
 /// While a failover runs or is blocked.
 const HA_REQUEUE: Duration = Duration::from_secs(1);
+/// While a backup runs: its end is seen in the agent's report, so this is
+/// how late a finished backup is recorded (backups take minutes; the
+/// figure counts against a backup's duration through Capstan).
+const BACKUP_REQUEUE: Duration = Duration::from_secs(1);
 /// How often the applied-children cache drops deleted clusters.
 const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
@@ -229,7 +233,9 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let backing_up = observed.backups.iter().any(backup::in_flight);
     let wait = if failing_over {
         HA_REQUEUE
-    } else if settled && !backing_up {
+    } else if backing_up {
+        BACKUP_REQUEUE
+    } else if settled {
         ctx.config.resync
     } else {
         PROGRESS_REQUEUE
