@@ -1,0 +1,257 @@
+use super::*;
+use crate::backup::command::BackupType;
+use crate::backup::repository::{Retention, RetentionType};
+
+fn base(repositories: Vec<Repository>) -> BackrestConfig {
+    BackrestConfig {
+        stanza: Stanza {
+            name: "db".into(),
+            pg_path: "/var/lib/postgresql/data/pgdata".into(),
+            pg_port: 5432,
+            pg_socket_path: "/run/capstan".into(),
+            pg_user: "postgres".into(),
+        },
+        repositories,
+        log_path: "/var/lib/postgresql/data/pgbackrest/log".into(),
+        lock_path: "/run/capstan/pgbackrest".into(),
+        spool_path: "/var/lib/postgresql/data/pgbackrest/spool".into(),
+        process_max: 2,
+        archive_timeout: Duration::from_secs(60),
+        archive_push_queue_max: None,
+    }
+}
+
+fn s3(credentials: S3Credentials) -> Repository {
+    Repository {
+        storage: Storage::S3(S3 {
+            endpoint: "minio.backup".into(),
+            port: Some(9000),
+            region: "us-east-1".into(),
+            bucket: "pg".into(),
+            uri_style: UriStyle::Path,
+            tls: Tls {
+                verify: true,
+                ca_file: Some("/etc/capstan/backup-ca/ca.crt".into()),
+            },
+            credentials,
+        }),
+        path: "/db".into(),
+        retention: Retention {
+            full: Some(2),
+            full_type: RetentionType::Count,
+            diff: Some(3),
+            archive: Some(2),
+            archive_type: Some(BackupType::Full),
+        },
+    }
+}
+
+fn file_keys() -> S3Credentials {
+    S3Credentials::Files {
+        access_key_id: "/s/id".into(),
+        secret_access_key: "/s/key".into(),
+    }
+}
+
+#[test]
+fn renders_global_stanza_and_an_s3_repository() {
+    let secrets = Secrets::from_values(vec![vec![Secret::new("AKID"), Secret::new("SeCrEt")]]);
+    let text = render(&base(vec![s3(file_keys())]), &secrets).unwrap();
+    let expected = "\
+[global]
+log-path=/var/lib/postgresql/data/pgbackrest/log
+lock-path=/run/capstan/pgbackrest
+spool-path=/var/lib/postgresql/data/pgbackrest/spool
+log-level-file=info
+archive-async=y
+process-max=2
+start-fast=y
+archive-timeout=60
+repo1-type=s3
+repo1-s3-endpoint=minio.backup
+repo1-storage-port=9000
+repo1-s3-region=us-east-1
+repo1-s3-bucket=pg
+repo1-s3-uri-style=path
+repo1-storage-verify-tls=y
+repo1-storage-ca-file=/etc/capstan/backup-ca/ca.crt
+repo1-s3-key-type=shared
+repo1-s3-key=AKID
+repo1-s3-key-secret=SeCrEt
+repo1-path=/db
+repo1-retention-full=2
+repo1-retention-full-type=count
+repo1-retention-diff=3
+repo1-retention-archive=2
+repo1-retention-archive-type=full
+
+[db]
+pg1-path=/var/lib/postgresql/data/pgdata
+pg1-port=5432
+pg1-socket-path=/run/capstan
+pg1-user=postgres
+";
+    assert!(text.starts_with("# Written by Capstan"));
+    assert_eq!(text.split_once('\n').unwrap().1, expected);
+}
+
+#[test]
+fn environment_and_role_credentials_put_no_key_in_the_file() {
+    for (creds, key_type) in [
+        (S3Credentials::Environment, "shared"),
+        (S3Credentials::InstanceRole, "auto"),
+    ] {
+        let text = render(&base(vec![s3(creds)]), &Secrets::default()).unwrap();
+        assert!(text.contains(&format!("repo1-s3-key-type={key_type}\n")));
+        assert!(!text.contains("repo1-s3-key="), "{text}");
+        assert!(!text.contains("key-secret"), "{text}");
+    }
+}
+
+#[test]
+fn several_repositories_are_numbered_in_order() {
+    let mut posix = Repository::posix("/backups/db");
+    posix.retention.full = Some(7);
+    posix.retention.full_type = RetentionType::Time;
+    let gcs = Repository {
+        storage: Storage::Gcs(Gcs {
+            bucket: "b".into(),
+            endpoint: None,
+            tls: Tls::default(),
+            credentials: GcsCredentials::ServiceKeyFile("/s/gcs.json".into()),
+        }),
+        path: "/db".into(),
+        retention: Retention::default(),
+    };
+    let azure = Repository {
+        storage: Storage::Azure(Azure {
+            container: "c".into(),
+            endpoint: Some("azurite".into()),
+            port: Some(10000),
+            uri_style: UriStyle::Path,
+            tls: Tls {
+                verify: false,
+                ca_file: None,
+            },
+            credentials: AzureCredentials::Files {
+                account: "/s/a".into(),
+                key: "/s/k".into(),
+            },
+        }),
+        path: "/db".into(),
+        retention: Retention::default(),
+    };
+    let secrets = Secrets::from_values(vec![
+        vec![],
+        vec![],
+        vec![Secret::new("acct"), Secret::new("a2V5")],
+    ]);
+    let text = render(&base(vec![posix, gcs, azure]), &secrets).unwrap();
+    for line in [
+        "repo1-type=posix\nrepo1-path=/backups/db\nrepo1-retention-full=7\nrepo1-retention-full-type=time\n",
+        "repo2-type=gcs\nrepo2-gcs-bucket=b\nrepo2-storage-verify-tls=y\nrepo2-gcs-key-type=service\nrepo2-gcs-key=/s/gcs.json\nrepo2-path=/db\n",
+        "repo3-type=azure\nrepo3-azure-container=c\nrepo3-azure-endpoint=azurite\nrepo3-storage-port=10000\nrepo3-azure-uri-style=path\nrepo3-storage-verify-tls=n\nrepo3-azure-account=acct\nrepo3-azure-key-type=shared\nrepo3-azure-key=a2V5\nrepo3-path=/db\n",
+    ] {
+        assert!(text.contains(line), "missing\n{line}\nin\n{text}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    assert!(matches!(
+        render(&base(vec![]), &Secrets::default()),
+        Err(ConfigError::NoRepository)
+    ));
+    let mut bad = base(vec![Repository::posix("/r")]);
+    bad.stanza.name = "db/../x".into();
+    assert!(matches!(
+        render(&bad, &Secrets::default()),
+        Err(ConfigError::InvalidStanza(_))
+    ));
+    let relative = base(vec![Repository::posix("r")]);
+    assert!(matches!(
+        render(&relative, &Secrets::default()),
+        Err(ConfigError::InvalidRepository { repo: 1, .. })
+    ));
+    let mut scheme = s3(S3Credentials::Environment);
+    if let Storage::S3(s) = &mut scheme.storage {
+        s.endpoint = "https://minio".into();
+    }
+    let err = render(&base(vec![scheme]), &Secrets::default()).unwrap_err();
+    assert!(err.to_string().contains("without a scheme"), "{err}");
+    // A key that could start a new option line is refused.
+    let injected = Secrets::from_values(vec![vec![
+        Secret::new("a\nrepo1-path=/x"),
+        Secret::new("s"),
+    ]]);
+    assert!(matches!(
+        render(&base(vec![s3(file_keys())]), &injected),
+        Err(ConfigError::InvalidValue { .. })
+    ));
+    // Keys that were never loaded are an error, not an empty option.
+    assert!(matches!(
+        render(&base(vec![s3(file_keys())]), &Secrets::default()),
+        Err(ConfigError::InvalidRepository { .. })
+    ));
+}
+
+#[test]
+fn secrets_load_from_files_and_never_show_in_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("id"), "AKID\n").unwrap();
+    std::fs::write(dir.path().join("key"), "TopSecret\n").unwrap();
+    let repo = s3(S3Credentials::Files {
+        access_key_id: dir.path().join("id"),
+        secret_access_key: dir.path().join("key"),
+    });
+    let secrets = Secrets::load(std::slice::from_ref(&repo)).unwrap();
+    assert!(!format!("{secrets:?}").contains("TopSecret"));
+    let text = render(&base(vec![repo.clone()]), &secrets).unwrap();
+    assert!(text.contains("repo1-s3-key-secret=TopSecret\n"));
+    std::fs::write(dir.path().join("key"), "\n").unwrap();
+    assert!(matches!(
+        Secrets::load(std::slice::from_ref(&repo)),
+        Err(ConfigError::EmptySecret { .. })
+    ));
+}
+
+#[test]
+fn written_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgbackrest.conf");
+    write(&path, "[global]\n", None).unwrap();
+    write(&path, "[global]\nx=1\n", None).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "[global]\nx=1\n");
+}
+
+#[test]
+fn archive_settings_call_pgbackrest_with_config_and_stanza() {
+    let inv = Invocation {
+        pgbackrest: "/usr/bin/pgbackrest".into(),
+        config: "/etc/capstan/pgbackrest.conf".into(),
+        stanza: "db".into(),
+    };
+    assert_eq!(
+        inv.archive_command(),
+        "/usr/bin/pgbackrest --config=/etc/capstan/pgbackrest.conf --stanza=db archive-push %p"
+    );
+    assert_eq!(
+        inv.restore_command(),
+        "/usr/bin/pgbackrest --config=/etc/capstan/pgbackrest.conf --stanza=db archive-get %f \"%p\""
+    );
+    let params = inv.archive_parameters(Duration::from_secs(300));
+    assert_eq!(params[0], ("archive_mode", "on".to_string()));
+    assert_eq!(params[2], ("archive_timeout", "300s".to_string()));
+    let odd = Invocation {
+        pgbackrest: "/opt/my tools/pgbackrest".into(),
+        config: "/c/it's.conf".into(),
+        stanza: "db".into(),
+    };
+    assert_eq!(
+        odd.archive_command(),
+        r"'/opt/my tools/pgbackrest' --config='/c/it'\''s.conf' --stanza=db archive-push %p"
+    );
+}

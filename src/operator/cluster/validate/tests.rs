@@ -1,0 +1,230 @@
+use super::*;
+use crate::api::{PostgresClusterStatus, ProvidedTls};
+use crate::operator::cluster::observe::SecretFacts;
+use serde_json::json;
+
+fn cluster(spec: serde_json::Value) -> PostgresCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "capstan.dev/v1alpha1",
+        "kind": "PostgresCluster",
+        "metadata": {"name": "db", "namespace": "ns", "uid": "u1"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn base() -> serde_json::Value {
+    json!({"postgres": {"version": 17}, "storage": {"size": "1Gi"}})
+}
+
+fn check(c: &PostgresCluster) -> Result<Validated, SpecError> {
+    validate(c, &Observed::default(), "capstan:1")
+}
+
+#[test]
+fn defaults_fill_the_model() {
+    let v = check(&cluster(base())).unwrap();
+    assert!(v.blocked.is_none());
+    let m = v.model;
+    assert_eq!(m.spec.instances, 1);
+    assert_eq!(m.images.postgres, "docker.io/library/postgres:17-bookworm");
+    assert_eq!(m.images.pgbouncer, defaults::PGBOUNCER_IMAGE);
+    assert_eq!(m.images.operator, "capstan:1");
+    assert_eq!(m.spec.proxy.pgbouncer.replicas, 2);
+    assert_eq!(m.postgres_version, 17);
+}
+
+#[test]
+fn managed_parameters_that_slipped_past_admission_are_named() {
+    let mut c = cluster(base());
+    c.spec
+        .postgres
+        .parameters
+        .insert("listen_addresses".into(), "*".into());
+    let err = check(&c).unwrap_err();
+    assert_eq!(err.field, "spec.postgres.parameters");
+    assert!(err.message.contains("listen_addresses"), "{err}");
+    let mut c = cluster(base());
+    c.spec
+        .proxy
+        .pgbouncer
+        .parameters
+        .insert("auth_type".into(), "trust".into());
+    assert!(
+        check(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("auth_type is managed by Capstan")
+    );
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    let mut c = cluster(base());
+    c.spec.instances = 12;
+    assert_eq!(check(&c).unwrap_err().field, "spec.instances");
+    let mut c = cluster(base());
+    c.spec.postgres.version = 12;
+    assert_eq!(check(&c).unwrap_err().field, "spec.postgres.version");
+    let mut c = cluster(base());
+    c.spec.storage.size.0 = "lots".into();
+    assert_eq!(check(&c).unwrap_err().field, "spec.storage.size");
+    let mut c = cluster(base());
+    c.spec.postgres.hba.push("host all all all trust".into());
+    assert_eq!(check(&c).unwrap_err().field, "spec.postgres.hba");
+    let mut c = cluster(base());
+    c.metadata.name = Some("Db".into());
+    assert_eq!(check(&c).unwrap_err().field, "metadata.name");
+    let mut c = cluster(base());
+    c.metadata.name = Some("a".repeat(limits::CLUSTER_NAME_MAX + 1));
+    assert_eq!(check(&c).unwrap_err().field, "metadata.name");
+    let mut c = cluster(base());
+    c.spec.proxy.pgbouncer.replicas = limits::POOLER_REPLICAS.end() + 1;
+    assert_eq!(
+        check(&c).unwrap_err().field,
+        "spec.proxy.pgbouncer.replicas"
+    );
+    let mut c = cluster(base());
+    c.spec.failover.detection_seconds = limits::DETECTION_SECONDS.start() - 1;
+    assert_eq!(
+        check(&c).unwrap_err().field,
+        "spec.failover.detectionSeconds"
+    );
+    let mut c = cluster(base());
+    c.spec.failover.max_lag_bytes = -1;
+    assert_eq!(check(&c).unwrap_err().field, "spec.failover.maxLagBytes");
+    // The bounds themselves are accepted.
+    let mut c = cluster(base());
+    c.spec.instances = *limits::INSTANCES.end();
+    c.spec.failover.detection_seconds = *limits::DETECTION_SECONDS.end();
+    c.metadata.name = Some("a".repeat(limits::CLUSTER_NAME_MAX));
+    assert!(check(&c).is_ok());
+}
+
+#[test]
+fn provided_tls_needs_existing_secrets_with_the_right_keys() {
+    let mut c = cluster(base());
+    c.spec.tls.mode = TlsMode::Provided;
+    assert_eq!(check(&c).unwrap_err().field, "spec.tls.provided");
+    c.spec.tls.provided = Some(ProvidedTls {
+        ca_secret_name: "ca".into(),
+        server_secret_name: "srv".into(),
+        replication_secret_name: "repl".into(),
+        pooler_secret_name: "pool".into(),
+    });
+    let err = check(&c).unwrap_err();
+    assert_eq!(err.field, "spec.tls.provided.caSecretName");
+    assert!(err.message.contains("does not exist"));
+    // Creating the Secret fixes it without a spec change.
+    assert!(err.awaits_object);
+    let mut observed = Observed::default();
+    let facts = |keys: &[&str]| SecretFacts {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..SecretFacts::default()
+    };
+    observed.secrets.insert("ca".into(), facts(&["ca.crt"]));
+    observed.secrets.insert("srv".into(), facts(&["tls.crt"]));
+    observed
+        .secrets
+        .insert("repl".into(), facts(&["tls.crt", "tls.key"]));
+    observed
+        .secrets
+        .insert("pool".into(), facts(&["tls.crt", "tls.key"]));
+    let err = validate(&c, &observed, "x").unwrap_err();
+    assert_eq!(err.field, "spec.tls.provided.serverSecretName");
+    assert!(err.message.contains("tls.key"));
+    observed
+        .secrets
+        .insert("srv".into(), facts(&["tls.crt", "tls.key"]));
+    assert!(validate(&c, &observed, "x").is_ok());
+}
+
+fn s3_repository() -> serde_json::Value {
+    json!({"name": "repo1", "s3": {"endpoint": "s3.amazonaws.com", "region": "eu-west-1",
+        "bucket": "backups", "credentials": {"secretName": "s3"}}})
+}
+
+#[test]
+fn s3_backups_from_the_primary_are_modelled() {
+    let mut spec = base();
+    spec["backup"] = json!({"repositories": [s3_repository()],
+        "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * SUN"}]});
+    let v = check(&cluster(spec)).unwrap();
+    assert!(v.blocked.is_none(), "{:?}", v.blocked);
+    assert_eq!(v.model.spec.backup.unwrap().schedules.len(), 1);
+}
+
+#[test]
+fn backups_this_build_cannot_take_wait_and_render_nothing() {
+    for (backup, field) in [
+        (
+            json!({"repositories": [s3_repository(), {"name": "repo2", "volume": {"size": "1Gi"}}]}),
+            "spec.backup.repositories[repo2]: volume repositories are not supported",
+        ),
+        (
+            json!({"repositories": [s3_repository()], "target": "preferReplica"}),
+            "spec.backup.target: preferReplica is not supported",
+        ),
+        (
+            json!({"repositories": [s3_repository()],
+                   "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"},
+                                 {"name": "often", "type": "incremental", "schedule": "61 * * * *"}]}),
+            "spec.backup.schedules[often].schedule \"61 * * * *\" is not a cron expression",
+        ),
+    ] {
+        let mut spec = base();
+        spec["backup"] = backup;
+        let v = check(&cluster(spec)).unwrap();
+        let blocked = v.blocked.unwrap();
+        assert_eq!(blocked.reason, BACKUP_UNSUPPORTED);
+        assert!(blocked.message.contains(field), "{}", blocked.message);
+        // The rest of the cluster is still modelled (and reconciled),
+        // without any of spec.backup.
+        assert!(v.model.spec.backup.is_none());
+        assert_eq!(v.model.spec.instances, 1);
+    }
+}
+
+#[test]
+fn an_s3_restore_is_modelled_and_other_sources_are_refused() {
+    let mut spec = base();
+    spec["bootstrap"] =
+        json!({"restore": {"source": {"repository": {"s3": s3_repository()["s3"]}}}});
+    let c = cluster(spec);
+    assert!(c.spec.bootstrap.initdb.is_none());
+    let v = check(&c).unwrap();
+    assert!(v.blocked.is_none(), "{:?}", v.blocked);
+    assert!(v.model.spec.bootstrap.restore.is_some());
+
+    let mut spec = base();
+    spec["bootstrap"] = json!({"restore": {"source": {"repository":
+        {"volume": {"claimName": "orders-repo1"}}}}});
+    let err = check(&cluster(spec)).unwrap_err();
+    assert_eq!(err.field, "spec.bootstrap.restore.source.repository.volume");
+    assert!(
+        err.message.contains("restore from an s3 repository"),
+        "{err}"
+    );
+    assert!(!err.awaits_object);
+}
+
+#[test]
+fn a_raised_major_is_blocked_and_keeps_the_running_version() {
+    let mut c = cluster(base());
+    c.status = Some(PostgresClusterStatus {
+        postgres_version: Some(16),
+        ..PostgresClusterStatus::default()
+    });
+    let v = check(&c).unwrap();
+    let blocked = v.blocked.unwrap();
+    assert_eq!(blocked.reason, "MajorUpgradeUnsupported");
+    assert!(blocked.message.contains("keep running 16"));
+    assert_eq!(
+        v.model.images.postgres,
+        "docker.io/library/postgres:16-bookworm"
+    );
+    assert_eq!(v.model.postgres_version, 16);
+    // Lowered below the data version (possible only without CEL): refused.
+    c.spec.postgres.version = 15;
+    assert_eq!(check(&c).unwrap_err().field, "spec.postgres.version");
+}
