@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use capstan::api::{
     BackupSpec, BackupStatus, BackupType, PostgresBackup, PostgresBackupSpec, PostgresCluster,
+    RestoreRepository, RestoreSource, RestoreSpec, RestoreTarget,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 
@@ -158,6 +160,41 @@ impl PodS3 {
         .map_err(|e| E2eError::Setup(format!("spec.backup: {e}")))
     }
 
+    /// Keys under `prefix` in the bucket, listed with the access key (moto
+    /// checks every request's signature here) by boto3 from moto's
+    /// virtualenv.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, E2eError> {
+        let python = tools::find("moto_server")
+            .map(|m| m.with_file_name("python3"))
+            .ok_or_else(|| E2eError::Setup("moto_server (for boto3) not found".into()))?;
+        let script = format!(
+            "import boto3, sys\n\
+             s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='{region}',\n\
+                               aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2])\n\
+             pages = s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix=sys.argv[3])\n\
+             print('\\n'.join(o['Key'] for p in pages for o in p.get('Contents', [])))\n",
+            port = self.stack.moto_port,
+            region = s3::REGION,
+            bucket = self.stack.bucket,
+        );
+        let out = std::process::Command::new(&python)
+            .args(["-c", &script])
+            .args([&self.access_key_id, &self.secret_access_key, prefix])
+            .output()
+            .map_err(|e| E2eError::Setup(format!("{}: {e}", python.display())))?;
+        if !out.status.success() {
+            return Err(E2eError::Check(format!(
+                "listing {prefix} in the store: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// moto's and nginx's logs (for failure messages).
     pub fn logs(&self) -> String {
         self.stack.logs()
@@ -281,6 +318,60 @@ pub async fn wait_message(
         },
     )
     .await
+}
+
+/// Takes a backup of `cluster` and returns it `Completed` with what
+/// pgBackRest recorded (label of its type, sizes, LSNs, duration, in
+/// `repo1`), printing how long it took.
+pub async fn completed(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    cluster: &str,
+    type_: BackupType,
+) -> Result<PostgresBackup, E2eError> {
+    let asked = Instant::now();
+    request(target, ns, name, cluster, type_).await?;
+    let b = wait_finished(target, ns, name, BACKUP_WITHIN).await?;
+    if phase(&b) != "Completed" {
+        return Err(E2eError::Check(format!(
+            "backup {name} {}: {}",
+            phase(&b),
+            message(&b)
+        )));
+    }
+    let s = b.status.clone().unwrap_or_default();
+    let missing = |field: &str| E2eError::Check(format!("backup {name} has no {field}: {s:?}"));
+    let label = s.label.clone().ok_or_else(|| missing("label"))?;
+    let size = s.size.filter(|n| *n > 0).ok_or_else(|| missing("size"))?;
+    let (start, stop) = (
+        s.lsn_start.clone().ok_or_else(|| missing("lsnStart"))?,
+        s.lsn_stop.clone().ok_or_else(|| missing("lsnStop"))?,
+    );
+    let duration = s
+        .duration_seconds
+        .filter(|d| *d >= 0)
+        .ok_or_else(|| missing("durationSeconds"))?;
+    let suffix = match type_ {
+        BackupType::Full => 'F',
+        BackupType::Differential => 'D',
+        BackupType::Incremental => 'I',
+    };
+    if s.type_ != Some(type_)
+        || s.repository.as_deref() != Some("repo1")
+        || !label.ends_with(suffix)
+    {
+        return Err(E2eError::Check(format!(
+            "backup {name}: not a {type_:?} backup in repo1: {s:?}"
+        )));
+    }
+    eprintln!(
+        "[{ns}] backup {name} ({type_:?}) Completed on {}: label {label}, {size} bytes ({} in the repository), WAL {start} .. {stop}; pgBackRest took {duration}s, request to Completed {:.1}s",
+        s.instance.as_deref().unwrap_or("?"),
+        s.repository_size.unwrap_or_default(),
+        asked.elapsed().as_secs_f64()
+    );
+    Ok(b)
 }
 
 /// `status.backup` of the cluster.
@@ -418,6 +509,86 @@ pub async fn write_rows(
         format!("rows {numbers:?} written through the pooler (last error: {last_error})"),
         timeout,
     ))
+}
+
+/// `spec.bootstrap.restore`: the backups of `cluster` in the repository
+/// of its `spec.backup` (`repo1` on the store, default path), recovered
+/// up to `time` (RFC 3339).
+pub fn restore_to_time(
+    source: &BackupSpec,
+    cluster: &str,
+    time: &str,
+) -> Result<RestoreSpec, E2eError> {
+    let s3 = source
+        .repositories
+        .first()
+        .and_then(|r| r.s3.clone())
+        .ok_or_else(|| E2eError::Setup("the source's spec.backup has no S3 repository".into()))?;
+    Ok(RestoreSpec {
+        source: RestoreSource {
+            repository: RestoreRepository {
+                s3: Some(s3),
+                azure: None,
+                gcs: None,
+                volume: None,
+            },
+            cluster: Some(cluster.to_string()),
+        },
+        target: Some(RestoreTarget {
+            time: Some(time.to_string()),
+            lsn: None,
+            name: None,
+            backup: None,
+        }),
+    })
+}
+
+/// The primary's clock now (`clock_timestamp()`, asked on `<name>-rw`),
+/// as RFC 3339 in UTC with microseconds: later than every commit
+/// acknowledged before this call.
+pub async fn server_time(ha: &HaCluster, target: &Target) -> Result<String, E2eError> {
+    let admin = ha.connect(&ha.rw(target).await?, As::Superuser).await?;
+    sql::value(
+        &admin,
+        r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#,
+    )
+    .await
+}
+
+/// The timeline the primary behind `<name>-rw` writes.
+pub async fn server_timeline(ha: &HaCluster, target: &Target) -> Result<u32, E2eError> {
+    let admin = ha.connect(&ha.rw(target).await?, As::Superuser).await?;
+    let tli = sql::value(
+        &admin,
+        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+    )
+    .await?;
+    u32::from_str_radix(&tli, 16).map_err(|_| E2eError::Sql(format!("timeline {tli:?}")))
+}
+
+/// The condition `type_` of the cluster `ns/name` as it is now.
+pub async fn condition(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<Option<Condition>, E2eError> {
+    let c = crate::cluster::get(&target.client(), ns, name).await?;
+    Ok(c.status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == type_)))
+}
+
+/// Keys of the archived WAL segments of `stanza` under `path` (as
+/// `spec.backup` sets it, e.g. `/capstan/<ns>/<cluster>`): their segment
+/// names, `000000030000000000000005`.
+pub fn archived_segments(s3: &PodS3, path: &str, stanza: &str) -> Result<Vec<String>, E2eError> {
+    let prefix = format!("{}/archive/{stanza}/", path.trim_start_matches('/'));
+    Ok(s3
+        .keys(&prefix)?
+        .iter()
+        .filter_map(|k| k.rsplit('/').next()?.get(..24).map(str::to_string))
+        .filter(|name| segment(name).is_some())
+        .collect())
 }
 
 /// Restarts of the containers of the cluster's instance pods (0: no crash

@@ -289,6 +289,31 @@ impl HaCluster {
         }
     }
 
+    /// Freezes the primary (SIGSTOP of every process of its pod; harness
+    /// only) and waits for a completed failover away from it: (old
+    /// primary, new primary).
+    pub async fn fail_over(&self, target: &mut Target) -> Result<(String, String), E2eError> {
+        let old = current_primary(&self.get(target).await?)
+            .cloned()
+            .ok_or_else(|| E2eError::Check("no current primary".into()))?;
+        let frozen = target
+            .harness()
+            .ok_or_else(|| E2eError::Setup("freezing a pod needs the local harness".into()))?
+            .runtime()
+            .freeze_pod(&self.ns, &old)
+            .map_err(|e| E2eError::Check(format!("freeze {old}: {e}")))?;
+        let t0 = std::time::Instant::now();
+        eprintln!("[{}] froze primary {old} ({frozen} processes)", self.ns);
+        let (_, failover) = self.wait_failover(target, &old, FAILOVER_WITHIN).await?;
+        eprintln!(
+            "[{}] failover {old} -> {} completed {:.1}s after the freeze",
+            self.ns,
+            failover.to,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok((old, failover.to))
+    }
+
     /// Waits until `instance` is listed as a ready replica and answers as
     /// one (`pg_is_in_recovery()` asked on its pod): the status alone may
     /// still describe it from before it was lost.

@@ -16,6 +16,15 @@
 //!   with pgBackRest's own message; one on the stock image (no pgBackRest)
 //!   gets a backup that says pgBackRest is missing and how to fix it; both
 //!   keep serving writes through their poolers without a restart.
+//! * `restore_to_a_time_between_two_writes`: 3 instances, rows A → a full
+//!   backup → rows B → the target time T (the server's clock, a quiet
+//!   second either side) → rows C → a failover → rows D archived on the
+//!   new timeline → a new 2-instance cluster with `bootstrap.restore` of
+//!   the source to T is Ready, holds exactly A and B through its pooler,
+//!   its replica streams, it runs on a timeline of its own and archives to
+//!   its own path (none of that timeline in the source's); a cluster
+//!   restored to a time before the first backup is `Stalled` with reason
+//!   `RestoreFailed` and pgBackRest's message, no instance Ready.
 //!
 //! The store and the freeze are harness facilities: on a real cluster
 //! (`CAPSTAN_E2E_KUBECONFIG`) these skip with a message.
@@ -23,10 +32,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use capstan::api::{BackupType, PostgresBackup, PostgresCluster};
+use capstan::api::{BackupType, PostgresCluster};
 use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3, s3};
 use capstan_e2e::cluster;
-use capstan_e2e::ha::{self, FAILOVER_WITHIN, HaCluster, REJOIN_WITHIN, ha_example};
+use capstan_e2e::ha::{self, HaCluster, REJOIN_WITHIN, WRITES_TABLE, ha_example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::target::{Target, fail};
 use capstan_e2e::{E2eError, sql};
@@ -89,6 +98,17 @@ impl Setup {
         fail(&self.target, ns, error).await
     }
 
+    /// Applies `spec` with the store's keys ([`KEYS_SECRET`]) in its
+    /// namespace and waits until it is Ready.
+    async fn create(&self, spec: &PostgresCluster) -> Result<HaCluster, E2eError> {
+        let ns = spec.metadata.namespace.clone().unwrap_or_default();
+        ensure_namespace(&self.target.client(), &ns).await?;
+        self.s3
+            .write_secrets(&self.target, &ns, KEYS_SECRET, Keys::Right)
+            .await?;
+        HaCluster::create(&self.target, spec).await
+    }
+
     /// `examples/ha-cluster.yaml` as `name` with `instances` and `poolers`,
     /// on `image`, backing up to the store with the keys in `keys_secret`
     /// (written with [`PodS3::write_secrets`] first).
@@ -111,60 +131,23 @@ impl Setup {
     }
 }
 
-/// Takes a backup of `cluster` and returns it `Completed` with what
-/// pgBackRest recorded, printing how long it took.
-async fn completed_backup(
-    target: &Target,
-    ns: &str,
-    name: &str,
-    cluster: &str,
-    type_: BackupType,
-) -> Result<PostgresBackup, E2eError> {
-    let asked = Instant::now();
-    backup::request(target, ns, name, cluster, type_).await?;
-    let b = backup::wait_finished(target, ns, name, backup::BACKUP_WITHIN).await?;
-    if backup::phase(&b) != "Completed" {
-        return Err(E2eError::Check(format!(
-            "backup {name} {}: {}",
-            backup::phase(&b),
-            backup::message(&b)
-        )));
-    }
-    let s = b.status.clone().unwrap_or_default();
-    let missing = |field: &str| E2eError::Check(format!("backup {name} has no {field}: {s:?}"));
-    let label = s.label.clone().ok_or_else(|| missing("label"))?;
-    let size = s.size.filter(|n| *n > 0).ok_or_else(|| missing("size"))?;
-    let (start, stop) = (
-        s.lsn_start.clone().ok_or_else(|| missing("lsnStart"))?,
-        s.lsn_stop.clone().ok_or_else(|| missing("lsnStop"))?,
-    );
-    let duration = s
-        .duration_seconds
-        .filter(|d| *d >= 0)
-        .ok_or_else(|| missing("durationSeconds"))?;
-    assert_eq!(s.type_, Some(type_), "{s:?}");
-    assert_eq!(s.repository.as_deref(), Some("repo1"), "{s:?}");
-    let suffix = match type_ {
-        BackupType::Full => 'F',
-        BackupType::Differential => 'D',
-        BackupType::Incremental => 'I',
-    };
-    assert!(label.ends_with(suffix), "{type_:?} backup label {label}");
-    eprintln!(
-        "[{ns}] backup {name} ({type_:?}) Completed on {}: label {label}, {size} bytes ({} in the repository), WAL {start} .. {stop}; pgBackRest took {duration}s, request to Completed {:.1}s",
-        s.instance.as_deref().unwrap_or("?"),
-        s.repository_size.unwrap_or_default(),
-        asked.elapsed().as_secs_f64()
-    );
-    Ok(b)
-}
-
 /// Rows committed now reach the repository: the lag from the commit to
 /// `pg_stat_archiver` on the primary (asked on `-rw`). Returns the segment
-/// that held them.
-async fn archive_lag(ha: &HaCluster, target: &Target, what: &str) -> Result<String, E2eError> {
+/// that held them. With `switch` the segment is closed at once
+/// (`pg_switch_wal()`: archive_timeout does not switch a server just
+/// started, see [`after_a_switch`]).
+async fn archive_lag(
+    ha: &HaCluster,
+    target: &Target,
+    what: &str,
+    switch: bool,
+) -> Result<String, E2eError> {
     let committed = Instant::now();
     let wanted = backup::current_segment(ha, target).await?;
+    if switch {
+        let admin = ha.connect(&ha.rw(target).await?, ha::As::Superuser).await?;
+        sql::value(&admin, "SELECT pg_switch_wal()").await?;
+    }
     let archived = backup::wait_archived(ha, target, &wanted, ARCHIVED_WITHIN).await?;
     eprintln!(
         "[{}] archive lag ({what}): segment {wanted} archived {:.1}s after the commit (pg_stat_archiver; archive.timeout {ARCHIVE_TIMEOUT})",
@@ -201,22 +184,19 @@ async fn through_a_failover(setup: &mut Setup, ns: &str) -> Result<(), E2eError>
         &backup::pgbackrest_image(MAJOR),
         KEYS_SECRET,
     )?;
-    let Setup { target, s3 } = setup;
-    ensure_namespace(&target.client(), ns).await?;
-    s3.write_secrets(target, ns, KEYS_SECRET, Keys::Right)
-        .await?;
-    let ha = HaCluster::create(target, &spec).await?;
+    let ha = setup.create(&spec).await?;
+    let target = &mut setup.target;
 
     // 1. Rows through the pooler, archived within archive.timeout.
     backup::write_rows(&ha, target, 1..=1000, WRITES_WITHIN).await?;
-    let first = archive_lag(&ha, target, "before the backups").await?;
+    let first = archive_lag(&ha, target, "before the backups", false).await?;
     let before = backup::last_archived_wal(&ha.get(target).await?).map(str::to_string);
 
     // 2. A full backup, recorded on its object and on the cluster.
     let primary = ha::current_primary(&ha.get(target).await?)
         .cloned()
         .ok_or_else(|| E2eError::Check("no current primary".into()))?;
-    let full = completed_backup(target, ns, "db-full", "db", BackupType::Full).await?;
+    let full = backup::completed(target, ns, "db-full", "db", BackupType::Full).await?;
     let full_status = full.status.clone().unwrap_or_default();
     assert_eq!(full_status.instance.as_ref(), Some(&primary));
     let c = wait_last_successful(&ha, target, "db-full").await?;
@@ -248,23 +228,10 @@ async fn through_a_failover(setup: &mut Setup, ns: &str) -> Result<(), E2eError>
     );
 
     // 3. A failover: the primary freezes, a replica takes over.
-    let old = primary;
-    let frozen = target
-        .harness()
-        .expect("local harness")
-        .runtime()
-        .freeze_pod(ns, &old)
-        .map_err(|e| E2eError::Check(format!("freeze {old}: {e}")))?;
-    let t0 = Instant::now();
-    eprintln!("[{ns}] froze primary {old} ({frozen} processes)");
-    let (_, failover) = ha.wait_failover(target, &old, FAILOVER_WITHIN).await?;
-    let new = failover.to.clone();
-    eprintln!(
-        "[{ns}] failover {old} -> {new} completed {:.1}s after the freeze",
-        t0.elapsed().as_secs_f64()
-    );
+    let (old, new) = ha.fail_over(target).await?;
+    assert_eq!(old, primary);
     backup::write_rows(&ha, target, 1001..=2000, WRITES_WITHIN).await?;
-    let second = archive_lag(&ha, target, "after the failover").await?;
+    let second = archive_lag(&ha, target, "after the failover", false).await?;
     let (old_tl, new_tl) = (backup::timeline(&first), backup::timeline(&second));
     assert!(new_tl > old_tl, "timeline {old_tl:?} -> {new_tl:?}");
     // The status follows (the operator reconciles every 15 s while the
@@ -290,7 +257,7 @@ async fn through_a_failover(setup: &mut Setup, ns: &str) -> Result<(), E2eError>
     );
 
     // An incremental backup on the new primary, based on the full one.
-    let incr = completed_backup(target, ns, "db-incr", "db", BackupType::Incremental).await?;
+    let incr = backup::completed(target, ns, "db-incr", "db", BackupType::Incremental).await?;
     let incr_status = incr.status.clone().unwrap_or_default();
     assert_eq!(incr_status.instance.as_ref(), Some(&new));
     let wal_start = incr_status.wal_start.clone().unwrap_or_default();
@@ -317,6 +284,183 @@ async fn through_a_failover(setup: &mut Setup, ns: &str) -> Result<(), E2eError>
         rows.len()
     );
     ha.delete(target).await
+}
+
+/// Room on the server's clock on either side of a restore target.
+const GAP: Duration = Duration::from_secs(1);
+/// A restored cluster (download, recovery, promotion, its replica) Ready.
+const RESTORED_WITHIN: Duration = Duration::from_secs(240);
+
+/// A cluster made from the source's backups up to `time`, archiving to
+/// its own default path: the application database and owner of a
+/// restored cluster are Capstan's defaults (`spec.bootstrap.initdb` cannot
+/// be set next to `restore`), which the source uses too.
+fn restored(
+    setup: &Setup,
+    source: &PostgresCluster,
+    (name, instances): (&str, i32),
+    time: &str,
+) -> Result<PostgresCluster, E2eError> {
+    let ns = source.metadata.namespace.clone().unwrap_or_default();
+    let from = source.metadata.name.clone().unwrap_or_default();
+    let image = backup::pgbackrest_image(MAJOR);
+    let mut c = setup.cluster(&ns, name, (instances, 1), &image, KEYS_SECRET)?;
+    let repository = source
+        .spec
+        .backup
+        .as_ref()
+        .ok_or_else(|| E2eError::Setup(format!("{from} has no spec.backup to restore from")))?;
+    c.spec.bootstrap.initdb = None;
+    c.spec.bootstrap.restore = Some(backup::restore_to_time(repository, &from, time)?);
+    Ok(c)
+}
+
+async fn to_a_time_between_two_writes(setup: &mut Setup, ns: &str) -> Result<(), E2eError> {
+    let image = backup::pgbackrest_image(MAJOR);
+    let mut spec = setup.cluster(ns, "src", (3, 1), &image, KEYS_SECRET)?;
+    spec.spec.bootstrap.initdb = None;
+    let src = setup.create(&spec).await?;
+    let target = &setup.target;
+    let app = src.connect(&src.pooler(target).await?, ha::As::App).await?;
+
+    // A, the full backup, B, the target time T between two quiet seconds, C.
+    backup::write_rows(&src, target, 1..=100, WRITES_WITHIN).await?;
+    let after_a = backup::server_time(&src, target).await?;
+    backup::completed(target, ns, "src-full", "src", BackupType::Full).await?;
+    backup::write_rows(&src, target, 101..=200, WRITES_WITHIN).await?;
+    tokio::time::sleep(GAP).await;
+    let t = backup::server_time(&src, target).await?;
+    tokio::time::sleep(GAP).await;
+    backup::write_rows(&src, target, 201..=300, WRITES_WITHIN).await?;
+    let split = sql::value(
+        &app,
+        &format!(
+            "SELECT (max(at) FILTER (WHERE n <= 200) < '{t}') \
+             AND (min(at) FILTER (WHERE n > 200) > '{t}') FROM {WRITES_TABLE}"
+        ),
+    )
+    .await?;
+    assert_eq!(split, "t", "rows 1-200 before {t}, 201-300 after it");
+    let tl_at_t = backup::server_timeline(&src, target).await?;
+    eprintln!("[{ns}] rows A committed by {after_a}, B before T = {t}, C after it");
+    // C reaches the archive and the replicas before the primary is lost.
+    archive_lag(&src, target, "rows C", false).await?;
+    src.wait_replicated(target, 2, WRITES_WITHIN).await?;
+
+    // A failover, D on the new timeline, archived.
+    src.fail_over(&mut setup.target).await?;
+    let target = &setup.target;
+    backup::write_rows(&src, target, 301..=400, WRITES_WITHIN).await?;
+    let d = archive_lag(&src, target, "rows D after the failover", false).await?;
+    let new_tl = backup::timeline(&d).unwrap_or_default();
+    assert!(new_tl > tl_at_t, "timeline {tl_at_t} -> {new_tl}");
+
+    // The clone to T, and one to a time before the first backup.
+    let early = restored(setup, &spec, ("early", 1), &after_a)?;
+    cluster::apply(&target.client(), &early).await?;
+    let early_applied = Instant::now();
+    let pitr = restored(setup, &spec, ("pitr", 2), &t)?;
+    let asked = Instant::now();
+    cluster::apply(&target.client(), &pitr).await?;
+    cluster::wait_ready(&target.client(), ns, "pitr", RESTORED_WITHIN).await?;
+    eprintln!(
+        "[{ns}] restore to {t}: pitr (2 instances) Ready {:.1}s after it was applied",
+        asked.elapsed().as_secs_f64()
+    );
+    let pitr = HaCluster::create(target, &pitr).await?;
+
+    // Exactly A and B, through its pooler; its replica streams.
+    let rows = pitr.written(&pitr.pooler(target).await?).await?;
+    let expected: std::collections::BTreeSet<i64> = (1..=200).collect();
+    assert_eq!(
+        rows,
+        expected,
+        "{} rows restored, first/last {:?}/{:?}",
+        rows.len(),
+        rows.first(),
+        rows.last()
+    );
+    let c = pitr.get(target).await?;
+    let primary = ha::current_primary(&c).cloned().unwrap_or_default();
+    let replicas: Vec<&str> = c
+        .status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .map(|i| i.name.as_str())
+        .filter(|n| *n != primary)
+        .collect();
+    assert_eq!(replicas.len(), 1, "{}", ha::status_summary(&c));
+    pitr.wait_streaming(target, &replicas, WRITES_WITHIN)
+        .await?;
+    assert!(!pitr.in_recovery(target, &primary).await?);
+
+    // A new timeline, archived to its own path; none of it in the source's.
+    let restored_tl = backup::server_timeline(&pitr, target).await?;
+    eprintln!(
+        "[{ns}] pitr: 200 rows (A and B), replica {} streaming, timeline {restored_tl} (source: {tl_at_t} at T, now {new_tl})",
+        replicas[0]
+    );
+    assert!(restored_tl > new_tl, "restored on timeline {restored_tl}");
+    backup::write_rows(&pitr, target, 1001..=1010, WRITES_WITHIN).await?;
+    let own = archive_lag(&pitr, target, "the restored cluster", true).await?;
+    let path = |c: &str| capstan::api::default_repository_path(ns, c);
+    let mine = backup::archived_segments(&setup.s3, &path("pitr"), "pitr")?;
+    assert!(
+        mine.contains(&own),
+        "{own} not in {}: {mine:?}",
+        path("pitr")
+    );
+    let theirs = backup::archived_segments(&setup.s3, &path("src"), "src")?;
+    assert!(
+        theirs
+            .iter()
+            .all(|s| backup::timeline(s) != Some(restored_tl)),
+        "timeline {restored_tl} in the source's archive: {theirs:?}"
+    );
+    eprintln!(
+        "[{ns}] pitr archives to {} ({} segments); {} holds {} segments, none of timeline {restored_tl}",
+        path("pitr"),
+        mine.len(),
+        path("src"),
+        theirs.len()
+    );
+
+    // Before the first backup: Stalled with pgBackRest's words, never Ready.
+    let stalled = wait_for(
+        "early: Stalled with reason RestoreFailed",
+        STATUS_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let s = backup::condition(target, ns, "early", "Stalled")
+                .await
+                .ok()??;
+            (s.status == "True" && s.reason == "RestoreFailed").then_some(s)
+        },
+    )
+    .await?;
+    eprintln!(
+        "[{ns}] early: Stalled/RestoreFailed (looked at {:.1}s after it was applied): {}",
+        early_applied.elapsed().as_secs_f64(),
+        stalled.message
+    );
+    assert!(
+        stalled.message.contains("ERROR: [075]")
+            && stalled.message.contains("unable to find backup set"),
+        "{}",
+        stalled.message
+    );
+    let early = cluster::get(&target.client(), ns, "early").await?;
+    assert!(
+        early
+            .status
+            .iter()
+            .flat_map(|s| &s.instances)
+            .all(|i| !i.ready)
+            && cluster::condition(&early, "Ready").as_deref() != Some("True"),
+        "{}",
+        ha::status_summary(&early)
+    );
+    Ok(())
 }
 
 /// pgBackRest's own error format, and what the store said to a wrong key.
@@ -532,6 +676,19 @@ fn a_wrong_key_fails_the_backup_and_a_stock_image_says_what_is_missing() {
         };
         let ns = format!("e2e-backup-bad-{}", std::process::id());
         if let Err(e) = bad_repository_and_image(&setup, &ns).await {
+            setup.fail(&ns, e).await;
+        }
+    });
+}
+
+#[test]
+fn restore_to_a_time_between_two_writes() {
+    capstan_e2e::scenario(|| async {
+        let Some(mut setup) = Setup::start().await else {
+            return;
+        };
+        let ns = format!("e2e-backup-pitr-{}", std::process::id());
+        if let Err(e) = to_a_time_between_two_writes(&mut setup, &ns).await {
             setup.fail(&ns, e).await;
         }
     });
