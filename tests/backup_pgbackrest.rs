@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::posix::PosixRepo;
 use support::s3::{Listen, S3Stack, pgbackrest};
-use support::{Ports, chown_tree, postgres_ids};
+use support::{Ports, chown_tree, postgres_ids, server_now};
 
 static PORTS: Ports = Ports::new(25100, 25300);
 
@@ -211,15 +211,6 @@ fn write_config(config: &BackrestConfig, path: &Path) {
     config::write(path, &text, Some(postgres_ids())).unwrap();
 }
 
-async fn now(c: &tokio_postgres::Client) -> jiff::Timestamp {
-    let t: String = c
-        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    t.parse().unwrap()
-}
-
 async fn values(c: &tokio_postgres::Client) -> Vec<String> {
     c.query("SELECT v FROM t ORDER BY v", &[])
         .await
@@ -276,7 +267,7 @@ async fn full_cycle(major: u32) {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let target = now(&c).await;
+    let target = server_now(&c).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.batch_execute("INSERT INTO t VALUES ('b1'); INSERT INTO t VALUES ('b2')")
         .await

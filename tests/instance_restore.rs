@@ -25,18 +25,6 @@ static PORTS: Ports = Ports::new(25400, 25500);
 const LONG: Duration = Duration::from_secs(180);
 
 /// The server's clock, to the microsecond.
-async fn server_now(c: &tokio_postgres::Client) -> jiff::Timestamp {
-    let us: i64 = c
-        .query_one(
-            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    jiff::Timestamp::from_microsecond(us).unwrap()
-}
-
 async fn rows(c: &tokio_postgres::Client) -> Vec<String> {
     c.query("SELECT v FROM t ORDER BY v", &[])
         .await
@@ -115,6 +103,9 @@ async fn source(
         .backup(BackupType::Full, None)
         .await
         .expect("full backup");
+    // pgBackRest keeps a backup's stop time in whole seconds (rounded up):
+    // a target within the same second would be "before" the backup.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     c.batch_execute("INSERT INTO t VALUES ('a1')")
         .await
         .unwrap();

@@ -909,3 +909,16 @@ pub struct LeaseFile {
     pub renew_time: Option<jiff::Timestamp>,
     pub transitions: Option<i64>,
 }
+
+/// The server's clock (a restore target must be on its clock, not ours).
+pub async fn server_now(c: &tokio_postgres::Client) -> jiff::Timestamp {
+    let us: i64 = c
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    jiff::Timestamp::from_microsecond(us).unwrap()
+}
