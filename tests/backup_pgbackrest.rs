@@ -16,30 +16,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::posix::PosixRepo;
 use support::s3::{Listen, S3Stack, pgbackrest};
-use support::{Ports, chown_tree, postgres_ids, server_now};
+use support::{Ports, chown_tree, pg_bin, postgres_ids, server_now};
 
 static PORTS: Ports = Ports::new(25100, 25300);
-
-fn bin(major: u32) -> Option<PathBuf> {
-    let dir = match major {
-        15 => PathBuf::from("/usr/lib/postgresql/15/bin"),
-        m => PathBuf::from(
-            std::env::var_os(format!("CAPSTAN_PG{m}_BIN"))
-                .unwrap_or_else(|| format!("/opt/capstan-pg/{m}/bin").into()),
-        ),
-    };
-    if dir.join("postgres").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "PostgreSQL {major} is required in CI; not in {}",
-            dir.display()
-        );
-    }
-    eprintln!("SKIP: PostgreSQL {major} not found in {}", dir.display());
-    None
-}
 
 /// A PostgreSQL server run directly by the test (as the postgres user).
 struct Pg {
@@ -221,7 +200,7 @@ async fn values(c: &tokio_postgres::Client) -> Vec<String> {
 }
 
 async fn full_cycle(major: u32) {
-    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(major)) else {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(major)) else {
         return;
     };
     let Some(s3) = S3Stack::start(
@@ -418,7 +397,7 @@ async fn full_cycle_on_postgres_18() {
 /// A volume repository: backup and a restore to the latest point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posix_repository_backup_and_restore() {
-    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(17)) else {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(17)) else {
         return;
     };
     let tmp = tempfile::Builder::new().prefix("capbp").tempdir().unwrap();
@@ -460,7 +439,7 @@ async fn posix_repository_backup_and_restore() {
 /// the backup with pgBackRest's own message, and the database keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_s3_credentials_fail_the_backup_with_pgbackrests_message() {
-    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(17)) else {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(17)) else {
         return;
     };
     let Some((s3, (id, secret))) =
@@ -533,7 +512,7 @@ async fn bench_backup() {
     let rounds: usize = env_or("CAPSTAN_BENCH_ROUNDS", 3);
     let pgbench_seconds: u64 = env_or("CAPSTAN_BENCH_PGBENCH_SECONDS", 60);
     let archive_timeout = Duration::from_secs(env_or("CAPSTAN_BENCH_ARCHIVE_TIMEOUT", 60));
-    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), bin(major)) else {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(major)) else {
         return;
     };
     let pgbench = if bin.join("pgbench").is_file() {
