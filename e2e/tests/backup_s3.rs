@@ -24,7 +24,8 @@
 //!   its replica streams, it runs on a timeline of its own and archives to
 //!   its own path (none of that timeline in the source's); a cluster
 //!   restored to a time before the first backup is `Stalled` with reason
-//!   `RestoreFailed` and pgBackRest's message, no instance Ready.
+//!   `RestoreFailed` and pgBackRest's message, no instance Ready. Also on
+//!   PostgreSQL 18 (`…_on_postgres_18`).
 //!
 //! The store and the freeze are harness facilities: on a real cluster
 //! (`CAPSTAN_E2E_KUBECONFIG`) these skip with a message.
@@ -40,7 +41,8 @@ use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::target::{Target, fail};
 use capstan_e2e::{E2eError, sql};
 
-/// PostgreSQL major of these scenarios (`CAPSTAN_PG17_BIN`).
+/// PostgreSQL major of these scenarios (`CAPSTAN_PG17_BIN`); the
+/// point-in-time restore also runs on 18 (`CAPSTAN_PG18_BIN`).
 const MAJOR: u32 = 17;
 /// The official image, named explicitly: it has no pgBackRest.
 const STOCK_IMAGE: &str = "docker.io/library/postgres:17-bookworm";
@@ -62,18 +64,20 @@ const WRITES_WITHIN: Duration = Duration::from_secs(60);
 struct Setup {
     target: Target,
     s3: PodS3,
+    /// PostgreSQL major of the clusters.
+    major: u32,
 }
 
 impl Setup {
     /// `None` when a tool is missing (said why; `CI=true` fails instead) or
     /// the target is a real cluster.
-    async fn start() -> Option<Setup> {
+    async fn start(major: u32) -> Option<Setup> {
         s3::pgbackrest()?;
-        let pg_bin = std::env::var_os(format!("CAPSTAN_PG{MAJOR}_BIN"));
-        let debian = format!("/usr/lib/postgresql/{MAJOR}/bin/postgres");
+        let pg_bin = std::env::var_os(format!("CAPSTAN_PG{major}_BIN"));
+        let debian = format!("/usr/lib/postgresql/{major}/bin/postgres");
         if pg_bin.is_none() && !std::path::Path::new(&debian).is_file() {
             return s3::missing(&format!(
-                "PostgreSQL {MAJOR} (CAPSTAN_PG{MAJOR}_BIN=/opt/capstan-pg/{MAJOR}/bin)"
+                "PostgreSQL {major} (CAPSTAN_PG{major}_BIN=/opt/capstan-pg/{major}/bin)"
             ));
         }
         let mut target = Target::from_env().await.expect("e2e target");
@@ -88,7 +92,7 @@ impl Setup {
             .await
             .expect("S3 store for the pods")?;
         eprintln!("S3 store for the pods at https://{}", s3.endpoint());
-        Some(Setup { target, s3 })
+        Some(Setup { target, s3, major })
     }
 
     /// Fails the test with `error`, the pods, the operator's log and the
@@ -124,7 +128,7 @@ impl Setup {
         c.metadata.name = Some(name.to_string());
         c.spec.instances = instances;
         c.spec.proxy.pgbouncer.replicas = poolers;
-        c.spec.postgres.version = MAJOR as i32;
+        c.spec.postgres.version = self.major as i32;
         c.spec.postgres.image = Some(image.to_string());
         c.spec.backup = Some(self.s3.backup_spec(keys_secret, ARCHIVE_TIMEOUT)?);
         Ok(c)
@@ -181,7 +185,7 @@ async fn through_a_failover(setup: &mut Setup, ns: &str) -> Result<(), E2eError>
         ns,
         "db",
         (3, 2),
-        &backup::pgbackrest_image(MAJOR),
+        &backup::pgbackrest_image(setup.major),
         KEYS_SECRET,
     )?;
     let ha = setup.create(&spec).await?;
@@ -303,7 +307,7 @@ fn restored(
 ) -> Result<PostgresCluster, E2eError> {
     let ns = source.metadata.namespace.clone().unwrap_or_default();
     let from = source.metadata.name.clone().unwrap_or_default();
-    let image = backup::pgbackrest_image(MAJOR);
+    let image = backup::pgbackrest_image(setup.major);
     let mut c = setup.cluster(&ns, name, (instances, 1), &image, KEYS_SECRET)?;
     let repository = source
         .spec
@@ -316,7 +320,7 @@ fn restored(
 }
 
 async fn to_a_time_between_two_writes(setup: &mut Setup, ns: &str) -> Result<(), E2eError> {
-    let image = backup::pgbackrest_image(MAJOR);
+    let image = backup::pgbackrest_image(setup.major);
     let mut spec = setup.cluster(ns, "src", (3, 1), &image, KEYS_SECRET)?;
     spec.spec.bootstrap.initdb = None;
     let src = setup.create(&spec).await?;
@@ -565,11 +569,11 @@ async fn bad_repository_and_image(setup: &Setup, ns: &str) -> Result<(), E2eErro
         ns,
         "wrongkey",
         (1, 1),
-        &backup::pgbackrest_image(MAJOR),
+        &backup::pgbackrest_image(setup.major),
         "s3-wrong-keys",
     )?;
     let stock = setup.cluster(ns, "stock", (1, 1), STOCK_IMAGE, KEYS_SECRET)?;
-    let Setup { target, s3 } = setup;
+    let Setup { target, s3, .. } = setup;
     ensure_namespace(&target.client(), ns).await?;
     s3.write_secrets(target, ns, KEYS_SECRET, Keys::Right)
         .await?;
@@ -658,7 +662,7 @@ async fn bad_repository_and_image(setup: &Setup, ns: &str) -> Result<(), E2eErro
 #[test]
 fn full_and_incremental_backups_through_a_failover() {
     capstan_e2e::scenario(|| async {
-        let Some(mut setup) = Setup::start().await else {
+        let Some(mut setup) = Setup::start(MAJOR).await else {
             return;
         };
         let ns = format!("e2e-backup-s3-{}", std::process::id());
@@ -671,7 +675,7 @@ fn full_and_incremental_backups_through_a_failover() {
 #[test]
 fn a_wrong_key_fails_the_backup_and_a_stock_image_says_what_is_missing() {
     capstan_e2e::scenario(|| async {
-        let Some(setup) = Setup::start().await else {
+        let Some(setup) = Setup::start(MAJOR).await else {
             return;
         };
         let ns = format!("e2e-backup-bad-{}", std::process::id());
@@ -681,15 +685,24 @@ fn a_wrong_key_fails_the_backup_and_a_stock_image_says_what_is_missing() {
     });
 }
 
-#[test]
-fn restore_to_a_time_between_two_writes() {
-    capstan_e2e::scenario(|| async {
-        let Some(mut setup) = Setup::start().await else {
+fn restore_scenario(major: u32) {
+    capstan_e2e::scenario(move || async move {
+        let Some(mut setup) = Setup::start(major).await else {
             return;
         };
-        let ns = format!("e2e-backup-pitr-{}", std::process::id());
+        let ns = format!("e2e-backup-pitr{major}-{}", std::process::id());
         if let Err(e) = to_a_time_between_two_writes(&mut setup, &ns).await {
             setup.fail(&ns, e).await;
         }
     });
+}
+
+#[test]
+fn restore_to_a_time_between_two_writes() {
+    restore_scenario(MAJOR);
+}
+
+#[test]
+fn restore_to_a_time_between_two_writes_on_postgres_18() {
+    restore_scenario(18);
 }

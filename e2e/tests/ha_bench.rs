@@ -77,6 +77,18 @@ async fn current_server(writer: &Writer) -> Result<String, E2eError> {
         .server)
 }
 
+/// `renewTime` of the cluster's primary Lease (microsecond precision).
+async fn last_renewal(target: &Target, ha: &HaCluster) -> Option<time::OffsetDateTime> {
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(target.client(), &ha.ns);
+    let lease = api
+        .get(&capstan::resources::names::primary_lease(&ha.name))
+        .await
+        .ok()?;
+    let renew = lease.spec?.renew_time?.0;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(renew.as_microsecond()) * 1_000).ok()
+}
+
 /// Freezes the primary, waits for writes to resume elsewhere and the
 /// failover to complete, thaws the old primary and waits until it is a
 /// replica again and the cluster is Ready. Returns (old, new, RTO).
@@ -89,10 +101,26 @@ async fn freeze_failover(
     let server = current_server(writer).await?;
     freeze(target, &ha.ns, &old, true)?;
     let t0 = Instant::now();
+    let frozen_at = time::OffsetDateTime::now_utc();
+    let renewed = last_renewal(target, ha).await;
     let ack = writer
         .wait_ack_from_other(t0, &server, FAILOVER_WITHIN)
         .await?;
     let rto = ack.acked.duration_since(t0);
+    // Wall-clock marks to line up with the operator's log ("failover
+    // started"/"failover completed"): where the RTO goes.
+    println!(
+        "ha-bench timing: frozen {frozen_at} last renewal {} ({}) first write {}",
+        renewed.map_or_else(|| "unknown".to_string(), |r| r.to_string()),
+        renewed.map_or_else(
+            || "unknown".to_string(),
+            |r| format!(
+                "{:.0} ms before the freeze",
+                (frozen_at - r).as_seconds_f64() * 1000.0
+            )
+        ),
+        frozen_at + rto
+    );
     let (_, failover) = ha.wait_failover(target, &old, FAILOVER_WITHIN).await?;
     freeze(target, &ha.ns, &old, false)?;
     ha.wait_replica(target, &old, REJOIN_WITHIN).await?;

@@ -236,11 +236,22 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     } else if backing_up {
         BACKUP_REQUEUE
     } else if settled {
-        ctx.config.resync
+        settled_wait(&validated.model, ctx.config.resync)
     } else {
         PROGRESS_REQUEUE
     };
     Ok(Action::requeue(until_scheduled(wait, &plan, now)))
+}
+
+/// How long a settled cluster waits for its next look: the resync, or
+/// with backups configured its `archive.timeout` (at least 10 s), so
+/// `status.backup.lastArchivedWal` is never older than about one archive
+/// period. Costs agent questions only: an unchanged status is not written.
+fn settled_wait(model: &crate::resources::model::Model, resync: Duration) -> Duration {
+    model.spec.backup.as_ref().map_or(resync, |b| {
+        let archive = Duration::from_secs(crate::resources::backup::archive_timeout_seconds(b));
+        resync.min(archive.max(Duration::from_secs(10)))
+    })
 }
 
 /// `wait`, or less when a schedule's next run comes first (a second
@@ -530,4 +541,36 @@ pub async fn run(
         .await;
     pruner.abort();
     lease_watch.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::model::fixtures::model;
+
+    #[test]
+    fn a_settled_cluster_with_backups_looks_again_once_per_archive_period() {
+        let resync = Duration::from_secs(300);
+        let mut m = model();
+        assert_eq!(settled_wait(&m, resync), resync, "no backups: the resync");
+        let with_timeout = |t: &str| {
+            serde_json::from_value(serde_json::json!({
+                "repositories": [{"name": "repo1", "s3": {
+                    "bucket": "b", "endpoint": "s3.example", "region": "r",
+                    "credentials": {"secretName": "k"}}}],
+                "archive": {"timeout": t}
+            }))
+            .unwrap()
+        };
+        m.spec.backup = Some(with_timeout("60s"));
+        assert_eq!(settled_wait(&m, resync), Duration::from_secs(60));
+        m.spec.backup = Some(with_timeout("1s"));
+        assert_eq!(
+            settled_wait(&m, resync),
+            Duration::from_secs(10),
+            "at least 10 s"
+        );
+        m.spec.backup = Some(with_timeout("1h"));
+        assert_eq!(settled_wait(&m, resync), resync, "never past the resync");
+    }
 }

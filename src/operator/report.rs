@@ -46,6 +46,8 @@ pub mod reason {
     /// The instance bootstrapping a restored cluster could not restore
     /// (also the reason of the cluster's `Stalled` condition).
     pub const RESTORE_FAILED: &str = "RestoreFailed";
+    pub const WAL_ARCHIVING_FAILED: &str = "WalArchivingFailed";
+    pub const WAL_ARCHIVING_RECOVERED: &str = "WalArchivingRecovered";
 }
 
 #[derive(Debug, thiserror::Error)]

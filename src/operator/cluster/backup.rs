@@ -254,5 +254,51 @@ pub fn status(
     Some(out)
 }
 
+/// The `WalArchiving` condition: whether the primary's archiver keeps up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archiving {
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// How archiving goes on the primary; `None` when there is nothing new to
+/// say (no backups configured, no report from the primary now, or its
+/// stanza still being created), so the condition stays as it was.
+pub fn archiving(spec: Option<&BackupSpec>, primary: Option<&InstanceReport>) -> Option<Archiving> {
+    spec?;
+    let a = primary?.archive.as_ref()?;
+    let kept = "the primary keeps every WAL segment that is not archived";
+    if !a.stanza_ready {
+        // No error yet: the stanza is being created (a new cluster).
+        let e = a.stanza_error.as_ref()?;
+        return Some(Archiving {
+            ok: false,
+            reason: "RepositoryNotReady",
+            message: format!("WAL is not archived: {e}; {kept}"),
+        });
+    }
+    Some(if a.failing() {
+        Archiving {
+            ok: false,
+            reason: "ArchiveFailing",
+            message: format!(
+                "archive-push of {} failed ({} failures so far) and nothing was archived since; the primary's log has pgBackRest's message; {kept}",
+                a.last_failed_wal.as_deref().unwrap_or("a segment"),
+                a.failed_count
+            ),
+        }
+    } else {
+        Archiving {
+            ok: true,
+            reason: "Archiving",
+            message: match (&a.last_archived_wal, &a.last_archived_at) {
+                (Some(wal), Some(t)) => format!("WAL archived up to {wal} at {t}"),
+                _ => "the repository is ready; no segment was full yet".to_string(),
+            },
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests;

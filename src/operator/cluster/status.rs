@@ -24,6 +24,8 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const DEGRADED: &str = "Degraded";
+/// Only with `spec.backup`: the primary's WAL reaches the repositories.
+pub const WAL_ARCHIVING: &str = "WalArchiving";
 
 /// A change people care about, published as an Event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,47 @@ pub fn condition_is(status: Option<&PostgresClusterStatus>, type_: &str, value: 
     status
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
         .is_some_and(|c| c.status == value)
+}
+
+/// `WalArchiving` from the primary's report, with an Event when archiving
+/// starts failing and when it recovers.
+fn archiving_condition(
+    r: &Report<'_>,
+    conditions: &mut Vec<Condition>,
+    transitions: &mut Vec<Transition>,
+) {
+    let spec = r.model.spec.backup.as_ref();
+    if spec.is_none() {
+        conditions.retain(|c| c.type_ != WAL_ARCHIVING);
+        return;
+    }
+    let primary = r.observed.reports.get(&r.plan.target_primary);
+    let Some(a) = super::backup::archiving(spec, primary) else {
+        return;
+    };
+    let was_failing = condition_is(r.previous, WAL_ARCHIVING, "False");
+    if !a.ok && !was_failing {
+        transitions.push(Transition {
+            warning: true,
+            reason: reason::WAL_ARCHIVING_FAILED,
+            message: a.message.clone(),
+        });
+    } else if a.ok && was_failing {
+        transitions.push(Transition {
+            warning: false,
+            reason: reason::WAL_ARCHIVING_RECOVERED,
+            message: a.message.clone(),
+        });
+    }
+    set(
+        conditions,
+        WAL_ARCHIVING,
+        a.ok,
+        a.reason,
+        &a.message,
+        r.generation,
+        &r.now,
+    );
 }
 
 fn pooler_counts(deployment: Option<&Deployment>) -> (i32, i32) {
@@ -308,6 +351,8 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             message: b.message.clone(),
         });
     }
+
+    archiving_condition(r, &mut conditions, &mut transitions);
 
     let tls = tls_sources(model);
     let not_after = |kind: CertKind| {

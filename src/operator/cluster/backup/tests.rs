@@ -360,3 +360,80 @@ fn status_shows_the_schedules_and_the_first_recoverability_point() {
     );
     assert!(kept.schedules.is_empty() && kept.next_scheduled.is_none());
 }
+
+#[test]
+fn the_archiving_condition_follows_the_primarys_archiver() {
+    let s = spec();
+    let report = |a: ArchiveReport| InstanceReport {
+        archive: Some(a),
+        ..InstanceReport::default()
+    };
+    let at = |archived: Option<&str>, failed: Option<&str>| ArchiveReport {
+        stanza_ready: true,
+        last_archived_wal: archived.map(|_| "000000010000000000000007".into()),
+        last_archived_at: archived.map(Into::into),
+        last_failed_wal: failed.map(|_| "000000010000000000000008".into()),
+        last_failed_at: failed.map(Into::into),
+        failed_count: u64::from(failed.is_some()) * 3,
+        ..ArchiveReport::default()
+    };
+    // Nothing to say: no backups, no report, a stanza still being created.
+    assert_eq!(super::archiving(None, Some(&report(at(None, None)))), None);
+    assert_eq!(super::archiving(Some(&s), None), None);
+    assert_eq!(
+        super::archiving(Some(&s), Some(&report(ArchiveReport::default()))),
+        None
+    );
+
+    let ok = super::archiving(
+        Some(&s),
+        Some(&report(at(Some("2026-12-04T11:06:00Z"), None))),
+    )
+    .unwrap();
+    assert!(ok.ok);
+    assert!(
+        ok.message.contains("000000010000000000000007"),
+        "{}",
+        ok.message
+    );
+    // A failure older than the last success is over.
+    let recovered = super::archiving(
+        Some(&s),
+        Some(&report(at(
+            Some("2026-12-04T11:06:00Z"),
+            Some("2026-12-04T11:00:00Z"),
+        ))),
+    )
+    .unwrap();
+    assert!(recovered.ok);
+    for (archived, failed) in [
+        (Some("2026-12-04T11:00:00Z"), Some("2026-12-04T11:06:00Z")),
+        (None, Some("2026-12-04T11:06:00Z")),
+    ] {
+        let failing = super::archiving(Some(&s), Some(&report(at(archived, failed)))).unwrap();
+        assert!(!failing.ok);
+        assert_eq!(failing.reason, "ArchiveFailing");
+        assert!(
+            failing.message.contains("000000010000000000000008")
+                && failing.message.contains("3 failures"),
+            "{}",
+            failing.message
+        );
+    }
+    // No pgBackRest in the image, or a refused stanza: said with its cause.
+    let missing = super::archiving(
+        Some(&s),
+        Some(&report(ArchiveReport {
+            stanza_error: Some("pgBackRest is not in this image; set spec.postgres.image".into()),
+            ..ArchiveReport::default()
+        })),
+    )
+    .unwrap();
+    assert!(!missing.ok);
+    assert_eq!(missing.reason, "RepositoryNotReady");
+    assert!(
+        missing.message.contains("spec.postgres.image"),
+        "{}",
+        missing.message
+    );
+}

@@ -112,21 +112,25 @@ impl Executor<'_> {
         .await?;
         warn!(cluster = %self.model.name, operation = "failover", from = %p.from, to = %p.to, message = %p.message, "failover started");
         self.ctx.metrics.failovers.inc();
-        self.event(true, reason::FAILOVER_STARTED, p.message.clone())
-            .await;
         // New connections stop going to the lost primary (and the label
         // changes reach the EndpointSlice controller one at a time).
         self.set_role(&p.from, labels::ROLE_REPLICA).await;
-        let (Some(agents), Some(ep)) = (self.agents, self.endpoint(&p.to)) else {
-            return Ok(());
-        };
         let started = Instant::now();
-        match agents.promote(&ep, &PromoteRequest::default()).await {
+        let promoted = match (self.agents, self.endpoint(&p.to)) {
+            (Some(agents), Some(ep)) => agents
+                .promote(&ep, &PromoteRequest::default())
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Err(format!("{} has no agent address yet", p.to)),
+        };
+        match promoted {
             Ok(r) => {
                 info!(cluster = %self.model.name, instance = %p.to, operation = "failover", elapsed_ms = started.elapsed().as_millis() as u64, timeline = r.timeline, "promoted")
             }
             Err(e) => {
                 warn!(cluster = %self.model.name, instance = %p.to, operation = "failover", error = %e, "promote failed; retried on the next reconcile");
+                self.event(true, reason::FAILOVER_STARTED, p.message.clone())
+                    .await;
                 return Ok(());
             }
         }
@@ -134,6 +138,10 @@ impl Executor<'_> {
         // reconcile (which would first wait for the lost primary's agent).
         self.route_clients(&p.to).await;
         self.reconnect_poolers().await;
+        // Recorded once clients are routed: an Event is an API write the
+        // outage need not wait for.
+        self.event(true, reason::FAILOVER_STARTED, p.message.clone())
+            .await;
         let mut done = record;
         done.phase = failover_phase::COMPLETED.into();
         done.completed_at = Some(now_rfc3339());

@@ -166,13 +166,17 @@ impl Executor<'_> {
 
     /// Pooler server connections opened before the change go to the old
     /// primary: retire them.
+    /// All at once: each waits until its backend accepts connections, and
+    /// the clients of a pooler asked last would wait for the others.
     async fn reconnect_poolers(&self) {
         let Some(agents) = self.agents else { return };
-        for ep in &self.poolers() {
+        let poolers = self.poolers();
+        futures::future::join_all(poolers.iter().map(|ep| async move {
             if let Err(e) = agents.reconnect(ep).await {
                 warn!(cluster = %self.model.name, pooler = %ep.name, error = %e, "RECONNECT failed");
             }
-        }
+        }))
+        .await;
     }
 
     async fn wait_for_rw_endpoint(&self, ip: &str) {

@@ -180,3 +180,81 @@ fn invalid_spec_is_stalled_once_and_keeps_the_rest() {
     let (_, again) = stalled(Some(&s), 5, now(400), &err);
     assert!(again.is_empty(), "no Event storm for the same error");
 }
+
+#[test]
+fn failing_wal_archiving_is_a_condition_and_one_event_each_way() {
+    use crate::contract::backup::ArchiveReport;
+    let mut m = model();
+    let archive = |m: &Model, failing: bool| {
+        let mut o = observed(m, &[true, true, true], 2);
+        let mut r = InstanceReport {
+            name: "db-1".into(),
+            role: Role::Primary,
+            running: true,
+            ready: true,
+            archive: Some(ArchiveReport {
+                stanza_ready: true,
+                last_archived_wal: Some("000000010000000000000004".into()),
+                last_archived_at: Some("2026-12-05T01:00:00Z".into()),
+                ..ArchiveReport::default()
+            }),
+            ..InstanceReport::default()
+        };
+        if failing {
+            let a = r.archive.as_mut().unwrap();
+            a.last_failed_wal = Some("000000010000000000000005".into());
+            a.last_failed_at = Some("2026-12-05T01:01:00Z".into());
+            a.failed_count = 1;
+        }
+        o.reports.insert("db-1".into(), r);
+        o
+    };
+    // No spec.backup: no such condition, whatever the report says.
+    let (s, _) = report(&m, &archive(&m, true), None, 100);
+    assert!(!s.conditions.iter().any(|c| c.type_ == WAL_ARCHIVING));
+
+    m.spec.backup = Some(
+        serde_json::from_value(
+            serde_json::json!({"repositories": [{"name": "repo1", "s3": {
+            "endpoint": "s3.store", "region": "r", "bucket": "b",
+            "credentials": {"secretName": "k"}}}]}),
+        )
+        .unwrap(),
+    );
+    let (ok, t) = report(&m, &archive(&m, false), None, 100);
+    assert_eq!(condition(&ok, WAL_ARCHIVING).status, "True");
+    assert!(!t.iter().any(|t| t.reason.starts_with("WalArchiving")));
+    let (failing, t) = report(&m, &archive(&m, true), Some(&ok), 110);
+    let c = condition(&failing, WAL_ARCHIVING);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ArchiveFailing")
+    );
+    assert!(
+        c.message.contains("000000010000000000000005"),
+        "{}",
+        c.message
+    );
+    assert_eq!(
+        t.iter()
+            .filter(|t| t.reason == reason::WAL_ARCHIVING_FAILED && t.warning)
+            .count(),
+        1
+    );
+    let (still, t) = report(&m, &archive(&m, true), Some(&failing), 120);
+    assert!(
+        !t.iter().any(|t| t.reason.starts_with("WalArchiving")),
+        "said once"
+    );
+    // An unreachable primary changes nothing.
+    let (unknown, _) = report(&m, &observed(&m, &[true, true, true], 2), Some(&still), 125);
+    assert_eq!(condition(&unknown, WAL_ARCHIVING).status, "False");
+    let (back, t) = report(&m, &archive(&m, false), Some(&still), 130);
+    assert_eq!(condition(&back, WAL_ARCHIVING).status, "True");
+    assert_eq!(
+        t.iter()
+            .filter(|t| t.reason == reason::WAL_ARCHIVING_RECOVERED)
+            .count(),
+        1
+    );
+}
