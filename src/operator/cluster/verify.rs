@@ -284,12 +284,11 @@ pub fn decide(input: &Input<'_>) -> Decision {
                         None
                     }
                 }
-                PodState::Running => {
-                    (recorded.pod.as_deref() != Some(pod_name.as_str())).then(|| Step::Adopt {
+                PodState::Running => (recorded.pod.as_deref() != Some(pod_name.as_str()))
+                    .then_some(Step::Adopt {
                         backup: name,
                         pod: pod_name,
-                    })
-                }
+                    }),
             }
         }
         None if recorded.phase == phase::RUNNING => {
