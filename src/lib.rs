@@ -12,3 +12,4 @@ pub mod render;
 pub mod resources;
 pub mod switchover;
 pub mod tls;
+pub mod verify;

@@ -45,6 +45,10 @@ enum Command {
     /// Ask for a planned switchover to another instance and wait for it
     /// (sets the capstan.dev/switchover annotation).
     Switchover(capstan::switchover::Args),
+    /// Restore one backup into a scratch directory and check it (the one
+    /// process of a verification pod); the result goes to the termination
+    /// message.
+    Verify(capstan::verify::Args),
 }
 
 fn init_tracing() {
@@ -83,6 +87,10 @@ fn main() -> ExitCode {
         Command::CopyBinary { dest } => copy_binary(&dest),
         Command::Pooler(args) => capstan::pooler::run(args),
         Command::Instance(args) => capstan::instance::run(*args).map_err(|e| e.to_string()),
+        Command::Verify(args) => {
+            init_tracing();
+            capstan::verify::run(args)
+        }
         Command::Switchover(args) => runtime().and_then(|rt| {
             rt.block_on(capstan::switchover::run(args))
                 .map_err(|e| e.to_string())

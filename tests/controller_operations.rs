@@ -610,10 +610,11 @@ async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
     );
     let written = backup_status(w.api.take_calls());
     assert_eq!(written.len(), 1, "{written:?}");
-    assert_eq!(written[0]["phase"], "Completed");
+    // Full backups are verified by default (tests/controller_verify.rs).
+    assert_eq!(written[0]["phase"], "Verifying");
     assert_eq!(written[0]["label"], "20261204-100000F");
     assert_eq!(written[0]["durationSeconds"], 42);
-    assert_eq!(written[0]["verification"]["phase"], "Skipped");
+    assert_eq!(written[0]["verification"]["phase"], "Pending");
     server.abort();
 }
 

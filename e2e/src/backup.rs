@@ -195,6 +195,37 @@ impl PodS3 {
             .collect())
     }
 
+    /// Deletes the objects `keys` from the bucket (a repository losing
+    /// files), with boto3 as [`Self::keys`] lists them.
+    pub fn delete(&self, keys: &[String]) -> Result<(), E2eError> {
+        let python = tools::find("moto_server")
+            .map(|m| m.with_file_name("python3"))
+            .ok_or_else(|| E2eError::Setup("moto_server (for boto3) not found".into()))?;
+        let script = format!(
+            "import boto3, sys\n\
+             s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='{region}',\n\
+                               aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2])\n\
+             for key in sys.argv[3:]:\n    s3.delete_object(Bucket='{bucket}', Key=key)\n",
+            port = self.stack.moto_port,
+            region = s3::REGION,
+            bucket = self.stack.bucket,
+        );
+        let out = std::process::Command::new(&python)
+            .args(["-c", &script])
+            .args([&self.access_key_id, &self.secret_access_key])
+            .args(keys)
+            .output()
+            .map_err(|e| E2eError::Setup(format!("{}: {e}", python.display())))?;
+        if !out.status.success() {
+            return Err(E2eError::Check(format!(
+                "deleting {} key(s) from the store: {}",
+                keys.len(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
     /// moto's and nginx's logs (for failure messages).
     pub fn logs(&self) -> String {
         self.stack.logs()
@@ -232,13 +263,25 @@ pub async fn request(
     cluster: &str,
     type_: BackupType,
 ) -> Result<(), E2eError> {
+    request_verified(target, ns, name, cluster, type_, None).await
+}
+
+/// [`request`] with `spec.verify` set.
+pub async fn request_verified(
+    target: &Target,
+    ns: &str,
+    name: &str,
+    cluster: &str,
+    type_: BackupType,
+    verify: Option<bool>,
+) -> Result<(), E2eError> {
     let mut backup = PostgresBackup::new(
         name,
         PostgresBackupSpec {
             cluster: cluster.to_string(),
             type_,
             repository: None,
-            verify: None,
+            verify,
         },
     );
     backup.metadata.namespace = Some(ns.to_string());

@@ -82,7 +82,9 @@ pub const VERIFICATION_PHASES: &[&str] = &["Pending", "Running", "Passed", "Fail
 #[serde(rename_all = "camelCase")]
 pub struct PostgresBackupStatus {
     /// `Pending` (waiting for its turn: one backup at a time per cluster),
-    /// `Running`, `Verifying`, `Completed` or `Failed`.
+    /// `Running`, `Verifying` (taken; being restored in a throwaway pod,
+    /// which never holds up the next backup), `Completed` (taken; see
+    /// `verification` for whether it restored) or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::backup_phase")]
     pub phase: Option<String>,
@@ -169,9 +171,30 @@ pub struct VerificationStatus {
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
-    /// From start to finish, in seconds.
+    /// From start to finish, in seconds (the pod's start included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<i64>,
+    /// The throwaway pod that restores and checks the backup
+    /// (`<backup>-verify`); deleted once its result is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `pgbackrest restore` into the scratch volume, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_seconds: Option<f64>,
+    /// Recovery to the backup's end, until the copy accepted writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_seconds: Option<f64>,
+    /// Catalogs, pg_amcheck and the sentinel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_seconds: Option<f64>,
+    /// `Passed`, `NotAvailable` (the image has no pg_amcheck or amcheck
+    /// extension) or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amcheck: Option<String>,
+    /// The row the primary wrote just before the backup started was in
+    /// the restored copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_found: Option<bool>,
     /// What was checked, or what failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -54,6 +54,14 @@ pub const RESTORE_SECRETS_DIR: &str = "/etc/capstan/restore";
 /// pgBackRest's configuration, logs, locks and async spool (pod-local).
 pub const BACKREST_DIR: &str = "/var/run/postgresql/pgbackrest";
 
+/// Scratch emptyDir of a verification pod: the restored copy lives here.
+pub const VERIFY_MOUNT: &str = "/var/lib/postgresql/verify";
+/// The directory `capstan verify` restores into (created and removed by it).
+pub const VERIFY_SCRATCH: &str = "/var/lib/postgresql/verify/restore";
+/// Where a verification pod leaves its result (the Kubernetes default
+/// `terminationMessagePath`).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
 /// emptyDir in pooler pods for the rendered `pgbouncer.ini`, auth files and socket.
 pub const POOLER_RUN_DIR: &str = "/var/run/pgbouncer";
 

@@ -10,3 +10,4 @@ pub mod layout;
 pub mod pooler;
 pub mod restore;
 pub mod settings;
+pub mod verify;

@@ -367,6 +367,12 @@ impl Backups {
             // later): pgBackRest would refuse with "WAL timeline 2 does not
             // match pg_control timeline 1". One now leaves little to write
             // for the immediate checkpoint pgBackRest then asks for.
+            // The row a verification by restore looks for; a backup is
+            // still worth taking without it (its verification then says
+            // the sentinel is missing).
+            if let Err(e) = local.write_sentinel(&request.backup).await {
+                tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "cannot write the backup sentinel; starting the backup anyway");
+            }
             if let Err(e) = local.checkpoint().await {
                 tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "CHECKPOINT before the backup failed; starting it anyway");
             }

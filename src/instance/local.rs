@@ -329,6 +329,20 @@ impl Local {
         Ok(())
     }
 
+    /// The sentinel row of `backup` (see [`crate::contract::verify`]):
+    /// committed before the backup starts, so every restore of it must
+    /// hold the row.
+    pub async fn write_sentinel(&self, backup: &str) -> Result<(), LocalError> {
+        let client = self
+            .connect_to(crate::contract::verify::SENTINEL_DATABASE)
+            .await?;
+        client
+            .batch_execute(&crate::contract::verify::sentinel_sql(backup))
+            .await
+            .map_err(query_err("the backup sentinel"))?;
+        Ok(())
+    }
+
     pub async fn reload(&self) -> Result<(), LocalError> {
         let client = self.connect().await?;
         client

@@ -14,7 +14,7 @@
 mod api;
 pub mod authority;
 mod backup;
-mod binaries;
+pub mod binaries;
 mod bootstrap;
 mod config;
 pub mod fencing;

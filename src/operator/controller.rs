@@ -182,6 +182,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     if executor.run(&plan.operation, &mut working).await? == Next::Restart {
         return Ok(Action::requeue(Duration::ZERO));
     }
+    executor.verify(&plan.verification).await;
 
     let (applied, apply_error) = match apply::apply(
         &ctx.client,
@@ -229,8 +230,9 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let settled =
         plan.operation.is_idle() && status::condition_is(Some(&new_status), status::READY, "True");
     let failing_over = matches!(plan.operation, Operation::Failover(_));
-    // A backup in flight is followed through the agent's report.
-    let backing_up = observed.backups.iter().any(backup::in_flight);
+    // A backup in flight is followed through the agent's report, a
+    // verification through its pod (whose events go to the backup, not here).
+    let backing_up = observed.backups.iter().any(backup::in_flight) || plan.verification.active;
     let wait = if failing_over {
         HA_REQUEUE
     } else if backing_up {

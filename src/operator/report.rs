@@ -42,6 +42,12 @@ pub mod reason {
     pub const BACKUP_FAILED: &str = "BackupFailed";
     pub const BACKUP_SCHEDULED: &str = "BackupScheduled";
     pub const BACKUP_EXPIRED: &str = "BackupExpired";
+    /// A backup was restored in a throwaway pod and checked.
+    pub const BACKUP_VERIFIED: &str = "BackupVerified";
+    /// A backup could not be restored or its copy failed a check (also the
+    /// reason of the cluster's `BackupVerified` condition then).
+    pub const BACKUP_VERIFICATION_FAILED: &str = "BackupVerificationFailed";
+    pub const BACKUP_VERIFYING: &str = "BackupVerifying";
     pub const FAILED_BACKUPS_PRUNED: &str = "FailedBackupsPruned";
     /// The instance bootstrapping a restored cluster could not restore
     /// (also the reason of the cluster's `Stalled` condition).

@@ -29,6 +29,11 @@ pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_CONTROL: &str = "control";
 pub const COMPONENT_BACKUP: &str = "backup";
+/// A throwaway pod restoring a backup to prove it usable.
+pub const COMPONENT_VERIFY: &str = "verify";
+/// On a verification pod: the `PostgresBackup` it verifies (an annotation:
+/// object names may be longer than a label value).
+pub const BACKUP_ANNOTATION: &str = "capstan.dev/backup";
 
 /// Labels every child of `cluster` carries.
 pub fn common(cluster: &str, component: &str) -> BTreeMap<String, String> {
@@ -61,6 +66,14 @@ pub fn role_selector(cluster: &str, role: &str) -> BTreeMap<String, String> {
     let mut selector = instances_selector(cluster);
     selector.insert(ROLE.to_string(), role.to_string());
     selector
+}
+
+/// Selector for the verification pods of a cluster.
+pub fn verify_selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), COMPONENT_VERIFY.to_string()),
+    ])
 }
 
 /// Selector for the pooler pods of a cluster.

@@ -14,3 +14,4 @@ pub mod rbac;
 pub mod restore;
 pub mod secrets;
 pub mod services;
+pub mod verify;

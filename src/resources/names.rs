@@ -134,6 +134,21 @@ pub fn replication_slot(instance: &str) -> String {
     instance.replace('-', "_")
 }
 
+/// The verification pod of `PostgresBackup` `backup`: `<backup>-verify`,
+/// shortened with a hash of the full name when that would not be a valid
+/// object name (253 characters).
+pub fn verify_pod(backup: &str) -> String {
+    const SUFFIX: &str = "-verify";
+    if backup.len() + SUFFIX.len() <= 253 {
+        return format!("{backup}{SUFFIX}");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(backup.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let keep = &backup[..253 - SUFFIX.len() - hash.len() - 1];
+    format!("{}-{hash}{SUFFIX}", keep.trim_end_matches(['-', '.']))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -442,3 +442,51 @@ async fn grace_zero_and_removal_kill_at_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn termination_messages_come_from_the_file_or_the_log_on_failure() {
+    if !privileged() {
+        return;
+    }
+    let node = node();
+    node.rt.sync_pod(pod(json!({
+        "metadata": {"name": "messages"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 999, "runAsGroup": 999},
+            "containers": [
+                // As the API server defaults it; written by a non-root user.
+                {"name": "file", "image": "debian",
+                 "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                 "command": ["sh", "-c", "echo noise; printf '{\"passed\":true}' > /dev/termination-log; exit 1"]},
+                {"name": "fallback", "image": "debian",
+                 "terminationMessagePath": "/dev/termination-log",
+                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": ["sh", "-c", "echo first; echo the last words; exit 2"]},
+                {"name": "quiet", "image": "debian",
+                 "terminationMessagePath": "/dev/termination-log",
+                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                 "command": ["sh", "-c", "echo fine"]}
+            ]
+        }
+    })));
+    let status = wait_status(&node, "ns", "messages", "Failed", 30, |s| {
+        phase(s) == "Failed"
+    })
+    .await;
+    let message = |name: &str| {
+        container(&status, name)
+            .state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap()
+            .message
+    };
+    assert_eq!(message("file").as_deref(), Some("{\"passed\":true}"));
+    assert_eq!(
+        message("fallback").as_deref(),
+        Some("first\nthe last words")
+    );
+    assert_eq!(message("quiet"), None, "no fallback after a success");
+}

@@ -15,6 +15,8 @@ use crate::contract::instance::{InstanceReport, Role};
 pub mod phase {
     pub const PENDING: &str = "Pending";
     pub const RUNNING: &str = "Running";
+    /// Taken; a throwaway pod restores it (see `verify`).
+    pub const VERIFYING: &str = "Verifying";
     pub const COMPLETED: &str = "Completed";
     pub const FAILED: &str = "Failed";
 }
@@ -27,8 +29,13 @@ pub enum Step {
         instance: String,
         request: BackupRequest,
     },
-    /// The instance finished it: record the outcome.
-    Finish { backup: String, job: Box<BackupJob> },
+    /// The instance finished it: record the outcome; `verify`: whether a
+    /// completed backup is verified by restore, else why not.
+    Finish {
+        backup: String,
+        job: Box<BackupJob>,
+        verify: Result<(), String>,
+    },
     /// It cannot be taken at all (the message names the fix).
     Reject { backup: String, message: String },
     /// It waits; the message says for what.
@@ -75,6 +82,33 @@ pub fn in_flight(b: &PostgresBackup) -> bool {
     !matches!(phase_of(b), phase::COMPLETED | phase::FAILED)
 }
 
+/// Not taken yet: waiting for its turn or running. A backup being
+/// verified is taken; the next one need not wait for its verification.
+pub fn not_taken(b: &PostgresBackup) -> bool {
+    matches!(phase_of(b), phase::PENDING | phase::RUNNING)
+}
+
+/// Whether backup `b`, taken as `label`, is verified by restore: its own
+/// `spec.verify`, else full backups when `spec.backup.verify.enabled`.
+pub fn verification_wanted(
+    spec: Option<&BackupSpec>,
+    b: &PostgresBackup,
+    label: &str,
+) -> Result<(), String> {
+    // pgBackRest labels end in F, D or I by the type it took.
+    let full = label.ends_with('F');
+    match (b.spec.verify, spec.is_some_and(|s| s.verify.enabled)) {
+        (Some(true), _) => Ok(()),
+        (Some(false), _) => Err("spec.verify is false".into()),
+        (None, false) => Err("spec.backup.verify.enabled is false".into()),
+        (None, true) if full => Ok(()),
+        (None, true) => Err(
+            "only full backups are verified by default; set spec.verify: true to verify this one"
+                .into(),
+        ),
+    }
+}
+
 pub fn decide(input: &Input<'_>) -> Decision {
     // A running backup is followed to its end before another starts.
     if let Some(b) = input.backups.iter().find(|b| phase_of(b) == phase::RUNNING) {
@@ -92,6 +126,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 Some(j) => Some(Step::Finish {
                     backup: name.clone(),
                     job: Box::new(j.clone()),
+                    verify: verification_wanted(
+                        input.spec,
+                        b,
+                        j.result
+                            .as_ref()
+                            .map(|r| r.label.as_str())
+                            .unwrap_or_default(),
+                    ),
                 }),
                 None => Some(Step::Reject {
                     backup: name.clone(),
@@ -203,9 +245,10 @@ pub fn status(
     let mut out = previous.cloned().unwrap_or_default();
     out.schedules = schedules.status.clone();
     out.next_scheduled = schedules.next.clone();
+    // A backup being verified is in the repository already.
     let completed = backups
         .iter()
-        .filter(|b| phase_of(b) == phase::COMPLETED)
+        .filter(|b| matches!(phase_of(b), phase::COMPLETED | phase::VERIFYING))
         .filter_map(|b| {
             let s = b.status.as_ref()?;
             Some(BackupReference {

@@ -14,3 +14,4 @@ pub mod schedule;
 pub mod status;
 pub mod switchover;
 pub mod validate;
+pub mod verify;

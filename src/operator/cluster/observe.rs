@@ -39,6 +39,8 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// Pooler pods (their agents hold clients during a switchover).
     pub pooler_pods: Vec<Pod>,
+    /// Verification pods (restoring a backup to check it).
+    pub verify_pods: Vec<Pod>,
     pub pvcs: Vec<PersistentVolumeClaim>,
     pub pooler: Option<Deployment>,
     /// Names of the PodDisruptionBudgets that exist.
@@ -125,6 +127,7 @@ pub async fn observe(
     ]);
     let pods = cache::select(&caches.pods, ns, &labels::instances_selector(name));
     let pooler_pods = cache::select(&caches.pods, ns, &labels::pooler_selector(name));
+    let verify_pods = cache::select(&caches.pods, ns, &labels::verify_selector(name));
     let pvcs = cache::select(&caches.pvcs, ns, &labels::instances_selector(name));
     let pooler = cache::get(&caches.deployments, ns, &names::pooler(name));
     let backups = backups_of(&caches.backups, ns, name);
@@ -178,6 +181,7 @@ pub async fn observe(
     Ok(Observed {
         pods,
         pooler_pods,
+        verify_pods,
         pvcs,
         pooler,
         pdbs: pdbs.into_iter().collect(),

@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
 use super::operation::{self, Operation, is_terminating};
-use super::{retention, schedule};
+use super::{retention, schedule, verify};
 use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
@@ -90,6 +90,9 @@ pub struct Plan {
     pub create_backups: Vec<PostgresBackup>,
     /// The schedules: what is due, when each runs next.
     pub schedules: schedule::Decision,
+    /// Verification by restore, beside the operation (it touches no
+    /// instance).
+    pub verification: verify::Decision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +180,12 @@ pub fn plan(
         backup_objects(model, observed, status, &target_primary, &mut delete);
     delete.sort();
     delete.dedup();
+    let verification = verify::decide(&verify::Input {
+        model,
+        backups: &observed.backups,
+        pods: &observed.verify_pods,
+        now: observed.now,
+    });
 
     Ok(Plan {
         secrets: secret_actions(model, observed),
@@ -189,6 +198,7 @@ pub fn plan(
         operation,
         create_backups,
         schedules,
+        verification,
     })
 }
 

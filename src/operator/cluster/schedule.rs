@@ -16,7 +16,7 @@ use jiff::tz::TimeZone;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::backup::in_flight;
+use super::backup::not_taken;
 use crate::api::backup::BackupSchedule;
 use crate::api::pgbackup::{PostgresBackup, PostgresBackupSpec};
 use crate::api::status::{ScheduleStatus, ScheduledBackup};
@@ -225,7 +225,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
             .max_by_key(|b| (scheduled_at(b), b.creation_timestamp().map(|t| t.0)))
             .map(|b| b.name_any());
         let answered = own.iter().filter_map(|b| scheduled_at(b)).max();
-        let busy = own.iter().any(|b| in_flight(b));
+        let busy = own.iter().any(|b| not_taken(b));
         // A changed expression starts over from now.
         let overdue = input
             .previous

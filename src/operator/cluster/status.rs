@@ -26,6 +26,9 @@ pub const STALLED: &str = "Stalled";
 pub const DEGRADED: &str = "Degraded";
 /// Only with `spec.backup`: the primary's WAL reaches the repositories.
 pub const WAL_ARCHIVING: &str = "WalArchiving";
+/// Whether the newest verification by restore passed (absent until one
+/// finished).
+pub const BACKUP_VERIFIED: &str = "BackupVerified";
 
 /// A change people care about, published as an Event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,6 +319,21 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         g,
         &r.now,
     );
+    if let Some((passed, backup, message)) = super::verify::latest(&r.observed.backups) {
+        set(
+            &mut conditions,
+            BACKUP_VERIFIED,
+            passed,
+            if passed {
+                "VerificationPassed"
+            } else {
+                reason::BACKUP_VERIFICATION_FAILED
+            },
+            &format!("backup {backup}: {message}"),
+            g,
+            &r.now,
+        );
+    }
 
     let phase = if r.blocked.is_some() {
         Phase::Stalled

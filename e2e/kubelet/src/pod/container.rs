@@ -241,6 +241,12 @@ impl Worker {
                 read_only: true,
             });
         }
+        // terminationMessagePath: this run's own empty file.
+        if let Some(m) = super::termination::prepare(&sb.dir, &spec)
+            .map_err(|e| config_error(format!("cannot create the termination message file: {e}")))?
+        {
+            mounts.push(m);
+        }
         order_mounts(&mut mounts);
 
         let cwd = PathBuf::from(

@@ -5,6 +5,7 @@
 
 mod container;
 pub(crate) mod status;
+mod termination;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -778,11 +779,19 @@ impl Worker {
         let exit_code = status
             .and_then(|s| s.code())
             .unwrap_or(128 + signal.unwrap_or(libc::SIGKILL));
+        let (spec, runs) = {
+            let c = self.ctr(id);
+            (c.spec.clone(), c.runs)
+        };
+        let message = self.sandbox.as_ref().and_then(|sb| {
+            let log = crate::runtime::log_path(&sb.dir, &name, (runs - 1).max(0));
+            termination::message(&sb.dir, &spec, exit_code, &log)
+        });
         let term = Term {
             exit_code,
             signal,
             reason: if exit_code == 0 { "Completed" } else { "Error" }.to_string(),
-            message: None,
+            message,
             started: run.started_wall,
             finished: status::now(),
             container_id: run.container_id,

@@ -437,3 +437,38 @@ fn the_archiving_condition_follows_the_primarys_archiver() {
         missing.message
     );
 }
+
+#[test]
+fn full_backups_are_verified_by_default_and_spec_verify_decides_otherwise() {
+    let on = spec();
+    let mut off = spec();
+    off.verify.enabled = false;
+    let b = backup("b", "full", None, Some(phase::RUNNING));
+    assert_eq!(
+        verification_wanted(Some(&on), &b, "20261204-100000F"),
+        Ok(())
+    );
+    let incr = "20261204-100000F_20261204-110000I";
+    let e = verification_wanted(Some(&on), &b, incr).unwrap_err();
+    assert!(e.contains("spec.verify: true"), "{e}");
+    assert!(verification_wanted(Some(&off), &b, "20261204-100000F").is_err());
+    let mut asked = b.clone();
+    asked.spec.verify = Some(true);
+    assert_eq!(verification_wanted(Some(&off), &asked, incr), Ok(()));
+    asked.spec.verify = Some(false);
+    assert!(verification_wanted(Some(&on), &asked, "20261204-100000F").is_err());
+    // Verifying counts as taken: the schedule's next run need not wait.
+    assert!(!not_taken(&backup(
+        "v",
+        "full",
+        None,
+        Some(phase::VERIFYING)
+    )));
+    assert!(in_flight(&backup(
+        "v",
+        "full",
+        None,
+        Some(phase::VERIFYING)
+    )));
+    assert!(not_taken(&backup("p", "full", None, None)));
+}

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::Executor;
 use crate::contract::backup::{BackupJob, JobPhase};
 use crate::operator::cluster::backup::{Step, phase};
+use crate::operator::cluster::verify::phase as verify_phase;
 use crate::operator::report::{self, reason};
 
 impl Executor<'_> {
@@ -52,7 +53,7 @@ impl Executor<'_> {
                     }
                 }
             }
-            Step::Finish { job, .. } => self.finish(name, job).await,
+            Step::Finish { job, verify, .. } => self.finish(name, job, verify).await,
             Step::Reject { message, .. } => {
                 self.record(name, json!({"phase": phase::FAILED, "message": message}))
                     .await;
@@ -67,7 +68,7 @@ impl Executor<'_> {
         }
     }
 
-    async fn finish(&self, name: &str, job: &BackupJob) {
+    async fn finish(&self, name: &str, job: &BackupJob, verify: &Result<(), String>) {
         let stopped = job.finished_at.clone();
         if job.phase == JobPhase::Failed {
             let message = job
@@ -97,18 +98,29 @@ impl Executor<'_> {
             }
             _ => None,
         };
+        // Verified backups are `Completed` once their restore was checked.
+        let (phase, verification) = match verify {
+            Ok(()) => (
+                phase::VERIFYING,
+                json!({"phase": verify_phase::PENDING,
+                       "message": "waiting to be restored in a throwaway pod (one verification at a time per cluster)"}),
+            ),
+            Err(why) => (
+                phase::COMPLETED,
+                json!({"phase": verify_phase::SKIPPED, "message": format!("not verified: {why}")}),
+            ),
+        };
         self.record(
             name,
             json!({
-                "phase": phase::COMPLETED,
+                "phase": phase,
                 "label": r.label,
                 "stoppedAt": r.stopped_at.clone().or(stopped),
                 "durationSeconds": duration,
                 "lsnStart": r.lsn_start, "lsnStop": r.lsn_stop,
                 "walStart": r.wal_start, "walStop": r.wal_stop,
                 "size": r.size, "repositorySize": r.repository_size,
-                // Honest until restores verify backups (issue 11, item 4).
-                "verification": {"phase": "Skipped", "message": "verification by restore is not available in this Capstan build yet"},
+                "verification": verification,
                 "message": format!("completed: {}", r.label),
             }),
         )
@@ -139,7 +151,7 @@ impl Executor<'_> {
         }
     }
 
-    async fn record(&self, name: &str, status: Value) {
+    pub(super) async fn record(&self, name: &str, status: Value) {
         if let Err(e) =
             report::patch_backup_status(self.ctx, &self.model.namespace, name, status).await
         {

@@ -22,6 +22,7 @@ use tracing::warn;
 mod backup;
 mod failover;
 mod switchover;
+mod verify;
 
 use super::apply::relabel;
 use super::observe::Observed;
