@@ -16,7 +16,8 @@ use capstan::backup::repository::GcsCredentials;
 use capstan::backup::{BackupType, Repository, Restore, RestoreTarget};
 use support::backrest::{Pg, Setup, setup, values, write_config};
 use support::s3::pgbackrest;
-use support::stores::{AZURE_KEY, AzureKey, Azurite, FakeGcs, jwt_claims};
+use support::stores::azurite::{AZURE_KEY, AzureKey, Azurite};
+use support::stores::fake_gcs::{FakeGcs, jwt_claims};
 use support::{Ports, pg_bin};
 
 static PORTS: Ports = Ports::new(25500, 25600);
