@@ -152,6 +152,28 @@ async fn azure_archive_backup_and_restore_with_a_shared_key_and_a_sas() {
         .await
         .expect("incremental backup with a SAS");
     assert_eq!(sas.info(None).await.unwrap().backups.len(), 2);
+    // A SAS whose signature is wrong: refused, and pgBackRest's message
+    // (which lands on PostgresBackup objects) does not carry it.
+    let forged = format!(
+        "{}&sig=Zm9yZ2VkLXNpZ25hdHVyZQ%3D%3D",
+        store.account_sas().split("&sig=").next().unwrap()
+    );
+    config.repositories = vec![store.repository(
+        "/capstan/ns/db",
+        &root.join("forged"),
+        AzureKey::Sas(&forged),
+    )];
+    let forged_path = root.join("br/forged.conf");
+    write_config(&config, &forged_path);
+    let mut forged_runner = src.br.runner.clone();
+    forged_runner.config = forged_path;
+    let err = forged_runner
+        .backup(BackupType::Full, None)
+        .await
+        .unwrap_err();
+    let message = err.pgbackrest_message().unwrap_or_default().to_string();
+    assert!(message.contains("403"), "{err}");
+    assert!(!message.contains("Zm9yZ2Vk"), "signature leaked: {message}");
 
     // A wrong shared key: Azurite refuses the signature and pgBackRest's
     // own message comes back, without the key.
