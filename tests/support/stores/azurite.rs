@@ -48,7 +48,8 @@ impl Azurite {
             .arg(&ca.key_file)
             .arg("--location")
             .arg(dir.path().join("data"))
-            .args(["--skipApiVersionCheck", "--debug"])
+            // Azurite reports usage to Microsoft by default: tests talk to loopback only.
+            .args(["--skipApiVersionCheck", "--disableTelemetry", "--debug"])
             .arg(dir.path().join("debug.log"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
