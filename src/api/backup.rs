@@ -3,7 +3,8 @@
 //! restored from them.
 //!
 //! Only the API lives here; the operator fills in the rest (see
-//! `operator::cluster::validate`, which refuses these fields until it does).
+//! `operator::cluster::validate`, which refuses what this build cannot do
+//! yet: volume repositories and backups from a replica).
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
@@ -110,7 +111,7 @@ pub struct S3Repository {
     /// `host` (default): `bucket.endpoint` (virtual-hosted). `path`:
     /// `endpoint/bucket`, for stores without per-bucket DNS names.
     #[serde(default)]
-    pub uri_style: S3UriStyle,
+    pub uri_style: UriStyle,
 
     /// Verify the endpoint's TLS certificate (default true). Turn it off
     /// only for tests; prefer `caSecret` for a private CA.
@@ -127,7 +128,7 @@ pub struct S3Repository {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum S3UriStyle {
+pub enum UriStyle {
     #[default]
     Host,
     Path,
@@ -159,34 +160,33 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// A Secret in the cluster's namespace and the key holding the credential.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretCredentials {
-    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
-    pub secret_name: String,
-    #[schemars(length(min = 1, max = limits::SECRET_KEY_MAX), pattern(limits::SECRET_KEY_PATTERN))]
-    pub key: String,
-}
-
 /// Azure Blob Storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::azure_path_style_needs_endpoint())]
 pub struct AzureRepository {
-    /// Storage account name.
+    /// Storage account name (`devstoreaccount1` for Azurite).
     #[schemars(length(min = 3, max = 24), pattern(limits::AZURE_ACCOUNT_PATTERN))]
     pub account: String,
 
-    /// Blob container name.
+    /// Blob container name. The container must exist.
     #[schemars(length(min = 3, max = 63), pattern(limits::AZURE_CONTAINER_PATTERN))]
     pub container: String,
 
-    /// `host` or `host:port` without a scheme; default
-    /// `<account>.blob.core.windows.net`.
+    /// The blob service endpoint, `host` or `host:port` without a scheme
+    /// (pgBackRest always uses HTTPS); default `blob.core.windows.net`.
+    /// With `uriStyle: host` pgBackRest connects to `<account>.<endpoint>`;
+    /// with `path` to the endpoint itself, e.g. `azurite.storage.svc:10000`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = limits::HOST_MAX))]
     #[x_kube(validation = rules::endpoint("spec.backup.repositories[].azure.endpoint"))]
     pub endpoint: Option<String>,
+
+    /// `host` (default): the account is part of the host name (Azure).
+    /// `path`: the account is the first path segment, for emulators such
+    /// as Azurite; needs `endpoint`.
+    #[serde(default)]
+    pub uri_style: UriStyle,
 
     /// Path of the repository in the container; default
     /// `/capstan/<namespace>/<cluster>`.
@@ -195,17 +195,60 @@ pub struct AzureRepository {
     #[x_kube(validation = rules::repository_path())]
     pub path: Option<String>,
 
-    /// The Secret key holding the storage account's shared key.
-    pub credentials: SecretCredentials,
+    /// Verify the endpoint's TLS certificate (default true). Turn it off
+    /// only for tests; prefer `caSecret` for a private CA.
+    #[serde(default = "defaults::verify_tls")]
+    pub verify_tls: bool,
+
+    /// A private CA the endpoint's certificate is signed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+
+    /// The Secret key holding the shared key or the shared access
+    /// signature.
+    pub credentials: AzureCredentials,
+}
+
+/// Azure credentials: one key of a Secret in the cluster's namespace,
+/// read by the instance manager into pgBackRest's 0600 configuration file,
+/// never put on a command line.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureCredentials {
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
+    pub secret_name: String,
+    #[schemars(length(min = 1, max = limits::SECRET_KEY_MAX), pattern(limits::SECRET_KEY_PATTERN))]
+    pub key: String,
+    /// `shared` (default): the storage account's access key. `sas`: a
+    /// shared access signature (`sv=...&sig=...`, with or without the
+    /// leading `?`) allowing read, write, delete and list on the container.
+    #[serde(default)]
+    pub key_type: AzureKeyType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AzureKeyType {
+    #[default]
+    Shared,
+    Sas,
 }
 
 /// Google Cloud Storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GcsRepository {
-    /// Bucket name.
+    /// Bucket name. The bucket must exist.
     #[schemars(length(min = 3, max = 63), pattern(limits::BUCKET_PATTERN))]
     pub bucket: String,
+
+    /// `host` or `host:port` without a scheme (pgBackRest always uses
+    /// HTTPS); default `storage.googleapis.com`. Set it for a private
+    /// endpoint or an emulator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::HOST_MAX))]
+    #[x_kube(validation = rules::endpoint("spec.backup.repositories[].gcs.endpoint"))]
+    pub endpoint: Option<String>,
 
     /// Path of the repository in the bucket; default
     /// `/capstan/<namespace>/<cluster>`.
@@ -214,8 +257,41 @@ pub struct GcsRepository {
     #[x_kube(validation = rules::repository_path())]
     pub path: Option<String>,
 
-    /// The Secret key holding a service account key (JSON).
-    pub credentials: SecretCredentials,
+    /// Verify the endpoint's (and the token server's) TLS certificate
+    /// (default true). Turn it off only for tests; prefer `caSecret`.
+    #[serde(default = "defaults::verify_tls")]
+    pub verify_tls: bool,
+
+    /// A private CA the endpoint's certificate is signed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+
+    /// The Secret key holding a service account key (JSON) or a token.
+    pub credentials: GcsCredentials,
+}
+
+/// GCS credentials: one key of a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsCredentials {
+    #[schemars(length(min = 1, max = limits::OBJECT_NAME_MAX), pattern(limits::DNS_SUBDOMAIN_PATTERN))]
+    pub secret_name: String,
+    #[schemars(length(min = 1, max = limits::SECRET_KEY_MAX), pattern(limits::SECRET_KEY_PATTERN))]
+    pub key: String,
+    /// `service` (default): the JSON key file of a service account with
+    /// read and write access to the bucket; pgBackRest exchanges it for
+    /// access tokens at its `token_uri`. `token`: an OAuth access token,
+    /// used as it is (it expires: for tests and emulators).
+    #[serde(default)]
+    pub key_type: GcsKeyType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GcsKeyType {
+    #[default]
+    Service,
+    Token,
 }
 
 /// A PersistentVolumeClaim the operator creates for the repository.

@@ -314,6 +314,14 @@ pub fn endpoint(field: &str) -> Rule {
     )
 }
 
+/// Path-style Azure URIs are for emulators: without an endpoint pgBackRest
+/// would send `blob.core.windows.net/<account>/...`, which Azure refuses.
+pub fn azure_path_style_needs_endpoint() -> Rule {
+    Rule::new("!has(self.uriStyle) || self.uriStyle != 'path' || has(self.endpoint)")
+        .message("azure.uriStyle path puts the account in the path, which only emulators such as Azurite accept: set azure.endpoint to the emulator's host:port, or use uriStyle host for Azure")
+        .reason(Reason::FieldValueInvalid)
+}
+
 /// An absolute path of plain segments: `..` could climb into another
 /// cluster's repository.
 pub fn repository_path() -> Rule {

@@ -361,6 +361,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn azure_and_gcs_repositories_have_their_own_key_types() {
+        for kind in [
+            "spec.backup.repositories.[]",
+            "spec.bootstrap.restore.source.repository",
+        ] {
+            let azure = |f: &str| node(&format!("{kind}.azure.{f}"));
+            let gcs = |f: &str| node(&format!("{kind}.gcs.{f}"));
+            assert_eq!(azure("uriStyle")["enum"], json!(["host", "path"]));
+            assert_eq!(
+                azure("credentials.keyType")["enum"],
+                json!(["shared", "sas"])
+            );
+            assert_eq!(
+                gcs("credentials.keyType")["enum"],
+                json!(["service", "token"])
+            );
+            assert_eq!(azure("verifyTls")["default"], json!(true));
+            assert_eq!(gcs("verifyTls")["default"], json!(true));
+            for node in [azure("credentials"), gcs("credentials")] {
+                assert_eq!(node["required"], json!(["key", "secretName"]), "{kind}");
+            }
+        }
+    }
+
     fn backup_crd() -> Value {
         serde_json::to_value(crate::api::PostgresBackup::crd()).expect("json")
     }

@@ -40,6 +40,10 @@ pub enum ConfigError {
     },
     #[error("the credential file {path} is empty")]
     EmptySecret { path: String },
+    #[error(
+        "the GCS service account key {path} {problem}; put the JSON key file Google issued for the service account (with client_email, private_key and token_uri) in the Secret"
+    )]
+    InvalidServiceKey { path: String, problem: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -92,6 +96,9 @@ impl Secrets {
                 }
                 values.push(Secret::new(value));
             }
+            if let Some(path) = repo.service_key_file() {
+                check_service_key(path)?;
+            }
             all.push(values);
         }
         Ok(Self(all))
@@ -104,6 +111,31 @@ impl Secrets {
 
     fn get(&self, repo: usize, index: usize) -> Option<&Secret> {
         self.0.get(repo)?.get(index)
+    }
+}
+
+/// pgBackRest reads a GCS service key itself and fails on a bad one with
+/// an internal assertion; checked here first to say what is wrong (never
+/// showing the key).
+fn check_service_key(path: &Path) -> Result<(), ConfigError> {
+    let invalid = |problem: String| ConfigError::InvalidServiceKey {
+        path: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadSecret {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| invalid("is not JSON".to_string()))?;
+    let missing: Vec<&str> = ["client_email", "private_key", "token_uri"]
+        .into_iter()
+        .filter(|field| !json.get(field).is_some_and(serde_json::Value::is_string))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(format!("has no {}", missing.join(", "))))
     }
 }
 
@@ -286,6 +318,7 @@ fn repository(
             }
         }
         Storage::Azure(Azure {
+            account,
             container,
             endpoint,
             port,
@@ -293,10 +326,16 @@ fn repository(
             tls: t,
             credentials,
         }) => {
-            if container.is_empty() {
-                return Err(invalid("Azure needs a container"));
+            if account.is_empty() || container.is_empty() {
+                return Err(invalid("Azure needs a storage account and a container"));
+            }
+            if endpoint.as_deref().is_some_and(|e| e.contains(['/', ':'])) {
+                return Err(invalid(
+                    "the Azure endpoint is a host name without a scheme or port; pgBackRest always uses HTTPS",
+                ));
             }
             s.set(&format!("repo{n}-type"), "azure")?;
+            s.set(&format!("repo{n}-azure-account"), account)?;
             s.set(&format!("repo{n}-azure-container"), container)?;
             if let Some(endpoint) = endpoint {
                 s.set(&format!("repo{n}-azure-endpoint"), endpoint)?;
@@ -306,17 +345,20 @@ fn repository(
             }
             s.set(&format!("repo{n}-azure-uri-style"), uri_style(*style))?;
             tls(s, n, t)?;
-            if let AzureCredentials::Files { .. } = credentials {
-                s.set(
-                    &format!("repo{n}-azure-account"),
-                    secret(secrets, index, 0, "storage account")?,
-                )?;
-                s.set(&format!("repo{n}-azure-key-type"), "shared")?;
-                s.set(
-                    &format!("repo{n}-azure-key"),
-                    secret(secrets, index, 1, "shared key")?,
-                )?;
-            }
+            let (key_type, key) = match credentials {
+                AzureCredentials::SharedKey(_) => {
+                    ("shared", secret(secrets, index, 0, "shared key")?)
+                }
+                // pgBackRest parses the signature as a query string; the
+                // portal shows it with a leading '?', which would end up in
+                // the first parameter's name.
+                AzureCredentials::Sas(_) => (
+                    "sas",
+                    secret(secrets, index, 0, "shared access signature")?.trim_start_matches('?'),
+                ),
+            };
+            s.set(&format!("repo{n}-azure-key-type"), key_type)?;
+            s.set(&format!("repo{n}-azure-key"), key)?;
         }
         Storage::Gcs(Gcs {
             bucket,
@@ -326,6 +368,11 @@ fn repository(
         }) => {
             if bucket.is_empty() {
                 return Err(invalid("GCS needs a bucket"));
+            }
+            if endpoint.as_deref().is_some_and(|e| e.contains('/')) {
+                return Err(invalid(
+                    "the GCS endpoint is host or host:port without a scheme; pgBackRest always uses HTTPS",
+                ));
             }
             s.set(&format!("repo{n}-type"), "gcs")?;
             s.set(&format!("repo{n}-gcs-bucket"), bucket)?;
@@ -337,6 +384,13 @@ fn repository(
                 GcsCredentials::ServiceKeyFile(path) => {
                     s.set(&format!("repo{n}-gcs-key-type"), "service")?;
                     s.path(&format!("repo{n}-gcs-key"), path)?;
+                }
+                GcsCredentials::TokenFile(_) => {
+                    s.set(&format!("repo{n}-gcs-key-type"), "token")?;
+                    s.set(
+                        &format!("repo{n}-gcs-key"),
+                        secret(secrets, index, 0, "access token")?,
+                    )?;
                 }
                 GcsCredentials::InstanceRole => s.set(&format!("repo{n}-gcs-key-type"), "auto")?,
             }

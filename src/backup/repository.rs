@@ -29,6 +29,18 @@ pub enum Storage {
     Gcs(Gcs),
 }
 
+impl Storage {
+    /// The kind as the API spells it (`spec.backup.repositories[].<kind>`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Storage::Posix => "volume",
+            Storage::S3(_) => "s3",
+            Storage::Azure(_) => "azure",
+            Storage::Gcs(_) => "gcs",
+        }
+    }
+}
+
 /// An S3-compatible object store. pgBackRest speaks HTTPS only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -88,32 +100,43 @@ pub enum S3Credentials {
     InstanceRole,
 }
 
+/// Azure Blob Storage (`repoN-type=azure`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Azure {
+    /// Storage account name (`repoN-azure-account`); not a secret.
+    pub account: String,
     pub container: String,
-    /// Host name when not `blob.core.windows.net` (e.g. Azurite).
+    /// The blob service endpoint when not `blob.core.windows.net` (Azure
+    /// Government, or an emulator such as Azurite), host only.
     pub endpoint: Option<String>,
+    /// Set when the endpoint does not listen on 443.
     pub port: Option<u16>,
-    /// `Path` for Azurite and other emulators.
+    /// `Host`: `<account>.<endpoint>` (Azure). `Path`: `<endpoint>/<account>`
+    /// (Azurite and other emulators).
     pub uri_style: UriStyle,
     pub tls: Tls,
     pub credentials: AzureCredentials,
 }
 
+/// The file (a mounted Secret key) holding the repository's key; its
+/// content goes into the 0600 configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum AzureCredentials {
-    /// Files holding the storage account name and its shared key.
-    Files { account: PathBuf, key: PathBuf },
-    /// `PGBACKREST_REPO<N>_AZURE_ACCOUNT` / `_AZURE_KEY` in the environment.
-    Environment,
+    /// The storage account's shared key (`repoN-azure-key-type=shared`).
+    SharedKey(PathBuf),
+    /// A shared access signature (`repoN-azure-key-type=sas`).
+    Sas(PathBuf),
 }
 
+/// Google Cloud Storage (`repoN-type=gcs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Gcs {
     pub bucket: String,
+    /// `host` or `host:port` when not `storage.googleapis.com` (pgBackRest
+    /// takes the port in the endpoint for GCS, not `repoN-storage-port`).
     pub endpoint: Option<String>,
     pub tls: Tls,
     pub credentials: GcsCredentials,
@@ -122,9 +145,12 @@ pub struct Gcs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum GcsCredentials {
-    /// A service account key file; pgBackRest reads it itself, so only the
-    /// path is in the configuration.
+    /// A service account key file (JSON); pgBackRest reads it itself, so
+    /// only the path is in the configuration.
     ServiceKeyFile(PathBuf),
+    /// A file holding an OAuth access token (`repoN-gcs-key-type=token`);
+    /// its content goes into the 0600 configuration file.
+    TokenFile(PathBuf),
     /// The instance's cloud identity (`repoN-gcs-key-type=auto`).
     InstanceRole,
 }
@@ -170,7 +196,8 @@ impl Repository {
         }
     }
 
-    /// The files this repository's credentials are read from.
+    /// The files whose contents go into the configuration, in the order
+    /// [`super::config::Secrets`] holds them.
     pub fn secret_files(&self) -> Vec<&Path> {
         match &self.storage {
             Storage::S3(S3 {
@@ -182,10 +209,25 @@ impl Repository {
                 ..
             }) => vec![access_key_id, secret_access_key],
             Storage::Azure(Azure {
-                credentials: AzureCredentials::Files { account, key },
+                credentials: AzureCredentials::SharedKey(key) | AzureCredentials::Sas(key),
                 ..
-            }) => vec![account, key],
+            }) => vec![key],
+            Storage::Gcs(Gcs {
+                credentials: GcsCredentials::TokenFile(token),
+                ..
+            }) => vec![token],
             _ => vec![],
+        }
+    }
+
+    /// The GCS service account key file pgBackRest reads itself, if any.
+    pub fn service_key_file(&self) -> Option<&Path> {
+        match &self.storage {
+            Storage::Gcs(Gcs {
+                credentials: GcsCredentials::ServiceKeyFile(path),
+                ..
+            }) => Some(path),
+            _ => None,
         }
     }
 }

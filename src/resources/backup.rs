@@ -9,10 +9,12 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 
 use crate::api::backup::{
-    BackupRepository, BackupSpec, S3Repository, S3UriStyle, default_repository_path,
+    AzureKeyType, AzureRepository, BackupRepository, BackupSpec, GcsKeyType, GcsRepository,
+    S3Repository, SecretKeyRef, UriStyle as ApiUriStyle, default_repository_path,
 };
 use crate::backup::repository::{
-    Repository, Retention, RetentionType, S3, S3Credentials, Storage, Tls, UriStyle,
+    Azure, AzureCredentials, Gcs, GcsCredentials, Repository, Retention, RetentionType, S3,
+    S3Credentials, Storage, Tls, UriStyle,
 };
 use crate::contract::backup::{BackupSettings, secrets_dir};
 
@@ -22,11 +24,15 @@ use super::model::Model;
 pub mod files {
     pub const S3_KEY: &str = "s3-key";
     pub const S3_KEY_SECRET: &str = "s3-key-secret";
+    /// The Azure shared key or shared access signature.
+    pub const AZURE_KEY: &str = "azure-key";
+    /// The GCS service account key (JSON) or token.
+    pub const GCS_KEY: &str = "gcs-key";
     pub const CA: &str = "ca.crt";
 }
 
 /// The `backup` block of `instance.json`; `None` without `spec.backup`.
-/// Repositories other than S3 are refused by validation before this runs.
+/// Volume repositories are refused by validation before this runs.
 pub fn settings(model: &Model) -> Option<BackupSettings> {
     let spec = model.spec.backup.as_ref()?;
     Some(BackupSettings {
@@ -43,12 +49,11 @@ pub fn settings(model: &Model) -> Option<BackupSettings> {
 }
 
 fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Repository> {
-    let s3 = repo.s3.as_ref()?;
+    let store = ObjectStore::of(&repo.s3, &repo.azure, &repo.gcs)?;
     Some(Repository {
-        storage: s3_storage(s3, Path::new(&secrets_dir(n))),
-        path: s3
-            .path
-            .clone()
+        storage: store.storage(Path::new(&secrets_dir(n))),
+        path: store
+            .path()
             .unwrap_or_else(|| default_repository_path(&model.namespace, &model.name)),
         retention: Retention {
             full: u32::try_from(repo.retention.full).ok(),
@@ -63,28 +68,174 @@ fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Reposi
     })
 }
 
-/// pgBackRest's view of an S3 repository whose credential files are
-/// mounted in `dir` (by [`s3_volumes`]).
-pub(super) fn s3_storage(s3: &S3Repository, dir: &Path) -> Storage {
-    let (endpoint, port) = split_endpoint(&s3.endpoint);
-    Storage::S3(S3 {
-        endpoint,
-        port,
-        region: s3.region.clone(),
-        bucket: s3.bucket.clone(),
-        uri_style: match s3.uri_style {
-            S3UriStyle::Host => UriStyle::Host,
-            S3UriStyle::Path => UriStyle::Path,
-        },
-        tls: Tls {
-            verify: s3.verify_tls,
-            ca_file: s3.ca_secret.as_ref().map(|_| dir.join(files::CA)),
-        },
-        credentials: S3Credentials::Files {
-            access_key_id: dir.join(files::S3_KEY),
-            secret_access_key: dir.join(files::S3_KEY_SECRET),
-        },
-    })
+/// An object-store repository of the API, as a backup repository or a
+/// restore source gives it (admission allows exactly one kind).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ObjectStore<'a> {
+    S3(&'a S3Repository),
+    Azure(&'a AzureRepository),
+    Gcs(&'a GcsRepository),
+}
+
+impl<'a> ObjectStore<'a> {
+    pub(super) fn of(
+        s3: &'a Option<S3Repository>,
+        azure: &'a Option<AzureRepository>,
+        gcs: &'a Option<GcsRepository>,
+    ) -> Option<Self> {
+        s3.as_ref()
+            .map(Self::S3)
+            .or_else(|| azure.as_ref().map(Self::Azure))
+            .or_else(|| gcs.as_ref().map(Self::Gcs))
+    }
+
+    /// The repository path the spec sets.
+    pub(super) fn path(self) -> Option<String> {
+        match self {
+            Self::S3(r) => r.path.clone(),
+            Self::Azure(r) => r.path.clone(),
+            Self::Gcs(r) => r.path.clone(),
+        }
+    }
+
+    fn ca_secret(self) -> Option<&'a SecretKeyRef> {
+        match self {
+            Self::S3(r) => r.ca_secret.as_ref(),
+            Self::Azure(r) => r.ca_secret.as_ref(),
+            Self::Gcs(r) => r.ca_secret.as_ref(),
+        }
+    }
+
+    /// pgBackRest's view of the store whose credential files are mounted
+    /// in `dir` (by [`ObjectStore::volumes`]).
+    pub(super) fn storage(self, dir: &Path) -> Storage {
+        let tls = |verify: bool| Tls {
+            verify,
+            ca_file: self.ca_secret().map(|_| dir.join(files::CA)),
+        };
+        match self {
+            Self::S3(s3) => {
+                let (endpoint, port) = split_endpoint(&s3.endpoint);
+                Storage::S3(S3 {
+                    endpoint,
+                    port,
+                    region: s3.region.clone(),
+                    bucket: s3.bucket.clone(),
+                    uri_style: uri_style(s3.uri_style),
+                    tls: tls(s3.verify_tls),
+                    credentials: S3Credentials::Files {
+                        access_key_id: dir.join(files::S3_KEY),
+                        secret_access_key: dir.join(files::S3_KEY_SECRET),
+                    },
+                })
+            }
+            Self::Azure(azure) => {
+                let (endpoint, port) = match azure.endpoint.as_deref().map(split_endpoint) {
+                    Some((host, port)) => (Some(host), port),
+                    None => (None, None),
+                };
+                let key = dir.join(files::AZURE_KEY);
+                Storage::Azure(Azure {
+                    account: azure.account.clone(),
+                    container: azure.container.clone(),
+                    endpoint,
+                    port,
+                    uri_style: uri_style(azure.uri_style),
+                    tls: tls(azure.verify_tls),
+                    credentials: match azure.credentials.key_type {
+                        AzureKeyType::Shared => AzureCredentials::SharedKey(key),
+                        AzureKeyType::Sas => AzureCredentials::Sas(key),
+                    },
+                })
+            }
+            // pgBackRest takes a GCS endpoint's port in the endpoint itself.
+            Self::Gcs(gcs) => {
+                let key = dir.join(files::GCS_KEY);
+                Storage::Gcs(Gcs {
+                    bucket: gcs.bucket.clone(),
+                    endpoint: gcs.endpoint.clone(),
+                    tls: tls(gcs.verify_tls),
+                    credentials: match gcs.credentials.key_type {
+                        GcsKeyType::Service => GcsCredentials::ServiceKeyFile(key),
+                        GcsKeyType::Token => GcsCredentials::TokenFile(key),
+                    },
+                })
+            }
+        }
+    }
+
+    /// The Secret volumes of the store: its credentials in the directory
+    /// `dir` (volume `name`) under fixed file names, its private CA beside
+    /// them. `optional`: a missing Secret or key does not keep the pod
+    /// from starting; the instance manager reports the missing file
+    /// instead.
+    pub(super) fn volumes(
+        self,
+        name: &str,
+        dir: &str,
+        optional: bool,
+    ) -> Vec<(Volume, VolumeMount)> {
+        let item = |key: &str, path: &str| KeyToPath {
+            key: key.to_string(),
+            path: path.to_string(),
+            mode: None,
+        };
+        let (secret, items) = match self {
+            Self::S3(s3) => (
+                &s3.credentials.secret_name,
+                vec![
+                    item(&s3.credentials.access_key_id_key, files::S3_KEY),
+                    item(&s3.credentials.secret_access_key_key, files::S3_KEY_SECRET),
+                ],
+            ),
+            Self::Azure(azure) => (
+                &azure.credentials.secret_name,
+                vec![item(&azure.credentials.key, files::AZURE_KEY)],
+            ),
+            Self::Gcs(gcs) => (
+                &gcs.credentials.secret_name,
+                vec![item(&gcs.credentials.key, files::GCS_KEY)],
+            ),
+        };
+        let volume = |name: String, secret: &str, items: Vec<KeyToPath>| Volume {
+            name,
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_string()),
+                items: Some(items),
+                default_mode: Some(0o600),
+                optional: Some(optional),
+            }),
+            ..Volume::default()
+        };
+        let mount = |name: &str, sub: Option<&str>| VolumeMount {
+            name: name.to_string(),
+            mount_path: match sub {
+                Some(file) => format!("{dir}/{file}"),
+                None => dir.to_string(),
+            },
+            sub_path: sub.map(str::to_string),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        };
+        let mut out = vec![(volume(name.to_string(), secret, items), mount(name, None))];
+        // A sub-path mount does not follow a rotated Secret, but a CA changes
+        // rarely and the keys beside it (a directory mount) do follow.
+        if let Some(ca) = self.ca_secret() {
+            let ca_name = format!("{name}-ca");
+            out.push((
+                volume(ca_name.clone(), &ca.name, vec![item(&ca.key, files::CA)]),
+                mount(&ca_name, Some(files::CA)),
+            ));
+        }
+        out
+    }
+}
+
+fn uri_style(style: ApiUriStyle) -> UriStyle {
+    match style {
+        ApiUriStyle::Host => UriStyle::Host,
+        ApiUriStyle::Path => UriStyle::Path,
+    }
 }
 
 /// `host:port` → (`host`, port); admission allows nothing else.
@@ -107,7 +258,8 @@ pub fn archive_timeout_seconds(spec: &BackupSpec) -> u64 {
     }
 }
 
-/// One Secret volume per S3 repository, its keys under fixed file names.
+/// One set of Secret volumes per object-store repository, its keys under
+/// fixed file names.
 pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
     let Some(spec) = model.spec.backup.as_ref() else {
         return vec![];
@@ -115,67 +267,9 @@ pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
     spec.repositories
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some((i + 1, r.s3.as_ref()?)))
-        .flat_map(|(n, s3)| s3_volumes(s3, &format!("backup-repo{n}"), &secrets_dir(n), false))
+        .filter_map(|(i, r)| Some((i + 1, ObjectStore::of(&r.s3, &r.azure, &r.gcs)?)))
+        .flat_map(|(n, store)| store.volumes(&format!("backup-repo{n}"), &secrets_dir(n), false))
         .collect()
-}
-
-/// The Secret volumes of an S3 repository: its keys in the directory `dir`
-/// (volume `name`), its private CA beside them. `optional`: a missing
-/// Secret or key does not keep the pod from starting; the instance
-/// manager reports the missing file instead.
-pub(super) fn s3_volumes(
-    s3: &S3Repository,
-    name: &str,
-    dir: &str,
-    optional: bool,
-) -> Vec<(Volume, VolumeMount)> {
-    let item = |key: &str, path: &str| KeyToPath {
-        key: key.to_string(),
-        path: path.to_string(),
-        mode: None,
-    };
-    let volume = |name: String, secret: &str, items: Vec<KeyToPath>| Volume {
-        name,
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.to_string()),
-            items: Some(items),
-            default_mode: Some(0o600),
-            optional: Some(optional),
-        }),
-        ..Volume::default()
-    };
-    let mount = |name: &str, sub: Option<&str>| VolumeMount {
-        name: name.to_string(),
-        mount_path: match sub {
-            Some(file) => format!("{dir}/{file}"),
-            None => dir.to_string(),
-        },
-        sub_path: sub.map(str::to_string),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    let mut out = vec![(
-        volume(
-            name.to_string(),
-            &s3.credentials.secret_name,
-            vec![
-                item(&s3.credentials.access_key_id_key, files::S3_KEY),
-                item(&s3.credentials.secret_access_key_key, files::S3_KEY_SECRET),
-            ],
-        ),
-        mount(name, None),
-    )];
-    // A sub-path mount does not follow a rotated Secret, but a CA changes
-    // rarely and the keys beside it (a directory mount) do follow.
-    if let Some(ca) = &s3.ca_secret {
-        let ca_name = format!("{name}-ca");
-        out.push((
-            volume(ca_name.clone(), &ca.name, vec![item(&ca.key, files::CA)]),
-            mount(&ca_name, Some(files::CA)),
-        ));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -268,6 +362,111 @@ pub(super) mod tests {
         assert_eq!(
             s3.tls.ca_file.as_deref(),
             Some(std::path::Path::new("/etc/capstan/backup/repo1/ca.crt"))
+        );
+    }
+
+    #[test]
+    fn an_azure_repository_mounts_its_key_and_keeps_the_account_in_the_settings() {
+        let m = with_backup(serde_json::json!({"repositories": [
+            {"name": "repo1", "s3": s3(serde_json::json!({}))},
+            {"name": "repo2", "azure": {"account": "devstoreaccount1", "container": "pg",
+                "endpoint": "azurite.store:10000", "uriStyle": "path",
+                "caSecret": {"name": "store-ca", "key": "ca.pem"},
+                "credentials": {"secretName": "az", "key": "sas-token", "keyType": "sas"}}}
+        ]}));
+        let s = settings(&m).unwrap();
+        assert_eq!(s.repositories.len(), 2);
+        assert_eq!(s.repositories[1].path, "/capstan/ns/db");
+        assert_eq!(
+            s.repositories[1].storage,
+            Storage::Azure(Azure {
+                account: "devstoreaccount1".into(),
+                container: "pg".into(),
+                endpoint: Some("azurite.store".into()),
+                port: Some(10000),
+                uri_style: UriStyle::Path,
+                tls: Tls {
+                    verify: true,
+                    ca_file: Some("/etc/capstan/backup/repo2/ca.crt".into()),
+                },
+                credentials: AzureCredentials::Sas("/etc/capstan/backup/repo2/azure-key".into()),
+            })
+        );
+        let v = volumes(&m);
+        let names: Vec<&str> = v.iter().map(|(v, _)| v.name.as_str()).collect();
+        assert_eq!(names, ["backup-repo1", "backup-repo2", "backup-repo2-ca"]);
+        let secret = v[1].0.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("az"));
+        assert_eq!(secret.optional, Some(false));
+        let items: Vec<(&str, &str)> = secret
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(items, [("sas-token", "azure-key")]);
+        assert_eq!(v[1].1.mount_path, "/etc/capstan/backup/repo2");
+        assert_eq!(v[2].1.mount_path, "/etc/capstan/backup/repo2/ca.crt");
+        // Azure itself: the default endpoint, a shared key.
+        let m = with_backup(serde_json::json!({"repositories": [
+            {"name": "repo1", "azure": {"account": "acct", "container": "pg", "path": "/x",
+                "credentials": {"secretName": "az", "key": "AZURE_STORAGE_KEY"}}}]}));
+        let repo = &settings(&m).unwrap().repositories[0];
+        assert_eq!(repo.path, "/x");
+        let Storage::Azure(a) = &repo.storage else {
+            panic!("{repo:?}")
+        };
+        assert_eq!(
+            (a.endpoint.as_deref(), a.port, a.uri_style),
+            (None, None, UriStyle::Host)
+        );
+        assert_eq!(
+            a.credentials,
+            AzureCredentials::SharedKey("/etc/capstan/backup/repo1/azure-key".into())
+        );
+    }
+
+    #[test]
+    fn a_gcs_repository_mounts_its_key_file_where_pgbackrest_reads_it() {
+        let gcs = |key_type: &str, endpoint: Option<&str>| {
+            with_backup(serde_json::json!({"repositories": [
+                {"name": "repo1", "gcs": {"bucket": "pg-backups", "endpoint": endpoint,
+                    "verifyTls": false,
+                    "credentials": {"secretName": "gcs", "key": "key.json", "keyType": key_type}}}]}))
+        };
+        let m = gcs("service", None);
+        let Storage::Gcs(g) = &settings(&m).unwrap().repositories[0].storage else {
+            panic!()
+        };
+        assert_eq!(g.bucket, "pg-backups");
+        assert_eq!(g.endpoint, None);
+        assert!(!g.tls.verify && g.tls.ca_file.is_none());
+        assert_eq!(
+            g.credentials,
+            GcsCredentials::ServiceKeyFile("/etc/capstan/backup/repo1/gcs-key".into())
+        );
+        let v = volumes(&m);
+        assert_eq!(v.len(), 1);
+        let items: Vec<(&str, &str)> = v[0]
+            .0
+            .secret
+            .as_ref()
+            .unwrap()
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(items, [("key.json", "gcs-key")]);
+        // pgBackRest takes the port in a GCS endpoint.
+        let m = gcs("token", Some("gcs.store:4443"));
+        let Storage::Gcs(g) = &settings(&m).unwrap().repositories[0].storage else {
+            panic!()
+        };
+        assert_eq!(g.endpoint.as_deref(), Some("gcs.store:4443"));
+        assert_eq!(
+            g.credentials,
+            GcsCredentials::TokenFile("/etc/capstan/backup/repo1/gcs-key".into())
         );
     }
 

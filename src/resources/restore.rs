@@ -12,25 +12,24 @@ use crate::backup::repository::{Repository, Retention};
 use crate::contract::layout::RESTORE_SECRETS_DIR;
 use crate::contract::restore::{RestoreSettings, RestoreTarget};
 
-use super::backup::{s3_storage, s3_volumes};
+use super::backup::ObjectStore;
 use super::model::Model;
 
 /// Volume name of the source's credentials.
 const VOLUME: &str = "restore-source";
 
 /// The `restore` block of `instance.json`; `None` without
-/// `spec.bootstrap.restore`. Sources other than S3 are refused by
-/// validation before this runs.
+/// `spec.bootstrap.restore`. Volume sources are refused by validation
+/// before this runs.
 pub fn settings(model: &Model) -> Option<RestoreSettings> {
     let restore = model.spec.bootstrap.restore.as_ref()?;
-    let s3 = restore.source.repository.s3.as_ref()?;
+    let store = source_store(restore)?;
     let stanza = source_cluster(model, restore).to_string();
     Some(RestoreSettings {
         repository: Repository {
-            storage: s3_storage(s3, Path::new(RESTORE_SECRETS_DIR)),
-            path: s3
-                .path
-                .clone()
+            storage: store.storage(Path::new(RESTORE_SECRETS_DIR)),
+            path: store
+                .path()
                 .unwrap_or_else(|| default_repository_path(&model.namespace, &stanza)),
             // Only read from: nothing is ever expired there by this cluster.
             retention: Retention::default(),
@@ -38,6 +37,11 @@ pub fn settings(model: &Model) -> Option<RestoreSettings> {
         target: target(restore),
         stanza,
     })
+}
+
+fn source_store(restore: &RestoreSpec) -> Option<ObjectStore<'_>> {
+    let r = &restore.source.repository;
+    ObjectStore::of(&r.s3, &r.azure, &r.gcs)
 }
 
 /// The cluster that wrote the backups: its name is the stanza.
@@ -73,15 +77,15 @@ pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
         .bootstrap
         .restore
         .as_ref()
-        .and_then(|r| r.source.repository.s3.as_ref())
-        .map(|s3| s3_volumes(s3, VOLUME, RESTORE_SECRETS_DIR, true))
+        .and_then(source_store)
+        .map(|store| store.volumes(VOLUME, RESTORE_SECRETS_DIR, true))
         .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::repository::{S3Credentials, Storage};
+    use crate::backup::repository::{AzureCredentials, GcsCredentials, S3Credentials, Storage};
     use crate::resources::backup::tests::s3;
     use crate::resources::model::fixtures::model;
     use serde_json::json;
@@ -151,6 +155,47 @@ mod tests {
         let m = with_restore(json!({"source": {"cluster": "orders",
             "repository": {"s3": s3(json!({"path": "/elsewhere/orders"}))}}}));
         assert_eq!(settings(&m).unwrap().repository.path, "/elsewhere/orders");
+    }
+
+    #[test]
+    fn azure_and_gcs_sources_mount_their_keys_optional() {
+        let m = with_restore(
+            json!({"source": {"cluster": "orders", "repository": {"azure": {
+            "account": "acct", "container": "pg",
+            "credentials": {"secretName": "az", "key": "AZURE_STORAGE_KEY"}}}}}),
+        );
+        let s = settings(&m).unwrap();
+        assert_eq!(s.stanza, "orders");
+        assert_eq!(s.repository.path, "/capstan/ns/orders");
+        let Storage::Azure(a) = &s.repository.storage else {
+            panic!("not Azure: {:?}", s.repository.storage)
+        };
+        assert_eq!(
+            a.credentials,
+            AzureCredentials::SharedKey("/etc/capstan/restore/azure-key".into())
+        );
+        let v = volumes(&m);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0.secret.as_ref().unwrap().optional, Some(true));
+        assert_eq!(v[0].1.mount_path, "/etc/capstan/restore");
+
+        let m = with_restore(json!({"source": {"repository": {"gcs": {
+            "bucket": "pg-backups", "path": "/elsewhere",
+            "credentials": {"secretName": "gcs", "key": "key.json"}}}}}));
+        let s = settings(&m).unwrap();
+        assert_eq!(s.repository.path, "/elsewhere");
+        let Storage::Gcs(g) = &s.repository.storage else {
+            panic!("not GCS: {:?}", s.repository.storage)
+        };
+        assert_eq!(
+            g.credentials,
+            GcsCredentials::ServiceKeyFile("/etc/capstan/restore/gcs-key".into())
+        );
+        let v = volumes(&m);
+        assert_eq!(
+            v[0].0.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("gcs")
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod backrest;
 pub mod posix;
 pub mod s3;
+pub mod stores;
 pub mod tools;
 
 use std::io::{Read, Write};

@@ -125,6 +125,7 @@ fn several_repositories_are_numbered_in_order() {
     };
     let azure = Repository {
         storage: Storage::Azure(Azure {
+            account: "devstoreaccount1".into(),
             container: "c".into(),
             endpoint: Some("azurite".into()),
             port: Some(10000),
@@ -133,27 +134,162 @@ fn several_repositories_are_numbered_in_order() {
                 verify: false,
                 ca_file: None,
             },
-            credentials: AzureCredentials::Files {
-                account: "/s/a".into(),
-                key: "/s/k".into(),
-            },
+            credentials: AzureCredentials::SharedKey("/s/k".into()),
         }),
         path: "/db".into(),
         retention: Retention::default(),
     };
-    let secrets = Secrets::from_values(vec![
-        vec![],
-        vec![],
-        vec![Secret::new("acct"), Secret::new("a2V5")],
-    ]);
+    let secrets = Secrets::from_values(vec![vec![], vec![], vec![Secret::new("a2V5")]]);
     let text = render(&base(vec![posix, gcs, azure]), &secrets).unwrap();
     for line in [
         "repo1-type=posix\nrepo1-path=/backups/db\nrepo1-retention-full=7\nrepo1-retention-full-type=time\n",
         "repo2-type=gcs\nrepo2-gcs-bucket=b\nrepo2-storage-verify-tls=y\nrepo2-gcs-key-type=service\nrepo2-gcs-key=/s/gcs.json\nrepo2-path=/db\n",
-        "repo3-type=azure\nrepo3-azure-container=c\nrepo3-azure-endpoint=azurite\nrepo3-storage-port=10000\nrepo3-azure-uri-style=path\nrepo3-storage-verify-tls=n\nrepo3-azure-account=acct\nrepo3-azure-key-type=shared\nrepo3-azure-key=a2V5\nrepo3-path=/db\n",
+        "repo3-type=azure\nrepo3-azure-account=devstoreaccount1\nrepo3-azure-container=c\nrepo3-azure-endpoint=azurite\nrepo3-storage-port=10000\nrepo3-azure-uri-style=path\nrepo3-storage-verify-tls=n\nrepo3-azure-key-type=shared\nrepo3-azure-key=a2V5\nrepo3-path=/db\n",
     ] {
         assert!(text.contains(line), "missing\n{line}\nin\n{text}");
     }
+}
+
+fn azure(credentials: AzureCredentials) -> Repository {
+    Repository {
+        storage: Storage::Azure(Azure {
+            account: "acct".into(),
+            container: "pg".into(),
+            endpoint: None,
+            port: None,
+            uri_style: UriStyle::Host,
+            tls: Tls::default(),
+            credentials,
+        }),
+        path: "/db".into(),
+        retention: Retention::default(),
+    }
+}
+
+fn gcs(endpoint: Option<&str>, credentials: GcsCredentials) -> Repository {
+    Repository {
+        storage: Storage::Gcs(Gcs {
+            bucket: "pg-backups".into(),
+            endpoint: endpoint.map(str::to_string),
+            tls: Tls {
+                verify: true,
+                ca_file: Some("/s/ca.crt".into()),
+            },
+            credentials,
+        }),
+        path: "/db".into(),
+        retention: Retention::default(),
+    }
+}
+
+#[test]
+fn azure_takes_a_shared_key_or_a_sas_from_its_file() {
+    let one = |secret: &str| Secrets::from_values(vec![vec![Secret::new(secret)]]);
+    let text = render(
+        &base(vec![azure(AzureCredentials::SharedKey("/s/key".into()))]),
+        &one("c2hhcmVk"),
+    )
+    .unwrap();
+    assert!(
+        text.contains("repo1-type=azure\nrepo1-azure-account=acct\nrepo1-azure-container=pg\nrepo1-azure-uri-style=host\nrepo1-storage-verify-tls=y\nrepo1-azure-key-type=shared\nrepo1-azure-key=c2hhcmVk\nrepo1-path=/db\n"),
+        "{text}"
+    );
+    assert!(!text.contains("azure-endpoint"), "pgBackRest's default");
+    // A SAS as the portal shows it, with its leading '?'.
+    let text = render(
+        &base(vec![azure(AzureCredentials::Sas("/s/sas".into()))]),
+        &one("?sv=2022-11-02&ss=b&sig=abc%3D"),
+    )
+    .unwrap();
+    assert!(
+        text.contains("repo1-azure-key-type=sas\nrepo1-azure-key=sv=2022-11-02&ss=b&sig=abc%3D\n"),
+        "{text}"
+    );
+    // Never rendered without its key, nor with a URL as the endpoint.
+    assert!(matches!(
+        render(
+            &base(vec![azure(AzureCredentials::Sas("/s/sas".into()))]),
+            &Secrets::default()
+        ),
+        Err(ConfigError::InvalidRepository { .. })
+    ));
+    let mut url = azure(AzureCredentials::SharedKey("/s/key".into()));
+    if let Storage::Azure(a) = &mut url.storage {
+        a.endpoint = Some("https://blob.core.windows.net".into());
+    }
+    let err = render(&base(vec![url]), &one("k")).unwrap_err();
+    assert!(err.to_string().contains("without a scheme"), "{err}");
+}
+
+#[test]
+fn gcs_takes_a_service_key_path_or_a_token() {
+    let text = render(
+        &base(vec![gcs(
+            Some("gcs.local:4443"),
+            GcsCredentials::ServiceKeyFile("/s/gcs-key".into()),
+        )]),
+        &Secrets::default(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("repo1-type=gcs\nrepo1-gcs-bucket=pg-backups\nrepo1-gcs-endpoint=gcs.local:4443\nrepo1-storage-verify-tls=y\nrepo1-storage-ca-file=/s/ca.crt\nrepo1-gcs-key-type=service\nrepo1-gcs-key=/s/gcs-key\nrepo1-path=/db\n"),
+        "{text}"
+    );
+    let text = render(
+        &base(vec![gcs(
+            None,
+            GcsCredentials::TokenFile("/s/token".into()),
+        )]),
+        &Secrets::from_values(vec![vec![Secret::new("ya29.token")]]),
+    )
+    .unwrap();
+    assert!(
+        text.contains("repo1-gcs-key-type=token\nrepo1-gcs-key=ya29.token\n"),
+        "{text}"
+    );
+    assert!(!text.contains("gcs-endpoint"), "pgBackRest's default");
+    let text = render(
+        &base(vec![gcs(None, GcsCredentials::InstanceRole)]),
+        &Secrets::default(),
+    )
+    .unwrap();
+    assert!(text.contains("repo1-gcs-key-type=auto\n") && !text.contains("gcs-key="));
+    let err = render(
+        &base(vec![gcs(
+            Some("https://gcs.local"),
+            GcsCredentials::InstanceRole,
+        )]),
+        &Secrets::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("without a scheme"), "{err}");
+}
+
+#[test]
+fn a_gcs_service_key_is_checked_before_pgbackrest_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("gcs-key");
+    let repo = gcs(None, GcsCredentials::ServiceKeyFile(key.clone()));
+    let load = || Secrets::load(std::slice::from_ref(&repo));
+    assert!(matches!(load(), Err(ConfigError::ReadSecret { .. })));
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nTopSecret").unwrap();
+    let err = load().unwrap_err();
+    assert!(err.to_string().contains("is not JSON"), "{err}");
+    assert!(!err.to_string().contains("TopSecret"), "{err}");
+    std::fs::write(
+        &key,
+        r#"{"client_email": "b@p.iam", "private_key": "TopSecret"}"#,
+    )
+    .unwrap();
+    let err = load().unwrap_err();
+    assert!(err.to_string().contains("has no token_uri"), "{err}");
+    assert!(!err.to_string().contains("TopSecret"), "{err}");
+    std::fs::write(
+        &key,
+        r#"{"client_email": "b@p.iam", "private_key": "k", "token_uri": "https://oauth2.googleapis.com/token"}"#,
+    )
+    .unwrap();
+    assert_eq!(load().unwrap(), Secrets::from_values(vec![vec![]]));
 }
 
 #[test]

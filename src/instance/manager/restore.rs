@@ -137,7 +137,8 @@ impl<A: Authority> Manager<A> {
         config.spool_path = dir.join("spool");
         let secrets = Secrets::load(&config.repositories).map_err(|e| {
             format!(
-                "the restore source's credentials: {e}; check the Secret and keys named by spec.bootstrap.restore.source.repository.s3.credentials"
+                "the restore source's credentials: {e}; check the Secret and keys named by spec.bootstrap.restore.source.repository.{}.credentials",
+                restore.repository.storage.kind()
             )
         })?;
         let text = backrest::render(&config, &secrets).map_err(|e| e.to_string())?;

@@ -16,7 +16,8 @@ use crate::resources::quantity;
 use super::observe::Observed;
 
 /// Stalled reason while `spec.backup` asks for what this build cannot do
-/// yet (Azure, GCS and volume repositories; backups from a replica).
+/// yet (volume repositories, backups from a replica) or cannot be carried
+/// out as written.
 pub const BACKUP_UNSUPPORTED: &str = "BackupUnsupported";
 
 /// A spec that cannot be applied as written.
@@ -237,11 +238,10 @@ fn check(
     validate_tls(cluster, observed, environment)?;
     // A source this build cannot read: creating the cluster at all would
     // run initdb and give an empty database where a restored one was asked for.
-    if let Some(e) = spec
-        .bootstrap
-        .restore
-        .as_ref()
-        .and_then(unsupported_restore)
+    if let Some(e) =
+        spec.bootstrap.restore.as_ref().and_then(|r| {
+            repository::unsupported_restore(r, spec.backup.as_ref(), &namespace, &name)
+        })
     {
         return Err(e);
     }
@@ -282,7 +282,10 @@ fn check(
     // What this build cannot back up to waits (Stalled), and nothing of
     // spec.backup is rendered meanwhile; the database keeps being run.
     let mut spec = spec.clone();
-    if let Some(message) = spec.backup.as_ref().and_then(unsupported_backup)
+    if let Some(message) = spec
+        .backup
+        .as_ref()
+        .and_then(repository::unsupported_backup)
         && blocked.is_none()
     {
         blocked = Some(Blocked {
@@ -310,56 +313,6 @@ fn check(
         },
         blocked,
     })
-}
-
-/// Why `backup` cannot be carried out by this build, naming the fix.
-fn unsupported_backup(backup: &crate::api::backup::BackupSpec) -> Option<String> {
-    if let Some(r) = backup.repositories.iter().find(|r| r.s3.is_none()) {
-        let kind = if r.azure.is_some() {
-            "azure"
-        } else if r.gcs.is_some() {
-            "gcs"
-        } else {
-            "volume"
-        };
-        return Some(format!(
-            "spec.backup.repositories[{}]: {kind} repositories are not supported by this operator build yet; use an s3 repository (any S3-compatible store). No backups are taken and WAL is not archived until then",
-            r.name
-        ));
-    }
-    if let Some(message) = super::schedule::invalid(&backup.schedules) {
-        return Some(format!(
-            "{message}. No backups are taken and WAL is not archived until then"
-        ));
-    }
-    if backup.target == crate::api::backup::BackupTarget::PreferReplica {
-        return Some("spec.backup.target: preferReplica is not supported by this operator build yet; set target: primary. No backups are taken and WAL is not archived until then".into());
-    }
-    None
-}
-
-/// Why `bootstrap.restore` cannot be carried out by this build, naming
-/// the field and the fix.
-fn unsupported_restore(restore: &crate::api::backup::RestoreSpec) -> Option<SpecError> {
-    let r = &restore.source.repository;
-    let kind = match (&r.s3, &r.azure, &r.gcs, &r.volume) {
-        (Some(_), None, None, None) => return None,
-        (None, Some(_), None, None) => "azure",
-        (None, None, Some(_), None) => "gcs",
-        (None, None, None, Some(_)) => "volume",
-        _ => {
-            return Some(invalid(
-                "spec.bootstrap.restore.source.repository",
-                "set exactly one of s3, azure, gcs or volume",
-            ));
-        }
-    };
-    Some(invalid(
-        &format!("spec.bootstrap.restore.source.repository.{kind}"),
-        format!(
-            "restoring from {kind} repositories is not supported by this operator build yet; restore from an s3 repository (any S3-compatible store holding the source's pgBackRest repository). Nothing is created until then, so the cluster never starts empty"
-        ),
-    ))
 }
 
 fn validate_tls(
@@ -467,6 +420,8 @@ fn is_parameter_name(s: &str) -> bool {
 fn is_hostssl_rule(line: &str) -> bool {
     (line.starts_with("hostssl ") || line.starts_with("hostssl\t")) && !line.contains(['\n', '\r'])
 }
+
+mod repository;
 
 #[cfg(test)]
 mod tests;

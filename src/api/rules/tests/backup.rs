@@ -14,7 +14,7 @@ fn s3(bucket: &str) -> Value {
     })
 }
 
-fn repository(name: &str, kind: &str, settings: Value) -> Value {
+pub(super) fn repository(name: &str, kind: &str, settings: Value) -> Value {
     json!({"name": name, kind: settings})
 }
 
@@ -36,7 +36,7 @@ fn backed_up() -> Value {
     )
 }
 
-fn with_backup(pointer: &str, value: Value) -> Value {
+pub(super) fn with_backup(pointer: &str, value: Value) -> Value {
     with(backed_up(), &format!("/spec/backup{pointer}"), value)
 }
 
@@ -44,7 +44,7 @@ fn schedule(name: &str, cron: &str) -> Value {
     json!({"name": name, "type": "full", "schedule": cron})
 }
 
-fn restoring(repository: Value) -> Value {
+pub(super) fn restoring(repository: Value) -> Value {
     with(
         with_backrest_image(minimal()),
         "/spec/bootstrap",
@@ -303,6 +303,13 @@ fn object_store_endpoints_and_paths_are_checked() {
         ),
         None,
         "azure.endpoint must be host or host:port",
+    );
+    let gcs = json!({"bucket": "pg-backups", "endpoint": "https://gcs.local:4443",
+        "credentials": {"secretName": "g", "key": "k"}});
+    assert_refused(
+        &with_backup("/repositories", json!([repository("repo1", "gcs", gcs)])),
+        None,
+        "gcs.endpoint must be host or host:port",
     );
 }
 

@@ -186,7 +186,7 @@ fn backups_this_build_cannot_take_wait_and_render_nothing() {
 }
 
 #[test]
-fn an_s3_restore_is_modelled_and_other_sources_are_refused() {
+fn an_s3_restore_is_modelled_and_volume_sources_are_refused() {
     let mut spec = base();
     spec["bootstrap"] =
         json!({"restore": {"source": {"repository": {"s3": s3_repository()["s3"]}}}});
@@ -202,7 +202,8 @@ fn an_s3_restore_is_modelled_and_other_sources_are_refused() {
     let err = check(&cluster(spec)).unwrap_err();
     assert_eq!(err.field, "spec.bootstrap.restore.source.repository.volume");
     assert!(
-        err.message.contains("restore from an s3 repository"),
+        err.message
+            .contains("restore from an s3, azure or gcs repository"),
         "{err}"
     );
     assert!(!err.awaits_object);
