@@ -26,7 +26,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 /// cut off, and fenced): its answer only matters to vouch that it still
 /// holds the Lease when the operator's watch lags, and a healthy agent
 /// answers in milliseconds. Waiting longer would delay the failover.
-const SILENT_HOLDER_TIMEOUT: Duration = Duration::from_millis(100);
+pub const SILENT_HOLDER_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {

@@ -50,6 +50,10 @@ const BACKUP_REQUEUE: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long before a primary Lease expires its cluster is reconciled: the
+/// debounce, then the silent holder is asked (a frozen pod never answers),
+/// and the Lease is read just as it expires.
+const LEASE_LEAD: Duration = DEBOUNCE.saturating_add(super::agents::SILENT_HOLDER_TIMEOUT);
 /// How long a reconcile waits for the watch caches' first lists.
 const CACHE_WAIT: Duration = Duration::from_secs(30);
 /// Reconciles running at once (each cluster is never reconciled twice at once).
@@ -163,6 +167,17 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         .await;
     }
     observed.lease = ctx.leases.view(&namespace, &name);
+    // Woken just ahead of an expiry (see `leases::spawn`): wait the rest
+    // out here, since another request would be held back by the debounce.
+    if let Some(left) = observed
+        .lease
+        .as_ref()
+        .and_then(|l| l.until_expiry())
+        .filter(|left| *left <= LEASE_LEAD)
+    {
+        tokio::time::sleep(left).await;
+        observed.lease = ctx.leases.view(&namespace, &name);
+    }
     if let Some(lease) = &observed.lease {
         observed.versions.insert(
             format!("Lease/{}", names::primary_lease(&name)),
@@ -451,7 +466,7 @@ pub async fn run(
         ns.clone(),
         ctx.leases.clone(),
         trigger,
-        DEBOUNCE,
+        LEASE_LEAD,
     );
     let Some(w) = ctx.take_writers() else {
         warn!("the watch caches are fed already; not starting a second controller");

@@ -26,7 +26,7 @@ use crate::resources::labels;
 
 /// How often expiring leases are looked for: the delay a failover can add
 /// to the lease duration (a scan of an in-memory map).
-pub const TICK: Duration = Duration::from_millis(50);
+pub const TICK: Duration = Duration::from_millis(20);
 
 /// A primary Lease as the operator sees it now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +43,15 @@ pub struct LeaseView {
 impl LeaseView {
     pub fn expired(&self) -> bool {
         self.silent_for >= self.duration
+    }
+
+    /// How long until a held Lease expires; `None` when nobody holds it or
+    /// it has expired.
+    pub fn until_expiry(&self) -> Option<Duration> {
+        if self.holder.is_none() || self.expired() {
+            return None;
+        }
+        Some(self.duration - self.silent_for)
     }
 }
 
@@ -143,7 +152,9 @@ impl LeaseMonitor {
     /// duration of silence, and those whose Lease has been silent for `lead`
     /// past it; each silence is reported once for each. The early report
     /// lets a reconcile be on its way when the Lease expires (the controller
-    /// holds every request back by its debounce, `lead`). The decision
+    /// holds every request back by its debounce, and the reconcile first
+    /// asks the silent holder, for at most a bound: `lead` covers both, so
+    /// the Lease is read just as it expires). The decision
     /// itself always looks at the Lease again, so an early reconcile that
     /// finds it unexpired does nothing; the second report is the backstop,
     /// late enough not to restart the debounce of the first.
@@ -179,7 +190,8 @@ impl LeaseMonitor {
 /// Feeds `monitor` from a watch of Capstan's Leases and sends a reconcile
 /// request for every cluster whose primary Lease expires.
 /// `lead`: how long before an expiry to request a reconcile as well (the
-/// controller's debounce).
+/// controller's debounce plus the time a reconcile spends before it reads
+/// the Lease).
 pub fn spawn(
     client: Client,
     namespace: Option<String>,
@@ -305,6 +317,22 @@ mod tests {
         assert_eq!(m.silent_holder("ns", "db").as_deref(), Some("db-1"));
         m.observe(&lease(None, 102), t0 - Duration::from_secs(3));
         assert_eq!(m.silent_holder("ns", "db"), None);
+    }
+
+    #[test]
+    fn only_a_held_unexpired_lease_has_time_left() {
+        let view = |holder: Option<&str>, silent_ms: u64| LeaseView {
+            holder: holder.map(Into::into),
+            silent_for: Duration::from_millis(silent_ms),
+            duration: Duration::from_secs(4),
+            metadata_version: String::new(),
+        };
+        assert_eq!(
+            view(Some("db-1"), 3_700).until_expiry(),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(view(Some("db-1"), 4_000).until_expiry(), None, "expired");
+        assert_eq!(view(None, 100).until_expiry(), None, "released");
     }
 
     #[test]
