@@ -245,10 +245,25 @@ pub fn status(
     let mut out = previous.cloned().unwrap_or_default();
     out.schedules = schedules.status.clone();
     out.next_scheduled = schedules.next.clone();
-    // A backup being verified is in the repository already.
+    // A backup being verified is in the repository already; one whose
+    // restore failed is not a backup to count on.
+    let failed_verification = |b: &PostgresBackup| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.verification.as_ref())
+            .is_some_and(|v| v.phase == super::verify::phase::FAILED)
+    };
+    if let Some(last) = &out.last_successful_backup
+        && backups
+            .iter()
+            .any(|b| b.name_any() == last.name && failed_verification(b))
+    {
+        out.last_successful_backup = None;
+    }
     let completed = backups
         .iter()
         .filter(|b| matches!(phase_of(b), phase::COMPLETED | phase::VERIFYING))
+        .filter(|b| !failed_verification(b))
         .filter_map(|b| {
             let s = b.status.as_ref()?;
             Some(BackupReference {

@@ -472,3 +472,41 @@ fn full_backups_are_verified_by_default_and_spec_verify_decides_otherwise() {
     )));
     assert!(not_taken(&backup("p", "full", None, None)));
 }
+
+#[test]
+fn a_backup_that_failed_its_verification_is_not_the_last_successful_one() {
+    use crate::api::pgbackup::VerificationStatus;
+    let s = spec();
+    let done = |name: &str, label: &str, stopped: &str, verified: &str| {
+        let mut b = backup(name, "full", None, Some(phase::COMPLETED));
+        let st = b.status.as_mut().unwrap();
+        st.label = Some(label.into());
+        st.stopped_at = Some(stopped.into());
+        st.verification = Some(VerificationStatus {
+            phase: verified.into(),
+            ..VerificationStatus::default()
+        });
+        b
+    };
+    let none = crate::operator::cluster::schedule::Decision::default();
+    let older = done("b1", "20261204-100000F", "2026-12-04T10:05:00Z", "Passed");
+    let newer = done("b2", "20261204-110000F", "2026-12-04T11:05:00Z", "Failed");
+    let st = status(Some(&s), &[older.clone(), newer.clone()], &none, None, None).unwrap();
+    assert_eq!(st.last_successful_backup.unwrap().name, "b1");
+    // Recorded while b2 was being verified, then its restore failed: b2
+    // goes, even with no other backup left to name.
+    let was = BackupStatus {
+        last_successful_backup: Some(BackupReference {
+            name: "b2".into(),
+            label: "20261204-110000F".into(),
+            type_: ApiType::Full,
+            repository: "repo1".into(),
+            completed_at: "2026-12-04T11:05:00Z".into(),
+        }),
+        ..BackupStatus::default()
+    };
+    let st = status(Some(&s), &[newer], &none, None, Some(&was)).unwrap();
+    assert_eq!(st.last_successful_backup, None);
+    let st = status(Some(&s), &[older], &none, None, Some(&was)).unwrap();
+    assert_eq!(st.last_successful_backup.unwrap().name, "b1");
+}
