@@ -14,7 +14,9 @@
 //! * `a_wrong_key_fails_the_backup_and_a_stock_image_says_what_is_missing`:
 //!   a cluster whose Secret has a wrong secret key gets a `Failed` backup
 //!   with pgBackRest's own message; one on the stock image (no pgBackRest)
-//!   gets a backup that says pgBackRest is missing and how to fix it; both
+//!   gets a backup that says pgBackRest is missing and how to fix it; one
+//!   whose Secret does not exist starts anyway and its `WalArchiving`
+//!   condition names `spec.backup.repositories[0].s3.credentials`; all
 //!   keep serving writes through their poolers without a restart.
 //! * `restore_to_a_time_between_two_writes`: 3 instances, rows A → a full
 //!   backup → rows B → the target time T (the server's clock, a quiet
@@ -546,6 +548,25 @@ async fn archive_failure_in_status(ha: &HaCluster, target: &Target) -> Result<St
     .await
 }
 
+/// The `WalArchiving` condition's message once its status is `status`.
+async fn wal_archiving(ha: &HaCluster, target: &Target, status: &str) -> Result<String, E2eError> {
+    wait_for(
+        &format!("{}: condition WalArchiving={status}", ha.name),
+        STATUS_WITHIN,
+        Duration::from_millis(250),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            let cond = c
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "WalArchiving" && c.status == status)?;
+            Some(format!("{}: {}", cond.reason, cond.message))
+        },
+    )
+    .await
+}
+
 /// `Ready=True` now, and writes through the pooler succeed.
 async fn serves(
     ha: &HaCluster,
@@ -573,18 +594,37 @@ async fn bad_repository_and_image(setup: &Setup, ns: &str) -> Result<(), E2eErro
         "s3-wrong-keys",
     )?;
     let stock = setup.cluster(ns, "stock", (1, 1), STOCK_IMAGE, KEYS_SECRET)?;
+    // Its Secret is never written.
+    let nosecret = setup.cluster(
+        ns,
+        "nosecret",
+        (1, 1),
+        &backup::pgbackrest_image(setup.major),
+        "s3-absent",
+    )?;
     let Setup { target, s3, .. } = setup;
     ensure_namespace(&target.client(), ns).await?;
     s3.write_secrets(target, ns, KEYS_SECRET, Keys::Right)
         .await?;
     s3.write_secrets(target, ns, "s3-wrong-keys", Keys::WrongSecret)
         .await?;
-    // Both start at once; each is then waited for.
+    // All start at once; each is then waited for.
     cluster::apply(&target.client(), &stock).await?;
+    cluster::apply(&target.client(), &nosecret).await?;
     let wrong = HaCluster::create(target, &wrong).await?;
     let stock = HaCluster::create(target, &stock).await?;
+    // A missing Secret keeps no pod from starting: the cluster is Ready,
+    // serves, and says which field names the Secret.
+    let nosecret = HaCluster::create(target, &nosecret).await?;
     serves(&wrong, target, 1..=100).await?;
     serves(&stock, target, 1..=100).await?;
+    serves(&nosecret, target, 1..=100).await?;
+    let archiving = wal_archiving(&nosecret, target, "False").await?;
+    eprintln!("[{ns}] nosecret WalArchiving: {archiving}");
+    assert!(
+        archiving.contains("spec.backup.repositories[0].s3.credentials"),
+        "{archiving}"
+    );
 
     // 4. A wrong secret key: archiving fails, the backup fails with
     // pgBackRest's message, and the database goes on. (The operator reads
@@ -614,6 +654,8 @@ async fn bad_repository_and_image(setup: &Setup, ns: &str) -> Result<(), E2eErro
         assert!(!failure.contains(key.as_str()), "a key reached the status");
     }
     serves(&wrong, target, 101..=200).await?;
+    let archiving = wal_archiving(&wrong, target, "False").await?;
+    eprintln!("[{ns}] wrongkey WalArchiving: {archiving}");
 
     // 5. The stock image: no pgBackRest. The backup says so and names the
     // fix; archiving is reported failing; the database goes on.
@@ -651,8 +693,8 @@ async fn bad_repository_and_image(setup: &Setup, ns: &str) -> Result<(), E2eErro
     assert_ne!(backup::phase(&b), "Completed");
     assert!(backup::message(&b).contains("pgBackRest"), "{b:?}");
 
-    // Neither instance crash-looped over it.
-    for name in ["wrongkey", "stock"] {
+    // No instance crash-looped over it.
+    for name in ["wrongkey", "stock", "nosecret"] {
         let restarts = backup::instance_restarts(target, ns, name).await?;
         assert_eq!(restarts, 0, "{name}'s instance containers restarted");
     }

@@ -259,7 +259,10 @@ pub fn archive_timeout_seconds(spec: &BackupSpec) -> u64 {
 }
 
 /// One set of Secret volumes per object-store repository, its keys under
-/// fixed file names.
+/// fixed file names. Optional: a missing Secret or key must not keep a
+/// database pod from starting (turning backups on rolls every pod); the
+/// instance manager reports the missing file and the field to fix, and
+/// keeps the WAL until it can be archived.
 pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
     let Some(spec) = model.spec.backup.as_ref() else {
         return vec![];
@@ -268,7 +271,7 @@ pub fn volumes(model: &Model) -> Vec<(Volume, VolumeMount)> {
         .iter()
         .enumerate()
         .filter_map(|(i, r)| Some((i + 1, ObjectStore::of(&r.s3, &r.azure, &r.gcs)?)))
-        .flat_map(|(n, store)| store.volumes(&format!("backup-repo{n}"), &secrets_dir(n), false))
+        .flat_map(|(n, store)| store.volumes(&format!("backup-repo{n}"), &secrets_dir(n), true))
         .collect()
 }
 
@@ -397,7 +400,11 @@ pub(super) mod tests {
         assert_eq!(names, ["backup-repo1", "backup-repo2", "backup-repo2-ca"]);
         let secret = v[1].0.secret.as_ref().unwrap();
         assert_eq!(secret.secret_name.as_deref(), Some("az"));
-        assert_eq!(secret.optional, Some(false));
+        assert_eq!(
+            secret.optional,
+            Some(true),
+            "a missing Secret is reported, not a stuck pod"
+        );
         let items: Vec<(&str, &str)> = secret
             .items
             .iter()

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::backup::config::{self as backrest, Secrets};
+use crate::backup::config::{self as backrest, ConfigError, Secrets};
+use crate::backup::repository::Repository;
 use crate::backup::runner::Runner;
 use crate::contract::backup::BackupSettings;
 use crate::contract::settings::InstanceSettings;
@@ -113,7 +114,8 @@ impl<A: Authority> Manager<A> {
         let config = backrest_config(&self.inputs, backup);
         // The credential files are read every tick: a rotated Secret is
         // picked up like a changed setting.
-        let secrets = Secrets::load(&backup.repositories).map_err(|e| e.to_string())?;
+        let secrets = Secrets::load(&backup.repositories)
+            .map_err(|e| credentials_error(&backup.repositories, &e))?;
         let text = backrest::render(&config, &secrets).map_err(|e| e.to_string())?;
         let text = with_archive_async(text, backup.archive_async);
         let version = version_of(&text);
@@ -162,9 +164,57 @@ impl<A: Authority> Manager<A> {
     }
 }
 
+/// A credential that cannot be read, with the field naming its Secret: the
+/// pods mount repository Secrets as optional, so a missing Secret or key
+/// arrives here as a missing file rather than as a pod that never starts.
+fn credentials_error(repositories: &[Repository], e: &ConfigError) -> String {
+    let failing = repositories
+        .iter()
+        .position(|r| Secrets::load(std::slice::from_ref(r)).is_err());
+    match failing {
+        Some(i) => format!(
+            "{e}; check the Secret and key named by spec.backup.repositories[{i}].{}.credentials (a missing Secret or key is a missing file here); WAL stays on the primary until it can be archived",
+            repositories[i].storage.kind()
+        ),
+        None => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_credential_names_the_repository_field() {
+        use crate::backup::repository::{S3, S3Credentials, Storage, Tls};
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = |name: &str| Repository {
+            storage: Storage::S3(S3 {
+                endpoint: "s3.store".into(),
+                port: None,
+                region: "r".into(),
+                bucket: "b".into(),
+                uri_style: crate::backup::repository::UriStyle::Host,
+                tls: Tls::default(),
+                credentials: S3Credentials::Files {
+                    access_key_id: dir.path().join(format!("{name}-id")),
+                    secret_access_key: dir.path().join(format!("{name}-secret")),
+                },
+            }),
+            path: "/db".into(),
+            retention: Default::default(),
+        };
+        std::fs::write(dir.path().join("one-id"), "id").unwrap();
+        std::fs::write(dir.path().join("one-secret"), "secret").unwrap();
+        let repos = [s3("one"), s3("two")];
+        let e = Secrets::load(&repos).unwrap_err();
+        let message = credentials_error(&repos, &e);
+        assert!(
+            message.contains("spec.backup.repositories[1].s3.credentials")
+                && message.contains("two-id"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn any_change_to_the_file_is_a_new_version() {
