@@ -346,7 +346,12 @@ async fn scenario(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eErr
         .filter(|b| phase(b) == "Completed")
         .map(|b| b.name_any())
         .collect();
-    assert_eq!(completed, [second_name.clone()], "{}", summary(&left));
+    assert_eq!(
+        completed,
+        std::slice::from_ref(&second_name),
+        "{}",
+        summary(&left)
+    );
     let first_label = first
         .status
         .as_ref()
