@@ -81,6 +81,34 @@ pub enum Keys {
     WrongSecret,
 }
 
+/// What every backup scenario starts from: the target and an S3 store
+/// its pods reach on the node address, for clusters on PostgreSQL
+/// `major`. `None` (skipped, said why; `CI=true` fails instead) when a
+/// tool is missing or the target is a real cluster.
+pub async fn harness_with_store(major: u32, bucket: &str) -> Option<(Target, PodS3)> {
+    s3::pgbackrest()?;
+    let pg_bin = std::env::var_os(format!("CAPSTAN_PG{major}_BIN"));
+    let debian = format!("/usr/lib/postgresql/{major}/bin/postgres");
+    if pg_bin.is_none() && !std::path::Path::new(&debian).is_file() {
+        return s3::missing(&format!(
+            "PostgreSQL {major} (CAPSTAN_PG{major}_BIN=/opt/capstan-pg/{major}/bin)"
+        ));
+    }
+    let mut target = Target::from_env().await.expect("e2e target");
+    let Some(harness) = target.harness() else {
+        eprintln!(
+            "skipped: the S3 store runs on the local harness's node address; a real cluster needs one of its own"
+        );
+        return None;
+    };
+    let node = IpAddr::V4(harness.control_plane().addr());
+    let store = PodS3::start(node, bucket)
+        .await
+        .expect("S3 store for the pods")?;
+    eprintln!("S3 store for the pods at https://{}", store.endpoint());
+    Some((target, store))
+}
+
 impl PodS3 {
     /// `None` (skip) when moto or nginx is missing outside CI.
     pub async fn start(addr: IpAddr, bucket: &str) -> Result<Option<PodS3>, E2eError> {

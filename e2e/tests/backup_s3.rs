@@ -32,11 +32,10 @@
 //! The store and the freeze are harness facilities: on a real cluster
 //! (`CAPSTAN_E2E_KUBECONFIG`) these skip with a message.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use capstan::api::{BackupType, PostgresCluster};
-use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3, s3};
+use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3};
 use capstan_e2e::cluster;
 use capstan_e2e::ha::{self, HaCluster, REJOIN_WITHIN, WRITES_TABLE, ha_example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
@@ -74,26 +73,7 @@ impl Setup {
     /// `None` when a tool is missing (said why; `CI=true` fails instead) or
     /// the target is a real cluster.
     async fn start(major: u32) -> Option<Setup> {
-        s3::pgbackrest()?;
-        let pg_bin = std::env::var_os(format!("CAPSTAN_PG{major}_BIN"));
-        let debian = format!("/usr/lib/postgresql/{major}/bin/postgres");
-        if pg_bin.is_none() && !std::path::Path::new(&debian).is_file() {
-            return s3::missing(&format!(
-                "PostgreSQL {major} (CAPSTAN_PG{major}_BIN=/opt/capstan-pg/{major}/bin)"
-            ));
-        }
-        let mut target = Target::from_env().await.expect("e2e target");
-        let Some(harness) = target.harness() else {
-            eprintln!(
-                "skipped: the S3 store runs on the local harness's node address; a real cluster needs one of its own"
-            );
-            return None;
-        };
-        let node = IpAddr::V4(harness.control_plane().addr());
-        let s3 = PodS3::start(node, "capstan-e2e")
-            .await
-            .expect("S3 store for the pods")?;
-        eprintln!("S3 store for the pods at https://{}", s3.endpoint());
+        let (target, s3) = backup::harness_with_store(major, "capstan-e2e").await?;
         Some(Setup { target, s3, major })
     }
 

@@ -20,12 +20,11 @@
 //!
 //! The store is a harness facility: on a real cluster this skips.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use capstan::api::backup::BackupSchedule;
 use capstan::api::{BackupType, PostgresBackup, PostgresCluster};
-use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3, s3};
+use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3};
 use capstan_e2e::ha::{HaCluster, ha_example};
 use capstan_e2e::harness::ensure_namespace;
 use capstan_e2e::schedule::{self, Seen, check_object, run_of, second};
@@ -53,24 +52,7 @@ const QUIET_FOR: Duration = Duration::from_secs(75);
 const POLL: Duration = Duration::from_secs(1);
 
 async fn setup() -> Option<(Target, PodS3)> {
-    s3::pgbackrest()?;
-    if std::env::var_os(format!("CAPSTAN_PG{MAJOR}_BIN")).is_none()
-        && !std::path::Path::new(&format!("/usr/lib/postgresql/{MAJOR}/bin/postgres")).is_file()
-    {
-        return s3::missing(&format!(
-            "PostgreSQL {MAJOR} (CAPSTAN_PG{MAJOR}_BIN=/opt/capstan-pg/{MAJOR}/bin)"
-        ));
-    }
-    let mut target = Target::from_env().await.expect("e2e target");
-    let Some(harness) = target.harness() else {
-        eprintln!("skipped: the S3 store runs on the local harness's node address");
-        return None;
-    };
-    let node = IpAddr::V4(harness.control_plane().addr());
-    let store = PodS3::start(node, "capstan-e2e-schedule")
-        .await
-        .expect("S3 store for the pods")?;
-    Some((target, store))
+    backup::harness_with_store(MAJOR, "capstan-e2e-schedule").await
 }
 
 fn phase(b: &PostgresBackup) -> &str {
