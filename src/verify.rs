@@ -222,6 +222,7 @@ async fn prepare(args: &Args) -> Result<(Runner, Verification), PrepareError> {
         process_max: 2,
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
+        server: None,
     };
     make_dir(dir, owner)?;
     for d in [&config.log_path, &config.lock_path, &config.spool_path] {

@@ -398,6 +398,7 @@ async fn bench_backup() {
         .argv(&capstan::backup::Operation::Backup {
             kind: BackupType::Full,
             repo: None,
+            standby: None,
         })
         .unwrap();
     let (mut by_hand, mut through) = (vec![], vec![]);

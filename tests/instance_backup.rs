@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan::contract::backup::{BackupJob, BackupSettings, JobPhase};
+use capstan::contract::backup::{BackupJob, BackupSettings, JobPhase, StandbyBackups};
 use capstan::contract::instance::Role;
 use support::s3::{Listen, S3Stack, pgbackrest};
 use support::*;
@@ -102,6 +102,7 @@ async fn the_primary_archives_wal_and_runs_one_backup_at_a_time_to_s3() {
         repositories: vec![repo],
         archive_timeout_seconds: 60,
         archive_async: true,
+        standby_backups: None,
     });
     a.write_settings(&s);
     a.env = backrest_env(&a.root, &pgbackrest);
@@ -251,6 +252,7 @@ async fn a_missing_pgbackrest_is_reported_and_postgres_keeps_serving() {
         repositories: vec![repo.repository()],
         archive_timeout_seconds: 60,
         archive_async: true,
+        standby_backups: None,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
     a.env = backrest_env(&a.root, &a.root.join("no/pgbackrest"));
@@ -294,6 +296,7 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
         repositories: vec![repo.repository()],
         archive_timeout_seconds: 60,
         archive_async: false,
+        standby_backups: None,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
     let mut b = Instance::new("db-2", &PORTS, &bin, pki.clone(), &s);
@@ -334,6 +337,135 @@ async fn only_the_primary_backs_up_and_replicas_refuse() {
     assert!(a.terminate(Duration::from_secs(40)).success());
 }
 
+/// `target: preferReplica`: both instances run pgBackRest's TLS server
+/// (the certificate the operator issues: `db-rw`, server and client); the
+/// primary writes the sentinel on request (a replica refuses), the replica
+/// takes the backup with `backup-standby` (pgBackRest waits for its replay
+/// and reads the primary's part through the primary's server), and each
+/// refuses the other's kind of request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_the_backup_through_the_primarys_tls_server() {
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg17_bin()) else {
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let proxy_port = PORTS.take();
+    let s = settings(17, proxy_port, &["db-1", "db-2"]);
+    let repo = support::posix::PosixRepo::new();
+    let (server_a, server_b) = (PORTS.take(), PORTS.take());
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
+    let mut b = Instance::new("db-2", &PORTS, &bin, pki.clone(), &s);
+    let primary = (a.pgdata(), a.pg_port, a.root.join("run"));
+    let with_server = |port: u16| {
+        let mut s = s.clone();
+        s.backup = Some(BackupSettings {
+            stanza: "db".into(),
+            repositories: vec![repo.repository()],
+            archive_timeout_seconds: 60,
+            archive_async: true,
+            // Both reach the primary (db-1) at `localhost`, as pods do at `-rw`.
+            standby_backups: Some(StandbyBackups {
+                primary_host: "localhost".into(),
+                primary_port: server_a,
+                port,
+                primary_pg_path: primary.0.clone(),
+                primary_pg_port: primary.1,
+                primary_socket_path: primary.2.clone(),
+                client_name: "db-rw".into(),
+            }),
+        });
+        s
+    };
+    a.write_settings(&with_server(server_a));
+    b.write_settings(&with_server(server_b));
+    for i in [&mut a, &mut b] {
+        i.env = backrest_env(&i.root, &pgbackrest);
+        i.set_authority("db-1");
+    }
+    let _proxy = Proxy::start(proxy_port, a.pg_port).await;
+    a.start();
+    a.wait_status("primary with its stanza", LONG, |r| {
+        r.ready && r.archive.as_ref().is_some_and(|x| x.stanza_ready)
+    })
+    .await;
+    b.start();
+    b.wait_status("replica streaming", LONG, |r| {
+        r.ready && r.role == Role::Replica && r.wal_receiver.as_deref() == Some("streaming")
+    })
+    .await;
+    let conf = std::fs::read_to_string(a.root.join("pgbackrest/pgbackrest.conf")).unwrap();
+    assert!(conf.contains("tls-server-auth=db-rw=db"), "{conf}");
+    assert!(
+        conf.contains(&format!("tls-server-port={server_a}")),
+        "{conf}"
+    );
+    for (i, port) in [(&a, server_a), (&b, server_b)] {
+        eventually(
+            &format!("{}'s pgBackRest server listening", i.name),
+            LONG,
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    }
+
+    // The sentinel is written on the primary only.
+    let sentinel = r#"{"backup":"b1"}"#;
+    let (code, body) = b.operator("POST", "/sentinel", Some(sentinel)).await;
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = a.operator("POST", "/sentinel", Some(sentinel)).await;
+    assert_eq!(code, 200, "{body}");
+    let rows = a
+        .sql("postgres")
+        .await
+        .unwrap()
+        .query(
+            "SELECT backup FROM capstan.backup_sentinel WHERE backup = 'b1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // A standby backup: refused by the primary, taken by the replica.
+    let on_standby = r#"{"backup":"b1","type":"full","repository":1,"standby":true}"#;
+    let (code, body) = a.operator("POST", "/backup", Some(on_standby)).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("runs on a replica"), "{body}");
+    let (code, body) = b.operator("POST", "/backup", Some(on_standby)).await;
+    assert_eq!(code, 200, "{body}");
+    let job = finished_job(&b, "b1").await;
+    assert_eq!(
+        job.phase,
+        JobPhase::Completed,
+        "{job:?}\n{}",
+        std::fs::read_to_string(b.root.join("pgbackrest/log/db-backup.log")).unwrap_or_default()
+    );
+    let label = job.result.as_ref().unwrap().label.clone();
+    assert!(label.ends_with('F'), "{label}");
+    // pgBackRest's own log on the replica: the files came from the standby.
+    let log = std::fs::read_to_string(b.root.join("pgbackrest/log/db-backup.log")).unwrap();
+    assert!(log.contains("wait for replay on the standby"), "{log}");
+    assert!(
+        log.contains(&format!("new backup label = {label}")),
+        "{log}"
+    );
+    // The repository holds it, read through the primary's configuration.
+    let mut info =
+        capstan::backup::Runner::new(&pgbackrest, a.root.join("pgbackrest/pgbackrest.conf"), "db");
+    info.run_as = Some(postgres_ids());
+    let stanza = info.info(None).await.unwrap();
+    assert!(
+        stanza.backups.iter().any(|x| x.label == label),
+        "{stanza:?}"
+    );
+    assert!(b.terminate(Duration::from_secs(40)).success());
+    assert!(a.terminate(Duration::from_secs(40)).success());
+}
+
 /// Retention is pgBackRest's: with `repo-retention-full=1` the second full
 /// backup expires the first, and the primary's report (read with
 /// `pgbackrest info` after the backup) lists only the second, which is
@@ -354,6 +486,7 @@ async fn retention_expires_the_first_full_backup_and_the_report_follows() {
         repositories: vec![repository],
         archive_timeout_seconds: 60,
         archive_async: false,
+        standby_backups: None,
     });
     let mut a = Instance::new("db-1", &PORTS, &bin, pki, &s);
     a.env = backrest_env(&a.root, &pgbackrest);

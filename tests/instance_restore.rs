@@ -56,6 +56,7 @@ fn instance(
         ],
         archive_timeout_seconds: 60,
         archive_async: true,
+        standby_backups: None,
     });
     s.restore = restore.map(|(source, target)| RestoreSettings {
         stanza: source.into(),

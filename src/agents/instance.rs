@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::client::{AgentClient, ClientError, Endpoint};
-use crate::contract::backup::{BackupJob, BackupRequest};
+use crate::contract::backup::{BackupJob, BackupRequest, SentinelRequest};
 use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
 };
@@ -47,5 +47,15 @@ impl AgentClient {
         request: &BackupRequest,
     ) -> Result<BackupJob, ClientError> {
         self.post(ep, "/backup", request, self.timeout()).await
+    }
+
+    /// `POST /sentinel`: the primary writes the sentinel row of a backup
+    /// a standby is about to take; 409 on a replica.
+    pub async fn sentinel(
+        &self,
+        ep: &Endpoint,
+        request: &SentinelRequest,
+    ) -> Result<SentinelRequest, ClientError> {
+        self.post(ep, "/sentinel", request, self.timeout()).await
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Only the API lives here; the operator fills in the rest (see
 //! `operator::cluster::validate`, which refuses what this build cannot do
-//! yet: volume repositories and backups from a replica).
+//! yet: volume repositories).
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
@@ -41,9 +41,12 @@ pub struct BackupSpec {
     pub archive: ArchiveSpec,
 
     /// Which instance backups are read from. `primary` (default): the
-    /// primary. `preferReplica`: a streaming replica, so the primary's
-    /// disks and CPU serve clients only (not supported by this operator
-    /// build yet: the cluster reports it as Stalled).
+    /// primary. `preferReplica`: a streaming replica (an asynchronous one
+    /// first, then the least behind) reads and uploads the data files, so
+    /// the primary's disks, CPU and network serve clients; pgBackRest
+    /// still starts and stops the backup on the primary, through its TLS
+    /// server (port 8432, reached by `<cluster>-rw`, a certificate from
+    /// the cluster CA). With no streaming replica the primary takes it.
     #[serde(default = "defaults::backup_target")]
     pub target: BackupTarget,
 

@@ -89,6 +89,22 @@ impl Restore {
     }
 }
 
+/// A backup taken on a standby (`--backup-standby`): the primary is
+/// `pg2`, reached through its pgBackRest TLS server; its data directory,
+/// port and socket are where the standby has its own (same pod layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    pub primary_host: String,
+    pub port: u16,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub pg_path: PathBuf,
+    pub pg_port: u16,
+    pub pg_socket_path: PathBuf,
+    pub pg_user: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     StanzaCreate,
@@ -96,6 +112,7 @@ pub enum Operation {
     Backup {
         kind: BackupType,
         repo: Option<u32>,
+        standby: Option<Standby>,
     },
     /// `info --output=json`, optionally for one backup (`--set`).
     Info {
@@ -192,10 +209,30 @@ pub fn argv(
     };
     match op {
         Operation::StanzaCreate | Operation::Check => args.push(op.name().into()),
-        Operation::Backup { kind, repo: r } => {
+        Operation::Backup {
+            kind,
+            repo: r,
+            standby,
+        } => {
             args.push("backup".into());
             args.push(format!("--type={}", kind.as_str()));
             repo(&mut args, r);
+            if let Some(s) = standby {
+                // pg1 (the config's) is this standby; pg2 the primary.
+                args.extend([
+                    "--backup-standby=y".to_string(),
+                    format!("--pg2-host={}", s.primary_host),
+                    "--pg2-host-type=tls".to_string(),
+                    format!("--pg2-host-port={}", s.port),
+                    format!("--pg2-host-cert-file={}", s.cert_file.display()),
+                    format!("--pg2-host-key-file={}", s.key_file.display()),
+                    format!("--pg2-host-ca-file={}", s.ca_file.display()),
+                    format!("--pg2-path={}", s.pg_path.display()),
+                    format!("--pg2-port={}", s.pg_port),
+                    format!("--pg2-socket-path={}", s.pg_socket_path.display()),
+                    format!("--pg2-user={}", s.pg_user),
+                ]);
+            }
         }
         Operation::Info { repo: r, set: s } => {
             args.push("info".into());
@@ -292,9 +329,32 @@ mod tests {
         assert_eq!(
             tail(Operation::Backup {
                 kind: BackupType::Incr,
-                repo: Some(2)
+                repo: Some(2),
+                standby: None,
             }),
             "backup --type=incr --repo=2"
+        );
+        let standby = Standby {
+            primary_host: "db-rw.ns.svc".into(),
+            port: 8432,
+            cert_file: "/tls/tls.crt".into(),
+            key_file: "/tls/tls.key".into(),
+            ca_file: "/tls/ca.crt".into(),
+            pg_path: "/data/pgdata".into(),
+            pg_port: 5432,
+            pg_socket_path: "/run".into(),
+            pg_user: "postgres".into(),
+        };
+        assert_eq!(
+            tail(Operation::Backup {
+                kind: BackupType::Full,
+                repo: Some(1),
+                standby: Some(standby),
+            }),
+            "backup --type=full --repo=1 --backup-standby=y --pg2-host=db-rw.ns.svc \
+             --pg2-host-type=tls --pg2-host-port=8432 --pg2-host-cert-file=/tls/tls.crt \
+             --pg2-host-key-file=/tls/tls.key --pg2-host-ca-file=/tls/ca.crt \
+             --pg2-path=/data/pgdata --pg2-port=5432 --pg2-socket-path=/run --pg2-user=postgres"
         );
         assert_eq!(
             tail(Operation::Info {

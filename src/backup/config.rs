@@ -167,6 +167,22 @@ pub struct BackrestConfig {
     /// past it pgBackRest drops WAL to keep the disk from filling, which
     /// breaks the PITR chain. `None` keeps every segment until archived.
     pub archive_push_queue_max: Option<String>,
+    /// pgBackRest's TLS server (`pgbackrest server`), for a standby that
+    /// takes a backup and needs the primary's part of it.
+    pub server: Option<TlsServer>,
+}
+
+/// `tls-server-*`: where `pgbackrest server` listens, its certificate, the
+/// CA its clients' certificates must chain to, and the one client
+/// common name it serves this stanza to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsServer {
+    pub address: String,
+    pub port: u16,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub client_name: String,
 }
 
 impl BackrestConfig {
@@ -447,6 +463,22 @@ pub fn render(config: &BackrestConfig, secrets: &Secrets) -> Result<String, Conf
     }
     for (index, repo) in config.repositories.iter().enumerate() {
         repository(&mut global, index, repo, secrets)?;
+    }
+    if let Some(server) = &config.server {
+        global.set("tls-server-address", &server.address)?;
+        global.set("tls-server-port", &server.port.to_string())?;
+        global.path("tls-server-cert-file", &server.cert_file)?;
+        global.path("tls-server-key-file", &server.key_file)?;
+        global.path("tls-server-ca-file", &server.ca_file)?;
+        if server.client_name.is_empty() || server.client_name.contains(['=', ' ']) {
+            return Err(ConfigError::InvalidValue {
+                option: "tls-server-auth".into(),
+            });
+        }
+        global.set(
+            "tls-server-auth",
+            &format!("{}={}", server.client_name, config.stanza.name),
+        )?;
     }
     let st = &config.stanza;
     let mut stanza = Section::new(&st.name);

@@ -11,8 +11,8 @@ pub mod repository;
 pub mod runner;
 pub mod verify;
 
-pub use command::{BackupType, Operation, Restore, RestoreTarget, TargetAction};
-pub use config::{BackrestConfig, Invocation, Secret, Secrets, Stanza};
+pub use command::{BackupType, Operation, Restore, RestoreTarget, Standby, TargetAction};
+pub use config::{BackrestConfig, Invocation, Secret, Secrets, Stanza, TlsServer};
 pub use info::{Backup, StanzaInfo};
 pub use repository::{Repository, Retention, Storage};
 pub use runner::{RunError, Runner};

@@ -230,7 +230,27 @@ impl Runner {
     }
 
     pub async fn backup(&self, kind: BackupType, repo: Option<u32>) -> Result<Output, RunError> {
-        self.run(&Operation::Backup { kind, repo }).await
+        self.run(&Operation::Backup {
+            kind,
+            repo,
+            standby: None,
+        })
+        .await
+    }
+
+    /// A backup on this standby; the primary's part through `standby`.
+    pub async fn backup_from_standby(
+        &self,
+        kind: BackupType,
+        repo: Option<u32>,
+        standby: &super::command::Standby,
+    ) -> Result<Output, RunError> {
+        self.run(&Operation::Backup {
+            kind,
+            repo,
+            standby: Some(standby.clone()),
+        })
+        .await
     }
 
     pub async fn expire(&self, repo: Option<u32>) -> Result<Output, RunError> {

@@ -3,6 +3,8 @@
 //! request, and what an instance reports about archiving and its backup
 //! job. pgBackRest does the work; these only carry who asks for what.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::backup::command::BackupType;
@@ -22,6 +24,34 @@ pub struct BackupSettings {
     pub archive_timeout_seconds: u64,
     /// `archive-async`: WAL is pushed by a background process in batches.
     pub archive_async: bool,
+    /// Set with `spec.backup.target: preferReplica`: every instance runs
+    /// pgBackRest's TLS server, so a standby taking a backup reaches the
+    /// primary's part of it (start/stop backup, the few files only the
+    /// primary has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_backups: Option<StandbyBackups>,
+}
+
+/// How a standby reaches the primary's pgBackRest TLS server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyBackups {
+    /// A name that always leads to the primary and that the shared
+    /// certificate covers: the `-rw` Service.
+    pub primary_host: String,
+    /// The primary's server port at that name (the Service's port).
+    pub primary_port: u16,
+    /// Where this instance's own server listens (on its pod IP).
+    pub port: u16,
+    /// The primary's data directory, PostgreSQL port and socket directory
+    /// as its pgBackRest server is to find them (pgBackRest passes them
+    /// from the standby; every pod has the same layout).
+    pub primary_pg_path: PathBuf,
+    pub primary_pg_port: u16,
+    pub primary_socket_path: PathBuf,
+    /// Common name of the client certificate the servers accept (pgBackRest
+    /// `tls-server-auth`); the shared certificate's own.
+    pub client_name: String,
 }
 
 /// Where the credentials of repository `n` (1-based) are mounted.
@@ -41,6 +71,20 @@ pub struct BackupRequest {
     pub kind: BackupType,
     /// 1-based repository number (`repoN`).
     pub repository: u32,
+    /// Taken on this standby (`backup-standby`): the files come from here,
+    /// the rest from the primary's pgBackRest server
+    /// ([`BackupSettings::standby_backups`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
+}
+
+/// `POST /sentinel` on the primary: write the sentinel row of `backup`
+/// (before a standby takes it), which its verification looks for. The
+/// answer repeats the request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelRequest {
+    pub backup: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,10 @@ pub const POSTGRES_PORT: u16 = 5432;
 pub const POOLER_PORT: u16 = 5432;
 /// The agent's HTTPS API (status, health, metrics, commands) in every pod.
 pub const AGENT_PORT: u16 = 8000;
+/// pgBackRest's TLS server on instance pods (its default port): standbys
+/// taking a backup (`spec.backup.target: preferReplica`) reach the
+/// primary's part of it here.
+pub const BACKREST_TLS_PORT: u16 = 8432;
 
 /// emptyDir the init container copies the `capstan` binary into.
 pub const BIN_DIR: &str = "/capstan/bin";
@@ -42,7 +46,9 @@ pub const SECRETS_DIR: &str = "/etc/capstan/secrets";
 /// `replication/` (client certificate `streaming_replica`), `pooler/`
 /// (PgBouncer's server certificate), `agent/` (the agent HTTPS API's server
 /// certificate; its `ca.crt` is the CA that signs the operator's client
-/// certificate, so agents verify the operator with it).
+/// certificate, so agents verify the operator with it), `pgbackrest/`
+/// (pgBackRest's TLS server and client certificate, with backups from a
+/// replica).
 pub const TLS_DIR: &str = "/etc/capstan/tls";
 /// Backup repository credentials, one directory per repository
 /// (`repo1/`, …), mounted from the Secrets `spec.backup` names.
@@ -74,6 +80,8 @@ pub mod mounts {
     pub const REPLICATION_TLS: &str = "replication";
     pub const POOLER_TLS: &str = "pooler";
     pub const AGENT_TLS: &str = "agent";
+    /// pgBackRest's TLS server and client certificate (`preferReplica`).
+    pub const BACKREST_TLS: &str = "pgbackrest";
 }
 
 /// File names inside mounted Secrets and the ConfigMap.

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::agents::server::{self, ServerTls, TimeLimit, error, require_operator};
-use crate::contract::backup::BackupRequest;
+use crate::contract::backup::{BackupRequest, SentinelRequest};
 use crate::contract::instance::{DemoteRequest, PromoteRequest, Role};
 
 use super::state::{Command, CommandError, Shared};
@@ -58,6 +58,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/promote", post(promote))
         .route("/demote", post(demote))
         .route("/backup", post(backup))
+        .route("/sentinel", post(sentinel))
         .route_layer(middleware::from_fn(require_operator));
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -200,6 +201,29 @@ async fn backup(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match shared.backups.request(request, primary, &shared.local) {
         Ok(job) => json(&job),
         Err(e) => command_error(e),
+    }
+}
+
+/// The sentinel row of a backup a standby takes: written here, on the
+/// primary, and replayed to the standby before pgBackRest starts it.
+async fn sentinel(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: SentinelRequest = match parse_required(&body) {
+        Ok(r) => r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let report = shared.report();
+    let fenced = report.lease.as_ref().is_some_and(|l| l.fenced);
+    if !(report.running && report.role == Role::Primary && !fenced) {
+        return command_error(CommandError::Conflict(
+            "the sentinel row is written on the primary; this instance is not the primary".into(),
+        ));
+    }
+    match shared.local.write_sentinel(&request.backup).await {
+        Ok(()) => json(&request),
+        Err(e) => command_error(CommandError::Failed(format!(
+            "cannot write the sentinel row of {}: {e}",
+            request.backup
+        ))),
     }
 }
 

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backup::command::Operation;
-use crate::backup::config::{BackrestConfig, Stanza};
+use crate::backup::command::{Operation, Standby};
+use crate::backup::config::{BackrestConfig, Stanza, TlsServer};
 use crate::backup::info::{self, StanzaInfo};
 use crate::backup::runner::{RunError, Runner};
 use crate::contract::backup::{
@@ -57,7 +57,36 @@ pub fn backrest_config(inputs: &Inputs, settings: &BackupSettings) -> BackrestCo
         // for a slow object store.
         archive_timeout: Duration::from_secs(settings.archive_timeout_seconds.max(60)),
         archive_push_queue_max: None,
+        server: settings.standby_backups.as_ref().map(|s| {
+            let tls = inputs.backrest_tls();
+            TlsServer {
+                address: inputs.listen_address.clone(),
+                port: s.port,
+                cert_file: tls.cert,
+                key_file: tls.key,
+                ca_file: tls.ca,
+                client_name: s.client_name.clone(),
+            }
+        }),
     }
+}
+
+/// How a standby of this cluster takes a backup: the primary's pgBackRest
+/// server through the `-rw` name, and where the primary keeps its data.
+pub fn standby_source(inputs: &Inputs, settings: &BackupSettings) -> Option<Standby> {
+    let s = settings.standby_backups.as_ref()?;
+    let tls = inputs.backrest_tls();
+    Some(Standby {
+        primary_host: s.primary_host.clone(),
+        port: s.primary_port,
+        cert_file: tls.cert,
+        key_file: tls.key,
+        ca_file: tls.ca,
+        pg_path: s.primary_pg_path.clone(),
+        pg_port: s.primary_pg_port,
+        pg_socket_path: s.primary_socket_path.clone(),
+        pg_user: roles::SUPERUSER.to_string(),
+    })
 }
 
 /// The directories pgbackrest.conf names, created before pgBackRest runs.
@@ -78,8 +107,8 @@ pub enum Admission {
     Refused(CommandError),
 }
 
-/// One job at a time; asking again for the same backup is harmless; only
-/// the primary takes backups (for now).
+/// One job at a time; asking again for the same backup is harmless; a
+/// backup runs on the primary, or on a standby when it says so.
 pub fn admit(
     current: Option<&BackupJob>,
     request: &BackupRequest,
@@ -91,10 +120,18 @@ pub fn admit(
     {
         return Admission::Existing(Box::new(job.clone()));
     }
-    if !primary {
-        return Admission::Refused(CommandError::Conflict(
-            "backups run on the primary; this instance is not the primary".into(),
-        ));
+    match (request.standby, primary) {
+        (false, false) => {
+            return Admission::Refused(CommandError::Conflict(
+                "backups run on the primary; this instance is not the primary".into(),
+            ));
+        }
+        (true, true) => {
+            return Admission::Refused(CommandError::Conflict(
+                "a backup from a standby runs on a replica; this instance is the primary".into(),
+            ));
+        }
+        _ => {}
     }
     if let Some(job) = current
         && job.phase == JobPhase::Running
@@ -209,6 +246,8 @@ struct Inner {
     runner: Option<Runner>,
     version: u64,
     repositories: usize,
+    /// Set when this cluster takes backups on standbys.
+    standby: Option<Standby>,
     /// Why backups cannot run here (not configured, no pgBackRest, …).
     unavailable: Option<String>,
     stanza: StanzaState,
@@ -228,7 +267,13 @@ impl Backups {
     }
 
     /// pgbackrest.conf of `version` is in place: pgBackRest may run.
-    pub fn configure(&self, runner: Runner, version: u64, repositories: usize) {
+    pub fn configure(
+        &self,
+        runner: Runner,
+        version: u64,
+        repositories: usize,
+        standby: Option<Standby>,
+    ) {
         let mut inner = self.lock();
         if inner.version != version {
             inner.stanza.retry_at = None;
@@ -238,6 +283,7 @@ impl Backups {
         inner.runner = Some(runner);
         inner.version = version;
         inner.repositories = repositories;
+        inner.standby = standby;
         inner.unavailable = None;
     }
 
@@ -340,6 +386,15 @@ impl Backups {
         if let Admission::Refused(e) = admission {
             return Err(e);
         }
+        let standby = match (request.standby, &inner.standby) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s.clone()),
+            (true, None) => {
+                return Err(CommandError::Unavailable(
+                    "backups from a standby are not configured on this instance (its settings do not have spec.backup.target: preferReplica yet)".into(),
+                ));
+            }
+        };
         if inner.stanza.running {
             return Err(CommandError::Unavailable(
                 "stanza-create is running; ask again in a moment".into(),
@@ -370,13 +425,16 @@ impl Backups {
             // The row a verification by restore looks for; a backup is
             // still worth taking without it (its verification then says
             // the sentinel is missing).
-            if let Err(e) = local.write_sentinel(&request.backup).await {
+            // On a standby the operator had the primary write it.
+            if standby.is_none()
+                && let Err(e) = local.write_sentinel(&request.backup).await
+            {
                 tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "cannot write the backup sentinel; starting the backup anyway");
             }
             if let Err(e) = local.checkpoint().await {
                 tracing::warn!(operation = "backup", backup = %request.backup, error = %e, "CHECKPOINT before the backup failed; starting it anyway");
             }
-            let outcome = run_backup(&runner, &request, started).await;
+            let outcome = run_backup(&runner, &request, standby.as_ref(), started).await;
             let mut inner = this.lock();
             // pgBackRest expired old backups after this one.
             inner.inventory.changed();
@@ -405,15 +463,17 @@ impl Backups {
 async fn run_backup(
     runner: &Runner,
     request: &BackupRequest,
+    standby: Option<&Standby>,
     started: jiff::Timestamp,
 ) -> Result<BackupResult, String> {
-    tracing::info!(operation = "backup", backup = %request.backup, kind = request.kind.as_str(), repository = request.repository, "backup starting");
-    let out = runner
-        .clone()
-        .with_timeout(BACKUP_TIMEOUT)
-        .backup(request.kind, Some(request.repository))
-        .await
-        .map_err(|e| message(&e))?;
+    tracing::info!(operation = "backup", backup = %request.backup, kind = request.kind.as_str(), repository = request.repository, standby = standby.is_some(), "backup starting");
+    let runner_long = runner.clone().with_timeout(BACKUP_TIMEOUT);
+    let repo = Some(request.repository);
+    let out = match standby {
+        None => runner_long.backup(request.kind, repo).await,
+        Some(s) => runner_long.backup_from_standby(request.kind, repo, s).await,
+    }
+    .map_err(|e| message(&e))?;
     let info_runner = runner.clone().with_timeout(INFO_TIMEOUT);
     let label = match label_in_output(&out.stdout) {
         Some(label) => label,
@@ -463,6 +523,7 @@ mod tests {
             backup: name.into(),
             kind: BackupType::Full,
             repository: 1,
+            standby: false,
         }
     }
 
@@ -508,6 +569,16 @@ mod tests {
         match admit(None, &request("a"), false, 1) {
             Admission::Refused(CommandError::Conflict(m)) => {
                 assert!(m.contains("backups run on the primary"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A standby backup runs on a replica, never on the primary.
+        let mut on_standby = request("a");
+        on_standby.standby = true;
+        assert_eq!(admit(None, &on_standby, false, 1), Admission::Start);
+        match admit(None, &on_standby, true, 1) {
+            Admission::Refused(CommandError::Conflict(m)) => {
+                assert!(m.contains("runs on a replica"), "{m}")
             }
             other => panic!("{other:?}"),
         }

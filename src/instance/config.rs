@@ -471,6 +471,7 @@ mod tests {
             repositories: vec![crate::backup::Repository::posix("/backups/db")],
             archive_timeout_seconds: 300,
             archive_async: true,
+            standby_backups: None,
         });
         for role in [Desired::Primary, Desired::Replica] {
             let rendered = render(&inputs(), &settings, role).unwrap();

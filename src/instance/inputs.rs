@@ -159,6 +159,12 @@ impl Inputs {
         TlsFiles::new(self.tls_dir.join(mounts::REPLICATION_TLS))
     }
 
+    /// pgBackRest's TLS server and client certificate (backups from a
+    /// standby).
+    pub fn backrest_tls(&self) -> TlsFiles {
+        TlsFiles::new(self.tls_dir.join(mounts::BACKREST_TLS))
+    }
+
     pub fn secret_dir(&self, name: &str) -> PathBuf {
         self.secrets_dir.join(name)
     }

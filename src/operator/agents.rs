@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 
 use crate::agents::client::{AgentClient, ClientError, Endpoint};
 use crate::agents::tls;
-use crate::contract::backup::{BackupJob, BackupRequest};
+use crate::contract::backup::{BackupJob, BackupRequest, SentinelRequest};
 use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
 };
@@ -67,6 +67,12 @@ pub trait Agents: PoolerControl {
         ep: &'a Endpoint,
         request: &'a BackupRequest,
     ) -> BoxFuture<'a, Result<BackupJob, ClientError>>;
+    /// `POST /sentinel`: the primary writes a backup's sentinel row.
+    fn sentinel<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        backup: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
 }
 
 impl Agents for AgentClient {
@@ -76,6 +82,18 @@ impl Agents for AgentClient {
         request: &'a BackupRequest,
     ) -> BoxFuture<'a, Result<BackupJob, ClientError>> {
         Box::pin(async move { AgentClient::backup(self, ep, request).await })
+    }
+    fn sentinel<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        backup: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            let request = SentinelRequest {
+                backup: backup.to_string(),
+            };
+            AgentClient::sentinel(self, ep, &request).await.map(|_| ())
+        })
     }
     fn instance_status<'a>(
         &'a self,

@@ -9,16 +9,18 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMount};
 
 use crate::api::backup::{
-    AzureKeyType, AzureRepository, BackupRepository, BackupSpec, GcsKeyType, GcsRepository,
-    S3Repository, SecretKeyRef, UriStyle as ApiUriStyle, default_repository_path,
+    AzureKeyType, AzureRepository, BackupRepository, BackupSpec, BackupTarget, GcsKeyType,
+    GcsRepository, S3Repository, SecretKeyRef, UriStyle as ApiUriStyle, default_repository_path,
 };
 use crate::backup::repository::{
     Azure, AzureCredentials, Gcs, GcsCredentials, Repository, Retention, RetentionType, S3,
     S3Credentials, Storage, Tls, UriStyle,
 };
-use crate::contract::backup::{BackupSettings, secrets_dir};
+use crate::contract::backup::{BackupSettings, StandbyBackups, secrets_dir};
+use crate::contract::layout;
 
 use super::model::Model;
+use super::names;
 
 /// File names under [`secrets_dir`].
 pub mod files {
@@ -45,7 +47,27 @@ pub fn settings(model: &Model) -> Option<BackupSettings> {
             .collect(),
         archive_timeout_seconds: archive_timeout_seconds(spec),
         archive_async: spec.archive.async_,
+        standby_backups: standby_backups(model).then(|| StandbyBackups {
+            // One of the names its certificate covers (`CertKind::Backrest`).
+            primary_host: format!("{}.{}.svc", names::rw_service(&model.name), model.namespace),
+            primary_port: layout::BACKREST_TLS_PORT,
+            port: layout::BACKREST_TLS_PORT,
+            primary_pg_path: layout::PGDATA.into(),
+            primary_pg_port: layout::POSTGRES_PORT,
+            primary_socket_path: layout::RUN_DIR.into(),
+            client_name: names::rw_service(&model.name),
+        }),
     })
+}
+
+/// Backups are taken on standbys (`target: preferReplica`): instances run
+/// pgBackRest's TLS server and share its certificate.
+pub fn standby_backups(model: &Model) -> bool {
+    model
+        .spec
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.target == BackupTarget::PreferReplica)
 }
 
 fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Repository> {
@@ -297,6 +319,77 @@ pub(super) mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         base
+    }
+
+    #[test]
+    fn backups_from_a_replica_give_every_instance_a_server_reached_through_rw() {
+        use crate::resources::secrets::{CertIdentity, CertKind};
+        let plain = with_backup(serde_json::json!({
+            "repositories": [{"name": "repo1", "s3": s3(serde_json::json!({}))}]
+        }));
+        assert_eq!(settings(&plain).unwrap().standby_backups, None);
+        assert!(!CertKind::managed(&plain).contains(&CertKind::Backrest));
+        let m = with_backup(serde_json::json!({
+            "repositories": [{"name": "repo1", "s3": s3(serde_json::json!({}))}],
+            "target": "preferReplica"
+        }));
+        let ns = &m.namespace;
+        assert_eq!(
+            settings(&m).unwrap().standby_backups,
+            Some(StandbyBackups {
+                primary_host: format!("db-rw.{ns}.svc"),
+                primary_port: 8432,
+                port: 8432,
+                primary_pg_path: "/var/lib/postgresql/data/pgdata".into(),
+                primary_pg_port: 5432,
+                primary_socket_path: "/var/run/postgresql".into(),
+                client_name: "db-rw".into(),
+            })
+        );
+        // Its certificate covers that name; its common name is the client's.
+        assert!(CertKind::managed(&m).contains(&CertKind::Backrest));
+        let CertIdentity::Peer(names) = CertKind::Backrest.identity(&m) else {
+            panic!("not a peer certificate")
+        };
+        assert_eq!(names[0], "db-rw");
+        assert!(names.contains(&format!("db-rw.{ns}.svc")));
+        // Pods listen on it and mount it; -rw forwards to it.
+        let pod =
+            crate::resources::instance::pod(&m, "db-1", crate::resources::labels::ROLE_PRIMARY);
+        let spec = pod.spec.unwrap();
+        let c = &spec.containers[0];
+        assert!(
+            c.ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.container_port == 8432)
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|v| v.mount_path == "/etc/capstan/tls/pgbackrest")
+        );
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "backrest-tls")
+            .unwrap();
+        let sources = volume.projected.unwrap().sources.unwrap();
+        assert!(
+            sources
+                .iter()
+                .all(|s| s.secret.as_ref().unwrap().name == "db-pgbackrest-tls")
+        );
+        let rw = crate::resources::services::all(&m).remove(0);
+        let ports = rw.spec.unwrap().ports.unwrap();
+        assert_eq!(rw.metadata.name.as_deref(), Some("db-rw"));
+        assert!(ports.iter().any(|p| p.port == 8432));
+        let plain_rw = crate::resources::services::all(&plain).remove(0);
+        assert_eq!(plain_rw.spec.unwrap().ports.unwrap().len(), 1);
     }
 
     #[test]

@@ -252,18 +252,26 @@ fn postgres_container(model: &Model) -> Container {
     if model.spec.wal_storage.is_some() {
         mounts.push(mount("wal", layout::WAL_MOUNT, false));
     }
+    let standby_backups = super::backup::standby_backups(model);
+    if standby_backups {
+        mounts.push(mount("backrest-tls", &tls_path(mounts::BACKREST_TLS), true));
+    }
     mounts.extend(super::backup::volumes(model).into_iter().map(|(_, m)| m));
     mounts.extend(super::restore::volumes(model).into_iter().map(|(_, m)| m));
     let environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
+    let mut ports = vec![
+        port("postgresql", layout::POSTGRES_PORT),
+        port("agent", layout::AGENT_PORT),
+    ];
+    if standby_backups {
+        ports.push(port("pgbackrest", layout::BACKREST_TLS_PORT));
+    }
     Container {
         name: "postgres".into(),
         image: Some(model.images.postgres.clone()),
         command: Some(vec![layout::BINARY.into(), "instance".into()]),
         env: Some(environment),
-        ports: Some(vec![
-            port("postgresql", layout::POSTGRES_PORT),
-            port("agent", layout::AGENT_PORT),
-        ]),
+        ports: Some(ports),
         // Cloning or restoring a large database can take a long time; the
         // startup probe allows up to an hour before liveness takes over.
         startup_probe: Some(agent_probe("/healthz", 10, 360)),
@@ -377,6 +385,15 @@ fn volumes(model: &Model, instance: &str) -> Vec<Volume> {
     ];
     if model.spec.wal_storage.is_some() {
         volumes.push(pvc_volume("wal", names::wal_pvc(instance)));
+    }
+    if super::backup::standby_backups(model) {
+        // Issued by the operator's CA in either TLS mode, like the agent's.
+        let backrest = names::backrest_tls_secret(cluster);
+        volumes.push(super::secrets::tls_volume(
+            "backrest-tls",
+            &backrest,
+            &backrest,
+        ));
     }
     volumes.extend(super::backup::volumes(model).into_iter().map(|(v, _)| v));
     volumes.extend(super::restore::volumes(model).into_iter().map(|(v, _)| v));

@@ -83,6 +83,11 @@ pub fn agent_tls_secret(cluster: &str) -> String {
     format!("{cluster}-agent-tls")
 }
 
+/// pgBackRest's TLS certificate (backups from a replica).
+pub fn backrest_tls_secret(cluster: &str) -> String {
+    format!("{cluster}-pgbackrest-tls")
+}
+
 /// The operator's client certificate for the agents' command endpoints.
 pub fn operator_tls_secret(cluster: &str) -> String {
     format!("{cluster}-operator-tls")

@@ -160,6 +160,9 @@ pub enum CertKind {
     Agent,
     /// The operator's client certificate (always).
     Operator,
+    /// pgBackRest's TLS server and client certificate, shared by the
+    /// instances (`spec.backup.target: preferReplica`, either TLS mode).
+    Backrest,
 }
 
 /// What a certificate must say.
@@ -167,12 +170,14 @@ pub enum CertKind {
 pub enum CertIdentity {
     Server(Vec<String>),
     Client(String),
+    /// Server for these names and client as the first of them.
+    Peer(Vec<String>),
 }
 
 impl CertKind {
     /// The kinds the operator issues for `model`.
     pub fn managed(model: &Model) -> Vec<CertKind> {
-        match model.spec.tls.mode {
+        let mut kinds = match model.spec.tls.mode {
             TlsMode::Managed => vec![
                 CertKind::Server,
                 CertKind::Replication,
@@ -181,7 +186,11 @@ impl CertKind {
                 CertKind::Operator,
             ],
             TlsMode::Provided => vec![CertKind::Agent, CertKind::Operator],
+        };
+        if super::backup::standby_backups(model) {
+            kinds.push(CertKind::Backrest);
         }
+        kinds
     }
 
     pub fn secret_name(self, cluster: &str) -> String {
@@ -191,6 +200,7 @@ impl CertKind {
             CertKind::Pooler => names::pooler_tls_secret(cluster),
             CertKind::Agent => names::agent_tls_secret(cluster),
             CertKind::Operator => names::operator_tls_secret(cluster),
+            CertKind::Backrest => names::backrest_tls_secret(cluster),
         }
     }
 
@@ -213,6 +223,10 @@ impl CertKind {
             CertKind::Agent => CertIdentity::Server(vec![names::agent_server_name(cluster, ns)]),
             CertKind::Replication => CertIdentity::Client(roles::REPLICATION.to_string()),
             CertKind::Operator => CertIdentity::Client(layout::OPERATOR_CLIENT_CN.to_string()),
+            // Standbys reach the primary's server through `-rw`.
+            CertKind::Backrest => {
+                CertIdentity::Peer(names::service_dns_names(&names::rw_service(cluster), ns))
+            }
         }
     }
 }

@@ -15,12 +15,15 @@ use crate::contract::layout;
 pub fn all(model: &Model) -> Vec<Service> {
     let cluster = &model.name;
     vec![
-        service(
+        with_backrest_port(
             model,
-            names::rw_service(cluster),
-            labels::role_selector(cluster, labels::ROLE_PRIMARY),
-            labels::COMPONENT_DATABASE,
-            false,
+            service(
+                model,
+                names::rw_service(cluster),
+                labels::role_selector(cluster, labels::ROLE_PRIMARY),
+                labels::COMPONENT_DATABASE,
+                false,
+            ),
         ),
         service(
             model,
@@ -44,6 +47,24 @@ pub fn all(model: &Model) -> Vec<Service> {
             true,
         ),
     ]
+}
+
+/// With backups from a replica, standbys reach the primary's pgBackRest
+/// server through `-rw` too.
+fn with_backrest_port(model: &Model, mut service: Service) -> Service {
+    if super::backup::standby_backups(model)
+        && let Some(ports) = service.spec.as_mut().and_then(|s| s.ports.as_mut())
+    {
+        let port = i32::from(layout::BACKREST_TLS_PORT);
+        ports.push(ServicePort {
+            name: Some("pgbackrest".into()),
+            port,
+            target_port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        });
+    }
+    service
 }
 
 fn service(

@@ -114,9 +114,31 @@ pub fn issue_server(
         ca,
         common_name,
         dns_names,
-        ExtendedKeyUsagePurpose::ServerAuth,
+        &[ExtendedKeyUsagePurpose::ServerAuth],
         now,
         "server",
+    )
+}
+
+/// A certificate that serves `dns_names` and, under the first of them as
+/// its common name, also authenticates as a client: pgBackRest's TLS
+/// servers and the standbys that call them share one.
+pub fn issue_peer(
+    ca: &Issued,
+    dns_names: &[String],
+    now: OffsetDateTime,
+) -> Result<Issued, TlsError> {
+    let common_name = dns_names.first().map(String::as_str).unwrap_or("peer");
+    issue_leaf(
+        ca,
+        common_name,
+        dns_names,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        now,
+        "peer",
     )
 }
 
@@ -131,7 +153,7 @@ pub fn issue_client(
         ca,
         common_name,
         &[],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
         now,
         "client",
     )
@@ -141,7 +163,7 @@ fn issue_leaf(
     ca: &Issued,
     common_name: &str,
     dns_names: &[String],
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
     now: OffsetDateTime,
     what: &'static str,
 ) -> Result<Issued, TlsError> {
@@ -155,7 +177,7 @@ fn issue_leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     (params.not_before, params.not_after) = validity(now, LEAF_VALIDITY);
     let cert = params

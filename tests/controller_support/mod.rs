@@ -411,6 +411,25 @@ impl PoolerControl for FakeAgents {
 }
 
 impl Agents for FakeAgents {
+    fn sentinel<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        backup: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            self.act(format!("sentinel {} {backup}", ep.name)).await;
+            let reports = self.reports.lock().unwrap();
+            let r = reports.get(&ep.name).ok_or_else(|| unreachable(ep))?;
+            if r.role != Role::Primary {
+                return Err(ClientError::Status {
+                    endpoint: ep.name.clone(),
+                    status: StatusCode::CONFLICT,
+                    message: "not the primary".into(),
+                });
+            }
+            Ok(())
+        })
+    }
     fn backup<'a>(
         &'a self,
         ep: &'a Endpoint,

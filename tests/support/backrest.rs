@@ -164,6 +164,7 @@ pub fn setup(
         process_max: 2,
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
+        server: None,
     };
     let config_path = root.join("pgbackrest.conf");
     write_config(&config, &config_path);

@@ -128,6 +128,9 @@ pub struct Pki {
     pub replication: (String, String),
     pub operator: (String, String),
     pub stranger: (String, String),
+    /// pgBackRest's TLS server and client certificate (as the operator
+    /// issues it: `db-rw`, both usages), also for `localhost`.
+    pub backrest: (String, String),
 }
 
 impl Pki {
@@ -149,15 +152,41 @@ impl Pki {
             replication: Default::default(),
             operator: Default::default(),
             stranger: Default::default(),
+            backrest: Default::default(),
         };
         pki.server = pki.issue("localhost", &["localhost", "127.0.0.1"], true);
         pki.replication = pki.issue("streaming_replica", &[], false);
         pki.operator = pki.issue("capstan-operator", &[], false);
         pki.stranger = pki.issue("someone-else", &[], false);
+        pki.backrest = pki.issue_with(
+            "db-rw",
+            &["db-rw", "localhost"],
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
         pki
     }
 
     fn issue(&self, cn: &str, names: &[&str], server: bool) -> (String, String) {
+        self.issue_with(
+            cn,
+            names,
+            vec![if server {
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth
+            }],
+        )
+    }
+
+    fn issue_with(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -165,11 +194,7 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![if server {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        }];
+        params.extended_key_usages = usages;
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -294,6 +319,7 @@ impl Instance {
             ("server", &pki.server),
             ("replication", &pki.replication),
             ("agent", &pki.server),
+            ("pgbackrest", &pki.backrest),
         ] {
             let dir = root.join("tls").join(dir);
             write_file(&dir.join("tls.crt"), cert.as_bytes(), 0o644);
@@ -547,6 +573,14 @@ impl Instance {
         if let Some(pid) = self.postmaster_pid() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
         }
+        // The manager's other children (pgBackRest's TLS server, its async
+        // archiver) outlive a killed manager; their arguments name the root.
+        let postgres = self.postgres_processes();
+        for pid in processes_naming(&self.root) {
+            if !postgres.contains(&pid) && Some(pid) != self.postmaster_pid() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = self.postgres_processes();
@@ -612,6 +646,28 @@ pub fn manager_binary() -> PathBuf {
             copy
         })
         .clone()
+}
+
+/// Processes whose command line names `root` (or a path below it).
+pub fn processes_naming(root: &Path) -> Vec<i32> {
+    let needle = root.display().to_string();
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 pub fn processes_in(dir: &Path) -> Vec<i32> {

@@ -18,6 +18,7 @@ fn base(repositories: Vec<Repository>) -> BackrestConfig {
         process_max: 2,
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
+        server: None,
     }
 }
 
@@ -390,4 +391,49 @@ fn archive_settings_call_pgbackrest_with_config_and_stanza() {
         odd.archive_command(),
         r"'/opt/my tools/pgbackrest' --config='/c/it'\''s.conf' --stanza=db archive-push %p"
     );
+}
+
+#[test]
+fn the_tls_server_serves_this_stanza_to_one_client_name() {
+    let mut config = base(vec![Repository::posix("/repo")]);
+    config.server = Some(TlsServer {
+        address: "*".into(),
+        port: 8432,
+        cert_file: "/tls/pgbackrest/tls.crt".into(),
+        key_file: "/tls/pgbackrest/tls.key".into(),
+        ca_file: "/tls/pgbackrest/ca.crt".into(),
+        client_name: "db-rw".into(),
+    });
+    let text = render(&config, &Secrets::default()).unwrap();
+    let global = text.split("[db]").next().unwrap();
+    for line in [
+        "tls-server-address=*",
+        "tls-server-port=8432",
+        "tls-server-cert-file=/tls/pgbackrest/tls.crt",
+        "tls-server-key-file=/tls/pgbackrest/tls.key",
+        "tls-server-ca-file=/tls/pgbackrest/ca.crt",
+        "tls-server-auth=db-rw=db",
+    ] {
+        assert!(global.contains(&format!("\n{line}\n")), "{line} in {text}");
+    }
+    // Without it, no server options at all.
+    config.server = None;
+    let text = render(&config, &Secrets::default()).unwrap();
+    assert!(!text.contains("tls-server"), "{text}");
+    // A client name that would change what tls-server-auth means.
+    config.server = Some(TlsServer {
+        client_name: "a=b".into(),
+        ..TlsServer {
+            address: "*".into(),
+            port: 8432,
+            cert_file: "/c".into(),
+            key_file: "/k".into(),
+            ca_file: "/a".into(),
+            client_name: String::new(),
+        }
+    });
+    assert!(matches!(
+        render(&config, &Secrets::default()),
+        Err(ConfigError::InvalidValue { .. })
+    ));
 }

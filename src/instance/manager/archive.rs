@@ -17,7 +17,7 @@ use crate::contract::backup::BackupSettings;
 use crate::contract::settings::InstanceSettings;
 
 use super::super::authority::Authority;
-use super::super::backup::{backrest_config, backrest_dirs};
+use super::super::backup::{backrest_config, backrest_dirs, standby_source};
 use super::super::binaries;
 use super::super::local::Archiver;
 use super::Manager;
@@ -35,7 +35,7 @@ pub(super) struct BackupUpkeep {
 }
 
 /// A configuration's version: its digest (never logged; it holds keys).
-fn version_of(text: &str) -> u64 {
+pub(super) fn version_of(text: &str) -> u64 {
     let digest = Sha256::digest(text.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
@@ -87,6 +87,7 @@ impl<A: Authority> Manager<A> {
                 tracing::info!("backups are no longer configured");
             }
             self.backup.checked = None;
+            let _ = self.keep_backrest_server(None);
             self.shared.backups.disable(
                 "backups are not configured for this cluster (spec.backup is not set)".into(),
             );
@@ -94,15 +95,23 @@ impl<A: Authority> Manager<A> {
             return;
         };
         match self.write_backup_config(backup).await {
-            Ok(()) => self.clear_error(Source::Backup),
+            Ok(version) => {
+                let server = backup.standby_backups.is_some().then_some(version);
+                match self.keep_backrest_server(server) {
+                    Ok(()) => self.clear_error(Source::Backup),
+                    Err(e) => self.set_error(Source::Backup, e),
+                }
+            }
             Err(e) => {
+                let _ = self.keep_backrest_server(None);
                 self.shared.backups.disable(e.clone());
                 self.set_error(Source::Backup, e);
             }
         }
     }
 
-    async fn write_backup_config(&mut self, backup: &BackupSettings) -> Result<(), String> {
+    /// Writes pgbackrest.conf when it changed; its version.
+    async fn write_backup_config(&mut self, backup: &BackupSettings) -> Result<u64, String> {
         let tool = self.inputs.pgbackrest.clone();
         if self.backup.checked.as_ref() != Some(&tool) {
             let version = binaries::check_pgbackrest(&tool)
@@ -138,10 +147,13 @@ impl<A: Authority> Manager<A> {
         }
         let mut runner = Runner::new(&tool, &path, &backup.stanza);
         runner.run_as = owner;
-        self.shared
-            .backups
-            .configure(runner, version, backup.repositories.len());
-        Ok(())
+        self.shared.backups.configure(
+            runner,
+            version,
+            backup.repositories.len(),
+            standby_source(&self.inputs, backup),
+        );
+        Ok(version)
     }
 
     /// A primary with backups configured: it archives and reports on it.
@@ -246,6 +258,7 @@ mod tests {
             process_max: 2,
             archive_timeout: std::time::Duration::from_secs(60),
             archive_push_queue_max: None,
+            server: None,
         };
         let rendered = backrest::render(&config, &Secrets::default()).unwrap();
         let off = with_archive_async(rendered, false);

@@ -15,6 +15,7 @@
 //! standing errors behind `lastError`).
 
 mod archive;
+mod backrest_server;
 mod errors;
 mod fence;
 mod report;
@@ -63,6 +64,7 @@ pub struct Manager<A: Authority> {
     upkeep: running::Upkeep,
     role: role::RoleState,
     backup: archive::BackupUpkeep,
+    backrest_server: backrest_server::ServerUpkeep,
     restore: restore::RestoreState,
 }
 
@@ -113,6 +115,7 @@ impl<A: Authority> Manager<A> {
             upkeep: running::Upkeep::default(),
             role: role::RoleState::default(),
             backup: archive::BackupUpkeep::default(),
+            backrest_server: backrest_server::ServerUpkeep::default(),
             restore: restore::RestoreState::default(),
         }
     }

@@ -129,6 +129,7 @@ impl<A: Authority> Manager<A> {
                 archive_timeout_seconds: 60,
                 // archive-get prefetches segments in the background.
                 archive_async: true,
+                standby_backups: None,
             },
         );
         config.stanza.pg_path = pg_path.to_path_buf();

@@ -449,6 +449,7 @@ async fn apply_secrets(
                 let issued = match kind.identity(model) {
                     CertIdentity::Server(dns) => tls::issue_server(authority, &dns, now)?,
                     CertIdentity::Client(cn) => tls::issue_client(authority, &cn, now)?,
+                    CertIdentity::Peer(dns) => tls::issue_peer(authority, &dns, now)?,
                 };
                 let secret = secrets::cert_secret(model, *kind, &issued, &authority.cert_pem);
                 let name = kind.secret_name(&model.name);

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::api::backup::{BackupSpec, BackupType as ApiType};
+use crate::api::backup::{BackupSpec, BackupTarget, BackupType as ApiType};
 use crate::api::pgbackup::PostgresBackup;
 use crate::api::status::{ArchiveFailure, ArchivedWal, BackupReference, BackupStatus};
 use crate::contract::backup::{BackupJob, BackupRequest, BackupType, JobPhase};
@@ -23,11 +23,14 @@ pub mod phase {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Ask `instance` to take the backup.
+    /// Ask `instance` to take the backup; with `sentinel_on` (a backup on
+    /// a standby), first have that primary write the sentinel row a
+    /// verification looks for.
     Start {
         backup: String,
         instance: String,
         request: BackupRequest,
+        sentinel_on: Option<String>,
     },
     /// The instance finished it: record the outcome; `verify`: whether a
     /// completed backup is verified by restore, else why not.
@@ -59,15 +62,26 @@ pub struct Input<'a> {
     pub backups: &'a [PostgresBackup],
     pub target_primary: &'a str,
     pub primary_pod: Option<&'a Pod>,
+    /// Replicas whose pods are ready and not being removed (where a backup
+    /// with `target: preferReplica` may run).
+    pub ready_replicas: &'a [String],
     pub reports: &'a std::collections::BTreeMap<String, InstanceReport>,
 }
 
+/// A backup being taken, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub backup: String,
+    pub instance: String,
+}
+
 /// What the backups need now: the step to take (if any), and the backup
-/// running on an instance (the primary must not be restarted under it).
+/// running on an instance (neither it nor the primary may be restarted
+/// under it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Decision {
     pub step: Option<Step>,
-    pub running: Option<String>,
+    pub running: Option<Running>,
 }
 
 pub(super) fn phase_of(b: &PostgresBackup) -> &str {
@@ -143,7 +157,10 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 }),
             },
         };
-        let running = step.is_none().then_some(name);
+        let running = step.is_none().then_some(Running {
+            backup: name,
+            instance,
+        });
         return Decision { step, running };
     }
     let Some(b) = input.backups.iter().find(|b| phase_of(b) == phase::PENDING) else {
@@ -206,10 +223,13 @@ pub fn decide(input: &Input<'_>) -> Decision {
             ));
         }
     }
+    let standby = (spec.target == BackupTarget::PreferReplica)
+        .then(|| standby_for_backup(input.ready_replicas, input.reports, report))
+        .flatten();
     Decision {
         step: Some(Step::Start {
             backup: name.clone(),
-            instance: primary.to_string(),
+            instance: standby.clone().unwrap_or_else(|| primary.to_string()),
             request: BackupRequest {
                 backup: name,
                 kind: match b.spec.type_ {
@@ -218,10 +238,41 @@ pub fn decide(input: &Input<'_>) -> Decision {
                     ApiType::Incremental => BackupType::Incr,
                 },
                 repository: u32::try_from(position + 1).unwrap_or(1),
+                standby: standby.is_some(),
             },
+            sentinel_on: standby.map(|_| primary.to_string()),
         }),
         running: None,
     }
+}
+
+/// The replica a `preferReplica` backup runs on: a ready one that streams,
+/// an asynchronous one before a synchronous standby (whose slower disk
+/// would slow commits), then the least behind; the name breaks ties.
+/// `None`: there is none, and the primary takes the backup.
+fn standby_for_backup(
+    ready: &[String],
+    reports: &std::collections::BTreeMap<String, InstanceReport>,
+    primary: &InstanceReport,
+) -> Option<String> {
+    let synchronous = |name: &str| {
+        primary
+            .standbys
+            .iter()
+            .any(|s| s.name == name && matches!(s.sync_state.as_str(), "sync" | "quorum"))
+    };
+    ready
+        .iter()
+        .filter_map(|name| {
+            let r = reports.get(name)?;
+            let streams = r.role == Role::Replica
+                && r.running
+                && r.ready
+                && r.wal_receiver.as_deref() == Some("streaming");
+            streams.then(|| (synchronous(name), r.lag_bytes.unwrap_or(u64::MAX), name))
+        })
+        .min()
+        .map(|(_, _, name)| name.clone())
 }
 
 fn reject(backup: String, message: String) -> Decision {

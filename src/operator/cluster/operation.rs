@@ -82,8 +82,13 @@ pub enum Operation {
     RetryLater(String),
     /// Start, record or hold a `PostgresBackup`.
     Backup(super::backup::Step),
-    /// The rolling update's primary step waits for this backup to end.
-    AwaitBackup(String),
+    /// The rolling update's next step (restarting `instance`, or a
+    /// switchover) waits for `backup` to end: it runs there, or needs the
+    /// primary.
+    AwaitBackup {
+        backup: String,
+        instance: String,
+    },
 }
 
 /// How long a failed rolling-update switchover waits before the next try.
@@ -159,7 +164,7 @@ impl Operation {
             | Operation::RetryLater(_) => "RollingUpdate",
             Operation::RemoveInstances(_) => "ScaleDown",
             Operation::Backup(_) => "Backup",
-            Operation::AwaitBackup(_) => "RollingUpdate",
+            Operation::AwaitBackup { .. } => "RollingUpdate",
         }
     }
 
@@ -253,8 +258,8 @@ impl Operation {
                     }
                 }
             }
-            Operation::AwaitBackup(b) => format!(
-                "rolling update: the primary waits for backup {b} to finish before it is restarted"
+            Operation::AwaitBackup { backup, instance } => format!(
+                "rolling update: {instance} waits for backup {backup} to finish before it is restarted"
             ),
         }
     }
@@ -288,6 +293,13 @@ pub fn choose(input: &Input<'_>) -> Operation {
         backups: &input.observed.backups,
         target_primary: input.target_primary,
         primary_pod: input.observed.pod(input.target_primary),
+        ready_replicas: &input
+            .instances
+            .iter()
+            .filter(|n| *n != input.target_primary && !input.removed.contains(n))
+            .filter(|n| input.observed.pod(n).is_some_and(is_ready))
+            .cloned()
+            .collect::<Vec<_>>(),
         reports: &input.observed.reports,
     });
     // Starting, recording or refusing a backup is one quick step; a backup
@@ -302,9 +314,20 @@ pub fn choose(input: &Input<'_>) -> Operation {
         return op;
     }
     if let Some(op) = rolling_step(input) {
+        // A backup needs the primary (even one taken on a standby) and the
+        // instance it runs on.
         return match (op, backups.running) {
-            (Operation::Switchover(_) | Operation::RestartPrimary { .. }, Some(backup)) => {
-                Operation::AwaitBackup(backup)
+            (Operation::Switchover(_) | Operation::RestartPrimary { .. }, Some(running)) => {
+                Operation::AwaitBackup {
+                    backup: running.backup,
+                    instance: input.target_primary.to_string(),
+                }
+            }
+            (Operation::RecreateReplica(replica), Some(running)) if replica == running.instance => {
+                Operation::AwaitBackup {
+                    backup: running.backup,
+                    instance: replica,
+                }
             }
             (op, _) => op,
         };

@@ -408,7 +408,9 @@ fn secret_actions(model: &Model, observed: &Observed) -> Vec<SecretAction> {
                 Some(_) if new_ca || !facts.signed_by_cluster_ca => Some(CertReason::NewCa),
                 Some(cert) => {
                     let matches = match kind.identity(model) {
-                        CertIdentity::Server(dns) => cert.dns_names == dns,
+                        CertIdentity::Server(dns) | CertIdentity::Peer(dns) => {
+                            cert.dns_names == dns
+                        }
                         CertIdentity::Client(cn) => {
                             cert.common_name.as_deref() == Some(cn.as_str())
                         }

@@ -91,11 +91,13 @@ fn decide_with(
     reports: &BTreeMap<String, InstanceReport>,
 ) -> Decision {
     let pod = ready_pod();
+    let ready: Vec<String> = reports.keys().filter(|n| *n != "db-1").cloned().collect();
     decide(&Input {
         spec,
         backups,
         target_primary: "db-1",
         primary_pod: Some(&pod),
+        ready_replicas: &ready,
         reports,
     })
 }
@@ -117,7 +119,9 @@ fn the_oldest_pending_backup_starts_on_the_primary_in_its_repository() {
                 backup: "b1".into(),
                 kind: BackupType::Incr,
                 repository: 2,
+                standby: false,
             },
+            sentinel_on: None,
         })
     );
     // Without a repository named, the first one listed.
@@ -139,7 +143,10 @@ fn a_running_backup_is_followed_to_its_end_before_another_starts() {
         d,
         Decision {
             step: None,
-            running: Some("b2".into())
+            running: Some(Running {
+                backup: "b2".into(),
+                instance: "db-1".into()
+            })
         }
     );
 
@@ -160,7 +167,10 @@ fn a_running_backup_is_followed_to_its_end_before_another_starts() {
         d,
         Decision {
             step: None,
-            running: Some("b2".into())
+            running: Some(Running {
+                backup: "b2".into(),
+                instance: "db-1".into()
+            })
         }
     );
 }
@@ -202,6 +212,7 @@ fn a_backup_waits_for_a_ready_primary_and_its_stanza() {
         backups: &backups,
         target_primary: "db-1",
         primary_pod: None,
+        ready_replicas: &[],
         reports: &primary(archiving(), None),
     });
     assert!(
@@ -509,4 +520,108 @@ fn a_backup_that_failed_its_verification_is_not_the_last_successful_one() {
     assert_eq!(st.last_successful_backup, None);
     let st = status(Some(&s), &[older], &none, None, Some(&was)).unwrap();
     assert_eq!(st.last_successful_backup.unwrap().name, "b1");
+}
+
+fn replica(name: &str, lag: u64, receiver: &str) -> InstanceReport {
+    InstanceReport {
+        name: name.into(),
+        role: Role::Replica,
+        running: true,
+        ready: true,
+        lag_bytes: Some(lag),
+        wal_receiver: Some(receiver.into()),
+        ..InstanceReport::default()
+    }
+}
+
+fn on_replicas() -> BackupSpec {
+    let mut s = spec();
+    s.target = BackupTarget::PreferReplica;
+    s
+}
+
+fn started_on(d: &Decision) -> (String, bool, Option<String>) {
+    match &d.step {
+        Some(Step::Start {
+            instance,
+            request,
+            sentinel_on,
+            ..
+        }) => (instance.clone(), request.standby, sentinel_on.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn prefer_replica_takes_a_streaming_asynchronous_replica_least_behind() {
+    let s = on_replicas();
+    let backups = [backup("b1", "full", None, None)];
+    let mut reports = primary(archiving(), None);
+    reports.insert("db-2".into(), replica("db-2", 4096, "streaming"));
+    reports.insert("db-3".into(), replica("db-3", 0, "streaming"));
+    let d = decide_with(Some(&s), &backups, &reports);
+    // The standby takes it; the primary writes the sentinel first.
+    assert_eq!(started_on(&d), ("db-3".into(), true, Some("db-1".into())));
+    // A synchronous standby only when no asynchronous one streams.
+    reports.get_mut("db-1").unwrap().standbys = vec![crate::contract::instance::StandbyReport {
+        name: "db-3".into(),
+        state: "streaming".into(),
+        sync_state: "sync".into(),
+        flush_lsn: None,
+        replay_lsn: None,
+    }];
+    let d = decide_with(Some(&s), &backups, &reports);
+    assert_eq!(started_on(&d).0, "db-2");
+    // One that does not stream (catching up from the archive) is skipped.
+    reports.insert("db-2".into(), replica("db-2", 0, "stopped"));
+    let d = decide_with(Some(&s), &backups, &reports);
+    assert_eq!(started_on(&d).0, "db-3");
+}
+
+#[test]
+fn prefer_replica_falls_back_to_the_primary() {
+    let s = on_replicas();
+    let backups = [backup("b1", "full", None, None)];
+    // No replica at all.
+    let d = decide_with(Some(&s), &backups, &primary(archiving(), None));
+    assert_eq!(started_on(&d), ("db-1".into(), false, None));
+    // A replica whose pod is not ready (not in ready_replicas).
+    let mut reports = primary(archiving(), None);
+    reports.insert("db-2".into(), replica("db-2", 0, "streaming"));
+    let pod = ready_pod();
+    let d = decide(&Input {
+        spec: Some(&s),
+        backups: &backups,
+        target_primary: "db-1",
+        primary_pod: Some(&pod),
+        ready_replicas: &[],
+        reports: &reports,
+    });
+    assert_eq!(started_on(&d), ("db-1".into(), false, None));
+    // With target primary, a streaming replica is not used.
+    let d = decide_with(Some(&spec()), &backups, &reports);
+    assert_eq!(started_on(&d), ("db-1".into(), false, None));
+}
+
+#[test]
+fn a_backup_running_on_a_replica_is_followed_there() {
+    let s = on_replicas();
+    let mut b = backup("b1", "full", None, Some(phase::RUNNING));
+    b.status.as_mut().unwrap().instance = Some("db-2".into());
+    let mut reports = primary(archiving(), None);
+    let mut r = replica("db-2", 0, "streaming");
+    r.backup = Some(job("b1", JobPhase::Running));
+    reports.insert("db-2".into(), r);
+    let d = decide_with(Some(&s), std::slice::from_ref(&b), &reports);
+    assert_eq!(d.step, None);
+    assert_eq!(
+        d.running,
+        Some(Running {
+            backup: "b1".into(),
+            instance: "db-2".into()
+        })
+    );
+    reports.get_mut("db-2").unwrap().backup = Some(job("b1", JobPhase::Completed));
+    let d = decide_with(Some(&s), std::slice::from_ref(&b), &reports);
+    assert!(matches!(d.step, Some(Step::Finish { .. })), "{:?}", d.step);
 }

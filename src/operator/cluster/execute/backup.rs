@@ -17,11 +17,27 @@ impl Executor<'_> {
         let name = step.backup();
         match step {
             Step::Start {
-                instance, request, ..
+                instance,
+                request,
+                sentinel_on,
+                ..
             } => {
                 let Some(agents) = self.agents else { return };
                 let Some(ep) = self.endpoint(instance) else {
                     return;
+                };
+                // A backup is still worth taking without its sentinel (its
+                // verification then says the row is missing).
+                if let Some(primary) = sentinel_on
+                    && let Some(primary_ep) = self.endpoint(primary)
+                    && let Err(e) = agents.sentinel(&primary_ep, name).await
+                {
+                    warn!(cluster = %self.model.name, instance = %primary, operation = "backup", backup = %name, error = %e, "cannot write the backup sentinel on the primary; starting the backup anyway");
+                }
+                let where_ = if request.standby {
+                    " (a streaming replica; spec.backup.target: preferReplica)"
+                } else {
+                    ""
                 };
                 match agents.backup(&ep, request).await {
                     Ok(job) => {
@@ -34,14 +50,14 @@ impl Executor<'_> {
                                 "type": backup_type(&job),
                                 "repository": format!("repo{}", job.repository),
                                 "startedAt": job.started_at,
-                                "message": format!("running on {instance}"),
+                                "message": format!("running on {instance}{where_}"),
                             }),
                         )
                         .await;
                         self.event(
                             false,
                             reason::BACKUP_STARTED,
-                            format!("backup {name} started on {instance}"),
+                            format!("backup {name} started on {instance}{where_}"),
                         )
                         .await;
                     }

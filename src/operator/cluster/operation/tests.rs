@@ -541,5 +541,11 @@ fn a_running_backup_holds_back_only_the_primarys_restart() {
     w.recreate("db-2");
     w.recreate("db-3");
     // ... and the primary waits for the backup.
-    assert_eq!(w.choose(), Operation::AwaitBackup("b1".into()));
+    assert_eq!(
+        w.choose(),
+        Operation::AwaitBackup {
+            backup: "b1".into(),
+            instance: "db-1".into()
+        }
+    );
 }

@@ -289,7 +289,7 @@ fn unwanted_budgets_are_deleted() {
 
 fn cert(model: &Model, kind: CertKind, not_after: i64) -> SecretFacts {
     let (dns_names, common_name) = match kind.identity(model) {
-        CertIdentity::Server(dns) => (dns.clone(), dns.first().cloned()),
+        CertIdentity::Server(dns) | CertIdentity::Peer(dns) => (dns.clone(), dns.first().cloned()),
         CertIdentity::Client(cn) => (vec![], Some(cn)),
     };
     SecretFacts {

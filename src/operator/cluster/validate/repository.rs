@@ -3,8 +3,8 @@
 //! naming the field and the fix.
 
 use crate::api::backup::{
-    AzureRepository, BackupRepository, BackupSpec, BackupTarget, GcsRepository, RestoreSpec,
-    S3Repository, UriStyle, default_repository_path,
+    AzureRepository, BackupRepository, BackupSpec, GcsRepository, RestoreSpec, S3Repository,
+    UriStyle, default_repository_path,
 };
 
 use super::{SpecError, invalid};
@@ -29,11 +29,6 @@ pub(super) fn unsupported_backup(backup: &BackupSpec) -> Option<String> {
     }
     if let Some(message) = crate::operator::cluster::schedule::invalid(&backup.schedules) {
         return Some(format!("{message}. {UNTIL}"));
-    }
-    if backup.target == BackupTarget::PreferReplica {
-        return Some(format!(
-            "spec.backup.target: preferReplica is not supported by this operator build yet; set target: primary. {UNTIL}"
-        ));
     }
     None
 }
@@ -215,7 +210,10 @@ mod tests {
     }
 
     #[test]
-    fn volumes_and_replicas_stay_refused_with_the_fix() {
+    fn volumes_stay_refused_with_the_fix_and_replicas_are_taken() {
+        let mut on_replica = backup(json!([{"name": "repo1", "gcs": gcs(None)}]));
+        on_replica.target = crate::api::backup::BackupTarget::PreferReplica;
+        assert_eq!(unsupported_backup(&on_replica), None);
         let b = backup(json!([{"name": "repo2", "volume": {"size": "1Gi"}}]));
         let message = unsupported_backup(&b).unwrap();
         assert!(

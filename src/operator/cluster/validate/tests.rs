@@ -162,10 +162,6 @@ fn backups_this_build_cannot_take_wait_and_render_nothing() {
             "spec.backup.repositories[repo2]: volume repositories are not supported",
         ),
         (
-            json!({"repositories": [s3_repository()], "target": "preferReplica"}),
-            "spec.backup.target: preferReplica is not supported",
-        ),
-        (
             json!({"repositories": [s3_repository()],
                    "schedules": [{"name": "nightly", "type": "full", "schedule": "0 1 * * *"},
                                  {"name": "often", "type": "incremental", "schedule": "61 * * * *"}]}),
