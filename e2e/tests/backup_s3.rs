@@ -19,8 +19,10 @@
 //!   condition names `spec.backup.repositories[0].s3.credentials`; all
 //!   keep serving writes through their poolers without a restart.
 //! * `restore_to_a_time_between_two_writes`: 3 instances, rows A → a full
-//!   backup → rows B → the target time T (the server's clock, a quiet
-//!   second either side) → rows C → a failover → rows D archived on the
+//!   backup → rows B → an incremental backup → the target time T (the
+//!   server's clock, a quiet second either side; the newest backup before
+//!   it is the incremental, so the restore starts from it) → rows C → a
+//!   failover → rows D archived on the
 //!   new timeline → a new 2-instance cluster with `bootstrap.restore` of
 //!   the source to T is Ready, holds exactly A and B through its pooler,
 //!   its replica streams, it runs on a timeline of its own and archives to
@@ -314,6 +316,9 @@ async fn to_a_time_between_two_writes(setup: &mut Setup, ns: &str) -> Result<(),
     let after_a = backup::server_time(&src, target).await?;
     backup::completed(target, ns, "src-full", "src", BackupType::Full).await?;
     backup::write_rows(&src, target, 101..=200, WRITES_WITHIN).await?;
+    // An incremental on the full one: the newest backup before T, so the
+    // restore starts from the two of them.
+    backup::completed(target, ns, "src-incr", "src", BackupType::Incremental).await?;
     tokio::time::sleep(GAP).await;
     let t = backup::server_time(&src, target).await?;
     tokio::time::sleep(GAP).await;

@@ -14,6 +14,13 @@
 //!   message: a `Failed` verification, a Warning Event and the cluster's
 //!   `BackupVerified` condition `False`, while the database keeps serving.
 //!
+//! * `a_replica_takes_the_backup_and_it_restores`: two instances with
+//!   `target: preferReplica` → a full backup is taken on the replica (its
+//!   `status.instance`, the `BackupStarted` Event says so), the primary's
+//!   part through its pgBackRest TLS server behind `-rw` → its
+//!   verification passes with the sentinel row the primary wrote → the
+//!   cluster stays Ready and every row written through the pooler is there.
+//!
 //! The store is a harness facility: on a real cluster this skips.
 
 use std::time::{Duration, Instant};
@@ -240,6 +247,77 @@ async fn scenario(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eErr
         rows.len()
     );
     db.delete(target).await
+}
+
+async fn on_a_replica(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eError> {
+    ensure_namespace(&target.client(), ns).await?;
+    store
+        .write_secrets(target, ns, KEYS_SECRET, Keys::Right)
+        .await?;
+    let mut spec = ha_example("ha-cluster.yaml", ns)?;
+    spec.metadata.name = Some("db".into());
+    spec.spec.instances = 2;
+    spec.spec.proxy.pgbouncer.replicas = 1;
+    spec.spec.postgres.version = MAJOR as i32;
+    spec.spec.postgres.image = Some(backup::pgbackrest_image(MAJOR));
+    let mut backup_spec = store.backup_spec(KEYS_SECRET, "5s")?;
+    backup_spec.target = capstan::api::backup::BackupTarget::PreferReplica;
+    spec.spec.backup = Some(backup_spec);
+    let db: HaCluster = HaCluster::create(target, &spec).await?;
+    backup::write_rows(&db, target, 1..=300, WRITES_WITHIN).await?;
+    let c = db.get(target).await?;
+    let primary = ha::current_primary(&c).cloned().unwrap_or_default();
+
+    backup::completed(target, ns, "db-standby", "db", BackupType::Full).await?;
+    let b = verified(target, ns, "db-standby").await?;
+    let s = b.status.clone().unwrap_or_default();
+    let v = verification(&b);
+    let instance = s.instance.clone().unwrap_or_default();
+    eprintln!(
+        "[{ns}] db-standby taken on {instance} (primary {primary}); verification {}: {}",
+        v.phase,
+        v.message.clone().unwrap_or_default()
+    );
+    assert!(!instance.is_empty() && instance != primary, "{s:?}");
+    let (kind, note) = wait_event(target, ns, "BackupStarted", "db-standby").await?;
+    assert_eq!(kind, "Normal");
+    assert!(
+        note.contains(&instance) && note.contains("replica"),
+        "{note}"
+    );
+    assert_eq!(v.phase, "Passed", "{v:?}");
+    assert_eq!(v.sentinel_found, Some(true), "{v:?}");
+
+    backup::write_rows(&db, target, 301..=400, WRITES_WITHIN).await?;
+    let c = db.get(target).await?;
+    assert_eq!(
+        cluster::condition(&c, "Ready").as_deref(),
+        Some("True"),
+        "{}",
+        ha::status_summary(&c)
+    );
+    assert_eq!(ha::current_primary(&c), Some(&primary));
+    let rows = db.written(&db.pooler(target).await?).await?;
+    assert!(
+        (1..=400).all(|n| rows.contains(&n)),
+        "{} of 400 rows",
+        rows.len()
+    );
+    db.delete(target).await
+}
+
+#[test]
+fn a_replica_takes_the_backup_and_it_restores() {
+    capstan_e2e::scenario(|| async {
+        let Some((target, store)) = setup().await else {
+            return;
+        };
+        let ns = format!("e2e-backup-standby-{}", std::process::id());
+        if let Err(e) = on_a_replica(&target, &store, &ns).await {
+            eprintln!("--- S3 store ---\n{}", store.logs());
+            fail(&target, &ns, e).await;
+        }
+    });
 }
 
 #[test]

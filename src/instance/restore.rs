@@ -29,6 +29,15 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// `pgbackrest restore` of `target` into `pg_path`: PostgreSQL promotes
 /// when it reaches the target (at the end of the archive for `Latest`).
+/// The backup set pgBackRest chose (`restore backup set <label>, …`).
+pub fn backup_set_in_output(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let (_, rest) = line.split_once("restore backup set ")?;
+        let label = rest.split([',', ' ']).next()?;
+        crate::backup::command::valid_label(label).then(|| label.to_string())
+    })
+}
+
 pub fn restore_of(target: &RestoreTarget, pg_path: &Path) -> Result<Restore, String> {
     let (target, set) = match target {
         RestoreTarget::Latest => (Target::Latest, None),
@@ -134,7 +143,7 @@ impl DataOps<'_> {
         let partial = self.partial();
         let restore = restore_of(target, &partial).map_err(BootstrapError::Refused)?;
         tracing::info!(operation = "restore", stanza = %runner.stanza, target = ?target, "restoring the source's backup");
-        runner
+        let out = runner
             .restore(restore)
             .await
             .map_err(|e| BootstrapError::Restore {
@@ -144,6 +153,9 @@ impl DataOps<'_> {
                     .map(str::to_string)
                     .unwrap_or_else(|| e.to_string()),
             })?;
+        if let Some(set) = backup_set_in_output(&out.stdout) {
+            tracing::info!(operation = "restore", stanza = %runner.stanza, backup_set = %set, "restored from this backup set; recovery replays WAL from its start");
+        }
         let version_file = partial.join("PG_VERSION");
         let found = std::fs::read_to_string(&version_file).map_err(io(&version_file))?;
         same_major(&found, self.bins.major).map_err(BootstrapError::Refused)?;
@@ -239,6 +251,16 @@ impl DataOps<'_> {
 mod tests {
     use super::*;
     use crate::backup::command::argv;
+
+    #[test]
+    fn the_backup_set_is_read_from_pgbackrests_log() {
+        let out = "2026-12-05 22:00:13.379 P00   INFO: repo1: restore backup set 20261205-220010F_20261205-220112I, recovery will start at 2026-12-05 22:01:12\n";
+        assert_eq!(
+            backup_set_in_output(out).as_deref(),
+            Some("20261205-220010F_20261205-220112I")
+        );
+        assert_eq!(backup_set_in_output("INFO: restore command end"), None);
+    }
 
     fn tail(target: RestoreTarget) -> String {
         let restore = restore_of(&target, Path::new("/d/pgdata.partial")).unwrap();
