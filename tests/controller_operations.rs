@@ -618,6 +618,58 @@ async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
     server.abort();
 }
 
+/// `target: preferReplica`: the primary writes the sentinel, then the
+/// least-behind streaming replica is asked for a standby backup, recorded
+/// as running there.
+#[tokio::test]
+async fn a_prefer_replica_backup_runs_on_a_streaming_replica_after_the_primarys_sentinel() {
+    use capstan::contract::backup::ArchiveReport;
+    let mut spec = backup_spec();
+    spec["backup"]["target"] = json!("preferReplica");
+    let w = World::new(spec.clone(), &spec, None);
+    let mut report = primary("db-1");
+    report.archive = Some(ArchiveReport {
+        stanza_ready: true,
+        ..ArchiveReport::default()
+    });
+    w.agents.set(report);
+    let mut behind = replica("db-2", "0/2000000");
+    behind.lag_bytes = Some(1 << 20);
+    w.agents.set(behind);
+    let mut close = replica("db-3", "0/3000000");
+    close.lag_bytes = Some(0);
+    w.agents.set(close);
+    let (ctx, mut writers, server) = w.operator();
+    writers
+        .backups
+        .apply_watcher_event(&watcher::Event::Apply(backup_object("b1", None)));
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(
+        steps(w.trip.take_timeline()),
+        ["sentinel db-1 b1", "backup db-3 b1"]
+    );
+    let written: Vec<Value> = w
+        .api
+        .take_calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/postgresbackups/b1/status"))
+        .map(|c| c.body["status"].clone())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["phase"], "Running");
+    assert_eq!(written[0]["instance"], "db-3");
+    assert!(
+        written[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("streaming replica"),
+        "{written:?}"
+    );
+    let job = w.agents.reports.lock().unwrap()["db-3"].backup.clone();
+    assert!(job.is_some(), "the replica runs it");
+    server.abort();
+}
+
 /// The API double's writes to `PostgresBackup` objects other than status:
 /// (method, name, body).
 fn backup_writes(calls: &[controller_support::Call]) -> Vec<(String, String, Value)> {
