@@ -667,6 +667,27 @@ async fn a_prefer_replica_backup_runs_on_a_streaming_replica_after_the_primarys_
     );
     let job = w.agents.reports.lock().unwrap()["db-3"].backup.clone();
     assert!(job.is_some(), "the replica runs it");
+
+    // It completes: recorded, and the primary re-reads the repositories.
+    writers
+        .backups
+        .apply_watcher_event(&watcher::Event::Apply(backup_object(
+            "b1",
+            Some(json!({"phase": "Running", "instance": "db-3"})),
+        )));
+    {
+        let mut reports = w.agents.reports.lock().unwrap();
+        let job = reports.get_mut("db-3").unwrap().backup.as_mut().unwrap();
+        job.phase = capstan::contract::backup::JobPhase::Completed;
+        job.result = Some(capstan::contract::backup::BackupResult {
+            label: "20261204-100000F".into(),
+            started_at: Some("2026-12-04T10:00:00Z".into()),
+            stopped_at: Some("2026-12-04T10:00:42Z".into()),
+            ..Default::default()
+        });
+    }
+    reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+    assert_eq!(steps(w.trip.take_timeline()), ["inventory db-1"]);
     server.abort();
 }
 

@@ -462,6 +462,16 @@ async fn a_replica_takes_the_backup_through_the_primarys_tls_server() {
         stanza.backups.iter().any(|x| x.label == label),
         "{stanza:?}"
     );
+    // Told so (the operator does after a standby's backup), the primary
+    // re-reads the repositories and reports the new backup.
+    let (code, body) = a.operator("POST", "/inventory", Some("{}")).await;
+    assert_eq!(code, 200, "{body}");
+    a.wait_status("the primary lists the standby's backup", LONG, |r| {
+        r.archive
+            .as_ref()
+            .is_some_and(|x| x.repositories.iter().any(|i| i.labels.contains(&label)))
+    })
+    .await;
     assert!(b.terminate(Duration::from_secs(40)).success());
     assert!(a.terminate(Duration::from_secs(40)).success());
 }

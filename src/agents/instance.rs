@@ -58,4 +58,13 @@ impl AgentClient {
     ) -> Result<SentinelRequest, ClientError> {
         self.post(ep, "/sentinel", request, self.timeout()).await
     }
+
+    /// `POST /inventory`: the instance reads what the repositories hold
+    /// again at its next tick.
+    pub async fn inventory_changed(&self, ep: &Endpoint) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .post(ep, "/inventory", &serde_json::json!({}), self.timeout())
+            .await?;
+        Ok(())
+    }
 }

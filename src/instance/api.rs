@@ -59,6 +59,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/demote", post(demote))
         .route("/backup", post(backup))
         .route("/sentinel", post(sentinel))
+        .route("/inventory", post(inventory))
         .route_layer(middleware::from_fn(require_operator));
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -225,6 +226,13 @@ async fn sentinel(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             request.backup
         ))),
     }
+}
+
+/// A standby took a backup: what the repositories hold is read again on
+/// the next tick (the primary reports it; retention follows it).
+async fn inventory(State(shared): State<Arc<Shared>>) -> Response {
+    shared.backups.inventory_changed();
+    json(&serde_json::json!({}))
 }
 
 /// Binds the API port and serves until `shutdown`. TLS material that is

@@ -73,6 +73,8 @@ pub trait Agents: PoolerControl {
         ep: &'a Endpoint,
         backup: &'a str,
     ) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// `POST /inventory`: the instance re-reads what the repositories hold.
+    fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
 }
 
 impl Agents for AgentClient {
@@ -94,6 +96,9 @@ impl Agents for AgentClient {
             };
             AgentClient::sentinel(self, ep, &request).await.map(|_| ())
         })
+    }
+    fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move { AgentClient::inventory_changed(self, ep).await })
     }
     fn instance_status<'a>(
         &'a self,

@@ -411,6 +411,12 @@ impl PoolerControl for FakeAgents {
 }
 
 impl Agents for FakeAgents {
+    fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            self.act(format!("inventory {}", ep.name)).await;
+            Ok(())
+        })
+    }
     fn sentinel<'a>(
         &'a self,
         ep: &'a Endpoint,

@@ -83,6 +83,12 @@ pub fn inventory(info: &StanzaInfo, read_at: jiff::Timestamp) -> Vec<RepositoryI
 }
 
 impl Backups {
+    /// The repositories changed elsewhere (a standby took a backup): the
+    /// next tick reads them again.
+    pub fn inventory_changed(&self) {
+        self.lock().inventory.changed();
+    }
+
     /// Starts `pgbackrest info` in the background when a read is due, the
     /// stanza exists and no backup runs (primary only).
     pub fn refresh_inventory(self: &Arc<Self>) {

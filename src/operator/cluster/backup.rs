@@ -38,6 +38,9 @@ pub enum Step {
         backup: String,
         job: Box<BackupJob>,
         verify: Result<(), String>,
+        /// The primary, when a standby took the backup: it re-reads what
+        /// the repositories hold (it reports that; retention follows it).
+        tell_primary: Option<String>,
     },
     /// It cannot be taken at all (the message names the fix).
     Reject { backup: String, message: String },
@@ -139,6 +142,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 Some(j) if j.phase == JobPhase::Running => None,
                 Some(j) => Some(Step::Finish {
                     backup: name.clone(),
+                    tell_primary: (instance != input.target_primary)
+                        .then(|| input.target_primary.to_string()),
                     job: Box::new(j.clone()),
                     verify: verification_wanted(
                         input.spec,

@@ -69,7 +69,22 @@ impl Executor<'_> {
                     }
                 }
             }
-            Step::Finish { job, verify, .. } => self.finish(name, job, verify).await,
+            Step::Finish {
+                job,
+                verify,
+                tell_primary,
+                ..
+            } => {
+                self.finish(name, job, verify).await;
+                if let Some(primary) = tell_primary
+                    && job.phase == JobPhase::Completed
+                    && let (Some(agents), Some(ep)) = (self.agents, self.endpoint(primary))
+                    && let Err(e) = agents.inventory_changed(&ep).await
+                {
+                    // It reads them again within minutes anyway.
+                    warn!(cluster = %self.model.name, instance = %primary, operation = "backup", backup = %name, error = %e, "cannot ask the primary to re-read the repositories");
+                }
+            }
             Step::Reject { message, .. } => {
                 self.record(name, json!({"phase": phase::FAILED, "message": message}))
                     .await;
