@@ -184,6 +184,7 @@ pub fn plan(
         model,
         backups: &observed.backups,
         pods: &observed.verify_pods,
+        inventory: inventory(observed, &target_primary),
         now: observed.now,
     });
 
@@ -231,14 +232,24 @@ fn backup_objects(
         .iter()
         .map(|run| schedule::backup_object(model, &run.schedule, run.at))
         .collect();
-    let inventory = observed
+    delete.extend(retention::prune(
+        &observed.backups,
+        inventory(observed, primary),
+    ));
+    (create, decision)
+}
+
+/// What the repositories hold, as the primary last read it.
+fn inventory<'a>(
+    observed: &'a Observed,
+    primary: &str,
+) -> &'a [crate::contract::backup::RepositoryInventory] {
+    observed
         .reports
         .get(primary)
         .and_then(|r| r.archive.as_ref())
         .map(|a| a.repositories.as_slice())
-        .unwrap_or_default();
-    delete.extend(retention::prune(&observed.backups, inventory));
-    (create, decision)
+        .unwrap_or_default()
 }
 
 /// Every child applied with server-side apply, for the given instances.

@@ -34,7 +34,10 @@ fn repository_number(name: &str) -> Option<u32> {
 
 /// The backup of `b` is gone from its repository, by a listing read after
 /// it ended: its label, and the repository.
-fn expired(b: &PostgresBackup, inventory: &[RepositoryInventory]) -> Option<(String, String)> {
+pub(super) fn expired(
+    b: &PostgresBackup,
+    inventory: &[RepositoryInventory],
+) -> Option<(String, String)> {
     let status = b.status.as_ref()?;
     let label = status.label.as_ref()?;
     let repository = status.repository.as_ref()?;

@@ -61,6 +61,9 @@ pub enum Outcome {
     Reported(VerifyResult),
     /// No result from the pod; the message says what happened instead.
     Failed(String),
+    /// Never verified: retention expired the backup while it waited for
+    /// its turn (no restore to try, and no reason for alarm).
+    Expired(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +81,8 @@ pub struct Input<'a> {
     pub backups: &'a [PostgresBackup],
     /// This cluster's verification pods.
     pub pods: &'a [Pod],
+    /// What the repositories hold, as the primary last read it.
+    pub inventory: &'a [crate::contract::backup::RepositoryInventory],
     /// Unix seconds.
     pub now: i64,
 }
@@ -303,6 +308,15 @@ pub fn decide(input: &Input<'_>) -> Decision {
             })
         }
         None => match (&status.label, b.uid()) {
+            _ if let Some((label, repository)) = super::retention::expired(b, input.inventory) => {
+                Some(Step::Finish {
+                    backup: name,
+                    pod: None,
+                    outcome: Outcome::Expired(format!(
+                        "not verified: retention expired {label} from {repository} before its verification's turn came"
+                    )),
+                })
+            }
             (Some(label), Some(uid)) => Some(Step::Start {
                 pod: Box::new(verify::pod(
                     input.model,

@@ -109,6 +109,16 @@ impl Executor<'_> {
                 }),
             ),
             Outcome::Failed(message) => (false, json!({"message": message})),
+            Outcome::Expired(message) => {
+                info!(cluster = %self.model.name, backup = %backup, operation = "verify", "{message}");
+                let verification = json!({"phase": phase::SKIPPED, "message": message});
+                self.record(
+                    backup,
+                    json!({"phase": backup_phase::COMPLETED, "verification": verification}),
+                )
+                .await;
+                return;
+            }
         };
         verification["phase"] = json!(if passed { phase::PASSED } else { phase::FAILED });
         verification["finishedAt"] = json!(now.to_string());

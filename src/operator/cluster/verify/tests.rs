@@ -87,8 +87,53 @@ fn decide_on(backups: &[PostgresBackup], pods: &[Pod]) -> Decision {
         model: &model(),
         backups,
         pods,
+        inventory: &[],
         now: NOW,
     })
+}
+
+#[test]
+fn a_backup_retention_expired_before_its_turn_is_skipped_not_failed() {
+    use crate::contract::backup::RepositoryInventory;
+    let mut waiting = backup("a", "Verifying", Some(("Pending", None)));
+    waiting.status.as_mut().unwrap().stopped_at = Some(at(NOW - 600));
+    let listing = |labels: Vec<String>, read: i64| RepositoryInventory {
+        repository: 1,
+        read_at: at(read),
+        labels,
+        first_recoverability_point: None,
+        last_backup_at: None,
+    };
+    let decide_with = |inventory: &[RepositoryInventory]| {
+        decide(&Input {
+            model: &model(),
+            backups: std::slice::from_ref(&waiting),
+            pods: &[],
+            inventory,
+            now: NOW,
+        })
+    };
+    // Listed, or a listing older than the backup: verified as usual.
+    let held = [listing(vec!["a-label-F".into(), "b-label-F".into()], NOW)];
+    assert!(matches!(decide_with(&held).step, Some(Step::Start { .. })));
+    let stale = [listing(vec!["b-label-F".into()], NOW - 900)];
+    assert!(matches!(decide_with(&stale).step, Some(Step::Start { .. })));
+    // Gone by a listing read after it ended: skipped, with why.
+    let gone = [listing(vec!["b-label-F".into()], NOW)];
+    match decide_with(&gone).step {
+        Some(Step::Finish {
+            backup,
+            pod: None,
+            outcome: Outcome::Expired(message),
+        }) => {
+            assert_eq!(backup, "a");
+            assert!(
+                message.contains("retention expired a-label-F from repo1"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
