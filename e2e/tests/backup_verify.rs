@@ -134,19 +134,34 @@ async fn wait_condition(
     .await
 }
 
-async fn scenario(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eError> {
+/// Cluster `db` in `ns` with `instances`, one pooler, the pgBackRest image
+/// and `repo1` on the store (keys in place), WAL archived every 5 s.
+async fn cluster_on_store(
+    target: &Target,
+    store: &PodS3,
+    ns: &str,
+    instances: i32,
+    backup_target: capstan::api::backup::BackupTarget,
+) -> Result<HaCluster, E2eError> {
     ensure_namespace(&target.client(), ns).await?;
     store
         .write_secrets(target, ns, KEYS_SECRET, Keys::Right)
         .await?;
     let mut spec = ha_example("ha-cluster.yaml", ns)?;
     spec.metadata.name = Some("db".into());
-    spec.spec.instances = 1;
+    spec.spec.instances = instances;
     spec.spec.proxy.pgbouncer.replicas = 1;
     spec.spec.postgres.version = MAJOR as i32;
     spec.spec.postgres.image = Some(backup::pgbackrest_image(MAJOR));
-    spec.spec.backup = Some(store.backup_spec(KEYS_SECRET, "5s")?);
-    let db: HaCluster = HaCluster::create(target, &spec).await?;
+    let mut backup_spec = store.backup_spec(KEYS_SECRET, "5s")?;
+    backup_spec.target = backup_target;
+    spec.spec.backup = Some(backup_spec);
+    HaCluster::create(target, &spec).await
+}
+
+async fn scenario(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eError> {
+    use capstan::api::backup::BackupTarget;
+    let db = cluster_on_store(target, store, ns, 1, BackupTarget::Primary).await?;
     backup::write_rows(&db, target, 1..=500, WRITES_WITHIN).await?;
 
     // 1. A full backup, verified by default.
@@ -250,20 +265,8 @@ async fn scenario(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eErr
 }
 
 async fn on_a_replica(target: &Target, store: &PodS3, ns: &str) -> Result<(), E2eError> {
-    ensure_namespace(&target.client(), ns).await?;
-    store
-        .write_secrets(target, ns, KEYS_SECRET, Keys::Right)
-        .await?;
-    let mut spec = ha_example("ha-cluster.yaml", ns)?;
-    spec.metadata.name = Some("db".into());
-    spec.spec.instances = 2;
-    spec.spec.proxy.pgbouncer.replicas = 1;
-    spec.spec.postgres.version = MAJOR as i32;
-    spec.spec.postgres.image = Some(backup::pgbackrest_image(MAJOR));
-    let mut backup_spec = store.backup_spec(KEYS_SECRET, "5s")?;
-    backup_spec.target = capstan::api::backup::BackupTarget::PreferReplica;
-    spec.spec.backup = Some(backup_spec);
-    let db: HaCluster = HaCluster::create(target, &spec).await?;
+    use capstan::api::backup::BackupTarget;
+    let db = cluster_on_store(target, store, ns, 2, BackupTarget::PreferReplica).await?;
     backup::write_rows(&db, target, 1..=300, WRITES_WITHIN).await?;
     let c = db.get(target).await?;
     let primary = ha::current_primary(&c).cloned().unwrap_or_default();

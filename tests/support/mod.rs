@@ -648,47 +648,39 @@ pub fn manager_binary() -> PathBuf {
         .clone()
 }
 
+/// Every process: its PID and its `/proc` directory.
+fn proc_entries() -> impl Iterator<Item = (i32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// Processes whose command line names `root` (or a path below it).
 pub fn processes_naming(root: &Path) -> Vec<i32> {
     let needle = root.display().to_string();
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            found.push(pid);
-        }
-    }
-    found
+    proc_entries()
+        .filter(|(_, dir)| {
+            std::fs::read(dir.join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 pub fn processes_in(dir: &Path) -> Vec<i32> {
     let Ok(canonical) = dir.canonicalize() else {
         return vec![];
     };
-    let mut found = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read_link(entry.path().join("cwd")).ok().as_deref() == Some(canonical.as_path())
-        {
-            found.push(pid);
-        }
-    }
-    found
+    proc_entries()
+        .filter(|(_, proc_dir)| {
+            std::fs::read_link(proc_dir.join("cwd")).ok().as_deref() == Some(canonical.as_path())
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Zombie children of `parent`.
