@@ -555,6 +555,16 @@ fn backup_object(name: &str, status: Option<Value>) -> capstan::api::pgbackup::P
     .unwrap()
 }
 
+/// The statuses written to backup `name`, in order.
+fn status_writes(calls: Vec<controller_support::Call>, name: &str) -> Vec<Value> {
+    let path = format!("/postgresbackups/{name}/status");
+    calls
+        .into_iter()
+        .filter(|c| c.path.ends_with(&path))
+        .map(|c| c.body["status"].clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
     use capstan::contract::backup::{ArchiveReport, BackupResult, JobPhase};
@@ -569,16 +579,9 @@ async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
     writers
         .backups
         .apply_watcher_event(&watcher::Event::Apply(backup_object("b1", None)));
-    let backup_status = |calls: Vec<controller_support::Call>| -> Vec<Value> {
-        calls
-            .into_iter()
-            .filter(|c| c.path.ends_with("/postgresbackups/b1/status"))
-            .map(|c| c.body["status"].clone())
-            .collect()
-    };
     reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
     assert_eq!(steps(w.trip.take_timeline()), ["backup db-1 b1"]);
-    let written = backup_status(w.api.take_calls());
+    let written = status_writes(w.api.take_calls(), "b1");
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0]["phase"], "Running");
     assert_eq!(written[0]["instance"], "db-1");
@@ -608,7 +611,7 @@ async fn a_backup_is_started_on_the_primary_and_its_result_recorded() {
         steps(w.trip.take_timeline()).is_empty(),
         "no agent call to finish"
     );
-    let written = backup_status(w.api.take_calls());
+    let written = status_writes(w.api.take_calls(), "b1");
     assert_eq!(written.len(), 1, "{written:?}");
     // Full backups are verified by default (tests/controller_verify.rs).
     assert_eq!(written[0]["phase"], "Verifying");
@@ -648,13 +651,7 @@ async fn a_prefer_replica_backup_runs_on_a_streaming_replica_after_the_primarys_
         steps(w.trip.take_timeline()),
         ["sentinel db-1 b1", "backup db-3 b1"]
     );
-    let written: Vec<Value> = w
-        .api
-        .take_calls()
-        .into_iter()
-        .filter(|c| c.path.ends_with("/postgresbackups/b1/status"))
-        .map(|c| c.body["status"].clone())
-        .collect();
+    let written = status_writes(w.api.take_calls(), "b1");
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0]["phase"], "Running");
     assert_eq!(written[0]["instance"], "db-3");
