@@ -9,6 +9,7 @@ pub mod operator;
 pub mod pooler;
 pub mod postgres;
 pub mod render;
+pub mod repo_host;
 pub mod resources;
 pub mod switchover;
 pub mod tls;

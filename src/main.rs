@@ -49,6 +49,9 @@ enum Command {
     /// process of a verification pod); the result goes to the termination
     /// message.
     Verify(capstan::verify::Args),
+    /// PID 1 of a cluster's repository host: pgBackRest's TLS server in
+    /// front of its volume repositories.
+    RepoHost(capstan::repo_host::Args),
 }
 
 fn init_tracing() {
@@ -90,6 +93,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => {
             init_tracing();
             capstan::verify::run(args)
+        }
+        Command::RepoHost(args) => {
+            init_tracing();
+            capstan::repo_host::run(args)
         }
         Command::Switchover(args) => runtime().and_then(|rt| {
             rt.block_on(capstan::switchover::run(args))

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backup::config::{self as backrest, BackrestConfig, Secrets, Stanza};
+use crate::backup::config::{self as backrest, BackrestConfig, ClientTls, Secrets, Stanza};
 use crate::backup::verify::{Amcheck, VerifyReport};
 use crate::backup::{Runner, Sentinel, Verification, VerifyError, verify_by_restore};
 use crate::contract::layout;
@@ -47,6 +47,10 @@ pub struct Args {
     /// Port of the restored copy (on a Unix socket in the scratch only).
     #[arg(long, default_value_t = layout::POSTGRES_PORT)]
     pub port: u16,
+
+    /// The certificate that reaches a repository host (volume repositories).
+    #[arg(long, default_value = layout::BACKREST_TLS_DIR)]
+    pub backrest_tls_dir: PathBuf,
     /// Where the result goes (the container's `terminationMessagePath`).
     #[arg(long, default_value = layout::TERMINATION_LOG)]
     pub termination_log: PathBuf,
@@ -223,6 +227,7 @@ async fn prepare(args: &Args) -> Result<(Runner, Verification), PrepareError> {
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
         server: None,
+        client_tls: ClientTls::when_needed(&backup.repositories, &args.backrest_tls_dir),
     };
     make_dir(dir, owner)?;
     for d in [&config.log_path, &config.lock_path, &config.spool_path] {
@@ -266,6 +271,7 @@ mod tests {
             scratch: dir.join("scratch"),
             backrest_dir: dir.join("backrest"),
             port: 5432,
+            backrest_tls_dir: dir.join("tls"),
             termination_log: dir.join("termination-log"),
             recovery_timeout_seconds: 60,
         }

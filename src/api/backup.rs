@@ -3,8 +3,7 @@
 //! restored from them.
 //!
 //! Only the API lives here; the operator fills in the rest (see
-//! `operator::cluster::validate`, which refuses what this build cannot do
-//! yet: volume repositories).
+//! `operator::cluster::validate`).
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
@@ -19,6 +18,7 @@ use super::rules;
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rules::schedule_repository_exists())]
+#[x_kube(validation = rules::standby_backups_need_object_stores())]
 pub struct BackupSpec {
     /// Where backups and archived WAL go: one to four repositories named
     /// `repo1` to `repo4` (pgBackRest's own numbering). WAL is archived to
@@ -75,8 +75,13 @@ pub struct BackupRepository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gcs: Option<GcsRepository>,
 
-    /// A volume the operator creates (`<cluster>-<name>`) and mounts into
-    /// the instance that runs backups.
+    /// A volume the operator creates (PVC `<cluster>-<name>`, ReadWriteOnce)
+    /// and mounts into the cluster's repository host, a pod
+    /// (`<cluster>-repo-host`) running pgBackRest's TLS server in the
+    /// cluster's image; the instances archive, back up and restore through
+    /// it (port 8432, a certificate from the cluster CA), so the volume
+    /// follows no instance and survives failovers. Not with `target:
+    /// preferReplica`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeRepository>,
 

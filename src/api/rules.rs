@@ -351,6 +351,15 @@ pub fn schedule_repository_exists() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+/// A standby taking a backup reaches the primary through pgBackRest's
+/// server; pgBackRest cannot reach a repository host from there too.
+pub fn standby_backups_need_object_stores() -> Rule {
+    Rule::new("!has(self.target) || self.target != 'preferReplica' || !self.repositories.exists(r, has(r.volume))")
+        .message("spec.backup.target: preferReplica cannot be combined with a volume repository (pgBackRest cannot reach both the primary's server and the repository host from a standby); set target: primary, or use s3, azure or gcs repositories")
+        .field_path(".target")
+        .reason(Reason::FieldValueInvalid)
+}
+
 /// A DNS label: it prefixes the names of the `PostgresBackup` objects the
 /// schedule creates.
 pub fn schedule_name() -> Rule {

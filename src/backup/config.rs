@@ -170,6 +170,30 @@ pub struct BackrestConfig {
     /// pgBackRest's TLS server (`pgbackrest server`), for a standby that
     /// takes a backup and needs the primary's part of it.
     pub server: Option<TlsServer>,
+    /// The certificate presented to a repository host
+    /// ([`Storage::Host`]); required when one is configured.
+    pub client_tls: Option<ClientTls>,
+}
+
+/// `repoN-host-{cert,key,ca}-file`: this side's certificate and the CA the
+/// repository host's certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+impl ClientTls {
+    /// The certificate in `dir` (a mounted `kubernetes.io/tls` Secret), when
+    /// a repository needs one.
+    pub fn when_needed(repositories: &[Repository], dir: &Path) -> Option<Self> {
+        Repository::any_on_host(repositories).then(|| Self {
+            cert_file: dir.join(crate::contract::layout::files::TLS_CRT),
+            key_file: dir.join(crate::contract::layout::files::TLS_KEY),
+            ca_file: dir.join(crate::contract::layout::files::CA_CRT),
+        })
+    }
 }
 
 /// `tls-server-*`: where `pgbackrest server` listens, its certificate, the
@@ -277,6 +301,7 @@ fn repository(
     index: usize,
     repo: &Repository,
     secrets: &Secrets,
+    client_tls: Option<&ClientTls>,
 ) -> Result<(), ConfigError> {
     let n = index + 1;
     let invalid = |problem: &str| ConfigError::InvalidRepository {
@@ -290,6 +315,24 @@ fn repository(
     }
     match &repo.storage {
         Storage::Posix => s.set(&format!("repo{n}-type"), "posix")?,
+        Storage::Host(host) => {
+            let Some(tls) = client_tls else {
+                return Err(invalid(
+                    "it is on a repository host, and no client certificate is configured to reach it",
+                ));
+            };
+            if host.host.is_empty() || host.host.contains(['/', ':', ' ']) {
+                return Err(invalid(
+                    "the repository host is a host name without a scheme or port",
+                ));
+            }
+            s.set(&format!("repo{n}-host"), &host.host)?;
+            s.set(&format!("repo{n}-host-type"), "tls")?;
+            s.set(&format!("repo{n}-host-port"), &host.port.to_string())?;
+            s.path(&format!("repo{n}-host-cert-file"), &tls.cert_file)?;
+            s.path(&format!("repo{n}-host-key-file"), &tls.key_file)?;
+            s.path(&format!("repo{n}-host-ca-file"), &tls.ca_file)?;
+        }
         Storage::S3(S3 {
             endpoint,
             port,
@@ -462,23 +505,16 @@ pub fn render(config: &BackrestConfig, secrets: &Secrets) -> Result<String, Conf
         global.set("archive-push-queue-max", max)?;
     }
     for (index, repo) in config.repositories.iter().enumerate() {
-        repository(&mut global, index, repo, secrets)?;
+        repository(
+            &mut global,
+            index,
+            repo,
+            secrets,
+            config.client_tls.as_ref(),
+        )?;
     }
     if let Some(server) = &config.server {
-        global.set("tls-server-address", &server.address)?;
-        global.set("tls-server-port", &server.port.to_string())?;
-        global.path("tls-server-cert-file", &server.cert_file)?;
-        global.path("tls-server-key-file", &server.key_file)?;
-        global.path("tls-server-ca-file", &server.ca_file)?;
-        if server.client_name.is_empty() || server.client_name.contains(['=', ' ']) {
-            return Err(ConfigError::InvalidValue {
-                option: "tls-server-auth".into(),
-            });
-        }
-        global.set(
-            "tls-server-auth",
-            &format!("{}={}", server.client_name, config.stanza.name),
-        )?;
+        tls_server(&mut global, server, &config.stanza.name)?;
     }
     let st = &config.stanza;
     let mut stanza = Section::new(&st.name);
@@ -489,6 +525,44 @@ pub fn render(config: &BackrestConfig, secrets: &Secrets) -> Result<String, Conf
     Ok(format!(
         "# Written by Capstan; edits are overwritten. Holds credentials: keep it 0600.\n{}\n{}",
         global.0, stanza.0
+    ))
+}
+
+fn tls_server(s: &mut Section, server: &TlsServer, stanza: &str) -> Result<(), ConfigError> {
+    s.set("tls-server-address", &server.address)?;
+    s.set("tls-server-port", &server.port.to_string())?;
+    s.path("tls-server-cert-file", &server.cert_file)?;
+    s.path("tls-server-key-file", &server.key_file)?;
+    s.path("tls-server-ca-file", &server.ca_file)?;
+    if server.client_name.is_empty() || server.client_name.contains(['=', ' ']) {
+        return Err(ConfigError::InvalidValue {
+            option: "tls-server-auth".into(),
+        });
+    }
+    s.set(
+        "tls-server-auth",
+        &format!("{}={}", server.client_name, stanza),
+    )
+}
+
+/// `pgbackrest.conf` of a repository host: only its TLS server, serving
+/// `stanza`. Clients send the repository options (path, retention) with
+/// each command, so the host needs none of its own.
+pub fn render_repo_host(
+    server: &TlsServer,
+    stanza: &str,
+    log_path: &Path,
+    lock_path: &Path,
+) -> Result<String, ConfigError> {
+    validate_stanza(stanza)?;
+    let mut global = Section::new("global");
+    global.path("log-path", log_path)?;
+    global.path("lock-path", lock_path)?;
+    global.set("log-level-file", "info")?;
+    tls_server(&mut global, server, stanza)?;
+    Ok(format!(
+        "# Written by Capstan; edits are overwritten.\n{}",
+        global.0
     ))
 }
 

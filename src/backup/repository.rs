@@ -24,6 +24,10 @@ pub struct Repository {
 pub enum Storage {
     /// A mounted volume (`repoN-type=posix`).
     Posix,
+    /// A volume of the cluster's repository host, reached through its
+    /// pgBackRest TLS server (`repoN-host-type=tls`); the path is on the
+    /// host's volume.
+    Host(RepoHost),
     S3(S3),
     Azure(Azure),
     Gcs(Gcs),
@@ -33,12 +37,22 @@ impl Storage {
     /// The kind as the API spells it (`spec.backup.repositories[].<kind>`).
     pub fn kind(&self) -> &'static str {
         match self {
-            Storage::Posix => "volume",
+            Storage::Posix | Storage::Host(_) => "volume",
             Storage::S3(_) => "s3",
             Storage::Azure(_) => "azure",
             Storage::Gcs(_) => "gcs",
         }
     }
+}
+
+/// Where the repository host's `pgbackrest server` listens. The client
+/// certificate is the instance's own ([`super::config::ClientTls`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoHost {
+    /// A name its certificate covers: the repository host's Service.
+    pub host: String,
+    pub port: u16,
 }
 
 /// An S3-compatible object store. pgBackRest speaks HTTPS only.
@@ -188,6 +202,14 @@ impl RetentionType {
 }
 
 impl Repository {
+    /// Whether any of `repositories` is reached through a repository host
+    /// (and so needs [`super::config::ClientTls`]).
+    pub fn any_on_host(repositories: &[Repository]) -> bool {
+        repositories
+            .iter()
+            .any(|r| matches!(r.storage, Storage::Host(_)))
+    }
+
     pub fn posix(path: impl Into<String>) -> Self {
         Self {
             storage: Storage::Posix,

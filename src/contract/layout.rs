@@ -50,6 +50,8 @@ pub const SECRETS_DIR: &str = "/etc/capstan/secrets";
 /// (pgBackRest's TLS server and client certificate, with backups from a
 /// replica).
 pub const TLS_DIR: &str = "/etc/capstan/tls";
+/// pgBackRest's certificate ([`mounts::BACKREST_TLS`] under [`TLS_DIR`]).
+pub const BACKREST_TLS_DIR: &str = "/etc/capstan/tls/pgbackrest";
 /// Backup repository credentials, one directory per repository
 /// (`repo1/`, …), mounted from the Secrets `spec.backup` names.
 pub const BACKUP_SECRETS_DIR: &str = "/etc/capstan/backup";
@@ -67,6 +69,16 @@ pub const VERIFY_SCRATCH: &str = "/var/lib/postgresql/verify/restore";
 /// Where a verification pod leaves its result (the Kubernetes default
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Where the first instance of a cluster restored from a volume repository
+/// mounts the source's claim (read-only).
+pub const RESTORE_VOLUME_DIR: &str = "/var/lib/pgbackrest-source";
+
+/// emptyDir of the repository host: its pgbackrest.conf, logs and locks.
+pub const REPO_HOST_RUN_DIR: &str = "/var/run/pgbackrest";
+/// Where the repository host mounts volume repository `repoN`
+/// (`<REPO_HOST_DIR>/repoN`), which is also the repository's path.
+pub const REPO_HOST_DIR: &str = "/var/lib/pgbackrest";
 
 /// emptyDir in pooler pods for the rendered `pgbouncer.ini`, auth files and socket.
 pub const POOLER_RUN_DIR: &str = "/var/run/pgbouncer";

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backup::command::{Operation, Standby};
-use crate::backup::config::{BackrestConfig, Stanza, TlsServer};
+use crate::backup::config::{BackrestConfig, ClientTls, Stanza, TlsServer};
 use crate::backup::info::{self, StanzaInfo};
 use crate::backup::runner::{RunError, Runner};
 use crate::contract::backup::{
@@ -68,6 +68,12 @@ pub fn backrest_config(inputs: &Inputs, settings: &BackupSettings) -> BackrestCo
                 client_name: s.client_name.clone(),
             }
         }),
+        client_tls: ClientTls::when_needed(
+            &settings.repositories,
+            &inputs
+                .tls_dir
+                .join(crate::contract::layout::mounts::BACKREST_TLS),
+        ),
     }
 }
 

@@ -10,11 +10,12 @@ use k8s_openapi::api::core::v1::{KeyToPath, SecretVolumeSource, Volume, VolumeMo
 
 use crate::api::backup::{
     AzureKeyType, AzureRepository, BackupRepository, BackupSpec, BackupTarget, GcsKeyType,
-    GcsRepository, S3Repository, SecretKeyRef, UriStyle as ApiUriStyle, default_repository_path,
+    GcsRepository, S3Repository, SecretKeyRef, UriStyle as ApiUriStyle, VolumeRepository,
+    default_repository_path,
 };
 use crate::backup::repository::{
-    Azure, AzureCredentials, Gcs, GcsCredentials, Repository, Retention, RetentionType, S3,
-    S3Credentials, Storage, Tls, UriStyle,
+    Azure, AzureCredentials, Gcs, GcsCredentials, RepoHost, Repository, Retention, RetentionType,
+    S3, S3Credentials, Storage, Tls, UriStyle,
 };
 use crate::contract::backup::{BackupSettings, StandbyBackups, secrets_dir};
 use crate::contract::layout;
@@ -34,7 +35,6 @@ pub mod files {
 }
 
 /// The `backup` block of `instance.json`; `None` without `spec.backup`.
-/// Volume repositories are refused by validation before this runs.
 pub fn settings(model: &Model) -> Option<BackupSettings> {
     let spec = model.spec.backup.as_ref()?;
     Some(BackupSettings {
@@ -60,6 +60,43 @@ pub fn settings(model: &Model) -> Option<BackupSettings> {
     })
 }
 
+/// The volume repositories of the spec, which the repository host mounts.
+pub fn volume_repositories(model: &Model) -> Vec<(&BackupRepository, &VolumeRepository)> {
+    model
+        .spec
+        .backup
+        .iter()
+        .flat_map(|b| &b.repositories)
+        .filter_map(|r| Some((r, r.volume.as_ref()?)))
+        .collect()
+}
+
+/// Instances (and verification pods) present pgBackRest's certificate:
+/// to each other for backups from a standby, to the repository host for
+/// volume repositories.
+pub fn backrest_tls(model: &Model) -> bool {
+    standby_backups(model) || !volume_repositories(model).is_empty()
+}
+
+/// Where a volume repository is, for pgBackRest on the instances: the
+/// repository host's server, and the volume's mount point there.
+fn on_repo_host(model: &Model, repo: &BackupRepository) -> (Storage, String) {
+    let host = format!("{}.{}.svc", names::repo_host(&model.name), model.namespace);
+    (
+        Storage::Host(RepoHost {
+            host,
+            port: layout::BACKREST_TLS_PORT,
+        }),
+        repo_host_path(&repo.name),
+    )
+}
+
+/// The mount point (and repository path) of volume repository `name` on
+/// the repository host.
+pub fn repo_host_path(name: &str) -> String {
+    format!("{}/{name}", layout::REPO_HOST_DIR)
+}
+
 /// Backups are taken on standbys (`target: preferReplica`): instances run
 /// pgBackRest's TLS server and share its certificate.
 pub fn standby_backups(model: &Model) -> bool {
@@ -71,12 +108,19 @@ pub fn standby_backups(model: &Model) -> bool {
 }
 
 fn repository(model: &Model, repo: &BackupRepository, n: usize) -> Option<Repository> {
-    let store = ObjectStore::of(&repo.s3, &repo.azure, &repo.gcs)?;
+    let (storage, path) = match ObjectStore::of(&repo.s3, &repo.azure, &repo.gcs) {
+        Some(store) => (
+            store.storage(Path::new(&secrets_dir(n))),
+            store
+                .path()
+                .unwrap_or_else(|| default_repository_path(&model.namespace, &model.name)),
+        ),
+        None if repo.volume.is_some() => on_repo_host(model, repo),
+        None => return None,
+    };
     Some(Repository {
-        storage: store.storage(Path::new(&secrets_dir(n))),
-        path: store
-            .path()
-            .unwrap_or_else(|| default_repository_path(&model.namespace, &model.name)),
+        storage,
+        path,
         retention: Retention {
             full: u32::try_from(repo.retention.full).ok(),
             full_type: RetentionType::Count,
@@ -390,6 +434,53 @@ pub(super) mod tests {
         assert!(ports.iter().any(|p| p.port == 8432));
         let plain_rw = crate::resources::services::all(&plain).remove(0);
         assert_eq!(plain_rw.spec.unwrap().ports.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_volume_repository_is_reached_on_the_repository_host_with_the_shared_certificate() {
+        use crate::resources::secrets::{CertIdentity, CertKind};
+        let m = with_backup(serde_json::json!({
+            "repositories": [{"name": "repo1", "s3": s3(serde_json::json!({}))},
+                             {"name": "repo2", "volume": {"size": "5Gi"}}]
+        }));
+        let ns = &m.namespace;
+        let s = settings(&m).unwrap();
+        assert_eq!(s.repositories.len(), 2);
+        assert_eq!(
+            s.repositories[1].storage,
+            Storage::Host(RepoHost {
+                host: format!("db-repo-host.{ns}.svc"),
+                port: 8432
+            })
+        );
+        assert_eq!(s.repositories[1].path, "/var/lib/pgbackrest/repo2");
+        // No standby server: the instances only connect to the host.
+        assert_eq!(s.standby_backups, None);
+        assert!(CertKind::managed(&m).contains(&CertKind::Backrest));
+        let CertIdentity::Peer(names) = CertKind::Backrest.identity(&m) else {
+            panic!("not a peer certificate")
+        };
+        assert!(
+            names.contains(&format!("db-repo-host.{ns}.svc")),
+            "{names:?}"
+        );
+        let pod =
+            crate::resources::instance::pod(&m, "db-1", crate::resources::labels::ROLE_PRIMARY);
+        let spec = pod.spec.unwrap();
+        let c = &spec.containers[0];
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|v| v.mount_path == "/etc/capstan/tls/pgbackrest")
+        );
+        assert!(!c.ports.iter().flatten().any(|p| p.container_port == 8432));
+        // The volume itself is only the repository host's.
+        assert!(!spec.volumes.iter().flatten().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == "db-repo2")
+        }));
     }
 
     #[test]

@@ -116,7 +116,7 @@ fn pod_spec(model: &Model, instance: &str) -> PodSpec {
             ..PodSecurityContext::default()
         }),
         init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
-        containers: vec![postgres_container(model)],
+        containers: vec![postgres_container(model, instance)],
         volumes: Some(volumes(model, instance)),
         affinity: Some(
             spec.affinity
@@ -234,7 +234,7 @@ pub fn agent_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn postgres_container(model: &Model) -> Container {
+fn postgres_container(model: &Model, instance: &str) -> Container {
     let mut mounts = vec![
         mount("data", layout::DATA_MOUNT, false),
         mount("bin", layout::BIN_DIR, true),
@@ -253,11 +253,12 @@ fn postgres_container(model: &Model) -> Container {
         mounts.push(mount("wal", layout::WAL_MOUNT, false));
     }
     let standby_backups = super::backup::standby_backups(model);
-    if standby_backups {
+    if super::backup::backrest_tls(model) {
         mounts.push(mount("backrest-tls", &tls_path(mounts::BACKREST_TLS), true));
     }
     mounts.extend(super::backup::volumes(model).into_iter().map(|(_, m)| m));
     mounts.extend(super::restore::volumes(model).into_iter().map(|(_, m)| m));
+    mounts.extend(super::restore::claim(model, instance).map(|(_, m)| m));
     let environment = agent_env(&model.name, layout::INSTANCE_SHUTDOWN_SECONDS);
     let mut ports = vec![
         port("postgresql", layout::POSTGRES_PORT),
@@ -386,18 +387,20 @@ fn volumes(model: &Model, instance: &str) -> Vec<Volume> {
     if model.spec.wal_storage.is_some() {
         volumes.push(pvc_volume("wal", names::wal_pvc(instance)));
     }
-    if super::backup::standby_backups(model) {
-        // Issued by the operator's CA in either TLS mode, like the agent's.
-        let backrest = names::backrest_tls_secret(cluster);
-        volumes.push(super::secrets::tls_volume(
-            "backrest-tls",
-            &backrest,
-            &backrest,
-        ));
+    if super::backup::backrest_tls(model) {
+        volumes.push(backrest_tls_volume(model));
     }
     volumes.extend(super::backup::volumes(model).into_iter().map(|(v, _)| v));
     volumes.extend(super::restore::volumes(model).into_iter().map(|(v, _)| v));
+    volumes.extend(super::restore::claim(model, instance).map(|(v, _)| v));
     volumes
+}
+
+/// pgBackRest's certificate, issued by the operator's CA in either TLS
+/// mode, like the agent's.
+pub fn backrest_tls_volume(model: &Model) -> Volume {
+    let backrest = names::backrest_tls_secret(&model.name);
+    super::secrets::tls_volume("backrest-tls", &backrest, &backrest)
 }
 
 /// Storage requested by a PVC, as written.

@@ -29,6 +29,8 @@ pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_CONTROL: &str = "control";
 pub const COMPONENT_BACKUP: &str = "backup";
+/// The repository host and its volumes.
+pub const COMPONENT_REPOSITORY: &str = "repository";
 /// A throwaway pod restoring a backup to prove it usable.
 pub const COMPONENT_VERIFY: &str = "verify";
 /// On a verification pod: the `PostgresBackup` it verifies (an annotation:
@@ -73,6 +75,14 @@ pub fn verify_selector(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (CLUSTER.to_string(), cluster.to_string()),
         (COMPONENT.to_string(), COMPONENT_VERIFY.to_string()),
+    ])
+}
+
+/// Selector for the repository host's pods and volumes.
+pub fn repo_host_selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), COMPONENT_REPOSITORY.to_string()),
     ])
 }
 

@@ -11,6 +11,7 @@ pub mod pdb;
 pub mod proxy;
 pub mod quantity;
 pub mod rbac;
+pub mod repo_host;
 pub mod restore;
 pub mod secrets;
 pub mod services;

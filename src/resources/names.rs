@@ -39,6 +39,11 @@ pub fn pooler(cluster: &str) -> String {
     format!("{cluster}-pooler")
 }
 
+/// The repository host's Deployment and Service (volume repositories).
+pub fn repo_host(cluster: &str) -> String {
+    format!("{cluster}-repo-host")
+}
+
 pub fn config_map(cluster: &str) -> String {
     format!("{cluster}-config")
 }

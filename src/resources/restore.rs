@@ -5,38 +5,74 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
 
 use crate::api::backup::{RestoreSpec, default_repository_path};
-use crate::backup::repository::{Repository, Retention};
-use crate::contract::layout::RESTORE_SECRETS_DIR;
+use crate::backup::repository::{Repository, Retention, Storage};
+use crate::contract::layout::{self, RESTORE_SECRETS_DIR};
 use crate::contract::restore::{RestoreSettings, RestoreTarget};
 
 use super::backup::ObjectStore;
 use super::model::Model;
+use super::names;
 
 /// Volume name of the source's credentials.
 const VOLUME: &str = "restore-source";
+/// Volume name of a volume source's claim.
+const CLAIM_VOLUME: &str = "restore-volume";
 
 /// The `restore` block of `instance.json`; `None` without
-/// `spec.bootstrap.restore`. Volume sources are refused by validation
-/// before this runs.
+/// `spec.bootstrap.restore`.
 pub fn settings(model: &Model) -> Option<RestoreSettings> {
     let restore = model.spec.bootstrap.restore.as_ref()?;
-    let store = source_store(restore)?;
     let stanza = source_cluster(model, restore).to_string();
-    Some(RestoreSettings {
-        repository: Repository {
-            storage: store.storage(Path::new(RESTORE_SECRETS_DIR)),
-            path: store
+    let (storage, path) = match (&restore.source.repository.volume, source_store(restore)) {
+        // The claim holds what a repository host wrote at its volume's root.
+        (Some(_), _) => (Storage::Posix, layout::RESTORE_VOLUME_DIR.to_string()),
+        (None, Some(store)) => (
+            store.storage(Path::new(RESTORE_SECRETS_DIR)),
+            store
                 .path()
                 .unwrap_or_else(|| default_repository_path(&model.namespace, &stanza)),
+        ),
+        (None, None) => return None,
+    };
+    Some(RestoreSettings {
+        repository: Repository {
+            storage,
+            path,
             // Only read from: nothing is ever expired there by this cluster.
             retention: Retention::default(),
         },
         target: target(restore),
         stanza,
     })
+}
+
+/// A volume source's claim, mounted read-only where the restore reads it,
+/// in the first instance only: it is the one that restores, and a
+/// ReadWriteOnce claim attaches to one node.
+pub fn claim(model: &Model, instance: &str) -> Option<(Volume, VolumeMount)> {
+    let restore = model.spec.bootstrap.restore.as_ref()?;
+    let source = restore.source.repository.volume.as_ref()?;
+    if instance != names::instance(&model.name, 1) {
+        return None;
+    }
+    let volume = Volume {
+        name: CLAIM_VOLUME.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: source.claim_name.clone(),
+            read_only: Some(true),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: CLAIM_VOLUME.into(),
+        mount_path: layout::RESTORE_VOLUME_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
 }
 
 fn source_store(restore: &RestoreSpec) -> Option<ObjectStore<'_>> {
@@ -94,6 +130,40 @@ mod tests {
         let mut m = model();
         m.spec.bootstrap = serde_json::from_value(json!({ "restore": restore })).unwrap();
         m
+    }
+
+    #[test]
+    fn a_volume_source_is_read_from_its_claim_on_the_first_instance_only() {
+        let m = with_restore(
+            json!({"source": {"repository": {"volume": {"claimName": "orders-repo1"}}, "cluster": "orders"}}),
+        );
+        let s = settings(&m).unwrap();
+        assert_eq!(s.stanza, "orders");
+        assert_eq!(s.repository.storage, Storage::Posix);
+        assert_eq!(s.repository.path, "/var/lib/pgbackrest-source");
+        let (volume, mount) = claim(&m, "db-1").unwrap();
+        let source = volume.persistent_volume_claim.unwrap();
+        assert_eq!(source.claim_name, "orders-repo1");
+        assert_eq!(source.read_only, Some(true));
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(mount.mount_path, "/var/lib/pgbackrest-source");
+        assert!(claim(&m, "db-2").is_none());
+        assert!(volumes(&m).is_empty(), "no credentials to mount");
+        let pod = crate::resources::instance::pod(&m, "db-1", "primary");
+        let spec = pod.spec.unwrap();
+        assert!(
+            spec.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|v| v.name == "restore-volume")
+        );
+        assert!(
+            spec.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "restore-volume")
+        );
     }
 
     #[test]

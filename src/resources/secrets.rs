@@ -187,7 +187,7 @@ impl CertKind {
             ],
             TlsMode::Provided => vec![CertKind::Agent, CertKind::Operator],
         };
-        if super::backup::standby_backups(model) {
+        if super::backup::backrest_tls(model) {
             kinds.push(CertKind::Backrest);
         }
         kinds
@@ -223,10 +223,14 @@ impl CertKind {
             CertKind::Agent => CertIdentity::Server(vec![names::agent_server_name(cluster, ns)]),
             CertKind::Replication => CertIdentity::Client(roles::REPLICATION.to_string()),
             CertKind::Operator => CertIdentity::Client(layout::OPERATOR_CLIENT_CN.to_string()),
-            // Standbys reach the primary's server through `-rw`.
-            CertKind::Backrest => {
-                CertIdentity::Peer(names::service_dns_names(&names::rw_service(cluster), ns))
-            }
+            // Standbys reach the primary's server through `-rw`, instances
+            // the repository host through its Service.
+            CertKind::Backrest => CertIdentity::Peer(
+                [names::rw_service(cluster), names::repo_host(cluster)]
+                    .iter()
+                    .flat_map(|s| names::service_dns_names(s, ns))
+                    .collect(),
+            ),
         }
     }
 }

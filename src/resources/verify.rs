@@ -104,6 +104,11 @@ pub fn pod(model: &Model, request: &Request) -> Pod {
         },
     ];
     volumes.extend(credentials.into_iter().map(|(v, _)| v));
+    // A volume repository is read through the repository host.
+    if !super::backup::volume_repositories(model).is_empty() {
+        mounts.push(mount("backrest-tls", layout::BACKREST_TLS_DIR, true));
+        volumes.push(super::instance::backrest_tls_volume(model));
+    }
     let spec = &model.spec;
     let container = Container {
         name: "verify".into(),

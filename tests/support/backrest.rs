@@ -145,6 +145,18 @@ pub fn setup(
     pg: &Pg,
     repo: capstan::backup::Repository,
 ) -> Setup {
+    setup_with_tls(pgbackrest, root, stanza, pg, repo, None)
+}
+
+/// [`setup`] with the certificate that reaches a repository host.
+pub fn setup_with_tls(
+    pgbackrest: &Path,
+    root: &Path,
+    stanza: &str,
+    pg: &Pg,
+    repo: capstan::backup::Repository,
+    client_tls: Option<config::ClientTls>,
+) -> Setup {
     for d in ["log", "lock", "spool"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -165,6 +177,7 @@ pub fn setup(
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
         server: None,
+        client_tls,
     };
     let config_path = root.join("pgbackrest.conf");
     write_config(&config, &config_path);

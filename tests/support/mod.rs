@@ -107,7 +107,7 @@ pub fn chown_tree(path: &Path) {
     }
 }
 
-fn write_file(path: &Path, content: &[u8], mode: u32) {
+pub fn write_file(path: &Path, content: &[u8], mode: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -19,6 +19,7 @@ fn base(repositories: Vec<Repository>) -> BackrestConfig {
         archive_timeout: Duration::from_secs(60),
         archive_push_queue_max: None,
         server: None,
+        client_tls: None,
     }
 }
 
@@ -436,4 +437,56 @@ fn the_tls_server_serves_this_stanza_to_one_client_name() {
         render(&config, &Secrets::default()),
         Err(ConfigError::InvalidValue { .. })
     ));
+}
+
+#[test]
+fn a_repository_host_is_reached_over_tls_with_the_client_certificate() {
+    let on_host = Repository {
+        storage: Storage::Host(crate::backup::repository::RepoHost {
+            host: "db-repo-host.ns.svc".into(),
+            port: 8432,
+        }),
+        path: "/var/lib/pgbackrest/repo1".into(),
+        retention: Retention::default(),
+    };
+    let mut config = base(vec![on_host.clone(), s3(file_keys())]);
+    // Without a certificate there is no way to reach it.
+    let secrets = Secrets::from_values(vec![vec![], vec![Secret::new("A"), Secret::new("B")]]);
+    let err = render(&config, &secrets).unwrap_err();
+    assert!(err.to_string().contains("client certificate"), "{err}");
+
+    config.client_tls = ClientTls::when_needed(
+        &config.repositories,
+        Path::new("/etc/capstan/tls/pgbackrest"),
+    );
+    let text = render(&config, &secrets).unwrap();
+    for line in [
+        "repo1-host=db-repo-host.ns.svc",
+        "repo1-host-type=tls",
+        "repo1-host-port=8432",
+        "repo1-host-cert-file=/etc/capstan/tls/pgbackrest/tls.crt",
+        "repo1-host-key-file=/etc/capstan/tls/pgbackrest/tls.key",
+        "repo1-host-ca-file=/etc/capstan/tls/pgbackrest/ca.crt",
+        // The host's volume: pgBackRest sends the path to the server.
+        "repo1-path=/var/lib/pgbackrest/repo1",
+        "repo2-type=s3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("repo1-type"), "{text}");
+    // Object stores alone need no certificate.
+    assert_eq!(
+        ClientTls::when_needed(&[s3(file_keys())], Path::new("/x")),
+        None
+    );
+    let bad = Repository {
+        storage: Storage::Host(crate::backup::repository::RepoHost {
+            host: "https://db-repo-host".into(),
+            port: 8432,
+        }),
+        ..on_host
+    };
+    config.repositories = vec![bad];
+    let err = render(&config, &Secrets::from_values(vec![vec![]])).unwrap_err();
+    assert!(err.to_string().contains("without a scheme"), "{err}");
 }

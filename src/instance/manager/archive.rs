@@ -259,6 +259,7 @@ mod tests {
             archive_timeout: std::time::Duration::from_secs(60),
             archive_push_queue_max: None,
             server: None,
+            client_tls: None,
         };
         let rendered = backrest::render(&config, &Secrets::default()).unwrap();
         let off = with_archive_async(rendered, false);

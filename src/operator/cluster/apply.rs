@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
@@ -312,6 +313,10 @@ pub async fn apply(
             Deletion::Pod(n) => delete::<Pod>(client, ns, n).await,
             Deletion::Pvc(n) => delete::<PersistentVolumeClaim>(client, ns, n).await,
             Deletion::Pdb(n) => delete::<PodDisruptionBudget>(client, ns, n).await,
+            Deletion::RepoHost(n) => match delete::<Deployment>(client, ns, n).await {
+                Ok(()) => delete::<Service>(client, ns, n).await,
+                Err(e) => Err(e),
+            },
             Deletion::ExpiredBackup { name, .. } | Deletion::FailedBackup { name, .. } => {
                 delete::<PostgresBackup>(client, ns, name).await
             }

@@ -43,6 +43,8 @@ pub struct Observed {
     pub verify_pods: Vec<Pod>,
     pub pvcs: Vec<PersistentVolumeClaim>,
     pub pooler: Option<Deployment>,
+    /// The repository host's Deployment (volume repositories).
+    pub repo_host: Option<Deployment>,
     /// Names of the PodDisruptionBudgets that exist.
     pub pdbs: BTreeSet<String>,
     /// Secrets by name: the cluster's own and the user-provided TLS ones.
@@ -130,6 +132,7 @@ pub async fn observe(
     let verify_pods = cache::select(&caches.pods, ns, &labels::verify_selector(name));
     let pvcs = cache::select(&caches.pvcs, ns, &labels::instances_selector(name));
     let pooler = cache::get(&caches.deployments, ns, &names::pooler(name));
+    let repo_host = cache::get(&caches.deployments, ns, &names::repo_host(name));
     let backups = backups_of(&caches.backups, ns, name);
 
     let mut versions = BTreeMap::new();
@@ -142,8 +145,11 @@ pub async fn observe(
     for claim in &pvcs {
         record(&mut versions, "PersistentVolumeClaim", &claim.metadata);
     }
-    if let Some(d) = &pooler {
+    for d in pooler.iter().chain(&repo_host) {
         record(&mut versions, "Deployment", &d.metadata);
+    }
+    for claim in cache::select(&caches.pvcs, ns, &labels::repo_host_selector(name)) {
+        record(&mut versions, "PersistentVolumeClaim", &claim.metadata);
     }
 
     let own = cache::select(&caches.secrets, ns, &children);
@@ -184,6 +190,7 @@ pub async fn observe(
         verify_pods,
         pvcs,
         pooler,
+        repo_host,
         pdbs: pdbs.into_iter().collect(),
         secrets,
         operator_tls,

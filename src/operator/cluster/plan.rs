@@ -18,7 +18,9 @@ use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertIdentity, CertKind, PasswordSecret};
-use crate::resources::{config, labels, lease, names, pdb, proxy, quantity, rbac, services};
+use crate::resources::{
+    config, labels, lease, names, pdb, proxy, quantity, rbac, repo_host, services,
+};
 
 /// A child applied with server-side apply on every reconcile.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +62,9 @@ pub enum Deletion {
     Pod(String),
     Pvc(String),
     Pdb(String),
+    /// The repository host's Deployment and Service, once no volume
+    /// repository is left (its volumes stay: they hold backups).
+    RepoHost(String),
     /// A `PostgresBackup` whose backup its repository expired.
     ExpiredBackup {
         name: String,
@@ -127,6 +132,9 @@ pub fn plan(
         .filter(|n| !wanted_budgets.contains(n) && observed.pdbs.contains(n))
         .map(Deletion::Pdb)
         .collect();
+    if observed.repo_host.is_some() && repo_host::pvcs(model).is_empty() {
+        delete.push(Deletion::RepoHost(names::repo_host(cluster)));
+    }
 
     let protected: BTreeSet<&str> = [Some(target_primary.as_str()), current_primary.as_deref()]
         .into_iter()
@@ -275,6 +283,12 @@ pub fn shared_children(
         }
     }
     apply.push(Child::Deployment(Box::new(proxy::deployment(model))));
+    let repo_volumes = repo_host::pvcs(model);
+    if !repo_volumes.is_empty() {
+        apply.extend(repo_volumes.into_iter().map(Child::Pvc));
+        apply.push(Child::Service(repo_host::service(model)));
+        apply.push(Child::Deployment(Box::new(repo_host::deployment(model))));
+    }
     apply.extend(pdb::all(model).into_iter().map(Child::Pdb));
     Ok(apply)
 }

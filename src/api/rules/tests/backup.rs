@@ -327,6 +327,28 @@ fn a_volume_repository_grows_but_never_shrinks() {
 }
 
 #[test]
+fn backups_from_a_replica_need_object_stores() {
+    let cluster = |target: &str, kind: &str, settings: Value| {
+        with(
+            with_backup(
+                "/repositories",
+                json!([repository("repo1", kind, settings)]),
+            ),
+            "/spec/backup/target",
+            json!(target),
+        )
+    };
+    let volume = json!({"size": "10Gi"});
+    assert_ok(&cluster("primary", "volume", volume.clone()), None);
+    assert_ok(&cluster("preferReplica", "s3", s3("backups")), None);
+    assert_refused(
+        &cluster("preferReplica", "volume", volume),
+        None,
+        "spec.backup.target: preferReplica cannot be combined with a volume repository",
+    );
+}
+
+#[test]
 fn restore_is_an_alternative_to_initdb() {
     let restore = restoring(json!({"s3": s3("backups")}));
     assert_ok(&restore, None);

@@ -287,6 +287,53 @@ fn unwanted_budgets_are_deleted() {
     assert_eq!(p.delete, vec![Deletion::Pdb("db-primary".into())]);
 }
 
+#[test]
+fn a_volume_repository_brings_its_host_and_leaves_its_volume_behind() {
+    let mut m = model();
+    m.spec.instances = 1;
+    m.spec.backup = Some(
+        serde_json::from_value(serde_json::json!({
+            "repositories": [{"name": "repo1", "volume": {"size": "10Gi"}}]
+        }))
+        .unwrap(),
+    );
+    let observed = all_ready(&m, &["db-1"]);
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    let named = |kind: &str| -> Vec<String> {
+        p.apply
+            .iter()
+            .filter_map(|c| match (kind, c) {
+                ("pvc", Child::Pvc(x)) => x.metadata.name.clone(),
+                ("service", Child::Service(x)) => x.metadata.name.clone(),
+                ("deployment", Child::Deployment(x)) => x.metadata.name.clone(),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(named("pvc").contains(&"db-repo1".to_string()));
+    assert!(named("service").contains(&"db-repo-host".to_string()));
+    assert!(named("deployment").contains(&"db-repo-host".to_string()));
+    assert!(p.delete.is_empty(), "{:?}", p.delete);
+
+    // The repository removed: the host goes, its claim is not touched.
+    let mut observed = observed;
+    observed.repo_host = Some(repo_host::deployment(&m));
+    m.spec.backup = None;
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    // (The instance's pod spec changed too: it rolls.)
+    assert!(
+        p.delete
+            .contains(&Deletion::RepoHost("db-repo-host".into())),
+        "{:?}",
+        p.delete
+    );
+    assert!(
+        !p.apply
+            .iter()
+            .any(|c| matches!(c, Child::Pvc(x) if x.metadata.name.as_deref() == Some("db-repo1")))
+    );
+}
+
 fn cert(model: &Model, kind: CertKind, not_after: i64) -> SecretFacts {
     let (dns_names, common_name) = match kind.identity(model) {
         CertIdentity::Server(dns) | CertIdentity::Peer(dns) => (dns.clone(), dns.first().cloned()),

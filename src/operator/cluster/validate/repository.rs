@@ -3,8 +3,8 @@
 //! naming the field and the fix.
 
 use crate::api::backup::{
-    AzureRepository, BackupRepository, BackupSpec, GcsRepository, RestoreSpec, S3Repository,
-    UriStyle, default_repository_path,
+    AzureRepository, BackupRepository, BackupSpec, BackupTarget, GcsRepository, RestoreSpec,
+    S3Repository, UriStyle, default_repository_path, volume_repository_claim,
 };
 
 use super::{SpecError, invalid};
@@ -14,9 +14,10 @@ use super::{SpecError, invalid};
 pub(super) fn unsupported_backup(backup: &BackupSpec) -> Option<String> {
     const UNTIL: &str = "No backups are taken and WAL is not archived until then";
     for r in &backup.repositories {
-        if r.volume.is_some() {
+        // CEL refuses this at admission (`rules::standby_backups_need_object_stores`).
+        if r.volume.is_some() && backup.target == BackupTarget::PreferReplica {
             return Some(format!(
-                "spec.backup.repositories[{}]: volume repositories are not supported by this operator build yet; use an s3 (any S3-compatible store), azure or gcs repository. {UNTIL}",
+                "spec.backup.repositories[{}]: a volume repository cannot be combined with spec.backup.target: preferReplica (a standby taking a backup reaches the primary through pgBackRest's server, and pgBackRest cannot also reach a repository host from there); set target: primary, or use s3, azure or gcs repositories. {UNTIL}",
                 r.name
             ));
         }
@@ -57,11 +58,12 @@ pub(super) fn unsupported_restore(
                 return Some(invalid(&format!("{field}.azure.uriStyle"), problem));
             }
         }
-        (None, None, None, Some(_)) => {
-            return Some(invalid(
-                &format!("{field}.volume"),
-                "restoring from volume repositories is not supported by this operator build yet; restore from an s3, azure or gcs repository holding the source's pgBackRest repository. Nothing is created until then, so the cluster never starts empty",
-            ));
+        (None, None, None, Some(source)) => {
+            // Its own volume repository on that claim would archive into it.
+            let clash = backup?.repositories.iter().find(|b| {
+                b.volume.is_some() && volume_repository_claim(name, &b.name) == source.claim_name
+            })?;
+            return Some(into_source(clash));
         }
         _ => {
             return Some(invalid(
@@ -210,19 +212,25 @@ mod tests {
     }
 
     #[test]
-    fn volumes_stay_refused_with_the_fix_and_replicas_are_taken() {
+    fn volumes_are_taken_but_not_from_a_replica() {
         let mut on_replica = backup(json!([{"name": "repo1", "gcs": gcs(None)}]));
         on_replica.target = crate::api::backup::BackupTarget::PreferReplica;
         assert_eq!(unsupported_backup(&on_replica), None);
-        let b = backup(json!([{"name": "repo2", "volume": {"size": "1Gi"}}]));
+        let mut b = backup(json!([{"name": "repo2", "volume": {"size": "1Gi"}}]));
+        assert_eq!(unsupported_backup(&b), None);
+        b.target = crate::api::backup::BackupTarget::PreferReplica;
         let message = unsupported_backup(&b).unwrap();
         assert!(
-            message.contains("repositories[repo2]: volume repositories are not supported"),
+            message.contains("repositories[repo2]: a volume repository cannot be combined with spec.backup.target: preferReplica"),
             "{message}"
         );
         let r = restore(json!({"volume": {"claimName": "orders-repo1"}}), None);
-        let err = unsupported_restore(&r, None, "ns", "db").unwrap();
-        assert_eq!(err.field, "spec.bootstrap.restore.source.repository.volume");
+        assert_eq!(unsupported_restore(&r, None, "ns", "db"), None);
+        // Re-created on its retained volume: it must archive to another one.
+        let own = backup(json!([{"name": "repo1", "volume": {"size": "1Gi"}}]));
+        let err = unsupported_restore(&r, Some(&own), "ns", "orders").unwrap();
+        assert_eq!(err.field, "spec.backup.repositories[repo1]");
+        assert_eq!(unsupported_restore(&r, Some(&own), "ns", "db"), None);
     }
 
     #[test]

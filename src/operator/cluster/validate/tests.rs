@@ -158,8 +158,9 @@ fn s3_backups_from_the_primary_are_modelled() {
 fn backups_this_build_cannot_take_wait_and_render_nothing() {
     for (backup, field) in [
         (
-            json!({"repositories": [s3_repository(), {"name": "repo2", "volume": {"size": "1Gi"}}]}),
-            "spec.backup.repositories[repo2]: volume repositories are not supported",
+            json!({"repositories": [s3_repository(), {"name": "repo2", "volume": {"size": "1Gi"}}],
+                   "target": "preferReplica"}),
+            "spec.backup.repositories[repo2]: a volume repository cannot be combined with spec.backup.target: preferReplica",
         ),
         (
             json!({"repositories": [s3_repository()],
@@ -182,7 +183,7 @@ fn backups_this_build_cannot_take_wait_and_render_nothing() {
 }
 
 #[test]
-fn an_s3_restore_is_modelled_and_volume_sources_are_refused() {
+fn s3_and_volume_restores_are_modelled() {
     let mut spec = base();
     spec["bootstrap"] =
         json!({"restore": {"source": {"repository": {"s3": s3_repository()["s3"]}}}});
@@ -195,14 +196,13 @@ fn an_s3_restore_is_modelled_and_volume_sources_are_refused() {
     let mut spec = base();
     spec["bootstrap"] = json!({"restore": {"source": {"repository":
         {"volume": {"claimName": "orders-repo1"}}}}});
-    let err = check(&cluster(spec)).unwrap_err();
-    assert_eq!(err.field, "spec.bootstrap.restore.source.repository.volume");
-    assert!(
-        err.message
-            .contains("restore from an s3, azure or gcs repository"),
-        "{err}"
+    let v = check(&cluster(spec)).unwrap();
+    assert!(v.blocked.is_none(), "{:?}", v.blocked);
+    let restore = crate::resources::restore::settings(&v.model).unwrap();
+    assert_eq!(
+        restore.repository.path,
+        crate::contract::layout::RESTORE_VOLUME_DIR
     );
-    assert!(!err.awaits_object);
 }
 
 #[test]
