@@ -86,6 +86,24 @@ pub enum Keys {
 /// `major`. `None` (skipped, said why; `CI=true` fails instead) when a
 /// tool is missing or the target is a real cluster.
 pub async fn harness_with_store(major: u32, bucket: &str) -> Option<(Target, PodS3)> {
+    let mut target = harness_for_backups(
+        major,
+        "the S3 store runs on the local harness's node address; a real cluster needs one of its own",
+    )
+    .await?;
+    let harness = target.harness()?;
+    let node = IpAddr::V4(harness.control_plane().addr());
+    let store = PodS3::start(node, bucket)
+        .await
+        .expect("S3 store for the pods")?;
+    eprintln!("S3 store for the pods at https://{}", store.endpoint());
+    Some((target, store))
+}
+
+/// The local harness with pgBackRest and PostgreSQL `major` for its
+/// pgBackRest image. `None` (skipped, said why; `CI=true` fails instead)
+/// when a tool is missing, or on a real cluster (`why_harness`).
+pub async fn harness_for_backups(major: u32, why_harness: &str) -> Option<Target> {
     s3::pgbackrest()?;
     let pg_bin = std::env::var_os(format!("CAPSTAN_PG{major}_BIN"));
     let debian = format!("/usr/lib/postgresql/{major}/bin/postgres");
@@ -95,18 +113,11 @@ pub async fn harness_with_store(major: u32, bucket: &str) -> Option<(Target, Pod
         ));
     }
     let mut target = Target::from_env().await.expect("e2e target");
-    let Some(harness) = target.harness() else {
-        eprintln!(
-            "skipped: the S3 store runs on the local harness's node address; a real cluster needs one of its own"
-        );
+    if target.harness().is_none() {
+        eprintln!("skipped: {why_harness}");
         return None;
-    };
-    let node = IpAddr::V4(harness.control_plane().addr());
-    let store = PodS3::start(node, bucket)
-        .await
-        .expect("S3 store for the pods")?;
-    eprintln!("S3 store for the pods at https://{}", store.endpoint());
-    Some((target, store))
+    }
+    Some(target)
 }
 
 impl PodS3 {
@@ -502,7 +513,7 @@ pub async fn wait_archived(
     timeout: Duration,
 ) -> Result<Instant, E2eError> {
     let rw = ha.rw(target).await?;
-    wait_for(
+    let found = wait_for(
         &format!("{wanted} archived (pg_stat_archiver on the primary)"),
         timeout,
         Duration::from_millis(100),
@@ -514,7 +525,25 @@ pub async fn wait_archived(
             covers(&last, wanted).then(Instant::now)
         },
     )
-    .await
+    .await;
+    let Err(e) = found else {
+        return found;
+    };
+    // What the archiver was doing, for whoever reads the failure.
+    let seen = match ha.connect(&rw, As::Superuser).await {
+        Ok(admin) => sql::value(
+            &admin,
+            "SELECT format('archived %s (%s at %s), failed %s (%s at %s), %s waiting, now %s', \
+             archived_count, last_archived_wal, last_archived_time, failed_count, \
+             last_failed_wal, last_failed_time, \
+             (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), now()) \
+             FROM pg_stat_archiver",
+        )
+        .await
+        .unwrap_or_else(|e| e.to_string()),
+        Err(e) => e.to_string(),
+    };
+    Err(E2eError::Check(format!("{e}; pg_stat_archiver: {seen}")))
 }
 
 /// Waits until `status.backup.lastArchivedWal` satisfies `check`.

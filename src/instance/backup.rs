@@ -345,6 +345,12 @@ impl Backups {
         }));
     }
 
+    /// stanza-create succeeded for the current configuration.
+    pub fn stanza_ready(&self) -> bool {
+        let inner = self.lock();
+        inner.runner.is_some() && inner.stanza.done_for == Some(inner.version)
+    }
+
     /// The primary's report on archiving: the stanza and `pg_stat_archiver`.
     pub fn archive_report(&self, archiver: Option<&Archiver>) -> ArchiveReport {
         let inner = self.lock();

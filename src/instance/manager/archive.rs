@@ -32,6 +32,8 @@ pub(super) struct BackupUpkeep {
     written: Option<u64>,
     /// `pg_stat_archiver` on the primary, from the last tick.
     pub(super) archiver: Option<Archiver>,
+    /// The stanza was ready at the last tick.
+    stanza_ready: bool,
 }
 
 /// A configuration's version: its digest (never logged; it holds keys).
@@ -173,6 +175,25 @@ impl<A: Authority> Manager<A> {
             Ok(a) => self.backup.archiver = Some(a),
             Err(e) => tracing::debug!(error = %e, "no pg_stat_archiver sample"),
         }
+        let ready = self.shared.backups.stanza_ready();
+        let failed = self
+            .backup
+            .archiver
+            .as_ref()
+            .is_some_and(|a| a.failed_count > 0);
+        if ready && !self.backup.stanza_ready && failed {
+            // After three failed attempts (WAL of a new primary before its
+            // stanza existed) the archiver sleeps up to a minute; a reload
+            // wakes it, so that WAL goes now.
+            match self.local.reload().await {
+                Ok(()) => tracing::info!(
+                    operation = "archive",
+                    "stanza ready: the archiver retries the WAL it could not archive"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot wake the archiver"),
+            }
+        }
+        self.backup.stanza_ready = ready;
     }
 }
 
