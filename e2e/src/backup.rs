@@ -640,6 +640,8 @@ pub fn restore_to_time(
             name: None,
             backup: None,
         }),
+        database: None,
+        owner: None,
     })
 }
 

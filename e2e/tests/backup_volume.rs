@@ -136,7 +136,10 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     copy.spec.bootstrap.initdb = None;
     copy.spec.bootstrap.restore = Some(
         serde_json::from_value(serde_json::json!({
-            "source": {"repository": {"volume": {"claimName": claim}}, "cluster": "src"}
+            "source": {"repository": {"volume": {"claimName": claim}}, "cluster": "src"},
+            // The example's application database, where the rows are.
+            "database": "orders",
+            "owner": "orders",
         }))
         .map_err(|e| E2eError::Setup(format!("spec.bootstrap.restore: {e}")))?,
     );
@@ -149,14 +152,15 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     );
     let copy = HaCluster::create(target, &copy).await?;
     let rows = copy.written(&copy.pooler(target).await?).await?;
-    assert_eq!(
-        rows,
-        (1..=300).collect(),
-        "{} rows restored, first/last {:?}/{:?}",
-        rows.len(),
-        rows.first(),
-        rows.last()
-    );
+    if rows != (1..=300).collect() {
+        return Err(E2eError::Check(format!(
+            "{} rows restored (first/last {:?}/{:?}), not 1..=300; copy: {}",
+            rows.len(),
+            rows.first(),
+            rows.last(),
+            ha::status_summary(&copy.get(target).await?)
+        )));
+    }
     let c = copy.get(target).await?;
     let primary = ha::current_primary(&c).cloned().unwrap_or_default();
     let replicas: Vec<&str> = c

@@ -436,6 +436,22 @@ pub struct RestoreSpec {
     /// Where recovery stops; absent: the end of the archived WAL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RestoreTarget>,
+
+    /// The application database in the restored data, which the
+    /// `<name>-app` Secret names (default `app`); created empty if the
+    /// backup has none. Set it to the source's `initdb.database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
+    #[x_kube(validation = rules::sql_identifier("spec.bootstrap.restore.database"))]
+    pub database: Option<String>,
+
+    /// Its owner (default `app`): gets a new password, in the
+    /// `<name>-app` Secret; created if the backup has no such role. Set it
+    /// to the source's `initdb.owner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
+    #[x_kube(validation = rules::sql_identifier("spec.bootstrap.restore.owner"))]
+    pub owner: Option<String>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -408,10 +408,19 @@ pub struct BootstrapSpec {
 
 impl BootstrapSpec {
     /// The `initdb` settings, defaults filled in when none are given. A
-    /// restored cluster has them too (its application database and owner
-    /// come from the backup; these are the defaults Capstan assumes).
+    /// restored cluster has them too: its application database and owner
+    /// are in the backup, named by `restore.database`/`owner`.
     pub fn initdb_or_default(&self) -> InitdbSpec {
-        self.initdb.clone().unwrap_or_else(defaults::initdb)
+        let mut initdb = self.initdb.clone().unwrap_or_else(defaults::initdb);
+        if let Some(restore) = &self.restore {
+            if let Some(database) = &restore.database {
+                initdb.database = database.clone();
+            }
+            if let Some(owner) = &restore.owner {
+                initdb.owner = owner.clone();
+            }
+        }
+        initdb
     }
 }
 
@@ -422,13 +431,13 @@ pub struct InitdbSpec {
     /// Application database to create.
     #[serde(default = "defaults::database")]
     #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
-    #[x_kube(validation = rules::sql_identifier("database"))]
+    #[x_kube(validation = rules::sql_identifier("spec.bootstrap.initdb.database"))]
     pub database: String,
     /// Owner of the application database; its password is in the
     /// `<name>-app` Secret.
     #[serde(default = "defaults::owner")]
     #[schemars(length(max = limits::SQL_IDENTIFIER_MAX))]
-    #[x_kube(validation = rules::sql_identifier("owner"))]
+    #[x_kube(validation = rules::sql_identifier("spec.bootstrap.initdb.owner"))]
     pub owner: String,
     /// Database encoding, e.g. `UTF8` or `LATIN1`.
     #[serde(default = "defaults::encoding")]

@@ -252,7 +252,7 @@ pub fn sql_identifier(field: &str) -> Rule {
     let max = limits::SQL_IDENTIFIER_MAX;
     Rule::new(format!("self.matches('^[a-z_][a-z0-9_]{{0,{}}}$') && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])", max - 1))
         .message(Message::Message(format!(
-            "spec.bootstrap.initdb.{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
+            "{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
         )))
         .reason(Reason::FieldValueInvalid)
 }

@@ -366,6 +366,38 @@ fn restore_is_an_alternative_to_initdb() {
     assert_refused(&restore, Some(&minimal()), "spec.bootstrap is immutable");
     assert_refused(&minimal(), Some(&restore), "spec.bootstrap is immutable");
     assert_ok(&restore, Some(&restore));
+    // The application database and owner in the restored data.
+    let named = |db: &str| {
+        with(
+            restore.clone(),
+            "/spec/bootstrap/restore/database",
+            json!(db),
+        )
+    };
+    assert_ok(
+        &with(
+            named("orders"),
+            "/spec/bootstrap/restore/owner",
+            json!("orders"),
+        ),
+        None,
+    );
+    assert_refused(
+        &named("template1"),
+        None,
+        "spec.bootstrap.restore.database must be a lowercase SQL identifier",
+    );
+    let c: crate::api::PostgresCluster = serde_json::from_value(with(
+        named("orders"),
+        "/spec/bootstrap/restore/owner",
+        json!("shop"),
+    ))
+    .unwrap();
+    let initdb = c.spec.bootstrap.initdb_or_default();
+    assert_eq!(
+        (initdb.database.as_str(), initdb.owner.as_str()),
+        ("orders", "shop")
+    );
 }
 
 #[test]
