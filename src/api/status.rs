@@ -281,6 +281,10 @@ pub struct InstanceStatus {
     /// cannot be asked, so a failover knows who had every commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_state: Option<String>,
+    /// A changed setting waits for a restart of this instance's
+    /// PostgreSQL (`pending_restart`); a rolling restart takes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 /// An automatic failover, step by step.

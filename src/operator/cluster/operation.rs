@@ -505,9 +505,15 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
     let model = input.model;
     let observed = input.observed;
     let primary = input.target_primary;
-    // The pod spec names its instance, so each has its own hash.
+    // The pod spec names its instance, so each has its own hash. A setting
+    // that waits for a restart is rolled out the same way: the pod is
+    // re-created, or the primary switched over (demotion restarts it).
     let outdated = |name: &str| {
         observed.pod(name).and_then(spec_hash) != Some(desired_hash(model, name).as_str())
+            || observed
+                .reports
+                .get(name)
+                .is_some_and(|r| r.pending_restart)
     };
     let replicas: Vec<&String> = input.instances.iter().filter(|n| *n != primary).collect();
     let primary_outdated = outdated(primary);

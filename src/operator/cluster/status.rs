@@ -211,6 +211,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
                     .or(before.and_then(|b| b.lsn.clone())),
                 lag_bytes: report.and_then(|r| r.lag_bytes).map(|b| b as i64),
                 sync_state: sync_state(r, name).or(before.and_then(|b| b.sync_state.clone())),
+                pending_restart: report.is_some_and(|r| r.pending_restart),
             }
         })
         .collect();

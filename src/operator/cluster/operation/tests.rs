@@ -190,6 +190,32 @@ fn a_rolling_update_takes_replicas_one_at_a_time_then_switches_over() {
 }
 
 #[test]
+fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() {
+    let mut w = World::new();
+    for n in ["db-1", "db-2", "db-3"] {
+        w.observed.reports.get_mut(n).unwrap().pending_restart = true;
+    }
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+    // Re-created: PostgreSQL started with the setting, nothing pending.
+    w.observed
+        .reports
+        .insert("db-2".into(), replica("db-2", "0/3000000"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-3".into()));
+    w.observed
+        .reports
+        .insert("db-3".into(), replica("db-3", "0/3000100"));
+    assert_eq!(rolling_switchover_to(&w.choose()), "db-3");
+    // The demoted primary restarted as a standby: nothing left to do.
+    w.status.target_primary = Some("db-3".into());
+    w.observed.lease.as_mut().unwrap().holder = Some("db-3".into());
+    w.observed
+        .reports
+        .insert("db-1".into(), replica("db-1", "0/3000200"));
+    w.observed.reports.insert("db-3".into(), primary("db-3"));
+    assert_eq!(w.choose(), Operation::Idle);
+}
+
+#[test]
 fn a_rolling_switchover_keeps_the_last_handled_annotation() {
     let mut w = World::new();
     w.observed.switchover_request = Some("db-2".into());

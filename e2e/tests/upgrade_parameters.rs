@@ -1,0 +1,189 @@
+//! A setting that needs a restart, under load. `pgbench -c 8` runs through
+//! `<name>-pooler` while `spec.postgres.parameters.shared_buffers` changes:
+//! PostgreSQL reloads and reports `pending_restart`, the status shows it
+//! per instance, and a rolling restart takes it (replicas re-created one at
+//! a time, the primary moved by a switchover, the demoted one restarted as
+//! a standby). Every instance ends on the new value, nothing pending, and
+//! pgbench sees no failed transaction and no aborted client.
+//!
+//! Runs on the harness and on a real cluster. Needs `pgbench`
+//! (`$CAPSTAN_PGBENCH` or PostgreSQL 15's from Debian).
+
+use std::time::{Duration, Instant};
+
+use capstan::api::PostgresCluster;
+use capstan_e2e::E2eError;
+use capstan_e2e::cluster::FIELD_MANAGER;
+use capstan_e2e::ha::{self, As, HaCluster, ha_example};
+use capstan_e2e::harness::wait_for;
+use capstan_e2e::load::{Pgbench, pgbench_binary};
+use capstan_e2e::sql;
+use capstan_e2e::target::{Target, fail};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+const RUN: Duration = Duration::from_secs(150);
+const CHANGE_AFTER: Duration = Duration::from_secs(5);
+const ROLLOUT_WITHIN: Duration = Duration::from_secs(130);
+/// The example runs 256MB.
+const SHARED_BUFFERS: &str = "192MB";
+
+async fn set_shared_buffers(target: &Target, ha: &HaCluster) -> Result<(), E2eError> {
+    let api: Api<PostgresCluster> = Api::namespaced(target.client(), &ha.ns);
+    let patch = serde_json::json!({"spec": {"postgres": {"parameters": {"shared_buffers": SHARED_BUFFERS}}}});
+    api.patch(
+        &ha.name,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|e| E2eError::Kube(format!("patch {}/{}", ha.ns, ha.name), e))?;
+    Ok(())
+}
+
+/// `SHOW shared_buffers` on every instance, by name.
+async fn shared_buffers(
+    target: &Target,
+    ha: &HaCluster,
+    instances: &[String],
+) -> Result<Vec<(String, String)>, E2eError> {
+    let mut out = vec![];
+    for name in instances {
+        let admin = ha
+            .connect(&ha.pod(target, name).await?, As::Superuser)
+            .await?;
+        out.push((
+            name.clone(),
+            sql::value(&admin, "SHOW shared_buffers").await?,
+        ));
+    }
+    Ok(out)
+}
+
+fn pending(c: &PostgresCluster) -> Vec<String> {
+    c.status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .filter(|i| i.pending_restart)
+        .map(|i| i.name.clone())
+        .collect()
+}
+
+async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
+    let Some(pgbench) = pgbench_binary() else {
+        eprintln!("skipped: pgbench not found (install postgresql-15 or set CAPSTAN_PGBENCH)");
+        return Ok(());
+    };
+    let spec = ha_example("ha-cluster.yaml", ns)?;
+    let ha = HaCluster::create(target, &spec).await?;
+    let c = ha.get(target).await?;
+    let old_primary = ha::current_primary(&c)
+        .cloned()
+        .ok_or_else(|| E2eError::Check("no current primary".into()))?;
+    let instances: Vec<String> = c
+        .status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .map(|i| i.name.clone())
+        .collect();
+    assert_eq!(instances.len(), 3, "{}", ha::status_summary(&c));
+
+    let bench = Pgbench::new(&pgbench, &ha, &ha.pooler(target).await?)?;
+    bench.init(1).await?;
+    let run = bench.start(8, RUN)?;
+    let started = Instant::now();
+    tokio::time::sleep(CHANGE_AFTER).await;
+    set_shared_buffers(target, &ha).await?;
+    eprintln!(
+        "[{ns}] spec.postgres.parameters.shared_buffers -> {SHARED_BUFFERS} under pgbench -c 8"
+    );
+
+    // PostgreSQL says it waits for a restart; the status shows it.
+    let waiting = wait_for(
+        "an instance with pendingRestart in status",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            let p = pending(&c);
+            (!p.is_empty()).then_some(p)
+        },
+    )
+    .await?;
+    eprintln!(
+        "[{ns}] pendingRestart on {waiting:?} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let done = wait_for(
+        "every instance on the new shared_buffers, nothing pending, the cluster Ready",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            let ready = capstan_e2e::cluster::condition(&c, "Ready").as_deref() == Some("True");
+            let idle = c.status.as_ref().is_some_and(|s| s.operation.is_none());
+            if !(ready && idle && pending(&c).is_empty()) {
+                return None;
+            }
+            let values = shared_buffers(target, &ha, &instances).await.ok()?;
+            values
+                .iter()
+                .all(|(_, v)| v == SHARED_BUFFERS)
+                .then_some((c, values))
+        },
+    )
+    .await;
+    let (c, values) = match done {
+        Ok(found) => found,
+        Err(e) => {
+            let values = shared_buffers(target, &ha, &instances).await;
+            return Err(E2eError::Check(format!(
+                "{e}; shared_buffers now {values:?}"
+            )));
+        }
+    };
+    let rolled_at = started.elapsed();
+    let new_primary = ha::current_primary(&c).cloned().unwrap_or_default();
+    eprintln!(
+        "[{ns}] restarted at {:.1}s: {values:?}; primary {old_primary} -> {new_primary}",
+        rolled_at.as_secs_f64()
+    );
+    assert_ne!(new_primary, old_primary, "the primary moved by switchover");
+    let switchover = ha::switchover(&c)
+        .cloned()
+        .ok_or_else(|| E2eError::Check("no switchover recorded".into()))?;
+    assert_eq!(switchover.phase, "Completed", "{switchover:?}");
+
+    let report = run.finish(RUN + Duration::from_secs(60)).await?;
+    eprintln!(
+        "[{ns}] pgbench: {} transactions, {} failed, {} clients aborted, longest transaction {:.0} ms; clients held {:?} ms at the switchover",
+        report.processed,
+        report.failed,
+        report.aborted_clients,
+        report.max_latency_ms,
+        switchover.client_hold_ms
+    );
+    assert!(
+        report.failed == 0 && report.aborted_clients == 0 && !report.run_aborted,
+        "pgbench saw client errors across the rolling restart: {:?}\n{}",
+        report.errors,
+        report.output
+    );
+    assert!(report.processed > 0, "pgbench ran: {}", report.output);
+    ha.delete(target).await
+}
+
+#[test]
+fn a_setting_that_needs_a_restart_rolls_with_no_client_error() {
+    capstan_e2e::scenario(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-parameters-{}", std::process::id());
+        if let Err(e) = scenario(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
+}
