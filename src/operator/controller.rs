@@ -46,6 +46,10 @@ const HA_REQUEUE: Duration = Duration::from_secs(1);
 /// how late a finished backup is recorded (backups take minutes; the
 /// figure counts against a backup's duration through Capstan).
 const BACKUP_REQUEUE: Duration = Duration::from_secs(1);
+/// After new settings are written: how long, and how often, the
+/// instances' reports are looked at for a pending restart.
+const SETTINGS_FOLLOW_UP: Duration = Duration::from_secs(120);
+const SETTINGS_REQUEUE: Duration = Duration::from_secs(3);
 /// How often the applied-children cache drops deleted clusters.
 const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Child events within this window are handled by one reconcile.
@@ -248,10 +252,20 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     // A backup in flight is followed through the agent's report, a
     // verification through its pod (whose events go to the backup, not here).
     let backing_up = observed.backups.iter().any(backup::in_flight) || plan.verification.active;
+    // New settings reach the pods through the kubelet's ConfigMap sync (up
+    // to a minute or so); what they need (a restart) shows only in the
+    // instances' reports, which nothing announces: look again meanwhile.
+    let settings_landing = ctx.applied.settings_written_within(
+        &validated.model.uid,
+        &validated.model.name,
+        SETTINGS_FOLLOW_UP,
+    );
     let wait = if failing_over {
         HA_REQUEUE
     } else if backing_up {
         BACKUP_REQUEUE
+    } else if settings_landing {
+        SETTINGS_REQUEUE
     } else if settled {
         settled_wait(&validated.model, ctx.config.resync)
     } else {

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -115,26 +116,35 @@ pub async fn relabel(pods: &Api<Pod>, name: &str, role: &str) -> Result<(), kube
 /// the cache is empty and everything is applied once.
 #[derive(Default)]
 pub struct AppliedCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, String, Instant)>>,
 }
 
 impl AppliedCache {
     fn entries(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, String)>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, String, Instant)>>
+    {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn unchanged(&self, key: &str, hash: &str, observed: Option<&String>) -> bool {
         match (self.entries().get(key), observed) {
-            (Some((h, rv)), Some(now)) => h == hash && rv == now,
+            (Some((h, rv, _)), Some(now)) => h == hash && rv == now,
             _ => false,
         }
     }
 
     fn record(&self, key: String, hash: String, resource_version: Option<String>) {
         match resource_version {
-            Some(rv) => self.entries().insert(key, (hash, rv)),
+            Some(rv) => {
+                let mut entries = self.entries();
+                // Keep when it was written, not when it was last confirmed.
+                let at = match entries.get(&key) {
+                    Some((h, _, at)) if *h == hash => *at,
+                    _ => Instant::now(),
+                };
+                entries.insert(key, (hash, rv, at))
+            }
             None => self.entries().remove(&key),
         };
     }
@@ -147,6 +157,15 @@ impl AppliedCache {
     pub fn retain_clusters(&self, live: &std::collections::HashSet<String>) {
         self.entries()
             .retain(|k, _| k.split('/').next().is_some_and(|uid| live.contains(uid)));
+    }
+
+    /// The settings ConfigMap of cluster `uid` was written with new
+    /// content less than `within` ago (by this operator process).
+    pub fn settings_written_within(&self, uid: &str, cluster: &str, within: Duration) -> bool {
+        let key = format!("{uid}/ConfigMap/{}", names::config_map(cluster));
+        self.entries()
+            .get(&key)
+            .is_some_and(|(_, _, at)| at.elapsed() < within)
     }
 
     pub fn len(&self) -> usize {
@@ -499,6 +518,37 @@ mod tests {
         );
         cache.forget("u1/Service/db-rw");
         assert!(!cache.unchanged("u1/Service/db-rw", "h1", rv("5").as_ref()));
+    }
+
+    #[test]
+    fn new_settings_are_followed_for_a_while_after_they_are_written() {
+        let cache = AppliedCache::default();
+        let within = Duration::from_secs(60);
+        assert!(!cache.settings_written_within("u1", "db", within));
+        cache.record(
+            "u1/ConfigMap/db-config".into(),
+            "h1".into(),
+            Some("1".into()),
+        );
+        assert!(cache.settings_written_within("u1", "db", within));
+        assert!(!cache.settings_written_within("u1", "db", Duration::ZERO));
+        assert!(!cache.settings_written_within("u2", "db", within));
+        // Re-applied unchanged (a new resourceVersion, same content): the
+        // time it was written stays.
+        cache.entries().get_mut("u1/ConfigMap/db-config").unwrap().2 =
+            Instant::now() - Duration::from_secs(120);
+        cache.record(
+            "u1/ConfigMap/db-config".into(),
+            "h1".into(),
+            Some("2".into()),
+        );
+        assert!(!cache.settings_written_within("u1", "db", within));
+        cache.record(
+            "u1/ConfigMap/db-config".into(),
+            "h2".into(),
+            Some("3".into()),
+        );
+        assert!(cache.settings_written_within("u1", "db", within));
     }
 
     #[test]
