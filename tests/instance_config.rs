@@ -59,6 +59,27 @@ async fn settings_changes_reload_or_wait_for_a_restart() {
     let report = a.status().await.unwrap();
     assert!(report.postgres_uptime_seconds.unwrap() >= uptime);
     assert_eq!(report.postgres_restarts, 0);
+    assert!(report.lowered_standby_settings.is_empty());
+
+    // Lowering a setting a standby may not run below its primary is named
+    // (the operator restarts the primary first); raising it is not.
+    let running: i64 = show(&a, "max_connections").await.parse().unwrap();
+    s.parameters
+        .insert("max_connections".into(), (running - 10).to_string());
+    a.write_settings(&s);
+    a.wait_status("max_connections lowered", Duration::from_secs(30), |r| {
+        r.lowered_standby_settings == ["max_connections"]
+    })
+    .await;
+    s.parameters
+        .insert("max_connections".into(), (running + 10).to_string());
+    a.write_settings(&s);
+    let report = a
+        .wait_status("max_connections raised", Duration::from_secs(30), |r| {
+            r.lowered_standby_settings.is_empty()
+        })
+        .await;
+    assert!(report.pending_restart);
 
     // A managed parameter: the whole document is refused and named.
     let mut bad = s.clone();

@@ -68,6 +68,10 @@ pub struct InstanceReport {
     /// A changed setting needs a restart to take effect.
     #[serde(default)]
     pub pending_restart: bool,
+    /// Of the settings a standby may not run below its primary, those a
+    /// pending restart lowers: the primary restarts first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lowered_standby_settings: Vec<String>,
     /// `server_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::contract::instance::StandbyReport;
 use crate::postgres::lsn::Lsn;
+use crate::postgres::parameters::STANDBY_AT_LEAST_PRIMARY;
 use crate::postgres::{roles, sql};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,9 @@ pub struct Snapshot {
     pub version_num: i32,
     pub uptime_seconds: u64,
     pub pending_restart: bool,
+    /// Of [`STANDBY_AT_LEAST_PRIMARY`], those whose value in the files is
+    /// lower than the running one (waiting for a restart).
+    pub lowered_standby_settings: Vec<String>,
     pub timeline: Option<u32>,
     /// Primary: insert position; replica: replayed.
     pub current_lsn: Option<Lsn>,
@@ -153,6 +157,9 @@ impl Local {
             pending_restart: row.get(5),
             ..Snapshot::default()
         };
+        if snap.pending_restart {
+            snap.lowered_standby_settings = lowered_standby_settings(&client).await?;
+        }
         if snap.in_recovery {
             let row = client
                 .query_one(
@@ -489,6 +496,27 @@ fn is_instance_slot(name: &str, cluster_prefix: &str) -> bool {
     name.strip_prefix(cluster_prefix)
         .and_then(|rest| rest.strip_prefix('_'))
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// The last value of each hot-standby setting in the configuration files,
+/// where it is lower than the value the server runs.
+async fn lowered_standby_settings(client: &Client) -> Result<Vec<String>, LocalError> {
+    let rows = client
+        .query(
+            "SELECT s.name::text
+             FROM pg_catalog.pg_settings s
+             JOIN (SELECT DISTINCT ON (name) name, setting
+                   FROM pg_catalog.pg_file_settings
+                   ORDER BY name, seqno DESC) f ON f.name = s.name
+             WHERE s.pending_restart AND s.name = ANY($1)
+               AND f.setting ~ '^[0-9]+$' AND s.setting ~ '^[0-9]+$'
+               AND f.setting::bigint < s.setting::bigint
+             ORDER BY s.name",
+            &[&STANDBY_AT_LEAST_PRIMARY],
+        )
+        .await
+        .map_err(query_err("pg_file_settings"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]

@@ -6,6 +6,17 @@
 //! admission through a CEL rule, and again in the operator and the instance
 //! manager for objects that got past admission.
 
+/// Settings a hot standby may not run below its primary (it refuses to
+/// start, or pauses replay): raised, they go to the replicas first;
+/// lowered, to the primary first.
+pub const STANDBY_AT_LEAST_PRIMARY: &[&str] = &[
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+];
+
 /// Parameter names a user may not set in `spec.postgres.parameters`.
 pub const MANAGED: &[&str] = &[
     "archive_command",

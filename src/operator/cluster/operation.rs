@@ -100,6 +100,9 @@ pub enum RestartWhy {
     SingleInstance,
     /// `updateStrategy.primaryUpdateMethod: Restart`.
     Strategy,
+    /// A lowered setting a standby may not run below its primary
+    /// (`max_connections`, …): the primary takes it first.
+    LowerStandbySettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,9 +199,9 @@ impl Operation {
                 "rolling update: waiting for replica(s) {} to stream from the primary",
                 v.join(", ")
             ),
-            Operation::RecreateReplica(i) => {
-                format!("rolling update: re-creating replica {i} with the updated pod spec")
-            }
+            Operation::RecreateReplica(i) => format!(
+                "rolling update: re-creating replica {i} with the updated pod spec (or for a setting that waits for a restart)"
+            ),
             Operation::RestartPrimary {
                 instance,
                 why: RestartWhy::SingleInstance,
@@ -210,6 +213,12 @@ impl Operation {
                 why: RestartWhy::Strategy,
             } => format!(
                 "rolling update: restarting primary {instance} in place (updateStrategy.primaryUpdateMethod: Restart)"
+            ),
+            Operation::RestartPrimary {
+                instance,
+                why: RestartWhy::LowerStandbySettings,
+            } => format!(
+                "rolling restart: restarting primary {instance} first, in place: spec.postgres.parameters lowers a setting a standby may not run below its primary (max_connections, max_worker_processes, max_wal_senders, max_prepared_transactions, max_locks_per_transaction); writes stop until it is back, then the replicas restart"
             ),
             Operation::AwaitSwitchoverRequest { primary } => format!(
                 "rolling update: every replica is updated; primary {primary} waits for a switchover request (updateStrategy.supervised): annotate capstan.dev/switchover=<replica> or run `capstan switchover`"
@@ -532,6 +541,16 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
         .collect();
     if !lagging.is_empty() {
         return Some(Operation::AwaitReplication(lagging));
+    }
+    if observed
+        .reports
+        .get(primary)
+        .is_some_and(|r| r.pending_restart && !r.lowered_standby_settings.is_empty())
+    {
+        return Some(Operation::RestartPrimary {
+            instance: primary.to_string(),
+            why: RestartWhy::LowerStandbySettings,
+        });
     }
     if let Some(next) = outdated_replicas.first() {
         return Some(Operation::RecreateReplica(next.to_string()));

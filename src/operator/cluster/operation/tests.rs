@@ -216,6 +216,41 @@ fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() 
 }
 
 #[test]
+fn a_lowered_standby_setting_restarts_the_primary_first() {
+    let mut w = World::new();
+    for n in ["db-1", "db-2", "db-3"] {
+        let r = w.observed.reports.get_mut(n).unwrap();
+        r.pending_restart = true;
+        r.lowered_standby_settings = vec!["max_connections".into()];
+    }
+    let op = w.choose();
+    assert_eq!(
+        op,
+        Operation::RestartPrimary {
+            instance: "db-1".into(),
+            why: RestartWhy::LowerStandbySettings
+        }
+    );
+    assert!(
+        op.describe().contains("max_connections"),
+        "{}",
+        op.describe()
+    );
+    // Back with the lower value: the replicas follow, no switchover.
+    w.recreate("db-1");
+    w.observed.reports.insert("db-1".into(), primary("db-1"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+    w.observed
+        .reports
+        .insert("db-2".into(), replica("db-2", "0/3000000"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-3".into()));
+    w.observed
+        .reports
+        .insert("db-3".into(), replica("db-3", "0/3000000"));
+    assert_eq!(w.choose(), Operation::Idle);
+}
+
+#[test]
 fn a_rolling_switchover_keeps_the_last_handled_annotation() {
     let mut w = World::new();
     w.observed.switchover_request = Some("db-2".into());
