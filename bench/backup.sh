@@ -6,6 +6,8 @@
 #   - restore to the latest point (files), and verification by restore
 #     (restore + recovery + catalog/pg_amcheck/sentinel checks)
 #   - WAL archive lag under `pgbench -c 4` (goal <= archive_timeout)
+#   - a volume repository behind the repository host (`repo-host-bench:`
+#     lines): full backup through it vs to a local directory, and restores
 #
 #   bench/backup.sh                               # PostgreSQL 17, scale 70 (~1 GB), 3 rounds
 #   CAPSTAN_BENCH_SCALE=10 bench/backup.sh        # a quick run
@@ -25,3 +27,5 @@ fi
 log=/tmp/backup-bench.log
 cargo test --release --test backup_pgbackrest -- --ignored --nocapture --test-threads=1 bench_backup 2>&1 \
   | tee "$log" | grep -E '^backup-bench|test result|panicked'
+cargo test --release --test backup_repo_host -- --ignored --nocapture --test-threads=1 bench_repo_host 2>&1 \
+  | tee -a "$log" | grep -E '^repo-host-bench|test result|panicked'

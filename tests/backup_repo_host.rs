@@ -246,3 +246,138 @@ fn readonly_tree(path: &Path) {
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).unwrap();
 }
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// What the repository host costs: one pgbench database backed up, full,
+/// alternately to a directory through the repository host (repo1, TLS on
+/// loopback) and to a directory pgBackRest writes itself (repo2), then
+/// restored from each. `bench/backup.sh` runs it (release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (bench/backup.sh), not a test"]
+async fn bench_repo_host() {
+    let major: u32 = env_or("CAPSTAN_BENCH_PG_VERSION", 17);
+    let scale: u32 = env_or("CAPSTAN_BENCH_SCALE", 70);
+    let rounds: usize = env_or("CAPSTAN_BENCH_ROUNDS", 3);
+    let (Some(pgbackrest), Some(bin)) = (pgbackrest(), pg_bin(major)) else {
+        return;
+    };
+    let pgbench = if bin.join("pgbench").is_file() {
+        bin.join("pgbench")
+    } else {
+        PathBuf::from("/usr/lib/postgresql/15/bin/pgbench")
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("caprhbench")
+        .tempdir_in(std::env::var("CAPSTAN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+        .unwrap();
+    let root = tmp.path();
+    chown_tree(root);
+    let pki = Pki::new();
+    let host = RepoHostProcess::start(&pgbackrest, &root.join("host"), &pki);
+    let (remote, local) = (volume(root), root.join("local"));
+    std::fs::create_dir_all(&local).unwrap();
+    chown_tree(&local);
+    let mut pg = Pg::initdb(&bin, &root.join("src"), PORTS.take());
+    let db = setup_with_tls(
+        &pgbackrest,
+        &root.join("br"),
+        "db",
+        &pg,
+        on_host(host.port, &remote, 2),
+        Some(client_tls(&root.join("br-tls"), &pki, &pki.backrest)),
+    );
+    let mut config = db.config.clone();
+    let mut direct = Repository::posix(local.display().to_string());
+    direct.retention.full = Some(2);
+    config.repositories.push(direct);
+    write_config(&config, &db.config_path);
+    let inv = Invocation {
+        pgbackrest: pgbackrest.clone(),
+        config: db.config_path.clone(),
+        stanza: "db".into(),
+    };
+    let mut settings = inv.archive_parameters(Duration::from_secs(60));
+    settings.push(("max_wal_size", "4GB".into()));
+    pg.start(&settings);
+    let c = pg.client("postgres").await;
+    db.runner.stanza_create().await.expect("stanza-create");
+    let out = as_postgres(Command::new(&pgbench))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(&pg.socket)
+        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pgbench -i: {out:?}");
+    let size: String = c
+        .query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.simple_query("VACUUM ANALYZE").await.unwrap();
+    c.simple_query("CHECKPOINT").await.unwrap();
+    db.runner.check().await.expect("check");
+    println!("repo-host-bench: PostgreSQL {major}, pgbench scale {scale} ({size})");
+    for repo in [1, 2] {
+        db.runner
+            .backup(BackupType::Full, Some(repo))
+            .await
+            .expect("warm-up backup");
+    }
+    let (mut through_host, mut direct) = (vec![], vec![]);
+    for round in 0..rounds {
+        for turn in 0..2 {
+            let host_now = (round + turn) % 2 == 0;
+            let t = Instant::now();
+            let repo = if host_now { 1 } else { 2 };
+            db.runner
+                .backup(BackupType::Full, Some(repo))
+                .await
+                .expect("full backup");
+            if host_now {
+                through_host.push(t.elapsed());
+            } else {
+                direct.push(t.elapsed());
+            }
+        }
+        println!(
+            "repo-host-bench: round {round}: through the repository host {:?}, to a local directory {:?}",
+            through_host[round], direct[round]
+        );
+    }
+    let (host_median, direct_median) = (median(through_host), median(direct));
+    println!(
+        "repo-host-bench: full backup median through the repository host {host_median:?}, to a local directory {direct_median:?} ({:+.1} %)",
+        (host_median.as_secs_f64() / direct_median.as_secs_f64() - 1.0) * 100.0
+    );
+    for repo in [1, 2] {
+        let dir = root.join(format!("restore-{repo}"));
+        let mut restore = Restore::new(&dir, RestoreTarget::Latest);
+        restore.archive_off = true;
+        restore.repo = Some(repo);
+        let t = Instant::now();
+        db.runner.restore(restore).await.expect("restore");
+        println!(
+            "repo-host-bench: restore from repo{repo} ({}) {:?}",
+            if repo == 1 {
+                "repository host"
+            } else {
+                "local directory"
+            },
+            t.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    drop(c);
+    pg.stop();
+}
