@@ -8,12 +8,9 @@
 //! The server reads its configuration and certificate at start; a rotated
 //! certificate restarts it, and so does its exit (after a short pause).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::agents::pid1::{self, Tracked};
@@ -121,7 +118,7 @@ async fn serve(args: Args) -> Result<(), RepoHostError> {
         }
         stamp = now;
         if child.is_none() && started.is_none_or(|t| t.elapsed() >= RESTART_AFTER) {
-            match spawn(&tool, &config) {
+            match crate::backup::server::spawn(&tool, &config, None) {
                 Ok(c) => {
                     tracing::info!(pid = c.pid(), "pgBackRest's TLS server started");
                     child = Some(c);
@@ -140,32 +137,6 @@ async fn serve(args: Args) -> Result<(), RepoHostError> {
     drop(child);
     tracing::info!("repository host stopped");
     Ok(())
-}
-
-fn spawn(tool: &Path, config: &Path) -> std::io::Result<Tracked> {
-    let mut cmd = Command::new(tool);
-    cmd.arg(format!("--config={}", config.display()))
-        .arg("server")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env("LC_ALL", "C");
-    let mut child = pid1::spawn(&mut cmd)?;
-    if let Some(out) = child.child.stdout.take() {
-        tokio::spawn(relay(out));
-    }
-    if let Some(err) = child.child.stderr.take() {
-        tokio::spawn(relay(err));
-    }
-    Ok(child)
-}
-
-async fn relay(stream: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::warn!(target: "pgbackrest", operation = "server", "{line}");
-    }
 }
 
 #[cfg(test)]

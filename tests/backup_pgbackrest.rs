@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use capstan::backup::config::Invocation;
 use capstan::backup::{BackupType, Restore, RestoreTarget, Sentinel, Verification};
-use support::backrest::{Pg, as_postgres, setup, values, write_config};
+use support::backrest::{
+    Pg, as_postgres, env_or, load_pgbench, median, setup, values, write_config,
+};
 use support::posix::PosixRepo;
 use support::s3::{Listen, S3Stack, pgbackrest};
 use support::{Ports, chown_tree, pg_bin, server_now};
@@ -309,18 +311,6 @@ async fn wrong_s3_credentials_fail_the_backup_with_pgbackrests_message() {
     pg.stop();
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// The measurement behind bench/backup.sh (not a timed test): on a pgbench
 /// database, a full backup by hand vs through `Runner` (alternating),
 /// restore, verification, and the WAL archive lag under pgbench.
@@ -367,18 +357,7 @@ async fn bench_backup() {
     let c = pg.client("postgres").await;
     src.runner.stanza_create().await.expect("stanza-create");
     let t = Instant::now();
-    let out = as_postgres(Command::new(&pgbench))
-        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
-        .arg(&pg.socket)
-        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pgbench -i: {out:?}");
-    let size: String = c
-        .query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let size = load_pgbench(&pgbench, &pg, scale).await;
     println!(
         "backup-bench: PostgreSQL {major}, pgbench scale {scale} ({size}) loaded in {:?}",
         t.elapsed()

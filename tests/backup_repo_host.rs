@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use capstan::backup::config::{ClientTls, Invocation};
 use capstan::backup::repository::{RepoHost, Repository, Retention, Storage};
 use capstan::backup::{BackupType, Restore, RestoreTarget};
-use support::backrest::{Pg, as_postgres, setup, setup_with_tls, values, write_config};
+use support::backrest::{
+    Pg, as_postgres, env_or, load_pgbench, median, setup, setup_with_tls, values, write_config,
+};
 use support::s3::pgbackrest;
 use support::{Pki, Ports, chown_tree, pg_bin, write_file};
 
@@ -247,18 +249,6 @@ fn readonly_tree(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).unwrap();
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// What the repository host costs: one pgbench database backed up, full,
 /// alternately to a directory through the repository host (repo1, TLS on
 /// loopback) and to a directory pgBackRest writes itself (repo2), then
@@ -312,18 +302,7 @@ async fn bench_repo_host() {
     pg.start(&settings);
     let c = pg.client("postgres").await;
     db.runner.stanza_create().await.expect("stanza-create");
-    let out = as_postgres(Command::new(&pgbench))
-        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
-        .arg(&pg.socket)
-        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pgbench -i: {out:?}");
-    let size: String = c
-        .query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let size = load_pgbench(&pgbench, &pg, scale).await;
     c.simple_query("VACUUM ANALYZE").await.unwrap();
     c.simple_query("CHECKPOINT").await.unwrap();
     db.runner.check().await.expect("check");

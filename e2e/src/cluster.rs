@@ -52,6 +52,27 @@ pub async fn apply(client: &Client, cluster: &PostgresCluster) -> Result<(), E2e
     Ok(())
 }
 
+/// A JSON merge patch of a cluster's spec, as a user's `kubectl patch`.
+pub async fn merge_patch(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), E2eError> {
+    let api: Api<PostgresCluster> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(|e| E2eError::Kube(format!("patch {ns}/{name}"), e))?;
+    Ok(())
+}
+
 pub async fn get(client: &Client, ns: &str, name: &str) -> Result<PostgresCluster, E2eError> {
     Api::<PostgresCluster>::namespaced(client.clone(), ns)
         .get(name)

@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use capstan::api::PostgresCluster;
 use capstan::resources::labels;
 use capstan_e2e::E2eError;
-use capstan_e2e::cluster::FIELD_MANAGER;
 use capstan_e2e::ha::{self, HaCluster, SWITCHOVER_WITHIN, ha_example};
 use capstan_e2e::harness::wait_for;
 use capstan_e2e::load::{Pgbench, pgbench_binary};
 use capstan_e2e::target::{Target, fail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 
 /// pgbench runs this long: the whole rollout happens inside it.
 const RUN: Duration = Duration::from_secs(150);
@@ -83,19 +82,8 @@ async fn updated_pods(target: &Target, ha: &HaCluster) -> Result<Vec<String>, E2
 }
 
 async fn change_resources(target: &Target, ha: &HaCluster) -> Result<(), E2eError> {
-    let api: Api<PostgresCluster> = Api::namespaced(target.client(), &ha.ns);
     let patch = serde_json::json!({"spec": {"resources": {"requests": {"cpu": CPU, "memory": "1Gi"}, "limits": {"memory": "1Gi"}}}});
-    api.patch(
-        &ha.name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| E2eError::Kube(format!("patch {}/{}", ha.ns, ha.name), e))?;
-    Ok(())
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await
 }
 
 fn operation(c: &PostgresCluster) -> Option<(String, String)> {

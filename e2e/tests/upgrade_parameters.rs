@@ -13,14 +13,11 @@ use std::time::{Duration, Instant};
 
 use capstan::api::PostgresCluster;
 use capstan_e2e::E2eError;
-use capstan_e2e::cluster::FIELD_MANAGER;
 use capstan_e2e::ha::{self, As, HaCluster, ha_example};
 use capstan_e2e::harness::wait_for;
 use capstan_e2e::load::{Pgbench, pgbench_binary};
 use capstan_e2e::sql;
 use capstan_e2e::target::{Target, fail};
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 
 const RUN: Duration = Duration::from_secs(150);
 const CHANGE_AFTER: Duration = Duration::from_secs(5);
@@ -29,19 +26,8 @@ const ROLLOUT_WITHIN: Duration = Duration::from_secs(130);
 const SHARED_BUFFERS: &str = "192MB";
 
 async fn set_shared_buffers(target: &Target, ha: &HaCluster) -> Result<(), E2eError> {
-    let api: Api<PostgresCluster> = Api::namespaced(target.client(), &ha.ns);
     let patch = serde_json::json!({"spec": {"postgres": {"parameters": {"shared_buffers": SHARED_BUFFERS}}}});
-    api.patch(
-        &ha.name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(|e| E2eError::Kube(format!("patch {}/{}", ha.ns, ha.name), e))?;
-    Ok(())
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await
 }
 
 /// `SHOW shared_buffers` on every instance, by name.

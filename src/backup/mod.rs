@@ -9,6 +9,7 @@ pub mod config;
 pub mod info;
 pub mod repository;
 pub mod runner;
+pub mod server;
 pub mod verify;
 
 pub use command::{BackupType, Operation, Restore, RestoreTarget, Standby, TargetAction};

@@ -48,9 +48,26 @@ fn pvc(
 ) -> PersistentVolumeClaim {
     let mut labels = labels::instance(&model.name, instance);
     labels.insert("capstan.dev/volume".into(), volume.into());
+    claim(
+        model,
+        name,
+        labels,
+        &storage.size,
+        storage.storage_class_name.clone(),
+    )
+}
+
+/// A ReadWriteOnce claim of the cluster. Without an owner reference the
+/// garbage collector leaves the volume when the cluster is deleted: that
+/// is what `storage.retention.whenDeleted: Retain` means.
+pub fn claim(
+    model: &Model,
+    name: String,
+    labels: BTreeMap<String, String>,
+    size: &Quantity,
+    class: Option<String>,
+) -> PersistentVolumeClaim {
     let mut meta = model.child_meta(name, labels);
-    // Without an owner reference the garbage collector leaves the volume
-    // when the cluster is deleted: that is what Retain means.
     if model.spec.storage.retention.when_deleted == RetentionRule::Retain {
         meta.owner_references = None;
     }
@@ -58,12 +75,9 @@ fn pvc(
         metadata: meta,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: storage.storage_class_name.clone(),
+            storage_class_name: class,
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    storage.size.clone(),
-                )])),
+                requests: Some(BTreeMap::from([("storage".to_string(), size.clone())])),
                 limits: None,
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -103,18 +117,7 @@ fn pod_spec(model: &Model, instance: &str) -> PodSpec {
         enable_service_links: Some(false),
         hostname: Some(instance.to_string()),
         termination_grace_period_seconds: Some(layout::INSTANCE_GRACE_SECONDS),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(layout::POSTGRES_UID),
-            run_as_group: Some(layout::POSTGRES_UID),
-            fs_group: Some(layout::POSTGRES_UID),
-            fs_group_change_policy: Some("OnRootMismatch".into()),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(postgres_pod_security()),
         init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
         containers: vec![postgres_container(model, instance)],
         volumes: Some(volumes(model, instance)),
@@ -187,6 +190,22 @@ pub fn copy_binary_container(operator_image: &str) -> Container {
         volume_mounts: Some(vec![mount("bin", layout::BIN_DIR, false)]),
         security_context: Some(restricted_security_context()),
         ..Container::default()
+    }
+}
+
+/// The postgres user, owning its volumes (instances, the repository host).
+pub fn postgres_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(layout::POSTGRES_UID),
+        run_as_group: Some(layout::POSTGRES_UID),
+        fs_group: Some(layout::POSTGRES_UID),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
     }
 }
 

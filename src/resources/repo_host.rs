@@ -4,27 +4,22 @@
 //! in the cluster's PostgreSQL image, which carries pgBackRest; instances
 //! reach it through the Service with the cluster's pgBackRest certificate.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeResourceRequirements,
+    Container, ContainerPort, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::backup::{repo_host_path, volume_repositories};
 use super::instance::{
-    agent_env, backrest_tls_volume, copy_binary_container, empty_dir, mount,
-    restricted_security_context,
+    agent_env, backrest_tls_volume, claim, copy_binary_container, empty_dir, mount,
+    postgres_pod_security, restricted_security_context,
 };
 use super::labels;
 use super::model::Model;
 use super::names;
-use crate::api::RetentionRule;
 use crate::api::backup::volume_repository_claim;
 use crate::contract::layout;
 
@@ -36,27 +31,13 @@ pub fn pvcs(model: &Model) -> Vec<PersistentVolumeClaim> {
         .map(|(repo, volume)| {
             let mut labels = labels::common(&model.name, labels::COMPONENT_REPOSITORY);
             labels.insert("capstan.dev/repository".into(), repo.name.clone());
-            let mut meta =
-                model.child_meta(volume_repository_claim(&model.name, &repo.name), labels);
-            if model.spec.storage.retention.when_deleted == RetentionRule::Retain {
-                meta.owner_references = None;
-            }
-            PersistentVolumeClaim {
-                metadata: meta,
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    storage_class_name: volume.storage_class_name.clone(),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_string(),
-                            volume.size.clone(),
-                        )])),
-                        limits: None,
-                    }),
-                    ..PersistentVolumeClaimSpec::default()
-                }),
-                status: None,
-            }
+            claim(
+                model,
+                volume_repository_claim(&model.name, &repo.name),
+                labels,
+                &volume.size,
+                volume.storage_class_name.clone(),
+            )
         })
         .collect()
 }
@@ -123,18 +104,7 @@ pub fn deployment(model: &Model) -> Deployment {
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(layout::POOLER_GRACE_SECONDS),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(layout::POSTGRES_UID),
-            run_as_group: Some(layout::POSTGRES_UID),
-            fs_group: Some(layout::POSTGRES_UID),
-            fs_group_change_policy: Some("OnRootMismatch".into()),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(postgres_pod_security()),
         init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
         containers: vec![container],
         volumes: Some(volumes),

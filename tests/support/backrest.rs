@@ -205,3 +205,33 @@ pub async fn values(c: &tokio_postgres::Client) -> Vec<String> {
         .map(|r| r.get(0))
         .collect()
 }
+
+/// A benchmark knob from the environment.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `pgbench -i -s scale` into `pg`'s postgres database; its size, for people.
+pub async fn load_pgbench(pgbench: &Path, pg: &Pg, scale: u32) -> String {
+    let out = as_postgres(Command::new(pgbench))
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(&pg.socket)
+        .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pgbench -i: {out:?}");
+    pg.client("postgres")
+        .await
+        .query_one("SELECT pg_size_pretty(pg_database_size('postgres'))", &[])
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -5,15 +5,9 @@
 //! configuration and certificate once, at start: a change to either
 //! restarts it, and so does its exit, at most every few seconds.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
-use tracing::Instrument;
-
-use crate::agents::pid1::{self, Tracked};
+use crate::agents::pid1::Tracked;
 use crate::agents::tls::TlsFiles;
 
 use super::super::authority::Authority;
@@ -45,13 +39,6 @@ fn version_with_certificate(config_version: u64, tls: &TlsFiles) -> Result<u64, 
         text.push_str(&content);
     }
     Ok(super::archive::version_of(&text))
-}
-
-async fn relay(stream: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::warn!(target: "pgbackrest", operation = "server", "{line}");
-    }
 }
 
 impl<A: Authority> Manager<A> {
@@ -95,7 +82,7 @@ impl<A: Authority> Manager<A> {
                 "pgBackRest's TLS server restarts with a new configuration or certificate"
             );
         }
-        let child = spawn(
+        let child = crate::backup::server::spawn(
             &self.inputs.pgbackrest,
             &self.inputs.backrest_config(),
             owner_for(&self.inputs.data_dir),
@@ -110,44 +97,6 @@ impl<A: Authority> Manager<A> {
         server.started = Some(Instant::now());
         Ok(())
     }
-}
-
-fn spawn(pgbackrest: &Path, config: &Path, owner: Option<(u32, u32)>) -> Result<Tracked, String> {
-    let mut cmd = Command::new(pgbackrest);
-    cmd.arg(format!("--config={}", config.display()))
-        .arg("server")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env("LC_ALL", "C");
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let mut child = pid1::spawn(&mut cmd).map_err(|e| {
-        format!(
-            "cannot start pgBackRest's TLS server ({}): {e}",
-            pgbackrest.display()
-        )
-    })?;
-    for stream in [
-        child
-            .child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
-        child
-            .child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        tokio::spawn(relay(stream).in_current_span());
-    }
-    Ok(child)
 }
 
 #[cfg(test)]
