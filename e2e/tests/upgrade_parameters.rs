@@ -6,6 +6,11 @@
 //! a standby). Every instance ends on the new value, nothing pending, and
 //! pgbench sees no failed transaction and no aborted client.
 //!
+//! `lowering_max_connections_restarts_the_primary_first`: a standby may not
+//! run below its primary's `max_connections`, so lowering it restarts the
+//! primary first (its pod re-created while the replicas' are untouched),
+//! then the replicas; every instance ends on the new value.
+//!
 //! Runs on the harness and on a real cluster. Needs `pgbench`
 //! (`$CAPSTAN_PGBENCH` or PostgreSQL 15's from Debian).
 
@@ -161,6 +166,111 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     );
     assert!(report.processed > 0, "pgbench ran: {}", report.output);
     ha.delete(target).await
+}
+
+/// Instance pod name → uid.
+async fn pod_uids(
+    target: &Target,
+    ha: &HaCluster,
+) -> Result<std::collections::BTreeMap<String, String>, E2eError> {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = kube::Api::namespaced(target.client(), &ha.ns);
+    let selector = capstan::resources::labels::to_selector(
+        &capstan::resources::labels::instances_selector(&ha.name),
+    );
+    let pods = api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| E2eError::Kube(format!("list pods of {}", ha.name), e))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
+        .collect())
+}
+
+async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
+    let spec = ha_example("ha-cluster.yaml", ns)?;
+    let ha = HaCluster::create(target, &spec).await?;
+    let target = &*target;
+    let c = ha.get(target).await?;
+    let primary = ha::current_primary(&c)
+        .cloned()
+        .ok_or_else(|| E2eError::Check("no current primary".into()))?;
+    let instances: Vec<String> = c
+        .status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .map(|i| i.name.clone())
+        .collect();
+    let before = pod_uids(target, &ha).await?;
+    // The example runs 200.
+    let patch =
+        serde_json::json!({"spec": {"postgres": {"parameters": {"max_connections": "150"}}}});
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await?;
+    let started = Instant::now();
+    let first = wait_for(
+        "the first instance pod re-created",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(100),
+        || async {
+            let now = pod_uids(target, &ha).await.ok()?;
+            let changed: Vec<String> = before
+                .iter()
+                .filter(|(n, uid)| now.get(n.as_str()) != Some(uid))
+                .map(|(n, _)| n.clone())
+                .collect();
+            (!changed.is_empty()).then_some(changed)
+        },
+    )
+    .await?;
+    eprintln!(
+        "[{ns}] max_connections 200 -> 150: first re-created {first:?} after {:.1}s (primary {primary})",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(first, vec![primary.clone()], "the primary goes first");
+    let values = wait_for(
+        "every instance on max_connections 150, nothing pending, Ready",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            let ready = capstan_e2e::cluster::condition(&c, "Ready").as_deref() == Some("True");
+            let idle = c.status.as_ref().is_some_and(|s| s.operation.is_none());
+            if !(ready && idle && pending(&c).is_empty()) {
+                return None;
+            }
+            let mut values = vec![];
+            for name in &instances {
+                let admin = ha
+                    .connect(&ha.pod(target, name).await.ok()?, As::Superuser)
+                    .await
+                    .ok()?;
+                values.push(sql::value(&admin, "SHOW max_connections").await.ok()?);
+            }
+            values.iter().all(|v| v == "150").then_some(values)
+        },
+    )
+    .await?;
+    let c = ha.get(target).await?;
+    eprintln!(
+        "[{ns}] every instance on {values:?} after {:.1}s; primary {:?}",
+        started.elapsed().as_secs_f64(),
+        ha::current_primary(&c)
+    );
+    ha.delete(target).await
+}
+
+#[test]
+fn lowering_max_connections_restarts_the_primary_first() {
+    capstan_e2e::scenario(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-lowered-{}", std::process::id());
+        if let Err(e) = lowered(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }
 
 #[test]
