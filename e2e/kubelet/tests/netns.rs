@@ -176,10 +176,15 @@ done"#;
         api_peers.lock().unwrap().len(),
         other_peers.lock().unwrap().len(),
     );
+    // Each round of the pod's loop calls the API, the other server, then
+    // itself: wait for two whole rounds.
     let log = eventually("calls from the pod to fail", 20, || {
         let log = node.rt.logs("ns", "web", "c", false).ok()?;
         let since = log[before..].to_string();
-        (count(&since, "api fail") >= 2 && count(&since, "other fail") >= 2).then_some(since)
+        let calls =
+            |what| count(&since, &format!("{what} ok")) + count(&since, &format!("{what} fail"));
+        (count(&since, "api fail") >= 2 && count(&since, "other fail") >= 2 && calls("self") >= 2)
+            .then_some(since)
     })
     .await;
     assert!(
