@@ -428,6 +428,37 @@ impl HaCluster {
 
     /// Deletes the cluster (its volumes go with it, see [`ha_example`]) and
     /// waits until nothing of it is left.
+    /// The instance pods that are not being deleted.
+    pub async fn instance_pods(
+        &self,
+        target: &Target,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, E2eError> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(target.client(), &self.ns);
+        let selector = labels::to_selector(&labels::instances_selector(&self.name));
+        let pods = api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| E2eError::Kube(format!("list pods of {}", self.name), e))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// Instance pod name → uid (a new uid: the pod was re-created).
+    pub async fn pod_uids(
+        &self,
+        target: &Target,
+    ) -> Result<std::collections::BTreeMap<String, String>, E2eError> {
+        Ok(self
+            .instance_pods(target)
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
+            .collect())
+    }
+
     pub async fn delete(&self, target: &Target) -> Result<(), E2eError> {
         let client = target.client();
         cluster::delete(&client, &self.ns, &self.name).await?;

@@ -8,19 +8,14 @@
 //! Runs on the harness and on a real cluster. Needs `pgbench`
 //! (`$CAPSTAN_PGBENCH` or PostgreSQL 15's from Debian).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use capstan::api::PostgresCluster;
-use capstan::resources::labels;
 use capstan_e2e::E2eError;
 use capstan_e2e::ha::{self, HaCluster, SWITCHOVER_WITHIN, ha_example};
 use capstan_e2e::harness::wait_for;
 use capstan_e2e::load::{Pgbench, pgbench_binary};
 use capstan_e2e::target::{Target, fail};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::ListParams;
 
 /// pgbench runs this long: the whole rollout happens inside it.
 const RUN: Duration = Duration::from_secs(150);
@@ -31,33 +26,10 @@ const ROLLOUT_WITHIN: Duration = Duration::from_secs(130);
 /// The new CPU request, printed back from every re-created pod.
 const CPU: &str = "150m";
 
-/// The instance pods that are not being deleted.
-async fn instance_pods(target: &Target, ha: &HaCluster) -> Result<Vec<Pod>, E2eError> {
-    let api: Api<Pod> = Api::namespaced(target.client(), &ha.ns);
-    let selector = labels::to_selector(&labels::instances_selector(&ha.name));
-    let pods = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| E2eError::Kube(format!("list pods of {}", ha.name), e))?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
-}
-
-/// Instance pod name → uid.
-async fn pod_uids(target: &Target, ha: &HaCluster) -> Result<BTreeMap<String, String>, E2eError> {
-    Ok(instance_pods(target, ha)
-        .await?
-        .into_iter()
-        .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
-        .collect())
-}
-
 /// Instance pods that run the new CPU request and are ready.
 async fn updated_pods(target: &Target, ha: &HaCluster) -> Result<Vec<String>, E2eError> {
-    Ok(instance_pods(target, ha)
+    Ok(ha
+        .instance_pods(target)
         .await?
         .into_iter()
         .filter(|p| {
@@ -103,7 +75,7 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
     let old_primary = ha::current_primary(&c)
         .cloned()
         .ok_or_else(|| E2eError::Check("no current primary".into()))?;
-    let before = pod_uids(target, &ha).await?;
+    let before = ha.pod_uids(target).await?;
     assert_eq!(before.len(), 3, "{before:?}");
 
     let bench = Pgbench::new(&pgbench, &ha, &ha.pooler(target).await?)?;
@@ -135,7 +107,7 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
         );
         // Nothing touches the primary meanwhile.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let now = pod_uids(target, &ha).await?;
+        let now = ha.pod_uids(target).await?;
         assert_eq!(
             now.get(&old_primary),
             before.get(&old_primary),
@@ -169,7 +141,7 @@ async fn scenario(target: &mut Target, ns: &str, supervised: bool) -> Result<(),
     )
     .await?;
     let rolled_at = started.elapsed();
-    let after = pod_uids(target, &ha).await?;
+    let after = ha.pod_uids(target).await?;
     for (name, uid) in &before {
         assert_ne!(after.get(name), Some(uid), "{name} was not re-created");
     }

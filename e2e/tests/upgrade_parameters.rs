@@ -35,11 +35,12 @@ async fn set_shared_buffers(target: &Target, ha: &HaCluster) -> Result<(), E2eEr
     capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await
 }
 
-/// `SHOW shared_buffers` on every instance, by name.
-async fn shared_buffers(
+/// `SHOW <setting>` on every instance, by name.
+async fn show_everywhere(
     target: &Target,
     ha: &HaCluster,
     instances: &[String],
+    setting: &str,
 ) -> Result<Vec<(String, String)>, E2eError> {
     let mut out = vec![];
     for name in instances {
@@ -48,10 +49,17 @@ async fn shared_buffers(
             .await?;
         out.push((
             name.clone(),
-            sql::value(&admin, "SHOW shared_buffers").await?,
+            sql::value(&admin, &format!("SHOW {setting}")).await?,
         ));
     }
     Ok(out)
+}
+
+/// Ready, no operation, no instance waiting for a restart.
+fn settled(c: &PostgresCluster) -> bool {
+    capstan_e2e::cluster::condition(c, "Ready").as_deref() == Some("True")
+        && c.status.as_ref().is_some_and(|s| s.operation.is_none())
+        && pending(c).is_empty()
 }
 
 fn pending(c: &PostgresCluster) -> Vec<String> {
@@ -115,12 +123,12 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         Duration::from_millis(500),
         || async {
             let c = ha.get(target).await.ok()?;
-            let ready = capstan_e2e::cluster::condition(&c, "Ready").as_deref() == Some("True");
-            let idle = c.status.as_ref().is_some_and(|s| s.operation.is_none());
-            if !(ready && idle && pending(&c).is_empty()) {
+            if !settled(&c) {
                 return None;
             }
-            let values = shared_buffers(target, &ha, &instances).await.ok()?;
+            let values = show_everywhere(target, &ha, &instances, "shared_buffers")
+                .await
+                .ok()?;
             values
                 .iter()
                 .all(|(_, v)| v == SHARED_BUFFERS)
@@ -131,7 +139,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let (c, values) = match done {
         Ok(found) => found,
         Err(e) => {
-            let values = shared_buffers(target, &ha, &instances).await;
+            let values = show_everywhere(target, &ha, &instances, "shared_buffers").await;
             return Err(E2eError::Check(format!(
                 "{e}; shared_buffers now {values:?}"
             )));
@@ -168,28 +176,6 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     ha.delete(target).await
 }
 
-/// Instance pod name → uid.
-async fn pod_uids(
-    target: &Target,
-    ha: &HaCluster,
-) -> Result<std::collections::BTreeMap<String, String>, E2eError> {
-    use k8s_openapi::api::core::v1::Pod;
-    let api: kube::Api<Pod> = kube::Api::namespaced(target.client(), &ha.ns);
-    let selector = capstan::resources::labels::to_selector(
-        &capstan::resources::labels::instances_selector(&ha.name),
-    );
-    let pods = api
-        .list(&kube::api::ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| E2eError::Kube(format!("list pods of {}", ha.name), e))?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
-        .collect())
-}
-
 async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let spec = ha_example("ha-cluster.yaml", ns)?;
     let ha = HaCluster::create(target, &spec).await?;
@@ -204,7 +190,7 @@ async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         .flat_map(|s| &s.instances)
         .map(|i| i.name.clone())
         .collect();
-    let before = pod_uids(target, &ha).await?;
+    let before = ha.pod_uids(target).await?;
     // The example runs 200.
     let patch =
         serde_json::json!({"spec": {"postgres": {"parameters": {"max_connections": "150"}}}});
@@ -215,7 +201,7 @@ async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         ROLLOUT_WITHIN,
         Duration::from_millis(100),
         || async {
-            let now = pod_uids(target, &ha).await.ok()?;
+            let now = ha.pod_uids(target).await.ok()?;
             let changed: Vec<String> = before
                 .iter()
                 .filter(|(n, uid)| now.get(n.as_str()) != Some(uid))
@@ -236,20 +222,13 @@ async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         Duration::from_millis(500),
         || async {
             let c = ha.get(target).await.ok()?;
-            let ready = capstan_e2e::cluster::condition(&c, "Ready").as_deref() == Some("True");
-            let idle = c.status.as_ref().is_some_and(|s| s.operation.is_none());
-            if !(ready && idle && pending(&c).is_empty()) {
+            if !settled(&c) {
                 return None;
             }
-            let mut values = vec![];
-            for name in &instances {
-                let admin = ha
-                    .connect(&ha.pod(target, name).await.ok()?, As::Superuser)
-                    .await
-                    .ok()?;
-                values.push(sql::value(&admin, "SHOW max_connections").await.ok()?);
-            }
-            values.iter().all(|v| v == "150").then_some(values)
+            let values = show_everywhere(target, &ha, &instances, "max_connections")
+                .await
+                .ok()?;
+            values.iter().all(|(_, v)| v == "150").then_some(values)
         },
     )
     .await?;
