@@ -4,6 +4,8 @@
 //! certificate (kubelet probes, Prometheus); `GET /status`, `POST /promote`
 //! and `POST /demote` require the operator's client certificate.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Role of an instance as its manager sees it.
@@ -68,10 +70,11 @@ pub struct InstanceReport {
     /// A changed setting needs a restart to take effect.
     #[serde(default)]
     pub pending_restart: bool,
-    /// Of the settings a standby may not run below its primary, those a
-    /// pending restart lowers: the primary restarts first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lowered_standby_settings: Vec<String>,
+    /// What the server runs of the settings a standby may not run below
+    /// its primary (`max_connections`, …): when the spec lowers one, the
+    /// primary restarts first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub standby_floor_settings: BTreeMap<String, u64>,
     /// `server_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

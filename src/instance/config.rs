@@ -56,14 +56,6 @@ impl Rendered {
 
 const HEADER: &str = "# Written by the Capstan instance manager; edits are overwritten.\n";
 
-/// Senders and slots for every instance plus room for backups and
-/// pg_basebackup/pg_rewind, in steps of 10: a standby must have at least the
-/// primary's value, so the number should rarely move.
-pub fn wal_senders(instances: usize) -> u32 {
-    let needed = (instances as u32) * 2 + 2;
-    needed.div_ceil(10).max(1) * 10
-}
-
 /// How a replica reaches the primary (`primary_conninfo`, `pg_basebackup`,
 /// `pg_rewind`): the `-rw` Service, as `streaming_replica` with its client
 /// certificate, verifying the server's certificate and host name.
@@ -88,7 +80,7 @@ pub fn managed_parameters(
     role: Desired,
 ) -> Vec<(&'static str, String)> {
     let server = inputs.server_tls();
-    let senders = wal_senders(settings.instances.len()).to_string();
+    let senders = crate::postgres::parameters::wal_senders(settings.instances.len()).to_string();
     let mut params = vec![
         ("listen_addresses", inputs.listen_address.clone()),
         ("port", inputs.postgres_port.to_string()),
@@ -489,15 +481,6 @@ mod tests {
             }
             assert!(!managed.contains("archive_mode = 'off'"));
         }
-    }
-
-    #[test]
-    fn sender_count_grows_in_steps() {
-        assert_eq!(wal_senders(0), 10);
-        assert_eq!(wal_senders(3), 10);
-        assert_eq!(wal_senders(4), 10);
-        assert_eq!(wal_senders(5), 20);
-        assert_eq!(wal_senders(20), 50);
     }
 
     #[test]

@@ -52,9 +52,8 @@ pub struct Snapshot {
     pub version_num: i32,
     pub uptime_seconds: u64,
     pub pending_restart: bool,
-    /// Of [`STANDBY_AT_LEAST_PRIMARY`], those whose value in the files is
-    /// lower than the running one (waiting for a restart).
-    pub lowered_standby_settings: Vec<String>,
+    /// The running values of [`STANDBY_AT_LEAST_PRIMARY`].
+    pub standby_floor_settings: BTreeMap<String, u64>,
     pub timeline: Option<u32>,
     /// Primary: insert position; replica: replayed.
     pub current_lsn: Option<Lsn>,
@@ -157,9 +156,7 @@ impl Local {
             pending_restart: row.get(5),
             ..Snapshot::default()
         };
-        if snap.pending_restart {
-            snap.lowered_standby_settings = lowered_standby_settings(&client).await?;
-        }
+        snap.standby_floor_settings = standby_floor_settings(&client).await?;
         if snap.in_recovery {
             let row = client
                 .query_one(
@@ -498,25 +495,22 @@ fn is_instance_slot(name: &str, cluster_prefix: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// The last value of each hot-standby setting in the configuration files,
-/// where it is lower than the value the server runs.
-async fn lowered_standby_settings(client: &Client) -> Result<Vec<String>, LocalError> {
+/// The running values of the settings a standby may not run below its
+/// primary.
+async fn standby_floor_settings(client: &Client) -> Result<BTreeMap<String, u64>, LocalError> {
+    let names: Vec<&str> = STANDBY_AT_LEAST_PRIMARY.iter().map(|(n, _)| *n).collect();
     let rows = client
         .query(
-            "SELECT s.name::text
-             FROM pg_catalog.pg_settings s
-             JOIN (SELECT DISTINCT ON (name) name, setting
-                   FROM pg_catalog.pg_file_settings
-                   ORDER BY name, seqno DESC) f ON f.name = s.name
-             WHERE s.pending_restart AND s.name = ANY($1)
-               AND f.setting ~ '^[0-9]+$' AND s.setting ~ '^[0-9]+$'
-               AND f.setting::bigint < s.setting::bigint
-             ORDER BY s.name",
-            &[&STANDBY_AT_LEAST_PRIMARY],
+            "SELECT name::text, setting::bigint FROM pg_catalog.pg_settings
+             WHERE name = ANY($1) AND setting ~ '^[0-9]+$'",
+            &[&names],
         )
         .await
-        .map_err(query_err("pg_file_settings"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(query_err("pg_settings"))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+        .collect())
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         lag_seconds: None,
         wal_receiver: None,
         pending_restart: false,
-        lowered_standby_settings: vec![],
+        standby_floor_settings: Default::default(),
         version: None,
         postgres_uptime_seconds: None,
         last_error: None,

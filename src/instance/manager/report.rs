@@ -54,7 +54,7 @@ pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
         report.flush_lsn = s.flush_lsn.map(|l| l.to_string());
         report.wal_receiver = s.wal_receiver.clone();
         report.pending_restart = s.pending_restart;
-        report.lowered_standby_settings = s.lowered_standby_settings.clone();
+        report.standby_floor_settings = s.standby_floor_settings.clone();
         report.standbys = s.standbys.clone();
         report.version = Some(s.version.clone());
         report.postgres_uptime_seconds = Some(s.uptime_seconds);
@@ -147,7 +147,7 @@ mod tests {
             version_num: 170000,
             uptime_seconds: 5,
             pending_restart: false,
-            lowered_standby_settings: vec![],
+            standby_floor_settings: Default::default(),
             timeline: Some(2),
             current_lsn: None,
             receive_lsn: receive.map(Lsn),

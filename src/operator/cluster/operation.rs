@@ -32,6 +32,7 @@ use crate::api::{PostgresClusterStatus, PrimaryUpdateMethod};
 use crate::contract::instance::{InstanceReport, Role};
 use crate::operator::leases::LeaseView;
 use crate::postgres::lsn::Lsn;
+use crate::postgres::parameters;
 use crate::resources::instance::{self, SPEC_HASH_ANNOTATION};
 use crate::resources::labels;
 use crate::resources::model::Model;
@@ -525,7 +526,15 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
                 .is_some_and(|r| r.pending_restart)
     };
     let replicas: Vec<&String> = input.instances.iter().filter(|n| *n != primary).collect();
-    let primary_outdated = outdated(primary);
+    let lowered = observed.reports.get(primary).is_some_and(|r| {
+        !parameters::lowered_standby_settings(
+            &model.spec.postgres.parameters,
+            input.instances.len(),
+            &r.standby_floor_settings,
+        )
+        .is_empty()
+    });
+    let primary_outdated = lowered || outdated(primary);
     let outdated_replicas: Vec<&String> =
         replicas.iter().copied().filter(|n| outdated(n)).collect();
     if !primary_outdated && outdated_replicas.is_empty() {
@@ -542,11 +551,9 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
     if !lagging.is_empty() {
         return Some(Operation::AwaitReplication(lagging));
     }
-    if observed
-        .reports
-        .get(primary)
-        .is_some_and(|r| r.pending_restart && !r.lowered_standby_settings.is_empty())
-    {
+    // Whether or not the new files reached any pod yet: a replica
+    // restarted with them first would run below its primary.
+    if lowered {
         return Some(Operation::RestartPrimary {
             instance: primary.to_string(),
             why: RestartWhy::LowerStandbySettings,

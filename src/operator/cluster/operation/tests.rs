@@ -215,14 +215,40 @@ fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() 
     assert_eq!(w.choose(), Operation::Idle);
 }
 
+fn running_max_connections(report: &mut InstanceReport, value: u64) {
+    report
+        .standby_floor_settings
+        .insert("max_connections".into(), value);
+}
+
 #[test]
 fn a_lowered_standby_setting_restarts_the_primary_first() {
     let mut w = World::new();
     for n in ["db-1", "db-2", "db-3"] {
-        let r = w.observed.reports.get_mut(n).unwrap();
-        r.pending_restart = true;
-        r.lowered_standby_settings = vec!["max_connections".into()];
+        running_max_connections(w.observed.reports.get_mut(n).unwrap(), 200);
     }
+    assert_eq!(
+        w.choose(),
+        Operation::RestartPrimary {
+            instance: "db-1".into(),
+            why: RestartWhy::LowerStandbySettings
+        },
+        "the spec sets no max_connections: PostgreSQL's 100"
+    );
+    w.model
+        .spec
+        .postgres
+        .parameters
+        .insert("max_connections".into(), "200".into());
+    assert_eq!(w.choose(), Operation::Idle);
+    w.model
+        .spec
+        .postgres
+        .parameters
+        .insert("max_connections".into(), "150".into());
+    // The new files reached a replica before the primary: the primary
+    // still goes first, or that replica would restart below it.
+    w.observed.reports.get_mut("db-3").unwrap().pending_restart = true;
     let op = w.choose();
     assert_eq!(
         op,
@@ -238,7 +264,10 @@ fn a_lowered_standby_setting_restarts_the_primary_first() {
     );
     // Back with the lower value: the replicas follow, no switchover.
     w.recreate("db-1");
-    w.observed.reports.insert("db-1".into(), primary("db-1"));
+    let mut restarted = primary("db-1");
+    running_max_connections(&mut restarted, 150);
+    w.observed.reports.insert("db-1".into(), restarted);
+    w.observed.reports.get_mut("db-2").unwrap().pending_restart = true;
     assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
     w.observed
         .reports
@@ -248,6 +277,22 @@ fn a_lowered_standby_setting_restarts_the_primary_first() {
         .reports
         .insert("db-3".into(), replica("db-3", "0/3000000"));
     assert_eq!(w.choose(), Operation::Idle);
+}
+
+#[test]
+fn a_raised_standby_setting_goes_to_the_replicas_first() {
+    let mut w = World::new();
+    for n in ["db-1", "db-2", "db-3"] {
+        let r = w.observed.reports.get_mut(n).unwrap();
+        running_max_connections(r, 200);
+        r.pending_restart = true;
+    }
+    w.model
+        .spec
+        .postgres
+        .parameters
+        .insert("max_connections".into(), "300".into());
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
 }
 
 #[test]
