@@ -101,6 +101,9 @@ pub struct InstanceReport {
     /// The bootstrap from a backup, on the instance that restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<super::restore::RestoreReport>,
+    /// A major upgrade, on the primary that runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<super::upgrade::UpgradeReport>,
 }
 
 impl InstanceReport {

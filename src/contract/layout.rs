@@ -70,6 +70,12 @@ pub const VERIFY_SCRATCH: &str = "/var/lib/postgresql/verify/restore";
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// emptyDir an init container of the old image copies that major's
+/// PostgreSQL installation into, during a major upgrade: the same paths
+/// under it as in the image (`usr/lib/postgresql/<major>`,
+/// `usr/share/postgresql/<major>`), so the binaries find their files.
+pub const OLD_POSTGRES_DIR: &str = "/capstan/old-postgres";
+
 /// Where the first instance of a cluster restored from a volume repository
 /// mounts the source's claim (read-only).
 pub const RESTORE_VOLUME_DIR: &str = "/var/lib/pgbackrest-source";

@@ -10,4 +10,5 @@ pub mod layout;
 pub mod pooler;
 pub mod restore;
 pub mod settings;
+pub mod upgrade;
 pub mod verify;

@@ -53,6 +53,9 @@ pub struct InstanceSettings {
     /// (`spec.bootstrap.restore`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<super::restore::RestoreSettings>,
+    /// A major upgrade in progress, from this major to `postgres_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_upgrade: Option<super::upgrade::MajorUpgradeSettings>,
 }
 
 /// The primary holds a `coordination.k8s.io/v1` Lease and renews it; when it

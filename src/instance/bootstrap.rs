@@ -58,7 +58,7 @@ pub enum BootstrapError {
     Recovery(String),
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> BootstrapError + '_ {
+pub(super) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> BootstrapError + '_ {
     move |e| BootstrapError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -121,20 +121,20 @@ pub struct DataOps<'a> {
     pub bins: &'a Binaries,
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     path.with_file_name(name)
 }
 
-fn remove_dir_if_exists(path: &Path) -> Result<(), BootstrapError> {
+pub(super) fn remove_dir_if_exists(path: &Path) -> Result<(), BootstrapError> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), BootstrapError> {
+pub(super) fn sync_dir(path: &Path) -> Result<(), BootstrapError> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err(path))
@@ -238,7 +238,7 @@ impl DataOps<'_> {
         Ok(())
     }
 
-    fn write_identity(&self, system_identifier: u64) -> Result<(), BootstrapError> {
+    pub(super) fn write_identity(&self, system_identifier: u64) -> Result<(), BootstrapError> {
         identity::write(
             self.inputs.data_volume(),
             &Identity {

@@ -322,6 +322,7 @@ mod tests {
             postgres_port: 5432,
             api_port: 8000,
             pg_bin_dir: None,
+            old_postgres_dir: "/capstan/old-postgres".into(),
             pgbackrest: Some("/usr/bin/pgbackrest".into()),
             backrest_dir: "/var/run/postgresql/pgbackrest".into(),
             authority: AuthoritySpec::Kube,

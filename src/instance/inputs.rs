@@ -55,6 +55,10 @@ pub struct Args {
     /// else /usr/lib/postgresql/<version>/bin].
     #[arg(long, env = "CAPSTAN_PG_BIN_DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+    /// The old major's installation during a major upgrade (the pod layout
+    /// copies it from the old image).
+    #[arg(long, env = "CAPSTAN_OLD_POSTGRES_DIR", default_value = layout::OLD_POSTGRES_DIR)]
+    pub old_postgres_dir: PathBuf,
     /// pgBackRest, used when the settings configure backups [default:
     /// `pgbackrest` next to the PostgreSQL binaries, else on PATH].
     #[arg(long, env = "CAPSTAN_PGBACKREST")]
@@ -99,6 +103,7 @@ pub struct Inputs {
     pub postgres_port: u16,
     pub api_port: u16,
     pub pg_bin_dir: Option<PathBuf>,
+    pub old_postgres_dir: PathBuf,
     /// pgBackRest as configured or found; checked when backups are on.
     pub pgbackrest: PathBuf,
     pub backrest_dir: PathBuf,
@@ -125,6 +130,7 @@ impl Inputs {
             postgres_port: args.postgres_port,
             api_port: args.api_port,
             pg_bin_dir: args.pg_bin_dir.clone(),
+            old_postgres_dir: args.old_postgres_dir.clone(),
             pgbackrest: super::binaries::pgbackrest_path(
                 args.pgbackrest.as_deref(),
                 args.pg_bin_dir.as_deref(),

@@ -31,6 +31,7 @@ mod secrets;
 mod settings;
 mod state;
 mod supervisor;
+mod upgrade;
 
 use std::sync::Arc;
 

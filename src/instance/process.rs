@@ -26,6 +26,8 @@ pub enum ToolError {
         tool: String,
         status: ExitStatus,
         output: String,
+        /// The tail of its standard output (pg_upgrade reports there).
+        stdout: Vec<String>,
     },
 }
 
@@ -69,6 +71,7 @@ pub async fn run_tool(tool: &str, command: &mut Command) -> Result<String, ToolE
             tool: tool.to_string(),
             status,
             output: stderr.into_iter().collect::<Vec<_>>().join(" | "),
+            stdout: stdout.into(),
         })
     }
 }

@@ -55,6 +55,8 @@ pub struct PrimaryInfo {
     pub in_recovery: bool,
     pub system_identifier: u64,
     pub timeline: u32,
+    /// `server_version_num` / 10000.
+    pub major: u32,
 }
 
 pub struct Primary<'a> {
@@ -119,7 +121,8 @@ impl<'a> Primary<'a> {
                              THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
                                            (SELECT timeline_id FROM pg_control_checkpoint()))
                              ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-                        END",
+                        END,
+                        current_setting('server_version_num')::int / 10000",
                 &[],
             )
             .await
@@ -135,6 +138,7 @@ impl<'a> Primary<'a> {
                 message: format!("unexpected system identifier {sysid:?}"),
             })?,
             timeline: row.get::<_, i32>(2) as u32,
+            major: row.get::<_, i32>(3) as u32,
         })
     }
 

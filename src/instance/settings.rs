@@ -138,6 +138,7 @@ pub(crate) mod tests {
             synchronous: Default::default(),
             backup: None,
             restore: None,
+            major_upgrade: None,
         }
     }
 

@@ -153,6 +153,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         archive: None,
         backup: None,
         restore: None,
+        upgrade: None,
     }
 }
 

@@ -45,6 +45,7 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
         },
         backup: super::backup::settings(model),
         restore: super::restore::settings(model),
+        major_upgrade: None,
     }
 }
 

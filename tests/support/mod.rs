@@ -248,6 +248,7 @@ pub fn settings(version: i32, primary_port: u16, instances: &[&str]) -> Instance
         synchronous: Default::default(),
         backup: None,
         restore: None,
+        major_upgrade: None,
     }
 }
 

@@ -23,6 +23,7 @@ mod restore;
 mod role;
 mod running;
 mod start;
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,7 @@ pub struct Manager<A: Authority> {
     backup: archive::BackupUpkeep,
     backrest_server: backrest_server::ServerUpkeep,
     restore: restore::RestoreState,
+    upgrade: upgrade::UpgradeState,
 }
 
 /// What a tick does once settings are loaded.
@@ -117,6 +119,7 @@ impl<A: Authority> Manager<A> {
             backup: archive::BackupUpkeep::default(),
             backrest_server: backrest_server::ServerUpkeep::default(),
             restore: restore::RestoreState::default(),
+            upgrade: upgrade::UpgradeState::default(),
         }
     }
 

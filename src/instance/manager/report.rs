@@ -5,6 +5,7 @@
 use crate::contract::backup::{ArchiveReport, BackupJob};
 use crate::contract::instance::{InstanceReport, LeaseReport, Role};
 use crate::contract::restore::RestoreReport;
+use crate::contract::upgrade::UpgradeReport;
 use crate::postgres::lsn::Lsn;
 
 use super::super::authority::Authority;
@@ -28,6 +29,7 @@ pub(super) struct Facts<'a> {
     pub backup: Option<BackupJob>,
     /// The bootstrap from a backup, on the instance that restores.
     pub restore: Option<RestoreReport>,
+    pub upgrade: Option<UpgradeReport>,
 }
 
 pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
@@ -39,6 +41,7 @@ pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
     report.archive = facts.archive;
     report.backup = facts.backup;
     report.restore = facts.restore;
+    report.upgrade = facts.upgrade;
     if let Some(s) = facts.snapshot {
         report.running = true;
         report.role = if s.in_recovery {
@@ -112,6 +115,7 @@ impl<A: Authority> Manager<A> {
                 }),
             backup: self.shared.backups.job(),
             restore: self.restore.report.clone(),
+            upgrade: self.upgrade.report(),
         });
         self.shared.publish(report);
     }
@@ -173,6 +177,7 @@ mod tests {
             archive: None,
             backup: None,
             restore: None,
+            upgrade: None,
         }
     }
 

@@ -203,14 +203,29 @@ impl<A: Authority> Manager<A> {
         let Some(bins) = self.bins.clone() else {
             return Err(String::from("no PostgreSQL binaries").into());
         };
-        let ops = self.ops(settings, &bins);
-        let state = ops.inspect().await.map_err(|e| e.to_string())?;
-        let kind = data_kind(&state, bins.major)?;
-        if let DataState::Present { control, .. } = &state {
-            ops.check_identity(control.system_identifier)
-                .map_err(|e| e.to_string())?;
+        // An upgrade that got past its point of no return is finished first.
+        let finishing = self
+            .ops(settings, &bins)
+            .recover_upgrade()
+            .map_err(|e| e.to_string())?;
+        let mut state = self.inspect(settings, &bins).await?;
+        let me = self.inputs.pod.clone();
+        let mut upgraded_from = finishing.map(|m| m.from);
+        if let (Some(upgrade), DataState::Present { major, .. }) = (&settings.major_upgrade, &state)
+            && *major == upgrade.from_version
+            && *major != bins.major
+        {
+            if target != Some(me.as_str()) {
+                return self.clone_upgraded_primary(settings, &bins).await;
+            }
+            self.hold_lease().await.map_err(StartError::Lease)?;
+            self.major_upgrade(settings, &bins, upgrade.from_version)
+                .await?;
+            upgraded_from = Some(upgrade.from_version);
+            state = self.inspect(settings, &bins).await?;
         }
-        let plan = start_plan(&self.inputs.pod, target, kind);
+        let kind = data_kind(&state, bins.major)?;
+        let plan = start_plan(&me, target, kind);
         tracing::info!(plan = ?plan, target_primary = ?target, "starting");
         match plan {
             StartPlan::Wait(reason) => Err(reason.into()),
@@ -241,7 +256,13 @@ impl<A: Authority> Manager<A> {
                 result.map_err(|e| format!("cloning from the primary failed: {e}"))?;
                 self.launch_replica(settings, &bins).await
             }
-            StartPlan::StartPrimary => self.launch_primary(settings, &bins).await,
+            StartPlan::StartPrimary => {
+                self.launch_primary(settings, &bins).await?;
+                if let Some(from) = upgraded_from {
+                    self.after_upgrade(settings, &bins, from);
+                }
+                Ok(())
+            }
             StartPlan::StartReplica => {
                 if let DataState::Present { control, .. } = &state {
                     self.check_same_system(settings, control.system_identifier)
@@ -254,6 +275,58 @@ impl<A: Authority> Manager<A> {
                 self.launch_replica(settings, &bins).await
             }
         }
+    }
+
+    /// The data directory as it is, checked against the identity file.
+    async fn inspect(
+        &self,
+        settings: &InstanceSettings,
+        bins: &Binaries,
+    ) -> Result<DataState, StartError> {
+        let ops = self.ops(settings, bins);
+        let state = ops.inspect().await.map_err(|e| e.to_string())?;
+        if let DataState::Present { control, .. } = &state {
+            ops.check_identity(control.system_identifier)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(state)
+    }
+
+    /// A replica whose data is of the major the cluster upgrades from: the
+    /// upgraded primary has a new system identifier, so it clones again,
+    /// once that primary runs this pod's major.
+    async fn clone_upgraded_primary(
+        &mut self,
+        settings: &InstanceSettings,
+        bins: &Binaries,
+    ) -> Result<(), StartError> {
+        match Primary::new(&self.inputs, settings).info().await {
+            Ok(p) if p.major == bins.major && !p.in_recovery => {}
+            Ok(p) => {
+                return Err(StartError::Retry {
+                    message: format!(
+                        "waiting for the primary to run PostgreSQL {} (it runs {}) before cloning it again after the major upgrade",
+                        bins.major, p.major
+                    ),
+                    after: Duration::from_secs(2),
+                });
+            }
+            Err(e) => {
+                return Err(StartError::Retry {
+                    message: format!("waiting for the upgraded primary: {e}"),
+                    after: Duration::from_secs(2),
+                });
+            }
+        }
+        tracing::info!(
+            operation = "major-upgrade",
+            "cloning the upgraded primary again"
+        );
+        self.busy(Some("clone"));
+        let result = self.ops(settings, bins).clone_from_primary().await;
+        self.busy(None);
+        result.map_err(|e| format!("cloning the upgraded primary failed: {e}"))?;
+        self.launch_replica(settings, bins).await
     }
 
     /// Never writable without the lease: take it (or renew it) first.
