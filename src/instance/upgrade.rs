@@ -355,7 +355,10 @@ fn failure_words(error: &ToolError, upgrading: &Path) -> String {
         if let Ok(text) = std::fs::read_to_string(&listed) {
             let mut text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
             if text.len() > LISTED_BYTES {
-                let cut = text.floor_char_boundary(LISTED_BYTES);
+                let cut = (0..=LISTED_BYTES)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
                 text.truncate(cut);
                 text.push('…');
             }

@@ -569,6 +569,7 @@ mod tests {
             in_recovery,
             system_identifier,
             timeline,
+            major: 17,
         };
         let at = "db-rw:5432";
         assert_eq!(

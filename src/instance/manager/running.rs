@@ -460,6 +460,7 @@ mod tests {
             in_recovery,
             system_identifier: 7,
             timeline,
+            major: 17,
         };
         assert!(diverged(&primary(false, 3), 2));
         assert!(!diverged(&primary(false, 2), 2));
