@@ -103,6 +103,7 @@ fn operator_holds_everything_it_grants_to_instance_pods() {
             pgbouncer: "b".into(),
         },
         postgres_version: 17,
+        upgrade: None,
     };
     let instance_rules = capstan::resources::rbac::instance_role(&model)
         .rules

@@ -252,11 +252,6 @@ fn the_real_api_server_enforces_the_crd_rules() {
         apply(&api, &base).await.expect("valid cluster");
         let update: Vec<(&str, Value, &str)> = vec![
             (
-                "/spec/postgres/version",
-                json!(16),
-                "spec.postgres.version may not be lowered",
-            ),
-            (
                 "/spec/storage/size",
                 json!("512Mi"),
                 "size may not be decreased",

@@ -205,9 +205,10 @@ pub struct FailoverSpec {
 /// PostgreSQL version, image and configuration.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = rules::version_not_lowered())]
 pub struct PostgresSpec {
-    /// PostgreSQL major version (14 to 18). May be raised, never lowered.
+    /// PostgreSQL major version (14 to 18). Raising it upgrades the cluster
+    /// (pg_upgrade); it may be lowered only back to the version the data
+    /// is still at (`status.postgresVersion`), e.g. after a failed upgrade.
     #[x_kube(validation = rules::version_supported())]
     pub version: i32,
 

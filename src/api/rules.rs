@@ -53,14 +53,6 @@ pub fn version_supported() -> Rule {
     .reason(Reason::FieldValueInvalid)
 }
 
-/// Data files of a newer major cannot be read by an older one.
-pub fn version_not_lowered() -> Rule {
-    Rule::new("self.version >= oldSelf.version")
-        .message("spec.postgres.version may not be lowered: PostgreSQL cannot downgrade data files to an older major version; restore a backup into a new cluster instead")
-        .field_path(".version")
-        .reason(Reason::FieldValueForbidden)
-}
-
 pub fn parameter_names() -> Rule {
     Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_.]*$'))")
         .message("parameter names may contain only letters, digits, '_' and '.' (e.g. work_mem, pg_stat_statements.max)")

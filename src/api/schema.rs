@@ -64,6 +64,11 @@ pub fn switchover_phase(_: &mut SchemaGenerator) -> Schema {
     string_enum(super::status::SWITCHOVER_PHASES)
 }
 
+/// `status.upgrade.phase`.
+pub fn upgrade_phase(_: &mut SchemaGenerator) -> Schema {
+    string_enum(super::status::UPGRADE_PHASES)
+}
+
 /// `PostgresBackup` `status.phase`.
 pub fn backup_phase(_: &mut SchemaGenerator) -> Schema {
     string_enum(super::pgbackup::BACKUP_PHASES)

@@ -24,6 +24,9 @@ pub const SWITCHOVER_PHASES: &[&str] = &[
     "Failed",
 ];
 
+/// Values the operator writes to `status.upgrade.phase` (an enum in the CRD).
+pub const UPGRADE_PHASES: &[&str] = &["Upgrading", "Recloning", "Completed", "Failed"];
+
 /// The value of `status.selector` for the cluster named `cluster_name`: the
 /// label selector of its instance pods (and no pooler pod), serialized as
 /// the `/scale` subresource and the HorizontalPodAutoscaler expect, e.g.
@@ -111,6 +114,54 @@ pub struct PostgresClusterStatus {
     /// Backups and WAL archiving, when `spec.backup` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+
+    /// The last (or running) major-version upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<MajorUpgradeStatus>,
+}
+
+/// A major-version upgrade, started by raising `spec.postgres.version`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MajorUpgradeStatus {
+    /// `Upgrading` (replicas stopped, then the primary upgraded with
+    /// pg_upgrade while the poolers hold clients), `Recloning` (the primary
+    /// runs the new major; replicas clone it again), `Completed` or
+    /// `Failed` (nothing changed: the cluster runs the old major).
+    #[schemars(schema_with = "super::schema::upgrade_phase")]
+    pub phase: String,
+    pub from_version: i32,
+    pub to_version: i32,
+    /// The new major's image.
+    pub image: String,
+    /// The image the old major ran (its binaries are copied into the
+    /// upgrading primary's pod).
+    pub old_image: String,
+    /// The `metadata.generation` this attempt was made for: a failed
+    /// attempt is tried again once the spec changes.
+    pub generation: i64,
+    pub message: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339: the poolers paused and the old primary stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_stopped_at: Option<String>,
+    /// RFC 3339: the upgraded primary accepted connections and the
+    /// poolers resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_started_at: Option<String>,
+    /// From PAUSE to RESUME: how long writes waited (or failed, past the
+    /// poolers' hold limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub downtime_ms: Option<u64>,
+    /// pg_upgrade's own time (check, link and swap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i64>")]
+    pub pg_upgrade_ms: Option<u64>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
 }
 
 /// What the cluster can be restored to, and how archiving goes.

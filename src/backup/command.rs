@@ -108,6 +108,8 @@ pub struct Standby {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     StanzaCreate,
+    /// After a major upgrade: the stanza takes the new version and system.
+    StanzaUpgrade,
     Check,
     Backup {
         kind: BackupType,
@@ -132,6 +134,7 @@ impl Operation {
     pub fn name(&self) -> &'static str {
         match self {
             Self::StanzaCreate => "stanza-create",
+            Self::StanzaUpgrade => "stanza-upgrade",
             Self::Check => "check",
             Self::Backup { .. } => "backup",
             Self::Info { .. } => "info",
@@ -208,7 +211,9 @@ pub fn argv(
         Ok(())
     };
     match op {
-        Operation::StanzaCreate | Operation::Check => args.push(op.name().into()),
+        Operation::StanzaCreate | Operation::StanzaUpgrade | Operation::Check => {
+            args.push(op.name().into())
+        }
         Operation::Backup {
             kind,
             repo: r,
@@ -322,6 +327,7 @@ mod tests {
             ["--config=/etc/pgbackrest.conf", "--stanza=db", "check"]
         );
         assert_eq!(tail(Operation::StanzaCreate), "stanza-create");
+        assert_eq!(tail(Operation::StanzaUpgrade), "stanza-upgrade");
     }
 
     #[test]

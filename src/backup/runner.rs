@@ -225,6 +225,19 @@ impl Runner {
         self.run(&Operation::StanzaCreate).await
     }
 
+    /// stanza-create, or stanza-upgrade when the repository holds the
+    /// stanza for the data before a major upgrade (pg_upgrade gives the
+    /// cluster a new system identifier and version).
+    pub async fn stanza_create_or_upgrade(&self) -> Result<Output, RunError> {
+        match self.stanza_create().await {
+            Err(e) if e.pgbackrest_message().is_some_and(stanza_predates_upgrade) => {
+                tracing::info!(target: "capstan::backup", stanza = %self.stanza, "the stanza predates a major upgrade; upgrading it");
+                self.run(&Operation::StanzaUpgrade).await
+            }
+            other => other,
+        }
+    }
+
     pub async fn check(&self) -> Result<Output, RunError> {
         self.run(&Operation::Check).await
     }
@@ -269,6 +282,13 @@ impl Runner {
             .find(|s| s.name == self.stanza)
             .ok_or_else(|| RunError::NoStanza(self.stanza.clone()))
     }
+}
+
+/// pgBackRest's words when the stanza's recorded version or system
+/// identifier is not the database's (`backup and archive info files exist
+/// but do not match the database`).
+fn stanza_predates_upgrade(message: &str) -> bool {
+    message.contains("do not match the database")
 }
 
 #[cfg(test)]

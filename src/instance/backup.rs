@@ -324,7 +324,7 @@ impl Backups {
         tokio::spawn(tracing::Instrument::in_current_span(async move {
             let runner = runner.with_timeout(STANZA_TIMEOUT);
             tracing::info!(operation = "stanza-create", stanza = %runner.stanza, "creating the stanza");
-            let result = runner.stanza_create().await;
+            let result = runner.stanza_create_or_upgrade().await;
             let mut inner = this.lock();
             if inner.version != version {
                 // The configuration changed meanwhile: the next tick runs it again.

@@ -374,8 +374,13 @@ fn explain(stdout: &[String]) -> String {
     let start = stdout
         .iter()
         .position(|l| {
+            // 17 and older end a failed check's line with "fatal"; 18
+            // says "failed check: <which>".
             let t = l.trim_end();
-            t.ends_with("fatal") || t.contains("*failure*") || t.starts_with("error")
+            t.ends_with("fatal")
+                || t.contains("failed check")
+                || t.contains("*failure*")
+                || t.starts_with("error")
         })
         .unwrap_or(stdout.len().saturating_sub(8));
     stdout[start..]
@@ -428,6 +433,26 @@ mod tests {
             [PathBuf::from(
                 "/d/pgdata.upgrading/pg_upgrade_output.d/x/loadable_libraries.txt"
             )]
+        );
+    }
+
+    #[test]
+    fn explains_a_failed_check_as_18_words_it() {
+        let out = lines(
+            "Checking for subscription state                               ok\n\
+             Checking data type usage                                      failed check: Checking for reg* data types in user tables\n\
+             \n\
+             Data type checks failed: \n\
+             Your installation contains one of the reg* data types in user tables.\n\
+             A list of the problem columns is in the file:\n\
+             \x20   /d/pgdata.upgrading/pg_upgrade_output.d/x/tables_using_reg.txt\n\
+             \n\
+             Failure, exiting",
+        );
+        let words = explain(&out);
+        assert!(
+            words.starts_with("Checking data type usage failed check: Checking for reg* data types in user tables Data type checks failed: Your installation contains"),
+            "{words}"
         );
     }
 

@@ -54,6 +54,12 @@ pub mod reason {
     pub const RESTORE_FAILED: &str = "RestoreFailed";
     pub const WAL_ARCHIVING_FAILED: &str = "WalArchivingFailed";
     pub const WAL_ARCHIVING_RECOVERED: &str = "WalArchivingRecovered";
+    pub const MAJOR_UPGRADE_STARTED: &str = "MajorUpgradeStarted";
+    pub const MAJOR_UPGRADE_PROGRESS: &str = "MajorUpgradeProgress";
+    pub const MAJOR_UPGRADE_COMPLETED: &str = "MajorUpgradeCompleted";
+    /// pg_upgrade refused, or the poolers could not be paused (also the
+    /// reason of the cluster's `Stalled` condition after a refusal).
+    pub const MAJOR_UPGRADE_FAILED: &str = "MajorUpgradeFailed";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -144,6 +144,60 @@ fn resume_note(failures: &[Failure]) -> String {
     }
 }
 
+/// PAUSEs every pooler, each resuming by itself after `max_hold`; returns
+/// how long each took. All or nothing: when one fails, every pooler is
+/// resumed again.
+pub async fn pause_all<C: PoolerControl + ?Sized, E: std::fmt::Display>(
+    client: &C,
+    endpoints: &[Endpoint],
+    options: &SwitchoverOptions,
+) -> Result<Vec<(String, Duration)>, SwitchoverError<E>> {
+    let request = PauseRequest {
+        timeout_ms: options.pause_timeout.as_millis() as u64,
+        max_hold_ms: Some(options.max_hold.as_millis() as u64),
+    };
+    let request = &request;
+    let paused = join_all(
+        endpoints
+            .iter()
+            .map(|ep| async move { (ep, client.pause(ep, request).await) }),
+    )
+    .await;
+    let mut paused_in = Vec::new();
+    let mut failures = Vec::new();
+    for (ep, result) in paused {
+        match result {
+            Ok(r) => paused_in.push((ep.name.clone(), Duration::from_millis(r.elapsed_ms))),
+            Err(e) => failures.push(failure(ep, &e)),
+        }
+    }
+    if !failures.is_empty() {
+        // Also the ones that failed: a timed-out request may still have paused.
+        let resume_failures = resume_all(client, endpoints).await;
+        return Err(SwitchoverError::Pause {
+            failures,
+            resume_failures,
+        });
+    }
+    tracing::info!(poolers = endpoints.len(), "poolers paused");
+    Ok(paused_in)
+}
+
+/// RECONNECTs every pooler: server connections opened from now on go to
+/// the primary the `-rw` Service selects now. Returns those that failed.
+pub async fn reconnect_all<C: PoolerControl + ?Sized>(
+    client: &C,
+    endpoints: &[Endpoint],
+) -> Vec<Failure> {
+    let reconnected = join_all(
+        endpoints
+            .iter()
+            .map(|ep| async move { client.reconnect(ep).await.err().map(|e| failure(ep, &e)) }),
+    )
+    .await;
+    reconnected.into_iter().flatten().collect()
+}
+
 /// RESUMEs every pooler (each retried a few times); returns those that failed.
 pub async fn resume_all<C: PoolerControl + ?Sized>(
     client: &C,
@@ -182,47 +236,18 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    let request = PauseRequest {
-        timeout_ms: options.pause_timeout.as_millis() as u64,
-        max_hold_ms: Some(options.max_hold.as_millis() as u64),
-    };
     let started = Instant::now();
-    let request = &request;
-    let paused = join_all(
-        endpoints
-            .iter()
-            .map(|ep| async move { (ep, client.pause(ep, request).await) }),
-    )
-    .await;
-    let mut paused_in = Vec::new();
-    let mut failures = Vec::new();
-    for (ep, result) in paused {
-        match result {
-            Ok(r) => paused_in.push((ep.name.clone(), Duration::from_millis(r.elapsed_ms))),
-            Err(e) => failures.push(failure(ep, &e)),
+    let paused_in = match pause_all(client, endpoints, options).await {
+        Ok(paused_in) => paused_in,
+        Err(e) => {
+            tracing::warn!(error = %e, "pause failed; switchover abandoned");
+            return Err(e);
         }
-    }
-    if !failures.is_empty() {
-        // Also the ones that failed: a timed-out request may still have paused.
-        let resume_failures = resume_all(client, endpoints).await;
-        tracing::warn!(failures = %list(&failures), "pause failed; switchover abandoned");
-        return Err(SwitchoverError::Pause {
-            failures,
-            resume_failures,
-        });
-    }
-    tracing::info!(poolers = endpoints.len(), "poolers paused");
+    };
 
     let outcome = step().await;
 
-    // Server connections opened from now on go to the new primary.
-    let reconnected = join_all(
-        endpoints
-            .iter()
-            .map(|ep| async move { client.reconnect(ep).await.err().map(|e| failure(ep, &e)) }),
-    )
-    .await;
-    let reconnect_failures: Vec<Failure> = reconnected.into_iter().flatten().collect();
+    let reconnect_failures = reconnect_all(client, endpoints).await;
     let resume_failures = resume_all(client, endpoints).await;
     let held = started.elapsed();
     if !resume_failures.is_empty() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::labels;
-use super::model::Model;
+use super::model::{Model, UpgradeStage};
 use super::names;
 use crate::api::SynchronousMode;
 use crate::contract::layout::{self, files};
@@ -13,14 +13,26 @@ use crate::contract::settings::{
     FencingSettings, InitdbSettings, InstanceSettings, PoolerSettings, SynchronousMode as SyncMode,
     SynchronousSettings,
 };
+use crate::contract::upgrade::MajorUpgradeSettings;
 
 pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSettings {
     let spec = &model.spec;
+    // From the old primary's stop on, the pods that start run the new major
+    // and are told which one their data may still be.
+    let (postgres_version, major_upgrade) = match &model.upgrade {
+        Some(u) if u.stage != UpgradeStage::Preparing => (
+            u.to,
+            Some(MajorUpgradeSettings {
+                from_version: u32::try_from(u.from).unwrap_or_default(),
+            }),
+        ),
+        _ => (model.postgres_version, None),
+    };
     let initdb = &spec.bootstrap.initdb_or_default();
     InstanceSettings {
         cluster: model.name.clone(),
         namespace: model.namespace.clone(),
-        postgres_version: model.postgres_version,
+        postgres_version,
         parameters: spec.postgres.parameters.clone(),
         hba: spec.postgres.hba.clone(),
         initdb: InitdbSettings {
@@ -45,7 +57,7 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
         },
         backup: super::backup::settings(model),
         restore: super::restore::settings(model),
-        major_upgrade: None,
+        major_upgrade,
     }
 }
 

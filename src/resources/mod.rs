@@ -15,4 +15,5 @@ pub mod repo_host;
 pub mod restore;
 pub mod secrets;
 pub mod services;
+pub mod upgrade;
 pub mod verify;

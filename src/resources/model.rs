@@ -13,6 +13,33 @@ pub struct Images {
     pub pgbouncer: String,
 }
 
+/// Where a major upgrade stands, as far as the children differ by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpgradeStage {
+    /// Everything still runs the old major (replicas are being stopped).
+    Preparing,
+    /// The old primary was stopped: its pod comes back with the new image
+    /// and the old binaries, and upgrades its data.
+    PrimaryStopped,
+    /// The primary runs the new major; replicas with old data clone it.
+    Recloning,
+}
+
+/// A major upgrade the operator carries out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MajorUpgrade {
+    pub from: i32,
+    pub to: i32,
+    /// The new major's image.
+    pub image: String,
+    /// The image the old major ran: its binaries are copied into the
+    /// upgrading primary's pod.
+    pub old_image: String,
+    pub stage: UpgradeStage,
+    /// The spec generation asking for it: names its backup.
+    pub generation: i64,
+}
+
 /// A validated `PostgresCluster` with its defaults applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
@@ -24,6 +51,9 @@ pub struct Model {
     /// PostgreSQL major the instances run. Equals `spec.postgres.version`
     /// except while a requested major upgrade has not happened yet.
     pub postgres_version: i32,
+    /// The major upgrade in progress (`spec.postgres.version` above the
+    /// data's, and not failed for this spec).
+    pub upgrade: Option<MajorUpgrade>,
 }
 
 impl Model {
@@ -85,6 +115,7 @@ pub(crate) mod fixtures {
                 pgbouncer: "pgbouncer:1".into(),
             },
             postgres_version: 17,
+            upgrade: None,
         }
     }
 }

@@ -13,5 +13,6 @@ pub mod retention;
 pub mod schedule;
 pub mod status;
 pub mod switchover;
+pub mod upgrade;
 pub mod validate;
 pub mod verify;

@@ -28,6 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::failover::{self, Promotion};
 use super::observe::Observed;
 use super::switchover::{self as so};
+use super::upgrade;
 use crate::api::{PostgresClusterStatus, PrimaryUpdateMethod};
 use crate::contract::instance::{InstanceReport, Role};
 use crate::operator::leases::LeaseView;
@@ -83,6 +84,8 @@ pub enum Operation {
     RetryLater(String),
     /// Start, record or hold a `PostgresBackup`.
     Backup(super::backup::Step),
+    /// The next step of a major upgrade.
+    MajorUpgrade(super::upgrade::Step),
     /// The rolling update's next step (restarting `instance`, or a
     /// switchover) waits for `backup` to end: it runs there, or needs the
     /// primary.
@@ -169,6 +172,7 @@ impl Operation {
             Operation::RemoveInstances(_) => "ScaleDown",
             Operation::Backup(_) => "Backup",
             Operation::AwaitBackup { .. } => "RollingUpdate",
+            Operation::MajorUpgrade(_) => "MajorUpgrade",
         }
     }
 
@@ -191,6 +195,7 @@ impl Operation {
     pub fn describe(&self) -> String {
         match self {
             Operation::Idle => "cluster matches its spec".into(),
+            Operation::MajorUpgrade(step) => step.describe(),
             Operation::CreateInstances(v) => format!("creating instance(s) {}", v.join(", ")),
             Operation::AwaitInstances { instances, .. } => format!(
                 "waiting for instance(s) {} to become ready",
@@ -292,6 +297,9 @@ pub struct Input<'a> {
 }
 
 pub fn choose(input: &Input<'_>) -> Operation {
+    if let Some(step) = upgrade::in_flight(input) {
+        return Operation::MajorUpgrade(step);
+    }
     if let Some(op) = failover_step(input) {
         return Operation::Failover(op);
     }
@@ -322,6 +330,16 @@ pub fn choose(input: &Input<'_>) -> Operation {
     };
     if let Some(op) = instances_step(input) {
         return op;
+    }
+    if let Some(step) = upgrade::when_settled(input) {
+        // The primary stops for the upgrade: a running backup ends first.
+        return match (step, backups.running) {
+            (upgrade::Step::Start { .. }, Some(running)) => Operation::AwaitBackup {
+                backup: running.backup,
+                instance: input.target_primary.to_string(),
+            },
+            (step, _) => Operation::MajorUpgrade(step),
+        };
     }
     if let Some(op) = rolling_step(input) {
         // A backup needs the primary (even one taken on a standby) and the
@@ -430,7 +448,7 @@ pub fn is_ready(pod: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn spec_hash(pod: &Pod) -> Option<&str> {
+pub fn spec_hash(pod: &Pod) -> Option<&str> {
     pod.metadata
         .annotations
         .as_ref()?
@@ -611,6 +629,11 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
 
 /// The pods an operation creates.
 pub fn pods_to_create(model: &Model, op: &Operation, target_primary: &str) -> Vec<Pod> {
+    if let (Operation::MajorUpgrade(upgrade::Step::CreatePrimary(name)), Some(u)) =
+        (op, &model.upgrade)
+    {
+        return vec![crate::resources::upgrade::pod(model, u, name)];
+    }
     let Operation::CreateInstances(names) = op else {
         return vec![];
     };
@@ -630,6 +653,7 @@ pub fn pods_to_create(model: &Model, op: &Operation, target_primary: &str) -> Ve
 /// The pods an operation deletes.
 pub fn pods_to_delete(op: &Operation) -> Vec<String> {
     match op {
+        Operation::MajorUpgrade(step) => upgrade::pods_to_delete(step),
         Operation::AwaitInstances { failed, .. } => failed.clone(),
         Operation::RecreateReplica(name) => vec![name.clone()],
         Operation::RestartPrimary { instance, .. } => vec![instance.clone()],

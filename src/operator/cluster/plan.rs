@@ -184,8 +184,11 @@ pub fn plan(
             .into_iter()
             .map(Deletion::Pod),
     );
-    let (create_backups, schedules) =
+    let (mut create_backups, schedules) =
         backup_objects(model, observed, status, &target_primary, &mut delete);
+    if let Operation::MajorUpgrade(super::upgrade::Step::TakeBackup(name)) = &operation {
+        create_backups.push(super::upgrade::backup_object(model, name));
+    }
     delete.sort();
     delete.dedup();
     let verification = verify::decide(&verify::Input {

@@ -392,6 +392,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
+        upgrade: r.previous.and_then(|s| s.upgrade.clone()),
         backup: super::backup::status(
             model.spec.backup.as_ref(),
             &r.observed.backups,

@@ -10,10 +10,11 @@ use crate::contract::layout::files;
 use crate::pooler::managed as pgbouncer_managed;
 use crate::postgres::parameters as postgres_managed;
 use crate::resources::labels;
-use crate::resources::model::{Images, Model};
+use crate::resources::model::{Images, MajorUpgrade, Model, UpgradeStage};
 use crate::resources::quantity;
 
 use super::observe::Observed;
+use super::upgrade;
 
 /// Stalled reason while `spec.backup` asks for what this build cannot do
 /// yet (volume repositories, backups from a replica) or cannot be carried
@@ -246,8 +247,8 @@ fn check(
         return Err(e);
     }
 
-    // The data files decide which major runs: a raised version waits for a
-    // major upgrade instead of starting new binaries on old files.
+    // The data files decide which major runs: a raised version is a major
+    // upgrade, carried out by the operation pipeline.
     let data_version = cluster
         .status
         .as_ref()
@@ -258,25 +259,69 @@ fn check(
         return Err(invalid(
             "spec.postgres.version",
             format!(
-                "the data is at PostgreSQL {data_version}; it cannot be downgraded to {}",
+                "the data is at PostgreSQL {data_version}; it cannot be downgraded to {}: set it back to {data_version} (restore a backup into a new cluster to go back further)",
                 spec.postgres.version
             ),
         ));
     }
-    let postgres_image = if spec.postgres.version > data_version {
-        blocked = Some(Blocked {
-            reason: "MajorUpgradeUnsupported",
-            message: format!(
-                "spec.postgres.version asks for PostgreSQL {} but the data is at {data_version}; this Capstan version cannot run major upgrades yet, so the instances keep running {data_version}",
-                spec.postgres.version
-            ),
-        });
-        running_image(observed).unwrap_or_else(|| defaults::postgres_image(data_version))
+    let spec_image = spec
+        .postgres
+        .image
+        .clone()
+        .unwrap_or_else(|| defaults::postgres_image(spec.postgres.version));
+    let record = cluster.status.as_ref().and_then(|s| s.upgrade.as_ref());
+    let generation = cluster.metadata.generation.unwrap_or_default();
+    let (postgres_image, upgrade) = if spec.postgres.version > data_version {
+        let old_image = record
+            .filter(|r| r.to_version == spec.postgres.version && r.phase == upgrade::UPGRADING)
+            .map(|r| r.old_image.clone())
+            .or_else(|| running_image(observed))
+            .unwrap_or_else(|| defaults::postgres_image(data_version));
+        match record {
+            Some(r) if r.phase == upgrade::FAILED && r.generation == generation => {
+                blocked = Some(Blocked {
+                    reason: "MajorUpgradeFailed",
+                    message: format!(
+                        "the upgrade from PostgreSQL {data_version} to {} failed and changed nothing: {}. The cluster runs PostgreSQL {data_version}; set spec.postgres.version back to {data_version}, or fix the cause and change the spec (e.g. the image) to try again",
+                        spec.postgres.version, r.message
+                    ),
+                });
+                (old_image, None)
+            }
+            _ => {
+                let stopped = record.is_some_and(|r| {
+                    r.phase == upgrade::UPGRADING
+                        && r.to_version == spec.postgres.version
+                        && r.primary_stopped_at.is_some()
+                });
+                let stage = if stopped {
+                    UpgradeStage::PrimaryStopped
+                } else {
+                    UpgradeStage::Preparing
+                };
+                let upgrade = MajorUpgrade {
+                    from: data_version,
+                    to: spec.postgres.version,
+                    image: spec_image,
+                    old_image: old_image.clone(),
+                    stage,
+                    generation,
+                };
+                (old_image, Some(upgrade))
+            }
+        }
     } else {
-        spec.postgres
-            .image
-            .clone()
-            .unwrap_or_else(|| defaults::postgres_image(data_version))
+        let upgrade = record
+            .filter(|r| r.phase == upgrade::RECLONING && r.to_version == data_version)
+            .map(|r| MajorUpgrade {
+                from: r.from_version,
+                to: r.to_version,
+                image: spec_image.clone(),
+                old_image: r.old_image.clone(),
+                stage: UpgradeStage::Recloning,
+                generation,
+            });
+        (spec_image, upgrade)
     };
 
     // What this build cannot back up to waits (Stalled), and nothing of
@@ -310,6 +355,7 @@ fn check(
                     .unwrap_or_else(|| defaults::PGBOUNCER_IMAGE.to_string()),
             },
             postgres_version: data_version,
+            upgrade,
         },
         blocked,
     })

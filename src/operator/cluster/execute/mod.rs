@@ -22,6 +22,7 @@ use tracing::warn;
 mod backup;
 mod failover;
 mod switchover;
+mod upgrade;
 mod verify;
 
 use super::apply::relabel;
@@ -125,6 +126,7 @@ impl Executor<'_> {
                 }
                 Ok(Next::Continue)
             }
+            Operation::MajorUpgrade(step) => self.upgrade(step, status).await,
             Operation::Backup(step) => {
                 self.backup(step).await;
                 Ok(Next::Continue)

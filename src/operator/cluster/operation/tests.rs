@@ -655,3 +655,208 @@ fn a_running_backup_holds_back_only_the_primarys_restart() {
         }
     );
 }
+
+mod major_upgrade {
+    use super::*;
+    use crate::api::MajorUpgradeStatus;
+    use crate::contract::upgrade::{UpgradePhase, UpgradeReport};
+    use crate::operator::cluster::upgrade::Step;
+    use crate::resources::model::{MajorUpgrade, UpgradeStage};
+
+    fn raise(w: &mut World, stage: UpgradeStage) {
+        w.model.upgrade = Some(MajorUpgrade {
+            from: 17,
+            to: 18,
+            image: "postgres:18".into(),
+            old_image: "postgres:17".into(),
+            stage,
+            generation: 1,
+        });
+    }
+
+    fn recorded(w: &mut World, stopped: bool) {
+        w.status.upgrade = Some(MajorUpgradeStatus {
+            phase: "Upgrading".into(),
+            from_version: 17,
+            to_version: 18,
+            primary_stopped_at: stopped.then(|| "2026-12-06T00:00:00Z".into()),
+            ..MajorUpgradeStatus::default()
+        });
+    }
+
+    fn step(w: &World) -> Step {
+        match w.choose() {
+            Operation::MajorUpgrade(s) => s,
+            other => panic!("expected a major-upgrade step, got {other:?}"),
+        }
+    }
+
+    fn terminating(w: &mut World, name: &str) {
+        for p in &mut w.observed.pods {
+            if p.metadata.name.as_deref() == Some(name) {
+                p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+            }
+        }
+    }
+
+    fn remove(w: &mut World, name: &str) {
+        w.observed
+            .pods
+            .retain(|p| p.metadata.name.as_deref() != Some(name));
+        w.observed.reports.remove(name);
+    }
+
+    #[test]
+    fn the_runbook_from_a_healthy_cluster_to_the_upgraded_primary() {
+        let mut w = World::new();
+        raise(&mut w, UpgradeStage::Preparing);
+        assert_eq!(step(&w), Step::Start { from: 17, to: 18 });
+        // Not while an instance is unhealthy: the usual steps first.
+        w.observed.reports.remove("db-3");
+        assert!(!matches!(w.choose(), Operation::MajorUpgrade(_)));
+        w.observed
+            .reports
+            .insert("db-3".into(), replica("db-3", "0/3000000"));
+
+        recorded(&mut w, false);
+        let op = w.choose();
+        assert_eq!(
+            op,
+            Operation::MajorUpgrade(Step::StopReplicas(vec!["db-2".into(), "db-3".into()]))
+        );
+        assert_eq!(pods_to_delete(&op), ["db-2", "db-3"]);
+        terminating(&mut w, "db-2");
+        remove(&mut w, "db-3");
+        assert_eq!(step(&w), Step::AwaitGone(vec!["db-2".into()]));
+        remove(&mut w, "db-2");
+        assert_eq!(step(&w), Step::StopPrimary("db-1".into()));
+        // The primary going quiet now is the upgrade, not a failure.
+        w.lose_primary();
+        assert_eq!(step(&w), Step::StopPrimary("db-1".into()));
+
+        recorded(&mut w, true);
+        raise(&mut w, UpgradeStage::PrimaryStopped);
+        let op = w.choose();
+        assert_eq!(
+            op,
+            Operation::MajorUpgrade(Step::DeleteOldPrimary("db-1".into()))
+        );
+        assert_eq!(pods_to_delete(&op), ["db-1"]);
+        remove(&mut w, "db-1");
+        let op = w.choose();
+        assert_eq!(
+            op,
+            Operation::MajorUpgrade(Step::CreatePrimary("db-1".into()))
+        );
+        let created = pods_to_create(&w.model, &op, "db-1");
+        assert_eq!(created.len(), 1);
+        assert!(crate::resources::upgrade::is_upgrade_pod(&created[0]));
+
+        let mut upgrade_pod = created[0].clone();
+        upgrade_pod.status = pod(&w.model, "db-1", false).status;
+        w.observed.pods.push(upgrade_pod);
+        assert_eq!(step(&w), Step::AwaitPrimary("db-1".into()));
+
+        // pg_upgrade refused: the poolers resume and the old image returns.
+        let mut refused = InstanceReport {
+            name: "db-1".into(),
+            upgrade: Some(UpgradeReport {
+                phase: UpgradePhase::Refused,
+                from_version: 17,
+                to_version: 18,
+                message: Some("Checking for presence of required libraries fatal".into()),
+                upgrade_ms: Some(900),
+            }),
+            ..InstanceReport::default()
+        };
+        w.observed.reports.insert("db-1".into(), refused.clone());
+        let op = w.choose();
+        assert!(
+            matches!(&op, Operation::MajorUpgrade(Step::Fail { message, .. }) if message.contains("required libraries"))
+        );
+        assert_eq!(pods_to_delete(&op), ["db-1"]);
+
+        // Upgraded instead: it serves the new major.
+        refused.upgrade.as_mut().unwrap().phase = UpgradePhase::Analyzing;
+        let mut serving = primary("db-1");
+        serving.version = Some("18.1".into());
+        serving.upgrade = refused.upgrade.clone();
+        w.observed.reports.insert("db-1".into(), serving);
+        assert_eq!(
+            step(&w),
+            Step::PrimaryUpgraded {
+                instance: "db-1".into(),
+                pg_upgrade_ms: Some(900)
+            }
+        );
+    }
+
+    #[test]
+    fn replicas_clone_the_upgraded_primary_then_the_upgrade_completes() {
+        let mut w = World::new();
+        raise(&mut w, UpgradeStage::Recloning);
+        w.status.upgrade = Some(MajorUpgradeStatus {
+            phase: "Recloning".into(),
+            from_version: 17,
+            to_version: 18,
+            ..MajorUpgradeStatus::default()
+        });
+        // db-3 still runs the old major's pod: it goes.
+        remove(&mut w, "db-2");
+        w.observed
+            .pods
+            .retain(|p| p.metadata.name.as_deref() != Some("db-3"));
+        let mut old = w.model.clone();
+        old.images.postgres = "postgres:old".into();
+        w.observed.pods.push(pod(&old, "db-3", false));
+        let op = w.choose();
+        assert_eq!(
+            op,
+            Operation::MajorUpgrade(Step::StopReplicas(vec!["db-3".into()]))
+        );
+        remove(&mut w, "db-3");
+        let mut p = primary("db-1");
+        p.version = Some("18.1".into());
+        w.observed.reports.insert("db-1".into(), p);
+        assert_eq!(
+            w.choose(),
+            Operation::CreateInstances(vec!["db-2".into(), "db-3".into()])
+        );
+        for n in ["db-2", "db-3"] {
+            w.observed.pods.push(pod(&w.model, n, true));
+            let mut r = replica(n, "0/3000000");
+            r.version = Some("17.6".into());
+            w.observed.reports.insert(n.into(), r);
+        }
+        assert!(
+            !matches!(w.choose(), Operation::MajorUpgrade(Step::Complete)),
+            "replicas still on the old major"
+        );
+        for n in ["db-2", "db-3"] {
+            w.observed.reports.get_mut(n).unwrap().version = Some("18.1".into());
+        }
+        assert_eq!(step(&w), Step::Complete);
+    }
+
+    #[test]
+    fn a_failed_attempt_brings_the_old_primary_back() {
+        let mut w = World::new();
+        w.status.upgrade = Some(MajorUpgradeStatus {
+            phase: "Failed".into(),
+            from_version: 17,
+            to_version: 18,
+            ..MajorUpgradeStatus::default()
+        });
+        raise(&mut w, UpgradeStage::PrimaryStopped);
+        let upgrade_pod =
+            crate::resources::upgrade::pod(&w.model, w.model.upgrade.as_ref().unwrap(), "db-1");
+        w.model.upgrade = None;
+        w.observed.pods[0] = upgrade_pod;
+        let op = w.choose();
+        assert_eq!(
+            op,
+            Operation::MajorUpgrade(Step::RemoveUpgradePod("db-1".into()))
+        );
+        assert_eq!(pods_to_delete(&op), ["db-1"]);
+    }
+}

@@ -135,7 +135,7 @@ fn blocked_work_is_stalled_with_its_reason() {
     let o = observed(&m, &[true, true, true], 2);
     let p = plan(&m, &o, None).unwrap();
     let blocked = Blocked {
-        reason: "MajorUpgradeUnsupported",
+        reason: "MajorUpgradeFailed",
         message: "no".into(),
     };
     let (s, t) = compute(&Report {
@@ -149,9 +149,9 @@ fn blocked_work_is_stalled_with_its_reason() {
         apply_error: None,
     });
     assert_eq!(condition(&s, STALLED).status, "True");
-    assert_eq!(condition(&s, STALLED).reason, "MajorUpgradeUnsupported");
+    assert_eq!(condition(&s, STALLED).reason, "MajorUpgradeFailed");
     assert_eq!(s.phase, Some(Phase::Stalled));
-    assert!(t.iter().any(|t| t.reason == "MajorUpgradeUnsupported"));
+    assert!(t.iter().any(|t| t.reason == "MajorUpgradeFailed"));
 }
 
 #[test]

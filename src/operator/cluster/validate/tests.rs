@@ -1,6 +1,7 @@
 use super::*;
-use crate::api::{PostgresClusterStatus, ProvidedTls};
+use crate::api::{MajorUpgradeStatus, PostgresClusterStatus, ProvidedTls};
 use crate::operator::cluster::observe::SecretFacts;
+use crate::resources::model::UpgradeStage;
 use serde_json::json;
 
 fn cluster(spec: serde_json::Value) -> PostgresCluster {
@@ -206,22 +207,74 @@ fn s3_and_volume_restores_are_modelled() {
 }
 
 #[test]
-fn a_raised_major_is_blocked_and_keeps_the_running_version() {
+fn a_raised_major_is_an_upgrade_that_keeps_the_running_version_until_the_primary_stops() {
     let mut c = cluster(base());
+    c.metadata.generation = Some(4);
     c.status = Some(PostgresClusterStatus {
         postgres_version: Some(16),
         ..PostgresClusterStatus::default()
     });
     let v = check(&c).unwrap();
-    let blocked = v.blocked.unwrap();
-    assert_eq!(blocked.reason, "MajorUpgradeUnsupported");
-    assert!(blocked.message.contains("keep running 16"));
+    assert!(v.blocked.is_none(), "{:?}", v.blocked);
     assert_eq!(
         v.model.images.postgres,
         "docker.io/library/postgres:16-bookworm"
     );
     assert_eq!(v.model.postgres_version, 16);
-    // Lowered below the data version (possible only without CEL): refused.
+    let up = v.model.upgrade.clone().unwrap();
+    assert_eq!((up.from, up.to), (16, 17));
+    assert_eq!(up.image, "docker.io/library/postgres:17-bookworm");
+    assert_eq!(up.old_image, "docker.io/library/postgres:16-bookworm");
+    assert_eq!(up.stage, UpgradeStage::Preparing);
+
+    // Recorded, with the old primary stopped: the next stage.
+    let record = MajorUpgradeStatus {
+        phase: "Upgrading".into(),
+        from_version: 16,
+        to_version: 17,
+        image: up.image.clone(),
+        old_image: "registry.example/pg:16".into(),
+        generation: 4,
+        primary_stopped_at: Some("2026-12-06T00:00:00Z".into()),
+        ..MajorUpgradeStatus::default()
+    };
+    c.status.as_mut().unwrap().upgrade = Some(record.clone());
+    let v = check(&c).unwrap();
+    let up = v.model.upgrade.clone().unwrap();
+    assert_eq!(up.stage, UpgradeStage::PrimaryStopped);
+    assert_eq!(up.old_image, "registry.example/pg:16", "the recorded one");
+
+    // Failed for this spec: Stalled on the old major, and the way back.
+    c.status.as_mut().unwrap().upgrade = Some(MajorUpgradeStatus {
+        phase: "Failed".into(),
+        message: "Checking for presence of required libraries fatal".into(),
+        ..record.clone()
+    });
+    let v = check(&c).unwrap();
+    let blocked = v.blocked.unwrap();
+    assert_eq!(blocked.reason, "MajorUpgradeFailed");
+    assert!(
+        blocked.message.contains("required libraries"),
+        "{}",
+        blocked.message
+    );
+    assert!(
+        blocked
+            .message
+            .contains("set spec.postgres.version back to 16")
+    );
+    assert!(v.model.upgrade.is_none());
+    assert_eq!(v.model.postgres_version, 16);
+    // A changed spec tries again.
+    c.metadata.generation = Some(5);
+    assert!(check(&c).unwrap().model.upgrade.is_some());
+    // Lowered back: the cluster simply runs 16.
+    c.spec.postgres.version = 16;
+    let v = check(&c).unwrap();
+    assert!(v.blocked.is_none() && v.model.upgrade.is_none());
+    // Lowered below the data version: refused, naming the way back.
     c.spec.postgres.version = 15;
-    assert_eq!(check(&c).unwrap_err().field, "spec.postgres.version");
+    let e = check(&c).unwrap_err();
+    assert_eq!(e.field, "spec.postgres.version");
+    assert!(e.message.contains("set it back to 16"), "{}", e.message);
 }
