@@ -90,6 +90,24 @@ async fn a_primary_upgrades_with_pg_upgrade_and_a_replica_clones_it_again() {
     s.postgres_version = 18;
     s.major_upgrade = Some(MajorUpgradeSettings { from_version: 17 });
     a.write_settings(&s);
+
+    // An image of the wrong major is refused before anything runs.
+    a.start();
+    let wrong = a
+        .wait_status("the wrong image refused", Duration::from_secs(60), |r| {
+            r.upgrade
+                .as_ref()
+                .is_some_and(|u| u.phase == UpgradePhase::Refused)
+        })
+        .await;
+    let words = wrong.upgrade.unwrap().message.unwrap();
+    assert!(
+        words.contains("are PostgreSQL 17") && words.contains("runs PostgreSQL 18"),
+        "{words}"
+    );
+    a.terminate(Duration::from_secs(30));
+    assert!(!a.root.join("data/pgdata.upgrading").exists());
+
     a.bin_dir = bin18.clone();
     a.start();
     let refused = a

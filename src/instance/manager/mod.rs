@@ -269,6 +269,15 @@ impl<A: Authority> Manager<A> {
             Err(e) => {
                 self.bins = None;
                 self.set_error(Source::Binaries, e.to_string());
+                // The upgrading primary's image is not the major asked for:
+                // the operator brings the old one back.
+                if let Some(up) = &settings.major_upgrade {
+                    self.upgrade.refuse(
+                        up.from_version,
+                        u32::try_from(settings.postgres_version).unwrap_or_default(),
+                        e.to_string(),
+                    );
+                }
             }
         }
     }

@@ -32,6 +32,17 @@ impl UpgradeState {
         self.report.lock().map(|r| r.clone()).unwrap_or(None)
     }
 
+    /// Refused before pg_upgrade could run (the binaries are unusable).
+    pub(super) fn refuse(&self, from: u32, to: u32, message: String) {
+        self.set(UpgradeReport {
+            phase: UpgradePhase::Refused,
+            from_version: from,
+            to_version: to,
+            message: Some(message),
+            upgrade_ms: None,
+        });
+    }
+
     fn set(&self, report: UpgradeReport) {
         if let Ok(mut r) = self.report.lock() {
             *r = Some(report);

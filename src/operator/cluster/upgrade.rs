@@ -183,6 +183,12 @@ fn primary_stopped(input: &Input<'_>, pod: Option<&Pod>) -> Step {
     if !is_upgrade_pod(pod) {
         return Step::DeleteOldPrimary(primary);
     }
+    if let Some(message) = cannot_start(pod) {
+        return Step::Fail {
+            instance: primary,
+            message,
+        };
+    }
     let report = input.observed.reports.get(&primary);
     let upgrade_report = report.and_then(|r| r.upgrade.as_ref());
     if let Some(refused) = upgrade_report.filter(|u| u.phase == UpgradePhase::Refused) {
@@ -204,6 +210,35 @@ fn primary_stopped(input: &Input<'_>, pod: Option<&Pod>) -> Step {
         };
     }
     Step::AwaitPrimary(primary)
+}
+
+/// Why the upgrading primary's pod will not start by itself: an image that
+/// cannot be pulled, or the copy of the old binaries failing.
+fn cannot_start(pod: &Pod) -> Option<String> {
+    const STUCK: &[&str] = &[
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+    ];
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    containers.into_iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        STUCK.contains(&reason).then(|| {
+            format!(
+                "container {} of the upgrading primary's pod cannot start: {reason}: {}",
+                c.name,
+                waiting.message.as_deref().unwrap_or("no message")
+            )
+        })
+    })
 }
 
 /// `server_version` `18.1 (Debian 18.1-1.pgdg120+1)` → 18.
@@ -317,6 +352,41 @@ pub fn pods_to_delete(step: &Step) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_that_cannot_be_pulled_fails_the_upgrade() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+        };
+        let waiting = |name: &str, reason: &str| ContainerStatus {
+            name: name.into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: Some("not found".into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        };
+        let mut pod = Pod::default();
+        assert_eq!(cannot_start(&pod), None);
+        pod.status = Some(PodStatus {
+            container_statuses: Some(vec![waiting("postgres", "PodInitializing")]),
+            ..PodStatus::default()
+        });
+        assert_eq!(cannot_start(&pod), None);
+        pod.status = Some(PodStatus {
+            init_container_statuses: Some(vec![waiting("old-postgres", "ErrImagePull")]),
+            ..PodStatus::default()
+        });
+        assert_eq!(
+            cannot_start(&pod).as_deref(),
+            Some(
+                "container old-postgres of the upgrading primary's pod cannot start: ErrImagePull: not found"
+            )
+        );
+    }
 
     #[test]
     fn reads_the_major_of_server_version() {
