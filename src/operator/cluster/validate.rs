@@ -271,9 +271,30 @@ fn check(
         .unwrap_or_else(|| defaults::postgres_image(spec.postgres.version));
     let record = cluster.status.as_ref().and_then(|s| s.upgrade.as_ref());
     let generation = cluster.metadata.generation.unwrap_or_default();
-    let (postgres_image, upgrade) = if spec.postgres.version > data_version {
+    // Once the old primary was stopped for an upgrade, the upgrade finishes
+    // whatever the spec says meanwhile: stopping half-way is what could lose
+    // the data (pg_upgrade --link past its point of no return).
+    let committed = record.filter(|r| {
+        r.phase == upgrade::UPGRADING
+            && r.primary_stopped_at.is_some()
+            && r.to_version > data_version
+    });
+    let (wanted, spec_image) = match committed {
+        Some(r) if r.to_version != spec.postgres.version || r.image != spec_image => {
+            blocked = Some(Blocked {
+                reason: "MajorUpgradeInProgress",
+                message: format!(
+                    "the upgrade to PostgreSQL {} ({}) has stopped the primary and finishes first; set spec.postgres.version back to {} and the image back to {} (change them after it completes)",
+                    r.to_version, r.image, r.to_version, r.image
+                ),
+            });
+            (r.to_version, r.image.clone())
+        }
+        _ => (spec.postgres.version, spec_image),
+    };
+    let (postgres_image, upgrade) = if wanted > data_version {
         let old_image = record
-            .filter(|r| r.to_version == spec.postgres.version && r.phase == upgrade::UPGRADING)
+            .filter(|r| r.to_version == wanted && r.phase == upgrade::UPGRADING)
             .map(|r| r.old_image.clone())
             .or_else(|| running_image(observed))
             .unwrap_or_else(|| defaults::postgres_image(data_version));
@@ -283,7 +304,7 @@ fn check(
                     reason: "MajorUpgradeFailed",
                     message: format!(
                         "the upgrade from PostgreSQL {data_version} to {} failed and changed nothing: {}. The cluster runs PostgreSQL {data_version}; set spec.postgres.version back to {data_version}, or fix the cause and change the spec (e.g. the image) to try again",
-                        spec.postgres.version, r.message
+                        wanted, r.message
                     ),
                 });
                 (old_image, None)
@@ -291,7 +312,7 @@ fn check(
             _ => {
                 let stopped = record.is_some_and(|r| {
                     r.phase == upgrade::UPGRADING
-                        && r.to_version == spec.postgres.version
+                        && r.to_version == wanted
                         && r.primary_stopped_at.is_some()
                 });
                 let stage = if stopped {
@@ -301,7 +322,7 @@ fn check(
                 };
                 let upgrade = MajorUpgrade {
                     from: data_version,
-                    to: spec.postgres.version,
+                    to: wanted,
                     image: spec_image,
                     old_image: old_image.clone(),
                     stage,

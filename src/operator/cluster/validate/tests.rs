@@ -244,6 +244,21 @@ fn a_raised_major_is_an_upgrade_that_keeps_the_running_version_until_the_primary
     assert_eq!(up.stage, UpgradeStage::PrimaryStopped);
     assert_eq!(up.old_image, "registry.example/pg:16", "the recorded one");
 
+    // Lowered (or the image changed) once the primary was stopped: the
+    // upgrade finishes, and the cluster says so.
+    c.spec.postgres.version = 16;
+    let v = check(&c).unwrap();
+    let blocked = v.blocked.clone().unwrap();
+    assert_eq!(blocked.reason, "MajorUpgradeInProgress");
+    assert!(
+        blocked
+            .message
+            .contains("set spec.postgres.version back to 17")
+    );
+    let up = v.model.upgrade.unwrap();
+    assert_eq!((up.to, up.stage), (17, UpgradeStage::PrimaryStopped));
+    c.spec.postgres.version = 17;
+
     // Failed for this spec: Stalled on the old major, and the way back.
     c.status.as_mut().unwrap().upgrade = Some(MajorUpgradeStatus {
         phase: "Failed".into(),
