@@ -14,8 +14,12 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/capstan/target}"
 export CAPSTAN_PG17_BIN="${CAPSTAN_PG17_BIN:-/opt/capstan-pg/17/bin}"
 export CAPSTAN_PG18_BIN="${CAPSTAN_PG18_BIN:-/opt/capstan-pg/18/bin}"
+export PATH="$PATH:/usr/local/go/bin"
+export CAPSTAN_K8S_BIN="${CAPSTAN_K8S_BIN:-$(bash .ci/build-k8s-tools.sh | tail -n1)}"
 cargo build --release --bin capstan
 log=/tmp/upgrade-bench.log
 CAPSTAN_BIN="$CARGO_TARGET_DIR/release/capstan" \
   cargo test --release -p capstan-e2e --test upgrade_bench -- --ignored --nocapture 2>&1 \
-  | tee "$log" | grep -E '^upgrade-bench|test result|panicked'
+  | tee "$log" | grep -E '^upgrade-bench|SKIP|test result|panicked'
+# A harness that could not start skips the scenario: that is no measurement.
+grep -q '^upgrade-bench whole' "$log" 2>/dev/null || grep -q '^upgrade-bench status.upgrade' "$log"

@@ -253,27 +253,11 @@ impl DataOps<'_> {
     /// The first primary: initdb, roles, passwords, databases, functions.
     pub async fn initdb(&self, secrets: &BootstrapSecrets) -> Result<u64, BootstrapError> {
         let partial = self.partial();
-        let initdb = &self.settings.initdb;
-        let mut command = Command::new(self.bins.tool("initdb"));
-        command
-            .arg("-D")
-            .arg(&partial)
-            .arg(format!("--username={}", roles::SUPERUSER))
-            .arg("--auth-local=peer")
-            .arg("--auth-host=scram-sha-256")
-            // One syncfs() before the rename replaces initdb's file-by-file fsync.
-            .arg("--no-sync")
-            .arg(format!("--encoding={}", initdb.encoding))
-            .arg(format!("--locale={}", initdb.locale));
-        if initdb.data_checksums {
-            command.arg("--data-checksums");
-        } else if self.bins.major >= 18 {
-            // 18 turned checksums on by default.
-            command.arg("--no-data-checksums");
-        }
-        if self.settings.separate_wal {
-            command.arg(format!("--waldir={}", self.wal_partial().display()));
-        }
+        let mut command = self.initdb_command(
+            &partial,
+            &self.wal_partial(),
+            self.settings.initdb.data_checksums,
+        );
         tracing::info!(operation = "initdb", "creating the cluster");
         process::run_tool("initdb", &mut command).await?;
         let control = self.controldata(&partial).await?;
@@ -296,6 +280,33 @@ impl DataOps<'_> {
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;
         Ok(control.system_identifier)
+    }
+
+    /// initdb of a new cluster in `dir` (and `wal`, with a separate WAL
+    /// volume) as the spec's `initdb` section says.
+    pub(super) fn initdb_command(&self, dir: &Path, wal: &Path, checksums: bool) -> Command {
+        let initdb = &self.settings.initdb;
+        let mut command = Command::new(self.bins.tool("initdb"));
+        command
+            .arg("-D")
+            .arg(dir)
+            .arg(format!("--username={}", roles::SUPERUSER))
+            .arg("--auth-local=peer")
+            .arg("--auth-host=scram-sha-256")
+            // One syncfs() before the rename replaces initdb's file-by-file fsync.
+            .arg("--no-sync")
+            .arg(format!("--encoding={}", initdb.encoding))
+            .arg(format!("--locale={}", initdb.locale));
+        if checksums {
+            command.arg("--data-checksums");
+        } else if self.bins.major >= 18 {
+            // 18 turned checksums on by default.
+            command.arg("--no-data-checksums");
+        }
+        if self.settings.separate_wal {
+            command.arg(format!("--waldir={}", wal.display()));
+        }
+        command
     }
 
     /// Runs `work` against a postgres started on `dir` with `settings`,
@@ -330,9 +341,18 @@ impl DataOps<'_> {
     /// fsync, which is slow on network volumes. The same guarantee as
     /// `recovery_init_sync_method = syncfs`.
     pub(super) fn sync_filesystems(&self, dir: &Path) -> Result<(), BootstrapError> {
+        self.sync_filesystems_with_wal(dir, &self.wal_partial())
+    }
+
+    /// [`Self::sync_filesystems`] with the WAL directory named.
+    pub(super) fn sync_filesystems_with_wal(
+        &self,
+        dir: &Path,
+        wal: &Path,
+    ) -> Result<(), BootstrapError> {
         let mut dirs = vec![dir.to_path_buf()];
         if self.settings.separate_wal {
-            dirs.push(self.wal_partial());
+            dirs.push(wal.to_path_buf());
         }
         for dir in dirs {
             let handle = std::fs::File::open(&dir).map_err(io_err(&dir))?;

@@ -211,7 +211,7 @@ impl DataOps<'_> {
             }
         }
         let upgraded = self.upgrading_dir();
-        self.sync_filesystems_of(&upgraded)?;
+        self.sync_filesystems_with_wal(&upgraded, &Swap::of(&self.inputs.wal_dir).upgrading)?;
         let new_control = self.controldata(&upgraded).await?;
         let marker = Marker {
             from,
@@ -240,28 +240,8 @@ impl DataOps<'_> {
     /// An empty cluster of the new major with what pg_upgrade needs to
     /// match: the bootstrap superuser, encoding, locale and checksums.
     async fn initdb_for_upgrade(&self, old: &ControlData) -> Result<(), BootstrapError> {
-        let initdb = &self.settings.initdb;
-        let mut command = Command::new(self.bins.tool("initdb"));
-        command
-            .arg("-D")
-            .arg(self.upgrading_dir())
-            .arg(format!("--username={}", roles::SUPERUSER))
-            .arg("--auth-local=peer")
-            .arg("--auth-host=scram-sha-256")
-            .arg("--no-sync")
-            .arg(format!("--encoding={}", initdb.encoding))
-            .arg(format!("--locale={}", initdb.locale));
-        if old.data_checksums {
-            command.arg("--data-checksums");
-        } else if self.bins.major >= 18 {
-            command.arg("--no-data-checksums");
-        }
-        if self.settings.separate_wal {
-            command.arg(format!(
-                "--waldir={}",
-                Swap::of(&self.inputs.wal_dir).upgrading.display()
-            ));
-        }
+        let wal = Swap::of(&self.inputs.wal_dir).upgrading;
+        let mut command = self.initdb_command(&self.upgrading_dir(), &wal, old.data_checksums);
         tracing::info!(operation = "major-upgrade", "creating the new cluster");
         process::run_tool("initdb", &mut command).await?;
         Ok(())
@@ -296,21 +276,6 @@ impl DataOps<'_> {
         }
         tracing::info!(operation = "major-upgrade", check, "running pg_upgrade");
         process::run_tool("pg_upgrade", &mut command).await
-    }
-
-    fn sync_filesystems_of(&self, dir: &Path) -> Result<(), BootstrapError> {
-        let mut dirs = vec![dir.to_path_buf()];
-        if self.settings.separate_wal {
-            dirs.push(Swap::of(&self.inputs.wal_dir).upgrading);
-        }
-        for dir in dirs {
-            let handle = std::fs::File::open(&dir).map_err(io_err(&dir))?;
-            nix::unistd::syncfs(&handle).map_err(|e| BootstrapError::Io {
-                path: dir.display().to_string(),
-                message: format!("syncfs: {e}"),
-            })?;
-        }
-        Ok(())
     }
 
     /// initdb pointed `pg_wal` at the WAL directory's temporary name.
