@@ -1,8 +1,8 @@
 //! Operations end to end through the controller, against the API double
 //! and the fake agent: the exact steps of a failover, a switchover and a
 //! rolling update, an operator killed at every step of a switchover, and
-//! the primary Lease left alone while its holder renews it, and a backup
-//! started on the primary and recorded on its object.
+//! the primary Lease left alone while its holder renews it, a backup
+//! started on the primary and recorded on its object, and a major upgrade.
 
 mod controller_support;
 
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use capstan::api::PostgresCluster;
 use capstan::contract::instance::{InstanceReport, Role};
+use capstan::contract::upgrade::{UpgradePhase, UpgradeReport};
 use capstan::operator::cache::Writers;
 use capstan::operator::cluster::validate::validate_offline;
 use capstan::operator::context::Context;
@@ -412,6 +413,127 @@ async fn a_rolling_update_takes_replicas_first_and_moves_the_primary_by_switchov
         );
     }
     assert_eq!(w.api.status()["targetPrimary"], "db-2");
+}
+
+/// Like [`kubelet`], but created pods run PostgreSQL 18: the upgrading
+/// primary's pod (it carries the old binaries) comes up upgraded, the
+/// others as streaming replicas of 18.
+fn upgrade_kubelet(w: &mut World, writers: &mut Writers, calls: &[controller_support::Call]) {
+    kubelet(w, writers, calls);
+    for call in calls {
+        if call.method == http::Method::POST && call.path.ends_with("/pods") {
+            let pod: Pod = serde_json::from_value(call.body.clone()).unwrap();
+            let name = pod.metadata.name.clone().unwrap();
+            let mut report = if capstan::resources::upgrade::is_upgrade_pod(&pod) {
+                let mut p = primary(&name);
+                p.upgrade = Some(UpgradeReport {
+                    phase: UpgradePhase::Analyzing,
+                    from_version: 17,
+                    to_version: 18,
+                    message: None,
+                    upgrade_ms: Some(1500),
+                });
+                p
+            } else {
+                replica(&name, "0/3000000")
+            };
+            report.version = Some("18.6".into());
+            w.agents.set(report);
+        }
+    }
+}
+
+/// Reconciles a 17 → 18 upgrade until it completed and nothing is left to
+/// do; with `restarts`, every reconcile is a fresh operator process.
+async fn upgrade(w: &mut World, restarts: bool) -> (Vec<String>, Vec<String>) {
+    let (mut ctx, mut writers, mut server) = w.operator();
+    let mut kinds = vec![];
+    for _ in 0..40 {
+        if restarts {
+            server.abort();
+            (ctx, writers, server) = w.operator();
+        }
+        reconcile_once(&w.api, &ctx, LIMIT).await.unwrap().unwrap();
+        let calls = w.api.take_calls();
+        upgrade_kubelet(w, &mut writers, &calls);
+        let status = w.api.status();
+        let op = status["operation"].clone();
+        // A step that records its progress plans again at once, before a
+        // full status write: only a completed upgrade with nothing else to
+        // do ends the loop.
+        if op.is_null() && status["upgrade"]["phase"] == "Completed" {
+            break;
+        }
+        kinds.push(op["type"].as_str().unwrap_or_default().to_string());
+    }
+    server.abort();
+    (steps(w.trip.take_timeline()), kinds)
+}
+
+fn upgrading_world() -> World {
+    let mut upgraded = spec();
+    upgraded["postgres"]["version"] = json!(18);
+    World::new(upgraded, &spec(), None)
+}
+
+#[tokio::test]
+async fn an_operator_restarted_before_every_step_upgrades_the_same_way() {
+    let mut once = upgrading_world();
+    let (straight, _) = upgrade(&mut once, false).await;
+    let mut w = upgrading_world();
+    let (restarted, _) = upgrade(&mut w, true).await;
+    assert_eq!(restarted, straight);
+    assert_eq!(w.api.status()["postgresVersion"], 18);
+}
+
+#[tokio::test]
+async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_primary() {
+    let mut w = upgrading_world();
+    let (steps, kinds) = upgrade(&mut w, false).await;
+    assert_eq!(
+        steps[..10],
+        [
+            "status upgrade Upgrading",
+            "delete db-2",
+            "delete db-3",
+            "pause db-pooler-a",
+            "status upgrade Upgrading",
+            "delete db-1",
+            "create db-1",
+            "reconnect db-pooler-a",
+            "resume db-pooler-a",
+            "status postgresVersion+upgrade Recloning",
+        ],
+        "{steps:#?}"
+    );
+    assert_eq!(
+        steps[10..13],
+        ["create db-2", "create db-3", "status upgrade Completed"],
+        "{steps:#?}"
+    );
+    // Then the primary's pod (it still carries the old binaries) is
+    // replaced by a rolling switchover.
+    assert!(
+        steps[13..].contains(&"status switchover Pausing".to_string()),
+        "{steps:#?}"
+    );
+    assert!(kinds.contains(&"MajorUpgrade".to_string()), "{kinds:?}");
+    let status = w.api.status();
+    assert_eq!(status["postgresVersion"], 18);
+    assert_eq!(status["upgrade"]["phase"], "Completed");
+    assert_eq!(status["upgrade"]["pgUpgradeMs"], 1500);
+    assert!(status["upgrade"]["downtimeMs"].is_u64());
+    assert!(status["upgrade"]["primaryStoppedAt"].is_string());
+    let model =
+        model_of(&json!({"instances": 3, "postgres": {"version": 18}, "storage": {"size": "1Gi"}}));
+    for (name, pod) in &w.pods {
+        let want = instance::pod(&model, name, "replica");
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[instance::SPEC_HASH_ANNOTATION],
+            want.metadata.annotations.unwrap()[instance::SPEC_HASH_ANNOTATION],
+            "{name} runs the 18 image"
+        );
+    }
 }
 
 #[tokio::test]

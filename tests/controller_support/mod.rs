@@ -189,6 +189,7 @@ impl Api {
                         |k: &str| call.body["status"][k]["phase"].as_str().map(str::to_string);
                     let detail = phase("switchover")
                         .or(phase("failover"))
+                        .or(phase("upgrade"))
                         .unwrap_or_default();
                     Some(
                         format!("status {} {detail}", keys.join("+"))

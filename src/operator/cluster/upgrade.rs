@@ -63,7 +63,6 @@ pub enum Step {
 
 impl Step {
     pub fn describe(&self) -> String {
-        let versions = "";
         match self {
             Step::TakeBackup(b) => {
                 format!("major upgrade: taking full backup {b} first (the way back)")
@@ -75,35 +74,32 @@ impl Step {
                 format!("major upgrade from PostgreSQL {from} to {to}: starting")
             }
             Step::StopReplicas(v) => format!(
-                "major upgrade{versions}: stopping replica(s) {} (they clone the upgraded primary afterwards)",
+                "major upgrade: stopping replica(s) {} (they clone the upgraded primary afterwards)",
                 v.join(", ")
             ),
             Step::AwaitGone(v) => {
-                format!(
-                    "major upgrade{versions}: waiting for {} to stop",
-                    v.join(", ")
-                )
+                format!("major upgrade: waiting for {} to stop", v.join(", "))
             }
             Step::StopPrimary(p) | Step::DeleteOldPrimary(p) => {
-                format!("major upgrade{versions}: poolers hold clients; stopping primary {p}")
+                format!("major upgrade: poolers hold clients; stopping primary {p}")
             }
-            Step::CreatePrimary(p) => format!(
-                "major upgrade{versions}: starting {p} with the new image and the old binaries"
-            ),
+            Step::CreatePrimary(p) => {
+                format!("major upgrade: starting {p} with the new image and the old binaries")
+            }
             Step::AwaitPrimary(p) => {
-                format!("major upgrade{versions}: pg_upgrade runs on {p}; poolers hold clients")
+                format!("major upgrade: pg_upgrade runs on {p}; poolers hold clients")
             }
-            Step::PrimaryUpgraded { instance, .. } => format!(
-                "major upgrade{versions}: {instance} runs the new major; resuming the poolers"
-            ),
+            Step::PrimaryUpgraded { instance, .. } => {
+                format!("major upgrade: {instance} runs the new major; resuming the poolers")
+            }
             Step::Fail { message, .. } => {
-                format!("major upgrade{versions} failed and changed nothing: {message}")
+                format!("major upgrade failed and changed nothing: {message}")
             }
             Step::RemoveUpgradePod(p) => {
                 format!("major upgrade failed: bringing {p} back on the old image")
             }
             Step::Complete => {
-                format!("major upgrade{versions}: every replica streams from the upgraded primary")
+                "major upgrade: every replica streams from the upgraded primary".into()
             }
         }
     }
