@@ -792,6 +792,46 @@ mod major_upgrade {
     }
 
     #[test]
+    fn with_backups_a_full_backup_comes_first_and_its_failure_stops_the_upgrade() {
+        let mut w = World::new();
+        with_backup(&mut w, true);
+        raise(&mut w, UpgradeStage::Preparing);
+        let name = crate::operator::cluster::upgrade::backup_name("db", 18, 1);
+        assert_eq!(name, "db-before-pg18-g1");
+        let op = w.choose();
+        assert_eq!(op, Operation::MajorUpgrade(Step::TakeBackup(name.clone())));
+        let plan =
+            crate::operator::cluster::plan::plan(&w.model, &w.observed, Some(&w.status)).unwrap();
+        assert_eq!(plan.create_backups.len(), 1);
+        assert_eq!(
+            plan.create_backups[0].metadata.name.as_deref(),
+            Some(name.as_str())
+        );
+        assert_eq!(
+            plan.create_backups[0].spec.type_,
+            crate::api::BackupType::Full
+        );
+
+        // Created, not taken yet: the backup steps run it; nothing stops.
+        w.observed.backups = vec![pending_backup(&name, None)];
+        assert!(
+            matches!(w.choose(), Operation::Backup(_)),
+            "{:?}",
+            w.choose()
+        );
+        w.observed.backups = vec![pending_backup(&name, Some("Running"))];
+        assert!(
+            !matches!(w.choose(), Operation::MajorUpgrade(_)),
+            "{:?}",
+            w.choose()
+        );
+        w.observed.backups = vec![pending_backup(&name, Some("Completed"))];
+        assert_eq!(step(&w), Step::Start { from: 17, to: 18 });
+        w.observed.backups = vec![pending_backup(&name, Some("Failed"))];
+        assert!(matches!(step(&w), Step::BackupFailed { backup, .. } if backup == name));
+    }
+
+    #[test]
     fn replicas_clone_the_upgraded_primary_then_the_upgrade_completes() {
         let mut w = World::new();
         raise(&mut w, UpgradeStage::Recloning);
