@@ -121,6 +121,16 @@ pub struct DataOps<'a> {
     pub bins: &'a Binaries,
 }
 
+/// A server nobody but the instance manager can reach: the Unix socket in
+/// `socket_dir` only, on `port`.
+pub(super) fn socket_only(socket_dir: &Path, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", socket_dir.display().to_string()),
+        ("port", port.to_string()),
+    ]
+}
+
 pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
@@ -264,13 +274,7 @@ impl DataOps<'_> {
 
         // Set up roles and databases on a server that listens on the socket
         // only, before the data directory exists under its real name.
-        let socket = self.inputs.run_dir.display().to_string();
-        let port = self.inputs.postgres_port.to_string();
-        let settings = [
-            ("listen_addresses", ""),
-            ("unix_socket_directories", socket.as_str()),
-            ("port", port.as_str()),
-        ];
+        let settings = socket_only(&self.inputs.run_dir, self.inputs.postgres_port);
         self.on_private_server(&partial, &settings, "bootstrap", async |server| {
             self.wait_accepting(server, &partial, Duration::from_secs(60))
                 .await?;
@@ -316,11 +320,12 @@ impl DataOps<'_> {
     pub(super) async fn on_private_server(
         &self,
         dir: &Path,
-        settings: &[(&str, &str)],
+        settings: &[(&str, String)],
         what: &str,
         work: impl AsyncFnOnce(&PostgresChild) -> Result<(), BootstrapError>,
     ) -> Result<(), BootstrapError> {
-        let mut server = PostgresChild::spawn(&self.bins.dir, dir, settings)
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut server = PostgresChild::spawn(&self.bins.dir, dir, &settings)
             .map_err(|e| BootstrapError::Refused(e.to_string()))?;
         let result = work(&server).await;
         let stopped = server

@@ -69,14 +69,13 @@ pub fn recovery_settings(
     port: u16,
     source_restore_command: &str,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("listen_addresses", String::new()),
-        ("unix_socket_directories", socket_dir.display().to_string()),
-        ("port", port.to_string()),
+    let mut settings = super::bootstrap::socket_only(socket_dir, port);
+    settings.extend([
         ("restore_command", source_restore_command.to_string()),
         ("archive_command", String::new()),
         ("synchronous_standby_names", String::new()),
-    ]
+    ]);
+    settings
 }
 
 /// The restored data must be of the major the cluster runs: newer
@@ -190,7 +189,6 @@ impl DataOps<'_> {
             self.inputs.postgres_port,
             source_restore_command,
         );
-        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
         tracing::info!(
             operation = "recover",
             "replaying the source's WAL to the target"

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::binaries::Binaries;
-use super::bootstrap::{BootstrapError, DataOps, io_err, remove_dir_if_exists, sibling, sync_dir};
+use super::bootstrap::{
+    BootstrapError, DataOps, io_err, remove_dir_if_exists, sibling, socket_only, sync_dir,
+};
 use super::config::write_atomic;
 use super::process::{self, ToolError};
 use crate::postgres::controldata::ControlData;
@@ -185,15 +187,11 @@ impl DataOps<'_> {
         if !control.shut_down_cleanly() {
             // pg_upgrade needs a clean shutdown; one recovery run gives it.
             tracing::info!(operation = "major-upgrade", state = %control.cluster_state, "recovering the old cluster before the upgrade");
-            let socket = self.inputs.run_dir.display().to_string();
-            let port = self.inputs.postgres_port.to_string();
-            let settings = [
-                ("listen_addresses", ""),
-                ("unix_socket_directories", socket.as_str()),
-                ("port", port.as_str()),
-                ("archive_mode", "off"),
-                ("synchronous_standby_names", ""),
-            ];
+            let mut settings = socket_only(&self.inputs.run_dir, self.inputs.postgres_port);
+            settings.extend([
+                ("archive_mode", "off".to_string()),
+                ("synchronous_standby_names", String::new()),
+            ]);
             old_ops
                 .on_private_server(&pgdata, &settings, "recovery", async |server| {
                     old_ops
