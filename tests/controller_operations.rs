@@ -956,3 +956,77 @@ async fn objects_of_expired_backups_are_deleted_with_an_event() {
     );
     server.abort();
 }
+
+const NEW_BINARY: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+fn agent(sha: &str) -> capstan::contract::agent::AgentBuild {
+    capstan::contract::agent::AgentBuild {
+        version: "0.1.0".into(),
+        sha256: Some(sha.into()),
+        arch: std::env::consts::ARCH.into(),
+        replaceable: true,
+    }
+}
+
+#[tokio::test]
+async fn a_new_operator_binary_reaches_every_agent_in_place_and_recreates_no_pod() {
+    // What the operator's own binary hashes to in this test process.
+    capstan::agents::binary::start_hashing(Some(NEW_BINARY.into()));
+    let mut w = World::new(spec(), &spec(), None);
+    // The pods were made by the previous operator image.
+    let mut old = model_of(&spec());
+    old.images.operator = "capstan:previous".into();
+    for (name, role) in [
+        ("db-1", "primary"),
+        ("db-2", "replica"),
+        ("db-3", "replica"),
+    ] {
+        let pod = running(instance::pod(&old, name, role), &ip(name), true);
+        w.pods.insert(name.to_string(), pod);
+        w.agents
+            .reports
+            .lock()
+            .unwrap()
+            .get_mut(name)
+            .unwrap()
+            .agent = Some(agent("01d01d01d01d01d"));
+    }
+    w.agents.poolers.lock().unwrap().insert(
+        "db-pooler-a".into(),
+        capstan::contract::pooler::PoolerReport {
+            name: "db-pooler-a".into(),
+            running: true,
+            paused: false,
+            backend_host: "db-rw".into(),
+            backend_port: Some(5432),
+            restarts: 0,
+            reloads: 0,
+            clients_active: 0,
+            clients_waiting: 0,
+            servers_active: 0,
+            servers_idle: 0,
+            last_error: None,
+            agent: Some(agent("01d01d01d01d01d")),
+        },
+    );
+    let (steps, operations) = roll(&mut w).await;
+    assert_eq!(
+        steps,
+        [
+            "binary db-2",
+            "binary db-3",
+            "binary db-1",
+            "binary db-pooler-a"
+        ],
+        "replicas, the primary, then the poolers; no pod deleted or created"
+    );
+    assert!(
+        operations.iter().all(|o| o["type"] == "AgentUpgrade"),
+        "{operations:#?}"
+    );
+    let status = w.api.status();
+    for i in status["instances"].as_array().unwrap() {
+        assert_eq!(i["agentBuild"], NEW_BINARY[..12], "{i}");
+    }
+    assert_eq!(status["proxy"]["agentBuilds"], json!([&NEW_BINARY[..12]]));
+}

@@ -99,6 +99,7 @@ fn operator_holds_everything_it_grants_to_instance_pods() {
         spec,
         images: capstan::resources::model::Images {
             operator: "o".into(),
+            pooler_agent: "o".into(),
             postgres: "p".into(),
             pgbouncer: "b".into(),
         },

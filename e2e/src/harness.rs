@@ -28,6 +28,19 @@ use crate::netns;
 /// the kubelet's image table maps every image whose name contains `capstan`
 /// to the built binary.
 pub const OPERATOR_IMAGE: &str = "capstan-e2e/capstan:dev";
+/// The operator image an upgrade moves to ([`Harness::upgrade_operator`]):
+/// the kubelet maps exactly this reference to `<state dir>/capstan-next`, a
+/// copy of the built binary with bytes appended, so it runs the same code
+/// but its SHA-256 (what agents report as their build) differs.
+pub const NEXT_OPERATOR_IMAGE: &str = "capstan-e2e/capstan:next";
+/// Name of the operator's Deployment (chart and kustomize) and its container.
+pub const OPERATOR_DEPLOYMENT: &str = "capstan-operator";
+const OPERATOR_CONTAINER: &str = "operator";
+/// Appended to the copy of the binary: an ELF runs with trailing bytes.
+const NEXT_MARKER: &[u8] = b"\n-- capstan-e2e: the next operator build --\n";
+/// A new operator pod Ready and the old one gone.
+const OPERATOR_ROLLOUT_WITHIN: Duration = Duration::from_secs(120);
+
 /// Namespace the chart is installed in (and of the operator's leader Lease).
 pub const OPERATOR_NAMESPACE: &str = "capstan-system";
 /// Helm release name; the chart names the Deployment `capstan-operator`.
@@ -99,9 +112,11 @@ pub fn chart_dir() -> PathBuf {
 
 /// PostgreSQL bin directories for the majors the images may ask for: Debian's
 /// under /usr/lib/postgresql, plus `$CAPSTAN_PG<major>_BIN`; images named
-/// `…pgbackrest…` (images/postgres) also get pgBackRest.
-fn images(capstan: &Path) -> ImageTable {
+/// `…pgbackrest…` (images/postgres) also get pgBackRest;
+/// [`NEXT_OPERATOR_IMAGE`] runs `next`.
+fn images(capstan: &Path, next: &Path) -> ImageTable {
     let mut table = ImageTable::capstan_defaults(capstan)
+        .with_capstan_image(NEXT_OPERATOR_IMAGE, next)
         .with_pgbackrest_image(crate::backup::pgbackrest_binary());
     for major in 14..=18u32 {
         if let Some(dir) = std::env::var_os(format!("CAPSTAN_PG{major}_BIN")) {
@@ -109,6 +124,41 @@ fn images(capstan: &Path) -> ImageTable {
         }
     }
     table
+}
+
+/// Writes `next`: `capstan` byte for byte plus [`NEXT_MARKER`] (same code,
+/// another SHA-256), executable.
+fn write_next_binary(capstan: &Path, next: &Path) -> Result<(), E2eError> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| E2eError::Setup(format!("{}: {e}", next.display()));
+    std::fs::copy(capstan, next).map_err(failed)?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(next)
+        .map_err(failed)?;
+    file.write_all(NEXT_MARKER).map_err(failed)?;
+    // Pods run it as the host's `postgres` user.
+    let mut permissions = file.metadata().map_err(failed)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    file.set_permissions(permissions).map_err(failed)
+}
+
+/// Hex SHA-256 of a file's content.
+pub fn file_sha256(path: &Path) -> Result<String, E2eError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let failed = |e: std::io::Error| E2eError::Setup(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(failed)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 struct OperatorProcess {
@@ -143,6 +193,9 @@ pub struct Harness {
     client: Client,
     kubeconfig: PathBuf,
     capstan: PathBuf,
+    /// What [`NEXT_OPERATOR_IMAGE`] runs, and its SHA-256 once computed.
+    next: PathBuf,
+    next_sha256: std::sync::OnceLock<String>,
     install: Install,
     state: tempfile::TempDir,
 }
@@ -160,6 +213,10 @@ impl Harness {
                 E2eError::Setup(format!("cannot create the harness state directory: {e}"))
             })?;
         let tools = controlplane::tools_dir()?;
+        // Written now so the image works from the start (also for `up`);
+        // only an upgrade pays for hashing it.
+        let next = state.path().join("capstan-next");
+        write_next_binary(&capstan, &next)?;
         let cidr = |(addr, prefix): (Ipv4Addr, u8)| {
             Cidr::new(addr, prefix).map_err(|e| E2eError::Setup(e.to_string()))
         };
@@ -167,7 +224,7 @@ impl Harness {
             state.path().join("kubelet"),
             cidr(netns::POD_CIDR)?,
             cidr(netns::SERVICE_CIDR)?,
-            images(&capstan),
+            images(&capstan, &next),
         );
         kubelet_config.simulated = options.simulated;
         let plane = ControlPlane::start(
@@ -216,6 +273,8 @@ impl Harness {
             client,
             kubeconfig,
             capstan,
+            next,
+            next_sha256: std::sync::OnceLock::new(),
             install,
             state,
         })
@@ -398,6 +457,74 @@ impl Harness {
         Ok(())
     }
 
+    /// Upgrades Capstan to [`NEXT_OPERATOR_IMAGE`] and nothing else, as a
+    /// user upgrades it: `helm upgrade --reuse-values` with the new image
+    /// (kustomize installs: the Deployment's image and `CAPSTAN_IMAGE`
+    /// patched), then waits until the new operator pod is Ready and the old
+    /// one is gone. Not supported for a host-process operator.
+    pub async fn upgrade_operator(&mut self) -> Result<(), E2eError> {
+        if !matches!(self.operator, Operator::Deployed { running: true }) {
+            return Err(E2eError::Setup(
+                "upgrade_operator needs the operator installed by Helm or kustomize and running \
+                 (a host-process operator is not supported)"
+                    .into(),
+            ));
+        }
+        match self.install {
+            Install::HostProcess => {
+                return Err(E2eError::Setup(
+                    "upgrade_operator is not supported with Install::HostProcess".into(),
+                ));
+            }
+            Install::Helm => {
+                let (repository, tag) = NEXT_OPERATOR_IMAGE
+                    .rsplit_once(':')
+                    .ok_or_else(|| E2eError::Setup(format!("{NEXT_OPERATOR_IMAGE} has no tag")))?;
+                let chart = chart_dir().display().to_string();
+                let repository = format!("image.repository={repository}");
+                let tag = format!("image.tag={tag}");
+                self.helm(&[
+                    "upgrade",
+                    RELEASE,
+                    &chart,
+                    "--namespace",
+                    OPERATOR_NAMESPACE,
+                    "--reuse-values",
+                    "--set",
+                    &repository,
+                    "--set",
+                    &tag,
+                ])?;
+            }
+            Install::Kustomize => {
+                set_operator_image(&self.client, OPERATOR_NAMESPACE, NEXT_OPERATOR_IMAGE).await?;
+            }
+        }
+        wait_operator_image(
+            &self.client,
+            OPERATOR_NAMESPACE,
+            OPERATOR_SELECTOR,
+            NEXT_OPERATOR_IMAGE,
+            OPERATOR_ROLLOUT_WITHIN,
+        )
+        .await
+    }
+
+    /// The file [`NEXT_OPERATOR_IMAGE`] runs.
+    pub fn next_binary(&self) -> &Path {
+        &self.next
+    }
+
+    /// Hex SHA-256 of the binary [`NEXT_OPERATOR_IMAGE`] runs (agents that
+    /// took it report its first 12 digits). Hashed on first use.
+    pub fn next_binary_sha256(&self) -> Result<String, E2eError> {
+        if let Some(sha) = self.next_sha256.get() {
+            return Ok(sha.clone());
+        }
+        let sha = file_sha256(&self.next)?;
+        Ok(self.next_sha256.get_or_init(|| sha).clone())
+    }
+
     async fn scale_operator(&self, replicas: i32) -> Result<(), E2eError> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
@@ -540,6 +667,115 @@ impl Harness {
     pub fn pod_ip(&self, namespace: &str, pod: &str) -> Option<IpAddr> {
         self.runtime().pod_ip(namespace, pod).map(IpAddr::V4)
     }
+}
+
+/// Points the operator's Deployment at `image`: its container's image and
+/// `CAPSTAN_IMAGE` (the image the operator gives the pods it creates), as
+/// the chart sets both from one value. A strategic merge patch keeps every
+/// other container field and variable.
+pub async fn set_operator_image(
+    client: &Client,
+    namespace: &str,
+    image: &str,
+) -> Result<(), E2eError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{
+        "name": OPERATOR_CONTAINER,
+        "image": image,
+        "env": [{"name": "CAPSTAN_IMAGE", "value": image}],
+    }]}}}});
+    deployments
+        .patch(
+            OPERATOR_DEPLOYMENT,
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+        .map_err(|e| {
+            E2eError::Kube(
+                format!("set the image of {namespace}/{OPERATOR_DEPLOYMENT} to {image}"),
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+/// Waits until the operator's Deployment runs `image` everywhere: its
+/// template has it (container and `CAPSTAN_IMAGE`), the rollout is observed
+/// and complete, and every operator pod left (`selector`) runs it and is
+/// Ready, none being deleted (the old one is gone).
+pub async fn wait_operator_image(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    image: &str,
+    timeout: Duration,
+) -> Result<(), E2eError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let runs_image = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+        spec.and_then(|s| s.containers.iter().find(|c| c.name == OPERATOR_CONTAINER))
+            .is_some_and(|c| {
+                let env = c.env.iter().flatten().find(|e| e.name == "CAPSTAN_IMAGE");
+                c.image.as_deref() == Some(image)
+                    && env.is_some_and(|e| e.value.as_deref() == Some(image))
+            })
+    };
+    let what = format!("the operator to run {image} alone (new pod Ready, old one gone)");
+    let found = wait_for(&what, timeout, Duration::from_millis(250), || async {
+        let d = deployments.get(OPERATOR_DEPLOYMENT).await.ok()?;
+        let spec = d.spec.as_ref()?;
+        let status = d.status.as_ref()?;
+        let wanted = spec.replicas.unwrap_or(1);
+        let rolled = runs_image(spec.template.spec.as_ref())
+            && status.observed_generation == d.metadata.generation
+            && status.updated_replicas == Some(wanted)
+            && status.ready_replicas == Some(wanted)
+            && status.replicas == Some(wanted);
+        if !rolled {
+            return None;
+        }
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        let all_new = list.items.iter().all(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && runs_image(p.spec.as_ref())
+                && capstan::operator::cluster::operation::is_ready(p)
+        });
+        (all_new && list.items.len() == usize::try_from(wanted).ok()?).then_some(())
+    })
+    .await;
+    if let Err(e) = found {
+        // Say where the rollout stands.
+        let pods = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .map(|p| {
+                        let image = p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.containers.first())
+                            .and_then(|c| c.image.clone())
+                            .unwrap_or_default();
+                        format!(
+                            "{} ({image}, ready {}, deleting {})",
+                            p.metadata.name.as_deref().unwrap_or_default(),
+                            capstan::operator::cluster::operation::is_ready(p),
+                            p.metadata.deletion_timestamp.is_some()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|e| format!("(cannot list: {e})"));
+        return Err(E2eError::Check(format!("{e}; operator pods now: {pods}")));
+    }
+    Ok(())
 }
 
 /// Applies the CRDs as `capstan crd` prints them (what `helm install` does

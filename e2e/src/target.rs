@@ -12,11 +12,15 @@ use kube::{Api, Client, Config};
 use tokio::net::TcpListener;
 
 use crate::E2eError;
-use crate::harness::{Harness, HarnessOptions};
+use crate::harness::{self, Harness, HarnessOptions, NEXT_OPERATOR_IMAGE};
 use capstan_e2e_kubelet::Signal;
 
 /// Command line of a postmaster (its children are `postgres: <what>`).
 const POSTMASTER: &str = "postgres -D ";
+/// The operator image to upgrade to on a real cluster.
+pub const NEXT_IMAGE_ENV: &str = "CAPSTAN_E2E_NEXT_IMAGE";
+/// A real cluster's operator rolled to the new image.
+const OPERATOR_ROLLOUT_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A cluster somebody else runs: Capstan's operator is installed there and
 /// Services are reached through port-forwards.
@@ -76,6 +80,55 @@ impl Target {
         match self {
             Target::Local(h) => Some(h),
             Target::Remote(_) => None,
+        }
+    }
+
+    /// The local harness, shared (e.g. to read pods' processes).
+    pub fn local(&self) -> Option<&Harness> {
+        match self {
+            Target::Local(h) => Some(h),
+            Target::Remote(_) => None,
+        }
+    }
+
+    /// The image [`Target::upgrade_operator`] moves Capstan to: always
+    /// [`NEXT_OPERATOR_IMAGE`] on the harness; `$CAPSTAN_E2E_NEXT_IMAGE` on a
+    /// real cluster, `None` when unset (the scenario is then skipped).
+    pub fn next_operator_image(&self) -> Option<String> {
+        match self {
+            Target::Local(_) => Some(NEXT_OPERATOR_IMAGE.to_string()),
+            Target::Remote(_) => std::env::var(NEXT_IMAGE_ENV)
+                .ok()
+                .filter(|image| !image.is_empty()),
+        }
+    }
+
+    /// Upgrades Capstan by changing only the operator's image, to
+    /// [`Target::next_operator_image`], and waits until the new operator
+    /// pod is Ready and the old one gone. Harness: `helm upgrade`
+    /// ([`Harness::upgrade_operator`]). Real cluster: the Deployment
+    /// `capstan-operator` in the operator namespace gets the image in its
+    /// container and in `CAPSTAN_IMAGE`, as the chart sets both.
+    pub async fn upgrade_operator(&mut self) -> Result<(), E2eError> {
+        let image = self.next_operator_image();
+        match self {
+            Target::Local(h) => h.upgrade_operator().await,
+            Target::Remote(r) => {
+                let image = image.ok_or_else(|| {
+                    E2eError::Setup(format!(
+                        "{NEXT_IMAGE_ENV} is not set: no image to upgrade the operator to"
+                    ))
+                })?;
+                harness::set_operator_image(&r.client, &r.operator_namespace, &image).await?;
+                harness::wait_operator_image(
+                    &r.client,
+                    &r.operator_namespace,
+                    &r.operator_selector,
+                    &image,
+                    OPERATOR_ROLLOUT_WITHIN,
+                )
+                .await
+            }
         }
     }
 

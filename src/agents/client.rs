@@ -96,6 +96,51 @@ impl AgentClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Bytes, ClientError> {
+        let headers = match body {
+            Some(_) => vec![(
+                hyper::header::CONTENT_TYPE.as_str(),
+                "application/json".to_string(),
+            )],
+            None => vec![],
+        };
+        let body = Bytes::from(body.unwrap_or_default());
+        self.exchange(ep, method, path, body, &headers, timeout)
+            .await
+    }
+
+    /// `POST /binary`: the agent installs `binary` (checked against
+    /// `sha256`) and re-executes into it.
+    pub async fn replace_binary(
+        &self,
+        ep: &Endpoint,
+        sha256: &str,
+        binary: Bytes,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let headers = [
+            (
+                hyper::header::CONTENT_TYPE.as_str(),
+                "application/octet-stream".to_string(),
+            ),
+            (
+                crate::contract::agent::BINARY_SHA256_HEADER,
+                sha256.to_string(),
+            ),
+        ];
+        self.exchange(ep, Method::POST, "/binary", binary, &headers, timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn exchange(
+        &self,
+        ep: &Endpoint,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
         let name = ep.name.clone();
         let run = async {
             let address = format!("{}:{}", ep.host, ep.port);
@@ -133,11 +178,11 @@ impl AgentClient {
                 .method(method)
                 .uri(path)
                 .header(hyper::header::HOST, ep.server_name.as_str());
-            if body.is_some() {
-                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+            for (header, value) in headers {
+                request = request.header(*header, value.as_str());
             }
             let request = request
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .body(Full::new(body))
                 .map_err(|e| ClientError::Http {
                     endpoint: name.clone(),
                     message: e.to_string(),

@@ -3,6 +3,7 @@
 //! client side in the operator), the agents' HTTPS serving and middleware,
 //! their PID 1 duties, and the generic client.
 
+pub mod binary;
 pub mod client;
 pub mod instance;
 pub mod pid1;

@@ -67,6 +67,17 @@ pub fn spawn(command: &mut Command) -> std::io::Result<Tracked> {
     Ok(Tracked { child, pid })
 }
 
+/// Registers a child this process did not spawn in this image (one the
+/// previous image started before it re-executed): someone waits for it.
+pub fn adopt(pid: u32) {
+    lock().insert(pid);
+}
+
+/// Forgets a child [`adopt`]ed once it was waited for.
+pub fn forget(pid: u32) {
+    lock().remove(&pid);
+}
+
 /// Takes on the PID 1 duties: become a child subreaper (orphans of our
 /// descendants become our children even outside a pod, where we are not
 /// PID 1) and reap adopted zombies for the life of the process.

@@ -336,6 +336,11 @@ pub struct InstanceStatus {
     /// PostgreSQL (`pending_restart`); a rolling restart takes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// The instance manager binary it runs: the first 12 hex digits of its
+    /// SHA-256. After a Capstan upgrade it becomes the operator's, with
+    /// PostgreSQL still running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_build: Option<String>,
 }
 
 /// An automatic failover, step by step.
@@ -398,6 +403,10 @@ pub struct ProxyStatus {
     pub ready_replicas: i32,
     /// Service clients connect to.
     pub service: String,
+    /// The supervisor binary each running pooler pod runs (first 12 hex
+    /// digits of its SHA-256), by pod name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_builds: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -104,6 +104,9 @@ pub struct InstanceReport {
     /// A major upgrade, on the primary that runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<super::upgrade::UpgradeReport>,
+    /// The manager binary this instance runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<super::agent::AgentBuild>,
 }
 
 impl InstanceReport {

@@ -4,6 +4,7 @@
 //! the agents' HTTPS APIs. Both sides import these, so a change shows up as a
 //! compile error on the other side instead of a broken pod.
 
+pub mod agent;
 pub mod backup;
 pub mod instance;
 pub mod layout;

@@ -58,4 +58,7 @@ pub struct PoolerReport {
     pub servers_idle: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The supervisor binary this pod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<super::agent::AgentBuild>,
 }

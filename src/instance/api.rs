@@ -60,6 +60,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/backup", post(backup))
         .route("/sentinel", post(sentinel))
         .route("/inventory", post(inventory))
+        .route(
+            "/binary",
+            post(replace_binary).layer(DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn(require_operator));
     let routes = Router::new()
         .route("/healthz", get(healthz))
@@ -185,6 +189,21 @@ async fn demote(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     send(&shared, |tx| Command::Demote(request, tx)).await
+}
+
+/// Installs a new manager binary (the operator's own, when Capstan was
+/// upgraded) and re-executes into it; PostgreSQL keeps running. Answers
+/// before the exec.
+async fn replace_binary(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let sha256 = match crate::agents::binary::receive(&headers, body).await {
+        Ok(sha) => sha,
+        Err(e) => return error(e.status(), e.to_string()),
+    };
+    send(&shared, |tx| Command::Reexec(sha256, tx)).await
 }
 
 /// Starts a backup (or answers with the same one) without a round trip

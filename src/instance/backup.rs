@@ -302,6 +302,18 @@ impl Backups {
         inner.inventory.reset();
     }
 
+    /// What pgBackRest runs here now, if anything (a backup, stanza-create).
+    pub fn busy(&self) -> Option<String> {
+        let inner = self.lock();
+        if let Some(job) = inner.job.as_ref().filter(|j| j.phase == JobPhase::Running) {
+            return Some(format!("backup {} is running", job.backup));
+        }
+        inner
+            .stanza
+            .running
+            .then(|| "pgBackRest's stanza-create is running".to_string())
+    }
+
     pub fn job(&self) -> Option<BackupJob> {
         self.lock().job.clone()
     }

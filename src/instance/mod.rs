@@ -56,6 +56,8 @@ pub enum InstanceError {
 /// Entry point of `capstan instance`.
 pub fn run(args: Args) -> Result<(), InstanceError> {
     init_logging(&args.log_format);
+    // Before any thread exists: it edits the environment.
+    let handover: Option<manager::Handover> = crate::agents::binary::take_handover();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -67,7 +69,7 @@ pub fn run(args: Args) -> Result<(), InstanceError> {
         namespace = %args.namespace,
         instance = %args.pod_name
     );
-    runtime.block_on(run_async(args).instrument(span))
+    runtime.block_on(run_async(args, handover).instrument(span))
 }
 
 fn init_logging(format: &str) {
@@ -87,22 +89,9 @@ fn init_logging(format: &str) {
     };
 }
 
-async fn run_async(args: Args) -> Result<(), InstanceError> {
+async fn run_async(args: Args, handover: Option<manager::Handover>) -> Result<(), InstanceError> {
     crate::agents::pid1::start_reaping();
-    let inputs = inputs::Inputs::from_args(&args);
-    tracing::info!(
-        pgdata = %inputs.data_dir.display(),
-        listen = %inputs.listen_address,
-        port = inputs.postgres_port,
-        api_port = inputs.api_port,
-        authority = ?args.authority,
-        lease = ?args.lease,
-        "instance manager starting"
-    );
-    let authority =
-        authority::AuthoritySource::from_spec(&args.authority, &inputs.namespace, &inputs.cluster)
-            .await?;
-
+    // First: a re-executed PID 1 has no handlers until it installs them.
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown_tx = Arc::new(shutdown_tx);
     let mut sigterm = signal(SignalKind::terminate()).map_err(InstanceError::Signals)?;
@@ -118,13 +107,50 @@ async fn run_async(args: Args) -> Result<(), InstanceError> {
         }
         .in_current_span(),
     );
+    crate::agents::binary::start_hashing(handover.as_ref().and_then(|h| h.sha256.clone()));
+    // A postmaster the previous manager image handed over is adopted
+    // before anything could reap it, and a fence can stop it at once.
+    let adopted = handover
+        .as_ref()
+        .and_then(|h| h.postgres.clone())
+        .map(supervisor::PostgresChild::adopt);
+    let resumed = handover
+        .as_ref()
+        .and_then(|h| h.lease_valid_from)
+        .map(crate::agents::binary::instant_of);
+    let inputs = inputs::Inputs::from_args(&args);
+    tracing::info!(
+        pgdata = %inputs.data_dir.display(),
+        listen = %inputs.listen_address,
+        port = inputs.postgres_port,
+        api_port = inputs.api_port,
+        authority = ?args.authority,
+        lease = ?args.lease,
+        "instance manager starting"
+    );
 
+    // The keeper runs before anything that may wait on the network: a
+    // handed-over lease must be renewed (or fenced) within its bound.
     let (commands_tx, commands_rx) = mpsc::channel(8);
+    let namespace = inputs.namespace.clone();
+    let cluster = inputs.cluster.clone();
     let shared = Arc::new(state::Shared::new(inputs, commands_tx));
     let store = lease::LeaseSource::new(&args.lease, &args.namespace, &args.pod_name);
-    let lease = fencing::LeaseHandle::spawn(store, &args.pod_name, shared.lease.clone());
+    shared.lease.resume(
+        resumed,
+        &args.pod_name,
+        adopted.as_ref().map(supervisor::PostgresChild::signaller),
+    );
+    let lease =
+        fencing::LeaseHandle::spawn_resumed(store, &args.pod_name, shared.lease.clone(), resumed);
+    if let Some(fencing) = handover.as_ref().and_then(|h| h.fencing.clone()) {
+        lease.configure(Some(fencing));
+    }
+    let authority =
+        authority::AuthoritySource::from_spec(&args.authority, &namespace, &cluster).await?;
+
     let mut api = tokio::spawn(api::serve(shared.clone(), shutdown_rx.clone()).in_current_span());
-    let manager = manager::Manager::new(shared, authority, lease);
+    let manager = manager::Manager::new(shared, authority, lease, adopted);
     let mut managed = tokio::spawn(manager.run(commands_rx, shutdown_rx).in_current_span());
     tokio::select! {
         served = &mut api => {

@@ -39,6 +39,8 @@ pub enum Command {
         DemoteRequest,
         oneshot::Sender<Result<DemoteResult, CommandError>>,
     ),
+    /// A new binary is installed (its checksum): re-execute into it.
+    Reexec(String, oneshot::Sender<Result<(), CommandError>>),
 }
 
 pub struct Shared {
@@ -88,6 +90,7 @@ impl Shared {
         report.lease = self.lease.report();
         // A job's start and end show at once, not at the next publish.
         report.backup = self.backups.job();
+        report.agent = Some(crate::agents::binary::build());
         if report.lease.as_ref().is_some_and(|l| l.fenced) {
             report.ready = false;
         }
@@ -105,6 +108,10 @@ impl Shared {
 
     pub fn set_busy(&self, operation: Option<&'static str>) {
         *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = operation;
+    }
+
+    pub fn busy(&self) -> Option<&'static str> {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Healthy unless the loop stopped beating outside a long operation.
@@ -154,6 +161,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         backup: None,
         restore: None,
         upgrade: None,
+        agent: None,
     }
 }
 

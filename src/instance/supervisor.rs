@@ -7,6 +7,7 @@
 //! structured stream tagged with cluster and instance, with the level taken
 //! from PostgreSQL's own severity.
 
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -33,6 +35,17 @@ pub struct PostgresChild {
     exit: watch::Receiver<Option<String>>,
     /// The last `FATAL`/`PANIC`/`ERROR` line it logged: why it stopped.
     last_error: Arc<Mutex<Option<String>>>,
+    /// Copies of the read ends of its stdout and stderr pipes, for a new
+    /// manager image to go on reading (see [`PostgresChild::handover`]).
+    log_pipes: Vec<OwnedFd>,
+}
+
+/// A postmaster handed from one manager image to the next across `exec`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Adoptable {
+    pub pid: u32,
+    /// Its log pipes, open in the new image.
+    pub log_fds: Vec<RawFd>,
 }
 
 /// PostgreSQL's shutdown modes, by signal to the postmaster.
@@ -85,10 +98,13 @@ impl PostgresChild {
         })?;
         let pid = tracked.pid();
         let last_error = Arc::new(Mutex::new(None));
+        let mut log_pipes = vec![];
         if let Some(out) = tracked.child.stdout.take() {
+            log_pipes.extend(out.as_fd().try_clone_to_owned().ok());
             tokio::spawn(forward_log(out, last_error.clone()).in_current_span());
         }
         if let Some(err) = tracked.child.stderr.take() {
+            log_pipes.extend(err.as_fd().try_clone_to_owned().ok());
             tokio::spawn(forward_log(err, last_error.clone()).in_current_span());
         }
         let (tx, rx) = watch::channel(None);
@@ -107,7 +123,67 @@ impl PostgresChild {
             pid,
             exit: rx,
             last_error,
+            log_pipes,
         })
+    }
+
+    /// What the next manager image needs to adopt this postmaster: its PID
+    /// and its log pipes, kept open across `exec`.
+    pub fn handover(&self) -> Result<Adoptable, crate::agents::binary::BinaryError> {
+        let log_fds = self
+            .log_pipes
+            .iter()
+            .map(|fd| crate::agents::binary::inherit(fd.as_fd()))
+            .collect::<Result<_, _>>()?;
+        Ok(Adoptable {
+            pid: self.pid,
+            log_fds,
+        })
+    }
+
+    /// Takes over a postmaster the previous manager image started: it is
+    /// still this process's child (exec keeps the PID), so its exit is
+    /// waited for here; its log pipes are read on.
+    pub fn adopt(adoptable: Adoptable) -> Self {
+        let pid = adoptable.pid;
+        let last_error = Arc::new(Mutex::new(None));
+        let mut log_pipes = vec![];
+        for raw in adoptable.log_fds {
+            // SAFETY: the previous image cleared close-on-exec on exactly
+            // these descriptors for us, and nothing else here owns them.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            log_pipes.extend(fd.try_clone().ok());
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => {
+                    tokio::spawn(forward_log(pipe, last_error.clone()).in_current_span());
+                }
+                Err(e) => tracing::warn!(fd = raw, error = %e, "cannot read postgres's log pipe"),
+            }
+        }
+        pid1::adopt(pid);
+        let (tx, rx) = watch::channel(None);
+        // exec took tokio's handle on it: wait on a thread of its own.
+        let span = tracing::Span::current();
+        std::thread::spawn(move || {
+            let _entered = span.enter();
+            let description = match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => {
+                    format!("killed by {signal}")
+                }
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("unknown status ({e})"),
+            };
+            pid1::forget(pid);
+            let _ = tx.send(Some(description));
+        });
+        tracing::info!(pid, "adopted the running postgres");
+        Self {
+            pid,
+            exit: rx,
+            last_error,
+            log_pipes,
+        }
     }
 
     /// The last error line it logged, without the log line prefix.

@@ -16,8 +16,10 @@ use crate::contract::instance::{
     DemoteRequest, DemoteResult, InstanceReport, PromoteRequest, PromoteResult,
 };
 use crate::contract::layout::{self, files};
+use crate::contract::pooler::PoolerReport;
 use crate::pooler::switchover::PoolerControl;
 use crate::resources::names;
+use hyper::body::Bytes;
 
 /// A frozen or partitioned pod accepts the TCP connection (the kernel does)
 /// and then never answers: this bounds what it costs a reconcile.
@@ -75,9 +77,42 @@ pub trait Agents: PoolerControl {
     ) -> BoxFuture<'a, Result<(), ClientError>>;
     /// `POST /inventory`: the instance re-reads what the repositories hold.
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// `GET /status` of a pooler supervisor.
+    fn pooler_status<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PoolerReport, ClientError>>;
+    /// `POST /binary`: the agent takes `binary` and re-executes into it.
+    fn replace_binary<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        sha256: &'a str,
+        binary: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
 }
 
+/// Time for an agent to receive, check and install a binary.
+pub const REPLACE_BINARY_TIMEOUT: Duration = Duration::from_secs(110);
+
 impl Agents for AgentClient {
+    fn pooler_status<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<PoolerReport, ClientError>> {
+        Box::pin(async move { self.clone().with_timeout(timeout).get(ep, "/status").await })
+    }
+    fn replace_binary<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        sha256: &'a str,
+        binary: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            AgentClient::replace_binary(self, ep, sha256, binary, REPLACE_BINARY_TIMEOUT).await
+        })
+    }
     fn backup<'a>(
         &'a self,
         ep: &'a Endpoint,
@@ -203,6 +238,30 @@ pub async fn reports(
             Ok(r) => Some((ep.name.clone(), r)),
             Err(e) => {
                 tracing::debug!(cluster = %cluster, instance = %ep.name, error = %e, "instance status");
+                None
+            }
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `GET /status` of every running pooler pod at once; those that do not
+/// answer in time are left out.
+pub async fn pooler_reports(
+    client: &dyn Agents,
+    pods: &[Pod],
+    cluster: &str,
+    namespace: &str,
+) -> BTreeMap<String, PoolerReport> {
+    let endpoints = poolers(pods, namespace, cluster);
+    join_all(endpoints.iter().map(|ep| async move {
+        match client.pooler_status(ep, STATUS_TIMEOUT).await {
+            Ok(r) => Some((ep.name.clone(), r)),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster, pooler = %ep.name, error = %e, "pooler status");
                 None
             }
         }

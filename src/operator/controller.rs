@@ -169,7 +169,10 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
             silent.as_deref(),
         )
         .await;
+        observed.pooler_reports =
+            agents::pooler_reports(a.as_ref(), &observed.pooler_pods, &name, &namespace).await;
     }
+    observed.operator_build = Some(crate::agents::binary::build());
     observed.lease = ctx.leases.view(&namespace, &name);
     // Woken just ahead of an expiry (see `leases::spawn`): wait the rest
     // out here, since another request would be held back by the debounce.

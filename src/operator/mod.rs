@@ -128,6 +128,8 @@ fn shutdown_on_signal(token: CancellationToken) {
 }
 
 pub async fn run(args: Args) -> Result<(), RunError> {
+    // Agents are brought to this binary; its checksum takes a moment.
+    crate::agents::binary::start_hashing(None);
     let token = CancellationToken::new();
     shutdown_on_signal(token.clone());
     let client = Client::try_default().await.map_err(RunError::Connect)?;

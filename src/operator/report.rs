@@ -55,6 +55,8 @@ pub mod reason {
     pub const WAL_ARCHIVING_FAILED: &str = "WalArchivingFailed";
     pub const WAL_ARCHIVING_RECOVERED: &str = "WalArchivingRecovered";
     pub const MAJOR_UPGRADE_STARTED: &str = "MajorUpgradeStarted";
+    pub const AGENT_UPGRADED: &str = "AgentUpgraded";
+    pub const AGENT_UPGRADE_FAILED: &str = "AgentUpgradeFailed";
     pub const MAJOR_UPGRADE_PROGRESS: &str = "MajorUpgradeProgress";
     pub const MAJOR_UPGRADE_COMPLETED: &str = "MajorUpgradeCompleted";
     /// pg_upgrade refused, or the poolers could not be paused (also the
@@ -72,6 +74,13 @@ pub enum StatusError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "cannot write status.{field}: the installed PostgresCluster CRD is older than this operator ({message}); apply the CRDs of this release first: kubectl apply --server-side -f crds/ (Helm does not upgrade the CRDs of charts/capstan/crds/)"
+    )]
+    StaleCrd {
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn api(ctx: &Context, cluster: &PostgresCluster) -> Api<PostgresCluster> {
@@ -81,8 +90,18 @@ fn api(ctx: &Context, cluster: &PostgresCluster) -> Api<PostgresCluster> {
 fn classify(field: &'static str) -> impl FnOnce(kube::Error) -> StatusError {
     move |source| match source {
         kube::Error::Api(s) if s.code == 409 => StatusError::Conflict,
+        kube::Error::Api(s) if stale_schema(&s.message) => StatusError::StaleCrd {
+            field,
+            message: s.message,
+        },
         source => StatusError::Write { field, source },
     }
+}
+
+/// The API server's words for a field the stored schema does not declare
+/// (server-side apply, and strict field validation of a patch).
+fn stale_schema(message: &str) -> bool {
+    message.contains("field not declared in schema") || message.contains("unknown field")
 }
 
 /// Writes the whole status (server-side apply). The resourceVersion read
@@ -195,4 +214,31 @@ pub async fn event(
         }],
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_field_the_installed_crd_lacks_names_the_fix() {
+        let status = kube::core::Status {
+            code: 500,
+            message: ".status.instances[0].agentBuild: field not declared in schema".into(),
+            ..kube::core::Status::default()
+        };
+        let e = classify("status")(kube::Error::Api(Box::new(status)));
+        assert!(matches!(e, StatusError::StaleCrd { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("kubectl apply --server-side -f crds/")
+        );
+        let other = kube::core::Status {
+            code: 500,
+            message: "etcdserver: request timed out".into(),
+            ..kube::core::Status::default()
+        };
+        let e = classify("status")(kube::Error::Api(Box::new(other)));
+        assert!(matches!(e, StatusError::Write { .. }), "{e}");
+    }
 }

@@ -47,6 +47,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/reconnect", post(reconnect))
+        .route(
+            "/binary",
+            post(replace_binary).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route_layer(middleware::from_fn(require_operator));
     let routes = Router::new()
         .route("/readyz", get(readyz))
@@ -73,6 +77,34 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Installs a new supervisor binary (the operator's own, when Capstan was
+/// upgraded) and re-executes into it; PgBouncer keeps running.
+async fn replace_binary(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let sha256 = match crate::agents::binary::receive(&headers, body).await {
+        Ok(sha) => sha,
+        Err(e) => return error(e.status(), e.to_string()),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared.reexec.send((sha256, tx)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => Json(serde_json::json!({"status": "re-executing"})).into_response(),
+        Ok(Err(message)) => error(StatusCode::CONFLICT, message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is shutting down",
+        ),
+    }
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {

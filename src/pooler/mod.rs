@@ -83,6 +83,8 @@ pub struct Args {
 /// Runs `capstan pooler` until SIGTERM.
 pub fn run(args: Args) -> Result<(), String> {
     init_logging();
+    // Before any thread exists: it edits the environment.
+    let handover: Option<supervisor::Handover> = crate::agents::binary::take_handover();
     let options = supervisor::Options {
         name: args.name,
         settings_path: args.settings,
@@ -104,7 +106,7 @@ pub fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime
-        .block_on(supervisor::run(options))
+        .block_on(supervisor::run(options, handover))
         .map_err(|e| e.to_string())
 }
 

@@ -68,6 +68,17 @@ impl std::fmt::Display for Exit {
 }
 
 impl Exit {
+    /// How an adopted child (one the previous supervisor image started)
+    /// ended, from `waitpid`.
+    pub fn of_wait(status: nix::Result<nix::sys::wait::WaitStatus>) -> Self {
+        use nix::sys::wait::WaitStatus;
+        match status {
+            Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => Exit::Signal(signal as i32),
+            _ => Exit::Code(-1),
+        }
+    }
+
     fn of(status: std::process::ExitStatus) -> Self {
         use std::os::unix::process::ExitStatusExt;
         match (status.code(), status.signal()) {
@@ -114,6 +125,17 @@ pub fn spawn(
         let _ = exits.send((pid, exit));
     });
     Ok(pid)
+}
+
+/// Waits for a PgBouncer the previous supervisor image started (exec kept
+/// it as our child) and reports its exit on `exits` like [`spawn`]'s.
+pub fn adopt(pid: Pid, exits: mpsc::UnboundedSender<(Pid, Exit)>) {
+    pid1::adopt(pid.as_raw() as u32);
+    std::thread::spawn(move || {
+        let exit = Exit::of_wait(nix::sys::wait::waitpid(pid, None));
+        pid1::forget(pid.as_raw() as u32);
+        let _ = exits.send((pid, exit));
+    });
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is not an error.

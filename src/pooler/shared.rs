@@ -49,9 +49,14 @@ async fn backend_accepts(host: &str, port: u16) -> Duration {
 }
 
 /// State shared by the supervisor loop and the API handlers.
+/// A new supervisor binary is installed (its checksum): re-execute into
+/// it; the answer says whether it will.
+pub type Reexec = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
+
 pub struct Shared {
     pub name: String,
     pub admin: AdminConsole,
+    pub reexec: tokio::sync::mpsc::Sender<Reexec>,
     state: Mutex<State>,
     /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
     ops: tokio::sync::Mutex<()>,
@@ -72,10 +77,15 @@ pub struct Snapshot {
 }
 
 impl Shared {
-    pub(super) fn new(name: String, admin: AdminConsole) -> Self {
+    pub(super) fn new(
+        name: String,
+        admin: AdminConsole,
+        reexec: tokio::sync::mpsc::Sender<Reexec>,
+    ) -> Self {
         Self {
             name,
             admin,
+            reexec,
             state: Mutex::new(State::default()),
             ops: tokio::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -224,6 +234,7 @@ impl Shared {
             servers_active: 0,
             servers_idle: 0,
             last_error: snap.last_error,
+            agent: Some(crate::agents::binary::build()),
         };
         if snap.running {
             match self.admin.show_pools().await {

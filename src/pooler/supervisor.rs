@@ -80,15 +80,41 @@ pub struct Options {
     pub shutdown_timeout: Duration,
 }
 
+/// What one supervisor image passes to the next across `exec`.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// The running PgBouncer (our child still).
+    pub pgbouncer: Option<i32>,
+    /// The admin console's password it was started with.
+    pub admin_password: String,
+    /// Checksum of the binary, verified when it was installed.
+    pub sha256: Option<String>,
+}
+
+/// Time for the API's answer to reach the operator before `exec` closes
+/// the connection.
+const ANSWER_FLUSH: Duration = Duration::from_millis(300);
+
 /// Runs the supervisor until SIGTERM/SIGINT and a drained PgBouncer.
-pub async fn run(opts: Options) -> Result<(), SupervisorError> {
+pub async fn run(opts: Options, handover: Option<Handover>) -> Result<(), SupervisorError> {
+    // First: a re-executed PID 1 has no handlers until it installs them.
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
+    crate::agents::binary::start_hashing(handover.as_ref().and_then(|h| h.sha256.clone()));
     let identity = opts.run_as.as_deref().map(Identity::lookup).transpose()?;
     prepare_run_dir(&opts.run_dir, identity)?;
-    let admin_password: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect();
+    let admin_password: String = match &handover {
+        Some(h) => h.admin_password.clone(),
+        None => rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect(),
+    };
+    let (reexec_tx, mut reexec) = mpsc::channel(1);
     let api_tls = ServerTls::load(TlsFiles::new(opts.api_tls_dir.clone()))?;
     let shared = Arc::new(Shared::new(
         opts.name.clone(),
@@ -97,14 +123,29 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
             opts.listen_port,
             admin_password.clone(),
         ),
+        reexec_tx,
     ));
 
     crate::agents::pid1::start_reaping();
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| SupervisorError::Signal(e.to_string()))?;
+    let adopted = handover
+        .as_ref()
+        .and_then(|h| h.pgbouncer)
+        .map(Pid::from_raw);
+    if let Some(pid) = adopted {
+        process::adopt(pid, exits_tx.clone());
+        let mut s = shared.state();
+        s.child = Some(pid);
+        s.running = true;
+        tracing::info!(pid = pid.as_raw(), "adopted the running pgbouncer");
+        let shared = Arc::clone(&shared);
+        // The session a switchover PAUSEs through, opened ahead as at a start.
+        tokio::spawn(async move {
+            if let Err(e) = shared.admin.warm_up().await {
+                tracing::debug!(error = %e, "cannot open the PAUSE session yet");
+            }
+        });
+    }
 
     let api_addr: SocketAddr = format!("{}:{}", opts.listen_addr, opts.api_port)
         .parse()
@@ -135,7 +176,8 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
         exits: exits_tx,
         fingerprint: None,
     };
-    let mut restart_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut restart_at: Option<tokio::time::Instant> =
+        adopted.is_none().then(tokio::time::Instant::now);
     let mut crashes: u32 = 0;
     let mut started_at = Instant::now();
     let mut poll = tokio::time::interval(sup.opts.poll_interval);
@@ -190,6 +232,24 @@ pub async fn run(opts: Options) -> Result<(), SupervisorError> {
                 if child.is_some() {
                     sup.refresh().await;
                 }
+            }
+            Some((sha256, reply)) = reexec.recv() => {
+                let state = shared.snapshot();
+                if state.paused {
+                    let _ = reply.send(Err("not taking the new binary now: PgBouncer is paused (a switchover holds clients); ask again when it resumed".into()));
+                    continue;
+                }
+                let handover = Handover {
+                    pgbouncer: child.map(Pid::as_raw),
+                    admin_password: sup.admin_password.clone(),
+                    sha256: Some(sha256),
+                };
+                let _ = reply.send(Ok(()));
+                tokio::time::sleep(ANSWER_FLUSH).await;
+                tracing::info!(operation = "agent-upgrade", pgbouncer = ?handover.pgbouncer, "handing PgBouncer over to the new supervisor binary");
+                let error = crate::agents::binary::exec(&handover);
+                tracing::error!(operation = "agent-upgrade", error = %error, "still running the old binary");
+                shared.set_error(Some(error.to_string()));
             }
         }
     }

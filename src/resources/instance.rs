@@ -102,8 +102,17 @@ pub fn pod(model: &Model, instance: &str, role: &str) -> Pod {
 }
 
 /// Hash of everything in a pod spec that needs a re-created pod to change.
+/// The image the agent binary comes from is not part of it: a running
+/// agent takes a new binary in place (`POST /binary`), so upgrading Capstan
+/// re-creates no database pod.
 pub fn spec_hash(spec: &PodSpec) -> String {
-    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let mut spec = spec.clone();
+    for init in spec.init_containers.iter_mut().flatten() {
+        if init.name == BINARY_CONTAINER {
+            init.image = None;
+        }
+    }
+    let json = serde_json::to_vec(&spec).unwrap_or_default();
     let digest = Sha256::digest(&json);
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
@@ -177,10 +186,14 @@ pub fn restricted_security_context() -> SecurityContext {
     }
 }
 
-/// Init container copying the `capstan` binary into the shared emptyDir.
+/// Name of the init container that copies the agent binary.
+pub const BINARY_CONTAINER: &str = "capstan-bin";
+
+/// Init container copying the `capstan` binary into the shared emptyDir
+/// (writable: the agent replaces it when Capstan is upgraded).
 pub fn copy_binary_container(operator_image: &str) -> Container {
     Container {
-        name: "capstan-bin".into(),
+        name: BINARY_CONTAINER.into(),
         image: Some(operator_image.to_string()),
         command: Some(vec![
             layout::IMAGE_BINARY.into(),
@@ -256,7 +269,7 @@ pub fn agent_probe(path: &str, period: i32, failures: i32) -> Probe {
 fn postgres_container(model: &Model, instance: &str) -> Container {
     let mut mounts = vec![
         mount("data", layout::DATA_MOUNT, false),
-        mount("bin", layout::BIN_DIR, true),
+        mount("bin", layout::BIN_DIR, false),
         mount("run", layout::RUN_DIR, false),
         mount("tmp", layout::TMP_DIR, false),
         mount("shm", "/dev/shm", false),

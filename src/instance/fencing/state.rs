@@ -150,6 +150,25 @@ impl LeaseState {
         );
     }
 
+    /// Start of the last successful renewal, while holding.
+    pub fn valid_from(&self) -> Option<Instant> {
+        let inner = self.lock();
+        inner.valid_from.filter(|_| !inner.fenced)
+    }
+
+    /// A new manager image takes over: the lease was held from `from` by
+    /// the previous image (the keeper renews it first thing) and `postmaster`
+    /// is the one a fence must stop.
+    pub fn resume(&self, from: Option<Instant>, holder: &str, postmaster: Option<Signaller>) {
+        let mut inner = self.lock();
+        if let Some(from) = from {
+            inner.valid_from = Some(from);
+            inner.last_renewal = Some(from);
+            inner.holder = Some(holder.to_string());
+        }
+        inner.postmaster = postmaster;
+    }
+
     pub(super) fn set_holder(&self, holder: Option<String>) {
         self.lock().holder = holder;
     }

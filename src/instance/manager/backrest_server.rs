@@ -42,6 +42,14 @@ fn version_with_certificate(config_version: u64, tls: &TlsFiles) -> Result<u64, 
 }
 
 impl<A: Authority> Manager<A> {
+    /// Stops the server now (the manager is about to re-execute).
+    pub(super) fn stop_backrest_server(&mut self) {
+        if let Some(mut child) = self.backrest_server.child.take() {
+            let _ = child.child.start_kill();
+        }
+        self.backrest_server.version = None;
+    }
+
     /// Keeps the server running while `config_version` is `Some` (the
     /// written pgbackrest.conf has `tls-server-*`), stopped otherwise.
     pub(super) fn keep_backrest_server(

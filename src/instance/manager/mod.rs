@@ -18,6 +18,8 @@ mod archive;
 mod backrest_server;
 mod errors;
 mod fence;
+mod reexec;
+pub use reexec::Handover;
 mod report;
 mod restore;
 mod role;
@@ -98,7 +100,13 @@ fn tick_step<'a>(
 }
 
 impl<A: Authority> Manager<A> {
-    pub fn new(shared: Arc<Shared>, authority: A, lease: LeaseHandle) -> Self {
+    /// `postgres`: the postmaster the previous manager image handed over.
+    pub fn new(
+        shared: Arc<Shared>,
+        authority: A,
+        lease: LeaseHandle,
+        postgres: Option<PostgresChild>,
+    ) -> Self {
         let inputs = shared.inputs.clone();
         Self {
             local: shared.local.clone(),
@@ -109,7 +117,7 @@ impl<A: Authority> Manager<A> {
             settings: None,
             settings_text: None,
             bins: None,
-            postgres: None,
+            postgres,
             snapshot: None,
             target: None,
             errors: Errors::default(),
@@ -347,6 +355,7 @@ impl<A: Authority> Manager<A> {
                 self.publish();
                 let _ = reply.send(result);
             }
+            Command::Reexec(sha256, reply) => self.reexec_command(reply, sha256).await,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The `PostgresCluster` reconcile pipeline (DESIGN §4):
 //! observe → validate → plan → apply → report.
 
+pub mod agent_upgrade;
 pub mod apply;
 pub mod backup;
 pub mod execute;

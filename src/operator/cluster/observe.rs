@@ -57,6 +57,10 @@ pub struct Observed {
     pub versions: BTreeMap<String, String>,
     /// What each reachable instance manager reported (`GET /status`).
     pub reports: BTreeMap<String, InstanceReport>,
+    /// What each reachable pooler supervisor reported (`GET /status`).
+    pub pooler_reports: BTreeMap<String, crate::contract::pooler::PoolerReport>,
+    /// The binary the operator runs (agents are brought to it).
+    pub operator_build: Option<crate::contract::agent::AgentBuild>,
     /// The primary Lease as the operator saw it renewed (None until seen).
     pub lease: Option<LeaseView>,
     /// A pending switchover request: the `capstan.dev/switchover`
@@ -198,6 +202,8 @@ pub async fn observe(
         // Filled by the controller, which holds the agent clients and the
         // Lease monitor.
         reports: BTreeMap::new(),
+        pooler_reports: BTreeMap::new(),
+        operator_build: None,
         lease: None,
         switchover_request: cluster
             .metadata

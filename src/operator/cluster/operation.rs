@@ -86,6 +86,9 @@ pub enum Operation {
     Backup(super::backup::Step),
     /// The next step of a major upgrade.
     MajorUpgrade(super::upgrade::Step),
+    /// Send the operator's binary to one agent, which re-executes into it
+    /// (PostgreSQL or PgBouncer keep running).
+    UpgradeAgent(super::agent_upgrade::Step),
     /// The rolling update's next step (restarting `instance`, or a
     /// switchover) waits for `backup` to end: it runs there, or needs the
     /// primary.
@@ -173,6 +176,7 @@ impl Operation {
             Operation::Backup(_) => "Backup",
             Operation::AwaitBackup { .. } => "RollingUpdate",
             Operation::MajorUpgrade(_) => "MajorUpgrade",
+            Operation::UpgradeAgent(_) => "AgentUpgrade",
         }
     }
 
@@ -187,6 +191,7 @@ impl Operation {
             Operation::Failover(_) => "Failover",
             Operation::Switchover(_) => "Switchover",
             Operation::Backup(_) => "Backup",
+            Operation::UpgradeAgent(_) => "UpgradingAgents",
             _ => "RollingUpdate",
         }
     }
@@ -196,6 +201,17 @@ impl Operation {
         match self {
             Operation::Idle => "cluster matches its spec".into(),
             Operation::MajorUpgrade(step) => step.describe(),
+            Operation::UpgradeAgent(step) => format!(
+                "Capstan upgrade: {} {} takes the operator's binary in place (it ran {}); {} keeps running",
+                if step.pooler { "pooler" } else { "instance" },
+                step.pod,
+                step.from,
+                if step.pooler {
+                    "PgBouncer"
+                } else {
+                    "PostgreSQL"
+                }
+            ),
             Operation::CreateInstances(v) => format!("creating instance(s) {}", v.join(", ")),
             Operation::AwaitInstances { instances, .. } => format!(
                 "waiting for instance(s) {} to become ready",
@@ -362,6 +378,17 @@ pub fn choose(input: &Input<'_>) -> Operation {
     }
     if !input.removed.is_empty() {
         return Operation::RemoveInstances(input.removed.to_vec());
+    }
+    // Last: a settled cluster, nothing else under way.
+    if backups.running.is_none()
+        && let Some(step) = super::agent_upgrade::next(
+            input.observed.operator_build.as_ref(),
+            input.target_primary,
+            &input.observed.reports,
+            &input.observed.pooler_reports,
+        )
+    {
+        return Operation::UpgradeAgent(step);
     }
     waiting.map_or(Operation::Idle, Operation::Backup)
 }

@@ -212,6 +212,9 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
                 lag_bytes: report.and_then(|r| r.lag_bytes).map(|b| b as i64),
                 sync_state: sync_state(r, name).or(before.and_then(|b| b.sync_state.clone())),
                 pending_restart: report.is_some_and(|r| r.pending_restart),
+                agent_build: report
+                    .and_then(|r| r.agent.as_ref()?.short())
+                    .or(before.and_then(|b| b.agent_build.clone())),
             }
         })
         .collect();
@@ -414,6 +417,12 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             replicas: pooler_replicas,
             ready_replicas: pooler_ready,
             service: names::pooler(cluster),
+            agent_builds: r
+                .observed
+                .pooler_reports
+                .values()
+                .filter_map(|p| p.agent.as_ref()?.short())
+                .collect(),
         }),
         endpoints: Some(Endpoints {
             pooler: model.service_endpoint(&names::pooler(cluster), layout::POOLER_PORT),

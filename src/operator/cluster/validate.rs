@@ -369,6 +369,8 @@ fn check(
             spec,
             images: Images {
                 operator: operator_image.to_string(),
+                pooler_agent: pooler_agent_image(observed)
+                    .unwrap_or_else(|| operator_image.to_string()),
                 postgres: postgres_image,
                 pgbouncer: pgb
                     .image
@@ -492,3 +494,21 @@ mod repository;
 
 #[cfg(test)]
 mod tests;
+
+/// The agent image the pooler Deployment has (see `Images::pooler_agent`).
+fn pooler_agent_image(observed: &Observed) -> Option<String> {
+    observed
+        .pooler
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == crate::resources::instance::BINARY_CONTAINER)?
+        .image
+        .clone()
+}

@@ -19,6 +19,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+mod agent_upgrade;
 mod backup;
 mod failover;
 mod switchover;
@@ -127,6 +128,10 @@ impl Executor<'_> {
                 Ok(Next::Continue)
             }
             Operation::MajorUpgrade(step) => self.upgrade(step, status).await,
+            Operation::UpgradeAgent(step) => {
+                self.upgrade_agent(step).await;
+                Ok(Next::Continue)
+            }
             Operation::Backup(step) => {
                 self.backup(step).await;
                 Ok(Next::Continue)
