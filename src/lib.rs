@@ -4,6 +4,7 @@ pub mod agents;
 pub mod api;
 pub mod backup;
 pub mod contract;
+pub mod image_check;
 pub mod instance;
 pub mod operator;
 pub mod pooler;

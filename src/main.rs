@@ -49,6 +49,10 @@ enum Command {
     /// process of a verification pod); the result goes to the termination
     /// message.
     Verify(capstan::verify::Args),
+    /// Check that a PostgreSQL image runs the major a cluster needs (the
+    /// one process of an image-check pod); the result goes to the
+    /// termination message.
+    CheckImage(capstan::image_check::Args),
     /// PID 1 of a cluster's repository host: pgBackRest's TLS server in
     /// front of its volume repositories.
     RepoHost(capstan::repo_host::Args),
@@ -93,6 +97,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => {
             init_tracing();
             capstan::verify::run(args)
+        }
+        Command::CheckImage(args) => {
+            init_tracing();
+            capstan::image_check::run(args)
         }
         Command::RepoHost(args) => {
             init_tracing();

@@ -170,3 +170,68 @@ async fn settings_changes_reload_or_wait_for_a_restart() {
     assert!(status.success());
     assert!(a.postgres_processes().is_empty());
 }
+
+/// A value PostgreSQL refuses never reaches the files: the instance keeps
+/// running with what it has, says why in PostgreSQL's words, and starts
+/// again after a restart; a fixed value is applied as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_postgres_refuses_are_not_written() {
+    let Some(bin) = pg15_bin() else {
+        eprintln!("skipping: PostgreSQL 15 is not installed in /usr/lib/postgresql/15/bin");
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let mut s = settings(15, PORTS.take(), &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
+    a.set_authority("db-1");
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    let postmaster = a.postmaster_pid();
+
+    for (name, value, words) in [
+        (
+            "work_mem",
+            "lots",
+            "invalid value for parameter \"work_mem\"",
+        ),
+        ("max_connections", "5000000", "outside the valid range"),
+        ("shard_buffers", "1", "unrecognized configuration parameter"),
+    ] {
+        let mut bad = s.clone();
+        bad.parameters.insert(name.into(), value.into());
+        a.write_settings(&bad);
+        let r = a
+            .wait_status("the parameters refused", Duration::from_secs(30), |r| {
+                r.parameters_refused
+                    .as_deref()
+                    .is_some_and(|w| w.contains(words))
+            })
+            .await;
+        let refused = r.parameters_refused.clone().unwrap();
+        assert!(refused.contains(words), "{name}={value}: {refused}");
+        assert!(r.ready && !r.pending_restart, "{r:?}");
+        let user = std::fs::read_to_string(a.pgdata().join("capstan-user.conf")).unwrap();
+        assert!(!user.contains(value), "{user}");
+    }
+    assert_eq!(show(&a, "work_mem").await, "8MB");
+    assert_eq!(a.postmaster_pid(), postmaster, "no restart");
+    // A restart meanwhile starts on the parameters it had.
+    a.terminate(Duration::from_secs(60));
+    a.start();
+    let r = a.wait_ready(Duration::from_secs(90)).await;
+    assert!(r.parameters_refused.is_some(), "still said: {r:?}");
+    assert_eq!(show(&a, "work_mem").await, "8MB");
+
+    // Fixed: applied, nothing refused any more.
+    s.parameters.insert("work_mem".into(), "16MB".into());
+    a.write_settings(&s);
+    a.wait_status("the fix applied", Duration::from_secs(30), |r| {
+        r.parameters_refused.is_none()
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while show(&a, "work_mem").await != "16MB" {
+        assert!(std::time::Instant::now() < deadline, "16MB applied");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -105,6 +105,7 @@ fn operator_holds_everything_it_grants_to_instance_pods() {
         },
         postgres_version: 17,
         upgrade: None,
+        image_check: None,
     };
     let instance_rules = capstan::resources::rbac::instance_role(&model)
         .rules

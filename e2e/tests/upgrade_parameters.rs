@@ -11,6 +11,12 @@
 //! primary first (its pod re-created while the replicas' are untouched),
 //! then the replicas; every instance ends on the new value.
 //!
+//! `a_value_postgres_refuses_changes_nothing`: `work_mem: lots` is refused
+//! by PostgreSQL (asked by each instance manager before it writes a file):
+//! the cluster is `Stalled` (`ParametersRefused`) with PostgreSQL's words,
+//! no pod is re-created, every instance stays ready on its old value; a
+//! valid value clears it and is applied.
+//!
 //! Runs on the harness and on a real cluster. Needs `pgbench`
 //! (`$CAPSTAN_PGBENCH` or PostgreSQL 15's from Debian).
 
@@ -239,6 +245,79 @@ async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         ha::current_primary(&c)
     );
     ha.delete(target).await
+}
+
+async fn refused(target: &mut Target, ns: &str) -> Result<(), E2eError> {
+    let spec = ha_example("ha-cluster.yaml", ns)?;
+    let ha = HaCluster::create(target, &spec).await?;
+    let target = &*target;
+    let uids = ha.pod_uids(target).await?;
+    let stalled = |c: &PostgresCluster| {
+        c.status.as_ref()?.conditions.iter().find_map(|k| {
+            (k.type_ == "Stalled" && k.status == "True")
+                .then(|| (k.reason.clone(), k.message.clone()))
+        })
+    };
+    let started = Instant::now();
+    let patch = serde_json::json!({"spec": {"postgres": {"parameters": {"work_mem": "lots"}}}});
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await?;
+    let (reason, message) = wait_for(
+        "Stalled with ParametersRefused",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async { stalled(&ha.get(target).await.ok()?) },
+    )
+    .await?;
+    eprintln!(
+        "[{ns}] refused {:.1}s after the patch: {reason}: {message}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(reason, "ParametersRefused");
+    assert!(
+        message.contains("invalid value for parameter \"work_mem\": \"lots\""),
+        "{message}"
+    );
+    let c = ha.get(target).await?;
+    assert_eq!(
+        c.status.as_ref().map(|s| s.ready_instances),
+        Some(3),
+        "{}",
+        ha::status_summary(&c)
+    );
+    assert_eq!(ha.pod_uids(target).await?, uids, "no pod re-created");
+    let primary = ha.connect(&ha.rw(target).await?, As::Superuser).await?;
+    assert_eq!(sql::value(&primary, "SHOW work_mem").await?, "8MB");
+
+    let patch = serde_json::json!({"spec": {"postgres": {"parameters": {"work_mem": "16MB"}}}});
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await?;
+    wait_for(
+        "not Stalled, work_mem 16MB on the primary",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            let primary = ha
+                .connect(&ha.rw(target).await.ok()?, As::Superuser)
+                .await
+                .ok()?;
+            let value = sql::value(&primary, "SHOW work_mem").await.ok()?;
+            (stalled(&c).is_none() && value == "16MB").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(ha.pod_uids(target).await?, uids, "no pod re-created");
+    ha.delete(target).await
+}
+
+#[test]
+fn a_value_postgres_refuses_changes_nothing() {
+    capstan_e2e::scenario(|| async {
+        let mut target = Target::from_env().await.expect("e2e target");
+        let ns = format!("e2e-refused-{}", std::process::id());
+        if let Err(e) = refused(&mut target, &ns).await {
+            fail(&target, &ns, e).await;
+        }
+    });
 }
 
 #[test]

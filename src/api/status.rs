@@ -118,6 +118,27 @@ pub struct PostgresClusterStatus {
     /// The last (or running) major-version upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<MajorUpgradeStatus>,
+    /// The last PostgreSQL image tried (by a throwaway pod) before the
+    /// instances were given it: a new image of the running major, or a
+    /// major upgrade's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_check: Option<ImageCheckStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageCheckStatus {
+    pub image: String,
+    /// The PostgreSQL major it had to run.
+    pub major: i32,
+    pub passed: bool,
+    /// The image's `postgres --version`, or why it cannot be used.
+    pub message: String,
+    /// `metadata.generation` it was checked for: a failed image is tried
+    /// again after any change to the spec.
+    pub generation: i64,
+    /// RFC 3339.
+    pub checked_at: String,
 }
 
 /// A major-version upgrade, started by raising `spec.postgres.version`.

@@ -104,6 +104,10 @@ pub struct InstanceReport {
     /// A major upgrade, on the primary that runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<super::upgrade::UpgradeReport>,
+    /// PostgreSQL refused `spec.postgres.parameters` (its words); the
+    /// instance keeps running with the parameters it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters_refused: Option<String>,
     /// The manager binary this instance runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<super::agent::AgentBuild>,

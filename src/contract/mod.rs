@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod image_check;
 pub mod instance;
 pub mod layout;
 pub mod pooler;

@@ -45,6 +45,35 @@ pub enum Desired {
 pub struct Rendered(pub Vec<(&'static str, String)>);
 
 impl Rendered {
+    /// Whether `spec.postgres.parameters` differ from the file in `pgdata`.
+    pub fn user_changed(&self, pgdata: &Path) -> bool {
+        let on_disk = std::fs::read_to_string(pgdata.join(USER_CONF)).ok();
+        self.0
+            .iter()
+            .find(|(name, _)| *name == USER_CONF)
+            .is_some_and(|(_, content)| on_disk.as_deref() != Some(content.as_str()))
+    }
+
+    /// The rendered `spec.postgres.parameters` file.
+    pub fn user_conf(&self) -> &str {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == USER_CONF)
+            .map_or("", |(_, content)| content.as_str())
+    }
+
+    /// Keeps the user parameters `pgdata` has (PostgreSQL refused the new
+    /// ones); the other files are written as rendered.
+    pub fn keep_user(&mut self, pgdata: &Path) {
+        if let Ok(on_disk) = std::fs::read_to_string(pgdata.join(USER_CONF)) {
+            for (name, content) in &mut self.0 {
+                if *name == USER_CONF {
+                    *content = on_disk.clone();
+                }
+            }
+        }
+    }
+
     #[cfg(test)]
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -259,6 +288,53 @@ pub fn write(pgdata: &Path, rendered: &Rendered) -> Result<bool, ConfigError> {
     Ok(changed)
 }
 
+/// Asks PostgreSQL itself whether it accepts `parameters` (`postgres -C`
+/// reads the configuration with them as command-line settings and exits,
+/// also beside a running server): unknown names, bad values and values out
+/// of range are refused in PostgreSQL's words before they reach a file a
+/// restart would trip over. Values it can only judge at start (too much
+/// memory) pass.
+pub async fn check_parameters(
+    postgres: &Path,
+    pgdata: &Path,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    if parameters.is_empty() || !pgdata.join("PG_VERSION").is_file() {
+        return Ok(());
+    }
+    let mut command = tokio::process::Command::new(postgres);
+    command
+        .arg("-D")
+        .arg(pgdata)
+        .arg("-C")
+        .arg("max_connections");
+    for (name, value) in parameters {
+        command.arg("-c").arg(format!("{name}={value}"));
+    }
+    match super::process::run_tool("postgres -C", &mut command).await {
+        Ok(_) => Ok(()),
+        Err(super::process::ToolError::Failed { output, .. }) => Err(refusal(&output)),
+        // Not a judgement on the parameters: do not block them.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask postgres about the parameters");
+            Ok(())
+        }
+    }
+}
+
+/// PostgreSQL's `FATAL:` words out of its log lines.
+fn refusal(output: &str) -> String {
+    let fatal: Vec<&str> = output
+        .split(" | ")
+        .filter_map(|line| line.split_once("FATAL:").map(|(_, m)| m.trim()))
+        .collect();
+    if fatal.is_empty() {
+        output.trim().to_string()
+    } else {
+        fatal.join("; ")
+    }
+}
+
 /// Writes via a temporary file and rename: a crash leaves the old or the new
 /// content, never half of it.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
@@ -303,6 +379,23 @@ pub fn is_standby(pgdata: &Path) -> bool {
 mod tests {
     use super::*;
     use crate::instance::authority::AuthoritySpec;
+
+    #[test]
+    fn postgres_words_are_kept_from_its_log_lines() {
+        assert_eq!(
+            refusal(
+                "2026-12-06 07:37:08.732 GMT [17232] FATAL:  invalid value for parameter \"work_mem\": \"x\""
+            ),
+            "invalid value for parameter \"work_mem\": \"x\""
+        );
+        assert_eq!(
+            refusal(
+                "2026-12-06 [1] LOG:  unrecognized configuration parameter \"a\" in file \"f\" line 1 | 2026-12-06 [1] FATAL:  configuration file \"f\" contains errors"
+            ),
+            "configuration file \"f\" contains errors"
+        );
+        assert_eq!(refusal("plain words"), "plain words");
+    }
     use crate::instance::inputs::Args;
     use crate::instance::settings::tests::example;
 

@@ -161,6 +161,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         backup: None,
         restore: None,
         upgrade: None,
+        parameters_refused: None,
         agent: None,
     }
 }

@@ -230,7 +230,8 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         &plan.target_primary,
         previous,
     )
-    .or(validated.blocked);
+    .or(validated.blocked)
+    .or_else(|| super::cluster::validate::refused_parameters(&observed.reports));
     let (new_status, transitions) = status::compute(&Report {
         model: &validated.model,
         observed: &observed,

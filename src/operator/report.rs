@@ -56,6 +56,8 @@ pub mod reason {
     pub const WAL_ARCHIVING_RECOVERED: &str = "WalArchivingRecovered";
     pub const MAJOR_UPGRADE_STARTED: &str = "MajorUpgradeStarted";
     pub const AGENT_UPGRADED: &str = "AgentUpgraded";
+    pub const IMAGE_CHECKED: &str = "ImageChecked";
+    pub const IMAGE_CHECK_FAILED: &str = "ImageCheckFailed";
     pub const AGENT_UPGRADE_FAILED: &str = "AgentUpgradeFailed";
     pub const MAJOR_UPGRADE_PROGRESS: &str = "MajorUpgradeProgress";
     pub const MAJOR_UPGRADE_COMPLETED: &str = "MajorUpgradeCompleted";

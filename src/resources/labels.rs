@@ -33,6 +33,11 @@ pub const COMPONENT_BACKUP: &str = "backup";
 pub const COMPONENT_REPOSITORY: &str = "repository";
 /// A throwaway pod restoring a backup to prove it usable.
 pub const COMPONENT_VERIFY: &str = "verify";
+/// A throwaway pod checking a PostgreSQL image before instances get it.
+pub const COMPONENT_IMAGE_CHECK: &str = "image-check";
+/// On an image-check pod: the image and the major it checks.
+pub const IMAGE_ANNOTATION: &str = "capstan.dev/image";
+pub const MAJOR_ANNOTATION: &str = "capstan.dev/major";
 /// On a verification pod: the `PostgresBackup` it verifies (an annotation:
 /// object names may be longer than a label value).
 pub const BACKUP_ANNOTATION: &str = "capstan.dev/backup";
@@ -75,6 +80,14 @@ pub fn verify_selector(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (CLUSTER.to_string(), cluster.to_string()),
         (COMPONENT.to_string(), COMPONENT_VERIFY.to_string()),
+    ])
+}
+
+/// Selector for the image-check pod of a cluster.
+pub fn image_check_selector(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CLUSTER.to_string(), cluster.to_string()),
+        (COMPONENT.to_string(), COMPONENT_IMAGE_CHECK.to_string()),
     ])
 }
 

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod image_check;
 pub mod instance;
 pub mod labels;
 pub mod lease;

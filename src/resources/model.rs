@@ -58,6 +58,17 @@ pub struct Model {
     /// The major upgrade in progress (`spec.postgres.version` above the
     /// data's, and not failed for this spec).
     pub upgrade: Option<MajorUpgrade>,
+    /// A PostgreSQL image the spec names that must be tried first (a new
+    /// image of the running major, or a major upgrade's): until it passed,
+    /// the instances keep the image they run.
+    pub image_check: Option<ImageCandidate>,
+}
+
+/// An image and the major it must run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCandidate {
+    pub image: String,
+    pub major: i32,
 }
 
 impl Model {
@@ -121,6 +132,7 @@ pub(crate) mod fixtures {
             },
             postgres_version: 17,
             upgrade: None,
+            image_check: None,
         }
     }
 }

@@ -144,6 +144,11 @@ pub fn replication_slot(instance: &str) -> String {
     instance.replace('-', "_")
 }
 
+/// The pod checking a new PostgreSQL image (one at a time per cluster).
+pub fn image_check_pod(cluster: &str) -> String {
+    format!("{cluster}-image-check")
+}
+
 /// The verification pod of `PostgresBackup` `backup`: `<backup>-verify`,
 /// shortened with a hash of the full name when that would not be a valid
 /// object name (253 characters).

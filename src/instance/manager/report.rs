@@ -117,6 +117,10 @@ impl<A: Authority> Manager<A> {
             restore: self.restore.report.clone(),
             upgrade: self.upgrade.report(),
         });
+        let report = InstanceReport {
+            parameters_refused: self.upkeep.refused_parameters(),
+            ..report
+        };
         self.shared.publish(report);
     }
 }

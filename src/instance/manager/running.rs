@@ -48,9 +48,16 @@ pub(super) struct Upkeep {
     /// Since when every snapshot showed the WAL receiver streaming.
     streaming_since: Option<Instant>,
     last_rejoin_check: Option<Instant>,
+    /// `spec.postgres.parameters` PostgreSQL refused: the file content not
+    /// written, and its words.
+    refused: Option<(String, String)>,
 }
 
 impl Upkeep {
+    pub(super) fn refused_parameters(&self) -> Option<String> {
+        self.refused.as_ref().map(|(_, words)| words.clone())
+    }
+
     /// Postgres (re)started: everything is checked again.
     pub(super) fn started(&mut self) {
         self.not_streaming_since = None;
@@ -196,19 +203,62 @@ impl<A: Authority> Manager<A> {
         }
     }
 
+    /// New `spec.postgres.parameters` go to the files only if PostgreSQL
+    /// accepts them; refused, the files keep the ones it runs with (a
+    /// restart then still starts) and the report says why.
+    pub(super) async fn gate_parameters(
+        &mut self,
+        rendered: &mut config::Rendered,
+        settings: &InstanceSettings,
+    ) {
+        let pgdata = self.inputs.data_dir.clone();
+        if !rendered.user_changed(&pgdata) {
+            self.upkeep.refused = None;
+            return;
+        }
+        let user = rendered.user_conf().to_string();
+        let words = match &self.upkeep.refused {
+            Some((content, words)) if *content == user => Some(words.clone()),
+            _ => {
+                let Some(bins) = self.bins.clone() else {
+                    return;
+                };
+                config::check_parameters(&bins.tool("postgres"), &pgdata, &settings.parameters)
+                    .await
+                    .err()
+            }
+        };
+        let Some(words) = words else {
+            self.upkeep.refused = None;
+            return;
+        };
+        if self.upkeep.refused.as_ref().is_none_or(|(c, _)| *c != user) {
+            tracing::error!(operation = "config", refused = %words, "PostgreSQL refuses spec.postgres.parameters; keeping the current ones");
+        }
+        self.set_error(
+            Source::Config,
+            format!(
+                "PostgreSQL refuses spec.postgres.parameters: {words}; it keeps running with the parameters it has"
+            ),
+        );
+        self.upkeep.refused = Some((user, words));
+        rendered.keep_user(&pgdata);
+    }
+
     async fn apply_settings(&mut self, settings: &InstanceSettings) {
         let role = match &self.snapshot {
             Some(s) if !s.in_recovery => Desired::Primary,
             Some(_) => Desired::Replica,
             None => return,
         };
-        let rendered = match config::render(&self.inputs, settings, role) {
+        let mut rendered = match config::render(&self.inputs, settings, role) {
             Ok(r) => r,
             Err(e) => {
                 self.set_error(Source::Config, e.to_string());
                 return;
             }
         };
+        self.gate_parameters(&mut rendered, settings).await;
         let changed = match config::write(&self.inputs.data_dir, &rendered) {
             Ok(c) => c,
             Err(e) => {

@@ -387,14 +387,16 @@ impl<A: Authority> Manager<A> {
                 ));
             }
         }
-        let pgdata = &self.inputs.data_dir;
+        let pgdata = &self.inputs.data_dir.clone();
         if !process::wait_until_no_process_in(pgdata, Duration::from_secs(10)).await {
             return Err(format!(
                 "processes of a previous postgres still work in {}; waiting for them to exit",
                 pgdata.display()
             ));
         }
-        let rendered = config::render(&self.inputs, settings, role).map_err(|e| e.to_string())?;
+        let mut rendered =
+            config::render(&self.inputs, settings, role).map_err(|e| e.to_string())?;
+        self.gate_parameters(&mut rendered, settings).await;
         config::write(pgdata, &rendered).map_err(|e| e.to_string())?;
         config::set_standby(pgdata, role == Desired::Replica).map_err(|e| e.to_string())?;
         self.upkeep.tls_stamp = Some(self.inputs.server_tls().stamp());

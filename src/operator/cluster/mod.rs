@@ -6,6 +6,7 @@ pub mod apply;
 pub mod backup;
 pub mod execute;
 pub mod failover;
+pub mod image_check;
 pub mod observe;
 pub mod operation;
 pub mod plan;

@@ -41,6 +41,8 @@ pub struct Observed {
     pub pooler_pods: Vec<Pod>,
     /// Verification pods (restoring a backup to check it).
     pub verify_pods: Vec<Pod>,
+    /// The image-check pod (trying a new PostgreSQL image).
+    pub check_pods: Vec<Pod>,
     pub pvcs: Vec<PersistentVolumeClaim>,
     pub pooler: Option<Deployment>,
     /// The repository host's Deployment (volume repositories).
@@ -134,6 +136,7 @@ pub async fn observe(
     let pods = cache::select(&caches.pods, ns, &labels::instances_selector(name));
     let pooler_pods = cache::select(&caches.pods, ns, &labels::pooler_selector(name));
     let verify_pods = cache::select(&caches.pods, ns, &labels::verify_selector(name));
+    let check_pods = cache::select(&caches.pods, ns, &labels::image_check_selector(name));
     let pvcs = cache::select(&caches.pvcs, ns, &labels::instances_selector(name));
     let pooler = cache::get(&caches.deployments, ns, &names::pooler(name));
     let repo_host = cache::get(&caches.deployments, ns, &names::repo_host(name));
@@ -192,6 +195,7 @@ pub async fn observe(
         pods,
         pooler_pods,
         verify_pods,
+        check_pods,
         pvcs,
         pooler,
         repo_host,

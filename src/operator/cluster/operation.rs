@@ -9,10 +9,14 @@
 //!    backups (`PostgresBackup` objects, one at a time, oldest first);
 //! 4. instances: failed pods replaced, the primary created and ready
 //!    first, then the replicas;
-//! 5. rolling update of a changed pod spec: replicas one at a time (each
-//!    ready and streaming before the next), then the primary through a
-//!    switchover (or a restart, by `spec.updateStrategy`);
-//! 6. scale down.
+//! 5. a new PostgreSQL image tried in a throwaway pod (the model keeps the
+//!    running image until it passed);
+//! 6. a major upgrade, then a rolling update of a changed pod spec:
+//!    replicas one at a time (each ready and streaming before the next),
+//!    then the primary through a switchover (or a restart, by
+//!    `spec.updateStrategy`);
+//! 7. scale down;
+//! 8. agents brought to the operator's binary in place, one at a time.
 //!
 //! A backup running on the primary holds back the rolling update's
 //! primary step (a restart would fail it); everything else goes on.
@@ -86,6 +90,8 @@ pub enum Operation {
     Backup(super::backup::Step),
     /// The next step of a major upgrade.
     MajorUpgrade(super::upgrade::Step),
+    /// Try a new PostgreSQL image in a throwaway pod first.
+    CheckImage(super::image_check::Step),
     /// Send the operator's binary to one agent, which re-executes into it
     /// (PostgreSQL or PgBouncer keep running).
     UpgradeAgent(super::agent_upgrade::Step),
@@ -177,6 +183,7 @@ impl Operation {
             Operation::AwaitBackup { .. } => "RollingUpdate",
             Operation::MajorUpgrade(_) => "MajorUpgrade",
             Operation::UpgradeAgent(_) => "AgentUpgrade",
+            Operation::CheckImage(_) => "ImageCheck",
         }
     }
 
@@ -192,6 +199,7 @@ impl Operation {
             Operation::Switchover(_) => "Switchover",
             Operation::Backup(_) => "Backup",
             Operation::UpgradeAgent(_) => "UpgradingAgents",
+            Operation::CheckImage(_) => "CheckingImage",
             _ => "RollingUpdate",
         }
     }
@@ -201,6 +209,7 @@ impl Operation {
         match self {
             Operation::Idle => "cluster matches its spec".into(),
             Operation::MajorUpgrade(step) => step.describe(),
+            Operation::CheckImage(step) => step.describe(),
             Operation::UpgradeAgent(step) => format!(
                 "Capstan upgrade: {} {} takes the operator's binary in place (it ran {}); {} keeps running",
                 if step.pooler { "pooler" } else { "instance" },
@@ -346,6 +355,14 @@ pub fn choose(input: &Input<'_>) -> Operation {
     };
     if let Some(op) = instances_step(input) {
         return op;
+    }
+    // Before a new image reaches any instance (the model keeps the old one
+    // until it passed).
+    if let Some(candidate) = &input.model.image_check {
+        return Operation::CheckImage(super::image_check::decide(
+            candidate,
+            &input.observed.check_pods,
+        ));
     }
     if let Some(step) = upgrade::when_settled(input) {
         // The primary stops for the upgrade: a running backup ends first.
@@ -660,6 +677,9 @@ pub fn pods_to_create(model: &Model, op: &Operation, target_primary: &str) -> Ve
         (op, &model.upgrade)
     {
         return vec![crate::resources::upgrade::pod(model, u, name)];
+    }
+    if let Operation::CheckImage(super::image_check::Step::Start(candidate)) = op {
+        return vec![crate::resources::image_check::pod(model, candidate)];
     }
     let Operation::CreateInstances(names) = op else {
         return vec![];

@@ -182,6 +182,10 @@ pub fn plan(
     delete.extend(
         operation::pods_to_delete(&operation)
             .into_iter()
+            .chain(super::image_check::orphans(
+                model.image_check.as_ref(),
+                &observed.check_pods,
+            ))
             .map(Deletion::Pod),
     );
     let (mut create_backups, schedules) =

@@ -396,6 +396,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
         upgrade: r.previous.and_then(|s| s.upgrade.clone()),
+        image_check: r.previous.and_then(|s| s.image_check.clone()),
         backup: super::backup::status(
             model.spec.backup.as_ref(),
             &r.observed.backups,

@@ -10,7 +10,7 @@ use crate::contract::layout::files;
 use crate::pooler::managed as pgbouncer_managed;
 use crate::postgres::parameters as postgres_managed;
 use crate::resources::labels;
-use crate::resources::model::{Images, MajorUpgrade, Model, UpgradeStage};
+use crate::resources::model::{ImageCandidate, Images, MajorUpgrade, Model, UpgradeStage};
 use crate::resources::quantity;
 
 use super::observe::Observed;
@@ -344,6 +344,21 @@ fn check(
             });
         (spec_image, upgrade)
     };
+    let gate = image_gate(
+        postgres_image,
+        upgrade,
+        ImageFacts {
+            data_version,
+            running: running_image(observed).as_deref(),
+            upgrading: record.is_some_and(|r| r.phase == upgrade::UPGRADING),
+            checked: cluster.status.as_ref().and_then(|s| s.image_check.as_ref()),
+            generation,
+        },
+    );
+    let (postgres_image, upgrade, image_check) = (gate.image, gate.upgrade, gate.check);
+    if gate.blocked.is_some() && blocked.is_none() {
+        blocked = gate.blocked;
+    }
 
     // What this build cannot back up to waits (Stalled), and nothing of
     // spec.backup is rendered meanwhile; the database keeps being run.
@@ -378,6 +393,7 @@ fn check(
                     .unwrap_or_else(|| defaults::PGBOUNCER_IMAGE.to_string()),
             },
             postgres_version: data_version,
+            image_check,
             upgrade,
         },
         blocked,
@@ -511,4 +527,119 @@ fn pooler_agent_image(observed: &Observed) -> Option<String> {
         .find(|c| c.name == crate::resources::instance::BINARY_CONTAINER)?
         .image
         .clone()
+}
+
+/// What decides whether a new PostgreSQL image must be tried first.
+struct ImageFacts<'a> {
+    data_version: i32,
+    /// The image the instance pods run (None before the first pod).
+    running: Option<&'a str>,
+    /// A major upgrade was started already (it is past its checks).
+    upgrading: bool,
+    checked: Option<&'a crate::api::ImageCheckStatus>,
+    generation: i64,
+}
+
+struct Gate {
+    image: String,
+    upgrade: Option<MajorUpgrade>,
+    check: Option<ImageCandidate>,
+    blocked: Option<Blocked>,
+}
+
+/// A new image of the running major, or a major upgrade's image, is run
+/// by an image-check pod before any instance gets it. Until it passed, the
+/// instances keep their image (and an upgrade does not start); a failed
+/// check stalls the cluster with the image's own words, and is tried again
+/// after the next change to the spec.
+fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_>) -> Gate {
+    let candidate = match (&upgrade, facts.running) {
+        (Some(u), _) if u.stage == UpgradeStage::Preparing && !facts.upgrading => {
+            Some(ImageCandidate {
+                image: u.image.clone(),
+                major: u.to,
+            })
+        }
+        (None, Some(running)) if running != image => Some(ImageCandidate {
+            image: image.clone(),
+            major: facts.data_version,
+        }),
+        _ => None,
+    };
+    let Some(candidate) = candidate else {
+        return Gate {
+            image,
+            upgrade,
+            check: None,
+            blocked: None,
+        };
+    };
+    let result = facts
+        .checked
+        .filter(|c| c.image == candidate.image && c.major == candidate.major);
+    if result.is_some_and(|c| c.passed) {
+        return Gate {
+            image,
+            upgrade,
+            check: None,
+            blocked: None,
+        };
+    }
+    // Nothing moves: the image the instances run stays, no upgrade starts.
+    let keep = match (&upgrade, facts.running) {
+        (Some(u), _) => u.old_image.clone(),
+        (None, Some(running)) => running.to_string(),
+        (None, None) => image,
+    };
+    match result.filter(|c| c.generation == facts.generation) {
+        Some(failed) => {
+            let back = if candidate.major > facts.data_version {
+                format!(
+                    "set spec.postgres.image to an image of PostgreSQL {}, or spec.postgres.version back to {}",
+                    candidate.major, facts.data_version
+                )
+            } else {
+                format!(
+                    "set spec.postgres.image to an image of PostgreSQL {} (or back to {keep})",
+                    candidate.major
+                )
+            };
+            Gate {
+                image: keep.clone(),
+                upgrade: None,
+                check: None,
+                blocked: Some(Blocked {
+                    reason: "ImageCheckFailed",
+                    message: format!(
+                        "image {} cannot be used for PostgreSQL {}: {}. Nothing was changed: the instances run {keep}; {back}",
+                        candidate.image, candidate.major, failed.message
+                    ),
+                }),
+            }
+        }
+        None => Gate {
+            image: keep,
+            upgrade: None,
+            check: Some(candidate),
+            blocked: None,
+        },
+    }
+}
+
+/// PostgreSQL refused `spec.postgres.parameters` on an instance (its
+/// manager asked `postgres -C` before writing them): every instance keeps
+/// the parameters it runs with, and the cluster says why until the spec
+/// changes.
+pub fn refused_parameters(
+    reports: &std::collections::BTreeMap<String, crate::contract::instance::InstanceReport>,
+) -> Option<Blocked> {
+    let (instance, words) = reports
+        .iter()
+        .find_map(|(name, r)| Some((name, r.parameters_refused.as_deref()?)))?;
+    Some(Blocked {
+        reason: "ParametersRefused",
+        message: format!(
+            "PostgreSQL refuses spec.postgres.parameters ({instance}: {words}); every instance keeps running with the parameters it has: fix the value in spec.postgres.parameters"
+        ),
+    })
 }

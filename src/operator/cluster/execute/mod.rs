@@ -22,6 +22,7 @@ use tracing::warn;
 mod agent_upgrade;
 mod backup;
 mod failover;
+mod image_check;
 mod switchover;
 mod upgrade;
 mod verify;
@@ -128,6 +129,7 @@ impl Executor<'_> {
                 Ok(Next::Continue)
             }
             Operation::MajorUpgrade(step) => self.upgrade(step, status).await,
+            Operation::CheckImage(step) => self.check_image(step).await,
             Operation::UpgradeAgent(step) => {
                 self.upgrade_agent(step).await;
                 Ok(Next::Continue)

@@ -212,6 +212,8 @@ fn a_raised_major_is_an_upgrade_that_keeps_the_running_version_until_the_primary
     c.metadata.generation = Some(4);
     c.status = Some(PostgresClusterStatus {
         postgres_version: Some(16),
+        // The new image passed its check (see the next test).
+        image_check: Some(passed("docker.io/library/postgres:17-bookworm", 17)),
         ..PostgresClusterStatus::default()
     });
     let v = check(&c).unwrap();
@@ -292,4 +294,135 @@ fn a_raised_major_is_an_upgrade_that_keeps_the_running_version_until_the_primary
     let e = check(&c).unwrap_err();
     assert_eq!(e.field, "spec.postgres.version");
     assert!(e.message.contains("set it back to 16"), "{}", e.message);
+}
+
+fn passed(image: &str, major: i32) -> crate::api::ImageCheckStatus {
+    crate::api::ImageCheckStatus {
+        image: image.into(),
+        major,
+        passed: true,
+        message: format!("PostgreSQL {major}.1"),
+        generation: 1,
+        checked_at: "2026-12-06T00:00:00Z".into(),
+    }
+}
+
+/// Instance pods running `image`, as the watch cache has them.
+fn running(image: &str) -> Observed {
+    let model = check(&cluster(base())).unwrap().model;
+    let mut pod = crate::resources::instance::pod(&model, "db-1", "primary");
+    for c in &mut pod.spec.as_mut().unwrap().containers {
+        if c.name == "postgres" {
+            c.image = Some(image.into());
+        }
+    }
+    Observed {
+        pods: vec![pod],
+        ..Observed::default()
+    }
+}
+
+#[test]
+fn a_new_image_is_tried_before_any_instance_gets_it() {
+    let mut spec = base();
+    spec["postgres"]["image"] = json!("registry.example/pg:17.9");
+    let mut c = cluster(spec);
+    c.metadata.generation = Some(3);
+    c.status = Some(PostgresClusterStatus {
+        postgres_version: Some(17),
+        ..PostgresClusterStatus::default()
+    });
+    let observed = running("registry.example/pg:17.8");
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    // Not yet tried: the instances keep theirs, a check is asked for.
+    assert_eq!(v.model.images.postgres, "registry.example/pg:17.8");
+    assert_eq!(
+        v.model.image_check,
+        Some(ImageCandidate {
+            image: "registry.example/pg:17.9".into(),
+            major: 17
+        })
+    );
+    assert!(v.blocked.is_none());
+
+    // Failed for this generation: Stalled, nothing changes, the way back named.
+    let mut failed = passed("registry.example/pg:17.9", 17);
+    failed.passed = false;
+    failed.generation = 3;
+    failed.message = "the binaries in /usr/lib/postgresql/16/bin are PostgreSQL 16".into();
+    c.status.as_mut().unwrap().image_check = Some(failed.clone());
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    let blocked = v.blocked.unwrap();
+    assert_eq!(blocked.reason, "ImageCheckFailed");
+    assert!(
+        blocked.message.contains("PostgreSQL 16"),
+        "{}",
+        blocked.message
+    );
+    assert!(
+        blocked.message.contains("registry.example/pg:17.8"),
+        "names what runs: {}",
+        blocked.message
+    );
+    assert_eq!(v.model.images.postgres, "registry.example/pg:17.8");
+    assert_eq!(v.model.image_check, None, "not tried again for this spec");
+    // Any change of the spec tries again.
+    c.metadata.generation = Some(4);
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    assert!(v.blocked.is_none() && v.model.image_check.is_some());
+
+    // Passed: the rolling update may give it to the instances.
+    c.status.as_mut().unwrap().image_check = Some(passed("registry.example/pg:17.9", 17));
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    assert_eq!(v.model.images.postgres, "registry.example/pg:17.9");
+    assert_eq!(v.model.image_check, None);
+    // The same image as running: nothing to try.
+    let same = validate(&c, &running("registry.example/pg:17.9"), "capstan:1").unwrap();
+    assert_eq!(same.model.image_check, None);
+}
+
+#[test]
+fn a_major_upgrade_starts_only_after_its_image_passed() {
+    let mut c = cluster(base());
+    c.metadata.generation = Some(2);
+    c.status = Some(PostgresClusterStatus {
+        postgres_version: Some(16),
+        ..PostgresClusterStatus::default()
+    });
+    let observed = running("docker.io/library/postgres:16-bookworm");
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    assert_eq!(v.model.upgrade, None, "no upgrade before the check");
+    assert_eq!(v.model.postgres_version, 16);
+    assert_eq!(
+        v.model.image_check,
+        Some(ImageCandidate {
+            image: "docker.io/library/postgres:17-bookworm".into(),
+            major: 17
+        })
+    );
+    let mut failed = passed("docker.io/library/postgres:17-bookworm", 17);
+    failed.passed = false;
+    failed.generation = 2;
+    c.status.as_mut().unwrap().image_check = Some(failed);
+    let blocked = validate(&c, &observed, "capstan:1")
+        .unwrap()
+        .blocked
+        .unwrap();
+    assert_eq!(blocked.reason, "ImageCheckFailed");
+    assert!(
+        blocked.message.contains("spec.postgres.version back to 16"),
+        "{}",
+        blocked.message
+    );
+    c.status.as_mut().unwrap().image_check =
+        Some(passed("docker.io/library/postgres:17-bookworm", 17));
+    let up = validate(&c, &observed, "capstan:1")
+        .unwrap()
+        .model
+        .upgrade
+        .unwrap();
+    assert_eq!(
+        (up.from, up.to, up.stage),
+        (16, 17, UpgradeStage::Preparing)
+    );
 }
