@@ -357,17 +357,23 @@ fn kubelet(w: &mut World, writers: &mut Writers, calls: &[controller_support::Ca
 }
 
 /// An image-check pod as the kubelet leaves it: its check ran and passed
-/// (any image runs the major it is asked for here).
+/// (any image runs the major it is asked for here, except images named
+/// `…wrong…`, which run PostgreSQL 15).
 fn image_checked(pod: &Pod) -> Option<Pod> {
     let labels = pod.metadata.labels.as_ref()?;
     if labels.get(labels::COMPONENT).map(String::as_str) != Some(labels::COMPONENT_IMAGE_CHECK) {
         return None;
     }
-    let major = &pod.metadata.annotations.as_ref()?[labels::MAJOR_ANNOTATION];
+    let annotations = pod.metadata.annotations.as_ref()?;
+    let major = &annotations[labels::MAJOR_ANNOTATION];
+    let wrong = annotations[labels::IMAGE_ANNOTATION].contains("wrong");
     let result = capstan::contract::image_check::ImageCheckResult {
-        passed: true,
-        version: Some(format!("{major}.6")),
-        ..Default::default()
+        passed: !wrong,
+        version: Some(if wrong { "15.8".into() } else { format!("{major}.6") }),
+        error: wrong.then(|| {
+            format!("the binaries in /usr/lib/postgresql/15/bin are PostgreSQL 15, but the cluster runs PostgreSQL {major}")
+        }),
+        pgbackrest: None,
     };
     let mut pod = pod.clone();
     pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
@@ -1078,4 +1084,43 @@ async fn a_new_operator_binary_reaches_every_agent_in_place_and_recreates_no_pod
         assert_eq!(i["agentBuild"], NEW_BINARY[..12], "{i}");
     }
     assert_eq!(status["proxy"]["agentBuilds"], json!([&NEW_BINARY[..12]]));
+}
+
+#[tokio::test]
+async fn an_image_that_fails_its_check_stalls_and_recreates_nothing() {
+    let mut wrong = spec();
+    wrong["postgres"]["image"] = json!("registry.example/wrong:17");
+    let mut w = World::new(wrong, &spec(), None);
+    let (steps, operations) = roll(&mut w).await;
+    assert_eq!(
+        steps,
+        [
+            "create db-image-check",
+            "status imageCheck",
+            "delete db-image-check"
+        ],
+        "the check, its record, its pod removed; no instance pod touched"
+    );
+    assert!(
+        operations.iter().all(|o| o["type"] == "ImageCheck"),
+        "{operations:#?}"
+    );
+    let status = w.api.status();
+    assert_eq!(status["imageCheck"]["passed"], false);
+    let stalled = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()
+        .clone();
+    assert_eq!(stalled["status"], "True", "{stalled}");
+    assert_eq!(stalled["reason"], "ImageCheckFailed");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL 15"),
+        "{stalled}"
+    );
 }

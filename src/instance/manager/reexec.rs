@@ -82,6 +82,12 @@ impl<A: Authority> Manager<A> {
                 return;
             }
         };
+        // Its port would still be taken in the new image.
+        self.stop_backrest_server();
+        let _ = reply.send(Ok(()));
+        tokio::time::sleep(ANSWER_FLUSH).await;
+        // Taken last: the keeper renewed meanwhile, and the new image's
+        // fence bound counts from the latest renewal.
         let handover = Handover {
             postgres,
             lease_valid_from: self.shared.lease.valid_from().map(|from| {
@@ -91,10 +97,6 @@ impl<A: Authority> Manager<A> {
             sha256: Some(sha256),
             fencing: self.settings.as_ref().and_then(|s| s.fencing.clone()),
         };
-        // Its port would still be taken in the new image.
-        self.stop_backrest_server();
-        let _ = reply.send(Ok(()));
-        tokio::time::sleep(ANSWER_FLUSH).await;
         tracing::info!(
             operation = "agent-upgrade",
             postgres = ?handover.postgres.as_ref().map(|p| p.pid),

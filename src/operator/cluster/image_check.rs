@@ -47,6 +47,10 @@ impl Step {
     }
 }
 
+/// A check pod without a result after this long (unschedulable, a pull
+/// that never ends) fails the check.
+pub const RESULT_WITHIN_SECS: i64 = 600;
+
 /// Waiting reasons that do not go away by themselves.
 const CANNOT_START: &[&str] = &[
     "ImagePullBackOff",
@@ -63,7 +67,7 @@ pub fn checks(pod: &Pod, candidate: &ImageCandidate) -> bool {
         && get(labels::MAJOR_ANNOTATION) == Some(candidate.major.to_string().as_str())
 }
 
-pub fn decide(candidate: &ImageCandidate, pods: &[Pod]) -> Step {
+pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
     let Some(pod) = pods
         .iter()
         .find(|p| checks(p, candidate) && p.metadata.deletion_timestamp.is_none())
@@ -141,6 +145,29 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod]) -> Step {
             ),
         );
     }
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second());
+    if created.is_some_and(|c| now - c > RESULT_WITHIN_SECS) {
+        let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();
+        let why = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.status == "False")
+            .filter_map(|c| c.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return record(
+            false,
+            format!(
+                "the check pod gave no result within {RESULT_WITHIN_SECS} s (phase {phase}{}{why})",
+                if why.is_empty() { "" } else { ": " }
+            ),
+        );
+    }
     Step::Wait(candidate.clone())
 }
 
@@ -195,9 +222,9 @@ mod tests {
 
     #[test]
     fn no_pod_starts_one_and_a_running_one_is_waited_for() {
-        assert_eq!(decide(&candidate(), &[]), Step::Start(candidate()));
+        assert_eq!(decide(&candidate(), &[], 0), Step::Start(candidate()));
         let running = image_check::pod(&model(), &candidate());
-        assert_eq!(decide(&candidate(), &[running]), Step::Wait(candidate()));
+        assert_eq!(decide(&candidate(), &[running], 0), Step::Wait(candidate()));
     }
 
     #[test]
@@ -207,7 +234,11 @@ mod tests {
             version: Some("17.9".into()),
             ..ImageCheckResult::default()
         };
-        let step = decide(&candidate(), &[with(ended(&ok.to_message(), 0), "check")]);
+        let step = decide(
+            &candidate(),
+            &[with(ended(&ok.to_message(), 0), "check")],
+            0,
+        );
         assert_eq!(
             step,
             Step::Record {
@@ -223,7 +254,11 @@ mod tests {
         };
         let Step::Record {
             passed, message, ..
-        } = decide(&candidate(), &[with(ended(&bad.to_message(), 1), "check")])
+        } = decide(
+            &candidate(),
+            &[with(ended(&bad.to_message(), 1), "check")],
+            0,
+        )
         else {
             panic!("recorded")
         };
@@ -235,6 +270,7 @@ mod tests {
         } = decide(
             &candidate(),
             &[with(ended("exec format error", 126), "check")],
+            0,
         )
         else {
             panic!("recorded")
@@ -256,16 +292,52 @@ mod tests {
         };
         let Step::Record {
             passed, message, ..
-        } = decide(&candidate(), &[with(waiting("ImagePullBackOff"), "check")])
+        } = decide(
+            &candidate(),
+            &[with(waiting("ImagePullBackOff"), "check")],
+            0,
+        )
         else {
             panic!("recorded")
         };
         assert!(!passed && message.contains("manifest unknown"), "{message}");
         // A first failed pull may be a hiccup: the kubelet tries again.
         assert_eq!(
-            decide(&candidate(), &[with(waiting("ErrImagePull"), "check")]),
+            decide(&candidate(), &[with(waiting("ErrImagePull"), "check")], 0),
             Step::Wait(candidate())
         );
+    }
+
+    #[test]
+    fn a_pod_that_never_gives_a_result_fails_the_check() {
+        let mut pod = image_check::pod(&model(), &candidate());
+        let created = jiff::Timestamp::from_second(1_000_000).unwrap();
+        pod.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+        );
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                message: Some("0/3 nodes are available: 3 Insufficient memory".into()),
+                ..Default::default()
+            }]),
+            ..PodStatus::default()
+        });
+        let pods = std::slice::from_ref(&pod);
+        assert_eq!(
+            decide(&candidate(), pods, 1_000_000 + 60),
+            Step::Wait(candidate())
+        );
+        let Step::Record {
+            passed, message, ..
+        } = decide(&candidate(), pods, 1_000_000 + RESULT_WITHIN_SECS + 1)
+        else {
+            panic!("recorded")
+        };
+        assert!(!passed);
+        assert!(message.contains("Insufficient memory"), "{message}");
     }
 
     #[test]
@@ -283,6 +355,6 @@ mod tests {
         assert_eq!(orphans(None, &[pod]), vec!["db-image-check".to_string()]);
         // A pod for another image is not followed.
         let old = image_check::pod(&model(), &other);
-        assert_eq!(decide(&candidate(), &[old]), Step::Start(candidate()));
+        assert_eq!(decide(&candidate(), &[old], 0), Step::Start(candidate()));
     }
 }

@@ -362,6 +362,7 @@ pub fn choose(input: &Input<'_>) -> Operation {
         return Operation::CheckImage(super::image_check::decide(
             candidate,
             &input.observed.check_pods,
+            input.observed.now,
         ));
     }
     if let Some(step) = upgrade::when_settled(input) {
