@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSecurityContext, PodSpec, SeccompProfile,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 
-use super::instance::{copy_binary_container, empty_dir, mount, restricted_security_context};
+use super::instance::{
+    copy_binary_container, empty_dir, mount, postgres_pod_security, restricted_security_context,
+};
 use super::labels;
 use super::model::{ImageCandidate, Model};
 use super::names;
@@ -73,17 +73,7 @@ pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
             enable_service_links: Some(false),
             active_deadline_seconds: Some(DEADLINE_SECONDS),
             termination_grace_period_seconds: Some(5),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(layout::POSTGRES_UID),
-                run_as_group: Some(layout::POSTGRES_UID),
-                fs_group: Some(layout::POSTGRES_UID),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(postgres_pod_security()),
             init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
             containers: vec![container],
             volumes: Some(vec![empty_dir("bin", false), empty_dir("tmp", false)]),
