@@ -53,10 +53,15 @@ pub enum BinaryError {
     Handover(String),
 }
 
-/// The executable this process runs from (its path, not `/proc/self/exe`,
-/// which names the file even after it was replaced).
+/// The path this process runs from. Once a new binary was put there (and
+/// the exec did not happen), the kernel names the old file "… (deleted)":
+/// the path is still the one to replace.
 fn running_path() -> Option<PathBuf> {
-    std::env::current_exe().ok()
+    let path = std::env::current_exe().ok()?;
+    let text = path.to_str()?;
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(text),
+    ))
 }
 
 fn replaceable_path() -> PathBuf {

@@ -43,6 +43,34 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The operator's own last step writes, which a reconcile waits for.
     pub own_writes: OwnWrites,
+    /// Agents (by pod uid) sent this operator's binary, and when: the
+    /// reports show the new build a moment later, after the exec.
+    pub binary_sent: BinarySent,
+}
+
+/// When each agent (by pod uid) was last sent the operator's binary.
+#[derive(Default)]
+pub struct BinarySent(Mutex<HashMap<String, std::time::Instant>>);
+
+impl BinarySent {
+    /// How long an agent that took the binary has to report it before it
+    /// is sent again.
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn sent(&self, uid: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, at| at.elapsed() < Self::SETTLE);
+        map.insert(uid.to_string(), std::time::Instant::now());
+    }
+
+    /// Sent within [`Self::SETTLE`]: wait for its report instead.
+    pub fn recently(&self, uid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < Self::SETTLE)
+    }
 }
 
 /// resourceVersion of each cluster's last operation-step status write (by
@@ -105,6 +133,7 @@ impl Context {
             agents: Box::new(Https),
             failures: Mutex::new(HashMap::new()),
             own_writes: OwnWrites::default(),
+            binary_sent: BinarySent::default(),
         }
     }
 

@@ -22,6 +22,23 @@ impl Executor<'_> {
         else {
             return;
         };
+        let pods = if step.pooler {
+            &self.observed.pooler_pods
+        } else {
+            &self.observed.pods
+        };
+        let Some(uid) = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(step.pod.as_str()))
+            .and_then(|p| p.metadata.uid.clone().or_else(|| p.metadata.name.clone()))
+        else {
+            return;
+        };
+        // It took the binary a moment ago and is re-executing: its report
+        // shows the new build next, not a reason to send it again.
+        if self.ctx.binary_sent.recently(&uid) {
+            return;
+        }
         let endpoint = if step.pooler {
             self.poolers().into_iter().find(|ep| ep.name == step.pod)
         } else {
@@ -40,6 +57,7 @@ impl Executor<'_> {
         let started = std::time::Instant::now();
         match client.replace_binary(&endpoint, &sha256, binary).await {
             Ok(()) => {
+                self.ctx.binary_sent.sent(&uid);
                 info!(cluster = %self.model.name, pod = %step.pod, operation = "agent-upgrade", bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "agent took the new binary");
                 let message = format!(
                     "{} took the operator's binary ({} → {}) and re-executes in place; {} keeps running",
