@@ -80,8 +80,9 @@ pub struct Options {
     pub shutdown_timeout: Duration,
 }
 
-/// What one supervisor image passes to the next across `exec`.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+/// What one supervisor image passes to the next across `exec`. No Debug:
+/// it carries the admin password.
+#[derive(serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Handover {
     /// The running PgBouncer (our child still).
