@@ -478,6 +478,15 @@ impl HaCluster {
     }
 }
 
+/// The instances `status.instances` lists, by name.
+pub fn instance_names(c: &PostgresCluster) -> Vec<String> {
+    c.status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .map(|i| i.name.clone())
+        .collect()
+}
+
 pub fn current_primary(c: &PostgresCluster) -> Option<&String> {
     c.status.as_ref()?.current_primary.as_ref()
 }

@@ -99,12 +99,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let ha = HaCluster::create(target, &spec).await?;
     let target = &*target;
     let c = ha.get(target).await?;
-    let instances: Vec<String> = c
-        .status
-        .iter()
-        .flat_map(|s| &s.instances)
-        .map(|i| i.name.clone())
-        .collect();
+    let instances = ha::instance_names(&c);
     assert_eq!(instances.len(), 3, "{}", ha::status_summary(&c));
     let admin = superuser_in_app_db(target, &ha).await?;
     exec(

@@ -242,12 +242,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let primary = ha::current_primary(&c)
         .cloned()
         .ok_or_else(|| E2eError::Check("no current primary".into()))?;
-    let instances: Vec<String> = c
-        .status
-        .iter()
-        .flat_map(|s| &s.instances)
-        .map(|i| i.name.clone())
-        .collect();
+    let instances = ha::instance_names(&c);
     assert_eq!(instances.len(), 3, "{}", ha::status_summary(&c));
     let replicas: Vec<&str> = instances
         .iter()

@@ -88,12 +88,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let old_primary = ha::current_primary(&c)
         .cloned()
         .ok_or_else(|| E2eError::Check("no current primary".into()))?;
-    let instances: Vec<String> = c
-        .status
-        .iter()
-        .flat_map(|s| &s.instances)
-        .map(|i| i.name.clone())
-        .collect();
+    let instances = ha::instance_names(&c);
     assert_eq!(instances.len(), 3, "{}", ha::status_summary(&c));
 
     let bench = Pgbench::new(&pgbench, &ha, &ha.pooler(target).await?)?;
@@ -190,12 +185,7 @@ async fn lowered(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let primary = ha::current_primary(&c)
         .cloned()
         .ok_or_else(|| E2eError::Check("no current primary".into()))?;
-    let instances: Vec<String> = c
-        .status
-        .iter()
-        .flat_map(|s| &s.instances)
-        .map(|i| i.name.clone())
-        .collect();
+    let instances = ha::instance_names(&c);
     let before = ha.pod_uids(target).await?;
     // The example runs 200.
     let patch =
