@@ -3,13 +3,17 @@
 //! the target of a major upgrade). It checks that the image's `postgres`
 //! is the major the cluster needs and, with backups, that it has a usable
 //! pgBackRest; the result goes to the termination message. Exits non-zero
-//! when the image cannot be used.
+//! when the image cannot be used. For a major upgrade it also rehearses the
+//! upgrade on a copy of the running primary
+//! ([`crate::instance::upgrade_check`]).
 
 use std::path::PathBuf;
 
-use crate::contract::image_check::ImageCheckResult;
+use crate::contract::image_check::{ImageCheckResult, UpgradeRehearsal};
 use crate::contract::layout;
+use crate::contract::settings::InstanceSettings;
 use crate::instance::binaries::{self, Binaries};
+use crate::instance::upgrade_check::Rehearsal;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -26,6 +30,26 @@ pub struct Args {
     /// Where the result goes (the container's `terminationMessagePath`).
     #[arg(long, default_value = layout::TERMINATION_LOG)]
     pub termination_log: PathBuf,
+    /// A major upgrade from this major: rehearse it (pg_upgrade --check and
+    /// --link) on a copy of the running primary.
+    #[arg(long)]
+    pub upgrade_from: Option<u32>,
+    /// The old major's installation, copied from its image.
+    #[arg(long, env = "CAPSTAN_OLD_POSTGRES_DIR", default_value = layout::OLD_POSTGRES_DIR)]
+    pub old_postgres_dir: PathBuf,
+    /// Directory of the mounted ConfigMap (holds `instance.json`: how to
+    /// reach the primary).
+    #[arg(long, env = "CAPSTAN_CONFIG_DIR", default_value = layout::CONFIG_DIR)]
+    pub config_dir: PathBuf,
+    /// Holds `replication/`, the certificate the copy is taken with.
+    #[arg(long, env = "CAPSTAN_TLS_DIR", default_value = layout::TLS_DIR)]
+    pub tls_dir: PathBuf,
+    /// Where the copy is made (emptied first).
+    #[arg(long, default_value = layout::UPGRADE_CHECK_SCRATCH)]
+    pub scratch: PathBuf,
+    /// Port of the copy's private servers (Unix socket in the scratch only).
+    #[arg(long, default_value_t = layout::POSTGRES_PORT)]
+    pub port: u16,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -68,10 +92,70 @@ pub async fn check(args: &Args) -> ImageCheckResult {
             Err(e) => {
                 result.passed = false;
                 result.error = Some(e.to_string());
+                return result;
+            }
+        }
+    }
+    if let Some(from) = args.upgrade_from {
+        match rehearse(args, bins, from).await {
+            Ok(r) => result.upgrade = Some(r),
+            Err(e) => {
+                result.passed = false;
+                result.error = Some(e);
             }
         }
     }
     result
+}
+
+/// pg_upgrade from `from` to `new`, on a copy of the running primary.
+async fn rehearse(args: &Args, new: Binaries, from: u32) -> Result<UpgradeRehearsal, String> {
+    let dir = binaries::old_bin_dir(&args.old_postgres_dir, from);
+    let old = Binaries::resolve(Some(&dir), from as i32)
+        .await
+        .map_err(|e| {
+            format!("the PostgreSQL {from} binaries copied from the running image: {e}")
+        })?;
+    let path = args.config_dir.join(layout::files::INSTANCE_SETTINGS);
+    let settings: InstanceSettings = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e}; the pod mounts the cluster's ConfigMap there",
+                path.display()
+            )
+        })?;
+    let rehearsal = Rehearsal {
+        settings,
+        old,
+        new,
+        scratch: args.scratch.clone(),
+        tls_dir: args.tls_dir.clone(),
+        config_dir: args.config_dir.clone(),
+        port: args.port,
+    };
+    tracing::info!(
+        from,
+        to = rehearsal.new.major,
+        "rehearsing the major upgrade on a copy of the primary"
+    );
+    let done = rehearsal.run().await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        from,
+        to = rehearsal.new.major,
+        link_bytes = done.link_bytes,
+        "the upgrade rehearsal passed"
+    );
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(UpgradeRehearsal {
+        from,
+        database_bytes: done.database_bytes,
+        link_bytes: done.link_bytes,
+        copy_ms: ms(done.copy),
+        pg_upgrade_ms: ms(done.pg_upgrade),
+        extensions: done.extensions,
+    })
 }
 
 #[cfg(test)]
@@ -84,6 +168,12 @@ mod tests {
             pgbackrest: false,
             pg_bin_dir: Some(dir.to_path_buf()),
             termination_log: dir.join("termination-log"),
+            upgrade_from: None,
+            old_postgres_dir: dir.join("old"),
+            config_dir: dir.join("config"),
+            tls_dir: dir.join("tls"),
+            scratch: dir.join("scratch"),
+            port: 5432,
         }
     }
 

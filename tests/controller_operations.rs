@@ -366,14 +366,41 @@ fn image_checked(pod: &Pod) -> Option<Pod> {
     }
     let annotations = pod.metadata.annotations.as_ref()?;
     let major = &annotations[labels::MAJOR_ANNOTATION];
-    let wrong = annotations[labels::IMAGE_ANNOTATION].contains("wrong");
+    let image = &annotations[labels::IMAGE_ANNOTATION];
+    let wrong = image.contains("wrong");
+    // A major upgrade is rehearsed; images named `…regproc…` meet data
+    // pg_upgrade refuses.
+    let from = annotations.get(labels::UPGRADE_FROM_ANNOTATION);
+    let refused = from.is_some() && image.contains("regproc");
     let result = capstan::contract::image_check::ImageCheckResult {
-        passed: !wrong,
-        version: Some(if wrong { "15.8".into() } else { format!("{major}.6") }),
-        error: wrong.then(|| {
-            format!("the binaries in /usr/lib/postgresql/15/bin are PostgreSQL 15, but the cluster runs PostgreSQL {major}")
+        passed: !wrong && !refused,
+        version: Some(if wrong {
+            "15.8".into()
+        } else {
+            format!("{major}.6")
         }),
+        error: if wrong {
+            Some(format!(
+                "the binaries in /usr/lib/postgresql/15/bin are PostgreSQL 15, but the cluster runs PostgreSQL {major}"
+            ))
+        } else if refused {
+            Some(format!(
+                "pg_upgrade from PostgreSQL 17 to {major} refused: Checking data type usage failed check: Checking for reg* data types in user tables"
+            ))
+        } else {
+            None
+        },
         pgbackrest: None,
+        upgrade: from.filter(|_| !wrong && !refused).map(|from| {
+            capstan::contract::image_check::UpgradeRehearsal {
+                from: from.parse().unwrap(),
+                database_bytes: 900 << 20,
+                link_bytes: 50 << 20,
+                copy_ms: 9000,
+                pg_upgrade_ms: 2000,
+                extensions: vec!["pg_stat_statements 1.11".into()],
+            }
+        }),
     };
     let mut pod = pod.clone();
     pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
@@ -572,6 +599,8 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
     );
     assert_eq!(w.api.status()["imageCheck"]["passed"], true);
     assert_eq!(w.api.status()["imageCheck"]["major"], 18);
+    assert_eq!(w.api.status()["imageCheck"]["upgradeFrom"], 17);
+    assert_eq!(w.api.status()["imageCheck"]["linkBytes"], 50 << 20);
     assert!(kinds.contains(&"MajorUpgrade".to_string()), "{kinds:?}");
     let status = w.api.status();
     assert_eq!(status["postgresVersion"], 18);
@@ -589,6 +618,75 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
             "{name} runs the 18 image"
         );
     }
+}
+
+/// The Stalled condition after a few reconciles, and the steps taken.
+async fn stalled_upgrade(w: &mut World) -> (Vec<String>, Value) {
+    let (steps, _) = roll(w).await;
+    let status = w.api.status();
+    let stalled = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .cloned()
+        .unwrap_or_default();
+    (steps, stalled)
+}
+
+#[tokio::test]
+async fn a_failed_rehearsal_stalls_the_upgrade_before_anything_stops() {
+    let mut upgraded = spec();
+    upgraded["postgres"]["version"] = json!(18);
+    upgraded["postgres"]["image"] = json!("registry.example/regproc:18");
+    let mut w = World::new(upgraded, &spec(), None);
+    let (steps, stalled) = stalled_upgrade(&mut w).await;
+    assert_eq!(
+        steps,
+        [
+            "create db-image-check",
+            "status imageCheck",
+            "delete db-image-check"
+        ],
+        "rehearsed, recorded, removed; no instance stopped, no pooler paused"
+    );
+    assert_eq!(stalled["status"], "True", "{stalled}");
+    assert_eq!(stalled["reason"], "UpgradeCheckFailed");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("reg* data types") && message.contains("spec.postgres.version back to 17"),
+        "{message}"
+    );
+    assert_eq!(w.api.status()["postgresVersion"], 17);
+}
+
+#[tokio::test]
+async fn an_upgrade_waits_for_room_on_the_primarys_volume() {
+    let mut w = upgrading_world();
+    let mut p = primary("db-1");
+    p.data_volume = Some(capstan::contract::instance::VolumeUsage {
+        size_bytes: 1 << 30,
+        available_bytes: 200 << 20,
+    });
+    w.agents.set(p);
+    let (steps, stalled) = stalled_upgrade(&mut w).await;
+    assert_eq!(
+        steps,
+        [
+            "create db-image-check",
+            "status imageCheck",
+            "delete db-image-check"
+        ],
+        "{steps:#?}"
+    );
+    assert_eq!(stalled["reason"], "UpgradeNeedsSpace", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("200 MiB of 1024 MiB are free"),
+        "{stalled}"
+    );
 }
 
 #[tokio::test]

@@ -235,3 +235,54 @@ async fn parameters_postgres_refuses_are_not_written() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A value `postgres -C` accepts but PostgreSQL cannot start with (more
+/// shared memory than the machine has): the restart that meets it goes
+/// back to the file it last started with, the instance runs, and the
+/// report says why in PostgreSQL's words, until the spec changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_postgres_cannot_start_with_are_rolled_back() {
+    let Some(bin) = pg15_bin() else {
+        eprintln!("skipping: PostgreSQL 15 is not installed in /usr/lib/postgresql/15/bin");
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let s = settings(15, PORTS.take(), &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &bin, pki.clone(), &s);
+    a.set_authority("db-1");
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    let before = show(&a, "shared_buffers").await;
+
+    let mut huge = s.clone();
+    huge.parameters
+        .insert("shared_buffers".into(), "4000000MB".into());
+    a.write_settings(&huge);
+    // Valid for `postgres -C`: written, and waiting for a restart.
+    a.wait_status("the restart pending", Duration::from_secs(30), |r| {
+        r.pending_restart
+    })
+    .await;
+    a.terminate(Duration::from_secs(60));
+    a.start();
+    let r = a
+        .wait_status("started on the old file", Duration::from_secs(90), |r| {
+            r.ready && r.parameters_refused.is_some()
+        })
+        .await;
+    let words = r.parameters_refused.clone().unwrap();
+    assert!(
+        words.contains("cannot start with them") && words.contains("shared memory"),
+        "{words}"
+    );
+    assert_eq!(show(&a, "shared_buffers").await, before);
+    let user = std::fs::read_to_string(a.pgdata().join("capstan-user.conf")).unwrap();
+    assert!(!user.contains("4000000MB"), "{user}");
+
+    // The spec back to what runs: nothing refused any more.
+    a.write_settings(&s);
+    a.wait_status("nothing refused", Duration::from_secs(30), |r| {
+        r.parameters_refused.is_none() && r.ready
+    })
+    .await;
+}

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,5 +228,150 @@ async fn a_primary_upgrades_with_pg_upgrade_and_a_replica_clones_it_again() {
     assert_eq!(
         query_one_text(&b, "SELECT count(*)::text FROM orders").await,
         "5000"
+    );
+}
+
+/// `capstan check-image --upgrade-from 17`, as the upgrade-check pod runs
+/// it: the major upgrade rehearsed on a `pg_basebackup` copy of the
+/// running 17 primary. A library the new image lacks is refused in
+/// pg_upgrade's words, an extension the new image lacks by name; fixed,
+/// it passes and says how much space `--link` needs. The primary serves
+/// throughout (same postmaster) and its data is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_major_upgrade_is_rehearsed_on_a_copy_of_the_running_primary() {
+    let (Some(bin17), Some(bin18)) = (pg_bin(17), pg_bin(18)) else {
+        eprintln!("skipping: set CAPSTAN_PG17_BIN and CAPSTAN_PG18_BIN");
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    chown_tree(scratch.path());
+    let old = old_install_with_probe(&bin17, &scratch.path().join("pg17"));
+    // An SQL-only extension the 17 installation has and 18's has not.
+    let ext = old.join("share/extension");
+    std::fs::write(
+        ext.join("capstan_ext.control"),
+        "default_version = '1.0'\nrelocatable = true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ext.join("capstan_ext--1.0.sql"),
+        "CREATE FUNCTION capstan_ext_answer() RETURNS int AS 'SELECT 42' LANGUAGE sql;\n",
+    )
+    .unwrap();
+    chown_tree(&old);
+    let pki = Arc::new(Pki::new());
+    let primary_port = PORTS.take();
+    let s = settings(17, primary_port, &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &old.join("bin"), pki.clone(), &s);
+    a.pg_port = primary_port;
+    a.set_authority("db-1");
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    let client = a.sql_retry("app", Duration::from_secs(30)).await;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, note text);
+             INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 20000) g;
+             CREATE EXTENSION pg_stat_statements;
+             CREATE EXTENSION capstan_ext;
+             CREATE FUNCTION probe() RETURNS void AS '$libdir/capstan_probe', 'pg_stat_statements_reset' LANGUAGE C;",
+        )
+        .await
+        .unwrap();
+    let postmaster = a.postmaster_pid();
+
+    let check_dir = scratch.path().join("check");
+    std::fs::create_dir_all(&check_dir).unwrap();
+    chown_tree(&check_dir);
+    let check_port = PORTS.take();
+    let check = || {
+        let log = check_dir.join("termination-log");
+        let (uid, gid) = postgres_ids();
+        let out = std::process::Command::new(manager_binary())
+            .arg("check-image")
+            .args(["--major", "18", "--upgrade-from", "17"])
+            .arg("--pg-bin-dir")
+            .arg(&bin18)
+            .arg("--old-postgres-dir")
+            .arg(&old)
+            .arg("--config-dir")
+            .arg(a.root.join("config"))
+            .arg("--tls-dir")
+            .arg(a.root.join("tls"))
+            .arg("--scratch")
+            .arg(check_dir.join("scratch"))
+            .arg("--port")
+            .arg(check_port.to_string())
+            .arg("--termination-log")
+            .arg(&log)
+            .env("RUST_LOG", "info")
+            .env("HOME", &check_dir)
+            .current_dir(&check_dir)
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let result = capstan::contract::image_check::ImageCheckResult::from_message(&text)
+            .unwrap_or_else(|| panic!("a result: {text}"));
+        assert_eq!(out.status.success(), result.passed, "{text}");
+        result
+    };
+
+    let r = check();
+    let words = r.error.clone().unwrap_or_default();
+    eprintln!("refused: {words}");
+    assert!(
+        !r.passed && words.contains("loadable libraries") && words.contains("capstan_probe"),
+        "pg_upgrade's words with the library: {r:?}"
+    );
+    client.batch_execute("DROP FUNCTION probe()").await.unwrap();
+    let r = check();
+    let words = r.error.clone().unwrap_or_default();
+    eprintln!("refused: {words}");
+    assert!(
+        !r.passed && words.contains("capstan_ext (in database app)"),
+        "the extension named: {r:?}"
+    );
+    client
+        .batch_execute("DROP EXTENSION capstan_ext")
+        .await
+        .unwrap();
+    let r = check();
+    assert!(r.passed, "{r:?}");
+    let u = r.upgrade.unwrap();
+    eprintln!(
+        "rehearsal: copy {} ms, pg_upgrade {} ms, database {} bytes, --link writes {} bytes",
+        u.copy_ms, u.pg_upgrade_ms, u.database_bytes, u.link_bytes
+    );
+    assert_eq!(u.from, 17);
+    assert!(
+        u.link_bytes > 0 && u.link_bytes < u.database_bytes,
+        "{} of {}",
+        u.link_bytes,
+        u.database_bytes
+    );
+    assert!(
+        u.extensions
+            .iter()
+            .any(|e| e.starts_with("pg_stat_statements ")),
+        "{:?}",
+        u.extensions
+    );
+
+    // The primary never stopped, and is still 17 with its rows.
+    assert_eq!(a.postmaster_pid(), postmaster);
+    assert_eq!(
+        query_one_text(&a, "SELECT count(*)::text FROM orders").await,
+        "20000"
+    );
+    assert_eq!(
+        query_one_text(
+            &a,
+            "SELECT current_setting('server_version_num')::int / 10000 || ''"
+        )
+        .await,
+        "17"
     );
 }

@@ -15,7 +15,11 @@
 //! by PostgreSQL (asked by each instance manager before it writes a file):
 //! the cluster is `Stalled` (`ParametersRefused`) with PostgreSQL's words,
 //! no pod is re-created, every instance stays ready on its old value; a
-//! valid value clears it and is applied.
+//! valid value clears it and is applied. Then `shared_buffers: 4000000MB`
+//! (valid, but more memory than any node has): the first replica restarted
+//! with it cannot start, goes back to the value it ran with and says so;
+//! the cluster is `Stalled` with PostgreSQL's words, no other pod is
+//! re-created, and setting the value back settles it.
 //!
 //! Runs on the harness and on a real cluster. Needs `pgbench`
 //! (`$CAPSTAN_PGBENCH` or PostgreSQL 15's from Debian).
@@ -296,6 +300,75 @@ async fn refused(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     )
     .await?;
     assert_eq!(ha.pod_uids(target).await?, uids, "no pod re-created");
+
+    // Valid for `postgres -C`, but no node has that much memory: the first
+    // replica restarted with it goes back to the value it ran with, and no
+    // other instance is restarted into it.
+    let started = Instant::now();
+    let primary_name = ha::current_primary(&ha.get(target).await?)
+        .cloned()
+        .unwrap_or_default();
+    let patch =
+        serde_json::json!({"spec": {"postgres": {"parameters": {"shared_buffers": "4000000MB"}}}});
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await?;
+    let (reason, message) = wait_for(
+        "Stalled: an instance cannot start with the value",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            stalled(&ha.get(target).await.ok()?).filter(|(_, m)| m.contains("cannot start"))
+        },
+    )
+    .await?;
+    eprintln!(
+        "[{ns}] rolled back {:.1}s after the patch: {reason}: {message}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(reason, "ParametersRefused");
+    assert!(message.contains("shared memory"), "{message}");
+    wait_for(
+        "every instance ready",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            (c.status.as_ref()?.ready_instances == 3).then_some(())
+        },
+    )
+    .await?;
+    // Some seconds more: nothing else is restarted into the value.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let now = ha.pod_uids(target).await?;
+    let recreated: Vec<&String> = now
+        .iter()
+        .filter(|(name, uid)| uids.get(*name) != Some(*uid))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(recreated.len(), 1, "one pod tried it: {recreated:?}");
+    assert_ne!(recreated[0], &primary_name, "a replica tried it first");
+    for (name, value) in show_everywhere(
+        target,
+        &ha,
+        &ha::instance_names(&ha.get(target).await?),
+        "shared_buffers",
+    )
+    .await?
+    {
+        assert_eq!(value, "256MB", "{name} runs the value it had");
+    }
+    let patch =
+        serde_json::json!({"spec": {"postgres": {"parameters": {"shared_buffers": "256MB"}}}});
+    capstan_e2e::cluster::merge_patch(&target.client(), &ha.ns, &ha.name, &patch).await?;
+    wait_for(
+        "settled on 256MB, not Stalled",
+        ROLLOUT_WITHIN,
+        Duration::from_millis(500),
+        || async {
+            let c = ha.get(target).await.ok()?;
+            (stalled(&c).is_none() && settled(&c)).then_some(())
+        },
+    )
+    .await?;
     ha.delete(target).await
 }
 

@@ -139,6 +139,14 @@ pub struct ImageCheckStatus {
     pub generation: i64,
     /// RFC 3339.
     pub checked_at: String,
+    /// A major upgrade from this version was rehearsed on a copy of the
+    /// primary (pg_upgrade --check and --link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_from: Option<i32>,
+    /// What the rehearsed `pg_upgrade --link` wrote besides the linked
+    /// files: the free space the primary's data volume needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_bytes: Option<i64>,
 }
 
 /// A major-version upgrade, started by raising `spec.postgres.version`.

@@ -20,6 +20,26 @@ pub struct ImageCheckResult {
     /// Why the image cannot be used, with the fix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The major upgrade rehearsed on a copy of the primary, when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeRehearsal>,
+}
+
+/// pg_upgrade run on a copy of the primary by the check pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeRehearsal {
+    pub from: u32,
+    /// The copy's size (data and WAL).
+    pub database_bytes: u64,
+    /// What `pg_upgrade --link` wrote besides the linked files: the free
+    /// space the primary's data volume needs.
+    pub link_bytes: u64,
+    pub copy_ms: u64,
+    pub pg_upgrade_ms: u64,
+    /// `name version` of each extension.
+    #[serde(default)]
+    pub extensions: Vec<String>,
 }
 
 impl ImageCheckResult {
@@ -47,6 +67,7 @@ mod tests {
             version: Some("16.4".into()),
             pgbackrest: None,
             error: Some("x".repeat(10_000)),
+            upgrade: None,
         };
         let text = r.to_message();
         assert!(text.len() <= MAX_MESSAGE_BYTES);

@@ -111,6 +111,18 @@ pub struct InstanceReport {
     /// The manager binary this instance runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<super::agent::AgentBuild>,
+    /// The file system of the data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<VolumeUsage>,
+}
+
+/// A file system's size and what is free on it (`statvfs`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeUsage {
+    pub size_bytes: u64,
+    /// Free for an unprivileged writer (what PostgreSQL can use).
+    pub available_bytes: u64,
 }
 
 impl InstanceReport {

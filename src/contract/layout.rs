@@ -66,6 +66,9 @@ pub const BACKREST_DIR: &str = "/var/run/postgresql/pgbackrest";
 pub const VERIFY_MOUNT: &str = "/var/lib/postgresql/verify";
 /// The directory `capstan verify` restores into (created and removed by it).
 pub const VERIFY_SCRATCH: &str = "/var/lib/postgresql/verify/restore";
+/// Scratch emptyDir of a major upgrade's check pod: the primary's copy
+/// that pg_upgrade is rehearsed on.
+pub const UPGRADE_CHECK_SCRATCH: &str = "/var/lib/postgresql/upgrade-check";
 /// Where a verification pod leaves its result (the Kubernetes default
 /// `terminationMessagePath`).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";

@@ -76,6 +76,17 @@ impl Binaries {
     }
 }
 
+/// The old major's `bin` in the copied installation: the image's own
+/// layout (`usr/lib/postgresql/<major>/bin`) or a plain prefix (`bin`).
+pub fn old_bin_dir(root: &Path, major: u32) -> PathBuf {
+    let debian = root.join(format!("usr/lib/postgresql/{major}/bin"));
+    if debian.join("postgres").is_file() {
+        debian
+    } else {
+        root.join("bin")
+    }
+}
+
 fn on_path() -> Option<PathBuf> {
     find_on_path("postgres")
 }
@@ -168,6 +179,17 @@ pub fn parse_version(output: &str) -> Option<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_old_binaries_in_either_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(old_bin_dir(dir.path(), 17), dir.path().join("bin"));
+        let debian = dir.path().join("usr/lib/postgresql/17/bin");
+        std::fs::create_dir_all(&debian).unwrap();
+        std::fs::write(debian.join("postgres"), "").unwrap();
+        assert_eq!(old_bin_dir(dir.path(), 17), debian);
+        assert_eq!(old_bin_dir(dir.path(), 16), dir.path().join("bin"));
+    }
 
     #[test]
     fn parses_postgres_version_lines() {

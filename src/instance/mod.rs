@@ -32,6 +32,7 @@ mod settings;
 mod state;
 mod supervisor;
 mod upgrade;
+pub mod upgrade_check;
 
 use std::sync::Arc;
 

@@ -163,6 +163,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         upgrade: None,
         parameters_refused: None,
         agent: None,
+        data_volume: None,
     }
 }
 

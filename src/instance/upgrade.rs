@@ -267,8 +267,9 @@ impl DataOps<'_> {
             .arg(&self.inputs.run_dir)
             .arg(format!("--jobs={jobs}"))
             .arg("--link")
-            // The old server runs alone: nothing to archive to or wait for.
-            .arg("--old-options=-c archive_mode=off -c synchronous_standby_names='' -c ssl=off");
+            // The old server runs alone: nothing to archive to or wait for,
+            // and it serves only pg_dump (a rehearsal pod has little memory).
+            .arg("--old-options=-c archive_mode=off -c synchronous_standby_names='' -c ssl=off -c shared_buffers=128MB");
         if check {
             command.arg("--check");
         }

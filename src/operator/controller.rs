@@ -113,6 +113,32 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let generation = cluster.metadata.generation.unwrap_or(0);
     let previous = cluster.status.as_ref();
 
+    // Agents exist only once pods do, and their client needs the
+    // operator's certificate. Asked before validating: what an upgrade
+    // may start with depends on the primary's report (its free space).
+    let agents = match (&observed.operator_tls, observed.pods.is_empty()) {
+        (Some(secret), false) => match ctx.agents.connect(secret) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!(cluster = %name, error = %e, "cannot call the instance managers");
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(a) = &agents {
+        let silent = ctx.leases.silent_holder(&namespace, &name);
+        observed.reports = agents::reports(
+            a.as_ref(),
+            &observed.pods,
+            &name,
+            &namespace,
+            silent.as_deref(),
+        )
+        .await;
+        observed.pooler_reports =
+            agents::pooler_reports(a.as_ref(), &observed.pooler_pods, &name, &namespace).await;
+    }
     let validated = match validate(cluster, &observed, &ctx.config.operator_image) {
         Ok(v) => v,
         Err(spec_error) => {
@@ -147,31 +173,6 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(Duration::ZERO));
     }
 
-    // Agents exist only once pods do, and their client needs the
-    // operator's certificate.
-    let agents = match (&observed.operator_tls, observed.pods.is_empty()) {
-        (Some(secret), false) => match ctx.agents.connect(secret) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                warn!(cluster = %name, error = %e, "cannot call the instance managers");
-                None
-            }
-        },
-        _ => None,
-    };
-    if let Some(a) = &agents {
-        let silent = ctx.leases.silent_holder(&namespace, &name);
-        observed.reports = agents::reports(
-            a.as_ref(),
-            &observed.pods,
-            &name,
-            &namespace,
-            silent.as_deref(),
-        )
-        .await;
-        observed.pooler_reports =
-            agents::pooler_reports(a.as_ref(), &observed.pooler_pods, &name, &namespace).await;
-    }
     observed.operator_build = Some(crate::agents::binary::build());
     observed.lease = ctx.leases.view(&namespace, &name);
     // Woken just ahead of an expiry (see `leases::spawn`): wait the rest

@@ -3,23 +3,27 @@
 //! [`crate::image_check`]). A wrong image then costs a Stalled condition
 //! with the reason, not an instance that cannot start, nor a primary
 //! stopped for a major upgrade. It also pulls the image onto a node where
-//! instances run, ahead of the rolling update.
+//! instances run, ahead of the rolling update. For a major upgrade it
+//! rehearses the upgrade on a copy of the running primary (see
+//! [`crate::instance::upgrade_check`]).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 
 use super::instance::{
-    copy_binary_container, empty_dir, mount, postgres_pod_security, restricted_security_context,
+    self, copy_binary_container, empty_dir, mount, postgres_pod_security,
+    restricted_security_context,
 };
-use super::labels;
 use super::model::{ImageCandidate, Model};
-use super::names;
-use crate::contract::layout::{self, env};
+use super::{labels, names, secrets, upgrade};
+use crate::contract::layout::{self, env, files, mounts};
 
 /// The kubelet stops a check running longer than this (a pull that never
 /// ends is reported by the operator sooner, from the pod's status).
 pub const DEADLINE_SECONDS: i64 = 900;
+/// A rehearsal copies the whole database first.
+pub const REHEARSAL_DEADLINE_SECONDS: i64 = 6 * 3600;
 
 pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
     let mut meta = model.child_meta(
@@ -45,6 +49,42 @@ pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
     if model.spec.backup.is_some() {
         command.push("--pgbackrest".into());
     }
+    let mut volume_mounts = vec![
+        mount("bin", layout::BIN_DIR, true),
+        mount("tmp", layout::TMP_DIR, false),
+    ];
+    let mut volumes = vec![empty_dir("bin", false), empty_dir("tmp", false)];
+    let mut init_containers = vec![copy_binary_container(&model.images.operator)];
+    let mut deadline = DEADLINE_SECONDS;
+    if let Some(from) = &candidate.upgrade_from {
+        // The rehearsal: the old binaries (as the upgrade pod has them), the
+        // settings naming the primary, the certificate a replica copies it
+        // with, and room for the copy.
+        command.extend(["--upgrade-from".into(), from.major.to_string()]);
+        meta.annotations.get_or_insert_with(BTreeMap::new).insert(
+            labels::UPGRADE_FROM_ANNOTATION.to_string(),
+            from.major.to_string(),
+        );
+        init_containers.push(upgrade::copy_container(from.major, &from.old_image));
+        let tls = secrets::tls_sources(model);
+        volume_mounts.extend([
+            mount(upgrade::VOLUME, layout::OLD_POSTGRES_DIR, true),
+            mount("config", layout::CONFIG_DIR, true),
+            mount(
+                "replication-tls",
+                &instance::tls_path(mounts::REPLICATION_TLS),
+                true,
+            ),
+            mount("scratch", layout::UPGRADE_CHECK_SCRATCH, false),
+        ]);
+        volumes.extend([
+            empty_dir(upgrade::VOLUME, false),
+            instance::config_volume(model, files::INSTANCE_SETTINGS),
+            secrets::tls_volume("replication-tls", &tls.replication, &tls.ca),
+            empty_dir("scratch", false),
+        ]);
+        deadline = REHEARSAL_DEADLINE_SECONDS;
+    }
     let spec = &model.spec;
     let container = Container {
         name: "check".into(),
@@ -59,10 +99,7 @@ pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
         termination_message_path: Some(layout::TERMINATION_LOG.into()),
         // A crash before the result is written still says something.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![
-            mount("bin", layout::BIN_DIR, true),
-            mount("tmp", layout::TMP_DIR, false),
-        ]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     };
     Pod {
@@ -71,12 +108,12 @@ pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            active_deadline_seconds: Some(DEADLINE_SECONDS),
+            active_deadline_seconds: Some(deadline),
             termination_grace_period_seconds: Some(5),
             security_context: Some(postgres_pod_security()),
-            init_containers: Some(vec![copy_binary_container(&model.images.operator)]),
+            init_containers: Some(init_containers),
             containers: vec![container],
-            volumes: Some(vec![empty_dir("bin", false), empty_dir("tmp", false)]),
+            volumes: Some(volumes),
             // Where instances may run, so may the check (and the pull).
             tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
@@ -96,6 +133,7 @@ mod tests {
         let candidate = ImageCandidate {
             image: "postgres:17.2".into(),
             major: 17,
+            upgrade_from: None,
         };
         let p = pod(&model(), &candidate);
         assert_eq!(p.metadata.name.as_deref(), Some("db-image-check"));
@@ -127,9 +165,60 @@ mod tests {
         let candidate = ImageCandidate {
             image: "localhost/postgres-pgbackrest:17".into(),
             major: 17,
+            upgrade_from: None,
         };
         let p = pod(&m, &candidate);
         let command = p.spec.unwrap().containers[0].command.clone().unwrap();
         assert!(command.contains(&"--pgbackrest".to_string()), "{command:?}");
+    }
+
+    #[test]
+    fn a_major_upgrade_is_rehearsed_with_the_old_binaries_and_the_replication_certificate() {
+        let candidate = ImageCandidate {
+            image: "postgres:18".into(),
+            major: 18,
+            upgrade_from: Some(crate::resources::model::UpgradeFrom {
+                major: 17,
+                old_image: "postgres:17".into(),
+            }),
+        };
+        let p = pod(&model(), &candidate);
+        assert_eq!(
+            p.metadata.annotations.as_ref().unwrap()[labels::UPGRADE_FROM_ANNOTATION],
+            "17"
+        );
+        let spec = p.spec.unwrap();
+        assert_eq!(
+            spec.active_deadline_seconds,
+            Some(REHEARSAL_DEADLINE_SECONDS)
+        );
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.command.as_ref().unwrap()[1..],
+            ["check-image", "--major", "18", "--upgrade-from", "17"]
+        );
+        let inits = spec.init_containers.unwrap();
+        assert_eq!(inits[1].name, upgrade::COPY_CONTAINER);
+        assert_eq!(inits[1].image.as_deref(), Some("postgres:17"));
+        let mounted: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        for path in [
+            layout::OLD_POSTGRES_DIR,
+            layout::CONFIG_DIR,
+            layout::UPGRADE_CHECK_SCRATCH,
+            "/etc/capstan/tls/replication",
+        ] {
+            assert!(mounted.contains(&path), "{path} in {mounted:?}");
+        }
+        let volumes = spec.volumes.unwrap();
+        let tls = volumes
+            .iter()
+            .find(|v| v.name == "replication-tls")
+            .unwrap();
+        assert!(tls.projected.is_some() || tls.secret.is_some(), "{tls:?}");
     }
 }

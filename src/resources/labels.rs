@@ -38,6 +38,9 @@ pub const COMPONENT_IMAGE_CHECK: &str = "image-check";
 /// On an image-check pod: the image and the major it checks.
 pub const IMAGE_ANNOTATION: &str = "capstan.dev/image";
 pub const MAJOR_ANNOTATION: &str = "capstan.dev/major";
+/// On an image-check pod of a major upgrade: the major it upgrades from
+/// (the pod rehearses the upgrade on a copy of the primary).
+pub const UPGRADE_FROM_ANNOTATION: &str = "capstan.dev/upgrade-from";
 /// On a verification pod: the `PostgresBackup` it verifies (an annotation:
 /// object names may be longer than a label value).
 pub const BACKUP_ANNOTATION: &str = "capstan.dev/backup";

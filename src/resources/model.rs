@@ -69,6 +69,17 @@ pub struct Model {
 pub struct ImageCandidate {
     pub image: String,
     pub major: i32,
+    /// A major upgrade's image: the upgrade is rehearsed on a copy of the
+    /// primary too.
+    pub upgrade_from: Option<UpgradeFrom>,
+}
+
+/// What a major upgrade starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeFrom {
+    pub major: i32,
+    /// The image the instances run: its binaries are copied in.
+    pub old_image: String,
 }
 
 impl Model {

@@ -11,7 +11,8 @@ use crate::contract::layout;
 
 /// The init container that copies the old major's binaries.
 pub const COPY_CONTAINER: &str = "old-postgres";
-const VOLUME: &str = "old-postgres";
+/// The emptyDir it copies them into.
+pub const VOLUME: &str = "old-postgres";
 
 /// Whether `pod` is an upgrading primary's (it carries the old binaries).
 pub fn is_upgrade_pod(pod: &Pod) -> bool {
@@ -30,7 +31,7 @@ pub fn pod(model: &Model, upgrade: &MajorUpgrade, instance: &str) -> Pod {
     if let Some(spec) = pod.spec.as_mut() {
         spec.init_containers
             .get_or_insert_with(Vec::new)
-            .push(copy_container(upgrade));
+            .push(copy_container(upgrade.from, &upgrade.old_image));
         spec.volumes
             .get_or_insert_with(Vec::new)
             .push(empty_dir(VOLUME, false));
@@ -53,8 +54,7 @@ pub fn pod(model: &Model, upgrade: &MajorUpgrade, instance: &str) -> Pod {
 /// `/usr/share/postgresql/<old>`) keeping the paths, so the copied
 /// binaries find their libraries and share files where they expect them
 /// relative to themselves.
-fn copy_container(upgrade: &MajorUpgrade) -> Container {
-    let major = upgrade.from;
+pub fn copy_container(major: i32, old_image: &str) -> Container {
     let into = layout::OLD_POSTGRES_DIR;
     let script = format!(
         "set -eu\n\
@@ -65,7 +65,7 @@ fn copy_container(upgrade: &MajorUpgrade) -> Container {
     );
     Container {
         name: COPY_CONTAINER.into(),
-        image: Some(upgrade.old_image.clone()),
+        image: Some(old_image.to_string()),
         command: Some(vec!["/bin/sh".into(), "-c".into(), script]),
         volume_mounts: Some(vec![mount(VOLUME, into, false)]),
         security_context: Some(restricted_security_context()),

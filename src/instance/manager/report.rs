@@ -3,7 +3,7 @@
 //! after every tick and command.
 
 use crate::contract::backup::{ArchiveReport, BackupJob};
-use crate::contract::instance::{InstanceReport, LeaseReport, Role};
+use crate::contract::instance::{InstanceReport, LeaseReport, Role, VolumeUsage};
 use crate::contract::restore::RestoreReport;
 use crate::contract::upgrade::UpgradeReport;
 use crate::postgres::lsn::Lsn;
@@ -93,6 +93,16 @@ fn ready(report: &InstanceReport, max_lag: u64) -> bool {
     }
 }
 
+/// `statvfs` of the file system holding `path`.
+fn volume_usage(path: &std::path::Path) -> Option<VolumeUsage> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = u64::from(st.fragment_size());
+    Some(VolumeUsage {
+        size_bytes: u64::from(st.blocks()).saturating_mul(block),
+        available_bytes: u64::from(st.blocks_available()).saturating_mul(block),
+    })
+}
+
 impl<A: Authority> Manager<A> {
     pub(super) fn publish(&self) {
         let report = report(Facts {
@@ -119,6 +129,7 @@ impl<A: Authority> Manager<A> {
         });
         let report = InstanceReport {
             parameters_refused: self.upkeep.refused_parameters(),
+            data_volume: volume_usage(self.inputs.data_volume()),
             ..report
         };
         self.shared.publish(report);

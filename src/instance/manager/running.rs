@@ -245,6 +245,31 @@ impl<A: Authority> Manager<A> {
         rendered.keep_user(&pgdata);
     }
 
+    /// New parameters `postgres -C` accepted but PostgreSQL cannot start
+    /// with: the file it last started with goes back, and they are refused
+    /// like those `postgres -C` refuses, so the next start (right away)
+    /// runs as before instead of failing in a loop.
+    pub(super) fn undo_parameters(
+        &mut self,
+        user_conf: &std::path::Path,
+        previous: &str,
+        refused: &str,
+        words: &str,
+    ) -> Result<(), String> {
+        config::write_atomic(user_conf, previous.as_bytes())
+            .map_err(|e| format!("cannot restore {}: {e}", user_conf.display()))?;
+        let words = format!("postgres cannot start with them: {words}");
+        tracing::error!(operation = "config", refused = %words, "PostgreSQL cannot start with spec.postgres.parameters; starting with the ones it ran with");
+        self.set_error(
+            Source::Config,
+            format!(
+                "PostgreSQL refuses spec.postgres.parameters: {words}; it runs with the parameters it had"
+            ),
+        );
+        self.upkeep.refused = Some((refused.to_string(), words));
+        Ok(())
+    }
+
     async fn apply_settings(&mut self, settings: &InstanceSettings) {
         let role = match &self.snapshot {
             Some(s) if !s.in_recovery => Desired::Primary,

@@ -20,6 +20,8 @@ use super::errors::Source;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Beside PGDATA: the `capstan-user.conf` postgres last started with.
+const STARTED_WITH: &str = "capstan-user.conf.started";
 
 /// What the data directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +399,13 @@ impl<A: Authority> Manager<A> {
         let mut rendered =
             config::render(&self.inputs, settings, role).map_err(|e| e.to_string())?;
         self.gate_parameters(&mut rendered, settings).await;
+        // What the last start ran with: the way back if the new parameters
+        // pass `postgres -C` but cannot start (more memory than there is).
+        let user_conf = pgdata.join(config::USER_CONF);
+        let started_with = self.inputs.data_volume().join(STARTED_WITH);
+        let ran_with = std::fs::read_to_string(&started_with)
+            .ok()
+            .filter(|previous| previous != rendered.user_conf());
         config::write(pgdata, &rendered).map_err(|e| e.to_string())?;
         config::set_standby(pgdata, role == Desired::Replica).map_err(|e| e.to_string())?;
         self.upkeep.tls_stamp = Some(self.inputs.server_tls().stamp());
@@ -419,7 +428,16 @@ impl<A: Authority> Manager<A> {
                 break;
             }
             if let Some(status) = self.postgres.as_ref().and_then(PostgresChild::exited) {
-                self.postgres = None;
+                // Its last log line may still be in the pipe.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let words = self
+                    .postgres
+                    .take()
+                    .and_then(|child| child.last_error())
+                    .unwrap_or_else(|| format!("it exited ({status})"));
+                if let Some(previous) = ran_with {
+                    self.undo_parameters(&user_conf, &previous, rendered.user_conf(), &words)?;
+                }
                 return Err(format!(
                     "postgres exited while starting ({status}); see its log lines"
                 ));
@@ -432,6 +450,9 @@ impl<A: Authority> Manager<A> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(role = ?role, "postgres accepts connections");
+        if let Err(e) = config::write_atomic(&started_with, rendered.user_conf().as_bytes()) {
+            tracing::warn!(path = %started_with.display(), error = %e, "cannot keep the parameters postgres started with");
+        }
         if self.restarts.started() {
             self.clear_error(Source::Crash);
         }

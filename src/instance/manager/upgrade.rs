@@ -5,7 +5,6 @@
 //! turns into status is the report. The data work is in
 //! [`crate::instance::upgrade`].
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -50,17 +49,6 @@ impl UpgradeState {
     }
 }
 
-/// The old major's `bin` in the copied installation: the image's own
-/// layout (`usr/lib/postgresql/<major>/bin`) or a plain prefix (`bin`).
-fn old_bin_dir(root: &Path, major: u32) -> PathBuf {
-    let debian = root.join(format!("usr/lib/postgresql/{major}/bin"));
-    if debian.join("postgres").is_file() {
-        debian
-    } else {
-        root.join("bin")
-    }
-}
-
 impl<A: Authority> Manager<A> {
     /// pg_upgrade from `from` to this pod's binaries. On a refusal the old
     /// data directory is as it was and the report says why; the operator
@@ -92,7 +80,7 @@ impl<A: Authority> Manager<A> {
         {
             return Err(previous.message.unwrap_or_default());
         }
-        let dir = old_bin_dir(&self.inputs.old_postgres_dir, from);
+        let dir = super::super::binaries::old_bin_dir(&self.inputs.old_postgres_dir, from);
         let old = match Binaries::resolve(Some(&dir), from as i32).await {
             Ok(old) => old,
             Err(e) => {
@@ -175,21 +163,5 @@ impl<A: Authority> Manager<A> {
                 *r = Some(report);
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_old_binaries_in_either_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(old_bin_dir(dir.path(), 17), dir.path().join("bin"));
-        let debian = dir.path().join("usr/lib/postgresql/17/bin");
-        std::fs::create_dir_all(&debian).unwrap();
-        std::fs::write(debian.join("postgres"), "").unwrap();
-        assert_eq!(old_bin_dir(dir.path(), 17), debian);
-        assert_eq!(old_bin_dir(dir.path(), 16), dir.path().join("bin"));
     }
 }

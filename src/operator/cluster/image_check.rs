@@ -10,7 +10,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use crate::contract::image_check::ImageCheckResult;
+use crate::contract::image_check::{ImageCheckResult, UpgradeRehearsal};
 use crate::resources::labels;
 use crate::resources::model::ImageCandidate;
 
@@ -25,16 +25,24 @@ pub enum Step {
         candidate: ImageCandidate,
         passed: bool,
         message: String,
+        /// A major upgrade's rehearsal on a copy of the primary, passed.
+        rehearsal: Option<UpgradeRehearsal>,
     },
 }
 
 impl Step {
     pub fn describe(&self) -> String {
         match self {
-            Step::Start(c) | Step::Wait(c) => format!(
-                "trying image {} (PostgreSQL {}) in a throwaway pod before any instance gets it",
-                c.image, c.major
-            ),
+            Step::Start(c) | Step::Wait(c) => match &c.upgrade_from {
+                Some(from) => format!(
+                    "rehearsing the upgrade from PostgreSQL {} to {} (image {}) on a copy of the primary before anything stops",
+                    from.major, c.major, c.image
+                ),
+                None => format!(
+                    "trying image {} (PostgreSQL {}) in a throwaway pod before any instance gets it",
+                    c.image, c.major
+                ),
+            },
             Step::Record {
                 candidate, passed, ..
             } => format!(
@@ -47,8 +55,9 @@ impl Step {
     }
 }
 
-/// A check pod without a result after this long (unschedulable, a pull
-/// that never ends) fails the check.
+/// A check pod that has not started after this long (unschedulable, a
+/// pull that never ends) fails the check; one that runs is bounded by its
+/// `activeDeadlineSeconds`.
 pub const RESULT_WITHIN_SECS: i64 = 600;
 
 /// Waiting reasons that do not go away by themselves.
@@ -65,6 +74,12 @@ pub fn checks(pod: &Pod, candidate: &ImageCandidate) -> bool {
     let get = |k: &str| a.and_then(|a| a.get(k)).map(String::as_str);
     get(labels::IMAGE_ANNOTATION) == Some(candidate.image.as_str())
         && get(labels::MAJOR_ANNOTATION) == Some(candidate.major.to_string().as_str())
+        && get(labels::UPGRADE_FROM_ANNOTATION)
+            == candidate
+                .upgrade_from
+                .as_ref()
+                .map(|u| u.major.to_string())
+                .as_deref()
 }
 
 pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
@@ -78,6 +93,7 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
         candidate: candidate.clone(),
         passed,
         message,
+        rehearsal: None,
     };
     let status = pod.status.as_ref();
     let containers = || {
@@ -98,14 +114,17 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
             .as_deref()
             .and_then(ImageCheckResult::from_message)
         {
-            Some(r) if r.passed => record(
-                true,
-                format!(
-                    "PostgreSQL {}{}",
+            Some(r) if r.passed => Step::Record {
+                candidate: candidate.clone(),
+                passed: true,
+                message: format!(
+                    "PostgreSQL {}{}{}",
                     r.version.unwrap_or_default(),
-                    r.pgbackrest.map(|p| format!(", {p}")).unwrap_or_default()
+                    r.pgbackrest.map(|p| format!(", {p}")).unwrap_or_default(),
+                    r.upgrade.as_ref().map(rehearsed).unwrap_or_default()
                 ),
-            ),
+                rehearsal: r.upgrade,
+            },
             Some(r) => record(false, r.error.unwrap_or_else(|| "no reason given".into())),
             None => record(
                 false,
@@ -150,7 +169,8 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
         .creation_timestamp
         .as_ref()
         .map(|t| t.0.as_second());
-    if created.is_some_and(|c| now - c > RESULT_WITHIN_SECS) {
+    let running = status.is_some_and(|s| s.phase.as_deref() == Some("Running"));
+    if !running && created.is_some_and(|c| now - c > RESULT_WITHIN_SECS) {
         let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();
         let why = status
             .and_then(|s| s.conditions.as_ref())
@@ -169,6 +189,24 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
         );
     }
     Step::Wait(candidate.clone())
+}
+
+/// What the rehearsal measured, for the message.
+fn rehearsed(r: &UpgradeRehearsal) -> String {
+    let mib = |b: u64| b.div_ceil(1024 * 1024);
+    format!(
+        "; the upgrade from PostgreSQL {} rehearsed on a copy of the primary ({} MiB, copied in {:.1} s): pg_upgrade --link took {:.1} s and writes {} MiB; extensions: {}",
+        r.from,
+        mib(r.database_bytes),
+        r.copy_ms as f64 / 1000.0,
+        r.pg_upgrade_ms as f64 / 1000.0,
+        mib(r.link_bytes),
+        if r.extensions.is_empty() {
+            "none".to_string()
+        } else {
+            r.extensions.join(", ")
+        }
+    )
 }
 
 /// Check pods nobody needs: all of them without a candidate, else those
@@ -193,6 +231,7 @@ mod tests {
         ImageCandidate {
             image: "postgres:17.9".into(),
             major: 17,
+            upgrade_from: None,
         }
     }
 
@@ -244,7 +283,8 @@ mod tests {
             Step::Record {
                 candidate: candidate(),
                 passed: true,
-                message: "PostgreSQL 17.9".into()
+                message: "PostgreSQL 17.9".into(),
+                rehearsal: None,
             }
         );
         let bad = ImageCheckResult {
@@ -338,6 +378,87 @@ mod tests {
         };
         assert!(!passed);
         assert!(message.contains("Insufficient memory"), "{message}");
+        // Running (a rehearsal copying a large database): its deadline
+        // bounds it, not this.
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..PodStatus::default()
+        });
+        assert_eq!(
+            decide(
+                &candidate(),
+                std::slice::from_ref(&pod),
+                1_000_000 + RESULT_WITHIN_SECS + 1
+            ),
+            Step::Wait(candidate())
+        );
+    }
+
+    fn upgrade_candidate() -> ImageCandidate {
+        ImageCandidate {
+            image: "postgres:18.1".into(),
+            major: 18,
+            upgrade_from: Some(crate::resources::model::UpgradeFrom {
+                major: 17,
+                old_image: "postgres:17.9".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_rehearsal_is_followed_by_its_own_pod_and_recorded_with_what_it_measured() {
+        let upgrade = upgrade_candidate();
+        let minor_pod = image_check::pod(
+            &model(),
+            &ImageCandidate {
+                upgrade_from: None,
+                ..upgrade.clone()
+            },
+        );
+        assert_eq!(
+            decide(&upgrade, std::slice::from_ref(&minor_pod), 0),
+            Step::Start(upgrade.clone()),
+            "a check of the image alone is not a rehearsal"
+        );
+        assert_eq!(orphans(Some(&upgrade), &[minor_pod]).len(), 1);
+        let rehearsal = UpgradeRehearsal {
+            from: 17,
+            database_bytes: 1100 << 20,
+            link_bytes: 48 << 20,
+            copy_ms: 12_300,
+            pg_upgrade_ms: 3_400,
+            extensions: vec!["pg_stat_statements 1.11".into()],
+        };
+        let ok = ImageCheckResult {
+            passed: true,
+            version: Some("18.1".into()),
+            upgrade: Some(rehearsal.clone()),
+            ..ImageCheckResult::default()
+        };
+        let mut pod = image_check::pod(&model(), &upgrade);
+        pod.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "check".into(),
+                state: Some(ended(&ok.to_message(), 0)),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        let Step::Record {
+            passed,
+            message,
+            rehearsal: recorded,
+            ..
+        } = decide(&upgrade, &[pod], 0)
+        else {
+            panic!("recorded")
+        };
+        assert!(passed);
+        assert_eq!(recorded, Some(rehearsal));
+        assert_eq!(
+            message,
+            "PostgreSQL 18.1; the upgrade from PostgreSQL 17 rehearsed on a copy of the primary (1100 MiB, copied in 12.3 s): pg_upgrade --link took 3.4 s and writes 48 MiB; extensions: pg_stat_statements 1.11"
+        );
     }
 
     #[test]
@@ -347,6 +468,7 @@ mod tests {
         let other = ImageCandidate {
             image: "postgres:17.10".into(),
             major: 17,
+            upgrade_from: None,
         };
         assert_eq!(
             orphans(Some(&other), std::slice::from_ref(&pod)),

@@ -581,22 +581,30 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
     // The pod spec names its instance, so each has its own hash. A setting
     // that waits for a restart is rolled out the same way: the pod is
     // re-created, or the primary switched over (demotion restarts it).
+    // Parameters one instance could not start with (it went back to the
+    // ones it ran with) are not restarted into the others.
+    let refused = observed
+        .reports
+        .values()
+        .any(|r| r.parameters_refused.is_some());
     let outdated = |name: &str| {
         observed.pod(name).and_then(spec_hash) != Some(desired_hash(model, name).as_str())
-            || observed
-                .reports
-                .get(name)
-                .is_some_and(|r| r.pending_restart)
+            || !refused
+                && observed
+                    .reports
+                    .get(name)
+                    .is_some_and(|r| r.pending_restart)
     };
     let replicas: Vec<&String> = input.instances.iter().filter(|n| *n != primary).collect();
-    let lowered = observed.reports.get(primary).is_some_and(|r| {
-        !parameters::lowered_standby_settings(
-            &model.spec.postgres.parameters,
-            input.instances.len(),
-            &r.standby_floor_settings,
-        )
-        .is_empty()
-    });
+    let lowered = !refused
+        && observed.reports.get(primary).is_some_and(|r| {
+            !parameters::lowered_standby_settings(
+                &model.spec.postgres.parameters,
+                input.instances.len(),
+                &r.standby_floor_settings,
+            )
+            .is_empty()
+        });
     let primary_outdated = lowered || outdated(primary);
     let outdated_replicas: Vec<&String> =
         replicas.iter().copied().filter(|n| outdated(n)).collect();

@@ -6,11 +6,14 @@
 //! rule existed) and what admission cannot see (missing Secrets).
 
 use crate::api::{PostgresCluster, TlsMode, defaults, limits};
+use crate::contract::instance::VolumeUsage;
 use crate::contract::layout::files;
 use crate::pooler::managed as pgbouncer_managed;
 use crate::postgres::parameters as postgres_managed;
 use crate::resources::labels;
-use crate::resources::model::{ImageCandidate, Images, MajorUpgrade, Model, UpgradeStage};
+use crate::resources::model::{
+    ImageCandidate, Images, MajorUpgrade, Model, UpgradeFrom, UpgradeStage,
+};
 use crate::resources::quantity;
 
 use super::observe::Observed;
@@ -353,6 +356,11 @@ fn check(
             upgrading: record.is_some_and(|r| r.phase == upgrade::UPGRADING),
             checked: cluster.status.as_ref().and_then(|s| s.image_check.as_ref()),
             generation,
+            primary_volume: observed
+                .reports
+                .iter()
+                .find(|(_, r)| r.role == crate::contract::instance::Role::Primary)
+                .and_then(|(name, r)| Some((name.as_str(), r.data_volume?))),
         },
     );
     let (postgres_image, upgrade, image_check) = (gate.image, gate.upgrade, gate.check);
@@ -538,6 +546,8 @@ struct ImageFacts<'a> {
     upgrading: bool,
     checked: Option<&'a crate::api::ImageCheckStatus>,
     generation: i64,
+    /// The primary's name and its data volume, as its manager reports it.
+    primary_volume: Option<(&'a str, VolumeUsage)>,
 }
 
 struct Gate {
@@ -558,11 +568,16 @@ fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_
             Some(ImageCandidate {
                 image: u.image.clone(),
                 major: u.to,
+                upgrade_from: Some(UpgradeFrom {
+                    major: u.from,
+                    old_image: u.old_image.clone(),
+                }),
             })
         }
         (None, Some(running)) if running != image => Some(ImageCandidate {
             image: image.clone(),
             major: facts.data_version,
+            upgrade_from: None,
         }),
         _ => None,
     };
@@ -574,28 +589,46 @@ fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_
             blocked: None,
         };
     };
-    let result = facts
-        .checked
-        .filter(|c| c.image == candidate.image && c.major == candidate.major);
-    if result.is_some_and(|c| c.passed) {
-        return Gate {
-            image,
-            upgrade,
-            check: None,
-            blocked: None,
-        };
-    }
+    let result = facts.checked.filter(|c| {
+        c.image == candidate.image
+            && c.major == candidate.major
+            && c.upgrade_from == candidate.upgrade_from.as_ref().map(|u| u.major)
+    });
     // Nothing moves: the image the instances run stays, no upgrade starts.
     let keep = match (&upgrade, facts.running) {
         (Some(u), _) => u.old_image.clone(),
         (None, Some(running)) => running.to_string(),
-        (None, None) => image,
+        (None, None) => image.clone(),
     };
+    if let Some(passed) = result.filter(|c| c.passed) {
+        let short = passed
+            .link_bytes
+            .map(|b| u64::try_from(b).unwrap_or(0))
+            .zip(facts.primary_volume)
+            .and_then(|(link, (primary, volume))| short_of_space(link, primary, volume));
+        return match short {
+            None => Gate {
+                image,
+                upgrade,
+                check: None,
+                blocked: None,
+            },
+            Some(message) => Gate {
+                image: keep.clone(),
+                upgrade: None,
+                check: None,
+                blocked: Some(Blocked {
+                    reason: "UpgradeNeedsSpace",
+                    message: format!("{message}. Nothing was changed: the instances run {keep}"),
+                }),
+            },
+        };
+    }
     match result.filter(|c| c.generation == facts.generation) {
         Some(failed) => {
             let back = if candidate.major > facts.data_version {
                 format!(
-                    "set spec.postgres.image to an image of PostgreSQL {}, or spec.postgres.version back to {}",
+                    "fix what it names, or set spec.postgres.image to another image of PostgreSQL {}, or spec.postgres.version back to {}",
                     candidate.major, facts.data_version
                 )
             } else {
@@ -608,12 +641,21 @@ fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_
                 image: keep.clone(),
                 upgrade: None,
                 check: None,
-                blocked: Some(Blocked {
-                    reason: "ImageCheckFailed",
-                    message: format!(
-                        "image {} cannot be used for PostgreSQL {}: {}. Nothing was changed: the instances run {keep}; {back}",
-                        candidate.image, candidate.major, failed.message
-                    ),
+                blocked: Some(match &candidate.upgrade_from {
+                    Some(from) => Blocked {
+                        reason: "UpgradeCheckFailed",
+                        message: format!(
+                            "the upgrade from PostgreSQL {} to {} with image {} was tried on a copy of the primary and failed: {}. Nothing was changed: the instances run {keep}; {back}",
+                            from.major, candidate.major, candidate.image, failed.message
+                        ),
+                    },
+                    None => Blocked {
+                        reason: "ImageCheckFailed",
+                        message: format!(
+                            "image {} cannot be used for PostgreSQL {}: {}. Nothing was changed: the instances run {keep}; {back}",
+                            candidate.image, candidate.major, failed.message
+                        ),
+                    },
                 }),
             }
         }
@@ -624,6 +666,28 @@ fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_
             blocked: None,
         },
     }
+}
+
+/// Free space `pg_upgrade --link` needs on the primary's data volume
+/// besides what it wrote in the rehearsal: a quarter more, and room for
+/// the WAL the primary writes meanwhile.
+const UPGRADE_SPACE_MARGIN: u64 = 256 * 1024 * 1024;
+
+/// Why the primary's data volume is too small for the upgrade, if it is.
+fn short_of_space(link_bytes: u64, primary: &str, volume: VolumeUsage) -> Option<String> {
+    let needed = link_bytes
+        .saturating_add(link_bytes / 4)
+        .saturating_add(UPGRADE_SPACE_MARGIN);
+    let mib = |b: u64| b.div_ceil(1024 * 1024);
+    (volume.available_bytes < needed).then(|| {
+        format!(
+            "pg_upgrade --link needs about {} MiB free on the data volume of the primary {primary} (rehearsed on a copy: it writes {} MiB, plus a margin), but {} MiB of {} MiB are free; raise spec.storage.size or free space on it",
+            mib(needed),
+            mib(link_bytes),
+            mib(volume.available_bytes),
+            mib(volume.size_bytes)
+        )
+    })
 }
 
 /// PostgreSQL refused `spec.postgres.parameters` on an instance (its

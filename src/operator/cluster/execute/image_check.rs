@@ -17,10 +17,11 @@ impl Executor<'_> {
             candidate,
             passed,
             message,
+            rehearsal,
         } = step
         else {
             if let Step::Start(c) = step {
-                info!(%cluster, operation = "image-check", image = %c.image, major = c.major, "trying a new PostgreSQL image before any instance gets it");
+                info!(%cluster, operation = "image-check", image = %c.image, major = c.major, upgrade_from = ?c.upgrade_from.as_ref().map(|u| u.major), "trying a new PostgreSQL image before any instance gets it");
             }
             return Ok(Next::Continue);
         };
@@ -31,6 +32,10 @@ impl Executor<'_> {
             message: message.clone(),
             generation: self.cluster.metadata.generation.unwrap_or_default(),
             checked_at: now_rfc3339(),
+            upgrade_from: candidate.upgrade_from.as_ref().map(|u| u.major),
+            link_bytes: rehearsal
+                .as_ref()
+                .map(|r| i64::try_from(r.link_bytes).unwrap_or(i64::MAX)),
         };
         report::patch_status_if(
             self.ctx,
@@ -42,13 +47,15 @@ impl Executor<'_> {
         .await?;
         if *passed {
             info!(%cluster, operation = "image-check", image = %candidate.image, %message, "image passed its check");
+            let next = if candidate.upgrade_from.is_some() {
+                "the upgrade starts next"
+            } else {
+                "the instances get it next"
+            };
             self.event(
                 false,
                 reason::IMAGE_CHECKED,
-                format!(
-                    "image {} runs {message}; the instances get it next",
-                    candidate.image
-                ),
+                format!("image {} runs {message}; {next}", candidate.image),
             )
             .await;
         } else {

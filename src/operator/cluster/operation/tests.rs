@@ -215,6 +215,39 @@ fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() 
     assert_eq!(w.choose(), Operation::Idle);
 }
 
+#[test]
+fn parameters_an_instance_could_not_start_with_are_not_rolled_into_the_others() {
+    let mut w = World::new();
+    for n in ["db-1", "db-2", "db-3"] {
+        w.observed.reports.get_mut(n).unwrap().pending_restart = true;
+    }
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-2".into()));
+    // db-2 came back on the parameters it ran with, and says why.
+    let mut back = replica("db-2", "0/3000000");
+    back.parameters_refused =
+        Some("postgres cannot start with them: could not map anonymous shared memory".into());
+    w.observed.reports.insert("db-2".into(), back);
+    assert_eq!(w.choose(), Operation::Idle);
+    // Neither does the primary go first for a lowered setting meanwhile.
+    for n in ["db-1", "db-2", "db-3"] {
+        running_max_connections(w.observed.reports.get_mut(n).unwrap(), 200);
+    }
+    assert_eq!(w.choose(), Operation::Idle);
+    // The spec changed and db-2 took it: the rollout goes on.
+    w.observed
+        .reports
+        .get_mut("db-2")
+        .unwrap()
+        .parameters_refused = None;
+    assert_eq!(
+        w.choose(),
+        Operation::RestartPrimary {
+            instance: "db-1".into(),
+            why: RestartWhy::LowerStandbySettings
+        }
+    );
+}
+
 fn running_max_connections(report: &mut InstanceReport, value: u64) {
     report
         .standby_floor_settings

@@ -212,8 +212,11 @@ fn a_raised_major_is_an_upgrade_that_keeps_the_running_version_until_the_primary
     c.metadata.generation = Some(4);
     c.status = Some(PostgresClusterStatus {
         postgres_version: Some(16),
-        // The new image passed its check (see the next test).
-        image_check: Some(passed("docker.io/library/postgres:17-bookworm", 17)),
+        // The upgrade passed its rehearsal (see the test below).
+        image_check: Some(crate::api::ImageCheckStatus {
+            upgrade_from: Some(16),
+            ..passed("docker.io/library/postgres:17-bookworm", 17)
+        }),
         ..PostgresClusterStatus::default()
     });
     let v = check(&c).unwrap();
@@ -304,6 +307,8 @@ fn passed(image: &str, major: i32) -> crate::api::ImageCheckStatus {
         message: format!("PostgreSQL {major}.1"),
         generation: 1,
         checked_at: "2026-12-06T00:00:00Z".into(),
+        upgrade_from: None,
+        link_bytes: None,
     }
 }
 
@@ -340,7 +345,8 @@ fn a_new_image_is_tried_before_any_instance_gets_it() {
         v.model.image_check,
         Some(ImageCandidate {
             image: "registry.example/pg:17.9".into(),
-            major: 17
+            major: 17,
+            upgrade_from: None,
         })
     );
     assert!(v.blocked.is_none());
@@ -382,14 +388,14 @@ fn a_new_image_is_tried_before_any_instance_gets_it() {
 }
 
 #[test]
-fn a_major_upgrade_starts_only_after_its_image_passed() {
+fn a_major_upgrade_starts_only_after_its_rehearsal_passed_and_with_room_for_it() {
     let mut c = cluster(base());
     c.metadata.generation = Some(2);
     c.status = Some(PostgresClusterStatus {
         postgres_version: Some(16),
         ..PostgresClusterStatus::default()
     });
-    let observed = running("docker.io/library/postgres:16-bookworm");
+    let mut observed = running("docker.io/library/postgres:16-bookworm");
     let v = validate(&c, &observed, "capstan:1").unwrap();
     assert_eq!(v.model.upgrade, None, "no upgrade before the check");
     assert_eq!(v.model.postgres_version, 16);
@@ -397,30 +403,85 @@ fn a_major_upgrade_starts_only_after_its_image_passed() {
         v.model.image_check,
         Some(ImageCandidate {
             image: "docker.io/library/postgres:17-bookworm".into(),
-            major: 17
+            major: 17,
+            upgrade_from: Some(UpgradeFrom {
+                major: 16,
+                old_image: "docker.io/library/postgres:16-bookworm".into(),
+            }),
         })
     );
-    let mut failed = passed("docker.io/library/postgres:17-bookworm", 17);
-    failed.passed = false;
-    failed.generation = 2;
-    c.status.as_mut().unwrap().image_check = Some(failed);
-    let blocked = validate(&c, &observed, "capstan:1")
-        .unwrap()
-        .blocked
-        .unwrap();
-    assert_eq!(blocked.reason, "ImageCheckFailed");
+    // A passed check of the image alone (no rehearsal) does not count.
+    c.status.as_mut().unwrap().image_check =
+        Some(passed("docker.io/library/postgres:17-bookworm", 17));
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    assert!(v.model.upgrade.is_none() && v.model.image_check.is_some());
+
+    let rehearsed = |passed_: bool| crate::api::ImageCheckStatus {
+        passed: passed_,
+        generation: 2,
+        upgrade_from: Some(16),
+        link_bytes: passed_.then_some(600 * 1024 * 1024),
+        message: if passed_ {
+            "PostgreSQL 17.1".into()
+        } else {
+            "pg_upgrade from PostgreSQL 16 to 17 refused: Checking for presence of required libraries fatal".into()
+        },
+        ..passed("docker.io/library/postgres:17-bookworm", 17)
+    };
+    c.status.as_mut().unwrap().image_check = Some(rehearsed(false));
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    let blocked = v.blocked.unwrap();
+    assert_eq!(blocked.reason, "UpgradeCheckFailed");
+    for words in [
+        "tried on a copy of the primary",
+        "required libraries",
+        "spec.postgres.version back to 16",
+    ] {
+        assert!(
+            blocked.message.contains(words),
+            "{words}: {}",
+            blocked.message
+        );
+    }
+    assert_eq!(v.model.upgrade, None);
+    assert_eq!(
+        v.model.images.postgres,
+        "docker.io/library/postgres:16-bookworm"
+    );
+
+    c.status.as_mut().unwrap().image_check = Some(rehearsed(true));
+    // The primary's volume has 700 MiB free: --link needs 600 MiB, a
+    // quarter more and the margin.
+    let mut report = crate::contract::instance::InstanceReport {
+        role: crate::contract::instance::Role::Primary,
+        data_volume: Some(VolumeUsage {
+            size_bytes: 10 << 30,
+            available_bytes: 700 << 20,
+        }),
+        ..Default::default()
+    };
+    observed.reports.insert("db-1".into(), report.clone());
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    let blocked = v.blocked.unwrap();
+    assert_eq!(blocked.reason, "UpgradeNeedsSpace");
     assert!(
-        blocked.message.contains("spec.postgres.version back to 16"),
+        blocked
+            .message
+            .contains("1006 MiB free on the data volume of the primary db-1")
+            && blocked.message.contains("700 MiB of 10240 MiB are free")
+            && blocked.message.contains("spec.storage.size"),
         "{}",
         blocked.message
     );
-    c.status.as_mut().unwrap().image_check =
-        Some(passed("docker.io/library/postgres:17-bookworm", 17));
-    let up = validate(&c, &observed, "capstan:1")
-        .unwrap()
-        .model
-        .upgrade
-        .unwrap();
+    assert_eq!(v.model.upgrade, None);
+    report.data_volume = Some(VolumeUsage {
+        size_bytes: 20 << 30,
+        available_bytes: 10 << 30,
+    });
+    observed.reports.insert("db-1".into(), report);
+    let v = validate(&c, &observed, "capstan:1").unwrap();
+    assert!(v.blocked.is_none());
+    let up = v.model.upgrade.unwrap();
     assert_eq!(
         (up.from, up.to, up.stage),
         (16, 17, UpgradeStage::Preparing)
