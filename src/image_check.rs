@@ -101,6 +101,7 @@ pub async fn check(args: &Args) -> ImageCheckResult {
             Ok(r) => result.upgrade = Some(r),
             Err(e) => {
                 result.passed = false;
+                result.rehearsal_failed = true;
                 result.error = Some(e);
             }
         }
@@ -111,7 +112,7 @@ pub async fn check(args: &Args) -> ImageCheckResult {
 /// pg_upgrade from `from` to `new`, on a copy of the running primary.
 async fn rehearse(args: &Args, new: Binaries, from: u32) -> Result<UpgradeRehearsal, String> {
     let dir = binaries::old_bin_dir(&args.old_postgres_dir, from);
-    let old = Binaries::resolve(Some(&dir), from as i32)
+    let old = Binaries::resolve(Some(&dir), i32::try_from(from).unwrap_or(i32::MAX))
         .await
         .map_err(|e| {
             format!("the PostgreSQL {from} binaries copied from the running image: {e}")

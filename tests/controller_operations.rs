@@ -391,6 +391,7 @@ fn image_checked(pod: &Pod) -> Option<Pod> {
             None
         },
         pgbackrest: None,
+        rehearsal_failed: refused,
         upgrade: from.filter(|_| !wrong && !refused).map(|from| {
             capstan::contract::image_check::UpgradeRehearsal {
                 from: from.parse().unwrap(),
@@ -567,7 +568,7 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
     let mut w = upgrading_world();
     let (steps, kinds) = upgrade(&mut w, false).await;
     assert_eq!(
-        steps[..13],
+        steps[..14],
         [
             // The new image is tried before anything stops.
             "create db-image-check",
@@ -576,6 +577,7 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
             "delete db-2",
             "delete db-3",
             "delete db-image-check",
+            "checkpoint db-1",
             "pause db-pooler-a",
             "status upgrade Upgrading",
             "delete db-1",
@@ -587,14 +589,14 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
         "{steps:#?}"
     );
     assert_eq!(
-        steps[13..16],
+        steps[14..17],
         ["create db-2", "create db-3", "status upgrade Completed"],
         "{steps:#?}"
     );
     // Then the primary's pod (it still carries the old binaries) is
     // replaced by a rolling switchover.
     assert!(
-        steps[16..].contains(&"status switchover Pausing".to_string()),
+        steps[17..].contains(&"status switchover Pausing".to_string()),
         "{steps:#?}"
     );
     assert_eq!(w.api.status()["imageCheck"]["passed"], true);

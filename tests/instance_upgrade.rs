@@ -326,6 +326,7 @@ async fn a_major_upgrade_is_rehearsed_on_a_copy_of_the_running_primary() {
         !r.passed && words.contains("loadable libraries") && words.contains("capstan_probe"),
         "pg_upgrade's words with the library: {r:?}"
     );
+    assert!(r.rehearsal_failed, "the image itself passed: {r:?}");
     client.batch_execute("DROP FUNCTION probe()").await.unwrap();
     let r = check();
     let words = r.error.clone().unwrap_or_default();

@@ -2,10 +2,10 @@
 //! `spec.postgres.version`, on the harness or a real cluster.
 //!
 //! First a refusal: a table with a `regproc` column (pg_upgrade cannot
-//! carry reg* types) makes pg_upgrade's check fail; the cluster comes back
-//! on 17 with every instance, `status.upgrade` says `Failed` and the
-//! `Stalled` condition quotes pg_upgrade; lowering the version back to 17
-//! is accepted and clears it. Then, the table dropped, the upgrade under
+//! carry reg* types) makes pg_upgrade's check fail in the rehearsal on a
+//! copy of the primary: no instance stops, no upgrade starts, and the
+//! `Stalled` condition (`UpgradeCheckFailed`) quotes pg_upgrade; lowering
+//! the version back to 17 is accepted and clears it. Then, the table dropped, the upgrade under
 //! `pgbench` through the pooler: replicas stop, the poolers hold clients
 //! while pg_upgrade --link runs on the primary, replicas clone the upgraded
 //! primary. Rows, an extension, a role's password and a non-default
@@ -116,42 +116,38 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     .await?;
     drop(admin);
 
-    // 1. pg_upgrade refuses: nothing changes, the cluster says why.
+    // 1. pg_upgrade refuses, on a copy: nothing stops, the cluster says why.
+    let uids = ha.pod_uids(target).await?;
     let started = Instant::now();
     set_version(target, &ha, 18).await?;
     let failed = wait_for(
-        "status.upgrade Failed and the cluster back on 17 with every instance",
+        "Stalled: the rehearsal on a copy of the primary failed",
         UPGRADE_WITHIN,
         Duration::from_millis(500),
         || async {
             let c = ha.get(target).await.ok()?;
-            let u = upgrade(&c)?;
-            let ready = c.status.as_ref().is_some_and(|s| s.ready_instances == 3);
-            (u.phase == "Failed" && ready).then_some(c)
+            stalled(&c)
+                .is_some_and(|w| w.starts_with("UpgradeCheckFailed"))
+                .then_some(c)
         },
     )
     .await?;
-    let record = upgrade(&failed).cloned().unwrap_or_default();
-    eprintln!(
-        "[{ns}] refused after {:.1}s (writes waited {:?} ms): {}",
-        started.elapsed().as_secs_f64(),
-        record.downtime_ms,
-        record.message
-    );
-    assert!(
-        record.message.contains("reg*"),
-        "pg_upgrade's own words: {}",
-        record.message
-    );
     let why = stalled(&failed).unwrap_or_default();
-    assert!(
-        why.starts_with("MajorUpgradeFailed")
-            && why.contains("set spec.postgres.version back to 17"),
-        "{why}"
+    eprintln!(
+        "[{ns}] refused on a copy after {:.1}s: {why}",
+        started.elapsed().as_secs_f64()
     );
+    assert!(why.contains("reg*"), "pg_upgrade's own words: {why}");
+    assert!(why.contains("spec.postgres.version back to 17"), "{why}");
+    assert!(upgrade(&failed).is_none(), "no upgrade started");
     assert_eq!(
         failed.status.as_ref().and_then(|s| s.postgres_version),
         Some(17)
+    );
+    assert_eq!(
+        ha.pod_uids(target).await?,
+        uids,
+        "no pod stopped or re-created"
     );
     for (name, version, rows) in every_instance(target, &ha, &instances).await? {
         assert!(version.starts_with("17"), "{name} runs {version}");
@@ -192,6 +188,14 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     .await?;
     let total = started.elapsed();
     let record = upgrade(&done).cloned().unwrap_or_default();
+    let check = done
+        .status
+        .as_ref()
+        .and_then(|s| s.image_check.clone())
+        .expect("status.imageCheck: the rehearsal");
+    eprintln!("[{ns}] rehearsal: {}", check.message);
+    assert_eq!(check.upgrade_from, Some(17));
+    assert!(check.link_bytes.is_some_and(|b| b > 0), "{check:?}");
     eprintln!(
         "[{ns}] upgraded 17 -> 18 in {:.1}s: writes waited {:?} ms (PAUSE to RESUME), pg_upgrade {:?} ms",
         total.as_secs_f64(),

@@ -59,6 +59,14 @@ impl AgentClient {
         self.post(ep, "/sentinel", request, self.timeout()).await
     }
 
+    /// `POST /checkpoint`: a CHECKPOINT on the instance, within `timeout`.
+    pub async fn checkpoint(&self, ep: &Endpoint, timeout: Duration) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .post(ep, "/checkpoint", &serde_json::json!({}), timeout)
+            .await?;
+        Ok(())
+    }
+
     /// `POST /inventory`: the instance reads what the repositories hold
     /// again at its next tick.
     pub async fn inventory_changed(&self, ep: &Endpoint) -> Result<(), ClientError> {

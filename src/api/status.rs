@@ -147,6 +147,10 @@ pub struct ImageCheckStatus {
     /// files: the free space the primary's data volume needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_bytes: Option<i64>,
+    /// The image passed; the upgrade rehearsed on it failed (`message`
+    /// says why, in pg_upgrade's or PostgreSQL's words).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearsal_failed: bool,
 }
 
 /// A major-version upgrade, started by raising `spec.postgres.version`.

@@ -23,6 +23,10 @@ pub struct ImageCheckResult {
     /// The major upgrade rehearsed on a copy of the primary, when it passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeRehearsal>,
+    /// The image passed, the upgrade rehearsed on it did not (`error`
+    /// says why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearsal_failed: bool,
 }
 
 /// pg_upgrade run on a copy of the primary by the check pod.
@@ -68,6 +72,7 @@ mod tests {
             pgbackrest: None,
             error: Some("x".repeat(10_000)),
             upgrade: None,
+            rehearsal_failed: false,
         };
         let text = r.to_message();
         assert!(text.len() <= MAX_MESSAGE_BYTES);

@@ -59,6 +59,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/demote", post(demote))
         .route("/backup", post(backup))
         .route("/sentinel", post(sentinel))
+        .route("/checkpoint", post(checkpoint))
         .route("/inventory", post(inventory))
         .route(
             "/binary",
@@ -244,6 +245,15 @@ async fn sentinel(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             "cannot write the sentinel row of {}: {e}",
             request.backup
         ))),
+    }
+}
+
+/// A CHECKPOINT now, so a shutdown that follows (a major upgrade's) has
+/// little left to write while clients wait.
+async fn checkpoint(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.local.checkpoint().await {
+        Ok(()) => json(&serde_json::json!({})),
+        Err(e) => command_error(CommandError::Failed(e.to_string())),
     }
 }
 

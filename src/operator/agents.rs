@@ -77,6 +77,12 @@ pub trait Agents: PoolerControl {
     ) -> BoxFuture<'a, Result<(), ClientError>>;
     /// `POST /inventory`: the instance re-reads what the repositories hold.
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// `POST /checkpoint`: a CHECKPOINT, within `timeout`.
+    fn checkpoint<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), ClientError>>;
     /// `GET /status` of a pooler supervisor.
     fn pooler_status<'a>(
         &'a self,
@@ -134,6 +140,13 @@ impl Agents for AgentClient {
     }
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move { AgentClient::inventory_changed(self, ep).await })
+    }
+    fn checkpoint<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move { AgentClient::checkpoint(self, ep, timeout).await })
     }
     fn instance_status<'a>(
         &'a self,

@@ -457,6 +457,16 @@ impl Agents for FakeAgents {
             Ok(())
         })
     }
+    fn checkpoint<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            self.act(format!("checkpoint {}", ep.name)).await;
+            Ok(())
+        })
+    }
     fn sentinel<'a>(
         &'a self,
         ep: &'a Endpoint,

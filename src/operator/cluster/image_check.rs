@@ -27,6 +27,8 @@ pub enum Step {
         message: String,
         /// A major upgrade's rehearsal on a copy of the primary, passed.
         rehearsal: Option<UpgradeRehearsal>,
+        /// The image passed, its upgrade rehearsal failed.
+        rehearsal_failed: bool,
     },
 }
 
@@ -94,6 +96,7 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
         passed,
         message,
         rehearsal: None,
+        rehearsal_failed: false,
     };
     let status = pod.status.as_ref();
     let containers = || {
@@ -124,8 +127,15 @@ pub fn decide(candidate: &ImageCandidate, pods: &[Pod], now: i64) -> Step {
                     r.upgrade.as_ref().map(rehearsed).unwrap_or_default()
                 ),
                 rehearsal: r.upgrade,
+                rehearsal_failed: false,
             },
-            Some(r) => record(false, r.error.unwrap_or_else(|| "no reason given".into())),
+            Some(r) => Step::Record {
+                candidate: candidate.clone(),
+                passed: false,
+                message: r.error.unwrap_or_else(|| "no reason given".into()),
+                rehearsal: None,
+                rehearsal_failed: r.rehearsal_failed,
+            },
             None => record(
                 false,
                 format!(
@@ -285,6 +295,7 @@ mod tests {
                 passed: true,
                 message: "PostgreSQL 17.9".into(),
                 rehearsal: None,
+                rehearsal_failed: false,
             }
         );
         let bad = ImageCheckResult {

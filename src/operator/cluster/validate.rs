@@ -641,22 +641,28 @@ fn image_gate(image: String, upgrade: Option<MajorUpgrade>, facts: ImageFacts<'_
                 image: keep.clone(),
                 upgrade: None,
                 check: None,
-                blocked: Some(match &candidate.upgrade_from {
-                    Some(from) => Blocked {
-                        reason: "UpgradeCheckFailed",
-                        message: format!(
-                            "the upgrade from PostgreSQL {} to {} with image {} was tried on a copy of the primary and failed: {}. Nothing was changed: the instances run {keep}; {back}",
-                            from.major, candidate.major, candidate.image, failed.message
-                        ),
+                blocked: Some(
+                    match candidate
+                        .upgrade_from
+                        .as_ref()
+                        .filter(|_| failed.rehearsal_failed)
+                    {
+                        Some(from) => Blocked {
+                            reason: "UpgradeCheckFailed",
+                            message: format!(
+                                "the upgrade from PostgreSQL {} to {} with image {} was tried on a copy of the primary and failed: {}. Nothing was changed: the instances run {keep}; {back}",
+                                from.major, candidate.major, candidate.image, failed.message
+                            ),
+                        },
+                        None => Blocked {
+                            reason: "ImageCheckFailed",
+                            message: format!(
+                                "image {} cannot be used for PostgreSQL {}: {}. Nothing was changed: the instances run {keep}; {back}",
+                                candidate.image, candidate.major, failed.message
+                            ),
+                        },
                     },
-                    None => Blocked {
-                        reason: "ImageCheckFailed",
-                        message: format!(
-                            "image {} cannot be used for PostgreSQL {}: {}. Nothing was changed: the instances run {keep}; {back}",
-                            candidate.image, candidate.major, failed.message
-                        ),
-                    },
-                }),
+                ),
             }
         }
         None => Gate {

@@ -18,6 +18,7 @@ impl Executor<'_> {
             passed,
             message,
             rehearsal,
+            rehearsal_failed,
         } = step
         else {
             if let Step::Start(c) = step {
@@ -36,6 +37,7 @@ impl Executor<'_> {
             link_bytes: rehearsal
                 .as_ref()
                 .map(|r| i64::try_from(r.link_bytes).unwrap_or(i64::MAX)),
+            rehearsal_failed: *rehearsal_failed,
         };
         report::patch_status_if(
             self.ctx,

@@ -17,6 +17,9 @@ use crate::pooler::switchover::{SwitchoverOptions, pause_all, reconnect_all, res
 /// that takes longer lets clients through to fail fast (no primary behind
 /// `-rw`) rather than hang.
 const CLIENT_HOLD: Duration = Duration::from_secs(60);
+/// Bound of the CHECKPOINT before the pause (past it the shutdown writes
+/// the rest).
+const CHECKPOINT_WITHIN: Duration = Duration::from_secs(60);
 
 fn millis_since(rfc3339: Option<&str>) -> Option<u64> {
     let at: jiff::Timestamp = rfc3339?.parse().ok()?;
@@ -110,6 +113,19 @@ impl Executor<'_> {
                     max_hold: CLIENT_HOLD,
                     ..SwitchoverOptions::default()
                 };
+                // Dirty buffers written while clients still run: the
+                // shutdown checkpoint after PAUSE has little left to write.
+                if let Some(ep) = self.endpoint(primary) {
+                    let started = std::time::Instant::now();
+                    match agents.checkpoint(&ep, CHECKPOINT_WITHIN).await {
+                        Ok(()) => {
+                            info!(%cluster, operation = "major-upgrade", instance = %primary, ms = started.elapsed().as_millis() as u64, "checkpoint before the pause")
+                        }
+                        Err(e) => {
+                            warn!(%cluster, operation = "major-upgrade", instance = %primary, error = %e, "no checkpoint before the pause; the shutdown writes it")
+                        }
+                    }
+                }
                 let poolers = self.poolers();
                 if let Err(e) = pause_all::<_, String>(agents, &poolers, &options).await {
                     warn!(%cluster, operation = "major-upgrade", error = %e, "cannot pause the poolers; the primary keeps running");

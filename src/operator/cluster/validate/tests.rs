@@ -309,6 +309,7 @@ fn passed(image: &str, major: i32) -> crate::api::ImageCheckStatus {
         checked_at: "2026-12-06T00:00:00Z".into(),
         upgrade_from: None,
         link_bytes: None,
+        rehearsal_failed: false,
     }
 }
 
@@ -421,6 +422,7 @@ fn a_major_upgrade_starts_only_after_its_rehearsal_passed_and_with_room_for_it()
         generation: 2,
         upgrade_from: Some(16),
         link_bytes: passed_.then_some(600 * 1024 * 1024),
+        rehearsal_failed: !passed_,
         message: if passed_ {
             "PostgreSQL 17.1".into()
         } else {
