@@ -577,7 +577,7 @@ async fn a_major_upgrade_stops_the_replicas_holds_clients_and_upgrades_the_prima
             "delete db-2",
             "delete db-3",
             "delete db-image-check",
-            "checkpoint db-1",
+            "prepare-stop db-1",
             "pause db-pooler-a",
             "status upgrade Upgrading",
             "delete db-1",

@@ -59,10 +59,11 @@ impl AgentClient {
         self.post(ep, "/sentinel", request, self.timeout()).await
     }
 
-    /// `POST /checkpoint`: a CHECKPOINT on the instance, within `timeout`.
-    pub async fn checkpoint(&self, ep: &Endpoint, timeout: Duration) -> Result<(), ClientError> {
+    /// `POST /prepare-stop`: a CHECKPOINT within `timeout`, and the next
+    /// shutdown (within two minutes) without the smart phase.
+    pub async fn prepare_stop(&self, ep: &Endpoint, timeout: Duration) -> Result<(), ClientError> {
         let _: serde_json::Value = self
-            .post(ep, "/checkpoint", &serde_json::json!({}), timeout)
+            .post(ep, "/prepare-stop", &serde_json::json!({}), timeout)
             .await?;
         Ok(())
     }

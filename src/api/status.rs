@@ -149,7 +149,7 @@ pub struct ImageCheckStatus {
     pub link_bytes: Option<i64>,
     /// The image passed; the upgrade rehearsed on it failed (`message`
     /// says why, in pg_upgrade's or PostgreSQL's words).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub rehearsal_failed: bool,
 }
 

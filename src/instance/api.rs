@@ -36,6 +36,8 @@ const TIME_LIMIT: TimeLimit = TimeLimit {
     status: StatusCode::SERVICE_UNAVAILABLE,
 };
 const MAX_BODY: usize = 64 * 1024;
+/// How long after `/prepare-stop` a shutdown is fast.
+const FAST_STOP_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServeError {
@@ -59,7 +61,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/demote", post(demote))
         .route("/backup", post(backup))
         .route("/sentinel", post(sentinel))
-        .route("/checkpoint", post(checkpoint))
+        .route("/prepare-stop", post(prepare_stop))
         .route("/inventory", post(inventory))
         .route(
             "/binary",
@@ -248,9 +250,12 @@ async fn sentinel(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     }
 }
 
-/// A CHECKPOINT now, so a shutdown that follows (a major upgrade's) has
-/// little left to write while clients wait.
-async fn checkpoint(State(shared): State<Arc<Shared>>) -> Response {
+/// The primary is about to be stopped while the poolers hold clients (a
+/// major upgrade): a CHECKPOINT now, while clients still run, so the
+/// shutdown checkpoint has little left to write; and a shutdown in the
+/// next two minutes skips the smart phase.
+async fn prepare_stop(State(shared): State<Arc<Shared>>) -> Response {
+    shared.stop_fast_within(FAST_STOP_WINDOW);
     match shared.local.checkpoint().await {
         Ok(()) => json(&serde_json::json!({})),
         Err(e) => command_error(CommandError::Failed(e.to_string())),

@@ -55,6 +55,8 @@ pub struct Shared {
     report: RwLock<InstanceReport>,
     heartbeat: Mutex<Instant>,
     busy: Mutex<Option<&'static str>>,
+    /// Until when a shutdown skips the smart phase (see `/prepare-stop`).
+    fast_stop_until: Mutex<Option<Instant>>,
 }
 
 /// How long the loop may go without a heartbeat before `/healthz` fails,
@@ -76,7 +78,25 @@ impl Shared {
             report: RwLock::new(report),
             heartbeat: Mutex::new(Instant::now()),
             busy: Mutex::new(None),
+            fast_stop_until: Mutex::new(None),
         }
+    }
+
+    /// A shutdown within `window` goes straight to a fast shutdown: the
+    /// pooler holds its clients, and a session connected directly would
+    /// only make everyone wait out the smart phase.
+    pub fn stop_fast_within(&self, window: Duration) {
+        if let Ok(mut until) = self.fast_stop_until.lock() {
+            *until = Some(Instant::now() + window);
+        }
+    }
+
+    pub fn stops_fast(&self) -> bool {
+        self.fast_stop_until
+            .lock()
+            .ok()
+            .and_then(|u| *u)
+            .is_some_and(|u| Instant::now() < u)
     }
 
     /// The last report, with the lease as it is now: a fence shows (and

@@ -77,8 +77,9 @@ pub trait Agents: PoolerControl {
     ) -> BoxFuture<'a, Result<(), ClientError>>;
     /// `POST /inventory`: the instance re-reads what the repositories hold.
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>>;
-    /// `POST /checkpoint`: a CHECKPOINT, within `timeout`.
-    fn checkpoint<'a>(
+    /// `POST /prepare-stop`: a CHECKPOINT within `timeout`; the next
+    /// shutdown is fast.
+    fn prepare_stop<'a>(
         &'a self,
         ep: &'a Endpoint,
         timeout: Duration,
@@ -141,12 +142,12 @@ impl Agents for AgentClient {
     fn inventory_changed<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move { AgentClient::inventory_changed(self, ep).await })
     }
-    fn checkpoint<'a>(
+    fn prepare_stop<'a>(
         &'a self,
         ep: &'a Endpoint,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        Box::pin(async move { AgentClient::checkpoint(self, ep, timeout).await })
+        Box::pin(async move { AgentClient::prepare_stop(self, ep, timeout).await })
     }
     fn instance_status<'a>(
         &'a self,

@@ -457,13 +457,13 @@ impl Agents for FakeAgents {
             Ok(())
         })
     }
-    fn checkpoint<'a>(
+    fn prepare_stop<'a>(
         &'a self,
         ep: &'a Endpoint,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
-            self.act(format!("checkpoint {}", ep.name)).await;
+            self.act(format!("prepare-stop {}", ep.name)).await;
             Ok(())
         })
     }

@@ -374,7 +374,11 @@ impl<A: Authority> Manager<A> {
             let _ = tokio::time::timeout(budget / 3, self.local.checkpoint()).await;
         }
         let remaining = budget.saturating_sub(started.elapsed());
-        let status = child.stop(&supervisor::shutdown_plan(remaining)).await;
+        let mut plan = supervisor::shutdown_plan(remaining);
+        if self.shared.stops_fast() {
+            plan.retain(|(mode, _)| *mode != supervisor::Mode::Smart);
+        }
+        let status = child.stop(&plan).await;
         tracing::info!(
             status = status.as_deref().unwrap_or("unknown"),
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -5,7 +5,7 @@
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Executor, Next, now_rfc3339};
+use super::{Executor, Next, now_rfc3339, replacing};
 use crate::api::ImageCheckStatus;
 use crate::operator::cluster::image_check::Step;
 use crate::operator::report::{self, StatusError, reason};
@@ -43,7 +43,8 @@ impl Executor<'_> {
             self.ctx,
             self.cluster,
             &self.resource_version(),
-            json!({"imageCheck": record}),
+            // Fields of an earlier check (an upgrade's) are not kept.
+            json!({"imageCheck": replacing(&record, &["upgradeFrom", "linkBytes"])}),
             "imageCheck",
         )
         .await?;

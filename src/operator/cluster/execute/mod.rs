@@ -73,6 +73,20 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// `record` as a merge patch that replaces an earlier one: its `optional`
+/// fields it does not have are removed, not kept from the earlier record.
+fn replacing(record: &impl serde::Serialize, optional: &[&str]) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for key in optional {
+            fields
+                .entry(key.to_string())
+                .or_insert(serde_json::Value::Null);
+        }
+    }
+    value
+}
+
 impl Executor<'_> {
     fn endpoint(&self, name: &str) -> Option<Endpoint> {
         agents::endpoint(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Executor, Next, now_rfc3339};
+use super::{Executor, Next, now_rfc3339, replacing};
 use crate::api::{MajorUpgradeStatus, PostgresClusterStatus};
 use crate::operator::cluster::upgrade::{self, Step};
 use crate::operator::report::{self, StatusError, reason};
@@ -27,23 +27,14 @@ fn millis_since(rfc3339: Option<&str>) -> Option<u64> {
     u64::try_from(elapsed.as_millis()).ok()
 }
 
-/// `record` as a merge patch that replaces an earlier attempt's record:
-/// the fields it does not have are removed, not kept.
-fn replacing(record: &MajorUpgradeStatus) -> serde_json::Value {
-    let mut value = serde_json::to_value(record).unwrap_or_default();
-    if let Some(fields) = value.as_object_mut() {
-        for key in [
-            "primaryStoppedAt",
-            "primaryStartedAt",
-            "downtimeMs",
-            "pgUpgradeMs",
-            "completedAt",
-        ] {
-            fields.entry(key).or_insert(serde_json::Value::Null);
-        }
-    }
-    value
-}
+/// The fields an attempt's record may lack (see [`replacing`]).
+const OPTIONAL: &[&str] = &[
+    "primaryStoppedAt",
+    "primaryStartedAt",
+    "downtimeMs",
+    "pgUpgradeMs",
+    "completedAt",
+];
 
 impl Executor<'_> {
     pub(super) async fn upgrade(
@@ -68,7 +59,7 @@ impl Executor<'_> {
                     started_at: now_rfc3339(),
                     ..MajorUpgradeStatus::default()
                 };
-                self.record_upgrade(json!({"upgrade": replacing(&record)}))
+                self.record_upgrade(json!({"upgrade": replacing(&record, OPTIONAL)}))
                     .await?;
                 info!(%cluster, operation = "major-upgrade", from, to, image = %plan.image, "major upgrade started");
                 self.event(false, reason::MAJOR_UPGRADE_STARTED, format!(
@@ -94,7 +85,7 @@ impl Executor<'_> {
                     completed_at: Some(now_rfc3339()),
                     ..MajorUpgradeStatus::default()
                 };
-                self.record_upgrade(json!({"upgrade": replacing(&record)}))
+                self.record_upgrade(json!({"upgrade": replacing(&record, OPTIONAL)}))
                     .await?;
                 self.event(true, reason::MAJOR_UPGRADE_FAILED, step.describe())
                     .await;
@@ -113,11 +104,13 @@ impl Executor<'_> {
                     max_hold: CLIENT_HOLD,
                     ..SwitchoverOptions::default()
                 };
-                // Dirty buffers written while clients still run: the
-                // shutdown checkpoint after PAUSE has little left to write.
+                // Dirty buffers written while clients still run (the
+                // shutdown checkpoint after PAUSE has little left to write),
+                // and a fast shutdown: sessions connected around the pooler
+                // must not keep the held clients waiting.
                 if let Some(ep) = self.endpoint(primary) {
                     let started = std::time::Instant::now();
-                    match agents.checkpoint(&ep, CHECKPOINT_WITHIN).await {
+                    match agents.prepare_stop(&ep, CHECKPOINT_WITHIN).await {
                         Ok(()) => {
                             info!(%cluster, operation = "major-upgrade", instance = %primary, ms = started.elapsed().as_millis() as u64, "checkpoint before the pause")
                         }
@@ -256,7 +249,7 @@ mod tests {
             started_at: "now".into(),
             ..MajorUpgradeStatus::default()
         };
-        let patch = replacing(&fresh);
+        let patch = replacing(&fresh, OPTIONAL);
         assert_eq!(patch["primaryStoppedAt"], serde_json::Value::Null);
         assert_eq!(patch["completedAt"], serde_json::Value::Null);
         assert_eq!(patch["startedAt"], "now");
