@@ -376,3 +376,43 @@ async fn a_major_upgrade_is_rehearsed_on_a_copy_of_the_running_primary() {
         "17"
     );
 }
+
+/// A major upgrade stops the primary while the poolers hold clients:
+/// after `POST /prepare-stop` (a CHECKPOINT) the shutdown is fast, so a
+/// session connected around the pooler is ended instead of being waited
+/// for through the smart phase. Without it, the smart phase comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_stop_skips_the_smart_shutdown() {
+    let Some(bin17) = pg_bin(17) else {
+        eprintln!("skipping: set CAPSTAN_PG17_BIN");
+        return;
+    };
+    let pki = Arc::new(Pki::new());
+    let s = settings(17, PORTS.take(), &["db-1"]);
+    let mut a = Instance::new("db-1", &PORTS, &bin17, pki.clone(), &s);
+    a.set_authority("db-1");
+    let smart = |a: &Instance| a.log().matches("received smart shutdown request").count();
+    let fast = |a: &Instance| a.log().matches("received fast shutdown request").count();
+
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    let idle = a.sql_retry("app", Duration::from_secs(30)).await;
+    a.terminate(Duration::from_secs(90));
+    drop(idle);
+    assert_eq!(smart(&a), 1, "an ordinary stop waits for sessions first");
+
+    a.start();
+    a.wait_ready(Duration::from_secs(90)).await;
+    let idle = a.sql_retry("app", Duration::from_secs(30)).await;
+    let (code, body) = a.operator("POST", "/prepare-stop", Some("{}")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        a.log()
+            .contains("checkpoint starting: immediate force wait")
+    );
+    let fast_before = fast(&a);
+    a.terminate(Duration::from_secs(90));
+    drop(idle);
+    assert_eq!(smart(&a), 1, "no smart phase after prepare-stop");
+    assert_eq!(fast(&a), fast_before + 1);
+}

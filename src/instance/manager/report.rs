@@ -94,6 +94,8 @@ fn ready(report: &InstanceReport, max_lag: u64) -> bool {
 }
 
 /// `statvfs` of the file system holding `path`.
+// The field types differ by platform (u32 on some 32-bit ones).
+#[allow(clippy::useless_conversion)]
 fn volume_usage(path: &std::path::Path) -> Option<VolumeUsage> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     let block = u64::from(st.fragment_size());
