@@ -463,16 +463,7 @@ impl DataOps<'_> {
         }
         // Every database (template1 too, so later ones inherit it): PgBouncer
         // runs auth_query in the database a client asks for.
-        let databases: Vec<String> = postgres_db
-            .query(
-                "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname",
-                &[],
-            )
-            .await
-            .map_err(sql_err("listing databases"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let databases = databases(&postgres_db).await?;
         for db in &databases {
             self.install_pooler_auth(&local, db).await?;
         }
@@ -612,7 +603,23 @@ impl DataOps<'_> {
     }
 }
 
-fn sql_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> BootstrapError {
+/// The databases that take connections.
+pub(super) async fn databases(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<String>, BootstrapError> {
+    Ok(client
+        .query(
+            "SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(sql_err("listing databases"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+pub(super) fn sql_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> BootstrapError {
     move |e| {
         BootstrapError::Local(LocalError::Query {
             what,

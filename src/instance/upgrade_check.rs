@@ -21,7 +21,9 @@ use tokio::process::Command;
 use crate::contract::settings::InstanceSettings;
 
 use super::binaries::Binaries;
-use super::bootstrap::{BootstrapError, DataOps, io_err, remove_dir_if_exists, socket_only};
+use super::bootstrap::{
+    self, BootstrapError, DataOps, io_err, remove_dir_if_exists, socket_only, sql_err,
+};
 use super::config;
 use super::inputs::Inputs;
 use super::process;
@@ -210,24 +212,8 @@ fn private_settings(inputs: &Inputs) -> Vec<(&'static str, String)> {
     settings
 }
 
-fn sql_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> BootstrapError {
-    move |e| BootstrapError::Refused(format!("{what}: {e}"))
-}
-
 async fn databases(ops: &DataOps<'_>) -> Result<Vec<String>, BootstrapError> {
-    Ok(ops
-        .local()
-        .connect()
-        .await?
-        .query(
-            "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname",
-            &[],
-        )
-        .await
-        .map_err(sql_err("listing databases"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+    bootstrap::databases(&ops.local().connect().await?).await
 }
 
 /// `name version` of every extension, once each.
