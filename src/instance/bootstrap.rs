@@ -491,20 +491,8 @@ impl DataOps<'_> {
         }
         let partial = self.partial();
         self.clean_leftovers()?;
-        let mut command = Command::new(self.bins.tool("pg_basebackup"));
-        command
-            .arg("-D")
-            .arg(&partial)
-            .arg("-d")
-            .arg(config::replication_conninfo(self.inputs, self.settings).to_string())
-            .args([
-                "-X",
-                "stream",
-                "--checkpoint=fast",
-                "--no-password",
-                "--no-sync",
-            ])
-            .arg(format!("--slot={}", self.inputs.slot_name()));
+        let mut command = self.basebackup_into(&partial);
+        command.arg(format!("--slot={}", self.inputs.slot_name()));
         // The primary creates a slot for every instance, but a clone may
         // start first (a fresh primary, or one promoted a moment ago).
         if !remote.slot_exists(&self.inputs.slot_name()).await? {
@@ -530,6 +518,25 @@ impl DataOps<'_> {
         self.sync_filesystems(&partial)?;
         self.install(&partial, control.system_identifier)?;
         Ok(())
+    }
+
+    /// `pg_basebackup` of the primary into `dir`, as a replica connects
+    /// (WAL streamed alongside, a fast checkpoint, one sync by the caller).
+    pub(super) fn basebackup_into(&self, dir: &Path) -> Command {
+        let mut command = Command::new(self.bins.tool("pg_basebackup"));
+        command
+            .arg("-D")
+            .arg(dir)
+            .arg("-d")
+            .arg(config::replication_conninfo(self.inputs, self.settings).to_string())
+            .args([
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-password",
+                "--no-sync",
+            ]);
+        command
     }
 
     /// Moves a complete `.partial` into place (keeping the old data until

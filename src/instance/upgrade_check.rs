@@ -16,15 +16,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
-
 use crate::contract::settings::InstanceSettings;
 
 use super::binaries::Binaries;
 use super::bootstrap::{
     self, BootstrapError, DataOps, io_err, remove_dir_if_exists, socket_only, sql_err,
 };
-use super::config;
 use super::inputs::Inputs;
 use super::process;
 use super::upgrade::UpgradeError;
@@ -152,20 +149,7 @@ impl Rehearsal {
         clear(&self.scratch)?;
         let run = &inputs.run_dir;
         std::fs::create_dir_all(run).map_err(io_err(run))?;
-        let conninfo = config::replication_conninfo(inputs, old.settings);
-        let mut command = Command::new(self.old.tool("pg_basebackup"));
-        command
-            .arg("-D")
-            .arg(&inputs.data_dir)
-            .arg("-d")
-            .arg(conninfo.to_string())
-            .args([
-                "-X",
-                "stream",
-                "--checkpoint=fast",
-                "--no-password",
-                "--no-sync",
-            ]);
+        let mut command = old.basebackup_into(&inputs.data_dir);
         tracing::info!(operation = "upgrade-check", host = %old.settings.primary_host, "copying the primary");
         process::run_tool("pg_basebackup", &mut command).await?;
         let mut settings = private_settings(inputs);
