@@ -44,7 +44,7 @@ impl Executor<'_> {
             self.cluster,
             &self.resource_version(),
             // Fields of an earlier check (an upgrade's) are not kept.
-            json!({"imageCheck": replacing(&record, &["upgradeFrom", "linkBytes"])}),
+            json!({"imageCheck": replacing(&record, self.cluster.status.as_ref().and_then(|s| s.image_check.as_ref()))}),
             "imageCheck",
         )
         .await?;

@@ -73,15 +73,15 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-/// `record` as a merge patch that replaces an earlier one: its `optional`
-/// fields it does not have are removed, not kept from the earlier record.
-fn replacing(record: &impl serde::Serialize, optional: &[&str]) -> serde_json::Value {
+/// `record` as a merge patch that replaces `previous`: the fields
+/// `previous` has and `record` does not are removed, not kept.
+fn replacing<T: serde::Serialize>(record: &T, previous: Option<&T>) -> serde_json::Value {
     let mut value = serde_json::to_value(record).unwrap_or_default();
-    if let Some(fields) = value.as_object_mut() {
-        for key in optional {
-            fields
-                .entry(key.to_string())
-                .or_insert(serde_json::Value::Null);
+    let before = previous.and_then(|p| serde_json::to_value(p).ok());
+    if let (Some(fields), Some(serde_json::Value::Object(before))) = (value.as_object_mut(), before)
+    {
+        for key in before.keys() {
+            fields.entry(key.clone()).or_insert(serde_json::Value::Null);
         }
     }
     value

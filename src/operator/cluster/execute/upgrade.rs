@@ -27,15 +27,6 @@ fn millis_since(rfc3339: Option<&str>) -> Option<u64> {
     u64::try_from(elapsed.as_millis()).ok()
 }
 
-/// The fields an attempt's record may lack (see [`replacing`]).
-const OPTIONAL: &[&str] = &[
-    "primaryStoppedAt",
-    "primaryStartedAt",
-    "downtimeMs",
-    "pgUpgradeMs",
-    "completedAt",
-];
-
 impl Executor<'_> {
     pub(super) async fn upgrade(
         &self,
@@ -59,8 +50,10 @@ impl Executor<'_> {
                     started_at: now_rfc3339(),
                     ..MajorUpgradeStatus::default()
                 };
-                self.record_upgrade(json!({"upgrade": replacing(&record, OPTIONAL)}))
-                    .await?;
+                self.record_upgrade(
+                    json!({"upgrade": replacing(&record, status.upgrade.as_ref())}),
+                )
+                .await?;
                 info!(%cluster, operation = "major-upgrade", from, to, image = %plan.image, "major upgrade started");
                 self.event(false, reason::MAJOR_UPGRADE_STARTED, format!(
                     "upgrading from PostgreSQL {from} to {to} ({}): replicas stop, then the primary is upgraded with pg_upgrade --link while the poolers hold clients",
@@ -85,8 +78,10 @@ impl Executor<'_> {
                     completed_at: Some(now_rfc3339()),
                     ..MajorUpgradeStatus::default()
                 };
-                self.record_upgrade(json!({"upgrade": replacing(&record, OPTIONAL)}))
-                    .await?;
+                self.record_upgrade(
+                    json!({"upgrade": replacing(&record, status.upgrade.as_ref())}),
+                )
+                .await?;
                 self.event(true, reason::MAJOR_UPGRADE_FAILED, step.describe())
                     .await;
                 Ok(Next::Restart)
@@ -249,19 +244,19 @@ mod tests {
             started_at: "now".into(),
             ..MajorUpgradeStatus::default()
         };
-        let patch = replacing(&fresh, OPTIONAL);
-        assert_eq!(patch["primaryStoppedAt"], serde_json::Value::Null);
-        assert_eq!(patch["completedAt"], serde_json::Value::Null);
-        assert_eq!(patch["startedAt"], "now");
-        // Applied over the failed attempt's record, nothing of it stays.
-        let mut old = serde_json::to_value(MajorUpgradeStatus {
+        let failed = MajorUpgradeStatus {
             phase: upgrade::FAILED.into(),
             primary_stopped_at: Some("before".into()),
             completed_at: Some("before".into()),
             downtime_ms: Some(5),
             ..MajorUpgradeStatus::default()
-        })
-        .unwrap();
+        };
+        let patch = replacing(&fresh, Some(&failed));
+        assert_eq!(patch["primaryStoppedAt"], serde_json::Value::Null);
+        assert_eq!(patch["completedAt"], serde_json::Value::Null);
+        assert_eq!(patch["startedAt"], "now");
+        // Applied over the failed attempt's record, nothing of it stays.
+        let mut old = serde_json::to_value(&failed).unwrap();
         json_patch_merge(&mut old, &patch);
         let merged: MajorUpgradeStatus = serde_json::from_value(old).unwrap();
         assert_eq!(merged, fresh);
