@@ -131,11 +131,16 @@ async fn archive_lag(
     switch: bool,
 ) -> Result<String, E2eError> {
     let committed = Instant::now();
-    let wanted = backup::current_segment(ha, target).await?;
-    if switch {
+    // With a switch, the segment `pg_switch_wal()` closed: it holds every
+    // commit before the call. Reading the current segment first raced with
+    // archive_timeout switching it (seen on PostgreSQL 18): the "current"
+    // segment was then an empty one no switch would ever close.
+    let wanted = if switch {
         let admin = ha.connect(&ha.rw(target).await?, ha::As::Superuser).await?;
-        sql::value(&admin, "SELECT pg_switch_wal()").await?;
-    }
+        sql::value(&admin, "SELECT pg_walfile_name(pg_switch_wal())").await?
+    } else {
+        backup::current_segment(ha, target).await?
+    };
     let archived = backup::wait_archived(ha, target, &wanted, ARCHIVED_WITHIN).await?;
     eprintln!(
         "[{}] archive lag ({what}): segment {wanted} archived {:.1}s after the commit (pg_stat_archiver; archive.timeout {ARCHIVE_TIMEOUT})",
