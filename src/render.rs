@@ -14,7 +14,7 @@ use crate::operator::cluster::validate::{self, SpecError};
 use crate::resources::model::Model;
 use crate::resources::secrets::{self, CertKind, PasswordSecret};
 use crate::resources::{instance, labels, names};
-use crate::tls::Issued;
+use crate::tls::{CaSet, Issued};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -152,10 +152,10 @@ fn objects(model: &Model) -> Result<Vec<String>, RenderError> {
 }
 
 fn redacted_secrets(model: &Model) -> Vec<Secret> {
-    let placeholder = Issued {
+    let placeholder = CaSet::new(Issued {
         cert_pem: String::new(),
         key_pem: String::new(),
-    };
+    });
     let mut all: Vec<Secret> = PasswordSecret::ALL
         .into_iter()
         .map(|k| secrets::password_secret(model, k, ""))
@@ -164,7 +164,7 @@ fn redacted_secrets(model: &Model) -> Vec<Secret> {
     all.extend(
         CertKind::managed(model)
             .into_iter()
-            .map(|k| secrets::cert_secret(model, k, &placeholder, "")),
+            .map(|k| secrets::cert_secret(model, k, &placeholder.signing, &placeholder)),
     );
     for s in &mut all {
         secrets::redact(s);

@@ -1162,6 +1162,7 @@ async fn a_new_operator_binary_reaches_every_agent_in_place_and_recreates_no_pod
             servers_idle: 0,
             last_error: None,
             agent: Some(agent("01d01d01d01d01d")),
+            tls: Default::default(),
         },
     );
     let (steps, operations) = roll(&mut w).await;

@@ -82,7 +82,8 @@ async fn provide_certificates(client: &Client, namespace: &str) {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::PostParams;
     let now = time::OffsetDateTime::now_utc();
-    let ca = capstan::tls::new_ca("billing-ca", now).unwrap();
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    let ca = capstan::tls::new_ca("billing-ca", now, year).unwrap();
     let services = |list: &[String]| -> Vec<String> {
         list.iter()
             .flat_map(|s| names::service_dns_names(s, namespace))
@@ -96,12 +97,13 @@ async fn provide_certificates(client: &Client, namespace: &str) {
             names::r_service("billing"),
         ]),
         now,
+        year,
     )
     .unwrap();
     let pooler =
-        capstan::tls::issue_server(&ca, &services(&[names::pooler("billing")]), now).unwrap();
+        capstan::tls::issue_server(&ca, &services(&[names::pooler("billing")]), now, year).unwrap();
     let replication =
-        capstan::tls::issue_client(&ca, capstan::postgres::roles::REPLICATION, now).unwrap();
+        capstan::tls::issue_client(&ca, capstan::postgres::roles::REPLICATION, now, year).unwrap();
     let secret = |name: &str, data: Vec<(&str, &str)>, type_: &str| -> Secret {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": namespace},

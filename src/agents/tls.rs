@@ -46,6 +46,15 @@ impl TlsFiles {
         [&self.cert, &self.key, &self.ca]
     }
 
+    /// What the files hold now (unreadable files read as nothing).
+    pub fn mounted(&self) -> crate::contract::agent::MountedTls {
+        let text = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        crate::contract::agent::MountedTls {
+            certificate: crate::tls::fingerprint(&text(&self.cert)),
+            trusts: crate::tls::fingerprints(&text(&self.ca)),
+        }
+    }
+
     /// Modification times, to notice a rotated Secret (the kubelet swaps in
     /// new files, so a rotation always changes them).
     pub fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
@@ -54,6 +63,16 @@ impl TlsFiles {
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
             .collect()
     }
+}
+
+/// The TLS Secrets mounted in a pod, by mount name (those absent are
+/// left out).
+pub fn mounted(files: &[(&str, TlsFiles)]) -> crate::contract::agent::TlsMounts {
+    files
+        .iter()
+        .map(|(mount, f)| (mount.to_string(), f.mounted()))
+        .filter(|(_, m)| m.certificate.is_some() || !m.trusts.is_empty())
+        .collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

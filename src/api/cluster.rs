@@ -360,6 +360,51 @@ pub struct TlsSpec {
     /// Secrets to use when `mode` is `Provided` (required then, and only then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provided: Option<ProvidedTls>,
+
+    /// Lifetimes of the certificates Capstan issues (with `Provided`, the
+    /// agents' and the operator's). Certificates are re-issued and
+    /// reloaded with no restart; the CA is replaced with an overlap in
+    /// which clients trust both.
+    #[serde(default = "defaults::certificates")]
+    pub certificates: CertificateLifetimes,
+}
+
+/// How long certificates live and when they are replaced. Each value is a
+/// whole number of seconds (s), minutes (m) or hours (h), e.g. `8760h`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::renew_before_lifetime("renewBefore", "duration"))]
+#[x_kube(validation = rules::renew_before_lifetime("caRenewBefore", "caDuration"))]
+#[x_kube(validation = rules::ca_overlap())]
+pub struct CertificateLifetimes {
+    /// Lifetime of a server or client certificate (default 8760h, a
+    /// year). Never past its CA's own expiry.
+    #[serde(default = "defaults::leaf_duration")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = rules::lifetime("duration"))]
+    pub duration: String,
+
+    /// A certificate is re-issued this long before it expires (default
+    /// 720h, 30 days).
+    #[serde(default = "defaults::leaf_renew_before")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = rules::lifetime("renewBefore"))]
+    pub renew_before: String,
+
+    /// Lifetime of the cluster CA (default 43800h, five years).
+    #[serde(default = "defaults::ca_duration")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = rules::lifetime("caDuration"))]
+    pub ca_duration: String,
+
+    /// The next CA is created and trusted this long before the current
+    /// one expires (default 2160h, 90 days). Certificates move to it
+    /// `renewBefore` before the old CA expires, once every pod trusts it;
+    /// until then clients holding only the old `ca.crt` keep verifying.
+    #[serde(default = "defaults::ca_renew_before")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = rules::lifetime("caRenewBefore"))]
+    pub ca_renew_before: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

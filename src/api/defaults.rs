@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use super::backup::{ArchiveSpec, BackupTarget, RetentionSpec, VerifySpec};
 use super::cluster::{
-    BootstrapSpec, FailoverSpec, InitdbSpec, PgBouncerSpec, PoolMode, ProxySpec,
-    PvcRetentionPolicy, RetentionRule, TlsMode, TlsSpec,
+    BootstrapSpec, CertificateLifetimes, FailoverSpec, InitdbSpec, PgBouncerSpec, PoolMode,
+    ProxySpec, PvcRetentionPolicy, RetentionRule, TlsMode, TlsSpec,
 };
 
 pub fn instances() -> i32 {
@@ -58,6 +58,35 @@ pub fn tls() -> TlsSpec {
     TlsSpec {
         mode: tls_mode(),
         provided: None,
+        certificates: certificates(),
+    }
+}
+
+/// A year: what public CAs allowed until recently, renewed a month ahead.
+pub fn leaf_duration() -> String {
+    "8760h".to_string()
+}
+
+pub fn leaf_renew_before() -> String {
+    "720h".to_string()
+}
+
+/// Five years, with the next CA trusted three months ahead: two months
+/// for every client to pick up the new `ca.crt` before servers use it.
+pub fn ca_duration() -> String {
+    "43800h".to_string()
+}
+
+pub fn ca_renew_before() -> String {
+    "2160h".to_string()
+}
+
+pub fn certificates() -> CertificateLifetimes {
+    CertificateLifetimes {
+        duration: leaf_duration(),
+        renew_before: leaf_renew_before(),
+        ca_duration: ca_duration(),
+        ca_renew_before: ca_renew_before(),
     }
 }
 

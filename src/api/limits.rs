@@ -120,6 +120,10 @@ pub const RETENTION: RangeInclusive<i32> = 1..=9_999_999;
 /// second it would only fill the repository; above an hour it is no RPO.
 pub const ARCHIVE_TIMEOUT_SECONDS: RangeInclusive<i64> = 1..=3600;
 
+/// Certificate lifetimes and renewal margins: a minute (tests) to a
+/// hundred years.
+pub const CERTIFICATE_SECONDS: RangeInclusive<i64> = 60..=100 * 8760 * 3600;
+
 /// Host names, S3 bucket and Azure account/container names, regions.
 pub const HOST_MAX: usize = 253;
 pub const REGION_MAX: usize = 64;
@@ -191,5 +195,32 @@ mod tests {
             "pgBackRest has repo1 to repo4"
         );
         assert!(BACKUP_SCHEDULES_MAX >= 3 * BACKUP_REPOSITORIES.end());
+    }
+}
+
+/// `90s`, `5m`, `8760h` in seconds: the duration form admission allows
+/// (a whole number and one unit).
+pub fn seconds(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let n: u64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    match unit {
+        's' => Some(n),
+        'm' => n.checked_mul(60),
+        'h' => n.checked_mul(3600),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    #[test]
+    fn durations_read_in_seconds() {
+        assert_eq!(super::seconds("90s"), Some(90));
+        assert_eq!(super::seconds("5m"), Some(300));
+        assert_eq!(super::seconds("8760h"), Some(8760 * 3600));
+        for bad in ["", "h", "5d", "1m30s", "-5s", "5"] {
+            assert_eq!(super::seconds(bad), None, "{bad}");
+        }
     }
 }

@@ -388,6 +388,42 @@ pub fn archive_timeout() -> Rule {
     .reason(Reason::FieldValueInvalid)
 }
 
+/// A certificate lifetime: `s`, `m` or `h`, one minute to a hundred years
+/// (CEL durations end near 290 years).
+pub fn lifetime(field: &str) -> Rule {
+    let range = limits::CERTIFICATE_SECONDS;
+    Rule::new(format!(
+        "self.matches('^[1-9][0-9]{{0,6}}(s|m|h)$') && duration(self) >= duration('{}s') && duration(self) <= duration('{}s')",
+        range.start(),
+        range.end()
+    ))
+    .message(Message::Message(format!(
+        "spec.tls.certificates.{field} must be a whole number of seconds (s), minutes (m) or hours (h) from 1m to 876000h, e.g. 8760h"
+    )))
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// Renewal must start while the certificate is still valid.
+pub fn renew_before_lifetime(renew: &str, lifetime: &str) -> Rule {
+    Rule::new(format!(
+        "!self.{renew}.matches('^[1-9][0-9]{{0,6}}(s|m|h)$') || !self.{lifetime}.matches('^[1-9][0-9]{{0,6}}(s|m|h)$') || duration(self.{renew}) < duration(self.{lifetime})"
+    ))
+    .message(Message::Message(format!(
+        "spec.tls.certificates.{renew} must be shorter than {lifetime}"
+    )))
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// The next CA is trusted before certificates move to it: the overlap is
+/// `caRenewBefore - renewBefore`.
+pub fn ca_overlap() -> Rule {
+    Rule::new(
+        "!self.renewBefore.matches('^[1-9][0-9]{0,6}(s|m|h)$') || !self.caRenewBefore.matches('^[1-9][0-9]{0,6}(s|m|h)$') || duration(self.renewBefore) < duration(self.caRenewBefore)",
+    )
+    .message("spec.tls.certificates.caRenewBefore must be longer than renewBefore: the difference is how long clients have to trust a new CA before servers use it")
+    .reason(Reason::FieldValueInvalid)
+}
+
 /// Creating a cluster from a backup and creating an empty one exclude each
 /// other.
 pub fn bootstrap_one_method() -> Rule {

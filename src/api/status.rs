@@ -469,6 +469,24 @@ pub struct TlsStatus {
     /// Expiry of the poolers' server certificate (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooler_not_after: Option<String>,
+    /// Capstan's CAs for this cluster (with `Provided` TLS, those of the
+    /// agents and the operator): the one signing and, while it is
+    /// replaced, the next or the previous one, both trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorities: Vec<CaStatus>,
+}
+
+/// One CA clients trust.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    /// `Signing`, `Next` (trusted, signs nothing yet) or `Previous`
+    /// (replaced, trusted until it expires).
+    pub role: String,
+    /// SHA-256 of the certificate (DER), first 16 bytes in hex.
+    pub fingerprint: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -1,6 +1,8 @@
 //! The agent binary: what each agent says it runs, and how the operator
 //! hands it a new one (`POST /binary`) when Capstan itself is upgraded.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Header of `POST /binary` naming the SHA-256 (hex) of the body.
@@ -34,3 +36,19 @@ impl AgentBuild {
 pub fn short_sha(sha256: &str) -> String {
     sha256.chars().take(12).collect()
 }
+
+/// One mounted TLS Secret as the agent reads it now: which certificate it
+/// holds and which CAs its `ca.crt` trusts (SHA-256 fingerprints, see
+/// `crate::tls::fingerprint`). Tells the operator when every pod trusts a
+/// new CA, so certificates may move to it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MountedTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusts: Vec<String>,
+}
+
+/// Mounted TLS Secrets by mount name (`server`, `agent`, …).
+pub type TlsMounts = BTreeMap<String, MountedTls>;

@@ -114,6 +114,11 @@ pub mod files {
     pub const TLS_KEY: &str = "tls.key";
     pub const CA_CRT: &str = "ca.crt";
     pub const CA_KEY: &str = "ca.key";
+    /// The next CA while a CA is replaced (`<name>-ca-key` only).
+    pub const NEXT_CA_CRT: &str = "next.crt";
+    pub const NEXT_CA_KEY: &str = "next.key";
+    /// The replaced CA, trusted until it expires (`<name>-ca-key` only).
+    pub const PREVIOUS_CA_CRT: &str = "previous.crt";
     /// ConfigMap key read by instance managers ([`super::super::settings::InstanceSettings`]).
     pub const INSTANCE_SETTINGS: &str = "instance.json";
     /// ConfigMap key read by pooler supervisors ([`super::super::settings::PoolerSettings`]).

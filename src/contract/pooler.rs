@@ -61,4 +61,7 @@ pub struct PoolerReport {
     /// The supervisor binary this pod runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<super::agent::AgentBuild>,
+    /// The mounted certificates and the CAs they trust.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tls: super::agent::TlsMounts,
 }

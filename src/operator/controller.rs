@@ -33,6 +33,7 @@ use super::report::{self, reason};
 use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresCluster, PostgresClusterStatus};
 use crate::resources::{labels, names};
+use crate::tls;
 
 /// Requeue while an operation is under way (child events usually come first).
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
@@ -293,9 +294,15 @@ fn settled_wait(model: &crate::resources::model::Model, resync: Duration) -> Dur
 /// `wait`, or less when a schedule's next run comes first (a second
 /// late, so the run is due when the reconcile looks).
 fn until_scheduled(wait: Duration, plan: &Plan, now: jiff::Timestamp) -> Duration {
+    let certificates = plan
+        .certificates_due_at
+        .and_then(|at| jiff::Timestamp::from_second(at).ok());
     plan.schedules
         .wake_at
-        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .into_iter()
+        .chain(certificates)
+        .filter_map(|at| Duration::try_from(at.duration_since(now)).ok())
+        .min()
         .map_or(wait, |d| wait.min(d + Duration::from_secs(1)))
 }
 
@@ -369,6 +376,19 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
             .issued
             .iter()
             .map(|(kind, reason)| format!("issued the {kind:?} certificate ({reason:?})"))
+            .collect(),
+    );
+    add(
+        false,
+        reason::CA_ROTATION,
+        applied
+            .ca_steps
+            .iter()
+            .map(|step| match step {
+                tls::CaStep::PrepareNext => "created the next cluster CA; every ca.crt now trusts both, certificates move to it later".to_string(),
+                tls::CaStep::PromoteNext => "certificates are now issued by the new cluster CA; the old one stays trusted until it expires".to_string(),
+                tls::CaStep::DropPrevious => "the old cluster CA expired and is no longer trusted".to_string(),
+            })
             .collect(),
     );
     add(

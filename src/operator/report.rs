@@ -24,6 +24,7 @@ pub mod reason {
     pub const DELETED_VOLUMES: &str = "DeletedVolumes";
     pub const CREATED_SECRETS: &str = "CreatedSecrets";
     pub const ISSUED_CERTIFICATES: &str = "IssuedCertificates";
+    pub const CA_ROTATION: &str = "CaRotation";
     pub const APPLY_REFUSED: &str = "ApplyRefused";
     pub const FAILOVER_STARTED: &str = "FailoverStarted";
     pub const FAILOVER_COMPLETED: &str = "FailoverCompleted";

@@ -56,6 +56,9 @@ pub type Reexec = (String, tokio::sync::oneshot::Sender<Result<(), String>>);
 pub struct Shared {
     pub name: String,
     pub admin: AdminConsole,
+    /// Mounted TLS Secrets, reported so the operator knows which CAs
+    /// this pod trusts.
+    pub tls: Vec<(&'static str, crate::agents::tls::TlsFiles)>,
     pub reexec: tokio::sync::mpsc::Sender<Reexec>,
     state: Mutex<State>,
     /// Serialises PAUSE/RESUME/RECONNECT so they never interleave.
@@ -81,10 +84,12 @@ impl Shared {
         name: String,
         admin: AdminConsole,
         reexec: tokio::sync::mpsc::Sender<Reexec>,
+        tls: Vec<(&'static str, crate::agents::tls::TlsFiles)>,
     ) -> Self {
         Self {
             name,
             admin,
+            tls,
             reexec,
             state: Mutex::new(State::default()),
             ops: tokio::sync::Mutex::new(()),
@@ -235,6 +240,7 @@ impl Shared {
             servers_idle: 0,
             last_error: snap.last_error,
             agent: Some(crate::agents::binary::build()),
+            tls: crate::agents::tls::mounted(&self.tls),
         };
         if snap.running {
             match self.admin.show_pools().await {

@@ -23,7 +23,7 @@ use super::process::{self, Exit, Identity, ProcessError};
 use super::shared::Shared;
 use crate::agents::server::{self, ServerTls};
 use crate::agents::tls::{TlsError, TlsFiles};
-use crate::contract::layout::files;
+use crate::contract::layout::{files, mounts};
 use crate::contract::settings::PoolerSettings;
 use crate::postgres::roles;
 
@@ -125,6 +125,10 @@ pub async fn run(opts: Options, handover: Option<Handover>) -> Result<(), Superv
             admin_password.clone(),
         ),
         reexec_tx,
+        vec![
+            (mounts::POOLER_TLS, TlsFiles::new(opts.tls_dir.clone())),
+            (mounts::AGENT_TLS, TlsFiles::new(opts.api_tls_dir.clone())),
+        ],
     ));
 
     crate::agents::pid1::start_reaping();

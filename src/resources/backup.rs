@@ -314,14 +314,7 @@ fn split_endpoint(endpoint: &str) -> (String, Option<u16>) {
 
 /// `10s`, `5m`, `1h` (admission checks the form and the 1 s – 1 h range).
 pub fn archive_timeout_seconds(spec: &BackupSpec) -> u64 {
-    let t = spec.archive.timeout.trim();
-    let (number, unit) = t.split_at(t.len().saturating_sub(1));
-    let n: u64 = number.parse().unwrap_or(60);
-    match unit {
-        "h" => n * 3600,
-        "m" => n * 60,
-        _ => n,
-    }
+    crate::api::limits::seconds(&spec.archive.timeout).unwrap_or(60)
 }
 
 /// One set of Secret volumes per object-store repository, its keys under

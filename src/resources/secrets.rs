@@ -14,7 +14,7 @@ use super::names;
 use crate::api::TlsMode;
 use crate::contract::layout::{self, files};
 use crate::postgres::roles;
-use crate::tls::{CertSummary, Issued};
+use crate::tls::{Authorities, CaRecord, CaSet, CertSummary, Issued};
 
 /// Where each TLS certificate and its CA come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,80 +235,107 @@ impl CertKind {
     }
 }
 
-/// A `kubernetes.io/tls` Secret with the certificate, its key and the CA.
-pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, ca_cert_pem: &str) -> Secret {
+/// A `kubernetes.io/tls` Secret with the certificate, its key and every
+/// CA clients must trust now (`ca.crt`).
+pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, cas: &CaSet) -> Secret {
     let mut metadata = model.child_meta(
         kind.secret_name(&model.name),
         labels::common(&model.name, labels::COMPONENT_CONTROL),
     );
-    annotate(
-        &mut metadata,
-        CertSummary::of(&issued.cert_pem, ca_cert_pem),
-    );
+    let summary = CertSummary::of(&issued.cert_pem, &cas.signing.cert_pem).map(|mut s| {
+        s.trust = cas.authorities().map(|a| a.trust_id());
+        s
+    });
+    annotate(&mut metadata, CERTIFICATE_ANNOTATION, summary.as_ref());
     Secret {
         metadata,
         type_: Some("kubernetes.io/tls".into()),
         data: Some(BTreeMap::from([
-            (
-                files::TLS_CRT.to_string(),
-                ByteString(issued.cert_pem.clone().into_bytes()),
-            ),
-            (
-                files::TLS_KEY.to_string(),
-                ByteString(issued.key_pem.clone().into_bytes()),
-            ),
-            (
-                files::CA_CRT.to_string(),
-                ByteString(ca_cert_pem.as_bytes().to_vec()),
-            ),
+            (files::TLS_CRT.to_string(), bytes(&issued.cert_pem)),
+            (files::TLS_KEY.to_string(), bytes(&issued.key_pem)),
+            (files::CA_CRT.to_string(), bytes(&cas.bundle())),
         ])),
         ..Secret::default()
     }
 }
 
-/// The CA's key pair (operator-only) and, with managed TLS, its public
-/// certificate for clients.
+fn bytes(text: &str) -> ByteString {
+    ByteString(text.as_bytes().to_vec())
+}
+
 /// Annotation with the [`CertSummary`] of the certificate a Secret holds.
 pub const CERTIFICATE_ANNOTATION: &str = "capstan.dev/certificate";
+/// Annotation of `<name>-ca-key` with its [`Authorities`].
+pub const AUTHORITIES_ANNOTATION: &str = "capstan.dev/authorities";
 
 fn annotate(
     meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    summary: Option<CertSummary>,
+    key: &str,
+    value: Option<&impl serde::Serialize>,
 ) {
-    if let Some(json) = summary.and_then(|s| serde_json::to_string(&s).ok()) {
+    if let Some(json) = value.and_then(|v| serde_json::to_string(v).ok()) {
         meta.annotations
             .get_or_insert_with(Default::default)
-            .insert(CERTIFICATE_ANNOTATION.to_string(), json);
+            .insert(key.to_string(), json);
     }
+}
+
+fn annotation<T: serde::de::DeserializeOwned>(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<T> {
+    serde_json::from_str(meta.annotations.as_ref()?.get(key)?).ok()
 }
 
 /// The [`CertSummary`] recorded on a Secret, if any.
 pub fn summary(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<CertSummary> {
-    serde_json::from_str(meta.annotations.as_ref()?.get(CERTIFICATE_ANNOTATION)?).ok()
+    annotation(meta, CERTIFICATE_ANNOTATION)
 }
 
-pub fn ca_secrets(model: &Model, ca: &Issued) -> Vec<Secret> {
+/// The CAs recorded on `<name>-ca-key`. A Secret written before CA
+/// rotation existed has one CA, in its certificate summary.
+pub fn authorities(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<Authorities> {
+    annotation(meta, AUTHORITIES_ANNOTATION).or_else(|| {
+        summary(meta).map(|s| Authorities {
+            signing: CaRecord {
+                fingerprint: s.issuer,
+                not_after: s.not_after,
+            },
+            next: None,
+            previous: None,
+        })
+    })
+}
+
+/// `<name>-ca-key` (every CA with its key, operator-only) and, with
+/// managed TLS, `<name>-ca`: the CA certificates clients trust.
+pub fn ca_secrets(model: &Model, cas: &CaSet) -> Vec<Secret> {
     let labels = labels::common(&model.name, labels::COMPONENT_CONTROL);
+    let authorities = cas.authorities();
     let meta = |name: String| {
         let mut m = model.child_meta(name, labels.clone());
-        annotate(&mut m, CertSummary::of(&ca.cert_pem, &ca.cert_pem));
+        annotate(&mut m, AUTHORITIES_ANNOTATION, authorities.as_ref());
         m
     };
+    let mut keys = BTreeMap::from([
+        (files::CA_CRT.to_string(), bytes(&cas.signing.cert_pem)),
+        (files::CA_KEY.to_string(), bytes(&cas.signing.key_pem)),
+    ]);
+    if let Some(next) = &cas.next {
+        keys.insert(files::NEXT_CA_CRT.into(), bytes(&next.cert_pem));
+        keys.insert(files::NEXT_CA_KEY.into(), bytes(&next.key_pem));
+    }
+    if let Some(previous) = &cas.previous {
+        keys.insert(files::PREVIOUS_CA_CRT.into(), bytes(previous));
+    }
     let mut out = vec![Secret {
         metadata: meta(names::ca_key_secret(&model.name)),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                files::CA_CRT.to_string(),
-                ByteString(ca.cert_pem.clone().into_bytes()),
-            ),
-            (
-                files::CA_KEY.to_string(),
-                ByteString(ca.key_pem.clone().into_bytes()),
-            ),
-        ])),
+        data: Some(keys),
         ..Secret::default()
     }];
     if model.spec.tls.mode == TlsMode::Managed {
@@ -317,12 +344,32 @@ pub fn ca_secrets(model: &Model, ca: &Issued) -> Vec<Secret> {
             type_: Some("Opaque".into()),
             data: Some(BTreeMap::from([(
                 files::CA_CRT.to_string(),
-                ByteString(ca.cert_pem.clone().into_bytes()),
+                bytes(&cas.bundle()),
             )])),
             ..Secret::default()
         });
     }
     out
+}
+
+/// The CAs in `<name>-ca-key`'s data.
+pub fn read_ca_set(secret: &Secret) -> Option<CaSet> {
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    let pair = |crt: &str, key: &str| {
+        Some(Issued {
+            cert_pem: text(crt)?,
+            key_pem: text(key)?,
+        })
+    };
+    Some(CaSet {
+        signing: pair(files::CA_CRT, files::CA_KEY)?,
+        next: pair(files::NEXT_CA_CRT, files::NEXT_CA_KEY),
+        previous: text(files::PREVIOUS_CA_CRT),
+    })
 }
 
 /// A new random password: 32 alphanumeric characters from the thread-local
@@ -418,10 +465,10 @@ mod tests {
         assert_eq!(
             ca_secrets(
                 &m,
-                &Issued {
+                &CaSet::new(Issued {
                     cert_pem: "c".into(),
                     key_pem: "k".into()
-                }
+                })
             )
             .len(),
             1

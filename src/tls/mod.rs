@@ -10,12 +10,48 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-/// How long a new CA is valid.
-pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
-/// How long a new leaf certificate is valid.
-pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Leaf certificates are re-issued when they expire sooner than this.
-pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+mod authorities;
+
+pub use authorities::{Authorities, CaRecord, CaSet, CaStep};
+
+/// How long certificates live and when they are replaced
+/// (`spec.tls.certificates`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub leaf: Duration,
+    pub renew_before: Duration,
+    pub ca: Duration,
+    pub ca_renew_before: Duration,
+}
+
+impl Lifetimes {
+    /// Admission checked the form; a value that still does not read (an
+    /// object stored before the rule existed) falls back to the default.
+    pub fn from_spec(spec: &crate::api::CertificateLifetimes) -> Self {
+        let defaults = Self::default();
+        let read = |text: &str, fallback: Duration| {
+            crate::api::limits::seconds(text).map_or(fallback, Duration::from_secs)
+        };
+        Self {
+            leaf: read(&spec.duration, defaults.leaf),
+            renew_before: read(&spec.renew_before, defaults.renew_before),
+            ca: read(&spec.ca_duration, defaults.ca),
+            ca_renew_before: read(&spec.ca_renew_before, defaults.ca_renew_before),
+        }
+    }
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        Self {
+            leaf: hours(8760),
+            renew_before: hours(720),
+            ca: hours(43800),
+            ca_renew_before: hours(2160),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -59,9 +95,10 @@ impl CertInfo {
             .unwrap_or_default()
     }
 
-    /// Whether the certificate should be re-issued at `now` (Unix seconds).
-    pub fn expires_soon(&self, now: i64) -> bool {
-        self.not_after - now < RENEW_BEFORE.as_secs() as i64
+    /// Whether the certificate is within `renew_before` of its expiry at
+    /// `now` (Unix seconds).
+    pub fn expires_within(&self, now: i64, renew_before: Duration) -> bool {
+        self.not_after - now < renew_before.as_secs() as i64
     }
 }
 
@@ -77,8 +114,12 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// A new self-signed CA.
-pub fn new_ca(common_name: &str, now: OffsetDateTime) -> Result<Issued, TlsError> {
+/// A new self-signed CA valid for `lifetime`.
+pub fn new_ca(
+    common_name: &str,
+    now: OffsetDateTime,
+    lifetime: Duration,
+) -> Result<Issued, TlsError> {
     let key = KeyPair::generate().map_err(TlsError::Key)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name);
@@ -88,7 +129,7 @@ pub fn new_ca(common_name: &str, now: OffsetDateTime) -> Result<Issued, TlsError
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    (params.not_before, params.not_after) = validity(now, CA_VALIDITY);
+    (params.not_before, params.not_after) = validity(now, lifetime);
     let cert = params
         .self_signed(&key)
         .map_err(|source| TlsError::Issue { what: "CA", source })?;
@@ -108,6 +149,7 @@ pub fn issue_server(
     ca: &Issued,
     dns_names: &[String],
     now: OffsetDateTime,
+    lifetime: Duration,
 ) -> Result<Issued, TlsError> {
     let common_name = dns_names.first().map(String::as_str).unwrap_or("server");
     issue_leaf(
@@ -115,7 +157,7 @@ pub fn issue_server(
         common_name,
         dns_names,
         &[ExtendedKeyUsagePurpose::ServerAuth],
-        now,
+        (now, lifetime),
         "server",
     )
 }
@@ -127,6 +169,7 @@ pub fn issue_peer(
     ca: &Issued,
     dns_names: &[String],
     now: OffsetDateTime,
+    lifetime: Duration,
 ) -> Result<Issued, TlsError> {
     let common_name = dns_names.first().map(String::as_str).unwrap_or("peer");
     issue_leaf(
@@ -137,7 +180,7 @@ pub fn issue_peer(
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        now,
+        (now, lifetime),
         "peer",
     )
 }
@@ -148,13 +191,14 @@ pub fn issue_client(
     ca: &Issued,
     common_name: &str,
     now: OffsetDateTime,
+    lifetime: Duration,
 ) -> Result<Issued, TlsError> {
     issue_leaf(
         ca,
         common_name,
         &[],
         &[ExtendedKeyUsagePurpose::ClientAuth],
-        now,
+        (now, lifetime),
         "client",
     )
 }
@@ -164,10 +208,11 @@ fn issue_leaf(
     common_name: &str,
     dns_names: &[String],
     usages: &[ExtendedKeyUsagePurpose],
-    now: OffsetDateTime,
+    (now, lifetime): (OffsetDateTime, Duration),
     what: &'static str,
 ) -> Result<Issued, TlsError> {
     let issuer = issuer(ca)?;
+    let ca_not_after = inspect(&ca.cert_pem).map_err(|e| TlsError::BadCa(e.to_string()))?;
     let key = KeyPair::generate().map_err(TlsError::Key)?;
     let mut params = CertificateParams::new(dns_names.to_vec())
         .map_err(|source| TlsError::Issue { what, source })?;
@@ -179,7 +224,11 @@ fn issue_leaf(
     ];
     params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
-    (params.not_before, params.not_after) = validity(now, LEAF_VALIDITY);
+    (params.not_before, params.not_after) = validity(now, lifetime);
+    // A certificate never outlives its CA: clients could not verify it.
+    if let Ok(ca_end) = OffsetDateTime::from_unix_timestamp(ca_not_after.not_after) {
+        params.not_after = params.not_after.min(ca_end);
+    }
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|source| TlsError::Issue { what, source })?;
@@ -226,6 +275,22 @@ pub fn fingerprint(cert_pem: &str) -> Option<String> {
     Some(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
 }
 
+/// [`fingerprint`] of every certificate of a PEM bundle.
+pub fn fingerprints(bundle: &str) -> Vec<String> {
+    x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&p.contents)
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
 /// What the operator records about a certificate it issued, in an
 /// annotation of its Secret: enough to decide renewal from metadata alone.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -238,6 +303,11 @@ pub struct CertSummary {
     pub not_after: i64,
     /// [`fingerprint`] of the issuing CA (of itself, for a CA).
     pub issuer: String,
+    /// [`Authorities::trust_id`] of the `ca.crt` written beside the
+    /// certificate; absent (written before CA rotation existed) it was the
+    /// issuer alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
 }
 
 impl CertSummary {
@@ -248,7 +318,13 @@ impl CertSummary {
             dns_names: info.dns_names,
             not_after: info.not_after,
             issuer: fingerprint(issuer_pem)?,
+            trust: None,
         })
+    }
+
+    /// The CAs trusted beside this certificate.
+    pub fn trust(&self) -> &str {
+        self.trust.as_deref().unwrap_or(&self.issuer)
     }
 
     pub fn info(&self) -> CertInfo {
@@ -280,30 +356,29 @@ pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
 mod tests {
     use super::*;
 
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
     }
 
     #[test]
     fn server_certificate_is_signed_by_the_ca_and_names_its_hosts() {
-        let ca = new_ca("db-ca", now()).unwrap();
+        let ca = new_ca("db-ca", now(), YEAR * 5).unwrap();
         let names = vec!["db-rw".to_string(), "db-rw.ns.svc".to_string()];
-        let server = issue_server(&ca, &names, now()).unwrap();
+        let server = issue_server(&ca, &names, now(), YEAR).unwrap();
         assert!(signed_by(&server.cert_pem, &ca.cert_pem));
         let info = inspect(&server.cert_pem).unwrap();
         assert_eq!(info.dns_names, names);
         assert_eq!(info.common_name.as_deref(), Some("db-rw"));
-        assert_eq!(
-            info.not_after,
-            1_800_000_000 + LEAF_VALIDITY.as_secs() as i64
-        );
+        assert_eq!(info.not_after, 1_800_000_000 + YEAR.as_secs() as i64);
     }
 
     #[test]
     fn a_certificate_from_another_ca_is_detected() {
-        let ca = new_ca("db-ca", now()).unwrap();
-        let other = new_ca("other-ca", now()).unwrap();
-        let client = issue_client(&other, "streaming_replica", now()).unwrap();
+        let ca = new_ca("db-ca", now(), YEAR).unwrap();
+        let other = new_ca("other-ca", now(), YEAR).unwrap();
+        let client = issue_client(&other, "streaming_replica", now(), YEAR).unwrap();
         assert!(!signed_by(&client.cert_pem, &ca.cert_pem));
         assert!(signed_by(&client.cert_pem, &other.cert_pem));
         assert_eq!(
@@ -313,21 +388,48 @@ mod tests {
     }
 
     #[test]
-    fn renewal_starts_thirty_days_before_expiry() {
-        let ca = new_ca("db-ca", now()).unwrap();
-        let info = inspect(&issue_client(&ca, "x", now()).unwrap().cert_pem).unwrap();
-        assert!(!info.expires_soon(1_800_000_000));
+    fn renewal_starts_renew_before_the_expiry() {
+        let ca = new_ca("db-ca", now(), YEAR * 5).unwrap();
+        let info = inspect(&issue_client(&ca, "x", now(), YEAR).unwrap().cert_pem).unwrap();
         let day = 24 * 3600;
-        assert!(info.expires_soon(info.not_after - 29 * day));
-        assert!(!info.expires_soon(info.not_after - 31 * day));
+        let month = Duration::from_secs(30 * day as u64);
+        assert!(!info.expires_within(1_800_000_000, month));
+        assert!(info.expires_within(info.not_after - 29 * day, month));
+        assert!(!info.expires_within(info.not_after - 31 * day, month));
         assert!(info.not_after_rfc3339().starts_with("2028-"));
     }
 
     #[test]
+    fn a_certificate_never_outlives_its_ca() {
+        let ca = new_ca("db-ca", now(), Duration::from_secs(600)).unwrap();
+        let ca_end = inspect(&ca.cert_pem).unwrap().not_after;
+        let leaf = issue_server(&ca, &["db-rw".to_string()], now(), YEAR).unwrap();
+        assert_eq!(inspect(&leaf.cert_pem).unwrap().not_after, ca_end);
+        let short = issue_client(&ca, "x", now(), Duration::from_secs(120)).unwrap();
+        assert_eq!(
+            inspect(&short.cert_pem).unwrap().not_after,
+            1_800_000_000 + 120
+        );
+    }
+
+    #[test]
+    fn lifetimes_come_from_the_spec_with_defaults_for_what_does_not_read() {
+        let mut spec = crate::api::defaults::certificates();
+        assert_eq!(Lifetimes::from_spec(&spec), Lifetimes::default());
+        spec.duration = "3m".into();
+        spec.renew_before = "90s".into();
+        spec.ca_duration = "bogus".into();
+        let l = Lifetimes::from_spec(&spec);
+        assert_eq!(l.leaf, Duration::from_secs(180));
+        assert_eq!(l.renew_before, Duration::from_secs(90));
+        assert_eq!(l.ca, Lifetimes::default().ca);
+    }
+
+    #[test]
     fn summaries_name_their_issuer() {
-        let ca = new_ca("db-ca", now()).unwrap();
-        let other = new_ca("other", now()).unwrap();
-        let leaf = issue_server(&ca, &["db-rw".to_string()], now()).unwrap();
+        let ca = new_ca("db-ca", now(), YEAR).unwrap();
+        let other = new_ca("other", now(), YEAR).unwrap();
+        let leaf = issue_server(&ca, &["db-rw".to_string()], now(), YEAR).unwrap();
         let summary = CertSummary::of(&leaf.cert_pem, &ca.cert_pem).unwrap();
         assert_eq!(summary.issuer, fingerprint(&ca.cert_pem).unwrap());
         assert_ne!(summary.issuer, fingerprint(&other.cert_pem).unwrap());
@@ -343,7 +445,7 @@ mod tests {
             key_pem: "not a key".into(),
         };
         assert!(matches!(
-            issue_client(&bad, "x", now()),
+            issue_client(&bad, "x", now(), YEAR),
             Err(TlsError::BadCa(_))
         ));
         assert!(inspect("garbage").is_err());

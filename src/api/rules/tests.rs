@@ -666,3 +666,48 @@ fn collect_rule_nodes<'a>(node: &'a Value, out: &mut Vec<(&'a Value, String)>) {
         _ => {}
     }
 }
+
+#[test]
+fn certificate_lifetimes_are_bounded_and_renew_in_order() {
+    let certs = |c: Value| with(minimal(), "/spec/tls/certificates", c);
+    let minutes =
+        json!({"duration": "3m", "renewBefore": "1m", "caDuration": "10m", "caRenewBefore": "6m"});
+    assert_ok(&certs(minutes.clone()), None);
+    assert_ok(&certs(json!({"duration": "2160h"})), None);
+    for (field, bad) in [
+        ("duration", "30s"),
+        ("duration", "1d"),
+        ("renewBefore", "1h30m"),
+        ("caDuration", "876001h"),
+        ("caRenewBefore", "-5m"),
+    ] {
+        let mut c = minutes.clone();
+        c[field] = json!(bad);
+        assert_refused(
+            &certs(c),
+            None,
+            &format!("spec.tls.certificates.{field} must be a whole number"),
+        );
+    }
+    let mut c = minutes.clone();
+    c["renewBefore"] = json!("3m");
+    assert_refused(
+        &certs(c),
+        None,
+        "spec.tls.certificates.renewBefore must be shorter than duration",
+    );
+    let mut c = minutes.clone();
+    c["caRenewBefore"] = json!("600s");
+    assert_refused(
+        &certs(c),
+        None,
+        "spec.tls.certificates.caRenewBefore must be shorter than caDuration",
+    );
+    let mut c = minutes;
+    c["caRenewBefore"] = json!("60s");
+    assert_refused(
+        &certs(c),
+        None,
+        "caRenewBefore must be longer than renewBefore",
+    );
+}

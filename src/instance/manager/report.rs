@@ -4,6 +4,7 @@
 
 use crate::contract::backup::{ArchiveReport, BackupJob};
 use crate::contract::instance::{InstanceReport, LeaseReport, Role, VolumeUsage};
+use crate::contract::layout::mounts;
 use crate::contract::restore::RestoreReport;
 use crate::contract::upgrade::UpgradeReport;
 use crate::postgres::lsn::Lsn;
@@ -132,6 +133,12 @@ impl<A: Authority> Manager<A> {
         let report = InstanceReport {
             parameters_refused: self.upkeep.refused_parameters(),
             data_volume: volume_usage(self.inputs.data_volume()),
+            tls: crate::agents::tls::mounted(&[
+                (mounts::SERVER_TLS, self.inputs.server_tls()),
+                (mounts::REPLICATION_TLS, self.inputs.replication_tls()),
+                (mounts::AGENT_TLS, self.inputs.agent_tls()),
+                (mounts::BACKREST_TLS, self.inputs.backrest_tls()),
+            ]),
             ..report
         };
         self.shared.publish(report);

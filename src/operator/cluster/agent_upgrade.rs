@@ -107,6 +107,7 @@ mod tests {
             servers_idle: 0,
             last_error: None,
             agent: Some(build(sha)),
+            tls: Default::default(),
         }
     }
 

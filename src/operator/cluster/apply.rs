@@ -23,11 +23,10 @@ use tracing::{debug, info, warn};
 
 use super::plan::{CertReason, Child, Deletion, Plan, SecretAction};
 use crate::api::pgbackup::PostgresBackup;
-use crate::contract::layout::files;
 use crate::resources::model::Model;
 use crate::resources::names;
 use crate::resources::secrets::{self, CertIdentity, CertKind};
-use crate::tls::{self, Issued};
+use crate::tls::{self, CaSet};
 
 /// The one field manager Capstan writes with.
 pub const FIELD_MANAGER: &str = "capstan-operator";
@@ -60,6 +59,8 @@ pub struct Applied {
     pub deleted: Vec<Deletion>,
     pub created_secrets: Vec<String>,
     pub issued: Vec<(CertKind, CertReason)>,
+    /// Steps of replacing the CA taken.
+    pub ca_steps: Vec<tls::CaStep>,
     /// `PostgresBackup` objects created for due schedules.
     pub created_backups: Vec<String>,
     /// Children the API server refused for a reason a person must fix
@@ -381,33 +382,18 @@ async fn create_secret(api: &Api<Secret>, secret: &Secret) -> Result<bool, kube:
     }
 }
 
-fn read_ca(secret: &Secret, name: &str) -> Result<Issued, ApplyError> {
-    let data = secret
-        .data
-        .as_ref()
-        .ok_or_else(|| ApplyError::BrokenCa(name.into()))?;
-    let text = |key: &str| {
-        data.get(key)
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            .ok_or_else(|| ApplyError::BrokenCa(name.into()))
-    };
-    Ok(Issued {
-        cert_pem: text(files::CA_CRT)?,
-        key_pem: text(files::CA_KEY)?,
-    })
-}
-
-/// The CA created in this pass, or the one stored in its Secret.
-async fn load_ca<'a>(
+/// The CAs created or changed in this pass, or those stored in their Secret.
+async fn load_cas<'a>(
     api: &Api<Secret>,
     name: &str,
-    ca: &'a mut Option<Issued>,
-) -> Result<&'a Issued, ApplyError> {
-    if ca.is_none() {
+    cas: &'a mut Option<CaSet>,
+) -> Result<&'a CaSet, ApplyError> {
+    if cas.is_none() {
         let secret = api.get(name).await.map_err(ApplyError::api(name))?;
-        *ca = Some(read_ca(&secret, name)?);
+        *cas =
+            Some(secrets::read_ca_set(&secret).ok_or_else(|| ApplyError::BrokenCa(name.into()))?);
     }
-    ca.as_ref()
+    cas.as_ref()
         .ok_or_else(|| ApplyError::BrokenCa(name.to_string()))
 }
 
@@ -423,8 +409,10 @@ async fn apply_secrets(
     let ns = &model.namespace;
     let api = Api::<Secret>::namespaced(client.clone(), ns);
     let now = OffsetDateTime::now_utc();
+    let lifetimes = tls::Lifetimes::from_spec(&model.spec.tls.certificates);
     let ca_name = names::ca_key_secret(&model.name);
-    let mut ca: Option<Issued> = None;
+    let ca_common_name = format!("{}.{} CA", model.name, model.namespace);
+    let mut cas: Option<CaSet> = None;
 
     for action in actions {
         match action {
@@ -439,9 +427,9 @@ async fn apply_secrets(
                 }
             }
             SecretAction::CreateCa => {
-                let new_ca = tls::new_ca(&format!("{}.{} CA", model.name, model.namespace), now)?;
+                let new = CaSet::new(tls::new_ca(&ca_common_name, now, lifetimes.ca)?);
                 let mut created = false;
-                for secret in secrets::ca_secrets(model, &new_ca) {
+                for secret in secrets::ca_secrets(model, &new) {
                     let name = secret.metadata.name.clone().unwrap_or_default();
                     if name == ca_name {
                         created = create_secret(&api, &secret)
@@ -456,26 +444,38 @@ async fn apply_secrets(
                 if created {
                     info!(cluster = %model.name, operation = "create-ca", "created the cluster CA");
                     applied.created_secrets.push(ca_name.clone());
-                    ca = Some(new_ca);
+                    cas = Some(new);
                 }
             }
             SecretAction::PublishCa => {
-                let authority = load_ca(&api, &ca_name, &mut ca).await?;
-                for secret in secrets::ca_secrets(model, authority) {
-                    let name = secret.metadata.name.clone().unwrap_or_default();
-                    ssa(client, ns, &secret)
-                        .await
-                        .map_err(ApplyError::api(&name))?;
-                }
+                let current = load_cas(&api, &ca_name, &mut cas).await?;
+                publish_cas(client, model, current).await?;
+            }
+            SecretAction::Ca(step) => {
+                let current = load_cas(&api, &ca_name, &mut cas).await?.clone();
+                let changed =
+                    current.apply(*step, || tls::new_ca(&ca_common_name, now, lifetimes.ca))?;
+                // `<name>-ca-key` first: it is what the next pass plans from.
+                publish_cas(client, model, &changed).await?;
+                info!(cluster = %model.name, step = ?step, operation = "rotate-ca", "cluster CA changed");
+                applied.ca_steps.push(*step);
+                cas = Some(changed);
             }
             SecretAction::IssueCert(kind, reason) => {
-                let authority = load_ca(&api, &ca_name, &mut ca).await?;
+                let current = load_cas(&api, &ca_name, &mut cas).await?;
+                let authority = &current.signing;
                 let issued = match kind.identity(model) {
-                    CertIdentity::Server(dns) => tls::issue_server(authority, &dns, now)?,
-                    CertIdentity::Client(cn) => tls::issue_client(authority, &cn, now)?,
-                    CertIdentity::Peer(dns) => tls::issue_peer(authority, &dns, now)?,
+                    CertIdentity::Server(dns) => {
+                        tls::issue_server(authority, &dns, now, lifetimes.leaf)?
+                    }
+                    CertIdentity::Client(cn) => {
+                        tls::issue_client(authority, &cn, now, lifetimes.leaf)?
+                    }
+                    CertIdentity::Peer(dns) => {
+                        tls::issue_peer(authority, &dns, now, lifetimes.leaf)?
+                    }
                 };
-                let secret = secrets::cert_secret(model, *kind, &issued, &authority.cert_pem);
+                let secret = secrets::cert_secret(model, *kind, &issued, current);
                 let name = kind.secret_name(&model.name);
                 ssa(client, ns, &secret)
                     .await
@@ -484,6 +484,17 @@ async fn apply_secrets(
                 applied.issued.push((*kind, *reason));
             }
         }
+    }
+    Ok(())
+}
+
+/// Writes `<name>-ca-key` and, with managed TLS, `<name>-ca`, in that order.
+async fn publish_cas(client: &Client, model: &Model, cas: &CaSet) -> Result<(), ApplyError> {
+    for secret in secrets::ca_secrets(model, cas) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        ssa(client, &model.namespace, &secret)
+            .await
+            .map_err(ApplyError::api(&name))?;
     }
     Ok(())
 }

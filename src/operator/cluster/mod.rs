@@ -4,6 +4,7 @@
 pub mod agent_upgrade;
 pub mod apply;
 pub mod backup;
+pub mod certificates;
 pub mod execute;
 pub mod failover;
 pub mod image_check;

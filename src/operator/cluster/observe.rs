@@ -17,7 +17,7 @@ use crate::contract::layout::files;
 use crate::operator::cache::{self, Caches};
 use crate::operator::leases::LeaseView;
 use crate::resources::{labels, names, secrets};
-use crate::tls::{self, CertInfo, CertSummary};
+use crate::tls::{self, Authorities, CertInfo, CertSummary};
 
 /// What one Secret holds, without its secret values.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -30,6 +30,9 @@ pub struct SecretFacts {
     pub signed_by_cluster_ca: bool,
     /// The certificate in `ca.crt`, when there is one and it parses.
     pub ca_cert: Option<CertInfo>,
+    /// [`Authorities::trust_id`] of the CAs in its `ca.crt` (Capstan's
+    /// own Secrets).
+    pub trust: Option<String>,
 }
 
 /// Everything observed about one cluster.
@@ -54,6 +57,8 @@ pub struct Observed {
     /// `<name>-operator-tls`: the operator's client certificate for the
     /// agents.
     pub operator_tls: Option<Secret>,
+    /// The cluster's CAs, from `<name>-ca-key` (None before it exists).
+    pub authorities: Option<Authorities>,
     /// `resourceVersion` of each child applied with server-side apply, by
     /// `Kind/name`: unchanged since Capstan's last apply means no drift.
     pub versions: BTreeMap<String, String>,
@@ -96,26 +101,39 @@ pub fn secret_facts(secret: &Secret) -> SecretFacts {
         cert: text(files::TLS_CRT).and_then(|pem| tls::inspect(pem).ok()),
         signed_by_cluster_ca: false,
         ca_cert: text(files::CA_CRT).and_then(|pem| tls::inspect(pem).ok()),
+        trust: None,
     }
 }
 
 /// Facts about one of the cluster's own Secrets, from its metadata alone:
 /// certificates carry a [`crate::tls::CertSummary`] annotation, so the
 /// operator never reads secret values to decide renewals.
-fn own_secret_facts(meta: &ObjectMeta, cluster: &str, ca_fingerprint: Option<&str>) -> SecretFacts {
-    let summary = secrets::summary(meta);
+fn own_secret_facts(meta: &ObjectMeta, cluster: &str, cas: Option<&Authorities>) -> SecretFacts {
     let name = meta.name.as_deref().unwrap_or_default();
-    let is_ca = name == names::ca_key_secret(cluster) || name == names::ca_secret(cluster);
-    let info = summary.as_ref().map(CertSummary::info);
+    if name == names::ca_key_secret(cluster) || name == names::ca_secret(cluster) {
+        let own = secrets::authorities(meta);
+        return SecretFacts {
+            keys: BTreeSet::new(),
+            signed_by_cluster_ca: false,
+            cert: None,
+            ca_cert: own.as_ref().map(|a| CertInfo {
+                common_name: None,
+                dns_names: vec![],
+                not_after: a.signing.not_after,
+            }),
+            trust: own.map(|a| a.trust_id()),
+        };
+    }
+    let summary = secrets::summary(meta);
     SecretFacts {
         keys: BTreeSet::new(),
-        signed_by_cluster_ca: !is_ca
-            && summary
-                .as_ref()
-                .zip(ca_fingerprint)
-                .is_some_and(|(s, ca)| s.issuer == ca),
-        cert: if is_ca { None } else { info.clone() },
-        ca_cert: if is_ca { info } else { None },
+        signed_by_cluster_ca: summary
+            .as_ref()
+            .zip(cas)
+            .is_some_and(|(s, cas)| s.issuer == cas.signing.fingerprint),
+        cert: summary.as_ref().map(CertSummary::info),
+        ca_cert: None,
+        trust: summary.as_ref().map(|s| s.trust().to_string()),
     }
 }
 
@@ -160,15 +178,14 @@ pub async fn observe(
     }
 
     let own = cache::select(&caches.secrets, ns, &children);
-    let ca_fingerprint = own
+    let authorities = own
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some(names::ca_key_secret(name).as_str()))
-        .and_then(|s| secrets::summary(&s.metadata))
-        .map(|s| s.issuer);
+        .and_then(|s| secrets::authorities(&s.metadata));
     let mut secrets: BTreeMap<String, SecretFacts> = own
         .iter()
         .filter_map(|s| {
-            let facts = own_secret_facts(&s.metadata, name, ca_fingerprint.as_deref());
+            let facts = own_secret_facts(&s.metadata, name, authorities.as_ref());
             Some((s.metadata.name.clone()?, facts))
         })
         .collect();
@@ -202,6 +219,7 @@ pub async fn observe(
         pdbs: pdbs.into_iter().collect(),
         secrets,
         operator_tls,
+        authorities,
         versions,
         // Filled by the controller, which holds the agent clients and the
         // Lease monitor.

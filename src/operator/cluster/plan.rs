@@ -12,12 +12,12 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
 use super::operation::{self, Operation, is_terminating};
-use super::{retention, schedule, verify};
+use super::{certificates, retention, schedule, verify};
 use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
 use crate::resources::model::Model;
-use crate::resources::secrets::{CertIdentity, CertKind, PasswordSecret};
+use crate::resources::secrets::{CertKind, PasswordSecret};
 use crate::resources::{
     config, labels, lease, names, pdb, proxy, quantity, rbac, repo_host, services,
 };
@@ -44,6 +44,8 @@ pub enum CertReason {
     NewCa,
     NamesChanged,
     Expiring,
+    /// The set of trusted CAs changed: `ca.crt` beside it is rewritten.
+    TrustChanged,
 }
 
 /// Secrets are created, never overwritten by accident: passwords only when
@@ -52,8 +54,11 @@ pub enum CertReason {
 pub enum SecretAction {
     CreatePassword(PasswordSecret),
     CreateCa,
-    /// Re-create the public `<name>-ca` Secret from the CA (managed TLS).
+    /// Re-write the CA Secrets (`<name>-ca-key`'s annotation, the public
+    /// `<name>-ca`) from the CAs `<name>-ca-key` holds.
     PublishCa,
+    /// One step of replacing the CA.
+    Ca(crate::tls::CaStep),
     IssueCert(CertKind, CertReason),
 }
 
@@ -85,6 +90,8 @@ pub struct Plan {
     pub instances: Vec<String>,
     pub apply: Vec<Child>,
     pub secrets: Vec<SecretAction>,
+    /// When a certificate or the CA falls due next (Unix seconds).
+    pub certificates_due_at: Option<i64>,
     pub create_pods: Vec<Pod>,
     /// Pods whose `capstan.dev/role` label must change: (pod, role).
     pub relabel: Vec<(String, String)>,
@@ -203,8 +210,10 @@ pub fn plan(
         now: observed.now,
     });
 
+    let (secrets, certificates_due_at) = secret_actions(model, observed);
     Ok(Plan {
-        secrets: secret_actions(model, observed),
+        secrets,
+        certificates_due_at,
         target_primary,
         instances,
         apply,
@@ -410,58 +419,17 @@ fn removals(
     removed
 }
 
-/// Secrets to create: passwords only when absent; the CA when absent;
-/// certificates when absent, unreadable, from another CA, naming the wrong
-/// hosts, or close to expiry.
-fn secret_actions(model: &Model, observed: &Observed) -> Vec<SecretAction> {
-    let cluster = &model.name;
+/// Passwords only when absent; the CA and certificates as
+/// [`certificates::decide`] says.
+fn secret_actions(model: &Model, observed: &Observed) -> (Vec<SecretAction>, Option<i64>) {
     let mut actions: Vec<SecretAction> = PasswordSecret::ALL
         .into_iter()
-        .filter(|k| !observed.has_secret(&k.name(cluster)))
+        .filter(|k| !observed.has_secret(&k.name(&model.name)))
         .map(SecretAction::CreatePassword)
         .collect();
-    let ca_key = observed.secrets.get(&names::ca_key_secret(cluster));
-    let new_ca = ca_key.is_none();
-    // A CA Secret without its summary annotation (written by hand or by an
-    // older version) is re-published with it, keeping the same key.
-    let unannotated = ca_key.is_some_and(|f| f.ca_cert.is_none());
-    let public_missing = model.spec.tls.mode == crate::api::TlsMode::Managed
-        && !observed.has_secret(&names::ca_secret(cluster));
-    if new_ca {
-        actions.push(SecretAction::CreateCa);
-    } else if unannotated || public_missing {
-        actions.push(SecretAction::PublishCa);
-    }
-    for kind in CertKind::managed(model) {
-        let reason = match observed.secrets.get(&kind.secret_name(cluster)) {
-            None => Some(CertReason::Missing),
-            Some(facts) => match &facts.cert {
-                None => Some(CertReason::Unreadable),
-                Some(_) if new_ca || !facts.signed_by_cluster_ca => Some(CertReason::NewCa),
-                Some(cert) => {
-                    let matches = match kind.identity(model) {
-                        CertIdentity::Server(dns) | CertIdentity::Peer(dns) => {
-                            cert.dns_names == dns
-                        }
-                        CertIdentity::Client(cn) => {
-                            cert.common_name.as_deref() == Some(cn.as_str())
-                        }
-                    };
-                    if !matches {
-                        Some(CertReason::NamesChanged)
-                    } else if cert.expires_soon(observed.now) {
-                        Some(CertReason::Expiring)
-                    } else {
-                        None
-                    }
-                }
-            },
-        };
-        if let Some(reason) = reason {
-            actions.push(SecretAction::IssueCert(kind, reason));
-        }
-    }
-    actions
+    let certs = certificates::decide(model, observed);
+    actions.extend(certs.actions);
+    (actions, certs.due_at)
 }
 
 #[cfg(test)]

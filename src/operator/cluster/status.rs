@@ -449,6 +449,12 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             } else {
                 provided_not_after(&tls.pooler)
             },
+            authorities: r
+                .observed
+                .authorities
+                .as_ref()
+                .map(authorities_status)
+                .unwrap_or_default(),
         }),
         secrets: Some(SecretNames {
             superuser: PasswordSecret::Superuser.name(cluster),
@@ -514,6 +520,20 @@ pub fn stalled(
         }]
     };
     (status, transitions)
+}
+
+fn authorities_status(cas: &crate::tls::Authorities) -> Vec<crate::api::CaStatus> {
+    let entry = |role: &str, ca: &crate::tls::CaRecord| crate::api::CaStatus {
+        role: role.to_string(),
+        fingerprint: ca.fingerprint.clone(),
+        not_after: jiff::Timestamp::from_second(ca.not_after)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    };
+    std::iter::once(entry("Signing", &cas.signing))
+        .chain(cas.next.as_ref().map(|c| entry("Next", c)))
+        .chain(cas.previous.as_ref().map(|c| entry("Previous", c)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,9 +4,7 @@ use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
-use crate::operator::cluster::observe::SecretFacts;
 use crate::resources::model::fixtures::model;
-use crate::tls::CertInfo;
 
 fn running(model: &Model, name: &str, role: &str, ready: bool) -> Pod {
     let mut pod = instance::pod(model, name, role);
@@ -331,99 +329,5 @@ fn a_volume_repository_brings_its_host_and_leaves_its_volume_behind() {
         !p.apply
             .iter()
             .any(|c| matches!(c, Child::Pvc(x) if x.metadata.name.as_deref() == Some("db-repo1")))
-    );
-}
-
-fn cert(model: &Model, kind: CertKind, not_after: i64) -> SecretFacts {
-    let (dns_names, common_name) = match kind.identity(model) {
-        CertIdentity::Server(dns) | CertIdentity::Peer(dns) => (dns.clone(), dns.first().cloned()),
-        CertIdentity::Client(cn) => (vec![], Some(cn)),
-    };
-    SecretFacts {
-        keys: ["tls.crt", "tls.key", "ca.crt"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        cert: Some(CertInfo {
-            common_name,
-            dns_names,
-            not_after,
-        }),
-        signed_by_cluster_ca: true,
-        ca_cert: None,
-    }
-}
-
-#[test]
-fn existing_secrets_are_never_regenerated_and_certificates_renew_on_time() {
-    let m = model();
-    let now = 1_800_000_000;
-    let year = 365 * 24 * 3600;
-    let mut observed = Observed {
-        now,
-        ..Observed::default()
-    };
-    for k in PasswordSecret::ALL {
-        observed
-            .secrets
-            .insert(k.name("db"), SecretFacts::default());
-    }
-    let ca = SecretFacts {
-        ca_cert: Some(CertInfo {
-            common_name: Some("db CA".into()),
-            dns_names: vec![],
-            not_after: now + 5 * year,
-        }),
-        ..SecretFacts::default()
-    };
-    observed
-        .secrets
-        .insert(names::ca_key_secret("db"), ca.clone());
-    observed.secrets.insert(names::ca_secret("db"), ca);
-    for kind in CertKind::managed(&m) {
-        observed
-            .secrets
-            .insert(kind.secret_name("db"), cert(&m, kind, now + year));
-    }
-    let p = plan(&m, &observed, None).unwrap();
-    assert!(p.secrets.is_empty(), "{:?}", p.secrets);
-    let mut no_public_ca = observed.clone();
-    no_public_ca.secrets.remove(&names::ca_secret("db"));
-    assert_eq!(
-        plan(&m, &no_public_ca, None).unwrap().secrets,
-        vec![SecretAction::PublishCa]
-    );
-    let mut unannotated = observed.clone();
-    unannotated
-        .secrets
-        .insert(names::ca_key_secret("db"), SecretFacts::default());
-    assert_eq!(
-        plan(&m, &unannotated, None).unwrap().secrets,
-        vec![SecretAction::PublishCa],
-        "re-published with its summary, never re-created"
-    );
-
-    observed.secrets.insert(
-        CertKind::Server.secret_name("db"),
-        cert(&m, CertKind::Server, now + 10 * 24 * 3600),
-    );
-    let mut wrong_names = cert(&m, CertKind::Pooler, now + year);
-    wrong_names.cert.as_mut().unwrap().dns_names = vec!["old-name".into()];
-    observed
-        .secrets
-        .insert(CertKind::Pooler.secret_name("db"), wrong_names);
-    let mut foreign = cert(&m, CertKind::Agent, now + year);
-    foreign.signed_by_cluster_ca = false;
-    observed
-        .secrets
-        .insert(CertKind::Agent.secret_name("db"), foreign);
-    let p = plan(&m, &observed, None).unwrap();
-    assert_eq!(
-        p.secrets,
-        vec![
-            SecretAction::IssueCert(CertKind::Server, CertReason::Expiring),
-            SecretAction::IssueCert(CertKind::Pooler, CertReason::NamesChanged),
-            SecretAction::IssueCert(CertKind::Agent, CertReason::NewCa),
-        ]
     );
 }
