@@ -119,6 +119,68 @@ pub async fn connect_from(login: &Login<'_>, source: IpAddr) -> Result<Client, E
         .map_err(|_| login.failed("timed out"))?
 }
 
+/// The certificate `addr` presents under the name `host` (PostgreSQL's
+/// `SSLRequest`, then a TLS handshake verified against `ca_pem` alone):
+/// its fingerprint (SHA-256 of the DER, first 16 bytes, hex, as Capstan's
+/// status writes CA fingerprints), or why it does not verify.
+pub async fn served_certificate(
+    host: &str,
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> Result<String, E2eError> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let failed = |e: &dyn std::fmt::Display| E2eError::Sql(format!("TLS to {host} ({addr}): {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| failed(&e))?;
+        roots.add(cert).map_err(|e| failed(&e))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| failed(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
+        // SSLRequest: length 8, code 80877103.
+        stream
+            .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut answer = [0u8; 1];
+        stream
+            .read_exact(&mut answer)
+            .await
+            .map_err(|e| failed(&e))?;
+        if answer[0] != b'S' {
+            return Err(failed(&"the server refused TLS"));
+        }
+        let name =
+            rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| failed(&e))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
+            .map_err(|e| failed(&e))?;
+        let der = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| failed(&"no certificate presented"))?;
+        Ok(Sha256::digest(der.as_ref())
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| failed(&"timed out"))?
+}
+
 /// The first column of every row of `sql`, as text, over the simple query
 /// protocol (which PgBouncer's transaction pooling always supports).
 pub async fn column(client: &Client, sql: &str) -> Result<Vec<Option<String>>, E2eError> {

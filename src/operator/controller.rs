@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -233,6 +233,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         previous,
     )
     .or(validated.blocked)
+    .or_else(|| plan.tls_refused.clone())
     .or_else(|| super::cluster::validate::refused_parameters(&observed.reports));
     let (new_status, transitions) = status::compute(&Report {
         model: &validated.model,
@@ -485,6 +486,7 @@ pub async fn run(
             .concurrency(CONCURRENCY),
     );
     let store = controller.store();
+    let clusters = store.clone();
     let pruning = ctx.clone();
     let pruner = tokio::spawn(async move {
         loop {
@@ -587,6 +589,24 @@ pub async fn run(
                 )
             },
         )
+        // A user's Secret that `spec.tls.provided` names (cert-manager
+        // renews it): metadata only, mapped to the clusters naming it.
+        .watches_stream(
+            watch::<PartialObjectMeta<Secret>>(&client, &ns, &watcher::Config::default())
+                .default_backoff()
+                .touched_objects(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let ns = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                clusters
+                    .state()
+                    .iter()
+                    .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|c| provides(c, &name))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -597,6 +617,22 @@ pub async fn run(
         .await;
     pruner.abort();
     lease_watch.abort();
+}
+
+/// `cluster` takes certificates from the Secret `name`.
+fn provides(cluster: &PostgresCluster, name: &str) -> bool {
+    let tls = &cluster.spec.tls;
+    tls.mode == crate::api::TlsMode::Provided
+        && tls.provided.as_ref().is_some_and(|p| {
+            [
+                &p.ca_secret_name,
+                &p.server_secret_name,
+                &p.replication_secret_name,
+                &p.pooler_secret_name,
+            ]
+            .iter()
+            .any(|s| s.as_str() == name)
+        })
 }
 
 #[cfg(test)]

@@ -80,7 +80,11 @@ pub fn pod(model: &Model, candidate: &ImageCandidate) -> Pod {
         volumes.extend([
             empty_dir(upgrade::VOLUME, false),
             instance::config_volume(model, files::INSTANCE_SETTINGS),
-            secrets::tls_volume("replication-tls", &tls.replication, &tls.ca),
+            secrets::tls_volume(
+                "replication-tls",
+                &tls.replication,
+                tls.ca_for(&tls.replication),
+            ),
             empty_dir("scratch", false),
         ]);
         deadline = REHEARSAL_DEADLINE_SECONDS;

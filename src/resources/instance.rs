@@ -411,8 +411,12 @@ fn volumes(model: &Model, instance: &str) -> Vec<Volume> {
         secret_volume("superuser", &names::superuser_secret(cluster)),
         secret_volume("app", &names::app_secret(cluster)),
         secret_volume("pooler-auth", &names::pooler_secret(cluster)),
-        super::secrets::tls_volume("server-tls", &tls.server, &tls.ca),
-        super::secrets::tls_volume("replication-tls", &tls.replication, &tls.ca),
+        super::secrets::tls_volume("server-tls", &tls.server, tls.ca_for(&tls.server)),
+        super::secrets::tls_volume(
+            "replication-tls",
+            &tls.replication,
+            tls.ca_for(&tls.replication),
+        ),
         // The agent certificate's own Secret carries the control-plane CA.
         super::secrets::tls_volume("agent-tls", &agent_tls, &agent_tls),
     ];

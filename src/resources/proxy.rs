@@ -99,7 +99,7 @@ pub fn deployment(model: &Model) -> Deployment {
             empty_dir("tmp", false),
             config_volume(model, files::POOLER_SETTINGS),
             secret_volume("pooler-auth", &names::pooler_secret(cluster)),
-            tls_volume("pooler-tls", &tls.pooler, &tls.ca),
+            tls_volume("pooler-tls", &tls.pooler, tls.ca_for(&tls.pooler)),
             tls_volume("agent-tls", &agent_tls, &agent_tls),
         ]),
         affinity: Some(spread_across_nodes(labels::pooler_selector(cluster))),

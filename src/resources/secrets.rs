@@ -27,25 +27,113 @@ pub struct TlsSources {
     pub replication: String,
     /// PgBouncer's server certificate.
     pub pooler: String,
+    /// Provided TLS: pods read `ca.crt` from each mounted Secret, Capstan's
+    /// checked copy of the user's, not from a Secret of their CA.
+    pub ca_beside_certificate: bool,
 }
 
-/// The Secrets that hold the data-plane certificates, operator-managed or
-/// user-provided.
+impl TlsSources {
+    /// The Secret a pod mounting `cert_secret` reads `ca.crt` from.
+    pub fn ca_for<'a>(&'a self, cert_secret: &'a str) -> &'a str {
+        if self.ca_beside_certificate {
+            cert_secret
+        } else {
+            &self.ca
+        }
+    }
+}
+
+/// The Secrets pods mount are always Capstan's: with provided TLS they hold
+/// copies of the user's, made only once a copy passed its checks, so a bad
+/// replacement never reaches a running server.
 pub fn tls_sources(model: &Model) -> TlsSources {
     let cluster = &model.name;
-    match (&model.spec.tls.mode, &model.spec.tls.provided) {
-        (TlsMode::Provided, Some(p)) => TlsSources {
-            ca: p.ca_secret_name.clone(),
-            server: p.server_secret_name.clone(),
-            replication: p.replication_secret_name.clone(),
-            pooler: p.pooler_secret_name.clone(),
-        },
-        _ => TlsSources {
-            ca: names::ca_secret(cluster),
-            server: names::server_tls_secret(cluster),
-            replication: names::replication_tls_secret(cluster),
-            pooler: names::pooler_tls_secret(cluster),
-        },
+    let provided = match (&model.spec.tls.mode, &model.spec.tls.provided) {
+        (TlsMode::Provided, Some(p)) => Some(p),
+        _ => None,
+    };
+    TlsSources {
+        ca: provided.map_or_else(|| names::ca_secret(cluster), |p| p.ca_secret_name.clone()),
+        server: names::server_tls_secret(cluster),
+        replication: names::replication_tls_secret(cluster),
+        pooler: names::pooler_tls_secret(cluster),
+        ca_beside_certificate: provided.is_some(),
+    }
+}
+
+/// The user's Secret each provided certificate is copied from, and the
+/// field that names it.
+pub fn provided_sources(model: &Model) -> Vec<(CertKind, &'static str, String)> {
+    let Some(p) = model
+        .spec
+        .tls
+        .provided
+        .as_ref()
+        .filter(|_| model.spec.tls.mode == TlsMode::Provided)
+    else {
+        return vec![];
+    };
+    vec![
+        (
+            CertKind::Server,
+            "spec.tls.provided.serverSecretName",
+            p.server_secret_name.clone(),
+        ),
+        (
+            CertKind::Replication,
+            "spec.tls.provided.replicationSecretName",
+            p.replication_secret_name.clone(),
+        ),
+        (
+            CertKind::Pooler,
+            "spec.tls.provided.poolerSecretName",
+            p.pooler_secret_name.clone(),
+        ),
+    ]
+}
+
+/// Names of the content of a provided certificate, its key and CA: a copy
+/// is re-made when the user's Secrets hold anything else.
+pub fn provided_digest(cert_pem: &str, key_pem: &str, ca_pem: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [cert_pem, key_pem, ca_pem] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Capstan's copy of a provided certificate that passed its checks.
+pub fn provided_copy(
+    model: &Model,
+    kind: CertKind,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Secret {
+    let mut metadata = model.child_meta(
+        kind.secret_name(&model.name),
+        labels::common(&model.name, labels::COMPONENT_CONTROL),
+    );
+    let summary = CertSummary::of(cert_pem, ca_pem).map(|mut s| {
+        s.trust = Some(provided_digest(cert_pem, key_pem, ca_pem));
+        s
+    });
+    annotate(&mut metadata, CERTIFICATE_ANNOTATION, summary.as_ref());
+    Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (files::TLS_CRT.to_string(), bytes(cert_pem)),
+            (files::TLS_KEY.to_string(), bytes(key_pem)),
+            (files::CA_CRT.to_string(), bytes(ca_pem)),
+        ])),
+        ..Secret::default()
     }
 }
 
@@ -453,10 +541,14 @@ mod tests {
             pooler_secret_name: "my-pooler".into(),
         });
         let src = tls_sources(&m);
+        // Clients trust the user's CA; pods mount Capstan's checked copies,
+        // each with its ca.crt.
         assert_eq!(
             (src.ca.as_str(), src.server.as_str()),
-            ("my-ca", "my-server")
+            ("my-ca", "db-server-tls")
         );
+        assert_eq!(src.ca_for("db-server-tls"), "db-server-tls");
+        assert_eq!(tls_sources(&model()).ca_for("db-server-tls"), "db-ca");
         assert_eq!(
             CertKind::managed(&m),
             vec![CertKind::Agent, CertKind::Operator]

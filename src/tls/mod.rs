@@ -11,6 +11,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 mod authorities;
+pub mod provided;
 
 pub use authorities::{Authorities, CaRecord, CaSet, CaStep};
 

@@ -461,6 +461,14 @@ async fn apply_secrets(
                 applied.ca_steps.push(*step);
                 cas = Some(changed);
             }
+            SecretAction::CopyProvided(kind, copy) => {
+                let name = kind.secret_name(&model.name);
+                ssa(client, ns, copy.0.as_ref())
+                    .await
+                    .map_err(ApplyError::api(&name))?;
+                info!(cluster = %model.name, secret = %name, operation = "copy-certificate", "copied the provided certificate after its checks");
+                applied.issued.push((*kind, CertReason::Provided));
+            }
             SecretAction::IssueCert(kind, reason) => {
                 let current = load_cas(&api, &ca_name, &mut cas).await?;
                 let authority = &current.signing;

@@ -2,13 +2,16 @@
 //! when to look again. Pure, so every rotation rule is unit-tested.
 
 use super::observe::Observed;
-use super::plan::{CertReason, SecretAction};
+use super::plan::{CertReason, SecretAction, SecretCopy};
+use super::validate::Blocked;
 use crate::api::TlsMode;
 use crate::contract::agent::TlsMounts;
-use crate::contract::layout::mounts;
+use crate::contract::layout::{files, mounts};
+use crate::postgres::roles;
 use crate::resources::model::Model;
 use crate::resources::names;
-use crate::resources::secrets::{CertIdentity, CertKind};
+use crate::resources::secrets::{self, CertIdentity, CertKind};
+use crate::tls::provided::{self, Expect};
 use crate::tls::{Authorities, Lifetimes};
 
 /// While pods are still to pick up a new CA, look this often (seconds).
@@ -20,9 +23,97 @@ pub struct Decision {
     pub actions: Vec<SecretAction>,
     /// When something falls due next (Unix seconds).
     pub due_at: Option<i64>,
+    /// A provided certificate that failed its checks (the cluster keeps
+    /// the copy it has).
+    pub refused: Option<Blocked>,
 }
 
 pub fn decide(model: &Model, observed: &Observed) -> Decision {
+    let mut decision = own(model, observed);
+    let (copies, refused) = provided(model, observed);
+    decision.actions.extend(copies);
+    decision.refused = refused;
+    if !decision.actions.is_empty() {
+        decision.due_at = Some(observed.now);
+    }
+    decision
+}
+
+/// Provided certificates that pass their checks are copied to the Secrets
+/// pods mount when they differ from the copy there; the first that does
+/// not pass is reported.
+fn provided(model: &Model, observed: &Observed) -> (Vec<SecretAction>, Option<Blocked>) {
+    let Some(p) = &model.spec.tls.provided else {
+        return (vec![], None);
+    };
+    let text = |secret: &str, key: &str| -> Option<String> {
+        let data = observed.provided.get(secret)?.data.as_ref()?;
+        String::from_utf8(data.get(key)?.0.clone()).ok()
+    };
+    let Some(ca) = text(&p.ca_secret_name, files::CA_CRT) else {
+        // Validation reports a missing Secret or key.
+        return (vec![], None);
+    };
+    let mut copies = vec![];
+    let mut problems = vec![];
+    for (kind, field, secret) in secrets::provided_sources(model) {
+        let (Some(cert), Some(key)) =
+            (text(&secret, files::TLS_CRT), text(&secret, files::TLS_KEY))
+        else {
+            continue;
+        };
+        let expect = match kind {
+            CertKind::Replication => Expect::Client(roles::REPLICATION.to_string()),
+            CertKind::Pooler => Expect::Server(client_names(model, &[names::pooler(&model.name)])),
+            _ => Expect::Server(client_names(
+                model,
+                &[
+                    names::rw_service(&model.name),
+                    names::ro_service(&model.name),
+                    names::r_service(&model.name),
+                ],
+            )),
+        };
+        if let Err(refused) = provided::check(&cert, &key, &ca, &expect, observed.now) {
+            problems.push(format!(
+                "{field}: Secret {secret:?} (with {:?} as its CA) is refused: {refused}",
+                p.ca_secret_name
+            ));
+            continue;
+        }
+        let digest = secrets::provided_digest(&cert, &key, &ca);
+        let copied = observed
+            .secrets
+            .get(&kind.secret_name(&model.name))
+            .and_then(|f| f.trust.as_deref());
+        if copied != Some(digest.as_str()) {
+            copies.push(SecretAction::CopyProvided(
+                kind,
+                SecretCopy(Box::new(secrets::provided_copy(
+                    model, kind, &cert, &key, &ca,
+                ))),
+            ));
+        }
+    }
+    let refused = (!problems.is_empty()).then(|| Blocked {
+        reason: "ProvidedCertificateRefused",
+        message: format!(
+            "{}; the cluster keeps serving the certificates it has: fix the Secret (cert-manager: the Certificate's dnsNames, commonName or issuer)",
+            problems.join("; ")
+        ),
+    });
+    (copies, refused)
+}
+
+/// The names clients and Capstan connect to a Service by.
+fn client_names(model: &Model, services: &[String]) -> Vec<String> {
+    services
+        .iter()
+        .flat_map(|s| [s.clone(), format!("{s}.{}.svc", model.namespace)])
+        .collect()
+}
+
+fn own(model: &Model, observed: &Observed) -> Decision {
     let cluster = &model.name;
     let now = observed.now;
     let lifetimes = Lifetimes::from_spec(&model.spec.tls.certificates);
@@ -47,6 +138,7 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
         return Decision {
             actions,
             due_at: Some(now),
+            refused: None,
         };
     };
     let trust = cas.trust_id();
@@ -60,6 +152,7 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
         return Decision {
             actions: vec![SecretAction::Ca(step)],
             due_at: Some(now),
+            refused: None,
         };
     }
     let mut actions = vec![];
@@ -113,7 +206,11 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
     } else {
         Some(now)
     };
-    Decision { actions, due_at }
+    Decision {
+        actions,
+        due_at,
+        refused: None,
+    }
 }
 
 /// Every running instance and pooler pod reports the next CA in each

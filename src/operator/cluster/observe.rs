@@ -59,6 +59,9 @@ pub struct Observed {
     pub operator_tls: Option<Secret>,
     /// The cluster's CAs, from `<name>-ca-key` (None before it exists).
     pub authorities: Option<Authorities>,
+    /// The user's Secrets `spec.tls.provided` names, by name, read in full:
+    /// checked, then copied to the Secrets pods mount.
+    pub provided: BTreeMap<String, Secret>,
     /// `resourceVersion` of each child applied with server-side apply, by
     /// `Kind/name`: unchanged since Capstan's last apply means no drift.
     pub versions: BTreeMap<String, String>,
@@ -192,18 +195,18 @@ pub async fn observe(
     let operator_tls = own
         .into_iter()
         .find(|s| s.metadata.name.as_deref() == Some(names::operator_tls_secret(name).as_str()));
-    if let (TlsMode::Provided, Some(provided)) =
-        (&cluster.spec.tls.mode, &cluster.spec.tls.provided)
-    {
+    let mut provided = BTreeMap::new();
+    if let (TlsMode::Provided, Some(p)) = (&cluster.spec.tls.mode, &cluster.spec.tls.provided) {
         let api = Api::<Secret>::namespaced(client.clone(), ns);
         for user_secret in [
-            &provided.ca_secret_name,
-            &provided.server_secret_name,
-            &provided.replication_secret_name,
-            &provided.pooler_secret_name,
+            &p.ca_secret_name,
+            &p.server_secret_name,
+            &p.replication_secret_name,
+            &p.pooler_secret_name,
         ] {
             if let Some(s) = api.get_opt(user_secret).await? {
                 secrets.insert(user_secret.clone(), secret_facts(&s));
+                provided.insert(user_secret.clone(), s);
             }
         }
     }
@@ -220,6 +223,7 @@ pub async fn observe(
         secrets,
         operator_tls,
         authorities,
+        provided,
         versions,
         // Filled by the controller, which holds the agent clients and the
         // Lease monitor.

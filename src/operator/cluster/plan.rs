@@ -46,11 +46,13 @@ pub enum CertReason {
     Expiring,
     /// The set of trusted CAs changed: `ca.crt` beside it is rewritten.
     TrustChanged,
+    /// A new provided certificate passed its checks (copied, not issued).
+    Provided,
 }
 
 /// Secrets are created, never overwritten by accident: passwords only when
 /// absent, certificates when absent or due.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum SecretAction {
     CreatePassword(PasswordSecret),
     CreateCa,
@@ -59,7 +61,24 @@ pub enum SecretAction {
     PublishCa,
     /// One step of replacing the CA.
     Ca(crate::tls::CaStep),
+    /// A provided certificate that passed its checks, copied to the
+    /// Secret pods mount.
+    CopyProvided(CertKind, SecretCopy),
     IssueCert(CertKind, CertReason),
+}
+
+/// A Secret to write whose values never show in logs or test output.
+#[derive(Clone, PartialEq)]
+pub struct SecretCopy(pub Box<k8s_openapi::api::core::v1::Secret>);
+
+impl std::fmt::Debug for SecretCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secret({:?})",
+            self.0.metadata.name.as_deref().unwrap_or("")
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,6 +111,8 @@ pub struct Plan {
     pub secrets: Vec<SecretAction>,
     /// When a certificate or the CA falls due next (Unix seconds).
     pub certificates_due_at: Option<i64>,
+    /// A provided certificate refused by its checks.
+    pub tls_refused: Option<super::validate::Blocked>,
     pub create_pods: Vec<Pod>,
     /// Pods whose `capstan.dev/role` label must change: (pod, role).
     pub relabel: Vec<(String, String)>,
@@ -210,10 +231,11 @@ pub fn plan(
         now: observed.now,
     });
 
-    let (secrets, certificates_due_at) = secret_actions(model, observed);
+    let (secrets, certificates) = secret_actions(model, observed);
     Ok(Plan {
         secrets,
-        certificates_due_at,
+        certificates_due_at: certificates.due_at,
+        tls_refused: certificates.refused,
         target_primary,
         instances,
         apply,
@@ -421,15 +443,18 @@ fn removals(
 
 /// Passwords only when absent; the CA and certificates as
 /// [`certificates::decide`] says.
-fn secret_actions(model: &Model, observed: &Observed) -> (Vec<SecretAction>, Option<i64>) {
+fn secret_actions(
+    model: &Model,
+    observed: &Observed,
+) -> (Vec<SecretAction>, certificates::Decision) {
     let mut actions: Vec<SecretAction> = PasswordSecret::ALL
         .into_iter()
         .filter(|k| !observed.has_secret(&k.name(&model.name)))
         .map(SecretAction::CreatePassword)
         .collect();
-    let certs = certificates::decide(model, observed);
-    actions.extend(certs.actions);
-    (actions, certs.due_at)
+    let mut certs = certificates::decide(model, observed);
+    actions.append(&mut certs.actions);
+    (actions, certs)
 }
 
 #[cfg(test)]

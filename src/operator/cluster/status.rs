@@ -384,14 +384,6 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             .and_then(|f| f.cert.as_ref())
             .map(|c| c.not_after_rfc3339())
     };
-    let provided_not_after = |secret: &str| {
-        r.observed
-            .secrets
-            .get(secret)
-            .and_then(|f| f.cert.as_ref())
-            .map(|c| c.not_after_rfc3339())
-    };
-    let managed = model.spec.tls.mode == crate::api::TlsMode::Managed;
     let status = PostgresClusterStatus {
         failover: r.previous.and_then(|s| s.failover.clone()),
         switchover: r.previous.and_then(|s| s.switchover.clone()),
@@ -439,16 +431,8 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
                 .get(&tls.ca)
                 .and_then(|f| f.ca_cert.as_ref())
                 .map(|c| c.not_after_rfc3339()),
-            server_not_after: if managed {
-                not_after(CertKind::Server)
-            } else {
-                provided_not_after(&tls.server)
-            },
-            pooler_not_after: if managed {
-                not_after(CertKind::Pooler)
-            } else {
-                provided_not_after(&tls.pooler)
-            },
+            server_not_after: not_after(CertKind::Server),
+            pooler_not_after: not_after(CertKind::Pooler),
             authorities: r
                 .observed
                 .authorities

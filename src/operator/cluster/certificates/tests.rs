@@ -362,3 +362,176 @@ fn lifetimes_come_from_the_spec() {
     assert_eq!(l.leaf, Duration::from_secs(180));
     assert_eq!(l.ca_renew_before, Duration::from_secs(360));
 }
+
+mod provided_tls {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::tls::{Issued, issue_client, issue_server, new_ca};
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn provided_model() -> Model {
+        let mut m = model();
+        m.spec.tls.mode = TlsMode::Provided;
+        m.spec.tls.provided = Some(ProvidedTls {
+            ca_secret_name: "my-ca".into(),
+            server_secret_name: "my-server".into(),
+            replication_secret_name: "my-replication".into(),
+            pooler_secret_name: "my-pooler".into(),
+        });
+        m
+    }
+
+    /// The user's Secrets, as cert-manager would keep them: `server_names`
+    /// on the server certificate.
+    fn user_secrets(server_names: &[&str]) -> (Issued, BTreeMap<String, Secret>) {
+        let at = OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+        let day = Duration::from_secs(DAY as u64);
+        let ca = new_ca("their CA", at, day * 365).unwrap();
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let server = issue_server(&ca, &names(server_names), at, day * 90).unwrap();
+        let pooler = issue_server(
+            &ca,
+            &names(&["db-pooler", "db-pooler.ns.svc"]),
+            at,
+            day * 90,
+        )
+        .unwrap();
+        let replication = issue_client(&ca, "streaming_replica", at, day * 90).unwrap();
+        let pair = |name: &str, i: &Issued| {
+            (
+                name.to_string(),
+                secret(name, &[("tls.crt", &i.cert_pem), ("tls.key", &i.key_pem)]),
+            )
+        };
+        let secrets = BTreeMap::from([
+            (
+                "my-ca".to_string(),
+                secret("my-ca", &[("ca.crt", &ca.cert_pem)]),
+            ),
+            pair("my-server", &server),
+            pair("my-pooler", &pooler),
+            pair("my-replication", &replication),
+        ]);
+        (ca, secrets)
+    }
+
+    const ALL_SERVER_NAMES: [&str; 6] = [
+        "db-rw",
+        "db-rw.ns.svc",
+        "db-ro",
+        "db-ro.ns.svc",
+        "db-r",
+        "db-r.ns.svc",
+    ];
+
+    fn copies(d: &Decision) -> Vec<CertKind> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                SecretAction::CopyProvided(kind, _) => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checked_certificates_are_copied_once() {
+        let m = provided_model();
+        let cas = one_ca(NOW + 5 * YEAR);
+        let mut observed = settled(&m, &cas, NOW + YEAR, NOW);
+        let (_, users) = user_secrets(&ALL_SERVER_NAMES);
+        observed.provided = users;
+        let d = decide(&m, &observed);
+        assert_eq!(d.refused, None);
+        assert_eq!(
+            copies(&d),
+            vec![CertKind::Server, CertKind::Replication, CertKind::Pooler]
+        );
+        // What a copy holds: the user's pair and their CA.
+        let Some(SecretAction::CopyProvided(_, copy)) = d.actions.first() else {
+            panic!("{:?}", d.actions)
+        };
+        assert_eq!(copy.0.metadata.name.as_deref(), Some("db-server-tls"));
+        let data = copy.0.data.as_ref().unwrap();
+        assert_eq!(
+            data["tls.crt"],
+            observed.provided["my-server"].data.as_ref().unwrap()["tls.crt"]
+        );
+        assert_eq!(
+            data["ca.crt"],
+            observed.provided["my-ca"].data.as_ref().unwrap()["ca.crt"]
+        );
+        assert!(
+            !format!("{:?}", d.actions).contains("PRIVATE KEY"),
+            "no key in logs"
+        );
+
+        // Copied: the copies' annotations name the same content.
+        for action in &d.actions {
+            if let SecretAction::CopyProvided(kind, copy) = action {
+                let summary = crate::resources::secrets::summary(&copy.0.metadata).unwrap();
+                observed.secrets.insert(
+                    kind.secret_name("db"),
+                    SecretFacts {
+                        trust: summary.trust.clone(),
+                        ..SecretFacts::default()
+                    },
+                );
+            }
+        }
+        assert!(copies(&decide(&m, &observed)).is_empty());
+    }
+
+    #[test]
+    fn a_certificate_that_fails_its_checks_is_refused_and_the_copy_kept() {
+        let m = provided_model();
+        let cas = one_ca(NOW + 5 * YEAR);
+        let mut observed = settled(&m, &cas, NOW + YEAR, NOW);
+        // No -ro name: clients of db-ro could not verify it.
+        let (_, users) = user_secrets(&["db-rw", "db-rw.ns.svc", "db-r", "db-r.ns.svc"]);
+        observed.provided = users;
+        let d = decide(&m, &observed);
+        let refused = d.refused.clone().expect("refused");
+        assert_eq!(refused.reason, "ProvidedCertificateRefused");
+        assert!(
+            refused
+                .message
+                .contains("spec.tls.provided.serverSecretName: Secret \"my-server\"")
+                && refused.message.contains("does not cover \"db-ro\""),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            copies(&d),
+            vec![CertKind::Replication, CertKind::Pooler],
+            "the server copy is left as it is"
+        );
+
+        // Expired (checked a year on): every one refused, nothing copied.
+        let (_, users) = user_secrets(&ALL_SERVER_NAMES);
+        observed.provided = users;
+        observed.now = NOW + YEAR;
+        let d = decide(&m, &observed);
+        assert!(copies(&d).is_empty(), "{:?}", d.actions);
+        assert!(d.refused.unwrap().message.contains("expired"));
+    }
+}
