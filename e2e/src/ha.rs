@@ -86,7 +86,14 @@ impl HaCluster {
         ensure_namespace(&client, &ns).await?;
         let started = std::time::Instant::now();
         cluster::apply(&client, cluster).await?;
-        cluster::wait_ready(&client, &ns, &name, READY_WITHIN).await?;
+        let ready = cluster::wait_ready(&client, &ns, &name, READY_WITHIN).await?;
+        // The CA clients trust: Capstan's `<name>-ca`, or the user's own
+        // with provided certificates.
+        let ca_secret = ready
+            .status
+            .as_ref()
+            .and_then(|s| s.tls.as_ref())
+            .map_or_else(|| names::ca_secret(&name), |t| t.ca_secret.clone());
         eprintln!(
             "[{ns}] cluster {name} Ready after {:.1}s",
             started.elapsed().as_secs_f64()
@@ -97,7 +104,7 @@ impl HaCluster {
             async move { cluster::secret_value(&client, &ns, &s, key).await }
         };
         let ha = HaCluster {
-            ca: secret(names::ca_secret(&name), "ca.crt").await?,
+            ca: secret(ca_secret, "ca.crt").await?,
             user: secret(names::app_secret(&name), "username").await?,
             password: secret(names::app_secret(&name), "password").await?,
             dbname: secret(names::app_secret(&name), "dbname").await?,

@@ -11,6 +11,7 @@ pub mod ha;
 pub mod harness;
 pub mod load;
 pub mod netns;
+pub mod pki;
 pub mod schedule;
 pub mod sql;
 pub mod target;

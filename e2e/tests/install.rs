@@ -74,64 +74,19 @@ async fn pod_uids(client: &Client, namespace: &str) -> BTreeMap<String, String> 
 }
 
 /// The Secrets `examples/provided-tls.yaml` names, as a user's own PKI (say
-/// cert-manager) would make them: a CA, a server certificate for the
-/// cluster's Services, a client certificate for the replication role and one
-/// for the pooler's Service, each a `kubernetes.io/tls` Secret with `ca.crt`.
+/// cert-manager) would make them.
 async fn provide_certificates(client: &Client, namespace: &str) {
-    use capstan::resources::names;
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::PostParams;
-    let now = time::OffsetDateTime::now_utc();
+    let provided = capstan::api::ProvidedTls {
+        ca_secret_name: "billing-ca".into(),
+        server_secret_name: "billing-server".into(),
+        replication_secret_name: "billing-replication".into(),
+        pooler_secret_name: "billing-pooler-tls".into(),
+    };
     let year = std::time::Duration::from_secs(365 * 24 * 3600);
-    let ca = capstan::tls::new_ca("billing-ca", now, year).unwrap();
-    let services = |list: &[String]| -> Vec<String> {
-        list.iter()
-            .flat_map(|s| names::service_dns_names(s, namespace))
-            .collect()
-    };
-    let server = capstan::tls::issue_server(
-        &ca,
-        &services(&[
-            names::rw_service("billing"),
-            names::ro_service("billing"),
-            names::r_service("billing"),
-        ]),
-        now,
-        year,
-    )
-    .unwrap();
-    let pooler =
-        capstan::tls::issue_server(&ca, &services(&[names::pooler("billing")]), now, year).unwrap();
-    let replication =
-        capstan::tls::issue_client(&ca, capstan::postgres::roles::REPLICATION, now, year).unwrap();
-    let secret = |name: &str, data: Vec<(&str, &str)>, type_: &str| -> Secret {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": namespace},
-            "type": type_,
-            "stringData": data.into_iter().collect::<BTreeMap<_, _>>(),
-        }))
-        .unwrap()
-    };
-    let leaf = |name: &str, cert: &capstan::tls::Issued| {
-        secret(
-            name,
-            vec![
-                ("tls.crt", &cert.cert_pem),
-                ("tls.key", &cert.key_pem),
-                ("ca.crt", &ca.cert_pem),
-            ],
-            "kubernetes.io/tls",
-        )
-    };
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for s in [
-        secret("billing-ca", vec![("ca.crt", &ca.cert_pem)], "Opaque"),
-        leaf("billing-server", &server),
-        leaf("billing-replication", &replication),
-        leaf("billing-pooler-tls", &pooler),
-    ] {
-        api.create(&PostParams::default(), &s).await.unwrap();
-    }
+    let pki = capstan_e2e::pki::UserPki::new("billing", namespace, year).unwrap();
+    capstan_e2e::pki::apply(client, &pki.secrets(&provided).unwrap())
+        .await
+        .unwrap();
 }
 
 async fn operator_ready_with(client: &Client, expect_env: (&str, &str)) -> bool {
