@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
 use crate::api::PostgresCluster;
-use crate::operator::cluster::observe::Observed;
 use crate::operator::cluster::plan::{self, Child};
 use crate::operator::cluster::validate::{self, SpecError};
 use crate::resources::model::Model;
@@ -125,7 +124,7 @@ fn objects(model: &Model) -> Result<Vec<String>, RenderError> {
     for secret in redacted_secrets(model) {
         push(&mut out, &secret)?;
     }
-    let children = plan::shared_children(model, &instances, &Observed::default())
+    let children = plan::shared_children(model, &instances, &Default::default())
         .map_err(|e| RenderError::Output(e.to_string()))?;
     for child in &children {
         match child {

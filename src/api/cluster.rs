@@ -241,6 +241,7 @@ pub struct PostgresSpec {
 #[x_kube(validation = rules::storage_size_valid())]
 #[x_kube(validation = rules::storage_size_not_shrunk())]
 #[x_kube(validation = rules::storage_class_immutable())]
+#[x_kube(validation = rules::auto_grow_limit_not_below_size())]
 pub struct StorageSpec {
     /// Volume size, e.g. `20Gi`. May grow (when the StorageClass allows
     /// expansion), never shrink.
@@ -256,6 +257,34 @@ pub struct StorageSpec {
     /// What happens to the volumes when the cluster is deleted or scaled down.
     #[serde(default = "defaults::pvc_retention")]
     pub retention: PvcRetentionPolicy,
+
+    /// Grow the volumes before they fill: when an instance reports its
+    /// file system more than `threshold` percent full, its claim is raised
+    /// by `increment`, never past `limit`. `spec` is not written: the size
+    /// in use shows in `status.instances[].volumes`, and a smaller `size`
+    /// later never shrinks a volume. Needs a StorageClass that allows
+    /// volume expansion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_grow: Option<AutoGrowSpec>,
+}
+
+/// When and how far a volume grows by itself.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::auto_grow_quantities())]
+pub struct AutoGrowSpec {
+    /// Percent of the file system in use that triggers growth (50 to 95,
+    /// default 80).
+    #[serde(default = "defaults::auto_grow_threshold")]
+    #[x_kube(validation = rules::auto_grow_threshold())]
+    pub threshold: i32,
+    /// How much each growth adds, e.g. `5Gi`.
+    #[schemars(schema_with = "super::schema::quantity")]
+    pub increment: Quantity,
+    /// The largest the volume may become, e.g. `100Gi`; at the limit the
+    /// cluster is `Degraded` with a Warning Event.
+    #[schemars(schema_with = "super::schema::quantity")]
+    pub limit: Quantity,
 }
 
 /// Whether volumes outlive the instances that used them.

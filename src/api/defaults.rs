@@ -234,3 +234,8 @@ pub fn postgres_image(version: i32) -> String {
 
 /// Image used when `spec.proxy.pgbouncer.image` is empty.
 pub const PGBOUNCER_IMAGE: &str = "ghcr.io/cloudnative-pg/pgbouncer:1.24.1";
+
+/// Room for a burst of writes while a volume grows.
+pub fn auto_grow_threshold() -> i32 {
+    80
+}

@@ -120,6 +120,9 @@ pub const RETENTION: RangeInclusive<i32> = 1..=9_999_999;
 /// second it would only fill the repository; above an hour it is no RPO.
 pub const ARCHIVE_TIMEOUT_SECONDS: RangeInclusive<i64> = 1..=3600;
 
+/// Percent of a file system in use at which `autoGrow` grows it.
+pub const AUTO_GROW_THRESHOLD: RangeInclusive<i32> = 50..=95;
+
 /// Certificate lifetimes and renewal margins: a minute (tests) to a
 /// hundred years.
 pub const CERTIFICATE_SECONDS: RangeInclusive<i64> = 60..=100 * 8760 * 3600;

@@ -151,6 +151,29 @@ pub fn storage_size_not_shrunk() -> Rule {
         .reason(Reason::FieldValueForbidden)
 }
 
+pub fn auto_grow_threshold() -> Rule {
+    within("storage.autoGrow.threshold", &limits::AUTO_GROW_THRESHOLD)
+}
+
+/// A positive increment and a limit no smaller than the volume's size.
+pub fn auto_grow_quantities() -> Rule {
+    Rule::new(
+        "isQuantity(string(self.increment)) && quantity(string(self.increment)).isGreaterThan(quantity('0')) && isQuantity(string(self.limit))",
+    )
+    .message("autoGrow.increment must be a positive quantity such as 5Gi, and autoGrow.limit a quantity such as 100Gi")
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// The limit of growth is at least the size asked for.
+pub fn auto_grow_limit_not_below_size() -> Rule {
+    Rule::new(
+        "!has(self.autoGrow) || !isQuantity(string(self.size)) || !isQuantity(string(self.autoGrow.limit)) || quantity(string(self.autoGrow.limit)).compareTo(quantity(string(self.size))) >= 0",
+    )
+    .message("autoGrow.limit must be at least size: the volume never grows past it")
+    .field_path(".autoGrow.limit")
+    .reason(Reason::FieldValueInvalid)
+}
+
 /// A PersistentVolumeClaim's class is immutable.
 pub fn storage_class_immutable() -> Rule {
     Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")

@@ -374,6 +374,35 @@ pub struct InstanceStatus {
     /// PostgreSQL still running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_build: Option<String>,
+    /// The instance's volumes: size asked for and provided, use, resize.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// One volume of an instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    /// `data` or `wal`.
+    pub volume: String,
+    /// The PersistentVolumeClaim.
+    pub claim: String,
+    /// What the claim asks for: `storage.size`, or more once `autoGrow`
+    /// grew it.
+    pub requested: String,
+    /// What the storage system provides (the claim's `status.capacity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    /// The file system's size and use, as the instance manager reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<i64>,
+    /// `Resizing` (asked for, not provided yet) or
+    /// `FileSystemResizePending` (the file system grows when its pod is
+    /// re-created, which a rolling restart does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<String>,
 }
 
 /// An automatic failover, step by step.

@@ -114,6 +114,9 @@ pub struct InstanceReport {
     /// The file system of the data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<VolumeUsage>,
+    /// The file system of the WAL volume (`walStorage` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_volume: Option<VolumeUsage>,
     /// The mounted certificates and the CAs they trust.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tls: super::agent::TlsMounts,

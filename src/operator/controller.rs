@@ -59,6 +59,8 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// debounce, then the silent holder is asked (a frozen pod never answers),
 /// and the Lease is read just as it expires.
 const LEASE_LEAD: Duration = DEBOUNCE.saturating_add(super::agents::SILENT_HOLDER_TIMEOUT);
+/// How often a settled cluster with `autoGrow` reads its volumes' use.
+const AUTO_GROW_LOOK: Duration = Duration::from_secs(5);
 /// How long a reconcile waits for the watch caches' first lists.
 const CACHE_WAIT: Duration = Duration::from_secs(30);
 /// Reconciles running at once (each cluster is never reconciled twice at once).
@@ -234,6 +236,7 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     )
     .or(validated.blocked)
     .or_else(|| plan.tls_refused.clone())
+    .or_else(|| plan.volumes.refused.clone())
     .or_else(|| super::cluster::validate::refused_parameters(&observed.reports));
     let (new_status, transitions) = status::compute(&Report {
         model: &validated.model,
@@ -286,10 +289,20 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
 /// `status.backup.lastArchivedWal` is never older than about one archive
 /// period. Costs agent questions only: an unchanged status is not written.
 fn settled_wait(model: &crate::resources::model::Model, resync: Duration) -> Duration {
-    model.spec.backup.as_ref().map_or(resync, |b| {
+    let archiving = model.spec.backup.as_ref().map_or(resync, |b| {
         let archive = Duration::from_secs(crate::resources::backup::archive_timeout_seconds(b));
         resync.min(archive.max(Duration::from_secs(10)))
-    })
+    });
+    // Nothing announces a filling disk but the instances' reports.
+    let spec = &model.spec;
+    let growing = std::iter::once(&spec.storage)
+        .chain(spec.wal_storage.as_ref())
+        .any(|s| s.auto_grow.is_some());
+    if growing {
+        archiving.min(AUTO_GROW_LOOK)
+    } else {
+        archiving
+    }
 }
 
 /// `wait`, or less when a schedule's next run comes first (a second
@@ -664,5 +677,15 @@ mod tests {
         );
         m.spec.backup = Some(with_timeout("1h"));
         assert_eq!(settled_wait(&m, resync), resync, "never past the resync");
+        m.spec.storage.auto_grow = Some(crate::api::AutoGrowSpec {
+            threshold: 80,
+            increment: k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+            limit: k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Gi".into()),
+        });
+        assert_eq!(
+            settled_wait(&m, resync),
+            AUTO_GROW_LOOK,
+            "volumes that grow are read often"
+        );
     }
 }

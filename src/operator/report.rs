@@ -25,6 +25,8 @@ pub mod reason {
     pub const CREATED_SECRETS: &str = "CreatedSecrets";
     pub const ISSUED_CERTIFICATES: &str = "IssuedCertificates";
     pub const CA_ROTATION: &str = "CaRotation";
+    /// A volume past its autoGrow threshold at its limit.
+    pub const VOLUME_FULL: &str = "VolumeFull";
     pub const APPLY_REFUSED: &str = "ApplyRefused";
     pub const FAILOVER_STARTED: &str = "FailoverStarted";
     pub const FAILOVER_COMPLETED: &str = "FailoverCompleted";

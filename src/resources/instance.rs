@@ -579,6 +579,7 @@ mod tests {
             size: Quantity("2Gi".into()),
             storage_class_name: Some("fast".into()),
             retention: m.spec.storage.retention.clone(),
+            auto_grow: None,
         });
         let claims = pvcs(&m, "db-1");
         assert_eq!(claims.len(), 2);

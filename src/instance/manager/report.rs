@@ -133,6 +133,11 @@ impl<A: Authority> Manager<A> {
         let report = InstanceReport {
             parameters_refused: self.upkeep.refused_parameters(),
             data_volume: volume_usage(self.inputs.data_volume()),
+            wal_volume: self
+                .settings
+                .as_ref()
+                .filter(|s| s.separate_wal)
+                .and_then(|_| volume_usage(self.inputs.wal_dir.parent()?)),
             tls: crate::agents::tls::mounted(&[
                 (mounts::SERVER_TLS, self.inputs.server_tls()),
                 (mounts::REPLICATION_TLS, self.inputs.replication_tls()),

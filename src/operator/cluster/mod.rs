@@ -15,6 +15,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod status;
+pub mod storage;
 pub mod switchover;
 pub mod upgrade;
 pub mod validate;

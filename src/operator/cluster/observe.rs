@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
@@ -59,6 +60,9 @@ pub struct Observed {
     pub operator_tls: Option<Secret>,
     /// The cluster's CAs, from `<name>-ca-key` (None before it exists).
     pub authorities: Option<Authorities>,
+    /// Whether each StorageClass of the cluster's claims allows volume
+    /// expansion (read only when a claim may grow; `""`: no class).
+    pub storage_classes: BTreeMap<String, bool>,
     /// The user's Secrets `spec.tls.provided` names, by name, read in full:
     /// checked, then copied to the Secrets pods mount.
     pub provided: BTreeMap<String, Secret>,
@@ -140,6 +144,53 @@ fn own_secret_facts(meta: &ObjectMeta, cluster: &str, cas: Option<&Authorities>)
     }
 }
 
+/// `allowVolumeExpansion` of the classes of the cluster's claims, read
+/// only when one may grow (autoGrow, or a spec larger than a claim).
+async fn storage_classes(
+    client: &Client,
+    cluster: &PostgresCluster,
+    pvcs: &[PersistentVolumeClaim],
+) -> Result<BTreeMap<String, bool>, kube::Error> {
+    let spec = &cluster.spec;
+    let specs = std::iter::once(&spec.storage).chain(spec.wal_storage.as_ref());
+    let auto = specs.clone().any(|s| s.auto_grow.is_some());
+    let larger = pvcs.iter().any(|c| {
+        let have = crate::resources::instance::requested_storage(c)
+            .and_then(|q| crate::resources::quantity::to_units(&q.0).ok());
+        specs.clone().any(|s| {
+            crate::resources::quantity::to_units(&s.size.0)
+                .ok()
+                .zip(have)
+                .is_some_and(|(want, have)| want > have)
+        })
+    });
+    let mut out = BTreeMap::new();
+    if !auto && !larger {
+        return Ok(out);
+    }
+    let api = Api::<StorageClass>::all(client.clone());
+    for c in pvcs {
+        let class = c
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.clone())
+            .unwrap_or_default();
+        if out.contains_key(&class) {
+            continue;
+        }
+        let allowed = if class.is_empty() {
+            false
+        } else {
+            api.get_opt(&class)
+                .await?
+                .and_then(|sc| sc.allow_volume_expansion)
+                .unwrap_or(false)
+        };
+        out.insert(class, allowed);
+    }
+    Ok(out)
+}
+
 /// Reads one cluster's children from the watch caches; only Secrets a
 /// user provides (not Capstan's, so not cached) are read from the API.
 pub async fn observe(
@@ -211,7 +262,10 @@ pub async fn observe(
         }
     }
 
+    let storage_classes = storage_classes(client, cluster, &pvcs).await?;
+
     Ok(Observed {
+        storage_classes,
         pods,
         pooler_pods,
         verify_pods,

@@ -587,8 +587,11 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
         .reports
         .values()
         .any(|r| r.parameters_refused.is_some());
+    // A volume whose file system grows only when a new pod mounts it.
+    let resizing = super::storage::waiting_for_pod(observed);
     let outdated = |name: &str| {
         observed.pod(name).and_then(spec_hash) != Some(desired_hash(model, name).as_str())
+            || resizing.contains(name)
             || !refused
                 && observed
                     .reports

@@ -12,15 +12,13 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use super::observe::Observed;
 use super::operation::{self, Operation, is_terminating};
-use super::{certificates, retention, schedule, verify};
+use super::{certificates, retention, schedule, storage, verify};
 use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
 use crate::resources::model::Model;
 use crate::resources::secrets::{CertKind, PasswordSecret};
-use crate::resources::{
-    config, labels, lease, names, pdb, proxy, quantity, rbac, repo_host, services,
-};
+use crate::resources::{config, labels, lease, names, pdb, proxy, rbac, repo_host, services};
 
 /// A child applied with server-side apply on every reconcile.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +111,8 @@ pub struct Plan {
     pub certificates_due_at: Option<i64>,
     /// A provided certificate refused by its checks.
     pub tls_refused: Option<super::validate::Blocked>,
+    /// The volumes: sizes asked for, growth refused, full ones.
+    pub volumes: storage::Decision,
     pub create_pods: Vec<Pod>,
     /// Pods whose `capstan.dev/role` label must change: (pod, role).
     pub relabel: Vec<(String, String)>,
@@ -146,7 +146,8 @@ pub fn plan(
     let current_primary = status.and_then(|s| s.current_primary.clone());
     let instances = choose_instances(model, observed, &target_primary);
 
-    let apply = shared_children(model, &instances, observed)?;
+    let volumes = storage::decide(model, observed);
+    let apply = shared_children(model, &instances, &volumes)?;
     let wanted_budgets: BTreeSet<String> = apply
         .iter()
         .filter_map(|c| match c {
@@ -233,6 +234,7 @@ pub fn plan(
 
     let (secrets, certificates) = secret_actions(model, observed);
     Ok(Plan {
+        volumes,
         secrets,
         certificates_due_at: certificates.due_at,
         tls_refused: certificates.refused,
@@ -302,7 +304,7 @@ fn inventory<'a>(
 pub fn shared_children(
     model: &Model,
     instances: &[String],
-    observed: &Observed,
+    sizes: &storage::Decision,
 ) -> Result<Vec<Child>, PlanError> {
     let mut apply = vec![Child::ConfigMap(config::config_map(model, instances)?)];
     apply.extend(services::all(model).into_iter().map(Child::Service));
@@ -314,9 +316,27 @@ pub fn shared_children(
     apply.push(Child::Lease(lease::primary_lease(model)));
     apply.push(Child::Role(rbac::instance_role(model)));
     apply.push(Child::RoleBinding(rbac::instance_role_binding(model)));
+    // Existing claims ask for what `storage::decide` said: never less
+    // than they have, grown when the spec or autoGrow says and the class
+    // allows it.
     for name in instances {
         for mut claim in instance::pvcs(model, name) {
-            keep_larger_request(&mut claim, observed);
+            let decided = claim
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| sizes.request(n))
+                .cloned();
+            if let (Some(size), Some(requests)) = (
+                decided,
+                claim
+                    .spec
+                    .as_mut()
+                    .and_then(|s| s.resources.as_mut())
+                    .and_then(|r| r.requests.as_mut()),
+            ) {
+                requests.insert("storage".into(), size);
+            }
             apply.push(Child::Pvc(claim));
         }
     }
@@ -368,38 +388,6 @@ fn choose_instances(model: &Model, observed: &Observed, target_primary: &str) ->
     keep.into_iter()
         .map(|i| names::instance(cluster, i))
         .collect()
-}
-
-/// Never ask a volume to shrink: the API refuses it, and a larger volume
-/// (grown by hand or by the storage system) is fine.
-fn keep_larger_request(claim: &mut PersistentVolumeClaim, observed: &Observed) {
-    let name = claim.metadata.name.as_deref();
-    let Some(existing) = observed
-        .pvcs
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == name)
-    else {
-        return;
-    };
-    let (Some(have), Some(want)) = (
-        instance::requested_storage(existing),
-        instance::requested_storage(claim),
-    ) else {
-        return;
-    };
-    if let (Ok(h), Ok(w)) = (quantity::to_units(&have.0), quantity::to_units(&want.0))
-        && h > w
-    {
-        let have = have.clone();
-        if let Some(requests) = claim
-            .spec
-            .as_mut()
-            .and_then(|s| s.resources.as_mut())
-            .and_then(|r| r.requests.as_mut())
-        {
-            requests.insert("storage".into(), have);
-        }
-    }
 }
 
 /// Pods (and, by policy, volumes) of instances the cluster no longer keeps.

@@ -215,6 +215,7 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
                 agent_build: report
                     .and_then(|r| r.agent.as_ref()?.short())
                     .or(before.and_then(|b| b.agent_build.clone())),
+                volumes: volumes_of(&r.plan.volumes, name),
             }
         })
         .collect();
@@ -302,23 +303,27 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         .previous
         .and_then(|s| s.current_primary.as_ref())
         .is_some();
-    let degraded = r.apply_error.is_some() || (was_ready_once && !ready);
-    let degraded_message = match &r.apply_error {
-        Some(e) => e.clone(),
-        None if degraded => ready_message.clone(),
-        None => "all instances and poolers are ready".to_string(),
+    let full = r.plan.volumes.full_message();
+    let degraded = r.apply_error.is_some() || (was_ready_once && !ready) || full.is_some();
+    let (degraded_reason, degraded_message) = match (&r.apply_error, &full) {
+        (Some(e), _) => ("ApplyFailed", e.clone()),
+        (None, _) if was_ready_once && !ready => ("NotAllReady", ready_message.clone()),
+        (None, Some(full)) => (reason::VOLUME_FULL, full.clone()),
+        (None, None) => (
+            "AllReady",
+            "all instances and poolers are ready".to_string(),
+        ),
     };
+    let was_full = r.previous.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.reason == reason::VOLUME_FULL)
+    });
     set(
         &mut conditions,
         DEGRADED,
         degraded,
-        if r.apply_error.is_some() {
-            "ApplyFailed"
-        } else if degraded {
-            "NotAllReady"
-        } else {
-            "AllReady"
-        },
+        degraded_reason,
         &degraded_message,
         g,
         &r.now,
@@ -371,6 +376,16 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
             warning: true,
             reason: b.reason,
             message: b.message.clone(),
+        });
+    }
+
+    if let Some(full) = &full
+        && !was_full
+    {
+        transitions.push(Transition {
+            warning: true,
+            reason: reason::VOLUME_FULL,
+            message: full.clone(),
         });
     }
 
@@ -504,6 +519,26 @@ pub fn stalled(
         }]
     };
     (status, transitions)
+}
+
+fn volumes_of(volumes: &super::storage::Decision, instance: &str) -> Vec<crate::api::VolumeStatus> {
+    volumes
+        .volumes
+        .iter()
+        .filter(|v| v.instance == instance)
+        .map(|v| crate::api::VolumeStatus {
+            volume: v.kind.label().to_string(),
+            claim: v.claim.clone(),
+            requested: v.request.0.clone(),
+            capacity: v.capacity.as_ref().map(|q| q.0.clone()),
+            size_bytes: v.usage.as_ref().map(|u| u.size_bytes as i64),
+            used_bytes: v
+                .usage
+                .as_ref()
+                .map(|u| u.size_bytes.saturating_sub(u.available_bytes) as i64),
+            resize: v.resize.map(str::to_string),
+        })
+        .collect()
 }
 
 fn authorities_status(cas: &crate::tls::Authorities) -> Vec<crate::api::CaStatus> {

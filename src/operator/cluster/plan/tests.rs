@@ -257,6 +257,11 @@ fn volumes_grow_but_never_shrink() {
             _ => None,
         })
     };
+    // A class that cannot expand: left as it is, and said why.
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    assert_eq!(size_of(&p, "db-1").as_deref(), Some("10Gi"));
+    assert!(p.volumes.refused.is_some());
+    observed.storage_classes.insert(String::new(), true);
     let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
     assert_eq!(size_of(&p, "db-1").as_deref(), Some("20Gi"));
     // The volume was grown beyond the spec by hand: keep its size.
