@@ -119,9 +119,9 @@ fn used_percent(u: &VolumeUsage) -> f64 {
 fn bytes_text(units: u128) -> String {
     const GI: u128 = 1 << 30;
     const MI: u128 = 1 << 20;
-    if units % GI == 0 {
+    if units.is_multiple_of(GI) {
         format!("{}Gi", units / GI)
-    } else if units % MI == 0 {
+    } else if units.is_multiple_of(MI) {
         format!("{}Mi", units / MI)
     } else {
         units.to_string()
@@ -206,8 +206,8 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
         };
         let report = observed.reports.get(&instance);
         let usage = report.and_then(|r| match kind {
-            Kind::Data => r.data_volume.clone(),
-            Kind::Wal => r.wal_volume.clone(),
+            Kind::Data => r.data_volume,
+            Kind::Wal => r.wal_volume,
         });
         let Some(have) = instance::requested_storage(claim).and_then(units) else {
             continue;
