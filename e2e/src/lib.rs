@@ -15,6 +15,7 @@ pub mod pki;
 pub mod schedule;
 pub mod sql;
 pub mod target;
+pub mod volumes;
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Every local scenario runs in a network namespace of its own, created for
+//! Every local scenario runs in a network (and mount) namespace of its own, created for
 //! the test and gone with it: the Kubernetes API refuses loopback endpoint
 //! addresses, so pods and Services get addresses of ordinary ranges
 //! ([`POD_CIDR`], [`SERVICE_CIDR`]), and those must never appear on the
@@ -51,8 +51,20 @@ where
 /// the pod and Service ranges routed to it (an AnyIP `local` route, so every
 /// address of the ranges can be bound, as any 127/8 address can).
 fn enter_new_namespace() -> Result<(), String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("unshare(CLONE_NEWNET): {e} (the e2e harness needs root)"))?;
+    use nix::sched::CloneFlags;
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).map_err(|e| {
+        format!("unshare(CLONE_NEWNET | CLONE_NEWNS): {e} (the e2e harness needs root)")
+    })?;
+    // Volumes mounted for the test (size-limited tmpfs claims) stay in its
+    // own mount namespace and go with it, even when it is killed.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / private in the test's mount namespace: {e}"))?;
     let cidr = |(a, p): (Ipv4Addr, u8)| format!("{a}/{p}");
     ip(&["link", "set", "lo", "up"])?;
     ip(&["route", "add", "local", &cidr(POD_CIDR), "dev", "lo"])?;

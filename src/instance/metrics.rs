@@ -38,6 +38,11 @@ pub struct RepositoryLabel {
     pub repository: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabel {
+    pub volume: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     up: Gauge,
@@ -46,6 +51,8 @@ pub struct Metrics {
     lag_seconds: Gauge<f64, AtomicU64>,
     wal_receiver: Family<StateLabel, Gauge>,
     pending_restart: Gauge,
+    volume_size: Family<VolumeLabel, Gauge>,
+    volume_available: Family<VolumeLabel, Gauge>,
     lease_held: Gauge,
     fenced: Gauge,
     connections: Family<StateLabel, Gauge>,
@@ -84,6 +91,8 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             wal_receiver: Family::default(),
             pending_restart: Gauge::default(),
+            volume_size: Family::default(),
+            volume_available: Family::default(),
             lease_held: Gauge::default(),
             fenced: Gauge::default(),
             connections: Family::default(),
@@ -135,6 +144,16 @@ impl Metrics {
             "postgres_pending_restart",
             "A changed setting waits for a restart",
             metrics.pending_restart.clone(),
+        );
+        registry.register(
+            "volume_size_bytes",
+            "Size of the file system of a volume (data, wal)",
+            metrics.volume_size.clone(),
+        );
+        registry.register(
+            "volume_available_bytes",
+            "Bytes a volume's file system has free for PostgreSQL",
+            metrics.volume_available.clone(),
         );
         registry.register(
             "primary_lease_held",
@@ -263,6 +282,26 @@ impl Metrics {
                 .set(1);
         }
         self.pending_restart.set(i64::from(report.pending_restart));
+        let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+        for (volume, usage) in [("data", report.data_volume), ("wal", report.wal_volume)] {
+            let label = VolumeLabel {
+                volume: volume.into(),
+            };
+            match usage {
+                Some(u) => {
+                    self.volume_size
+                        .get_or_create(&label)
+                        .set(clamp(u.size_bytes));
+                    self.volume_available
+                        .get_or_create(&label)
+                        .set(clamp(u.available_bytes));
+                }
+                None => {
+                    self.volume_size.remove(&label);
+                    self.volume_available.remove(&label);
+                }
+            }
+        }
         let lease = report.lease.as_ref();
         self.lease_held
             .set(i64::from(lease.is_some_and(|l| l.held)));
@@ -389,6 +428,10 @@ mod tests {
             lag_bytes: Some(42),
             lag_seconds: Some(0.5),
             wal_receiver: Some("streaming".into()),
+            data_volume: Some(crate::contract::instance::VolumeUsage {
+                size_bytes: 1000,
+                available_bytes: 250,
+            }),
             ..crate::instance::state::empty_report("db-2")
         };
         metrics.observe_report(&report);
@@ -416,6 +459,8 @@ mod tests {
             "capstan_database_size_bytes{datname=\"app\"} 8000000",
             "capstan_rewinds_total{result=\"ok\"} 1",
             "capstan_promotions_total 1",
+            "capstan_volume_size_bytes{volume=\"data\"} 1000",
+            "capstan_volume_available_bytes{volume=\"data\"} 250",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -392,6 +392,7 @@ fn operation_events(plan: &Plan, applied: &Applied) -> Vec<Transition> {
             .map(|(kind, reason)| format!("issued the {kind:?} certificate ({reason:?})"))
             .collect(),
     );
+    add(false, reason::VOLUME_GROWN, plan.volumes.grown.clone());
     add(
         false,
         reason::CA_ROTATION,

@@ -25,6 +25,8 @@ pub mod reason {
     pub const CREATED_SECRETS: &str = "CreatedSecrets";
     pub const ISSUED_CERTIFICATES: &str = "IssuedCertificates";
     pub const CA_ROTATION: &str = "CaRotation";
+    /// autoGrow raised a claim.
+    pub const VOLUME_GROWN: &str = "VolumeGrown";
     /// A volume past its autoGrow threshold at its limit.
     pub const VOLUME_FULL: &str = "VolumeFull";
     pub const APPLY_REFUSED: &str = "ApplyRefused";

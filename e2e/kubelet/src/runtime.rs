@@ -560,6 +560,9 @@ impl RuntimeHandle {
 
     fn remove_claim_dir(&self, namespace: &str, name: &str) {
         let dir = self.claim_dir(namespace, name);
+        if let Err(e) = crate::sys::tmpfs::unmount(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot unmount claim volume");
+        }
         if let Err(e) = fs::remove_dir_all(&dir)
             && e.kind() != io::ErrorKind::NotFound
         {

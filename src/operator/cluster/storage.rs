@@ -79,6 +79,8 @@ pub struct Decision {
     pub full: Vec<String>,
     /// Instances whose pod must be re-created to grow a file system.
     pub restart: BTreeSet<String>,
+    /// What autoGrow raised in this reconcile, in words for an Event.
+    pub grown: Vec<String>,
 }
 
 impl Decision {
@@ -220,6 +222,7 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
             .as_ref()
             .and_then(|a| grown(a, have, cap, pending, usage.as_ref()));
         let mut want = have.max(by_spec).max(by_growth.unwrap_or(0));
+        let grown_by_auto = by_growth.is_some_and(|g| g == want && g > by_spec);
         if want > have {
             let class = claim
                 .spec
@@ -230,6 +233,15 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
                 refused.entry(class).or_default().push(name.clone());
                 want = have;
             }
+        }
+        if grown_by_auto && want > have {
+            d.grown.push(format!(
+                "autoGrow: the {} volume of {instance} grows from {} to {} ({:.0}% used)",
+                kind.label(),
+                bytes_text(have),
+                bytes_text(want),
+                usage.as_ref().map(used_percent).unwrap_or_default()
+            ));
         }
         if let (Some(auto), Some(u)) = (&spec.auto_grow, &usage)
             && units(&auto.limit).is_some_and(|l| have >= l)

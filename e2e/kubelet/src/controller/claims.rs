@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -118,9 +119,59 @@ pub(crate) fn persistent_volume(
     .ok()
 }
 
+/// StorageClass parameter: `tmpfs` backs each volume with a tmpfs of the
+/// claim's size, so a full volume is a real `No space left on device`.
+pub(crate) const BACKING_PARAMETER: &str = "e2e.capstan.dev/backing";
+/// StorageClass parameter: `offline` grows the file system only when a pod
+/// mounts the volume next (the claim says `FileSystemResizePending` until
+/// then), as drivers without online expansion do.
+pub(crate) const RESIZE_PARAMETER: &str = "e2e.capstan.dev/resize";
+pub(crate) const RESIZE_PENDING: &str = "FileSystemResizePending";
+
+/// What a claim's StorageClass asks of its volume here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Backing {
+    pub tmpfs: bool,
+    pub offline: bool,
+}
+
+impl Backing {
+    pub(crate) fn of(class: &StorageClass) -> Backing {
+        let param = |k: &str| {
+            class
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get(k))
+                .map(String::as_str)
+        };
+        Backing {
+            tmpfs: param(BACKING_PARAMETER) == Some("tmpfs"),
+            offline: param(RESIZE_PARAMETER) == Some("offline"),
+        }
+    }
+}
+
+/// Bytes of a quantity (`64Mi`).
+pub(crate) fn bytes(q: &Quantity) -> u64 {
+    quantity::parse(&q.0).unwrap_or(0.0) as u64
+}
+
+/// Whether the claim waits for its file system to grow in a new pod.
+pub(crate) fn resize_pending(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == RESIZE_PENDING && c.status == "True")
+        })
+}
+
 /// A write of the PersistentVolume mode.
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
+    /// A tmpfs of this many bytes on the claim's directory.
+    Format(u64),
     CreateVolume(Box<PersistentVolume>),
     /// The claim's `spec.volumeName`.
     SetVolumeName(String),
@@ -128,6 +179,12 @@ enum Step {
     GrowVolume(String, Quantity),
     /// The claim's `status.capacity` (and `allocatedResources`).
     ClaimCapacity(Quantity),
+    /// The tmpfs grown in place to this many bytes (online expansion).
+    GrowFileSystem(u64),
+    /// The claim's `FileSystemResizePending` condition (offline expansion).
+    ResizePending,
+    /// The file system grew in a new pod: capacity, condition cleared.
+    ResizeDone(Quantity),
 }
 
 /// PersistentVolume mode: what `pvc` needs, given its volume (if known).
@@ -135,6 +192,8 @@ fn plan(
     pvc: &PersistentVolumeClaim,
     volume: Option<&PersistentVolume>,
     claims_dir: &Path,
+    backing: Backing,
+    fs_size: Option<u64>,
 ) -> Vec<Step> {
     let (Some(requested), Some(ours)) = (requested(pvc), volume_name(pvc)) else {
         return Vec::new();
@@ -146,6 +205,9 @@ fn plan(
         .unwrap_or_default();
     if volume_name.is_empty() {
         let mut steps = Vec::new();
+        if backing.tmpfs && fs_size.is_none() {
+            steps.push(Step::Format(bytes(requested)));
+        }
         if volume.is_none() {
             match persistent_volume(pvc, claims_dir) {
                 Some(pv) => steps.push(Step::CreateVolume(Box::new(pv))),
@@ -167,8 +229,22 @@ fn plan(
     if volume_capacity.is_some_and(|c| less(c, requested)) {
         steps.push(Step::GrowVolume(ours, requested.clone()));
     }
-    if bound(pvc) && status_capacity(pvc).is_some_and(|c| less(c, requested)) {
-        steps.push(Step::ClaimCapacity(requested.clone()));
+    if !bound(pvc) || !status_capacity(pvc).is_some_and(|c| less(c, requested)) {
+        return steps;
+    }
+    let fs_grown = fs_size.is_some_and(|b| b >= bytes(requested));
+    match (backing.tmpfs, backing.offline) {
+        (false, _) => steps.push(Step::ClaimCapacity(requested.clone())),
+        (true, false) => {
+            if !fs_grown {
+                steps.push(Step::GrowFileSystem(bytes(requested)));
+            }
+            steps.push(Step::ClaimCapacity(requested.clone()));
+        }
+        // The kubelet grows it when a pod mounts the volume next.
+        (true, true) if fs_grown => steps.push(Step::ResizeDone(requested.clone())),
+        (true, true) if !resize_pending(pvc) => steps.push(Step::ResizePending),
+        (true, true) => {}
     }
     steps
 }
@@ -200,12 +276,41 @@ async fn apply(
     client: &Client,
     pvc: &PersistentVolumeClaim,
     step: Step,
+    dir: &Path,
 ) -> Result<(), kube::Error> {
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &pvc.namespace().unwrap_or_default());
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     let params = PatchParams::default();
+    let fs = |r: std::io::Result<()>| {
+        r.map_err(|e| kube::Error::Service(format!("tmpfs on {}: {e}", dir.display()).into()))
+    };
     match step {
+        Step::Format(bytes) => fs(crate::sys::tmpfs::ensure(dir, bytes)),
+        Step::GrowFileSystem(bytes) => fs(crate::sys::tmpfs::resize(dir, bytes)),
+        Step::ResizePending => {
+            let now = jiff::Timestamp::now();
+            let patch = json!({"status": {"conditions": [{
+                "type": RESIZE_PENDING, "status": "True", "lastTransitionTime": now.to_string(),
+                "message": "Waiting for user to (re-)start a pod to finish file system resize of volume on node."
+            }]}});
+            claims
+                .patch_status(&pvc.name_any(), &params, &Patch::Merge(patch))
+                .await
+                .map(drop)
+        }
+        Step::ResizeDone(capacity) => {
+            let mut status = capacity_patch(&capacity);
+            status["conditions"] = json!([]);
+            claims
+                .patch_status(
+                    &pvc.name_any(),
+                    &params,
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await
+                .map(drop)
+        }
         Step::CreateVolume(pv) => match volumes.create(&PostParams::default(), &pv).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
@@ -235,6 +340,29 @@ async fn apply(
     }
 }
 
+/// The backing a class asks for, read once per class (parameters are
+/// immutable); a class not there yet is asked for again next time.
+async fn backing_of(
+    client: &Client,
+    known: &mut std::collections::HashMap<String, Backing>,
+    class: &str,
+) -> Backing {
+    if let Some(b) = known.get(class) {
+        return *b;
+    }
+    match Api::<StorageClass>::all(client.clone())
+        .get_opt(class)
+        .await
+    {
+        Ok(Some(sc)) => {
+            let b = Backing::of(&sc);
+            known.insert(class.to_string(), b);
+            b
+        }
+        _ => Backing::default(),
+    }
+}
+
 pub(super) async fn run(
     client: Client,
     cfg: KubeletConfig,
@@ -243,6 +371,7 @@ pub(super) async fn run(
     resync: Duration,
 ) {
     let claims_dir = cfg.state_dir.join("claims");
+    let mut classes = std::collections::HashMap::new();
     loop {
         let claims = caches.claims.state();
         for pvc in &claims {
@@ -272,9 +401,23 @@ pub(super) async fn run(
                     .volumes
                     .get(&kube::runtime::reflector::ObjectRef::new(&name))
             });
-            for step in plan(pvc, volume.as_deref(), &claims_dir) {
+            let backing = match pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+            {
+                Some(class) => backing_of(&client, &mut classes, class).await,
+                None => Backing::default(),
+            };
+            let dir = crate::volumes::claim_dir(
+                &claims_dir,
+                &pvc.namespace().unwrap_or_default(),
+                &pvc.name_any(),
+            );
+            let fs_size = crate::sys::tmpfs::size(&dir);
+            for step in plan(pvc, volume.as_deref(), &claims_dir, backing, fs_size) {
                 let what = format!("{step:?}");
-                if let Err(e) = apply(&client, pvc, step).await {
+                if let Err(e) = apply(&client, pvc, step, &dir).await {
                     tracing::warn!(claim = %pvc.name_any(), error = %e, step = %what, "cannot provision claim (retrying)");
                     break;
                 }
@@ -367,27 +510,36 @@ mod tests {
     fn plans_volume_binding_and_growth() {
         let dir = PathBuf::from("/state/claims");
         let fresh = pvc("1Gi", json!({}), json!({"phase": "Pending"}));
-        let steps = plan(&fresh, None, &dir);
+        let steps = plan(&fresh, None, &dir, Backing::default(), None);
         assert!(
             matches!(&steps[..], [Step::CreateVolume(_), Step::SetVolumeName(n)] if n == "pvc-c0ffee")
         );
         let pv = persistent_volume(&fresh, &dir).unwrap();
         assert_eq!(
-            plan(&fresh, Some(&pv), &dir),
+            plan(&fresh, Some(&pv), &dir, Backing::default(), None),
             vec![Step::SetVolumeName("pvc-c0ffee".into())]
         );
 
         let named = json!({"volumeName": "pvc-c0ffee"});
         // Waiting for the PersistentVolume controller: nothing to do.
         let waiting = pvc("1Gi", named.clone(), json!({"phase": "Pending"}));
-        assert!(plan(&waiting, Some(&pv), &dir).is_empty());
+        assert!(plan(&waiting, Some(&pv), &dir, Backing::default(), None).is_empty());
         let bound = json!({"phase": "Bound", "capacity": {"storage": "1Gi"}});
-        assert!(plan(&pvc("1Gi", named.clone(), bound.clone()), Some(&pv), &dir).is_empty());
+        assert!(
+            plan(
+                &pvc("1Gi", named.clone(), bound.clone()),
+                Some(&pv),
+                &dir,
+                Backing::default(),
+                None
+            )
+            .is_empty()
+        );
         // Expansion: the volume grows, then the claim's capacity.
         let grown = pvc("2Gi", named.clone(), bound);
         let two = Quantity("2Gi".into());
         assert_eq!(
-            plan(&grown, Some(&pv), &dir),
+            plan(&grown, Some(&pv), &dir, Backing::default(), None),
             vec![
                 Step::GrowVolume("pvc-c0ffee".into(), two.clone()),
                 Step::ClaimCapacity(two.clone())
@@ -395,7 +547,7 @@ mod tests {
         );
         let big = persistent_volume(&grown, &dir).unwrap();
         assert_eq!(
-            plan(&grown, Some(&big), &dir),
+            plan(&grown, Some(&big), &dir, Backing::default(), None),
             vec![Step::ClaimCapacity(two)]
         );
         // Someone else's volume is left alone.
@@ -404,7 +556,53 @@ mod tests {
             json!({"volumeName": "static-1"}),
             json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
         );
-        assert!(plan(&other, Some(&pv), &dir).is_empty());
+        assert!(plan(&other, Some(&pv), &dir, Backing::default(), None).is_empty());
+    }
+
+    #[test]
+    fn tmpfs_volumes_grow_online_or_in_the_next_pod() {
+        let dir = PathBuf::from("/state/claims");
+        let online = Backing {
+            tmpfs: true,
+            offline: false,
+        };
+        let offline = Backing {
+            tmpfs: true,
+            offline: true,
+        };
+        let fresh = pvc("64Mi", json!({}), json!({"phase": "Pending"}));
+        assert!(matches!(
+            &plan(&fresh, None, &dir, online, None)[..],
+            [Step::Format(b), Step::CreateVolume(_), Step::SetVolumeName(_)] if *b == 64 << 20
+        ));
+        let named = json!({"volumeName": "pvc-c0ffee"});
+        let bound = json!({"phase": "Bound", "capacity": {"storage": "64Mi"}});
+        let grown = pvc("96Mi", named.clone(), bound.clone());
+        let pv = persistent_volume(&grown, &dir).unwrap();
+        let q = Quantity("96Mi".into());
+        assert_eq!(
+            plan(&grown, Some(&pv), &dir, online, Some(64 << 20)),
+            vec![
+                Step::GrowFileSystem(96 << 20),
+                Step::ClaimCapacity(q.clone())
+            ]
+        );
+        // Offline: the claim waits for a pod; the kubelet grows it then.
+        assert_eq!(
+            plan(&grown, Some(&pv), &dir, offline, Some(64 << 20)),
+            vec![Step::ResizePending]
+        );
+        let waiting = pvc(
+            "96Mi",
+            named,
+            json!({"phase": "Bound", "capacity": {"storage": "64Mi"},
+                   "conditions": [{"type": RESIZE_PENDING, "status": "True"}]}),
+        );
+        assert!(plan(&waiting, Some(&pv), &dir, offline, Some(64 << 20)).is_empty());
+        assert_eq!(
+            plan(&waiting, Some(&pv), &dir, offline, Some(96 << 20)),
+            vec![Step::ResizeDone(q)]
+        );
     }
 
     #[test]

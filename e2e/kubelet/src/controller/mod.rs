@@ -2,7 +2,7 @@
 //! kubelet, kube-proxy, scheduler and a few controllers would, and drives the
 //! node runtime. It only uses the REST API, so it works against any API server.
 
-mod claims;
+pub(crate) mod claims;
 mod deployments;
 mod node;
 mod pods;

@@ -1,11 +1,13 @@
 //! Thin wrappers over the Linux facilities the process kubelet builds on:
 //! cgroup v2 (process tracking), mount/UTS namespaces (the container's view of
-//! the filesystem), nftables (pod source addresses and partitions).
+//! the filesystem), nftables (pod source addresses and partitions), tmpfs
+//! (claims with a real capacity).
 
 pub mod cgroup;
 pub mod nft;
 pub mod procs;
 pub mod spawn;
+pub mod tmpfs;
 
 use std::io;
 

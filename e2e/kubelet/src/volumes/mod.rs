@@ -138,6 +138,26 @@ pub fn sync(inputs: &VolumeInputs<'_>) -> Result<BTreeMap<String, Volume>, Volum
             }
             let dir = claim_dir(inputs.claims_dir, &namespace, &pvc.claim_name);
             create_shared_dir(&dir, inputs.fs_group).map_err(io_err(&dir))?;
+            // A file system that grows only when a pod mounts it (offline
+            // expansion) grows now, as the kubelet does before the
+            // containers start; the claim binder then reports it.
+            if let Some(claim) = inputs.objects.claim(&namespace, &pvc.claim_name)
+                && crate::controller::claims::resize_pending(&claim)
+                && let Some(want) = claim.spec.as_ref().and_then(|s| {
+                    s.resources
+                        .as_ref()?
+                        .requests
+                        .as_ref()?
+                        .get("storage")
+                        .cloned()
+                })
+                && crate::sys::tmpfs::size(&dir)
+                    .is_some_and(|have| have < crate::controller::claims::bytes(&want))
+            {
+                crate::sys::tmpfs::resize(&dir, crate::controller::claims::bytes(&want))
+                    .map_err(io_err(&dir))?;
+                tracing::info!(claim = %pvc.claim_name, size = %want.0, "grew the file system as the pod mounts it");
+            }
             Volume {
                 host_path: dir,
                 read_only: pvc.read_only == Some(true),

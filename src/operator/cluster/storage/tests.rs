@@ -117,6 +117,10 @@ fn a_volume_grows_past_its_threshold_by_the_increment_up_to_the_limit() {
     );
     assert_eq!(request(&d, "db-1"), "150Mi");
     assert_eq!(d.volumes[0].resize, Some("Resizing"));
+    assert_eq!(
+        d.grown,
+        vec!["autoGrow: the data volume of db-1 grows from 100Mi to 150Mi (80% used)"]
+    );
     assert!(d.refused.is_none() && d.full.is_empty());
     // Asked, not provided yet: never asked twice.
     let d = decide(
