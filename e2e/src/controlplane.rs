@@ -370,7 +370,10 @@ impl ControlPlane {
             &controller_flags(
                 &file("controller-manager.kubeconfig"),
                 [
-                    "--controllers=*".into(),
+                    // The kubelet's claim binder stands in for the
+                    // resizer: it grows tmpfs-backed volumes for real,
+                    // online or when a pod mounts them next.
+                    "--controllers=*,-persistentvolume-expander-controller".into(),
                     format!("--root-ca-file={}", file("ca.crt")),
                     format!("--service-account-private-key-file={}", file("sa.key")),
                     "--use-service-account-credentials=true".into(),

@@ -58,10 +58,14 @@ async fn raise(target: &Target, ha: &HaCluster) -> Result<(), E2eError> {
 }
 
 /// Every instance's data volume provided at `TO`, no resize left.
+/// (The file system as the instance manager measured it, too.)
 fn resized(c: &PostgresCluster, instances: &[String]) -> bool {
     instances.iter().all(|name| {
         volumes::volume(c, name, "data").is_some_and(|v| {
-            v.requested == TO && v.capacity.as_deref() == Some(TO) && v.resize.is_none()
+            v.requested == TO
+                && v.capacity.as_deref() == Some(TO)
+                && v.resize.is_none()
+                && v.size_bytes.unwrap_or(0) >= 180 << 20
         })
     }) && c.status.as_ref().is_some_and(|s| s.operation.is_none())
         && capstan_e2e::cluster::condition(c, "Ready").as_deref() == Some("True")
@@ -102,16 +106,15 @@ async fn online(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     )
     .await?;
     eprintln!(
-        "[{ns}] storage.size {FROM} -> {TO}: provided on every instance {:.1}s later, online",
+        "[{ns}] storage.size {FROM} -> {TO}: provided and the file systems grown on every instance {:.1}s later, online",
         at.elapsed().as_secs_f64()
     );
-    // The file systems grew too: what the instance managers measure.
     for name in &instances {
         let v = volumes::volume(&c, name, "data").expect("in status");
-        assert!(
-            v.size_bytes.unwrap_or(0) > 160 << 20,
-            "{name}: the file system is {:?} bytes",
-            v.size_bytes
+        eprintln!(
+            "[{ns}] {name}: file system {} MiB, {} MiB used",
+            v.size_bytes.unwrap_or(0) >> 20,
+            v.used_bytes.unwrap_or(0) >> 20
         );
     }
     assert_eq!(ha.pod_uids(target).await?, pods, "no pod re-created");

@@ -229,21 +229,29 @@ fn plan(
     if volume_capacity.is_some_and(|c| less(c, requested)) {
         steps.push(Step::GrowVolume(ours, requested.clone()));
     }
-    if !bound(pvc) || !status_capacity(pvc).is_some_and(|c| less(c, requested)) {
+    if !bound(pvc) {
         return steps;
     }
-    let fs_grown = fs_size.is_some_and(|b| b >= bytes(requested));
+    let claimed_less = status_capacity(pvc).is_some_and(|c| less(c, requested));
+    // A tmpfs volume is judged by its file system, whatever else wrote the
+    // claim's status.
+    let fs_short = fs_size.is_some_and(|b| b < bytes(requested));
     match (backing.tmpfs, backing.offline) {
-        (false, _) => steps.push(Step::ClaimCapacity(requested.clone())),
+        (false, _) if claimed_less => steps.push(Step::ClaimCapacity(requested.clone())),
+        (false, _) => {}
         (true, false) => {
-            if !fs_grown {
+            if fs_short {
                 steps.push(Step::GrowFileSystem(bytes(requested)));
             }
-            steps.push(Step::ClaimCapacity(requested.clone()));
+            if claimed_less {
+                steps.push(Step::ClaimCapacity(requested.clone()));
+            }
         }
         // The kubelet grows it when a pod mounts the volume next.
-        (true, true) if fs_grown => steps.push(Step::ResizeDone(requested.clone())),
-        (true, true) if !resize_pending(pvc) => steps.push(Step::ResizePending),
+        (true, true) if fs_short && !resize_pending(pvc) => steps.push(Step::ResizePending),
+        (true, true) if !fs_short && (resize_pending(pvc) || claimed_less) => {
+            steps.push(Step::ResizeDone(requested.clone()))
+        }
         (true, true) => {}
     }
     steps
@@ -602,6 +610,21 @@ mod tests {
         assert_eq!(
             plan(&waiting, Some(&pv), &dir, offline, Some(96 << 20)),
             vec![Step::ResizeDone(q)]
+        );
+        // Something else already wrote the new capacity: the file system
+        // still decides.
+        let claimed = pvc(
+            "96Mi",
+            json!({"volumeName": "pvc-c0ffee"}),
+            json!({"phase": "Bound", "capacity": {"storage": "96Mi"}}),
+        );
+        assert_eq!(
+            plan(&claimed, Some(&pv), &dir, online, Some(64 << 20)),
+            vec![Step::GrowFileSystem(96 << 20)]
+        );
+        assert_eq!(
+            plan(&claimed, Some(&pv), &dir, offline, Some(64 << 20)),
+            vec![Step::ResizePending]
         );
     }
 
