@@ -36,6 +36,8 @@ pub enum E2eError {
 /// Runs an e2e scenario ([`netns::run`]). On the local harness it needs the
 /// control-plane binaries: without them the test is skipped with the reason
 /// printed, except under `CI=true`, where that fails the test.
+/// `CAPSTAN_E2E_LOG` (an `EnvFilter`, e.g. `capstan_e2e_kubelet=debug`)
+/// prints the harness's own logs.
 pub fn scenario<F, Fut>(scenario: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -49,6 +51,13 @@ where
         }
         eprintln!("SKIP: {e}");
         return;
+    }
+    // The harness's own logs (kubelet, claim binder) for debugging a run.
+    if let Ok(filter) = std::env::var("CAPSTAN_E2E_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
     }
     netns::run(scenario);
 }

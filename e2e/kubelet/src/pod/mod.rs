@@ -570,6 +570,7 @@ impl Worker {
             fs_group: sb.fs_group,
             service_account: sa_files.as_ref(),
             token_requests: config.token_requests,
+            mounting: sb.volumes.is_none(),
         };
         let result = volumes::sync(&inputs);
         let sa_dir = sb.dir.join("serviceaccount");

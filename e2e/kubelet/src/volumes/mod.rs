@@ -101,6 +101,9 @@ pub struct VolumeInputs<'a> {
     /// `serviceAccountToken` sources take the pod's own token from
     /// [`ObjectSource::service_account_token`].
     pub token_requests: bool,
+    /// The pod's first setup (its containers have not started): offline
+    /// file-system resizes happen now, as a kubelet does when it mounts.
+    pub mounting: bool,
 }
 
 /// Host directory of claim `namespace/name`.
@@ -141,7 +144,8 @@ pub fn sync(inputs: &VolumeInputs<'_>) -> Result<BTreeMap<String, Volume>, Volum
             // A file system that grows only when a pod mounts it (offline
             // expansion) grows now, as the kubelet does before the
             // containers start; the claim binder then reports it.
-            if let Some(claim) = inputs.objects.claim(&namespace, &pvc.claim_name)
+            if inputs.mounting
+                && let Some(claim) = inputs.objects.claim(&namespace, &pvc.claim_name)
                 && crate::controller::claims::resize_pending(&claim)
                 && let Some(want) = claim.spec.as_ref().and_then(|s| {
                     s.resources
