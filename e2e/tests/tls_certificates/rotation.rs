@@ -1,7 +1,7 @@
 //! Certificates and the CA replaced on a running cluster, under load.
 //!
 //! `spec.tls.certificates` gives minutes-long lifetimes (certificates 2m,
-//! renewed 1m ahead; CA 3m, its successor trusted 2m ahead). `pgbench -c 4`
+//! renewed 1m ahead; CA 150s, its successor trusted 90s ahead). `pgbench -c 4`
 //! runs through `<name>-pooler` with `sslmode=verify-full` against the
 //! `ca.crt` read at the start for the whole rotation. The scenario sees,
 //! from the outside:
@@ -35,9 +35,9 @@ use capstan_e2e::load::{Pgbench, pgbench_binary};
 use capstan_e2e::sql;
 use capstan_e2e::target::{Target, fail};
 
-/// From the cluster's creation: next CA at 1m, the move at 2m, the old CA
-/// gone at 3m; pgbench covers all of it.
-const RUN: Duration = Duration::from_secs(180);
+/// From the cluster's creation: next CA at 60s, the move at 90s, the old
+/// CA gone at 150s; pgbench covers all of it.
+const RUN: Duration = Duration::from_secs(130);
 const STEP_WITHIN: Duration = Duration::from_secs(200);
 const POLL: Duration = Duration::from_millis(500);
 
@@ -114,8 +114,8 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let lifetimes = &mut spec.spec.tls.certificates;
     lifetimes.duration = "2m".into();
     lifetimes.renew_before = "1m".into();
-    lifetimes.ca_duration = "3m".into();
-    lifetimes.ca_renew_before = "2m".into();
+    lifetimes.ca_duration = "150s".into();
+    lifetimes.ca_renew_before = "90s".into();
     let created = Instant::now();
     let mut ha = HaCluster::create(target, &spec).await?;
     let target = &*target;

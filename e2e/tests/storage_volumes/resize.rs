@@ -135,7 +135,7 @@ async fn offline(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let pods = ha.pod_uids(target).await?;
     let bench = Pgbench::new(&pgbench, &ha, &ha.pooler(target).await?)?;
     bench.init(1).await?;
-    let run = bench.start(4, Duration::from_secs(150))?;
+    let run = bench.start(4, Duration::from_secs(80))?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let at = Instant::now();
     raise(target, &ha).await?;
@@ -184,7 +184,7 @@ async fn offline(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     for name in &instances {
         assert_ne!(pods.get(name), after.get(name), "{name} was re-created");
     }
-    let report = run.finish(Duration::from_secs(240)).await?;
+    let report = run.finish(Duration::from_secs(180)).await?;
     eprintln!(
         "[{ns}] pgbench: {} transactions, {} failed, {} clients aborted, longest transaction {:.0} ms",
         report.processed, report.failed, report.aborted_clients, report.max_latency_ms
