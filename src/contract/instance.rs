@@ -117,9 +117,21 @@ pub struct InstanceReport {
     /// The file system of the WAL volume (`walStorage` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_volume: Option<VolumeUsage>,
+    /// Primary: replication slots nobody streams from, with the bytes of
+    /// WAL each holds back (largest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inactive_slots: Vec<InactiveSlot>,
     /// The mounted certificates and the CAs they trust.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tls: super::agent::TlsMounts,
+}
+
+/// A replication slot nobody streams from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InactiveSlot {
+    pub name: String,
+    pub retained_bytes: u64,
 }
 
 /// A file system's size and what is free on it (`statvfs`).

@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub replay_delay_seconds: Option<f64>,
     /// Primary: its standbys (`pg_stat_replication`), by name.
     pub standbys: Vec<StandbyReport>,
+    /// Primary: replication slots nobody streams from, and the bytes of
+    /// WAL each holds back.
+    pub inactive_slots: Vec<(String, u64)>,
 }
 
 /// Live numbers for `/metrics`.
@@ -214,6 +217,22 @@ impl Local {
                     flush_lsn: r.get(3),
                     replay_lsn: r.get(4),
                 })
+                .collect();
+            // WAL a slot keeps, whoever made it: a full WAL volume's likely
+            // cause when its consumer is gone.
+            snap.inactive_slots = client
+                .query(
+                    "SELECT slot_name::text,
+                            pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+                     FROM pg_replication_slots
+                     WHERE NOT active AND restart_lsn IS NOT NULL
+                     ORDER BY 2 DESC",
+                    &[],
+                )
+                .await
+                .map_err(query_err("pg_replication_slots"))?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
                 .collect();
         }
         Ok(snap)

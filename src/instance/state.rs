@@ -185,6 +185,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         agent: None,
         data_volume: None,
         wal_volume: None,
+        inactive_slots: vec![],
         tls: Default::default(),
     }
 }

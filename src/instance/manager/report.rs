@@ -3,7 +3,7 @@
 //! after every tick and command.
 
 use crate::contract::backup::{ArchiveReport, BackupJob};
-use crate::contract::instance::{InstanceReport, LeaseReport, Role, VolumeUsage};
+use crate::contract::instance::{InactiveSlot, InstanceReport, LeaseReport, Role, VolumeUsage};
 use crate::contract::layout::mounts;
 use crate::contract::restore::RestoreReport;
 use crate::contract::upgrade::UpgradeReport;
@@ -60,6 +60,14 @@ pub(super) fn report(facts: Facts<'_>) -> InstanceReport {
         report.pending_restart = s.pending_restart;
         report.standby_floor_settings = s.standby_floor_settings.clone();
         report.standbys = s.standbys.clone();
+        report.inactive_slots = s
+            .inactive_slots
+            .iter()
+            .map(|(name, bytes)| InactiveSlot {
+                name: name.clone(),
+                retained_bytes: *bytes,
+            })
+            .collect();
         report.version = Some(s.version.clone());
         report.postgres_uptime_seconds = Some(s.uptime_seconds);
         if s.in_recovery {
@@ -190,6 +198,7 @@ mod tests {
             wal_receiver: Some("streaming".into()),
             replay_delay_seconds: Some(3.5),
             standbys: vec![],
+            inactive_slots: vec![],
         }
     }
 

@@ -252,7 +252,7 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
                 kind.label(),
                 used_percent(u),
                 auto.limit.0,
-                cause(kind, report)
+                cause(kind, model.spec.wal_storage.is_some(), report)
             ));
         }
         let resize = if pending {
@@ -302,21 +302,45 @@ pub fn decide(model: &Model, observed: &Observed) -> Decision {
     d
 }
 
-/// Why a WAL volume fills, when the instance manager's report says.
-fn cause(kind: Kind, report: Option<&crate::contract::instance::InstanceReport>) -> String {
-    if kind != Kind::Wal {
+/// Why a volume holding WAL fills, when the instance manager's report says:
+/// archiving failing (PostgreSQL keeps every segment until it is
+/// archived) or a replication slot nobody streams from.
+fn cause(
+    kind: Kind,
+    separate_wal: bool,
+    report: Option<&crate::contract::instance::InstanceReport>,
+) -> String {
+    if kind == Kind::Data && separate_wal {
         return String::new();
     }
-    let Some(archive) = report.and_then(|r| r.archive.as_ref()) else {
+    let Some(report) = report else {
         return String::new();
     };
-    let failing =
-        archive.last_failed_wal.is_some() && archive.last_failed_at > archive.last_archived_at;
-    match &archive.last_failed_wal {
-        Some(wal) if failing => format!(
-            " (WAL archiving is failing since {wal}: PostgreSQL keeps every segment until it is archived; fix the repository)"
-        ),
-        _ => String::new(),
+    let mut causes = vec![];
+    if let Some(archive) = &report.archive
+        && let Some(wal) = &archive.last_failed_wal
+        && archive.last_failed_at > archive.last_archived_at
+    {
+        causes.push(format!(
+            "WAL archiving is failing since {wal}: PostgreSQL keeps every segment until it is archived; fix the repository"
+        ));
+    }
+    const STUCK: u64 = 16 << 20;
+    if let Some(slot) = report
+        .inactive_slots
+        .iter()
+        .find(|s| s.retained_bytes >= STUCK)
+    {
+        causes.push(format!(
+            "replication slot {} is not streamed from and holds {} MiB of WAL; bring its standby back or drop the slot",
+            slot.name,
+            slot.retained_bytes >> 20
+        ));
+    }
+    if causes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", causes.join("; "))
     }
 }
 

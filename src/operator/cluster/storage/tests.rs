@@ -261,3 +261,34 @@ fn a_full_wal_volume_says_archiving_is_failing() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_full_volume_with_wal_names_a_slot_nobody_streams_from() {
+    use crate::contract::instance::InactiveSlot;
+    // No separate WAL volume: the data volume holds the WAL.
+    let m = growing();
+    let mut o = observed(
+        vec![claim(Kind::Data, "200Mi", "200Mi", "grows")],
+        Some(used(200, 190)),
+    );
+    o.reports.get_mut("db-1").unwrap().inactive_slots = vec![
+        InactiveSlot {
+            name: "db_3".into(),
+            retained_bytes: 150 << 20,
+        },
+        InactiveSlot {
+            name: "small".into(),
+            retained_bytes: 1 << 20,
+        },
+    ];
+    let msg = decide(&m, &o).full_message().unwrap();
+    assert!(
+        msg.contains("replication slot db_3 is not streamed from and holds 150 MiB of WAL"),
+        "{msg}"
+    );
+    // With a WAL volume of its own, the data volume's fill is not the WAL's.
+    let mut separate = growing();
+    separate.spec.wal_storage = Some(separate.spec.storage.clone());
+    let msg = decide(&separate, &o).full_message().unwrap();
+    assert!(!msg.contains("slot"), "{msg}");
+}
