@@ -3,7 +3,7 @@
 //! status says about the primary, failovers and switchovers, request a
 //! switchover, and connect as its clients do.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -175,6 +175,24 @@ impl HaCluster {
         who: As,
     ) -> Result<tokio_postgres::Client, E2eError> {
         sql::connect(&self.login(endpoint, who)).await
+    }
+
+    /// `pg_postmaster_start_time()` of each instance: unchanged means
+    /// reloaded, never restarted.
+    pub async fn start_times(
+        &self,
+        target: &Target,
+        instances: &[String],
+    ) -> Result<BTreeMap<String, String>, E2eError> {
+        let mut out = BTreeMap::new();
+        for name in instances {
+            let admin = self
+                .connect(&self.pod(target, name).await?, As::Superuser)
+                .await?;
+            let t = sql::value(&admin, "SELECT pg_postmaster_start_time()::text").await?;
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
     }
 
     /// The cluster as the API server has it now.

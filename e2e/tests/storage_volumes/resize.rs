@@ -16,15 +16,13 @@
 //! Runs on the harness (size-limited tmpfs volumes); on a real cluster with
 //! `CAPSTAN_E2E_STORAGE_CLASS_<NAME>` naming classes that behave so.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use capstan::api::PostgresCluster;
 use capstan_e2e::E2eError;
-use capstan_e2e::ha::{self, As, HaCluster, ha_example};
+use capstan_e2e::ha::{self, HaCluster, ha_example};
 use capstan_e2e::harness::{ensure_namespace, wait_for};
 use capstan_e2e::load::{Pgbench, pgbench_binary};
-use capstan_e2e::sql;
 use capstan_e2e::target::{Target, fail};
 use capstan_e2e::volumes::{self, Expansion};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -71,28 +69,12 @@ fn resized(c: &PostgresCluster, instances: &[String]) -> bool {
         && capstan_e2e::cluster::condition(c, "Ready").as_deref() == Some("True")
 }
 
-async fn start_times(
-    target: &Target,
-    ha: &HaCluster,
-    instances: &[String],
-) -> Result<BTreeMap<String, String>, E2eError> {
-    let mut out = BTreeMap::new();
-    for name in instances {
-        let admin = ha
-            .connect(&ha.pod(target, name).await?, As::Superuser)
-            .await?;
-        let t = sql::value(&admin, "SELECT pg_postmaster_start_time()::text").await?;
-        out.insert(name.clone(), t);
-    }
-    Ok(out)
-}
-
 async fn online(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let target = &*target;
     let ha = cluster_on(target, ns, "e2e-grows", Expansion::Online, 2).await?;
     let instances = ha::instance_names(&ha.get(target).await?);
     let pods = ha.pod_uids(target).await?;
-    let started = start_times(target, &ha, &instances).await?;
+    let started = ha.start_times(target, &instances).await?;
     let at = Instant::now();
     raise(target, &ha).await?;
     let c = wait_for(
@@ -118,7 +100,7 @@ async fn online(target: &mut Target, ns: &str) -> Result<(), E2eError> {
         );
     }
     assert_eq!(ha.pod_uids(target).await?, pods, "no pod re-created");
-    assert_eq!(start_times(target, &ha, &instances).await?, started);
+    assert_eq!(ha.start_times(target, &instances).await?, started);
     ha.delete(target).await
 }
 

@@ -55,22 +55,6 @@ async fn served(
     Ok(out)
 }
 
-async fn start_times(
-    target: &Target,
-    ha: &HaCluster,
-    instances: &[String],
-) -> Result<BTreeMap<String, String>, E2eError> {
-    let mut out = BTreeMap::new();
-    for name in instances {
-        let admin = ha
-            .connect(&ha.pod(target, name).await?, As::Superuser)
-            .await?;
-        let t = sql::value(&admin, "SELECT pg_postmaster_start_time()::text").await?;
-        out.insert(name.clone(), t);
-    }
-    Ok(out)
-}
-
 fn fingerprint(pem: &str) -> Result<String, E2eError> {
     capstan::tls::fingerprint(pem).ok_or_else(|| E2eError::Check("unreadable certificate".into()))
 }
@@ -95,7 +79,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let ha = HaCluster::create(target, &spec).await?;
     let c = ha.get(target).await?;
     let instances = ha::instance_names(&c);
-    let started = start_times(target, &ha, &instances).await?;
+    let started = ha.start_times(target, &instances).await?;
     let pods = ha.pod_uids(target).await?;
     let first = served(target, &ha, &instances).await?;
     eprintln!("[{ns}] serving the user's certificate: {first:?}");
@@ -204,7 +188,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     eprintln!("[{ns}] a good certificate again: served, Stalled cleared");
 
     assert_eq!(
-        start_times(target, &ha, &instances).await?,
+        ha.start_times(target, &instances).await?,
         started,
         "reloaded, never restarted"
     );

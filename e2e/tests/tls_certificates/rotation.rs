@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use capstan::api::{CaStatus, PostgresCluster};
 use capstan::resources::names;
 use capstan_e2e::E2eError;
-use capstan_e2e::ha::{self, As, Endpoint, HaCluster, ha_example};
+use capstan_e2e::ha::{self, Endpoint, HaCluster, ha_example};
 use capstan_e2e::harness::wait_for;
 use capstan_e2e::load::{Pgbench, pgbench_binary};
 use capstan_e2e::sql;
@@ -62,22 +62,6 @@ async fn served(
     for (what, ep) in endpoints {
         let print = sql::served_certificate(&ep.host, ep.addr, ca).await?;
         out.insert(what.to_string(), print);
-    }
-    Ok(out)
-}
-
-async fn start_times(
-    target: &Target,
-    ha: &HaCluster,
-    instances: &[String],
-) -> Result<BTreeMap<String, String>, E2eError> {
-    let mut out = BTreeMap::new();
-    for name in instances {
-        let admin = ha
-            .connect(&ha.pod(target, name).await?, As::Superuser)
-            .await?;
-        let t = sql::value(&admin, "SELECT pg_postmaster_start_time()::text").await?;
-        out.insert(name.clone(), t);
     }
     Ok(out)
 }
@@ -131,7 +115,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     let rw = ha.rw(target).await?;
     let endpoints = [("pooler", &pooler), ("rw", &rw)];
     let served_first = served(&endpoints, &old_ca).await?;
-    let started_at = start_times(target, &ha, &instances).await?;
+    let started_at = ha.start_times(target, &instances).await?;
     let pods_before = ha.pod_uids(target).await?;
     eprintln!("[{ns}] CA {old_print}; serving {served_first:?}; postmasters {started_at:?}");
 
@@ -247,7 +231,7 @@ async fn scenario(target: &mut Target, ns: &str) -> Result<(), E2eError> {
     assert!(report.processed > 0, "pgbench ran: {}", report.output);
 
     // Reloaded, never restarted.
-    assert_eq!(start_times(target, &ha, &instances).await?, started_at);
+    assert_eq!(ha.start_times(target, &instances).await?, started_at);
     assert_eq!(ha.pod_uids(target).await?, pods_before, "no pod re-created");
     let c = ha.get(target).await?;
     assert_eq!(
