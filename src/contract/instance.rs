@@ -114,6 +114,10 @@ pub struct InstanceReport {
     /// The file system of the data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<VolumeUsage>,
+    /// [`super::settings::InstanceSettings::digest`] of the settings this
+    /// instance runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_digest: Option<String>,
     /// The file system of the WAL volume (`walStorage` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_volume: Option<VolumeUsage>,

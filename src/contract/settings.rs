@@ -58,6 +58,21 @@ pub struct InstanceSettings {
     pub major_upgrade: Option<super::upgrade::MajorUpgradeSettings>,
 }
 
+impl InstanceSettings {
+    /// Names these settings (SHA-256 of their JSON, first 16 bytes, hex):
+    /// an instance reports it, so the operator knows who loaded the
+    /// current ones.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_string(self).unwrap_or_default();
+        Sha256::digest(json.as_bytes())
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// The primary holds a `coordination.k8s.io/v1` Lease and renews it; when it
 /// cannot renew for `fence_after_ms` it stops accepting writes. The operator
 /// promotes another instance only after it has seen no renewal for

@@ -184,6 +184,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         parameters_refused: None,
         agent: None,
         data_volume: None,
+        settings_digest: None,
         wal_volume: None,
         inactive_slots: vec![],
         tls: Default::default(),

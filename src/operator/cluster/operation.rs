@@ -69,6 +69,9 @@ pub enum Operation {
     /// Wait for replicas to stream from the primary before the rolling
     /// update goes on.
     AwaitReplication(Vec<String>),
+    /// Wait for instances to load the current settings: until they do,
+    /// a setting that needs a restart shows only on those that did.
+    AwaitSettings(Vec<String>),
     /// Re-create a replica's pod to apply the updated pod spec.
     RecreateReplica(String),
     /// Re-create the primary's pod in place.
@@ -174,6 +177,7 @@ impl Operation {
             Operation::CreateInstances(_) => "CreateInstances",
             Operation::AwaitInstances { .. } => "AwaitInstances",
             Operation::AwaitReplication(_)
+            | Operation::AwaitSettings(_)
             | Operation::RecreateReplica(_)
             | Operation::RestartPrimary { .. }
             | Operation::AwaitSwitchoverRequest { .. }
@@ -228,6 +232,10 @@ impl Operation {
             ),
             Operation::AwaitReplication(v) => format!(
                 "rolling update: waiting for replica(s) {} to stream from the primary",
+                v.join(", ")
+            ),
+            Operation::AwaitSettings(v) => format!(
+                "rolling restart: waiting for instance(s) {} to load the new settings",
                 v.join(", ")
             ),
             Operation::RecreateReplica(i) => format!(
@@ -613,6 +621,27 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
         replicas.iter().copied().filter(|n| outdated(n)).collect();
     if !primary_outdated && outdated_replicas.is_empty() {
         return None;
+    }
+    // A setting that needs a restart shows first on whoever loaded the new
+    // settings first. Were that the primary alone, it would be switched
+    // over before any replica took the value; so the replicas that still
+    // run older settings are waited for. (Agents too old to say are not.)
+    if outdated_replicas.is_empty() {
+        let current = crate::resources::config::instance_settings(model, input.instances).digest();
+        let behind: Vec<String> = replicas
+            .iter()
+            .filter(|n| {
+                observed
+                    .reports
+                    .get(n.as_str())
+                    .and_then(|r| r.settings_digest.as_deref())
+                    .is_some_and(|d| d != current)
+            })
+            .map(|n| n.to_string())
+            .collect();
+        if !behind.is_empty() {
+            return Some(Operation::AwaitSettings(behind));
+        }
     }
     // Each updated replica streams before the next is taken down (and
     // before one becomes the primary), so the cluster never has fewer

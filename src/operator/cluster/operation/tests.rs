@@ -216,6 +216,31 @@ fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() 
 }
 
 #[test]
+fn the_primary_alone_pending_waits_for_replicas_to_load_the_settings() {
+    let mut w = World::new();
+    let instances: Vec<String> = ["db-1", "db-2", "db-3"].map(String::from).to_vec();
+    let current = crate::resources::config::instance_settings(&w.model, &instances).digest();
+    // The primary loaded the new settings first and waits for a restart;
+    // db-3 still runs the older settings.
+    for n in ["db-1", "db-2", "db-3"] {
+        w.observed.reports.get_mut(n).unwrap().settings_digest = Some(current.clone());
+    }
+    w.observed.reports.get_mut("db-1").unwrap().pending_restart = true;
+    w.observed.reports.get_mut("db-3").unwrap().settings_digest = Some("older".into());
+    assert_eq!(w.choose(), Operation::AwaitSettings(vec!["db-3".into()]));
+    // db-3 loaded them and waits for a restart too: replicas first.
+    let r = w.observed.reports.get_mut("db-3").unwrap();
+    r.settings_digest = Some(current.clone());
+    r.pending_restart = true;
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-3".into()));
+    // An agent too old to report its settings is not waited for.
+    let r = w.observed.reports.get_mut("db-3").unwrap();
+    r.settings_digest = None;
+    r.pending_restart = false;
+    assert_eq!(rolling_switchover_to(&w.choose()), "db-2");
+}
+
+#[test]
 fn parameters_an_instance_could_not_start_with_are_not_rolled_into_the_others() {
     let mut w = World::new();
     for n in ["db-1", "db-2", "db-3"] {
