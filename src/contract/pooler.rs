@@ -35,7 +35,7 @@ pub struct PauseResult {
 }
 
 /// `GET /status`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolerReport {
     /// Pod name.

@@ -125,18 +125,8 @@ fn with_pods(mut observed: Observed, cas: &[&str]) -> Observed {
         PoolerReport {
             name: "db-pooler-x".into(),
             running: true,
-            paused: false,
-            backend_host: "db-rw".into(),
-            backend_port: None,
-            restarts: 0,
-            reloads: 0,
-            clients_active: 0,
-            clients_waiting: 0,
-            servers_active: 0,
-            servers_idle: 0,
-            last_error: None,
-            agent: None,
             tls: trusting(&["pooler", "agent"], cas),
+            ..PoolerReport::default()
         },
     );
     observed
