@@ -6,6 +6,7 @@ pub mod backup;
 pub mod contract;
 pub mod image_check;
 pub mod instance;
+pub mod monitoring;
 pub mod operator;
 pub mod pooler;
 pub mod postgres;

@@ -49,9 +49,11 @@ impl TlsFiles {
     /// What the files hold now (unreadable files read as nothing).
     pub fn mounted(&self) -> crate::contract::agent::MountedTls {
         let text = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let cert = text(&self.cert);
         crate::contract::agent::MountedTls {
-            certificate: crate::tls::fingerprint(&text(&self.cert)),
+            certificate: crate::tls::fingerprint(&cert),
             trusts: crate::tls::fingerprints(&text(&self.ca)),
+            not_after: crate::tls::inspect(&cert).ok().map(|c| c.not_after),
         }
     }
 

@@ -48,6 +48,9 @@ pub struct MountedTls {
     pub certificate: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusts: Vec<String>,
+    /// When the certificate expires (Unix seconds), for the expiry metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
 }
 
 /// Mounted TLS Secrets by mount name (`server`, `agent`, …).

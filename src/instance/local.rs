@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::contract::instance::StandbyReport;
 use crate::postgres::lsn::Lsn;
 use crate::postgres::parameters::STANDBY_AT_LEAST_PRIMARY;
-use crate::postgres::{roles, sql};
+use crate::postgres::{roles, sql, synchronous};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -77,6 +77,9 @@ pub struct Sample {
     pub connections: Vec<(String, i64)>,
     pub xid_age: i64,
     pub database_sizes: Vec<(String, i64)>,
+    /// Primary: standbys `synchronous_standby_names` asks commits to wait
+    /// for (0 on a replica or with asynchronous replication).
+    pub synchronous_required: i64,
 }
 
 /// What `pg_stat_archiver` says.
@@ -294,10 +297,23 @@ impl Local {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')",
+                &[],
+            )
+            .await
+            .map_err(query_err("synchronous_standby_names"))?;
+        let synchronous_required = if row.get::<_, bool>(0) {
+            0
+        } else {
+            i64::from(synchronous::required(row.get(1)))
+        };
         Ok(Sample {
             connections,
             xid_age: i64::from(xid_age),
             database_sizes,
+            synchronous_required,
         })
     }
 

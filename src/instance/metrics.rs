@@ -12,6 +12,7 @@ use crate::contract::backup::{ArchiveReport, JobPhase};
 use crate::contract::instance::{InstanceReport, Role};
 
 use super::local::Sample;
+use crate::postgres::lsn::Lsn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
@@ -43,6 +44,12 @@ pub struct VolumeLabel {
     pub volume: String,
 }
 
+/// A mounted TLS Secret (`server`, `replication`, `agent`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountLabel {
+    pub mount: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     up: Gauge,
@@ -50,6 +57,11 @@ pub struct Metrics {
     lag_bytes: Gauge,
     lag_seconds: Gauge<f64, AtomicU64>,
     wal_receiver: Family<StateLabel, Gauge>,
+    timeline: Gauge,
+    wal_position: Gauge,
+    synchronous_standbys: Gauge,
+    synchronous_required: Gauge,
+    certificate_expiry: Family<MountLabel, Gauge>,
     pending_restart: Gauge,
     volume_size: Family<VolumeLabel, Gauge>,
     volume_available: Family<VolumeLabel, Gauge>,
@@ -90,6 +102,11 @@ impl Metrics {
             lag_bytes: Gauge::default(),
             lag_seconds: Gauge::default(),
             wal_receiver: Family::default(),
+            timeline: Gauge::default(),
+            wal_position: Gauge::default(),
+            synchronous_standbys: Gauge::default(),
+            synchronous_required: Gauge::default(),
+            certificate_expiry: Family::default(),
             pending_restart: Gauge::default(),
             volume_size: Family::default(),
             volume_available: Family::default(),
@@ -139,6 +156,31 @@ impl Metrics {
             "wal_receiver_state",
             "Replica: 1 for the WAL receiver's status (streaming, stopped, ...)",
             metrics.wal_receiver.clone(),
+        );
+        registry.register(
+            "postgres_timeline",
+            "Timeline the instance writes (primary) or replays (replica)",
+            metrics.timeline.clone(),
+        );
+        registry.register(
+            "wal_position_bytes",
+            "WAL position as bytes since 0/0: written (primary) or replayed (replica)",
+            metrics.wal_position.clone(),
+        );
+        registry.register(
+            "replication_synchronous_standbys",
+            "Primary: standbys streaming as synchronous (sync or quorum) candidates",
+            metrics.synchronous_standbys.clone(),
+        );
+        registry.register(
+            "replication_synchronous_required",
+            "Primary: standbys synchronous_standby_names makes each commit wait for",
+            metrics.synchronous_required.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate of a mounted TLS Secret expires (Unix time)",
+            metrics.certificate_expiry.clone(),
         );
         registry.register(
             "postgres_pending_restart",
@@ -283,6 +325,32 @@ impl Metrics {
         }
         self.pending_restart.set(i64::from(report.pending_restart));
         let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+        self.timeline
+            .set(report.timeline.map_or(0, |t| i64::from(t)));
+        if let Some(lsn) = report
+            .current_lsn
+            .as_deref()
+            .and_then(|l| l.parse::<Lsn>().ok())
+        {
+            self.wal_position.set(clamp(lsn.0));
+        }
+        let synchronous = report
+            .standbys
+            .iter()
+            .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
+            .count();
+        self.synchronous_standbys
+            .set(i64::try_from(synchronous).unwrap_or(i64::MAX));
+        self.certificate_expiry.clear();
+        for (mount, tls) in &report.tls {
+            if let Some(not_after) = tls.not_after {
+                self.certificate_expiry
+                    .get_or_create(&MountLabel {
+                        mount: mount.clone(),
+                    })
+                    .set(not_after);
+            }
+        }
         for (volume, usage) in [("data", report.data_volume), ("wal", report.wal_volume)] {
             let label = VolumeLabel {
                 volume: volume.into(),
@@ -388,6 +456,7 @@ impl Metrics {
                 .set(*count);
         }
         self.xid_age.set(sample.xid_age);
+        self.synchronous_required.set(sample.synchronous_required);
         for (datname, size) in &sample.database_sizes {
             self.database_size
                 .get_or_create(&DatabaseLabel {
@@ -403,6 +472,60 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.into(),
             })
             .inc();
+    }
+
+    /// Every family with one made-up figure each: the names and help texts
+    /// a scrape can show (families without figures are not encoded at all).
+    pub fn catalog() -> String {
+        use crate::contract::agent::MountedTls;
+        use crate::contract::backup::{BackupJob, BackupType, RepositoryInventory};
+        use crate::contract::instance::VolumeUsage;
+        let metrics = Self::new();
+        let volume = VolumeUsage {
+            size_bytes: 1,
+            available_bytes: 1,
+        };
+        let at = "2026-01-01T00:00:00Z";
+        let report = InstanceReport {
+            running: true,
+            wal_receiver: Some("streaming".into()),
+            data_volume: Some(volume),
+            tls: [(
+                "server".to_string(),
+                MountedTls {
+                    not_after: Some(0),
+                    ..MountedTls::default()
+                },
+            )]
+            .into(),
+            archive: Some(ArchiveReport {
+                repositories: vec![RepositoryInventory {
+                    repository: 1,
+                    last_backup_at: Some(at.into()),
+                    ..RepositoryInventory::default()
+                }],
+                ..ArchiveReport::default()
+            }),
+            backup: Some(BackupJob {
+                backup: String::new(),
+                kind: BackupType::Full,
+                repository: 1,
+                phase: JobPhase::Completed,
+                started_at: at.into(),
+                finished_at: Some(at.into()),
+                result: None,
+                message: None,
+            }),
+            ..crate::instance::state::empty_report("catalog")
+        };
+        metrics.observe_report(&report);
+        metrics.observe_sample(Some(&Sample {
+            connections: vec![("active".into(), 0)],
+            database_sizes: vec![("postgres".into(), 0)],
+            ..Sample::default()
+        }));
+        metrics.rewind_result(true);
+        metrics.encode()
     }
 
     pub fn encode(&self) -> String {
@@ -428,10 +551,19 @@ mod tests {
             lag_bytes: Some(42),
             lag_seconds: Some(0.5),
             wal_receiver: Some("streaming".into()),
+            current_lsn: Some("1/10".into()),
             data_volume: Some(crate::contract::instance::VolumeUsage {
                 size_bytes: 1000,
                 available_bytes: 250,
             }),
+            tls: [(
+                "server".to_string(),
+                crate::contract::agent::MountedTls {
+                    not_after: Some(1_800_000_000),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             ..crate::instance::state::empty_report("db-2")
         };
         metrics.observe_report(&report);
@@ -439,6 +571,7 @@ mod tests {
             connections: vec![("active".into(), 3)],
             xid_age: 100,
             database_sizes: vec![("app".into(), 8_000_000)],
+            synchronous_required: 0,
         }));
         metrics.rewind_result(true);
         metrics.promotions.inc();
@@ -449,6 +582,11 @@ mod tests {
         );
         for line in [
             "capstan_postgres_up 1",
+            "capstan_postgres_timeline 1",
+            "capstan_wal_position_bytes 4294967312",
+            "capstan_replication_synchronous_standbys 0",
+            "capstan_replication_synchronous_required 0",
+            "capstan_tls_certificate_expiry_timestamp_seconds{mount=\"server\"} 1800000000",
             "capstan_postgres_role{role=\"replica\"} 1",
             "capstan_postgres_role{role=\"primary\"} 0",
             "capstan_replication_lag_bytes 42",

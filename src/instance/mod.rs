@@ -23,7 +23,7 @@ mod inputs;
 pub mod lease;
 mod local;
 mod manager;
-mod metrics;
+pub mod metrics;
 pub(crate) mod process;
 mod remote;
 mod restore;

@@ -500,6 +500,7 @@ pub async fn run(
             .concurrency(CONCURRENCY),
     );
     let store = controller.store();
+    ctx.metrics.watch_clusters(store.clone());
     let clusters = store.clone();
     let pruning = ctx.clone();
     let pruner = tokio::spawn(async move {

@@ -1,11 +1,26 @@
 //! Operator metrics (prometheus-client): reconciles, errors by category,
-//! reconcile duration.
+//! reconcile duration, and per cluster its conditions and failovers.
+//!
+//! Per-cluster series are read from the controller's cluster cache at
+//! scrape time, so a deleted cluster's series go with it and every cluster
+//! has a failover count (0 until one happens) for `increase()` to work on.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::api::PostgresCluster;
 
 /// Static error categories: bounded label values, whatever the message.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -40,13 +55,41 @@ pub struct ErrorLabels {
     pub category: ErrorCategory,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    namespace: String,
+    capstan_cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    capstan_cluster: String,
+    #[prometheus(flatten)]
+    condition: ConditionValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionValue {
+    r#type: String,
+    status: String,
+    reason: String,
+}
+
+/// Series computed from the cluster cache on each scrape.
+#[derive(Debug, Default)]
+struct Clusters {
+    store: OnceLock<Store<PostgresCluster>>,
+    /// Failovers started since this process started, by (namespace, name).
+    failovers: Mutex<BTreeMap<(String, String), u64>>,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
-    /// Failovers started (targetPrimary moved after a lost Lease).
-    pub failovers: Counter,
+    clusters: Arc<Clusters>,
 }
 
 impl Default for Metrics {
@@ -65,12 +108,8 @@ impl Default for Metrics {
             "Failed reconciliations by category",
             errors.clone(),
         );
-        let failovers = Counter::default();
-        registry.register(
-            "failovers",
-            "Automatic failovers started",
-            failovers.clone(),
-        );
+        let clusters = Arc::new(Clusters::default());
+        registry.register_collector(Box::new(clusters.clone()));
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconciliation",
@@ -79,7 +118,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             reconciles,
-            failovers,
+            clusters,
             errors,
             duration,
         }
@@ -91,11 +130,79 @@ impl Metrics {
         self.errors.get_or_create(&ErrorLabels { category }).inc();
     }
 
+    /// The clusters whose conditions and failovers `/metrics` shows (set
+    /// once, when the controller starts).
+    pub fn watch_clusters(&self, store: Store<PostgresCluster>) {
+        let _ = self.clusters.store.set(store);
+    }
+
+    /// A failover of `namespace/cluster` started.
+    pub fn failover(&self, namespace: &str, cluster: &str) {
+        if let Ok(mut counts) = self.clusters.failovers.lock() {
+            *counts
+                .entry((namespace.to_string(), cluster.to_string()))
+                .or_default() += 1;
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+impl Collector for Clusters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let clusters = self.store.get().map(Store::state).unwrap_or_default();
+        let counts = self
+            .failovers
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let labels = |c: &PostgresCluster| ClusterLabels {
+            namespace: c.namespace().unwrap_or_default(),
+            capstan_cluster: c.name_any(),
+        };
+        let zero = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "failovers",
+            "Automatic failovers started since the operator started, by cluster",
+            None,
+            zero.metric_type(),
+        )?;
+        for c in &clusters {
+            let l = labels(c);
+            let n = counts
+                .get(&(l.namespace.clone(), l.capstan_cluster.clone()))
+                .copied()
+                .unwrap_or(0);
+            ConstCounter::new(n).encode(family.encode_family(&l)?)?;
+        }
+        let one = ConstGauge::new(1i64);
+        let mut family = encoder.encode_descriptor(
+            "cluster_condition",
+            "1 for each condition of a PostgresCluster's status, with its status and reason",
+            None,
+            one.metric_type(),
+        )?;
+        for c in &clusters {
+            let l = labels(c);
+            for condition in c.status.iter().flat_map(|s| &s.conditions) {
+                let labels = ConditionLabels {
+                    namespace: l.namespace.clone(),
+                    capstan_cluster: l.capstan_cluster.clone(),
+                    condition: ConditionValue {
+                        r#type: condition.type_.clone(),
+                        status: condition.status.clone(),
+                        reason: condition.reason.clone(),
+                    },
+                };
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -122,5 +229,45 @@ mod tests {
             text.contains("capstan_operator_reconcile_duration_seconds_count 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_cached_cluster_has_a_failover_count_and_its_conditions() {
+        let (store, mut writer) = kube::runtime::reflector::store::<PostgresCluster>();
+        let cluster = |name: &str, conditions: serde_json::Value| -> PostgresCluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "capstan.dev/v1alpha1",
+                "kind": "PostgresCluster",
+                "metadata": {"name": name, "namespace": "apps"},
+                "spec": {"instances": 1, "postgres": {"version": 17}, "storage": {"size": "1Gi"}},
+                "status": {"conditions": conditions},
+            }))
+            .unwrap()
+        };
+        let stalled = serde_json::json!([{
+            "type": "Stalled", "status": "True", "reason": "InvalidSpec",
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster("db", stalled)));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster(
+            "other",
+            serde_json::json!([]),
+        )));
+        let m = Metrics::default();
+        m.watch_clusters(store);
+        m.failover("apps", "db");
+        m.failover("apps", "db");
+        // A cluster gone from the cache shows nothing, whatever it counted.
+        m.failover("apps", "deleted");
+        let text = m.encode().unwrap();
+        for line in [
+            "capstan_operator_failovers_total{namespace=\"apps\",capstan_cluster=\"db\"} 2",
+            "capstan_operator_failovers_total{namespace=\"apps\",capstan_cluster=\"other\"} 0",
+            "capstan_operator_cluster_condition{namespace=\"apps\",capstan_cluster=\"db\",type=\"Stalled\",status=\"True\",reason=\"InvalidSpec\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("deleted"), "{text}");
+        assert!(!text.contains("capstan_cluster=\"other\",type"), "{text}");
     }
 }

@@ -298,6 +298,22 @@ impl AdminConsole {
         rows.iter().map(parse_stats).collect()
     }
 
+    /// Client connections in use (`SHOW LISTS`' `used_clients`) and the
+    /// `max_client_conn` limit (`SHOW CONFIG`).
+    pub async fn client_limits(&self) -> Result<ClientLimits, AdminError> {
+        let lists = self.query("SHOW LISTS").await?;
+        let config = self.query("SHOW CONFIG").await?;
+        let find = |rows: &[Row], key_column: &str, key: &str, value_column: &str, command| {
+            rows.iter()
+                .find(|r| r.get(key_column).is_some_and(|k| k == key))
+                .map_or(Ok(0), |r| number(r, value_column, command))
+        };
+        Ok(ClientLimits {
+            used_clients: find(&lists, "list", "used_clients", "items", "SHOW LISTS")?,
+            max_client_conn: find(&config, "key", "max_client_conn", "value", "SHOW CONFIG")?,
+        })
+    }
+
     pub async fn show_servers(&self) -> Result<Vec<Connection>, AdminError> {
         let rows = self.query("SHOW SERVERS").await?;
         rows.iter()
@@ -356,6 +372,13 @@ fn number<T: std::str::FromStr + Default>(
             message: format!("column {column} is {v:?}, not a number"),
         }),
     }
+}
+
+/// How close PgBouncer is to refusing clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub used_clients: i64,
+    pub max_client_conn: i64,
 }
 
 fn parse_pool(row: &Row) -> Result<Pool, AdminError> {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use super::admin::{Pool, Stats};
+use super::admin::{ClientLimits, Pool, Stats};
 use super::shared::{Shared, Snapshot};
 
 /// The admin console's own pseudo-database, left out of the figures.
@@ -21,6 +21,11 @@ const ADMIN_DB: &str = "pgbouncer";
 struct PoolLabels {
     database: String,
     user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MountLabel {
+    mount: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,23 +43,56 @@ fn us(v: u64) -> f64 {
 /// Reads the console and encodes the Prometheus text format.
 pub async fn gather(shared: &Shared) -> String {
     let snap = shared.snapshot();
-    let (up, pools, stats) = if snap.running {
+    let figures = if snap.running {
         match (
             shared.admin.show_pools().await,
             shared.admin.show_stats().await,
+            shared.admin.client_limits().await,
         ) {
-            (Ok(p), Ok(s)) => (true, p, s),
-            (p, s) => {
-                for e in [p.err(), s.err()].into_iter().flatten() {
+            (Ok(pools), Ok(stats), Ok(limits)) => Some(Figures {
+                pools,
+                stats,
+                limits,
+            }),
+            (p, s, l) => {
+                for e in [p.err(), s.err(), l.err()].into_iter().flatten() {
                     tracing::warn!(error = %e, "cannot read PgBouncer figures for /metrics");
                 }
-                (false, Vec::new(), Vec::new())
+                None
             }
         }
     } else {
-        (false, Vec::new(), Vec::new())
+        None
     };
-    encode_all(&snap, up, &pools, &stats)
+    let tls = crate::agents::tls::mounted(&shared.tls);
+    let expiry: Vec<(String, i64)> = tls
+        .into_iter()
+        .filter_map(|(mount, m)| m.not_after.map(|t| (mount, t)))
+        .collect();
+    encode_all(&snap, figures.as_ref(), &expiry)
+}
+
+/// What the admin console answered at scrape time.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub pools: Vec<Pool>,
+    pub stats: Vec<Stats>,
+    pub limits: ClientLimits,
+}
+
+/// Every family with one made-up figure each: the names and help texts a
+/// scrape can show (families without figures are not encoded at all).
+pub fn catalog() -> String {
+    let figures = Figures {
+        pools: vec![Pool::default()],
+        stats: vec![Stats::default()],
+        limits: ClientLimits::default(),
+    };
+    encode_all(
+        &Snapshot::default(),
+        Some(&figures),
+        &[("server".into(), 0)],
+    )
 }
 
 fn pool_gauge(registry: &mut Registry, name: &str, help: &str) -> Family<PoolLabels, Gauge> {
@@ -63,8 +101,15 @@ fn pool_gauge(registry: &mut Registry, name: &str, help: &str) -> Family<PoolLab
     f
 }
 
-fn encode_all(snap: &Snapshot, up: bool, pools: &[Pool], stats: &[Stats]) -> String {
+fn encode_all(snap: &Snapshot, figures: Option<&Figures>, expiry: &[(String, i64)]) -> String {
     let mut registry = Registry::default();
+    let up = figures.is_some();
+    let empty = Figures::default();
+    let Figures {
+        pools,
+        stats,
+        limits,
+    } = figures.unwrap_or(&empty);
 
     let g_up = Gauge::<i64>::default();
     registry.register(
@@ -87,6 +132,35 @@ fn encode_all(snap: &Snapshot, up: bool, pools: &[Pool], stats: &[Stats]) -> Str
         c_restarts.clone(),
     );
     c_restarts.inc_by(snap.restarts);
+    let g_used = Gauge::<i64>::default();
+    registry.register(
+        "pgbouncer_used_clients",
+        "Client connections in use (SHOW LISTS used_clients)",
+        g_used.clone(),
+    );
+    let g_max = Gauge::<i64>::default();
+    registry.register(
+        "pgbouncer_config_max_client_connections",
+        "Client connections PgBouncer accepts (max_client_conn)",
+        g_max.clone(),
+    );
+    if up {
+        g_used.set(limits.used_clients);
+        g_max.set(limits.max_client_conn);
+    }
+    let expiry_family = Family::<MountLabel, Gauge>::default();
+    registry.register(
+        "capstan_tls_certificate_expiry_timestamp_seconds",
+        "When the certificate of a mounted TLS Secret expires (Unix time)",
+        expiry_family.clone(),
+    );
+    for (mount, not_after) in expiry {
+        expiry_family
+            .get_or_create(&MountLabel {
+                mount: mount.clone(),
+            })
+            .set(*not_after);
+    }
 
     let cl_active = pool_gauge(
         &mut registry,
@@ -272,9 +346,24 @@ mod tests {
             avg_wait_time_us: 2500,
             ..Default::default()
         }];
-        let text = encode_all(&snap(), true, &pools, &stats);
+        let figures = Figures {
+            pools,
+            stats,
+            limits: ClientLimits {
+                used_clients: 12,
+                max_client_conn: 1000,
+            },
+        };
+        let text = encode_all(
+            &snap(),
+            Some(&figures),
+            &[("server".to_string(), 1_800_000_000)],
+        );
         for line in [
             "pgbouncer_up 1",
+            "pgbouncer_used_clients 12",
+            "pgbouncer_config_max_client_connections 1000",
+            "capstan_tls_certificate_expiry_timestamp_seconds{mount=\"server\"} 1800000000",
             "capstan_pooler_paused 1",
             "capstan_pooler_restarts_total 2",
             "pgbouncer_pools_client_active_connections{database=\"app\",user=\"alice\"} 8",
@@ -291,5 +380,16 @@ mod tests {
         }
         assert!(!text.contains("database=\"pgbouncer\""));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn without_an_answer_from_the_console_it_reports_down_and_no_limits() {
+        let text = encode_all(&snap(), None, &[]);
+        assert!(text.lines().any(|l| l == "pgbouncer_up 0"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "pgbouncer_config_max_client_connections 0"),
+            "{text}"
+        );
     }
 }

@@ -67,7 +67,7 @@ pub struct Shared {
 }
 
 /// A point-in-time view for `/status`, `/readyz` and `/metrics`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub running: bool,
     pub paused: bool,

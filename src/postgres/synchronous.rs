@@ -46,6 +46,27 @@ pub fn render(settings: &SynchronousSettings, standbys: &[&str]) -> SynchronousS
     }
 }
 
+/// How many standbys a `synchronous_standby_names` value makes commits wait
+/// for, whoever wrote it: `''` none, `ANY n (...)`, `FIRST n (...)` and
+/// `n (...)` n, a bare list (the old syntax) one.
+pub fn required(value: &str) -> u32 {
+    let value = value.trim();
+    if value.is_empty() {
+        return 0;
+    }
+    let mut words = value.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let count = if first.eq_ignore_ascii_case("ANY") || first.eq_ignore_ascii_case("FIRST") {
+        words.next()
+    } else {
+        Some(first)
+    };
+    count
+        .map(|n| n.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
 fn plain(value: String) -> SynchronousStandbyNames {
     SynchronousStandbyNames {
         value,
@@ -65,6 +86,20 @@ mod tests {
 
     fn sync(mode: SynchronousMode, number: u32) -> SynchronousSettings {
         SynchronousSettings { mode, number }
+    }
+
+    #[test]
+    fn required_reads_every_syntax_postgres_accepts() {
+        assert_eq!(required(""), 0);
+        assert_eq!(required("  "), 0);
+        assert_eq!(required(r#"ANY 2 ("db-1", "db-2", "db-3")"#), 2);
+        assert_eq!(required(r#"first 1 ("db-1")"#), 1);
+        assert_eq!(required("3 (a, b, c)"), 3);
+        assert_eq!(required("2(a, b)"), 2);
+        assert_eq!(required("a, b"), 1);
+        assert_eq!(required("*"), 1);
+        let rendered = render(&sync(SynchronousMode::Quorum, 2), &["db-2", "db-3"]);
+        assert_eq!(required(&rendered.value), 2);
     }
 
     #[test]

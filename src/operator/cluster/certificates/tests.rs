@@ -103,6 +103,7 @@ fn trusting(mounts: &[&str], cas: &[&str]) -> TlsMounts {
                 MountedTls {
                     certificate: Some("leaf".into()),
                     trusts: cas.iter().map(|c| c.to_string()).collect(),
+                    not_after: None,
                 },
             )
         })
@@ -328,6 +329,7 @@ fn with_provided_certificates_only_capstans_own_mounts_must_trust_the_next_ca() 
             MountedTls {
                 certificate: Some("theirs".into()),
                 trusts: vec!["their-ca".into()],
+                not_after: None,
             },
         );
     }
@@ -341,6 +343,7 @@ fn with_provided_certificates_only_capstans_own_mounts_must_trust_the_next_ca() 
         MountedTls {
             certificate: Some("leaf".into()),
             trusts: vec!["old".into()],
+            not_after: None,
         },
     );
     assert!(decide(&m, &observed).actions.is_empty());
