@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,7 +113,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
     json(&shared.report())
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, request: HeaderMap) -> Response {
     let report = shared.report();
     // The job may have finished since the loop last published.
     shared.metrics.observe_report(&report);
@@ -126,14 +126,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         None
     };
     shared.metrics.observe_sample(sample.as_ref());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
+    crate::monitoring::response(&request, shared.metrics.encode())
 }
 
 /// An empty body means the defaults.

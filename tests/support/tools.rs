@@ -40,3 +40,22 @@ pub fn find(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// A tool of the Go tool build (.ci/build-k8s-tools.sh: promtool, helm,
+/// prometheus, ...) from `$CAPSTAN_K8S_BIN`, else PATH. `None` (after
+/// printing why) when absent outside CI; panics when absent in CI.
+pub fn k8s_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("CAPSTAN_K8S_BIN")
+        .map(|d| PathBuf::from(d).join(name))
+        .filter(|p| p.is_file())
+        .or_else(|| on_path(name));
+    if found.is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{name} is required in CI but was not found in $CAPSTAN_K8S_BIN or PATH; .ci/run builds it");
+        }
+        eprintln!(
+            "SKIP: {name} not found in $CAPSTAN_K8S_BIN or PATH; set CAPSTAN_K8S_BIN=$(bash .ci/build-k8s-tools.sh | tail -n1)"
+        );
+    }
+    found
+}
