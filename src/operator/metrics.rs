@@ -153,6 +153,18 @@ impl Metrics {
     }
 }
 
+/// When the failover in the status started, if one promoted a replica
+/// (not one that was blocked, or cancelled because the primary came back).
+fn last_failover(cluster: &PostgresCluster) -> i64 {
+    cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.failover.as_ref())
+        .filter(|f| f.phase == "Promoting" || f.phase == "Completed")
+        .and_then(|f| f.started_at.parse::<jiff::Timestamp>().ok())
+        .map_or(0, |t| t.as_second())
+}
+
 impl Collector for Clusters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let clusters = self.store.get().map(Store::state).unwrap_or_default();
@@ -179,6 +191,16 @@ impl Collector for Clusters {
                 .copied()
                 .unwrap_or(0);
             ConstCounter::new(n).encode(family.encode_family(&l)?)?;
+        }
+        let never = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "last_failover_timestamp_seconds",
+            "When the newest failover of a PostgresCluster started (Unix time, from its status; 0 if none)",
+            None,
+            never.metric_type(),
+        )?;
+        for c in &clusters {
+            ConstGauge::new(last_failover(c)).encode(family.encode_family(&labels(c))?)?;
         }
         let one = ConstGauge::new(1i64);
         let mut family = encoder.encode_descriptor(
@@ -240,7 +262,9 @@ mod tests {
                 "kind": "PostgresCluster",
                 "metadata": {"name": name, "namespace": "apps"},
                 "spec": {"instances": 1, "postgres": {"version": 17}, "storage": {"size": "1Gi"}},
-                "status": {"conditions": conditions},
+                "status": {"conditions": conditions, "failover": {
+                    "phase": "Completed", "from": "db-1", "to": "db-2", "message": "m",
+                    "startedAt": "2026-01-01T00:00:10Z"}},
             }))
             .unwrap()
         };
@@ -263,6 +287,7 @@ mod tests {
         for line in [
             "capstan_operator_failovers_total{namespace=\"apps\",capstan_cluster=\"db\"} 2",
             "capstan_operator_failovers_total{namespace=\"apps\",capstan_cluster=\"other\"} 0",
+            "capstan_operator_last_failover_timestamp_seconds{namespace=\"apps\",capstan_cluster=\"db\"} 1767225610",
             "capstan_operator_cluster_condition{namespace=\"apps\",capstan_cluster=\"db\",type=\"Stalled\",status=\"True\",reason=\"InvalidSpec\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
