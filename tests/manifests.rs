@@ -3,6 +3,7 @@
 //! example custom resources pass the CRD's structural schema, and the
 //! kustomize tree renders and validates.
 
+#[allow(dead_code)]
 #[path = "support/tools.rs"]
 mod tools;
 
