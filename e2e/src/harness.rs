@@ -5,20 +5,25 @@
 //! kubelet runs the pods, and its Service proxy the Services. Local
 //! scenarios run inside a network namespace of their own
 //! ([`crate::netns::run`]). Dropping a [`Harness`] stops the operator, every
-//! pod process and the control plane.
+//! pod process and the control plane; before that it fails the test if any
+//! log holds a secret ([`secret_scan`]).
+
+pub mod secret_scan;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use capstan_e2e_kubelet::{
     ApiServerAccess, Cidr, Controllers, ImageTable, Kubelet, KubeletConfig, RuntimeHandle,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
 
 use crate::E2eError;
 use crate::controlplane::{self, API_PORT, ControlPlane, ControlPlaneOptions};
@@ -197,6 +202,10 @@ pub struct Harness {
     next: PathBuf,
     next_sha256: std::sync::OnceLock<String>,
     install: Install,
+    /// What is secret in every Secret seen since the control plane started
+    /// (deleted and replaced ones too), from `secret_watch`.
+    secrets_seen: Arc<Mutex<secret_scan::Needles>>,
+    secret_watch: AbortOnDrop,
     state: tempfile::TempDir,
 }
 
@@ -236,6 +245,8 @@ impl Harness {
             },
         )
         .await?;
+        let secrets_seen = Arc::new(Mutex::new(secret_scan::Needles::new()));
+        let secret_watch = watch_secrets(plane.client(), secrets_seen.clone());
         // The real controllers keep Endpoints, Deployments and scheduling;
         // there is no volume provisioner but ours.
         kubelet_config.controllers = Controllers {
@@ -276,6 +287,8 @@ impl Harness {
             next,
             next_sha256: std::sync::OnceLock::new(),
             install,
+            secrets_seen,
+            secret_watch,
             state,
         })
     }
@@ -810,11 +823,12 @@ async fn install_crds(client: &Client) -> Result<(), E2eError> {
     Ok(())
 }
 
-/// With `CAPSTAN_E2E_RBAC_REPORT=<file>`, each harness appends what every
-/// ServiceAccount did (from the audit log) to that file as one JSON line,
-/// for comparing the chart's and the operator's grants with their use.
-impl Drop for Harness {
-    fn drop(&mut self) {
+impl Harness {
+    /// With `CAPSTAN_E2E_RBAC_REPORT=<file>`, each harness appends what
+    /// every ServiceAccount did (from the audit log) to that file as one
+    /// JSON line, for comparing the chart's and the operator's grants with
+    /// their use.
+    fn write_rbac_report(&self) {
         let Some(path) = std::env::var_os("CAPSTAN_E2E_RBAC_REPORT") else {
             return;
         };
@@ -828,6 +842,156 @@ impl Drop for Harness {
             eprintln!("CAPSTAN_E2E_RBAC_REPORT: {e}");
         }
     }
+
+    /// No secret in any log ([`secret_scan`]): the Secrets listed now, while
+    /// the API server still runs, and every one seen since it started; then
+    /// the operator stopped and every pod frozen, so the logs are complete
+    /// when they are read. On a hit the state directory is kept and the
+    /// report (file, line, Secret and key; never a value) returned.
+    fn scan_logs_for_secrets(&mut self) -> Result<(), String> {
+        self.secret_watch.0.abort();
+        let mut needles = self
+            .secrets_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let started = std::time::Instant::now();
+        let listed = list_secrets(&self.kubeconfig).map_err(|e| {
+            format!("secret scan: cannot list the Secrets before the API server stops: {e}")
+        })?;
+        for secret in &listed {
+            needles.add_secret(secret);
+        }
+        let listing = started.elapsed();
+        self.operator = Operator::None;
+        self.freeze_pods();
+        let files = secret_scan::log_files(self.state.path());
+        let report = needles.scan(&files);
+        eprintln!(
+            "{} (listing the Secrets {} ms, in all {} ms)",
+            report.summary(),
+            listing.as_millis(),
+            started.elapsed().as_millis()
+        );
+        // CAPSTAN_E2E_SECRET_SCAN=list: what was looked for.
+        if std::env::var("CAPSTAN_E2E_SECRET_SCAN").is_ok_and(|v| v == "list") {
+            eprintln!("{}", needles.describe());
+        }
+        if report.clean() {
+            return Ok(());
+        }
+        self.state.disable_cleanup(true);
+        Err(format!(
+            "{}\n(the harness state directory is kept: {})",
+            report.render(&needles),
+            self.state.path().display()
+        ))
+    }
+
+    /// SIGSTOPs every pod the kubelet runs (directories `<ns>_<name>_<uid>`).
+    fn freeze_pods(&self) {
+        let Ok(entries) = std::fs::read_dir(self.state.path().join("kubelet/pods")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.file_name();
+            let mut parts = dir.to_str().unwrap_or_default().splitn(3, '_');
+            if let (Some(namespace), Some(pod)) = (parts.next(), parts.next()) {
+                let _ = self.runtime().freeze_pod(namespace, pod);
+            }
+        }
+    }
+}
+
+/// Before the control plane stops (fields drop after this): the RBAC report
+/// when asked for, and the secret scan, whose finding fails the test (only
+/// printed when the test is already failing: no panic while panicking).
+/// Every local scenario ends here, however it ends.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.write_rbac_report();
+        if let Err(report) = self.scan_logs_for_secrets() {
+            if std::thread::panicking() {
+                eprintln!("{report}");
+            } else {
+                panic!("{report}");
+            }
+        }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Records what is secret in every Secret of every namespace, each version
+/// as it is seen (so Secrets deleted or replaced during the test count).
+fn watch_secrets(client: Client, seen: Arc<Mutex<secret_scan::Needles>>) -> AbortOnDrop {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let api: Api<Secret> = Api::all(client);
+    AbortOnDrop(tokio::spawn(async move {
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(s) | Event::InitApply(s) | Event::Delete(s)) => seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .add_secret(&s),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "Secret watch failed (retrying)"),
+            }
+        }
+    }))
+}
+
+/// Every Secret of every namespace, listed by the admin on a thread and
+/// runtime of its own (callable from `Drop`, whatever runtime runs it).
+fn list_secrets(kubeconfig: &Path) -> Result<Vec<Secret>, String> {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("e2e-secret-list".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?;
+            runtime.block_on(async {
+                let kc = Kubeconfig::read_from(&kubeconfig)
+                    .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+                let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                let api: Api<Secret> = Api::all(client);
+                let mut error = String::new();
+                for _ in 0..3 {
+                    let listed = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        api.list(&ListParams::default()),
+                    )
+                    .await;
+                    match listed {
+                        Ok(Ok(list)) => return Ok(list.items),
+                        Ok(Err(e)) => error = e.to_string(),
+                        Err(_) => error = "no answer within 10 s".into(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error)
+            })
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    thread
+        .join()
+        .map_err(|_| "the listing thread panicked".to_string())?
 }
 
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), E2eError> {

@@ -4,6 +4,7 @@
 //! cluster's Service names only, so they run unchanged on a real cluster
 //! (`CAPSTAN_E2E_KUBECONFIG`).
 
+pub mod argocd;
 pub mod backup;
 pub mod cluster;
 pub mod controlplane;
