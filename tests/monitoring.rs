@@ -117,7 +117,9 @@ fn every_alert_has_a_severity_texts_and_a_runbook_entry() {
             );
         }
         let anchor = name.to_lowercase();
-        let url = rule["annotations"]["runbook_url"].as_str().unwrap_or_default();
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_default();
         assert!(
             url.ends_with(&format!("/{RUNBOOK}#{anchor}")),
             "{name}: runbook_url {url:?} does not point at {RUNBOOK}#{anchor}"
@@ -182,7 +184,13 @@ fn every_exporter_passes_promtool_check_metrics() {
 }
 
 fn helm_template(helm: &Path, set: &str) -> Vec<serde_json::Value> {
-    let mut args = vec!["template", "x", "charts/capstan", "--namespace", "capstan-system"];
+    let mut args = vec![
+        "template",
+        "x",
+        "charts/capstan",
+        "--namespace",
+        "capstan-system",
+    ];
     if !set.is_empty() {
         args.extend(["--set", set]);
     }
@@ -207,7 +215,13 @@ fn helm_template(helm: &Path, set: &str) -> Vec<serde_json::Value> {
 fn kinds(objects: &[serde_json::Value]) -> Vec<String> {
     objects
         .iter()
-        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -247,7 +261,10 @@ fn the_chart_renders_monitors_and_rules_only_when_asked() {
         .iter()
         .find(|o| o["metadata"]["name"] == "capstan-instances")
         .unwrap();
-    assert_eq!(instances["metadata"]["labels"]["release"], "kube-prometheus");
+    assert_eq!(
+        instances["metadata"]["labels"]["release"],
+        "kube-prometheus"
+    );
     assert_eq!(
         instances["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
         "database"
@@ -264,14 +281,40 @@ fn the_chart_renders_monitors_and_rules_only_when_asked() {
         .iter()
         .find(|o| o["kind"] == "ServiceMonitor")
         .unwrap();
-    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
         assert_eq!(&service["metadata"]["labels"][k], v, "{k}");
     }
     // A watched namespace limits the PodMonitors to it.
-    let scoped = helm_template(&helm, "monitoring.podMonitors.enabled=true,watchNamespace=apps");
+    let scoped = helm_template(
+        &helm,
+        "monitoring.podMonitors.enabled=true,watchNamespace=apps",
+    );
     let pm = scoped.iter().find(|o| o["kind"] == "PodMonitor").unwrap();
     assert_eq!(
         pm["spec"]["namespaceSelector"],
         serde_json::json!({"matchNames": ["apps"]})
+    );
+}
+
+#[test]
+fn the_readme_carries_the_argocd_health_check_as_tested() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let lua = std::fs::read_to_string(root().join("docs/argocd-health.lua")).unwrap();
+    let indented: Vec<String> = lua
+        .lines()
+        .map(|l| {
+            if l.trim().is_empty() {
+                String::new()
+            } else {
+                format!("    {l}")
+            }
+        })
+        .collect();
+    assert!(
+        readme.contains(&indented.join("\n")),
+        "README.md's Argo CD health check differs from docs/argocd-health.lua"
     );
 }

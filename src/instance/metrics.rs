@@ -325,8 +325,7 @@ impl Metrics {
         }
         self.pending_restart.set(i64::from(report.pending_restart));
         let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
-        self.timeline
-            .set(report.timeline.map_or(0, i64::from));
+        self.timeline.set(report.timeline.map_or(0, i64::from));
         if let Some(lsn) = report
             .current_lsn
             .as_deref()

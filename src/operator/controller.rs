@@ -31,7 +31,7 @@ use super::error::Error;
 use super::metrics::ErrorCategory;
 use super::report::{self, reason};
 use crate::api::pgbackup::PostgresBackup;
-use crate::api::{PostgresCluster, PostgresClusterStatus};
+use crate::api::PostgresCluster;
 use crate::resources::{labels, names};
 use crate::tls;
 
@@ -166,11 +166,13 @@ async fn reconcile_inner(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     // start PostgreSQL, so it is recorded before any pod exists.
     if previous.and_then(|s| s.target_primary.as_ref()).is_none() {
         let plan = plan::plan(&validated.model, &observed, previous)?;
-        let initial = PostgresClusterStatus {
-            target_primary: Some(plan.target_primary.clone()),
-            postgres_version: Some(validated.model.postgres_version),
-            ..previous.cloned().unwrap_or_default()
-        };
+        let initial = status::first(
+            previous,
+            &plan.target_primary,
+            validated.model.postgres_version,
+            generation,
+            &Time(now),
+        );
         report::write_status(ctx, cluster, &initial).await?;
         info!(cluster = %name, primary = %plan.target_primary, "chose the first primary");
         return Ok(Action::requeue(Duration::ZERO));

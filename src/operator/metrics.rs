@@ -168,11 +168,7 @@ fn last_failover(cluster: &PostgresCluster) -> i64 {
 impl Collector for Clusters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let clusters = self.store.get().map(Store::state).unwrap_or_default();
-        let counts = self
-            .failovers
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        let counts = self.failovers.lock().map(|c| c.clone()).unwrap_or_default();
         let labels = |c: &PostgresCluster| ClusterLabels {
             namespace: c.namespace().unwrap_or_default(),
             capstan_cluster: c.name_any(),
@@ -272,7 +268,9 @@ mod tests {
             "type": "Stalled", "status": "True", "reason": "InvalidSpec",
             "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"
         }]);
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster("db", stalled)));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster(
+            "db", stalled,
+        )));
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster(
             "other",
             serde_json::json!([]),

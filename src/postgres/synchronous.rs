@@ -62,7 +62,11 @@ pub fn required(value: &str) -> u32 {
         Some(first)
     };
     count
-        .map(|n| n.chars().take_while(char::is_ascii_digit).collect::<String>())
+        .map(|n| {
+            n.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
 }

@@ -51,7 +51,9 @@ pub fn k8s_tool(name: &str) -> Option<PathBuf> {
         .or_else(|| on_path(name));
     if found.is_none() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{name} is required in CI but was not found in $CAPSTAN_K8S_BIN or PATH; .ci/run builds it");
+            panic!(
+                "{name} is required in CI but was not found in $CAPSTAN_K8S_BIN or PATH; .ci/run builds it"
+            );
         }
         eprintln!(
             "SKIP: {name} not found in $CAPSTAN_K8S_BIN or PATH; set CAPSTAN_K8S_BIN=$(bash .ci/build-k8s-tools.sh | tail -n1)"

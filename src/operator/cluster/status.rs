@@ -68,6 +68,44 @@ fn set(
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
+/// The first status of a new cluster: the first primary chosen, and
+/// `Reconciling` (not `Ready`) from this first write on, so kstatus (Flux)
+/// and Argo CD read the cluster as in progress; a status without
+/// conditions reads as current.
+pub fn first(
+    previous: Option<&PostgresClusterStatus>,
+    target_primary: &str,
+    postgres_version: i32,
+    generation: i64,
+    now: &Time,
+) -> PostgresClusterStatus {
+    let mut status = PostgresClusterStatus {
+        target_primary: Some(target_primary.to_string()),
+        postgres_version: Some(postgres_version),
+        ..previous.cloned().unwrap_or_default()
+    };
+    let message = format!("creating the cluster; {target_primary} is the first primary");
+    set(
+        &mut status.conditions,
+        RECONCILING,
+        true,
+        "Creating",
+        &message,
+        generation,
+        now,
+    );
+    set(
+        &mut status.conditions,
+        READY,
+        false,
+        "Creating",
+        &message,
+        generation,
+        now,
+    );
+    status
+}
+
 pub fn condition_is(status: Option<&PostgresClusterStatus>, type_: &str, value: &str) -> bool {
     status
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))

@@ -79,12 +79,23 @@ pub fn project(dir: &Path, payload: &Payload, group: Option<u32>) -> io::Result<
             fs::rename(&tmp, &link)?;
         }
     }
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with("..") && !visible.contains(name.as_ref()) {
-            fs::remove_file(entry.path())?;
+    // Only names the previous payload showed and this one does not go, as
+    // the kubelet's atomic writer does: anything else in the directory (a
+    // file a subPath mount of another volume sits on) is not ours.
+    let before: BTreeSet<String> = current
+        .as_ref()
+        .and_then(|c| read_payload(&dir.join(c)).ok())
+        .map(|p| {
+            p.keys()
+                .filter_map(|k| k.split('/').next())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in before.iter().filter(|n| !visible.contains(n.as_str())) {
+        let path = dir.join(name);
+        if fs::symlink_metadata(&path).is_ok() {
+            fs::remove_file(path)?;
         }
     }
     if let Some(old) = current
@@ -222,5 +233,18 @@ mod tests {
             fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777,
             0o640
         );
+    }
+
+    /// A file another volume's subPath mount sits on (a CA beside rotated
+    /// keys) is not the writer's: an update leaves it.
+    #[test]
+    fn leaves_what_no_payload_wrote() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        project(&dir, &payload(&[("key", "1", 0o600)]), None).unwrap();
+        fs::write(dir.join("ca.crt"), "").unwrap();
+        assert!(project(&dir, &payload(&[("key", "2", 0o600)]), None).unwrap());
+        assert!(dir.join("ca.crt").exists());
+        assert_eq!(fs::read_to_string(dir.join("key")).unwrap(), "2");
     }
 }

@@ -111,7 +111,9 @@ impl Executor<'_> {
         )
         .await?;
         warn!(cluster = %self.model.name, operation = "failover", from = %p.from, to = %p.to, message = %p.message, "failover started");
-        self.ctx.metrics.failover(&self.model.namespace, &self.model.name);
+        self.ctx
+            .metrics
+            .failover(&self.model.namespace, &self.model.name);
         // New connections stop going to the lost primary (and the label
         // changes reach the EndpointSlice controller one at a time).
         self.set_role(&p.from, labels::ROLE_REPLICA).await;

@@ -258,3 +258,18 @@ fn failing_wal_archiving_is_a_condition_and_one_event_each_way() {
         1
     );
 }
+
+#[test]
+fn a_new_cluster_reads_as_in_progress_from_its_first_status() {
+    let now = Time(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+    let s = first(None, "db-1", 17, 1, &now);
+    assert_eq!(s.target_primary.as_deref(), Some("db-1"));
+    assert_eq!(s.postgres_version, Some(17));
+    assert!(condition_is(Some(&s), RECONCILING, "True"));
+    assert!(condition_is(Some(&s), READY, "False"));
+    assert!(
+        s.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
+}
