@@ -87,13 +87,7 @@ impl Component {
             .stderr(err);
         // The component dies with the harness even when the test process is
         // killed without unwinding (no control plane left running).
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| E2eError::Setup(format!("cannot start {}: {e}", program.display())))?;
@@ -547,4 +541,17 @@ async fn admin_client(kubeconfig: &Path) -> Result<Client, E2eError> {
         .await
         .map_err(|e| E2eError::Setup(format!("{}: {e}", kubeconfig.display())))?;
     Client::try_from(config).map_err(|e| E2eError::Setup(format!("admin client: {e}")))
+}
+
+/// `command`'s process gets SIGKILL when the test process ends, even when
+/// that is killed without unwinding.
+pub(crate) fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
 }

@@ -794,33 +794,41 @@ pub async fn wait_operator_image(
 /// Applies the CRDs as `capstan crd` prints them (what `helm install` does
 /// from the chart), and waits until they are served.
 async fn install_crds(client: &Client) -> Result<(), E2eError> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in capstan::api::crd::all() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(
-            &name,
-            &PatchParams::apply("capstan-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .map_err(|e| E2eError::Kube(format!("apply CRD {name}"), e))?;
-        wait_for(
-            &format!("CRD {name} Established"),
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || async {
-                let crd = api.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            },
-        )
-        .await?;
+        apply_crd(client, &crd).await?;
     }
     Ok(())
+}
+
+/// Applies `crd` (server-side) and waits until it is served.
+pub async fn apply_crd(
+    client: &Client,
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Result<(), E2eError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply("capstan-e2e").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .map_err(|e| E2eError::Kube(format!("apply CRD {name}"), e))?;
+    wait_for(
+        &format!("CRD {name} Established"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await
 }
 
 impl Harness {

@@ -267,15 +267,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // Dies with the test process even when it is killed without
-        // unwinding, as the control plane does.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        controlplane::die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| E2eError::Setup(format!("cannot start {}: {e}", program.display())))?;

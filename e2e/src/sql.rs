@@ -119,6 +119,23 @@ pub async fn connect_from(login: &Login<'_>, source: IpAddr) -> Result<Client, E
         .map_err(|_| login.failed("timed out"))?
 }
 
+/// A TLS client configuration that trusts the CAs of `ca_pem` alone and
+/// presents no certificate.
+pub fn trusting(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 /// The certificate `addr` presents under the name `host` (PostgreSQL's
 /// `SSLRequest`, then a TLS handshake verified against `ca_pem` alone):
 /// its fingerprint (SHA-256 of the DER, first 16 bytes, hex, as Capstan's
@@ -131,18 +148,7 @@ pub async fn served_certificate(
     use sha2::{Digest, Sha256};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let failed = |e: &dyn std::fmt::Display| E2eError::Sql(format!("TLS to {host} ({addr}): {e}"));
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| failed(&e))?;
-        roots.add(cert).map_err(|e| failed(&e))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| failed(&e))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = trusting(ca_pem).map_err(|e| failed(&e))?;
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
         // SSLRequest: length 8, code 80877103.

@@ -19,7 +19,8 @@
 //!    script says `Progressing`, then `Healthy`.
 //! 2. Every target is up, every rule evaluates without error, and nothing
 //!    fires on the healthy cluster; each exporter's real `/metrics` passes
-//!    `promtool check metrics`.
+//!    `promtool check metrics`; the instance manager's log is JSON lines,
+//!    PostgreSQL's own tagged with cluster and instance.
 //! 3. A rolling update (resources changed): `InProgress`, then `Current`.
 //! 4. A cluster whose spec cannot be applied: kstatus `Failed`, Argo CD
 //!    `Degraded`, `CapstanClusterStalled` fires; deleted, it resolves.
@@ -41,7 +42,9 @@ use capstan_e2e::argocd::argocd_health;
 use capstan_e2e::backup::{self, KEYS_SECRET, Keys, PodS3};
 use capstan_e2e::controlplane;
 use capstan_e2e::ha::{As, HaCluster, REJOIN_WITHIN, ha_example};
-use capstan_e2e::harness::{OPERATOR_NAMESPACE, RELEASE, chart_dir, ensure_namespace, wait_for};
+use capstan_e2e::harness::{
+    OPERATOR_NAMESPACE, RELEASE, apply_crd, chart_dir, ensure_namespace, wait_for,
+};
 use capstan_e2e::kstatus::kstatus;
 use capstan_e2e::prometheus::{
     Prometheus, PrometheusConfig, prometheus_operator_crds, rule_file, scrape_configs,
@@ -86,7 +89,7 @@ async fn scenario(target: &mut Target, s3: &PodS3) -> Result<(), E2eError> {
     let client = target.client();
     target.start_operator().await?;
     for file in prometheus_operator_crds()? {
-        apply_crd(&client, &file).await?;
+        apply_crd_file(&client, &file).await?;
     }
     let chart = chart_dir().display().to_string();
     target
@@ -149,6 +152,7 @@ async fn scenario(target: &mut Target, s3: &PodS3) -> Result<(), E2eError> {
         "alerts fire on a healthy cluster: {firing:#?}"
     );
     check_real_metrics(&prometheus, &ha).await?;
+    check_instance_log(target, "db-1")?;
 
     // 3. A rolling update.
     let watch = Watch::start(target, "db");
@@ -280,35 +284,13 @@ async fn scenario(target: &mut Target, s3: &PodS3) -> Result<(), E2eError> {
     Ok(())
 }
 
-/// Applies a CRD file (server-side) and waits until it is served.
-async fn apply_crd(client: &kube::Client, file: &Path) -> Result<(), E2eError> {
+/// Applies a CRD file and waits until it is served.
+async fn apply_crd_file(client: &kube::Client, file: &Path) -> Result<(), E2eError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| E2eError::Setup(format!("{}: {e}", file.display())))?;
     let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
         .map_err(|e| E2eError::Setup(format!("{}: {e}", file.display())))?;
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.patch(
-        &name,
-        &PatchParams::apply("capstan-e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .map_err(|e| E2eError::Kube(format!("apply CRD {name}"), e))?;
-    wait_for(
-        &format!("CRD {name} established"),
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || async {
-            let crd = api.get(&name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await
+    apply_crd(client, &crd).await
 }
 
 /// The chart's monitoring objects as they are in the API server.
@@ -437,6 +419,41 @@ async fn check_real_metrics(prometheus: &Prometheus, ha: &HaCluster) -> Result<(
     Ok(())
 }
 
+/// The instance manager's container log is JSON lines only, and
+/// PostgreSQL's own lines in it are tagged with the cluster and instance
+/// (what `kubectl logs` and log collectors get).
+fn check_instance_log(target: &mut Target, pod: &str) -> Result<(), E2eError> {
+    let log = target
+        .harness()
+        .ok_or_else(|| E2eError::Setup("the local harness".into()))?
+        .runtime()
+        .logs(NS, pod, "postgres", false)
+        .map_err(|e| E2eError::Check(format!("log of {pod}: {e}")))?;
+    let mut from_postgres = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: Value = serde_json::from_str(line).map_err(|e| {
+            E2eError::Check(format!(
+                "{pod}'s log has a line that is not JSON ({e}): {line}"
+            ))
+        })?;
+        assert!(entry["level"].is_string(), "no level: {line}");
+        if entry["target"] == "postgres" {
+            from_postgres += 1;
+            assert_eq!(entry["span"]["cluster"], "db", "{line}");
+            assert_eq!(entry["span"]["instance"], pod, "{line}");
+        }
+    }
+    assert!(
+        from_postgres > 0,
+        "no PostgreSQL line in {pod}'s log:\n{log}"
+    );
+    eprintln!(
+        "[{NS}] {pod}: {} log lines, all JSON; {from_postgres} from PostgreSQL, tagged with cluster and instance",
+        log.lines().count()
+    );
+    Ok(())
+}
+
 /// `GET url` (https verified against the cluster CA under the agents'
 /// name, or plain http): the body.
 async fn fetch(url: &str, server_name: &str, ca: &str) -> Result<String, E2eError> {
@@ -454,18 +471,7 @@ async fn fetch(url: &str, server_name: &str, ca: &str) -> Result<String, E2eErro
         .map_err(|e| failed(&e))?;
     let mut response = Vec::new();
     if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
-            let cert: rustls_pki_types::CertificateDer = cert.map_err(|e| failed(&e))?;
-            roots.add(cert).map_err(|e| failed(&e))?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = capstan_e2e::sql::trusting(ca).map_err(|e| failed(&e))?;
         let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| failed(&e))?;
         let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
