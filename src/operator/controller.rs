@@ -30,8 +30,8 @@ use super::context::Context;
 use super::error::Error;
 use super::metrics::ErrorCategory;
 use super::report::{self, reason};
-use crate::api::pgbackup::PostgresBackup;
 use crate::api::PostgresCluster;
+use crate::api::pgbackup::PostgresBackup;
 use crate::resources::{labels, names};
 use crate::tls;
 
