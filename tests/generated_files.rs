@@ -1,25 +1,61 @@
-//! Generated files are committed (crds/ and the chart's copy) and must equal
-//! what the code generates. Run with CAPSTAN_UPDATE_GENERATED=1 to rewrite
-//! them after changing the API.
+//! Generated files are committed (crds/ and the chart's templates of the
+//! same CRDs) and must equal what the code generates. Run with
+//! CAPSTAN_UPDATE_GENERATED=1 to rewrite them after changing the API.
 
 use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+/// Plain YAML, for `kubectl apply --server-side -f crds/` and kustomize.
+const PLAIN_DIR: &str = "crds";
+/// Chart templates: installed and upgraded by Helm with the release.
+const CHART_DIR: &str = "charts/capstan/templates/crds";
+/// Where charts install CRDs once and never upgrade them: must not exist.
+const HELM_CRDS_DIR: &str = "charts/capstan/crds";
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The chart's template of one CRD: the CRD as `capstan crd` prints it,
+/// annotated `helm.sh/resource-policy: keep` (`helm uninstall`, or an
+/// upgrade with `crds.install=false`, must never delete it: deleting a CRD
+/// deletes every object of it), rendered only with `crds.install`.
+fn chart_template(crd: &CustomResourceDefinition) -> String {
+    let mut kept = crd.clone();
+    kept.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("helm.sh/resource-policy".into(), "keep".into());
+    let body = serde_saphyr::to_string(&kept).unwrap();
+    // Text of the CRD (descriptions, CEL rules) must reach the API server
+    // as written, never read as a template action.
+    let body = body.replace("{{", r#"{{ "{{" }}"#);
+    format!(
+        "{{{{- /*\n\
+         Generated from `capstan crd` by\n\
+         `CAPSTAN_UPDATE_GENERATED=1 cargo test --test generated_files`; do not edit.\n\
+         Installed and upgraded with the release; never deleted by Helm\n\
+         (resource-policy keep): deleting a CRD deletes every object of it.\n\
+         */ -}}}}\n\
+         {{{{- if .Values.crds.install }}}}\n\
+         {body}\
+         {{{{- end }}}}\n"
+    )
 }
 
 #[test]
 fn committed_crds_equal_the_generated_ones() {
     let update = std::env::var("CAPSTAN_UPDATE_GENERATED").is_ok_and(|v| v == "1");
     for crd in capstan::api::crd::all() {
-        let text = capstan::api::crd::to_yaml(&crd).unwrap();
+        let plain = capstan::api::crd::to_yaml(&crd).unwrap();
+        let template = chart_template(&crd);
         let file = capstan::api::crd::file_name(&crd);
-        for dir in ["crds", "charts/capstan/crds"] {
+        for (dir, text) in [(PLAIN_DIR, &plain), (CHART_DIR, &template)] {
             let path = root().join(dir).join(&file);
             if update {
-                std::fs::write(&path, &text).unwrap();
+                std::fs::create_dir_all(root().join(dir)).unwrap();
+                std::fs::write(&path, text).unwrap();
             }
             let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 panic!(
@@ -28,7 +64,7 @@ fn committed_crds_equal_the_generated_ones() {
                 )
             });
             assert!(
-                committed == text,
+                &committed == text,
                 "{} is stale: run `CAPSTAN_UPDATE_GENERATED=1 cargo test --test generated_files` and commit the result",
                 path.display()
             );
@@ -42,7 +78,12 @@ fn no_stray_crd_files() {
         .iter()
         .map(capstan::api::crd::file_name)
         .collect();
-    for dir in ["crds", "charts/capstan/crds"] {
+    assert!(
+        !root().join(HELM_CRDS_DIR).exists(),
+        "{HELM_CRDS_DIR}/ must not exist: Helm installs a chart's crds/ once and never \
+         upgrades them; the chart's CRDs are templates in {CHART_DIR}/"
+    );
+    for dir in [PLAIN_DIR, CHART_DIR] {
         for entry in std::fs::read_dir(root().join(dir)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().to_string();
             if name == "kustomization.yaml" {

@@ -379,6 +379,7 @@ impl Harness {
                 &config.display().to_string(),
             ])?;
             self.operator = Operator::Deployed { running: true };
+            wait_capstan_crds(&self.client).await?;
             return Ok(());
         }
         if self.install == Install::Helm {
@@ -402,6 +403,10 @@ impl Harness {
             }
             self.helm(&args)?;
             self.operator = Operator::Deployed { running: true };
+            // The chart's CRDs are templates: Helm creates them with the
+            // rest and, unlike a chart's crds/, does not wait until they
+            // are served.
+            wait_capstan_crds(&self.client).await?;
             return Ok(());
         }
         let log = self
@@ -800,6 +805,15 @@ async fn install_crds(client: &Client) -> Result<(), E2eError> {
     Ok(())
 }
 
+/// Waits until every Capstan CRD is served (after `helm install` or
+/// `kubectl apply -k config/` created them).
+async fn wait_capstan_crds(client: &Client) -> Result<(), E2eError> {
+    for crd in capstan::api::crd::all() {
+        wait_crd_established(client, crd.metadata.name.as_deref().unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
 /// Applies `crd` (server-side) and waits until it is served.
 pub async fn apply_crd(
     client: &Client,
@@ -815,12 +829,19 @@ pub async fn apply_crd(
     )
     .await
     .map_err(|e| E2eError::Kube(format!("apply CRD {name}"), e))?;
+    wait_crd_established(client, &name).await
+}
+
+/// Waits until CRD `name` exists and is served (`Established`).
+pub async fn wait_crd_established(client: &Client, name: &str) -> Result<(), E2eError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     wait_for(
         &format!("CRD {name} Established"),
         Duration::from_secs(30),
         Duration::from_millis(100),
         || async {
-            let crd = api.get(&name).await.ok()?;
+            let crd = api.get(name).await.ok()?;
             crd.status?
                 .conditions?
                 .iter()
