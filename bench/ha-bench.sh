@@ -26,5 +26,5 @@ export CAPSTAN_PG17_BIN="${CAPSTAN_PG17_BIN:-/opt/capstan-pg/17/bin}"
 cargo build --release --bin capstan
 log="/tmp/ha-bench-$mode.log"
 CAPSTAN_BIN="$CARGO_TARGET_DIR/release/capstan" \
-  cargo test --release -p capstan-e2e --test ha_bench -- --ignored --nocapture --test-threads 1 "$filter" 2>&1 \
+  cargo test --release -p capstan-e2e --test e2e -- --ignored --nocapture --test-threads 1 "ha_bench::$filter" 2>&1 \
   | tee "$log" | grep -E '^ha-bench|test result|panicked'

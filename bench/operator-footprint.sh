@@ -19,5 +19,5 @@ echo "operator binary: $bin ($(file -b "$bin" | cut -d, -f1-2))"
 # Every cluster resyncs every 20 s, so the idle window (60 s) sees each
 # one reconciled about three times without any change.
 CAPSTAN_BIN="$bin" CAPSTAN_RESYNC_SECONDS=20 CAPSTAN_FOOTPRINT_IDLE_SECONDS=60 \
-  cargo test --release -p capstan-e2e --test footprint -- --ignored --nocapture 2>&1 \
+  cargo test --release -p capstan-e2e --test e2e -- --ignored --nocapture footprint:: 2>&1 \
   | grep -E '^(clusters|apply|time|operator|API)'

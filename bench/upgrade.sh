@@ -19,7 +19,7 @@ export CAPSTAN_K8S_BIN="${CAPSTAN_K8S_BIN:-$(bash .ci/build-k8s-tools.sh | tail 
 cargo build --release --bin capstan
 log=/tmp/upgrade-bench.log
 CAPSTAN_BIN="$CARGO_TARGET_DIR/release/capstan" \
-  cargo test --release -p capstan-e2e --test upgrade_bench -- --ignored --nocapture 2>&1 \
+  cargo test --release -p capstan-e2e --test e2e -- --ignored --nocapture upgrade_bench:: 2>&1 \
   | tee "$log" | grep -E '^upgrade-bench|SKIP|test result|panicked'
 # A harness that could not start skips the scenario: that is no measurement.
 grep -q '^upgrade-bench whole' "$log" 2>/dev/null || grep -q '^upgrade-bench status.upgrade' "$log"
