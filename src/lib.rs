@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod api;
 pub mod backup;
+pub mod cli;
 pub mod contract;
 pub mod image_check;
 pub mod instance;
@@ -13,6 +14,5 @@ pub mod postgres;
 pub mod render;
 pub mod repo_host;
 pub mod resources;
-pub mod switchover;
 pub mod tls;
 pub mod verify;

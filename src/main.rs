@@ -42,9 +42,17 @@ enum Command {
     Pooler(capstan::pooler::Args),
     /// Run the instance manager (PID 1 of PostgreSQL pods).
     Instance(Box<capstan::instance::Args>),
+    /// One screen on a cluster: instances, the operation in progress,
+    /// poolers, certificates, backups, conditions and recent warnings.
+    Status(capstan::cli::status::Args),
     /// Ask for a planned switchover to another instance and wait for it
     /// (sets the capstan.dev/switchover annotation).
-    Switchover(capstan::switchover::Args),
+    Switchover(capstan::cli::switchover::Args),
+    /// Restart a cluster's instances, or one, the way a rolling update
+    /// does: replicas one at a time, the primary after a switchover.
+    Restart(capstan::cli::restart::Args),
+    /// Take a backup now (creates a PostgresBackup) and follow it.
+    Backup(capstan::cli::backup::Args),
     /// Restore one backup into a scratch directory and check it (the one
     /// process of a verification pod); the result goes to the termination
     /// message.
@@ -79,8 +87,32 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
+/// Runs a `kubectl capstan` verb; its error is one line for the user.
+fn verb(
+    run: impl std::future::Future<Output = Result<(), capstan::cli::CliError>>,
+) -> Result<(), String> {
+    runtime().and_then(|rt| rt.block_on(run).map_err(|e| e.to_string()))
+}
+
+/// Parses the command line; installed as `kubectl-capstan`, help and usage
+/// errors say `kubectl capstan` as the user typed it.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let plugin = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "kubectl-capstan"))
+        .unwrap_or(false);
+    let mut command = Cli::command();
+    if plugin {
+        command = command.bin_name("kubectl capstan");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         Command::Operator(args) => {
             init_tracing();
@@ -106,10 +138,10 @@ fn main() -> ExitCode {
             init_tracing();
             capstan::repo_host::run(args)
         }
-        Command::Switchover(args) => runtime().and_then(|rt| {
-            rt.block_on(capstan::switchover::run(args))
-                .map_err(|e| e.to_string())
-        }),
+        Command::Status(args) => verb(capstan::cli::status::run(args)),
+        Command::Switchover(args) => verb(capstan::cli::switchover::run(args)),
+        Command::Restart(args) => verb(capstan::cli::restart::run(args)),
+        Command::Backup(args) => verb(capstan::cli::backup::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,7 +135,7 @@ pub struct UpdateStrategy {
     pub primary_update_method: PrimaryUpdateMethod,
     /// Update the replicas, then wait: the primary is only touched after
     /// someone asks for a switchover (annotation `capstan.dev/switchover`
-    /// or `capstan switchover`). Status says what it waits for.
+    /// or `kubectl capstan switchover`). Status says what it waits for.
     #[serde(default)]
     pub supervised: bool,
 }

@@ -435,7 +435,7 @@ pub struct FailoverStatus {
 }
 
 /// A planned switchover, requested with the `capstan.dev/switchover`
-/// annotation (or `capstan switchover`).
+/// annotation (or `kubectl capstan switchover`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SwitchoverStatus {

@@ -15,6 +15,11 @@ pub const SCHEDULED_AT_ANNOTATION: &str = "capstan.dev/scheduled-at";
 /// GitOps re-apply of the same value does nothing; change the token to
 /// switch over to the same instance again).
 pub const SWITCHOVER_ANNOTATION: &str = "capstan.dev/switchover";
+/// On an instance pod: a user's request (`kubectl capstan restart`) to
+/// restart that instance the way a changed pod spec would (a replica
+/// re-created, the primary after a switchover); the value is when it was
+/// asked. The request goes with the pod.
+pub const RESTART_ANNOTATION: &str = "capstan.dev/restart";
 pub const COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const NAME: &str = "app.kubernetes.io/name";

@@ -260,7 +260,7 @@ impl Operation {
                 "rolling restart: restarting primary {instance} first, in place: spec.postgres.parameters lowers a setting a standby may not run below its primary (max_connections, max_worker_processes, max_wal_senders, max_prepared_transactions, max_locks_per_transaction); writes stop until it is back, then the replicas restart"
             ),
             Operation::AwaitSwitchoverRequest { primary } => format!(
-                "rolling update: every replica is updated; primary {primary} waits for a switchover request (updateStrategy.supervised): annotate capstan.dev/switchover=<replica> or run `capstan switchover`"
+                "rolling update: every replica is updated; primary {primary} waits for a switchover request (updateStrategy.supervised): annotate capstan.dev/switchover=<replica> or run `kubectl capstan switchover`"
             ),
             Operation::RemoveInstances(v) => format!("removing instance(s) {}", v.join(", ")),
             Operation::RetryLater(why) => format!(
@@ -509,6 +509,14 @@ pub fn spec_hash(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A user asked for this pod to be restarted (`kubectl capstan restart`).
+fn restart_requested(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(labels::RESTART_ANNOTATION))
+}
+
 /// The pod spec hash instances should run.
 pub fn desired_hash(model: &Model, name: &str) -> String {
     let pod = instance::pod(model, name, labels::ROLE_REPLICA);
@@ -599,6 +607,7 @@ fn rolling_step(input: &Input<'_>) -> Option<Operation> {
     let resizing = super::storage::waiting_for_pod(observed);
     let outdated = |name: &str| {
         observed.pod(name).and_then(spec_hash) != Some(desired_hash(model, name).as_str())
+            || observed.pod(name).is_some_and(restart_requested)
             || resizing.contains(name)
             || !refused
                 && observed

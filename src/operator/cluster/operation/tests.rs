@@ -189,6 +189,50 @@ fn a_rolling_update_takes_replicas_one_at_a_time_then_switches_over() {
     assert_eq!(w.choose(), Operation::Idle);
 }
 
+/// `kubectl capstan restart`: the annotation on a pod.
+fn ask_restart(w: &mut World, name: &str) {
+    let pod = w
+        .observed
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap();
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            labels::RESTART_ANNOTATION.into(),
+            "2026-12-06T17:00:00Z".into(),
+        );
+}
+
+#[test]
+fn a_restart_request_restarts_that_instance_alone_the_primary_through_a_switchover() {
+    let mut w = World::new();
+    ask_restart(&mut w, "db-3");
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-3".into()));
+    // The new pod carries no request: nothing else moves.
+    w.recreate("db-3");
+    assert_eq!(w.choose(), Operation::Idle);
+
+    // The primary: a switchover first, then it is re-created as a replica.
+    ask_restart(&mut w, "db-1");
+    let op = w.choose();
+    assert!(
+        matches!(op, Operation::Switchover(Switchover::Start { .. })),
+        "{op:?}"
+    );
+    w.status.target_primary = Some("db-2".into());
+    w.observed.lease.as_mut().unwrap().holder = Some("db-2".into());
+    w.observed
+        .reports
+        .insert("db-1".into(), replica("db-1", "0/3000200"));
+    w.observed.reports.insert("db-2".into(), primary("db-2"));
+    assert_eq!(w.choose(), Operation::RecreateReplica("db-1".into()));
+    w.recreate("db-1");
+    assert_eq!(w.choose(), Operation::Idle);
+}
+
 #[test]
 fn a_setting_that_waits_for_a_restart_rolls_replicas_first_then_switches_over() {
     let mut w = World::new();
