@@ -13,6 +13,23 @@ use std::ops::RangeInclusive;
 /// and Services must be DNS-1035 labels (at most 63 characters).
 pub const CLUSTER_NAME_MAX: usize = 50;
 
+/// Suffixes of the Secrets Capstan writes for cluster `<name>` in every TLS
+/// mode (`<name>-superuser` …): a provided certificate Secret may not take
+/// one. Provided certificates are copied into the `-tls` ones, so a user's
+/// Secret of that name would be overwritten by its own copy.
+pub const OWN_SECRET_SUFFIXES: &[&str] = &[
+    "superuser",
+    "app",
+    "pooler",
+    "ca-key",
+    "server-tls",
+    "replication-tls",
+    "pooler-tls",
+    "agent-tls",
+    "pgbackrest-tls",
+    "operator-tls",
+];
+
 /// `spec.instances`: one primary plus up to eight replicas. Beyond that,
 /// cascading replication or a second cluster serves better than one WAL
 /// sender fan-out.

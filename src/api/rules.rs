@@ -101,16 +101,11 @@ pub fn pgbouncer_parameters_not_managed() -> Rule {
 /// `<name>-pooler` as a pooler certificate left the poolers without their
 /// credentials, and the cluster never became Ready.
 pub fn provided_secrets_not_capstans() -> Rule {
-    let owned = [
-        "superuser",
-        "app",
-        "pooler",
-        "ca-key",
-        "agent-tls",
-        "operator-tls",
-    ]
-    .map(|suffix| format!("self.metadata.name + '-{suffix}'"))
-    .join(", ");
+    let owned = limits::OWN_SECRET_SUFFIXES
+        .iter()
+        .map(|suffix| format!("self.metadata.name + '-{suffix}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let free = [
         "caSecretName",
         "serverSecretName",
@@ -122,8 +117,18 @@ pub fn provided_secrets_not_capstans() -> Rule {
     Rule::new(format!(
         "!has(self.spec.tls) || !has(self.spec.tls.provided) || ({free})"
     ))
-    .message("spec.tls.provided: a Secret name is one Capstan uses for this cluster's own Secrets (<name>-superuser, -app, -pooler, -ca-key, -agent-tls, -operator-tls); name your certificate Secrets differently, e.g. <name>-pooler-tls")
+    .message(Message::Message(provided_name_message()))
     .reason(Reason::FieldValueInvalid)
+}
+
+/// Why a provided Secret may not take one of Capstan's names, and the fix
+/// (the CEL rule's message and the operator's, for objects admitted before
+/// the rule covered the `-tls` names).
+fn provided_name_message() -> String {
+    format!(
+        "spec.tls.provided: a Secret name is one Capstan uses for this cluster's own Secrets (<name>-{}); name your certificate Secrets differently, e.g. <name>-pooler-cert",
+        limits::OWN_SECRET_SUFFIXES.join(", -")
+    )
 }
 
 /// Capstan serves PostgreSQL over TLS only; extra rules may narrow or

@@ -90,7 +90,7 @@ async fn provide_certificates(client: &Client, namespace: &str) {
         ca_secret_name: "billing-ca".into(),
         server_secret_name: "billing-server".into(),
         replication_secret_name: "billing-replication".into(),
-        pooler_secret_name: "billing-pooler-tls".into(),
+        pooler_secret_name: "billing-pooler-cert".into(),
     };
     let year = std::time::Duration::from_secs(365 * 24 * 3600);
     let pki = capstan_e2e::pki::UserPki::new("billing", namespace, year).unwrap();
@@ -129,7 +129,15 @@ async fn refused_install(harness: &Harness, set: &str, expected: &str) {
         "helm install --set {set}: expected {expected:?} in {message}"
     );
     let releases = harness
-        .helm(&["list", "--all", "--short", "-n", OPERATOR_NAMESPACE])
+        .helm(&[
+            "list",
+            "--short",
+            "--deployed",
+            "--failed",
+            "--pending",
+            "-n",
+            OPERATOR_NAMESPACE,
+        ])
         .unwrap();
     assert!(
         releases.trim().is_empty(),
@@ -534,7 +542,15 @@ fn helm_install_examples_upgrade_and_uninstall() {
             "helm install took over CRDs it did not create: {refused:?}"
         );
         let releases = harness
-            .helm(&["list", "--all", "--short", "-n", OPERATOR_NAMESPACE])
+            .helm(&[
+                "list",
+                "--short",
+                "--deployed",
+                "--failed",
+                "--pending",
+                "-n",
+                OPERATOR_NAMESPACE,
+            ])
             .unwrap();
         assert!(
             releases.trim().is_empty(),

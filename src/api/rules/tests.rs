@@ -407,6 +407,10 @@ fn provided_secrets_may_not_take_the_names_of_capstans_own() {
         "ca-key",
         "agent-tls",
         "operator-tls",
+        "server-tls",
+        "replication-tls",
+        "pooler-tls",
+        "pgbackrest-tls",
     ] {
         let provided = json!({
             "caSecretName": "my-ca",
@@ -424,12 +428,12 @@ fn provided_secrets_may_not_take_the_names_of_capstans_own() {
             "one Capstan uses for this cluster's own Secrets",
         );
     }
-    // Names Capstan only uses in Managed mode are free in Provided mode.
+    // `<name>-ca` is Capstan's in Managed mode only: free in Provided mode.
     let provided = json!({
         "caSecretName": format!("{name}-ca"),
-        "serverSecretName": format!("{name}-server-tls"),
-        "replicationSecretName": format!("{name}-replication-tls"),
-        "poolerSecretName": format!("{name}-pooler-tls"),
+        "serverSecretName": format!("{name}-server-cert"),
+        "replicationSecretName": format!("{name}-replication-cert"),
+        "poolerSecretName": format!("{name}-pooler-cert"),
     });
     assert_ok(
         &with(

@@ -424,8 +424,32 @@ fn validate_tls(
             "spec.tls.provided",
             "is required when spec.tls.mode is Provided; name your CA, server, replication and pooler Secrets",
         )),
-        (TlsMode::Provided, Some(_)) if !environment => Ok(()),
         (TlsMode::Provided, Some(p)) => {
+            // Admission refuses these names; objects admitted before the
+            // rule named the `-tls` Secrets get here.
+            let name = cluster.metadata.name.as_deref().unwrap_or_default();
+            for (field, secret) in [
+                ("caSecretName", &p.ca_secret_name),
+                ("serverSecretName", &p.server_secret_name),
+                ("replicationSecretName", &p.replication_secret_name),
+                ("poolerSecretName", &p.pooler_secret_name),
+            ] {
+                if limits::OWN_SECRET_SUFFIXES
+                    .iter()
+                    .any(|suffix| *secret == format!("{name}-{suffix}"))
+                {
+                    return Err(invalid(
+                        &format!("spec.tls.provided.{field}"),
+                        &format!(
+                            "is {secret:?}, a Secret Capstan writes for this cluster (provided certificates are copied into <name>-server-tls, -replication-tls and -pooler-tls); rename your Secret, e.g. {name}-{}-cert, and set that name here",
+                            field.trim_end_matches("SecretName")
+                        ),
+                    ));
+                }
+            }
+            if !environment {
+                return Ok(());
+            }
             let checks = [
                 (
                     "spec.tls.provided.caSecretName",

@@ -140,6 +140,31 @@ fn provided_tls_needs_existing_secrets_with_the_right_keys() {
     assert!(validate(&c, &observed, "x").is_ok());
 }
 
+#[test]
+fn a_provided_secret_named_like_capstans_copy_is_refused_with_a_new_name() {
+    // Admitted before the CEL rule covered the `-tls` names: the copy would
+    // overwrite the user's Secret with itself, again and again.
+    let mut c = cluster(base());
+    let name = c.metadata.name.clone().unwrap();
+    c.spec.tls.mode = TlsMode::Provided;
+    c.spec.tls.provided = Some(ProvidedTls {
+        ca_secret_name: format!("{name}-ca"),
+        server_secret_name: "srv".into(),
+        replication_secret_name: "repl".into(),
+        pooler_secret_name: format!("{name}-pooler-tls"),
+    });
+    let err = validate(&c, &Observed::default(), "x").unwrap_err();
+    assert_eq!(err.field, "spec.tls.provided.poolerSecretName");
+    assert!(!err.awaits_object);
+    assert!(
+        err.message.contains(&format!(
+            "is \"{name}-pooler-tls\", a Secret Capstan writes"
+        )) && err.message.contains(&format!("e.g. {name}-pooler-cert")),
+        "{}",
+        err.message
+    );
+}
+
 fn s3_repository() -> serde_json::Value {
     json!({"name": "repo1", "s3": {"endpoint": "s3.amazonaws.com", "region": "eu-west-1",
         "bucket": "backups", "credentials": {"secretName": "s3"}}})
