@@ -168,7 +168,11 @@ pub fn summarize(
                 timeline: i.timeline,
                 lsn: i.lsn.clone(),
                 lag_bytes: i.lag_bytes,
-                sync_state: i.sync_state.clone(),
+                // A primary keeps the state it had as a replica in status.
+                sync_state: i
+                    .sync_state
+                    .clone()
+                    .filter(|_| i.role != labels::ROLE_PRIMARY),
                 pending_restart: i.pending_restart,
                 data_used_bytes: data.and_then(|v| v.used_bytes),
                 data_size_bytes: data.and_then(|v| v.size_bytes),
@@ -672,17 +676,15 @@ pub fn render(s: &Summary, style: Style) -> String {
     }
     let _ = writeln!(out, "\n{}", style.bold("Conditions"));
     for c in &s.conditions {
-        let healthy = match c.r#type.as_str() {
-            "Ready" => c.status == "True",
-            _ => c.status == "False",
+        let state = format!("{}={}", c.r#type, c.status);
+        // Degraded and Stalled are bad when True, Reconciling is neither;
+        // the others (Ready, WalArchiving, BackupVerified) are good when True.
+        let state = match c.r#type.as_str() {
+            "Reconciling" => state,
+            "Degraded" | "Stalled" => style.truth(c.status == "False", &state),
+            _ => style.truth(c.status == "True", &state),
         };
-        let _ = writeln!(
-            out,
-            "  {} {} {}",
-            style.truth(healthy, &format!("{}={}", c.r#type, c.status)),
-            c.reason,
-            c.message
-        );
+        let _ = writeln!(out, "  {state} {} {}", c.reason, c.message);
     }
     if !s.warnings.is_empty() {
         let _ = writeln!(out, "\n{}", style.bold("Recent warnings"));

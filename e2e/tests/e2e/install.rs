@@ -7,10 +7,11 @@
 //!   reach `Ready` (`kubectl wait` works); a second identical apply changes
 //!   nothing and nobody but kubectl owns a field of `spec`;
 //! - the CRD in the cluster changed to an older shape (a property and an
-//!   annotation of an older chart, applied as Helm applies; another
-//!   property removed by a plain update) is brought back to the chart's by
-//!   `helm upgrade`, which also changes a value: the operator rolls and no
-//!   database pod is touched;
+//!   annotation of an older chart, applied as Helm applies) is brought back
+//!   to the chart's by `helm upgrade`, which also changes a value: the
+//!   operator rolls and no database pod is touched; a CRD someone else
+//!   edited stops `helm upgrade` with a conflict naming that field manager,
+//!   and `--force-conflicts` takes it back;
 //! - `helm uninstall` removes the operator and leaves the CRDs, the
 //!   `PostgresCluster`s and their pods; CRDs without Helm's ownership
 //!   metadata are refused by `helm install` and adopted with
@@ -203,11 +204,10 @@ fn without_property(crd: &CustomResourceDefinition, property: &str) -> CustomRes
     older
 }
 
-/// Puts the served PostgresCluster CRD back to an older shape: as an older
+/// Puts the served PostgresCluster CRD back to an older shape, as an older
 /// chart would have applied it (Helm's own field manager, server-side:
 /// without `spec.topologySpreadConstraints`, with an annotation the chart
-/// does not have), and then edited by someone else (a plain update, as
-/// `kubectl replace` does: without `spec.tolerations`).
+/// does not have).
 async fn make_crd_older(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let served = api.get(CLUSTER_CRD).await.unwrap();
@@ -232,19 +232,11 @@ async fn make_crd_older(client: &Client) {
     )
     .await
     .unwrap();
-    let mut edited = without_property(&api.get(CLUSTER_CRD).await.unwrap(), "tolerations");
-    edited.metadata.managed_fields = None;
-    let replace = PostParams {
-        field_manager: Some("e2e-replace".into()),
-        ..PostParams::default()
-    };
-    api.replace(CLUSTER_CRD, &replace, &edited).await.unwrap();
     let now = api.get(CLUSTER_CRD).await.unwrap();
     let properties = spec_properties(&now);
     assert!(
-        !properties.contains(&"topologySpreadConstraints".to_string())
-            && !properties.contains(&"tolerations".to_string()),
-        "the older CRD still has both properties: {properties:?}"
+        !properties.contains(&"topologySpreadConstraints".to_string()),
+        "the older CRD still has spec.topologySpreadConstraints"
     );
     assert!(
         now.metadata
@@ -252,6 +244,19 @@ async fn make_crd_older(client: &Client) {
             .as_ref()
             .is_some_and(|a| a.contains_key(OLDER_ANNOTATION))
     );
+}
+
+/// Someone else edits the CRD (a plain update, as `kubectl replace` does:
+/// without `spec.tolerations`), so another field manager owns its schema.
+async fn edit_crd_by_hand(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut edited = without_property(&api.get(CLUSTER_CRD).await.unwrap(), "tolerations");
+    edited.metadata.managed_fields = None;
+    let replace = PostParams {
+        field_manager: Some("e2e-replace".into()),
+        ..PostParams::default()
+    };
+    api.replace(CLUSTER_CRD, &replace, &edited).await.unwrap();
 }
 
 /// The served PostgresCluster CRD is the chart's: the schema `capstan crd`
@@ -445,6 +450,29 @@ fn helm_install_examples_upgrade_and_uninstall() {
         .unwrap();
         if let Err(e) = crd_is_the_charts(&client).await {
             panic!("helm upgrade left the CRD as it was: {e}");
+        }
+        // A CRD someone else edited: Helm's server-side apply stops with
+        // the conflict, naming the other manager; --force-conflicts takes
+        // the fields back.
+        edit_crd_by_hand(&client).await;
+        let upgrade = [
+            "upgrade",
+            RELEASE,
+            &chart,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--reuse-values",
+        ];
+        let conflict = harness.helm(&upgrade);
+        assert!(
+            matches!(&conflict, Err(e) if e.to_string().contains("conflict with \"e2e-replace\"")),
+            "helm upgrade over a hand-edited CRD: {conflict:?}"
+        );
+        let mut forced = upgrade.to_vec();
+        forced.push("--force-conflicts");
+        harness.helm(&forced).unwrap();
+        if let Err(e) = crd_is_the_charts(&client).await {
+            panic!("helm upgrade --force-conflicts left the hand-edited CRD: {e}");
         }
         // Give the new operator time to reconcile every cluster once.
         tokio::time::sleep(Duration::from_secs(5)).await;

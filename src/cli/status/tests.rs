@@ -78,7 +78,7 @@ fn cluster() -> PostgresCluster {
             condition("Degraded", "True", "ReplicaNotReady", "db-3 is not ready"),
         ],
         instances: vec![
-            instance("db-2", "primary", None, None),
+            instance("db-2", "primary", None, Some("sync")),
             instance("db-1", "replica", Some(0), Some("sync")),
             InstanceStatus {
                 ready: false,
@@ -245,6 +245,10 @@ fn the_summary_holds_what_a_dba_looks_for() {
     assert_eq!(s.phase.as_deref(), Some("Degraded"));
     assert_eq!(s.primary.as_deref(), Some("db-2"));
     assert_eq!(s.instances.len(), 3);
+    assert_eq!(
+        s.instances[0].sync_state, None,
+        "a primary is nobody's standby"
+    );
     assert_eq!(s.instances[2].lag_bytes, Some(3 << 20));
     assert!(s.instances[2].pending_restart);
     assert_eq!(
@@ -338,6 +342,12 @@ fn colour_marks_state_and_never_shifts_columns() {
     let plain = render(&summary(), Style { colour: false });
     let painted = render(&summary(), Style { colour: true });
     assert!(painted.contains("\x1b[31mno   \x1b[0m"), "{painted}");
+    // Ready=False and Degraded=True are both bad news.
+    assert!(painted.contains("\x1b[31mReady=False\x1b[0m"), "{painted}");
+    assert!(
+        painted.contains("\x1b[31mDegraded=True\x1b[0m"),
+        "{painted}"
+    );
     let strip = |s: &str| {
         let mut out = String::new();
         let mut chars = s.chars();
