@@ -440,7 +440,7 @@ fn validate_tls(
                 {
                     return Err(invalid(
                         &format!("spec.tls.provided.{field}"),
-                        &format!(
+                        format!(
                             "is {secret:?}, a Secret Capstan writes for this cluster (provided certificates are copied into <name>-server-tls, -replication-tls and -pooler-tls); rename your Secret, e.g. {name}-{}-cert, and set that name here",
                             field.trim_end_matches("SecretName")
                         ),
