@@ -250,7 +250,7 @@ pub struct ControlPlane {
     scheduler: Component,
     controller_manager: Component,
     apiserver: Component,
-    _etcd: Component,
+    etcd: Component,
     addr: Ipv4Addr,
     dir: PathBuf,
     ca_pem: String,
@@ -266,6 +266,15 @@ pub struct ControlPlaneOptions {
 }
 
 impl ControlPlane {
+    /// The first component that exited, with the end of its log.
+    pub fn exited(&mut self) -> Option<String> {
+        self.etcd
+            .exited()
+            .or_else(|| self.apiserver.exited())
+            .or_else(|| self.controller_manager.exited())
+            .or_else(|| self.scheduler.exited())
+    }
+
     pub async fn start(
         bin: &Path,
         dir: &Path,
@@ -385,7 +394,7 @@ impl ControlPlane {
             scheduler,
             controller_manager,
             apiserver,
-            _etcd: etcd,
+            etcd,
             addr: options.addr,
             dir: dir.to_path_buf(),
             ca_pem: pki.ca_pem,

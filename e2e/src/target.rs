@@ -63,7 +63,11 @@ impl Target {
             }
             None => {
                 let mut harness = Harness::start(HarnessOptions::default()).await?;
-                harness.start_operator().await?;
+                if let Err(e) = harness.start_operator().await {
+                    // Say whether the control plane itself went away.
+                    let down = harness.control_plane_exited().unwrap_or_default();
+                    return Err(E2eError::Setup(format!("{e}\n{down}")));
+                }
                 Ok(Target::Local(Box::new(harness)))
             }
         }
