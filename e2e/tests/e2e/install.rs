@@ -106,6 +106,22 @@ const KEEP: &str = "helm.sh/resource-policy";
 /// What the "older chart" adds to the CRD's annotations.
 const OLDER_ANNOTATION: &str = "capstan.dev/e2e-older-chart";
 
+/// The releases in the operator's namespace, in any state a failed
+/// install could leave (Helm 4 lists only deployed ones by default).
+fn releases(harness: &Harness) -> String {
+    harness
+        .helm(&[
+            "list",
+            "--short",
+            "--deployed",
+            "--failed",
+            "--pending",
+            "-n",
+            OPERATOR_NAMESPACE,
+        ])
+        .unwrap()
+}
+
 /// `helm install` with `--set <set>`: refused, naming the value; no release,
 /// no CRD and no operator Deployment exist afterwards.
 async fn refused_install(harness: &Harness, set: &str, expected: &str) {
@@ -129,17 +145,7 @@ async fn refused_install(harness: &Harness, set: &str, expected: &str) {
             && message.contains(expected),
         "helm install --set {set}: expected {expected:?} in {message}"
     );
-    let releases = harness
-        .helm(&[
-            "list",
-            "--short",
-            "--deployed",
-            "--failed",
-            "--pending",
-            "-n",
-            OPERATOR_NAMESPACE,
-        ])
-        .unwrap();
+    let releases = releases(harness);
     assert!(
         releases.trim().is_empty(),
         "--set {set} left a release: {releases}"
@@ -569,17 +575,7 @@ fn helm_install_examples_upgrade_and_uninstall() {
             matches!(&refused, Err(e) if e.to_string().contains("invalid ownership metadata")),
             "helm install took over CRDs it did not create: {refused:?}"
         );
-        let releases = harness
-            .helm(&[
-                "list",
-                "--short",
-                "--deployed",
-                "--failed",
-                "--pending",
-                "-n",
-                OPERATOR_NAMESPACE,
-            ])
-            .unwrap();
+        let releases = releases(&harness);
         assert!(
             releases.trim().is_empty(),
             "a refused install left {releases}"
