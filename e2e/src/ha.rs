@@ -10,7 +10,7 @@ use std::time::Duration;
 use capstan::api::{
     FailoverStatus, InstanceStatus, PostgresCluster, RetentionRule, SwitchoverStatus,
 };
-use capstan::contract::layout::POSTGRES_PORT;
+use capstan::contract::layout::{POOLER_PORT, POSTGRES_PORT};
 use capstan::resources::{labels, names};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -451,17 +451,54 @@ impl HaCluster {
         }
     }
 
-    /// Deletes the cluster (its volumes go with it, see [`ha_example`]) and
-    /// waits until nothing of it is left.
     /// The instance pods that are not being deleted.
     pub async fn instance_pods(
         &self,
         target: &Target,
     ) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, E2eError> {
+        self.pods(target, &labels::instances_selector(&self.name))
+            .await
+    }
+
+    /// The pooler pods that are not being deleted.
+    pub async fn pooler_pods(
+        &self,
+        target: &Target,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, E2eError> {
+        self.pods(target, &labels::pooler_selector(&self.name))
+            .await
+    }
+
+    /// Each pooler pod directly, verified against the pooler Service's name:
+    /// a check through the Service reaches one pod of several at a time.
+    pub async fn pooler_pod_endpoints(
+        &self,
+        target: &Target,
+    ) -> Result<Vec<(String, Endpoint)>, E2eError> {
+        let host = format!("{}.{}.svc", names::pooler(&self.name), self.ns);
+        let mut out = Vec::new();
+        for pod in self.pooler_pods(target).await? {
+            let name = pod.metadata.name.unwrap_or_default();
+            let addr = target.pod_addr(&self.ns, &name, POOLER_PORT).await?;
+            out.push((
+                name,
+                Endpoint {
+                    host: host.clone(),
+                    addr,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn pods(
+        &self,
+        target: &Target,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, E2eError> {
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(target.client(), &self.ns);
-        let selector = labels::to_selector(&labels::instances_selector(&self.name));
         let pods = api
-            .list(&kube::api::ListParams::default().labels(&selector))
+            .list(&kube::api::ListParams::default().labels(&labels::to_selector(selector)))
             .await
             .map_err(|e| E2eError::Kube(format!("list pods of {}", self.name), e))?;
         Ok(pods
@@ -484,6 +521,8 @@ impl HaCluster {
             .collect())
     }
 
+    /// Deletes the cluster (its volumes go with it, see [`ha_example`]) and
+    /// waits until nothing of it is left.
     pub async fn delete(&self, target: &Target) -> Result<(), E2eError> {
         let client = target.client();
         cluster::delete(&client, &self.ns, &self.name).await?;

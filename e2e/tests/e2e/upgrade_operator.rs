@@ -27,9 +27,6 @@ use capstan_e2e::harness::{file_sha256, wait_for};
 use capstan_e2e::load::{Writer, WriterOptions};
 use capstan_e2e::sql;
 use capstan_e2e::target::{NEXT_IMAGE_ENV, Target, fail};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::ListParams;
 
 /// Writes before the image changes.
 const CHANGE_AFTER: Duration = Duration::from_secs(5);
@@ -41,21 +38,6 @@ const WRITE_ON: Duration = Duration::from_secs(5);
 const SETTLED_WITHIN: Duration = Duration::from_secs(60);
 const ROWS: i64 = 1000;
 const TABLE: &str = "operator_upgrade_rows";
-
-/// The pooler pods that are not being deleted.
-async fn pooler_pods(target: &Target, ha: &HaCluster) -> Result<Vec<Pod>, E2eError> {
-    let api: Api<Pod> = Api::namespaced(target.client(), &ha.ns);
-    let selector = labels::to_selector(&labels::pooler_selector(&ha.name));
-    let pods = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| E2eError::Kube(format!("list pooler pods of {}", ha.name), e))?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
-}
 
 /// The executable's file name in a command line (`/usr/lib/postgresql/17/bin/postgres -D …` → `postgres`).
 fn program(cmdline: &str) -> &str {
@@ -127,7 +109,7 @@ async fn snapshot(
     instances: &[String],
 ) -> Result<Snapshot, E2eError> {
     let mut pods = ha.instance_pods(target).await?;
-    pods.extend(pooler_pods(target, ha).await?);
+    pods.extend(ha.pooler_pods(target).await?);
     let mut snap = Snapshot {
         uids: BTreeMap::new(),
         servers: BTreeMap::new(),
