@@ -51,6 +51,8 @@ use super::status::PostgresClusterStatus;
 #[x_kube(validation = rules::bootstrap_immutable())]
 #[x_kube(validation = rules::synchronous_fits_instances())]
 #[x_kube(validation = rules::backup_needs_image())]
+#[x_kube(validation = rules::roles_not_bootstrap())]
+#[x_kube(validation = rules::bootstrap_database_kept())]
 pub struct PostgresClusterSpec {
     /// Number of PostgreSQL instances (one primary plus `instances - 1`
     /// streaming replicas).
@@ -120,6 +122,21 @@ pub struct PostgresClusterSpec {
     /// rolled out: replicas one at a time, then the primary.
     #[serde(default)]
     pub update_strategy: UpdateStrategy,
+
+    /// Roles kept on the primary. An entry removed from the list is left
+    /// as it is; `ensure: absent` drops a role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = limits::ROLES_MAX))]
+    pub roles: Vec<super::roles::RoleSpec>,
+
+    /// Databases kept on the primary. An entry removed from the list is
+    /// left as it is; a database is dropped only with `ensure: absent` and
+    /// `confirmDrop`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = limits::DATABASES_MAX))]
+    pub databases: Vec<super::roles::DatabaseSpec>,
 }
 
 /// How the primary is updated once every replica runs the new pod spec.

@@ -28,6 +28,7 @@ pub const OWN_SECRET_SUFFIXES: &[&str] = &[
     "agent-tls",
     "pgbackrest-tls",
     "operator-tls",
+    "roles",
 ];
 
 /// `spec.instances`: one primary plus up to eight replicas. Beyond that,
@@ -75,6 +76,28 @@ pub const SYNCHRONOUS_NUMBER_MIN: i32 = 1;
 /// `spec.bootstrap.initdb.database` and `owner`: PostgreSQL truncates
 /// identifiers longer than `NAMEDATALEN - 1`.
 pub const SQL_IDENTIFIER_MAX: usize = 63;
+
+/// `spec.roles` and `spec.databases`: the instance manager applies every
+/// entry on each pass, one statement at a time.
+pub const ROLES_MAX: usize = 64;
+pub const DATABASES_MAX: usize = 64;
+/// `spec.roles[].inRoles`.
+pub const ROLE_MEMBERSHIPS_MAX: usize = 32;
+/// `spec.databases[].extensions`; extension names may hold `-` (`uuid-ossp`).
+pub const DATABASE_EXTENSIONS_MAX: usize = 32;
+pub const EXTENSION_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,62}$";
+/// Role names PostgreSQL itself reserves (`CREATE ROLE public` fails) or
+/// Capstan manages; `pg_*` is refused by prefix.
+pub const RESERVED_ROLES: &[&str] = &[
+    "postgres",
+    "streaming_replica",
+    "capstan_pooler",
+    "public",
+    "none",
+    "current_user",
+    "current_role",
+    "session_user",
+];
 
 /// `spec.bootstrap.initdb.encoding` (e.g. `UTF8`, `LATIN1`, `EUC_JP`).
 pub const ENCODING_MAX: usize = 32;

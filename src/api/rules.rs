@@ -277,6 +277,93 @@ pub fn sql_identifier(field: &str) -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
+// --- Roles and databases -----------------------------------------------
+
+/// A role Capstan may create: a plain identifier, none PostgreSQL reserves
+/// (`pg_*`, `public`, …) and none Capstan manages.
+pub fn role_name(field: &str) -> Rule {
+    let max = limits::SQL_IDENTIFIER_MAX;
+    let reserved = cel_string_list(limits::RESERVED_ROLES);
+    Rule::new(format!(
+        "self.matches('^[a-z_][a-z0-9_]{{0,{}}}$') && !self.startsWith('pg_') && !(self in {reserved})",
+        max - 1
+    ))
+    .message(Message::Message(format!(
+        "{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}), not start with pg_ and not be one of {}: those are reserved by PostgreSQL or managed by Capstan",
+        limits::RESERVED_ROLES.join(", ")
+    )))
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// Granting a role Capstan manages would hand out its privileges (the
+/// superuser's, replication, the pooler's password lookup).
+pub fn member_of() -> Rule {
+    let managed = cel_string_list(&limits::RESERVED_ROLES[..3]);
+    Rule::new(format!(
+        "self.all(r, r.matches('^[a-z_][a-z0-9_]{{0,62}}$') && !(r in {managed}))"
+    ))
+    .message(Message::Message(format!(
+        "spec.roles[].inRoles must list lowercase role names, none of {}: membership in a role Capstan manages would grant its privileges",
+        limits::RESERVED_ROLES[..3].join(", ")
+    )))
+    .reason(Reason::FieldValueInvalid)
+}
+
+pub fn connection_limit() -> Rule {
+    Rule::new("self >= -1")
+        .message("spec.roles[].connectionLimit must be -1 (no limit) or more")
+        .reason(Reason::FieldValueInvalid)
+}
+
+pub fn extension_names() -> Rule {
+    Rule::new(format!(
+        "self.all(e, e.matches({}))",
+        cel_literal(limits::EXTENSION_NAME_PATTERN)
+    ))
+    .message("spec.databases[].extensions must list extension names (lowercase letters, digits, '_' and '-')")
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// Dropping a database loses its data: `ensure: absent` alone only reports
+/// it; `confirmDrop` with the same name drops it.
+pub fn confirm_drop_repeats_name() -> Rule {
+    Rule::new("!has(self.confirmDrop) || (self.confirmDrop == self.name && has(self.ensure) && self.ensure == 'absent')")
+        .message("spec.databases[].confirmDrop must repeat the database's name and goes with ensure: absent; remove it to keep the database")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// The bootstrap owner is Capstan's (its password is `<name>-app`), and the
+/// bootstrap database may be listed for its extensions but not dropped.
+pub fn roles_not_bootstrap() -> Rule {
+    Rule::new(format!(
+        "!has(self.roles) || self.roles.all(r, r.name != {})",
+        bootstrap_field("owner")
+    ))
+    .message("spec.roles may not list the bootstrap owner (spec.bootstrap.initdb.owner): Capstan manages it and its password is in the <name>-app Secret")
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// The bootstrap `owner` or `database` as CEL: initdb's, else a restore's,
+/// else the default (see `BootstrapSpec::initdb_or_default`).
+fn bootstrap_field(field: &str) -> String {
+    let default = match field {
+        "owner" => super::defaults::owner(),
+        _ => super::defaults::database(),
+    };
+    format!(
+        "(has(self.bootstrap) && has(self.bootstrap.initdb) ? self.bootstrap.initdb.{field} : (has(self.bootstrap) && has(self.bootstrap.restore) && has(self.bootstrap.restore.{field}) ? self.bootstrap.restore.{field} : '{default}'))"
+    )
+}
+
+pub fn bootstrap_database_kept() -> Rule {
+    Rule::new(format!(
+        "!has(self.databases) || self.databases.all(d, d.name != {} || !has(d.ensure) || d.ensure == 'present')",
+        bootstrap_field("database")
+    ))
+    .message("spec.databases: the bootstrap database (spec.bootstrap.initdb.database) may not be ensure: absent; delete the cluster to remove it")
+    .reason(Reason::FieldValueInvalid)
+}
+
 // --- Backup and restore -------------------------------------------------
 
 /// `pattern` as a single-quoted CEL string literal.

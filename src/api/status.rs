@@ -123,6 +123,30 @@ pub struct PostgresClusterStatus {
     /// major upgrade's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_check: Option<ImageCheckStatus>,
+
+    /// Each entry of `spec.roles`, as the primary last applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub roles: Vec<ManagedObjectStatus>,
+
+    /// Each entry of `spec.databases`, as the primary last applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub databases: Vec<ManagedObjectStatus>,
+}
+
+/// One role or database of the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedObjectStatus {
+    pub name: String,
+    /// `Applied` (as the entry says), `Kept` (`ensure: absent` on a
+    /// database without `confirmDrop`), `Failed` (see `message`), or
+    /// `Pending` (not applied by the primary yet).
+    pub state: String,
+    /// What was last done, or why it failed (PostgreSQL's words).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

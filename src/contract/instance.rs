@@ -128,6 +128,9 @@ pub struct InstanceReport {
     /// The mounted certificates and the CAs they trust.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tls: super::agent::TlsMounts,
+    /// Primary: `spec.roles` and `spec.databases` as last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<super::roles::ManagedReport>,
 }
 
 /// A replication slot nobody streams from.

@@ -97,6 +97,8 @@ pub mod mounts {
     pub const SUPERUSER: &str = "superuser";
     pub const APP: &str = "app";
     pub const POOLER: &str = "pooler";
+    /// `spec.roles` passwords when not read from the API (local runs).
+    pub const ROLES: &str = "roles";
     pub const SERVER_TLS: &str = "server";
     pub const REPLICATION_TLS: &str = "replication";
     pub const POOLER_TLS: &str = "pooler";

@@ -11,6 +11,7 @@ pub mod instance;
 pub mod layout;
 pub mod pooler;
 pub mod restore;
+pub mod roles;
 pub mod settings;
 pub mod upgrade;
 pub mod verify;

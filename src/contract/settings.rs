@@ -56,6 +56,12 @@ pub struct InstanceSettings {
     /// A major upgrade in progress, from this major to `postgres_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub major_upgrade: Option<super::upgrade::MajorUpgradeSettings>,
+    /// Roles the primary keeps (`spec.roles`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<super::roles::RoleSettings>,
+    /// Databases the primary keeps (`spec.databases`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<super::roles::DatabaseSettings>,
 }
 
 impl InstanceSettings {

@@ -22,6 +22,7 @@ mod identity;
 mod inputs;
 pub mod lease;
 mod local;
+mod managed;
 mod manager;
 pub mod metrics;
 pub(crate) mod process;
@@ -151,7 +152,13 @@ async fn run_async(args: Args, handover: Option<manager::Handover>) -> Result<()
         authority::AuthoritySource::from_spec(&args.authority, &namespace, &cluster).await?;
 
     let mut api = tokio::spawn(api::serve(shared.clone(), shutdown_rx.clone()).in_current_span());
-    let manager = manager::Manager::new(shared, authority, lease, adopted);
+    let mut manager = manager::Manager::new(shared, authority, lease, adopted);
+    if args.authority == authority::AuthoritySpec::Kube {
+        manager = manager.with_passwords(managed::PasswordSource::kube(
+            &namespace,
+            crate::resources::names::roles_secret(&cluster),
+        ));
+    }
     let mut managed = tokio::spawn(manager.run(commands_rx, shutdown_rx).in_current_span());
     tokio::select! {
         served = &mut api => {

@@ -62,6 +62,12 @@ impl Password {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A Secret's value as a password (a trailing newline dropped); None
+    /// when empty or not UTF-8.
+    pub fn from_secret_value(bytes: &[u8]) -> Option<Password> {
+        trimmed(std::str::from_utf8(bytes).ok()?).map(Password)
+    }
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
@@ -112,13 +118,15 @@ fn read_value(path: &Path) -> Result<String, SecretError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Secrets written by hand often end with a newline; it is never part of the value.
-    let value = text.strip_suffix('\n').unwrap_or(&text);
+    trimmed(&text).ok_or_else(|| SecretError::Empty(path.to_path_buf()))
+}
+
+/// Secrets written by hand often end with a newline; it is never part of
+/// the value. None: nothing is left.
+fn trimmed(text: &str) -> Option<String> {
+    let value = text.strip_suffix('\n').unwrap_or(text);
     let value = value.strip_suffix('\r').unwrap_or(value);
-    if value.is_empty() {
-        return Err(SecretError::Empty(path.to_path_buf()));
-    }
-    Ok(value.to_string())
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// `<dir>/username` and `<dir>/password`.

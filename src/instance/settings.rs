@@ -139,6 +139,8 @@ pub(crate) mod tests {
             backup: None,
             restore: None,
             major_upgrade: None,
+            roles: vec![],
+            databases: vec![],
         }
     }
 

@@ -188,6 +188,7 @@ pub fn empty_report(name: &str) -> InstanceReport {
         wal_volume: None,
         inactive_slots: vec![],
         tls: Default::default(),
+        managed: None,
     }
 }
 

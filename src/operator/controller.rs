@@ -606,8 +606,9 @@ pub async fn run(
                 )
             },
         )
-        // A user's Secret that `spec.tls.provided` names (cert-manager
-        // renews it): metadata only, mapped to the clusters naming it.
+        // A user's Secret that `spec.tls.provided` (cert-manager renews
+        // it) or `spec.roles` (a rotated password) names: metadata only,
+        // mapped to the clusters naming it.
         .watches_stream(
             watch::<PartialObjectMeta<Secret>>(&client, &ns, &watcher::Config::default())
                 .default_backoff()
@@ -619,7 +620,7 @@ pub async fn run(
                     .state()
                     .iter()
                     .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|c| provides(c, &name))
+                    .filter(|c| provides(c, &name) || holds_role_password(c, &name))
                     .map(|c| ObjectRef::from_obj(c.as_ref()))
                     .collect::<Vec<_>>()
             },
@@ -650,6 +651,15 @@ fn provides(cluster: &PostgresCluster, name: &str) -> bool {
             .iter()
             .any(|s| s.as_str() == name)
         })
+}
+
+/// `cluster` takes a role's password from the Secret `name`.
+fn holds_role_password(cluster: &PostgresCluster, name: &str) -> bool {
+    cluster
+        .spec
+        .roles
+        .iter()
+        .any(|r| r.password_secret.as_ref().is_some_and(|s| s.name == name))
 }
 
 #[cfg(test)]

@@ -58,6 +58,10 @@ pub mod reason {
     /// (also the reason of the cluster's `Stalled` condition).
     pub const RESTORE_FAILED: &str = "RestoreFailed";
     pub const WAL_ARCHIVING_FAILED: &str = "WalArchivingFailed";
+    /// An entry of `spec.roles` or `spec.databases` the primary could not
+    /// apply (PostgreSQL's words, or the missing password).
+    pub const ROLE_NOT_APPLIED: &str = "RoleNotApplied";
+    pub const DATABASE_NOT_APPLIED: &str = "DatabaseNotApplied";
     pub const WAL_ARCHIVING_RECOVERED: &str = "WalArchivingRecovered";
     pub const MAJOR_UPGRADE_STARTED: &str = "MajorUpgradeStarted";
     pub const AGENT_UPGRADED: &str = "AgentUpgraded";

@@ -7,8 +7,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::labels;
 use super::model::{Model, UpgradeStage};
 use super::names;
-use crate::api::SynchronousMode;
+use crate::api::{Ensure, SynchronousMode};
 use crate::contract::layout::{self, files};
+use crate::contract::roles::{DatabaseSettings, RoleSettings};
 use crate::contract::settings::{
     FencingSettings, InitdbSettings, InstanceSettings, PoolerSettings, SynchronousMode as SyncMode,
     SynchronousSettings,
@@ -58,7 +59,40 @@ pub fn instance_settings(model: &Model, instances: &[String]) -> InstanceSetting
         backup: super::backup::settings(model),
         restore: super::restore::settings(model),
         major_upgrade,
+        roles: roles(spec),
+        databases: databases(spec),
     }
+}
+
+fn roles(spec: &crate::api::PostgresClusterSpec) -> Vec<RoleSettings> {
+    spec.roles
+        .iter()
+        .map(|r| RoleSettings {
+            name: r.name.clone(),
+            present: r.ensure == Ensure::Present,
+            login: r.login,
+            create_db: r.create_db,
+            connection_limit: r.connection_limit,
+            in_roles: r.in_roles.clone(),
+            password_from: r
+                .password_secret
+                .as_ref()
+                .map(|s| format!("{}/{}", s.name, s.key)),
+        })
+        .collect()
+}
+
+fn databases(spec: &crate::api::PostgresClusterSpec) -> Vec<DatabaseSettings> {
+    spec.databases
+        .iter()
+        .map(|d| DatabaseSettings {
+            name: d.name.clone(),
+            owner: d.owner.clone(),
+            present: d.ensure == Ensure::Present,
+            drop: d.ensure == Ensure::Absent && d.confirm_drop.as_deref() == Some(d.name.as_str()),
+            extensions: d.extensions.clone(),
+        })
+        .collect()
 }
 
 /// Lease timing from `spec.failover.detectionSeconds` (D): the primary

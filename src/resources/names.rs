@@ -52,6 +52,12 @@ pub fn superuser_secret(cluster: &str) -> String {
     format!("{cluster}-superuser")
 }
 
+/// The passwords of `spec.roles`, copied from the Secrets they name (one
+/// key per role), read by the primary's instance manager.
+pub fn roles_secret(cluster: &str) -> String {
+    format!("{cluster}-roles")
+}
+
 pub fn app_secret(cluster: &str) -> String {
     format!("{cluster}-app")
 }

@@ -41,8 +41,8 @@ fn rule(groups: &[&str], resources: &[&str], names: &[String], verbs: &[&str]) -
 }
 
 /// Least privilege for the instance manager: read (and watch) only its own
-/// `PostgresCluster`, renew only its cluster's primary Lease, and publish
-/// Events. The operator creates the Lease, so the instance never needs
+/// `PostgresCluster`, renew only its cluster's primary Lease, read only the
+/// `<name>-roles` Secret, and publish Events. The operator creates the Lease, so the instance never needs
 /// `create` (which RBAC cannot restrict to one name).
 pub fn instance_role(model: &Model) -> Role {
     let cluster = &model.name;
@@ -65,6 +65,13 @@ pub fn instance_role(model: &Model) -> Role {
                 &["get", "update"],
             ),
             rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
+            // The primary reads the `spec.roles` passwords; no other Secret.
+            rule(
+                &[""],
+                &["secrets"],
+                &[names::roles_secret(cluster)],
+                &["get"],
+            ),
         ]),
     }
 }
@@ -97,7 +104,7 @@ mod tests {
     use crate::resources::model::fixtures::model;
 
     #[test]
-    fn instance_role_is_scoped_to_its_own_cluster_and_cannot_read_secrets() {
+    fn instance_role_is_scoped_to_its_own_cluster_and_reads_one_secret() {
         let role = instance_role(&model());
         let rules = role.rules.unwrap();
         let pgc = &rules[0];
@@ -107,11 +114,17 @@ mod tests {
                 .iter()
                 .any(|v| v == "update" || v == "patch" || v == "delete")
         );
-        assert!(
-            rules
-                .iter()
-                .all(|r| !r.resources.as_ref().unwrap().iter().any(|x| x == "secrets"))
+        let secrets: Vec<_> = rules
+            .iter()
+            .filter(|r| r.resources.as_ref().unwrap().iter().any(|x| x == "secrets"))
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(
+            secrets[0].resource_names.as_deref(),
+            Some(&["db-roles".to_string()][..]),
+            "only the role passwords"
         );
+        assert_eq!(secrets[0].verbs, ["get"]);
         let lease = rules
             .iter()
             .find(|r| r.resources.as_deref() == Some(&["leases".to_string()][..]))

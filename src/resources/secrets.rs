@@ -347,6 +347,62 @@ pub fn cert_secret(model: &Model, kind: CertKind, issued: &Issued, cas: &CaSet) 
     }
 }
 
+/// Annotation of `<name>-roles` with a digest of its content: the planner
+/// compares it with the content the Secrets `spec.roles` names give now.
+pub const CONTENT_ANNOTATION: &str = "capstan.dev/content-digest";
+
+/// `<name>-roles`: each role's password, copied from the Secret key its
+/// entry names (`sources`: those Secrets, by name). Roles to drop, without
+/// a password, or whose Secret or key is missing get no key. None when no
+/// role asks for a password.
+pub fn roles_secret(model: &Model, sources: &BTreeMap<String, Secret>) -> Option<Secret> {
+    let mut wanted = model
+        .spec
+        .roles
+        .iter()
+        .filter(|r| r.ensure == crate::api::Ensure::Present)
+        .filter_map(|r| Some((r, r.password_secret.as_ref()?)))
+        .peekable();
+    wanted.peek()?;
+    let data: BTreeMap<String, ByteString> = wanted
+        .filter_map(|(role, from)| {
+            let value = sources.get(&from.name)?.data.as_ref()?.get(&from.key)?;
+            Some((role.name.clone(), value.clone()))
+        })
+        .collect();
+    let mut metadata = model.child_meta(
+        names::roles_secret(&model.name),
+        labels::common(&model.name, labels::COMPONENT_CONTROL),
+    );
+    metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(CONTENT_ANNOTATION.to_string(), content_digest(&data));
+    Some(Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// SHA-256 over each key and value, length-prefixed (hex, first 16 bytes).
+fn content_digest(data: &BTreeMap<String, ByteString>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (key, value) in data {
+        for part in [key.as_bytes(), value.0.as_slice()] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+    }
+    hash.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn bytes(text: &str) -> ByteString {
     ByteString(text.as_bytes().to_vec())
 }
@@ -584,5 +640,50 @@ mod tests {
         let mut s = password_secret(&model(), PasswordSecret::Superuser, "hunter2");
         redact(&mut s);
         assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn roles_secret_copies_each_password_named_by_a_role() {
+        let mut m = model();
+        assert!(
+            roles_secret(&m, &BTreeMap::new()).is_none(),
+            "no roles, no Secret"
+        );
+        m.spec.roles = serde_json::from_value(serde_json::json!([
+            {"name": "reporting", "passwordSecret": {"name": "pw", "key": "reporting"}},
+            {"name": "etl", "passwordSecret": {"name": "pw", "key": "etl"}},
+            {"name": "lost", "passwordSecret": {"name": "missing", "key": "password"}},
+            {"name": "nologin", "login": false},
+            {"name": "gone", "ensure": "absent", "passwordSecret": {"name": "pw", "key": "gone"}},
+        ]))
+        .unwrap();
+        let source = |etl: &str| Secret {
+            data: Some(BTreeMap::from([
+                ("reporting".to_string(), bytes("r-pw")),
+                ("etl".to_string(), bytes(etl)),
+                ("gone".to_string(), bytes("g-pw")),
+            ])),
+            ..Secret::default()
+        };
+        let sources = BTreeMap::from([("pw".to_string(), source("e-pw"))]);
+        let s = roles_secret(&m, &sources).unwrap();
+        assert_eq!(s.metadata.name.as_deref(), Some("db-roles"));
+        let data = s.data.as_ref().unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["etl", "reporting"],
+            "a missing Secret, no password or a role to drop: no key"
+        );
+        assert_eq!(data["reporting"], bytes("r-pw"));
+        let digest =
+            |s: &Secret| s.metadata.annotations.as_ref().unwrap()[CONTENT_ANNOTATION].clone();
+        let rotated =
+            roles_secret(&m, &BTreeMap::from([("pw".to_string(), source("e-pw2"))])).unwrap();
+        assert_ne!(
+            digest(&s),
+            digest(&rotated),
+            "a rotated password changes the digest"
+        );
+        assert_eq!(digest(&s), digest(&roles_secret(&m, &sources).unwrap()));
     }
 }

@@ -249,6 +249,8 @@ pub fn settings(version: i32, primary_port: u16, instances: &[&str]) -> Instance
         backup: None,
         restore: None,
         major_upgrade: None,
+        roles: vec![],
+        databases: vec![],
     }
 }
 

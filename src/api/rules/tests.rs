@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::api::PostgresCluster;
 
 mod backup;
+mod roles;
 mod stores;
 
 fn schema() -> Value {

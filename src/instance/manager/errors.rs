@@ -16,6 +16,8 @@ pub(super) enum Source {
     Config,
     Slots,
     Passwords,
+    /// `spec.roles`/`spec.databases` could not be gone over at all.
+    Roles,
     Replication,
     RoleChange,
     Lease,

@@ -70,6 +70,8 @@ pub struct Manager<A: Authority> {
     backrest_server: backrest_server::ServerUpkeep,
     restore: restore::RestoreState,
     upgrade: upgrade::UpgradeState,
+    /// Passwords of `spec.roles`.
+    passwords: crate::instance::managed::PasswordSource,
 }
 
 /// What a tick does once settings are loaded.
@@ -108,6 +110,9 @@ impl<A: Authority> Manager<A> {
         postgres: Option<PostgresChild>,
     ) -> Self {
         let inputs = shared.inputs.clone();
+        let passwords = crate::instance::managed::PasswordSource::Dir(
+            inputs.secret_dir(crate::contract::layout::mounts::ROLES),
+        );
         Self {
             local: shared.local.clone(),
             shared,
@@ -128,7 +133,15 @@ impl<A: Authority> Manager<A> {
             backrest_server: backrest_server::ServerUpkeep::default(),
             restore: restore::RestoreState::default(),
             upgrade: upgrade::UpgradeState::default(),
+            passwords,
         }
+    }
+
+    /// Where `spec.roles` passwords are read (default: the `roles/`
+    /// directory beside the mounted Secrets).
+    pub fn with_passwords(mut self, source: crate::instance::managed::PasswordSource) -> Self {
+        self.passwords = source;
+        self
     }
 
     /// Runs until `shutdown` turns true, then stops PostgreSQL within the

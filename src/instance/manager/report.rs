@@ -140,6 +140,7 @@ impl<A: Authority> Manager<A> {
         });
         let report = InstanceReport {
             parameters_refused: self.upkeep.refused_parameters(),
+            managed: self.upkeep.managed.clone(),
             settings_digest: self.settings.as_ref().map(|s| s.digest()),
             data_volume: volume_usage(self.inputs.data_volume()),
             wal_volume: self

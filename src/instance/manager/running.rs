@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::contract::layout::mounts;
+use crate::contract::roles::ManagedReport;
 use crate::contract::settings::InstanceSettings;
 use crate::postgres::roles;
 
@@ -16,6 +17,7 @@ use super::super::authority::Authority;
 use super::super::config::{self, Desired};
 use super::super::inputs;
 use super::super::local::Snapshot;
+use super::super::managed;
 use super::super::remote::{Primary, PrimaryInfo};
 use super::super::secrets::{self, Password};
 use super::Manager;
@@ -29,6 +31,9 @@ const SLOT_SYNC_EVERY: Duration = Duration::from_secs(10);
 /// primary that ran on for a moment after a freeze) never will, and while
 /// it waits a synchronous primary may have no standby to confirm commits.
 const STUCK_AFTER: Duration = Duration::from_secs(6);
+/// How often the primary goes over `spec.roles` and `spec.databases`
+/// when nothing changed (rotated passwords, changes made by hand).
+const MANAGED_EVERY: Duration = Duration::from_secs(10);
 /// Bound of the divergence check's question to the primary.
 const DIVERGENCE_CHECK_WITHIN: Duration = Duration::from_secs(2);
 /// Named primary while still streaming from the old one: a switchover. Wait
@@ -51,6 +56,10 @@ pub(super) struct Upkeep {
     /// `spec.postgres.parameters` PostgreSQL refused: the file content not
     /// written, and its words.
     refused: Option<(String, String)>,
+    /// The last pass over `spec.roles`/`spec.databases` (primary only):
+    /// when, for which settings, and what came of it.
+    managed_at: Option<(Instant, String)>,
+    pub(super) managed: Option<ManagedReport>,
 }
 
 impl Upkeep {
@@ -64,6 +73,7 @@ impl Upkeep {
         self.streaming_since = None;
         self.last_slot_sync = None;
         self.passwords_applied = None;
+        self.managed_at = None;
     }
 }
 
@@ -191,6 +201,7 @@ impl<A: Authority> Manager<A> {
                 self.release_lease().await;
             }
             self.drop_local_slots().await;
+            self.upkeep.managed = None;
             self.watch_replication(settings, &snapshot).await;
         } else {
             if !self.keep_lease().await {
@@ -200,6 +211,51 @@ impl<A: Authority> Manager<A> {
             self.clear_error(Source::Replication);
             self.sync_slots(settings).await;
             self.sync_passwords(settings).await;
+            self.sync_managed(settings).await;
+        }
+    }
+
+    /// Keeps `spec.roles` and `spec.databases`: at once when they (or the
+    /// settings) change, else every [`MANAGED_EVERY`], which also picks up
+    /// rotated passwords and repairs changes made by hand.
+    async fn sync_managed(&mut self, settings: &InstanceSettings) {
+        if settings.roles.is_empty() && settings.databases.is_empty() {
+            self.upkeep.managed = None;
+            return;
+        }
+        let now = Instant::now();
+        let wanted = settings.digest();
+        if let Some((at, seen)) = &self.upkeep.managed_at
+            && *seen == wanted
+            && now.saturating_duration_since(*at) < MANAGED_EVERY
+        {
+            return;
+        }
+        self.upkeep.managed_at = Some((now, wanted));
+        let passwords = if settings.roles.iter().any(|r| r.password_from.is_some()) {
+            match self.passwords.read().await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.set_error(Source::Roles, format!("role passwords: {e}"));
+                    return;
+                }
+            }
+        } else {
+            Default::default()
+        };
+        match managed::apply(
+            &self.local,
+            &settings.roles,
+            &settings.databases,
+            &passwords,
+        )
+        .await
+        {
+            Ok(report) => {
+                self.clear_error(Source::Roles);
+                self.upkeep.managed = Some(report);
+            }
+            Err(e) => self.set_error(Source::Roles, e.to_string()),
         }
     }
 

@@ -461,6 +461,14 @@ async fn apply_secrets(
                 applied.ca_steps.push(*step);
                 cas = Some(changed);
             }
+            SecretAction::CopyRolePasswords(copy) => {
+                let name = names::roles_secret(&model.name);
+                ssa(client, ns, copy.0.as_ref())
+                    .await
+                    .map_err(ApplyError::api(&name))?;
+                let roles = copy.0.data.as_ref().map_or(0, BTreeMap::len);
+                info!(cluster = %model.name, secret = %name, roles, operation = "copy-role-passwords", "copied the role passwords");
+            }
             SecretAction::CopyProvided(kind, copy) => {
                 let name = kind.secret_name(&model.name);
                 ssa(client, ns, copy.0.as_ref())

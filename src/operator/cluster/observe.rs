@@ -66,6 +66,11 @@ pub struct Observed {
     /// The user's Secrets `spec.tls.provided` names, by name, read in full:
     /// checked, then copied to the Secrets pods mount.
     pub provided: BTreeMap<String, Secret>,
+    /// The user's Secrets `spec.roles` takes passwords from, by name.
+    pub role_sources: RoleSources,
+    /// [`secrets::CONTENT_ANNOTATION`] of `<name>-roles` (None: no such
+    /// Secret yet).
+    pub roles_digest: Option<String>,
     /// `resourceVersion` of each child applied with server-side apply, by
     /// `Kind/name`: unchanged since Capstan's last apply means no drift.
     pub versions: BTreeMap<String, String>,
@@ -84,6 +89,17 @@ pub struct Observed {
     pub backups: Vec<crate::api::pgbackup::PostgresBackup>,
     /// Unix seconds when observed.
     pub now: i64,
+}
+
+/// Secrets holding passwords: their names show in debug output, never
+/// their data.
+#[derive(Clone, Default, PartialEq)]
+pub struct RoleSources(pub BTreeMap<String, Secret>);
+
+impl std::fmt::Debug for RoleSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl Observed {
@@ -243,6 +259,11 @@ pub async fn observe(
             Some((s.metadata.name.clone()?, facts))
         })
         .collect();
+    let roles_digest = own
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(names::roles_secret(name).as_str()))
+        .and_then(|s| s.metadata.annotations.as_ref())
+        .and_then(|a| a.get(secrets::CONTENT_ANNOTATION).cloned());
     let operator_tls = own
         .into_iter()
         .find(|s| s.metadata.name.as_deref() == Some(names::operator_tls_secret(name).as_str()));
@@ -258,6 +279,22 @@ pub async fn observe(
             if let Some(s) = api.get_opt(user_secret).await? {
                 secrets.insert(user_secret.clone(), secret_facts(&s));
                 provided.insert(user_secret.clone(), s);
+            }
+        }
+    }
+
+    let mut role_sources = BTreeMap::new();
+    let named: BTreeSet<&str> = cluster
+        .spec
+        .roles
+        .iter()
+        .filter_map(|r| Some(r.password_secret.as_ref()?.name.as_str()))
+        .collect();
+    if !named.is_empty() {
+        let api = Api::<Secret>::namespaced(client.clone(), ns);
+        for user_secret in named {
+            if let Some(s) = api.get_opt(user_secret).await? {
+                role_sources.insert(user_secret.to_string(), s);
             }
         }
     }
@@ -278,6 +315,8 @@ pub async fn observe(
         operator_tls,
         authorities,
         provided,
+        role_sources: RoleSources(role_sources),
+        roles_digest,
         versions,
         // Filled by the controller, which holds the agent clients and the
         // Lease monitor.

@@ -17,7 +17,7 @@ use crate::api::pgbackup::PostgresBackup;
 use crate::api::{PostgresClusterStatus, RetentionRule};
 use crate::resources::instance;
 use crate::resources::model::Model;
-use crate::resources::secrets::{CertKind, PasswordSecret};
+use crate::resources::secrets::{self, CertKind, PasswordSecret};
 use crate::resources::{config, labels, lease, names, pdb, proxy, rbac, repo_host, services};
 
 /// A child applied with server-side apply on every reconcile.
@@ -63,6 +63,8 @@ pub enum SecretAction {
     /// Secret pods mount.
     CopyProvided(CertKind, SecretCopy),
     IssueCert(CertKind, CertReason),
+    /// `<name>-roles` out of date with the Secrets `spec.roles` names.
+    CopyRolePasswords(SecretCopy),
 }
 
 /// A Secret to write whose values never show in logs or test output.
@@ -440,6 +442,16 @@ fn secret_actions(
         .filter(|k| !observed.has_secret(&k.name(&model.name)))
         .map(SecretAction::CreatePassword)
         .collect();
+    if let Some(copy) = secrets::roles_secret(model, &observed.role_sources.0) {
+        let digest = copy
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(secrets::CONTENT_ANNOTATION));
+        if digest != observed.roles_digest.as_ref() {
+            actions.push(SecretAction::CopyRolePasswords(SecretCopy(Box::new(copy))));
+        }
+    }
     let mut certs = certificates::decide(model, observed);
     actions.append(&mut certs.actions);
     (actions, certs)

@@ -429,6 +429,45 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
 
     archiving_condition(r, &mut conditions, &mut transitions);
 
+    let reported = r
+        .observed
+        .reports
+        .get(&r.plan.target_primary)
+        .and_then(|p| p.managed.as_ref());
+    let before = |pick: fn(&PostgresClusterStatus) -> &Vec<crate::api::ManagedObjectStatus>| {
+        r.previous.map(pick).cloned().unwrap_or_default()
+    };
+    let (roles_before, databases_before) = (before(|s| &s.roles), before(|s| &s.databases));
+    let role_names: Vec<&str> = model.spec.roles.iter().map(|e| e.name.as_str()).collect();
+    let roles = managed::entries(
+        &role_names,
+        reported.map(|m| m.roles.as_slice()),
+        &roles_before,
+    );
+    let database_names: Vec<&str> = model
+        .spec
+        .databases
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let databases = managed::entries(
+        &database_names,
+        reported.map(|m| m.databases.as_slice()),
+        &databases_before,
+    );
+    transitions.extend(managed::newly_failed(
+        reason::ROLE_NOT_APPLIED,
+        "role",
+        &roles,
+        &roles_before,
+    ));
+    transitions.extend(managed::newly_failed(
+        reason::DATABASE_NOT_APPLIED,
+        "database",
+        &databases,
+        &databases_before,
+    ));
+
     let tls = tls_sources(model);
     let not_after = |kind: CertKind| {
         r.observed
@@ -442,6 +481,8 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
         switchover: r.previous.and_then(|s| s.switchover.clone()),
         upgrade: r.previous.and_then(|s| s.upgrade.clone()),
         image_check: r.previous.and_then(|s| s.image_check.clone()),
+        roles,
+        databases,
         backup: super::backup::status(
             model.spec.backup.as_ref(),
             &r.observed.backups,
@@ -593,5 +634,6 @@ fn authorities_status(cas: &crate::tls::Authorities) -> Vec<crate::api::CaStatus
         .collect()
 }
 
+mod managed;
 #[cfg(test)]
 mod tests;
