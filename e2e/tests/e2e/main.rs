@@ -23,6 +23,7 @@ mod lifecycle;
 mod monitoring;
 mod operator_restart;
 mod plugin;
+mod roles;
 mod rolling_update;
 mod storage_volumes;
 mod tls_certificates;

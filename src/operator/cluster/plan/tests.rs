@@ -336,3 +336,57 @@ fn a_volume_repository_brings_its_host_and_leaves_its_volume_behind() {
             .any(|c| matches!(c, Child::Pvc(x) if x.metadata.name.as_deref() == Some("db-repo1")))
     );
 }
+
+#[test]
+fn role_passwords_are_copied_when_their_secrets_change() {
+    use super::super::observe::RoleSources;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let mut m = model();
+    let observed = all_ready(&m, &["db-1", "db-2", "db-3"]);
+    let copies = |p: &Plan| -> Vec<Secret> {
+        p.secrets
+            .iter()
+            .filter_map(|a| match a {
+                SecretAction::CopyRolePasswords(c) => Some((*c.0).clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    assert!(copies(&p).is_empty(), "no roles, nothing to copy");
+
+    m.spec.roles = serde_json::from_value(serde_json::json!([
+        {"name": "reporting", "passwordSecret": {"name": "pw", "key": "password"}}
+    ]))
+    .unwrap();
+    let source = |value: &str| Secret {
+        data: Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    let mut observed = observed;
+    observed.role_sources = RoleSources(BTreeMap::from([("pw".to_string(), source("one"))]));
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    let copied = copies(&p);
+    assert_eq!(copied.len(), 1);
+    let digest = copied[0].metadata.annotations.as_ref().unwrap()
+        [crate::resources::secrets::CONTENT_ANNOTATION]
+        .clone();
+    // Copied once: the same content is not written again.
+    observed.roles_digest = Some(digest);
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    assert!(copies(&p).is_empty());
+    // A rotated password is.
+    observed.role_sources =
+        RoleSources(BTreeMap::from([("pw".to_string(), source("Zq9-rotated"))]));
+    let p = plan(&m, &observed, Some(&status("db-1"))).unwrap();
+    assert_eq!(copies(&p).len(), 1);
+    assert!(
+        !format!("{:?}", p.secrets).contains("Zq9-rotated")
+            && !format!("{observed:?}").contains("Zq9-rotated"),
+        "passwords stay out of debug output"
+    );
+}
