@@ -54,8 +54,20 @@ pub struct Summary {
     pub poolers: Poolers,
     pub certificates: Vec<Certificate>,
     pub backups: Option<Backups>,
+    /// `status.roles` and `status.databases`.
+    pub managed: Vec<ManagedLine>,
     pub conditions: Vec<ConditionLine>,
     pub warnings: Vec<Warning>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedLine {
+    /// `role` or `database`.
+    pub kind: String,
+    pub name: String,
+    pub state: String,
+    pub message: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -303,6 +315,17 @@ pub fn summarize(
         },
         certificates,
         backups,
+        managed: [("role", &status.roles), ("database", &status.databases)]
+            .into_iter()
+            .flat_map(|(kind, list)| {
+                list.iter().map(move |e| ManagedLine {
+                    kind: kind.into(),
+                    name: e.name.clone(),
+                    state: e.state.clone(),
+                    message: e.message.clone(),
+                })
+            })
+            .collect(),
         conditions: status
             .conditions
             .iter()
@@ -673,6 +696,29 @@ pub fn render(s: &Summary, style: Style) -> String {
                 }));
             }
         }
+    }
+    if !s.managed.is_empty() {
+        let _ = writeln!(out, "\n{}", style.bold("Roles and databases"));
+        let mut rows = vec![
+            ["KIND", "NAME", "STATE", "MESSAGE"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for m in &s.managed {
+            rows.push(vec![
+                m.kind.clone(),
+                m.name.clone(),
+                m.state.clone(),
+                m.message.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows, |r, c, cell| match (r, c, cell.trim()) {
+            (0, _, _) => cell.to_string(),
+            (_, 2, "Applied") => style.good(cell),
+            (_, 2, "Failed") => style.bad(cell),
+            (_, 2, "Kept" | "Pending") => style.warn(cell),
+            _ => cell.to_string(),
+        }));
     }
     let _ = writeln!(out, "\n{}", style.bold("Conditions"));
     for c in &s.conditions {

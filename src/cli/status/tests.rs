@@ -388,3 +388,56 @@ fn json_uses_the_api_s_field_names() {
     assert_eq!(json["poolers"]["pods"][0]["clientsWaiting"], 3);
     assert_eq!(json["backups"]["recent"][0]["type"], "full");
 }
+
+#[test]
+fn roles_and_databases_show_their_state_and_failures() {
+    use crate::api::ManagedObjectStatus;
+    let mut c = cluster();
+    let entry = |name: &str, state: &str, message: &str| ManagedObjectStatus {
+        name: name.into(),
+        state: state.into(),
+        message: message.into(),
+    };
+    let status = c.status.get_or_insert_with(Default::default);
+    status.roles = vec![
+        entry("reporting", "Applied", "unchanged"),
+        entry(
+            "etl",
+            "Failed",
+            "no password: Secret key etl-login/password is missing or empty",
+        ),
+    ];
+    status.databases = vec![entry("scratch", "Kept", "ensure: absent, but kept")];
+    let s = summarize(&c, &[], &[], &[], &vec![], at("2026-12-06T12:00:00Z"));
+    let text = render(&s, Style { colour: false });
+    let section = text
+        .split("Roles and databases\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_default();
+    let lines: Vec<Vec<&str>> = section
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["KIND", "NAME", "STATE"],
+            vec!["role", "reporting", "Applied"],
+            vec!["role", "etl", "Failed"],
+            vec!["database", "scratch", "Kept"],
+        ],
+        "{text}"
+    );
+    assert!(section.contains("etl-login/password"), "{text}");
+    // No entries, no section.
+    let none = summarize(
+        &cluster(),
+        &[],
+        &[],
+        &[],
+        &vec![],
+        at("2026-12-06T12:00:00Z"),
+    );
+    assert!(!render(&none, Style { colour: false }).contains("Roles and databases"));
+}
