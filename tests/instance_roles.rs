@@ -77,7 +77,11 @@ async fn roles_and_databases_are_kept_on_the_primary() {
     a.wait_ready(Duration::from_secs(90)).await;
     // Made by hand before the spec names them.
     let admin = a.sql_retry("postgres", Duration::from_secs(30)).await;
-    for statement in ["CREATE ROLE old_etl LOGIN", "CREATE DATABASE legacy", "CREATE ROLE readers"] {
+    for statement in [
+        "CREATE ROLE old_etl LOGIN",
+        "CREATE DATABASE legacy",
+        "CREATE ROLE readers",
+    ] {
         admin.batch_execute(statement).await.unwrap();
     }
 
