@@ -53,6 +53,10 @@ enum Command {
     Restart(capstan::cli::restart::Args),
     /// Take a backup now (creates a PostgresBackup) and follow it.
     Backup(capstan::cli::backup::Args),
+    /// Run psql on a cluster through a port-forward: a pooler pod by
+    /// default, a replica with --replica, the primary with --primary;
+    /// TLS verify-full, credentials from the cluster's Secrets.
+    Psql(capstan::cli::psql::Args),
     /// Restore one backup into a scratch directory and check it (the one
     /// process of a verification pod); the result goes to the termination
     /// message.
@@ -142,6 +146,14 @@ fn main() -> ExitCode {
         Command::Switchover(args) => verb(capstan::cli::switchover::run(args)),
         Command::Restart(args) => verb(capstan::cli::restart::run(args)),
         Command::Backup(args) => verb(capstan::cli::backup::run(args)),
+        // psql's exit code is the verb's.
+        Command::Psql(args) => match runtime().and_then(|rt| {
+            rt.block_on(capstan::cli::psql::run(args))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(code) => return ExitCode::from(code),
+            Err(message) => Err(message),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

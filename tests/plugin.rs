@@ -82,7 +82,7 @@ fn the_plugin_verbs_are_in_the_binary() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for verb in ["status", "switchover", "restart", "backup"] {
+    for verb in ["status", "switchover", "restart", "backup", "psql"] {
         assert!(
             template.contains(&format!("`{verb}`")),
             "description lacks {verb}"
@@ -127,4 +127,25 @@ fn a_missing_kubeconfig_is_one_line_naming_it() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn psql_that_is_not_there_is_one_line_before_any_cluster_is_asked() {
+    let out = as_plugin(&[
+        "psql",
+        "db",
+        "--psql",
+        "/nonexistent/psql",
+        "--",
+        "-c",
+        "select 1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("capstan: psql not found (/nonexistent/psql)")
+            && stderr.contains("--psql <path>"),
+        "{stderr}"
+    );
 }

@@ -123,6 +123,12 @@ impl Drop for Component {
 /// Files of the control plane's PKI.
 struct Pki {
     ca_pem: String,
+    /// The process kubelet's serving certificate (for the node address)
+    /// and key: the API server checks it against the CA when it proxies
+    /// `pods/portforward`, and the kubelet checks the API server's client
+    /// certificate (`apiserver-kubelet-client.crt`) against the same CA.
+    kubelet_cert_pem: String,
+    kubelet_key_pem: String,
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), E2eError> {
@@ -208,11 +214,52 @@ fn generate_pki(dir: &Path, api_ip: Ipv4Addr, service_ip: Ipv4Addr) -> Result<Pk
         write_kubeconfig(dir, file, api_ip)?;
     }
 
+    // The kubelet's HTTPS server, reached on the node's InternalIP (the
+    // address the API server listens on too).
+    let mut kubelet = CertificateParams::new(vec!["capstan-e2e".to_string()]).map_err(pki_error)?;
+    kubelet
+        .distinguished_name
+        .push(DnType::CommonName, "system:node:capstan-e2e");
+    kubelet
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(api_ip)));
+    kubelet.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    kubelet.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let kubelet_key = KeyPair::generate().map_err(pki_error)?;
+    let kubelet_cert = kubelet.signed_by(&kubelet_key, &ca).map_err(pki_error)?;
+    // The API server's client certificate towards kubelets.
+    let mut client = CertificateParams::new(Vec::<String>::new()).map_err(pki_error)?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    client.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().map_err(pki_error)?;
+    let client_cert = client.signed_by(&client_key, &ca).map_err(pki_error)?;
+    write(
+        &dir.join("apiserver-kubelet-client.crt"),
+        &client_cert.pem(),
+    )?;
+    write(
+        &dir.join("apiserver-kubelet-client.key"),
+        &client_key.serialize_pem(),
+    )?;
+
     // ECDSA P-256: the API server signs ServiceAccount tokens with ES256.
     let sa = KeyPair::generate().map_err(pki_error)?;
     write(&dir.join("sa.key"), &sa.serialize_pem())?;
     write(&dir.join("sa.pub"), &sa.public_key_pem())?;
-    Ok(Pki { ca_pem: ca.pem() })
+    Ok(Pki {
+        ca_pem: ca.pem(),
+        kubelet_cert_pem: kubelet_cert.pem(),
+        kubelet_key_pem: kubelet_key.serialize_pem(),
+    })
 }
 
 /// `<dir>/<user>.kubeconfig`, pointing at the files of `<user>`.
@@ -254,6 +301,7 @@ pub struct ControlPlane {
     addr: Ipv4Addr,
     dir: PathBuf,
     ca_pem: String,
+    kubelet_serving: capstan_e2e_kubelet::KubeletServing,
     client: Client,
 }
 
@@ -339,6 +387,19 @@ impl ControlPlane {
                 format!("--audit-policy-file={}", file("audit-policy.yaml")),
                 format!("--audit-log-path={}", file("audit.log")),
                 "--audit-log-maxsize=0".into(),
+                // `pods/portforward` is proxied to the process kubelet's
+                // HTTPS server on the Node's InternalIP (its Hostname does
+                // not resolve here), both sides checked with this PKI.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-certificate-authority={}", file("ca.crt")),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    file("apiserver-kubelet-client.crt")
+                ),
+                format!(
+                    "--kubelet-client-key={}",
+                    file("apiserver-kubelet-client.key")
+                ),
             ],
             dir,
         )?;
@@ -397,6 +458,12 @@ impl ControlPlane {
             etcd,
             addr: options.addr,
             dir: dir.to_path_buf(),
+            kubelet_serving: capstan_e2e_kubelet::KubeletServing {
+                port: capstan_e2e_kubelet::portforward::DEFAULT_PORT,
+                cert_pem: pki.kubelet_cert_pem,
+                key_pem: pki.kubelet_key_pem,
+                client_ca_pem: Some(pki.ca_pem.clone()),
+            },
             ca_pem: pki.ca_pem,
             client,
         };
@@ -509,6 +576,12 @@ impl ControlPlane {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The process kubelet's HTTPS server (port-forward), as the API
+    /// server is configured to reach it.
+    pub fn kubelet_serving(&self) -> capstan_e2e_kubelet::KubeletServing {
+        self.kubelet_serving.clone()
     }
 
     /// Logs of every component, for failure messages.

@@ -267,6 +267,9 @@ impl Harness {
         let client = plane.client();
         let kubeconfig = plane.kubeconfig();
         kubelet_config.api_server = Some(access);
+        // `kubectl port-forward` and `kubectl capstan psql` reach pods
+        // through the API server and this server.
+        kubelet_config.serving = Some(plane.kubelet_serving());
         let kubelet = Kubelet::start(client.clone(), kubelet_config)
             .await
             .map_err(|e| E2eError::Setup(format!("process kubelet: {e}")))?;

@@ -5,6 +5,7 @@
 //! a GitOps repository could ask for too.
 
 pub mod backup;
+pub mod psql;
 pub mod restart;
 pub mod status;
 pub mod switchover;

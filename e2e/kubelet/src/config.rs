@@ -153,6 +153,11 @@ pub struct KubeletConfig {
     /// PersistentVolume controller (kube-controller-manager); otherwise it
     /// writes the claim's status itself and no PersistentVolume exists.
     pub persistent_volumes: bool,
+    /// The kubelet's HTTPS server on `node_ip` (port-forward only), its
+    /// port reported as the Node's `status.daemonEndpoints.kubeletEndpoint.port`
+    /// so the API server can proxy `pods/portforward` to it. `None`: no
+    /// server, no port reported.
+    pub serving: Option<crate::portforward::KubeletServing>,
 }
 
 impl KubeletConfig {
@@ -188,6 +193,7 @@ impl KubeletConfig {
             node: NodeSettings::default(),
             token_requests: false,
             persistent_volumes: false,
+            serving: None,
         }
     }
 

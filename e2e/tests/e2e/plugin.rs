@@ -8,6 +8,11 @@
 //!   repository, as text and as JSON/YAML: roles, timelines, the pooler's
 //!   client counts read through the API server's pod proxy, certificates,
 //!   WAL archiving, conditions;
+//! - `psql` runs the real psql through a port-forward the API server opens
+//!   (to the process kubelet here): through the pooler as the app user,
+//!   to a replica (in recovery) and to the primary as the superuser, TLS
+//!   verify-full on the Service names; psql's own failure is its exit
+//!   code; an unknown cluster is one line;
 //! - `switchover` without `--to` moves the primary to the replica; a
 //!   switchover to an instance that does not exist is refused;
 //! - `restart <replica>` re-creates that pod alone; `restart` re-creates
@@ -120,6 +125,10 @@ async fn scenario(target: &mut Target, ns: &str, kubeconfig: &Path) -> Result<()
         &format!("PostgresCluster \"nope\" not found in namespace \"{ns}\""),
     )?;
     plugin.refused(
+        &["psql", "nope", "-n", ns, "--", "-c", "select 1"],
+        &format!("PostgresCluster \"nope\" not found in namespace \"{ns}\""),
+    )?;
+    plugin.refused(
         &["status", "nope", "--context", "no-such-context"],
         "cannot load the kubeconfig",
     )?;
@@ -222,6 +231,8 @@ async fn scenario(target: &mut Target, ns: &str, kubeconfig: &Path) -> Result<()
     let yaml = plugin.ok(&["status", "cli", "-n", ns, "-o", "yaml"])?;
     check(yaml.contains("cluster: cli"), "status -o yaml", &yaml)?;
 
+    psql(&plugin, ns)?;
+
     // switchover: refused to an unknown instance, then to the replica.
     plugin.refused(
         &["switchover", "cli", "-n", ns, "--to", "cli-9"],
@@ -322,6 +333,87 @@ async fn scenario(target: &mut Target, ns: &str, kubeconfig: &Path) -> Result<()
         &text,
     )?;
     db.delete(target).await
+}
+
+/// `kubectl capstan psql`: the real psql's output, through a port-forward.
+fn psql(plugin: &Plugin, ns: &str) -> Result<(), E2eError> {
+    let lines = |out: &str| {
+        out.lines()
+            .map(str::trim)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let out = plugin.ok(&["psql", "cli", "-n", ns, "--", "-c", "select 1"])?;
+    check(
+        lines(&out) == ["?column?", "----------", "1", "(1 row)", ""],
+        "psql through the pooler: select 1",
+        &out,
+    )?;
+    let out = plugin.ok(&[
+        "psql",
+        "cli",
+        "-n",
+        ns,
+        "--",
+        "-tAc",
+        "select current_user, current_database(), ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    ])?;
+    // The pooler's own server connection is TLS too; what psql sees is
+    // the app user in its database.
+    check(
+        out.trim().starts_with("orders|orders|"),
+        "psql through the pooler as the app user",
+        &out,
+    )?;
+    let out = plugin.ok(&[
+        "psql",
+        "cli",
+        "-n",
+        ns,
+        "--replica",
+        "--",
+        "-c",
+        "select pg_is_in_recovery()",
+    ])?;
+    check(
+        lines(&out)
+            == [
+                "pg_is_in_recovery",
+                "-------------------",
+                "t",
+                "(1 row)",
+                "",
+            ],
+        "psql --replica: in recovery",
+        &out,
+    )?;
+    let out = plugin.ok(&[
+        "psql",
+        "cli",
+        "-n",
+        ns,
+        "--superuser",
+        "--",
+        "-tAc",
+        "select current_user, pg_is_in_recovery(), ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    ])?;
+    check(
+        out.trim() == "postgres|f|t",
+        "psql --superuser: the primary, over TLS",
+        &out,
+    )?;
+    // psql's own failure: its message and its exit code.
+    let out = plugin.run(&["psql", "cli", "-n", ns, "--", "-c", "select nope"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ kubectl capstan psql cli -n {ns} -- -c 'select nope' → {}: {stderr}",
+        out.status
+    );
+    check(
+        out.status.code() == Some(1) && stderr.contains("column \"nope\" does not exist"),
+        "psql's error and exit code 1",
+        &stderr,
+    )
 }
 
 #[test]

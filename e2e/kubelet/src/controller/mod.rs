@@ -36,6 +36,8 @@ use crate::tokens::{TokenKey, TokenStore};
 pub enum KubeletError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Serve(#[from] crate::portforward::ServeError),
     #[error(
         "the watch caches did not fill within {0:?}: is the API server reachable and are the kinds served?"
     )]
@@ -157,12 +159,19 @@ impl Kubelet {
         let watch_volumes = controllers.claim_binder && config.persistent_volumes;
         let (runtime, events) = Runtime::new(config, Arc::new(caches.clone()))?;
         let rt = runtime.handle();
+        let mut tasks = Vec::new();
+        if let Some(serving) = &rt.config().serving {
+            tasks.push(crate::portforward::spawn(
+                serving,
+                std::net::IpAddr::V4(rt.config().node_ip),
+                Arc::new(rt.clone()),
+            )?);
+        }
 
         let services_notify = Arc::new(Notify::new());
         let deployments_notify = Arc::new(Notify::new());
         let claims_notify = Arc::new(Notify::new());
         let tokens_notify = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
 
         let mut pod_sink = pods::PodSink::new(rt.clone(), client.clone(), controllers.scheduler);
         let (sn, dn, tn) = (

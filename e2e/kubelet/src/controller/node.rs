@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Namespace, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
@@ -148,6 +149,11 @@ pub(crate) fn node_status(
             os_image: "capstan e2e process kubelet".to_string(),
             system_uuid: host.machine_id.clone(),
             ..Default::default()
+        }),
+        daemon_endpoints: cfg.serving.as_ref().map(|s| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(s.port),
+            }),
         }),
         ..Default::default()
     }
