@@ -77,11 +77,7 @@ async fn roles_and_databases_are_kept_on_the_primary() {
     a.wait_ready(Duration::from_secs(90)).await;
     // Made by hand before the spec names them.
     let admin = a.sql_retry("postgres", Duration::from_secs(30)).await;
-    for statement in [
-        "CREATE ROLE old_etl LOGIN",
-        "CREATE DATABASE legacy",
-        "CREATE ROLE readers",
-    ] {
+    for statement in ["CREATE ROLE old_etl LOGIN", "CREATE DATABASE legacy"] {
         admin.batch_execute(statement).await.unwrap();
     }
 
@@ -91,7 +87,10 @@ async fn roles_and_databases_are_kept_on_the_primary() {
     reporting.connection_limit = 5;
     let mut old_etl = role("old_etl", false);
     old_etl.present = false;
-    s.roles = vec![reporting.clone(), role("lost", true), old_etl];
+    // `readers` comes after the role that is a member of it.
+    let mut readers = role("readers", false);
+    readers.login = false;
+    s.roles = vec![reporting.clone(), role("lost", true), old_etl, readers];
     let mut legacy = DatabaseSettings {
         name: "legacy".into(),
         owner: "postgres".into(),
@@ -122,7 +121,7 @@ async fn roles_and_databases_are_kept_on_the_primary() {
     let databases = databases_of(&report);
     assert_eq!(
         state(&roles, "reporting"),
-        Some((EntryState::Applied, "created")),
+        Some((EntryState::Applied, "created, memberships")),
         "{roles:?}"
     );
     let (lost, why) = state(&roles, "lost").unwrap();

@@ -113,6 +113,9 @@ pub async fn apply(
     let current = current_roles(&client, &names).await?;
     let mut report = ManagedReport::default();
     let mut dropping = Vec::new();
+    // Every role first, then the memberships: an entry may name a role
+    // listed after it.
+    let mut granting = Vec::new();
     for role in roles {
         if !role.present {
             dropping.push(role);
@@ -133,8 +136,20 @@ pub async fn apply(
                 }
             },
         };
-        let steps = plan::role(role, current.get(&role.name), password);
-        report.roles.push(run(&client, &role.name, steps).await);
+        let existing = current.get(&role.name);
+        let done = run(&client, &role.name, plan::role(role, existing, password)).await;
+        if done.state == EntryState::Applied {
+            granting.push((
+                role,
+                existing.map(|c| c.member_of.clone()).unwrap_or_default(),
+                report.roles.len(),
+            ));
+        }
+        report.roles.push(done);
+    }
+    for (role, member_of, at) in granting {
+        let granted = run(&client, &role.name, plan::memberships(role, &member_of)).await;
+        report.roles[at] = combined(&report.roles[at], granted);
     }
     let db_names: Vec<&str> = databases.iter().map(|d| d.name.as_str()).collect();
     let owners = current_databases(&client, &db_names).await?;
@@ -196,10 +211,16 @@ async fn database(
         Err(e) => return failed(&db.name, error_text(&e)),
     };
     let extended = run(&inside, &db.name, plan::extensions(db, &installed)).await;
-    match (created.message.as_str(), extended.state) {
-        (_, EntryState::Failed) | ("unchanged", _) => extended,
-        (done, _) if extended.message == "unchanged" => applied(&db.name, done.to_string()),
-        (done, _) => applied(&db.name, format!("{done}, {}", extended.message)),
+    combined(&created, extended)
+}
+
+/// One entry's report from two applied parts: the second's failure, or
+/// what both changed.
+fn combined(first: &EntryReport, second: EntryReport) -> EntryReport {
+    match (first.message.as_str(), second.state) {
+        (_, EntryState::Failed) | ("unchanged", _) => second,
+        (done, _) if second.message == "unchanged" => applied(&first.name, done.to_string()),
+        (done, _) => applied(&first.name, format!("{done}, {}", second.message)),
     }
 }
 

@@ -50,9 +50,11 @@ fn attributes(role: &RoleSettings) -> String {
     )
 }
 
-/// A role to keep. `password`: the one its Secret holds (None: the role's
-/// password is not managed). An unchanged password is never re-hashed: a
-/// new salt would change the SCRAM keys PgBouncer holds for the role.
+/// A role to keep: created, or its attributes and password set.
+/// `password`: the one its Secret holds (None: the role's password is not
+/// managed). An unchanged password is never re-hashed: a new salt would
+/// change the SCRAM keys PgBouncer holds for the role. Memberships are
+/// [`memberships`], run once every role exists.
 pub fn role(
     role: &RoleSettings,
     current: Option<&CurrentRole>,
@@ -69,11 +71,6 @@ pub fn role(
         );
         if let Some(p) = password {
             steps.statements.push(set_password(p.scram_verifier()));
-        }
-        for group in &role.in_roles {
-            steps
-                .statements
-                .push(format!("GRANT {} TO {name}", quote_ident(group)));
         }
         return steps;
     };
@@ -94,18 +91,23 @@ pub fn role(
     {
         steps.add("password", set_password(p.scram_verifier()));
     }
+    steps
+}
+
+/// `inRoles` as the exact membership list: granted what is missing,
+/// revoked what is not listed. `current`: the role's memberships now
+/// (empty for a role created this pass).
+pub fn memberships(role: &RoleSettings, current: &BTreeSet<String>) -> Steps {
+    let name = quote_ident(&role.name);
+    let mut steps = Steps::default();
     let wanted: BTreeSet<&str> = role.in_roles.iter().map(String::as_str).collect();
-    for group in wanted.iter().filter(|g| !current.member_of.contains(**g)) {
+    for group in wanted.iter().filter(|g| !current.contains(**g)) {
         steps.add(
             "memberships",
             format!("GRANT {} TO {name}", quote_ident(group)),
         );
     }
-    for group in current
-        .member_of
-        .iter()
-        .filter(|g| !wanted.contains(g.as_str()))
-    {
+    for group in current.iter().filter(|g| !wanted.contains(g.as_str())) {
         steps.add(
             "memberships",
             format!("REVOKE {} FROM {name}", quote_ident(group)),
@@ -197,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_role_is_created_with_its_password_and_memberships() {
+    fn a_new_role_is_created_with_its_password_then_its_memberships() {
         let p = password("s3cret\n");
         let steps = role(&reporting(), None, Some(&p));
         assert_eq!(steps.changes, vec!["created"]);
@@ -208,12 +210,14 @@ mod tests {
         assert!(
             steps.statements[1].starts_with(r#"ALTER ROLE "reporting" PASSWORD 'SCRAM-SHA-256$"#)
         );
-        assert_eq!(
-            steps.statements[2],
-            r#"GRANT "pg_read_all_data" TO "reporting""#
-        );
+        assert_eq!(steps.statements.len(), 2);
         // Only the verifier goes to the server, never the password.
         assert!(steps.statements.iter().all(|s| !s.contains("s3cret")));
+        let grants = memberships(&reporting(), &BTreeSet::new());
+        assert_eq!(
+            grants.statements,
+            vec![r#"GRANT "pg_read_all_data" TO "reporting""#]
+        );
     }
 
     #[test]
@@ -226,6 +230,10 @@ mod tests {
         );
         // Not managing the password leaves it as it is.
         assert_eq!(role(&reporting(), Some(&current), None), Steps::default());
+        assert_eq!(
+            memberships(&reporting(), &current.member_of),
+            Steps::default()
+        );
     }
 
     #[test]
@@ -233,21 +241,21 @@ mod tests {
         let old = password("old");
         let mut current = as_is(&reporting(), Some(old.scram_verifier()));
         current.connection_limit = -1;
-        current.member_of = BTreeSet::from(["pg_monitor".to_string()]);
         let steps = role(&reporting(), Some(&current), Some(&password("new")));
-        assert_eq!(steps.changes, vec!["attributes", "password", "memberships"]);
+        assert_eq!(steps.changes, vec!["attributes", "password"]);
         assert_eq!(
             steps.statements[0],
             r#"ALTER ROLE "reporting" WITH LOGIN NOCREATEDB CONNECTION LIMIT 10"#
         );
         assert!(steps.statements[1].contains("SCRAM-SHA-256$"));
+        let grants = memberships(&reporting(), &BTreeSet::from(["pg_monitor".to_string()]));
+        assert_eq!(grants.changes, vec!["memberships"]);
         assert_eq!(
-            steps.statements[2],
-            r#"GRANT "pg_read_all_data" TO "reporting""#
-        );
-        assert_eq!(
-            steps.statements[3],
-            r#"REVOKE "pg_monitor" FROM "reporting""#
+            grants.statements,
+            vec![
+                r#"GRANT "pg_read_all_data" TO "reporting""#,
+                r#"REVOKE "pg_monitor" FROM "reporting""#
+            ]
         );
         // A verifier of another password, or none, is replaced.
         current.verifier = None;
