@@ -615,8 +615,26 @@ fn watch_namespace_sets_the_rbac_and_what_the_operator_watches() {
 
     // A namespace: Role and RoleBinding there, the operator watches it.
     let apps = helm.install(&["watchNamespace=apps"]);
-    assert!(apps.of_kind("ClusterRole").is_empty());
-    assert!(apps.of_kind("ClusterRoleBinding").is_empty());
+    assert!(apps.find("ClusterRole", OPERATOR).is_none());
+    assert!(apps.find("ClusterRoleBinding", OPERATOR).is_none());
+    // Cluster-wide, only what a Role cannot grant: reading StorageClasses.
+    let classes = format!("{OPERATOR}-storageclasses");
+    assert_eq!(apps.of_kind("ClusterRole").len(), 1);
+    let class_role = apps
+        .find("ClusterRole", &classes)
+        .expect("storageclasses ClusterRole");
+    assert_eq!(
+        class_role["rules"],
+        serde_json::json!([{"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]}])
+    );
+    let class_binding = apps
+        .find("ClusterRoleBinding", &classes)
+        .expect("storageclasses ClusterRoleBinding");
+    assert_eq!(class_binding["subjects"][0]["namespace"], NAMESPACE);
+    assert!(
+        all.find("ClusterRole", &classes).is_none(),
+        "the ClusterRole has them already"
+    );
     let role = apps.find("Role", OPERATOR).expect("Role");
     let binding = apps.find("RoleBinding", OPERATOR).expect("RoleBinding");
     assert_eq!(role["metadata"]["namespace"], "apps");

@@ -202,6 +202,8 @@ pub struct Harness {
     next: PathBuf,
     next_sha256: std::sync::OnceLock<String>,
     install: Install,
+    /// `--set` values for `helm install` besides the defaults.
+    helm_values: Vec<String>,
     /// What is secret in every Secret seen since the control plane started
     /// (deleted and replaced ones too), from `secret_watch`.
     secrets_seen: Arc<Mutex<secret_scan::Needles>>,
@@ -290,6 +292,7 @@ impl Harness {
             next,
             next_sha256: std::sync::OnceLock::new(),
             install,
+            helm_values: Vec::new(),
             secrets_seen,
             secret_watch,
             state,
@@ -366,6 +369,12 @@ impl Harness {
 
     /// Starts the operator: installed by Helm or kustomize the first time (then scales its
     /// Deployment back to one replica), or a host process.
+    /// Values `helm install` sets when the operator is first started
+    /// (`Install::Helm`), e.g. `watchNamespace=apps`.
+    pub fn set_helm_values(&mut self, values: &[&str]) {
+        self.helm_values = values.iter().map(|v| v.to_string()).collect();
+    }
+
     pub async fn start_operator(&mut self) -> Result<(), E2eError> {
         match self.operator {
             Operator::Host(_) | Operator::Deployed { running: true } => return Ok(()),
@@ -408,6 +417,9 @@ impl Harness {
                 .ok();
             if let Some(level) = &level {
                 args.extend(["--set", level]);
+            }
+            for value in &self.helm_values {
+                args.extend(["--set", value.as_str()]);
             }
             self.helm(&args)?;
             self.operator = Operator::Deployed { running: true };

@@ -641,3 +641,102 @@ fn kustomize_install_runs_a_cluster() {
         }
     });
 }
+
+/// `watchNamespace` set: the operator, under a Role in that namespace (and
+/// a ClusterRole for StorageClasses only), runs a cluster there and grows
+/// its volumes; a cluster in another namespace is left alone.
+#[test]
+fn a_namespaced_install_runs_only_its_namespace() {
+    capstan_e2e::scenario(|| async {
+        let mut harness = Harness::start(HarnessOptions::default())
+            .await
+            .expect("harness");
+        let (watched, other) = ("e2e-watched", "e2e-unwatched");
+        harness.set_helm_values(&[&format!("watchNamespace={watched}")]);
+        harness.start_operator().await.expect("helm install");
+        let client = harness.client();
+        let class = capstan_e2e::volumes::storage_class(
+            &client,
+            "e2e-namespaced",
+            capstan_e2e::volumes::Expansion::Online,
+        )
+        .await
+        .unwrap();
+        for ns in [watched, other] {
+            ensure_namespace(&client, ns).await.unwrap();
+            let mut cluster = capstan_e2e::cluster::load_example(
+                &capstan_e2e::cluster::example("minimal.yaml"),
+                ns,
+            )
+            .unwrap();
+            cluster.spec.storage.size =
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("128Mi".into());
+            cluster.spec.storage.storage_class_name = Some(class.clone());
+            capstan_e2e::cluster::apply(&client, &cluster)
+                .await
+                .unwrap();
+        }
+        if let Err(e) = harness.kubectl(&[
+            "wait",
+            "-n",
+            watched,
+            "pgc/minimal",
+            "--for=condition=Ready",
+            "--timeout=180s",
+        ]) {
+            panic!(
+                "{e}\n{}\n--- operator ---\n{}",
+                harness.diagnostics(watched).await,
+                harness.operator_logs()
+            );
+        }
+        // A larger size: the class is read (cluster-scoped) and the claim grows.
+        let patch = serde_json::json!({"spec": {"storage": {"size": "192Mi"}}});
+        capstan_e2e::cluster::merge_patch(&client, watched, "minimal", &patch)
+            .await
+            .unwrap();
+        let grown = wait_for(
+            "the watched cluster's volume at 192Mi",
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || async {
+                let c = capstan_e2e::cluster::get(&client, watched, "minimal")
+                    .await
+                    .ok()?;
+                let v = capstan_e2e::volumes::volume(&c, "minimal-1", "data")?;
+                (v.capacity.as_deref() == Some("192Mi")).then_some(())
+            },
+        )
+        .await;
+        if let Err(e) = grown {
+            let c = capstan_e2e::cluster::get(&client, watched, "minimal").await;
+            panic!(
+                "{e}: {:?}\n--- operator ---\n{}",
+                c.map(|c| c.status),
+                harness.operator_logs()
+            );
+        }
+        // The other namespace: no status, no pod, nothing created.
+        let untouched = capstan_e2e::cluster::get(&client, other, "minimal")
+            .await
+            .unwrap();
+        assert!(
+            untouched.status.is_none(),
+            "a cluster outside watchNamespace got a status: {:?}",
+            untouched.status
+        );
+        let pods: Api<Pod> = Api::namespaced(client.clone(), other);
+        assert!(
+            pods.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        let log = harness.operator_logs();
+        assert!(
+            !log.contains("forbidden"),
+            "the operator was refused something:\n{log}"
+        );
+    });
+}
