@@ -652,9 +652,13 @@ fn a_namespaced_install_runs_only_its_namespace() {
             .await
             .expect("harness");
         let (watched, other) = ("e2e-watched", "e2e-unwatched");
+        let client = harness.client();
+        // The watched namespace exists before the chart puts its Role there.
+        for ns in [watched, other] {
+            ensure_namespace(&client, ns).await.unwrap();
+        }
         harness.set_helm_values(&[&format!("watchNamespace={watched}")]);
         harness.start_operator().await.expect("helm install");
-        let client = harness.client();
         let class = capstan_e2e::volumes::storage_class(
             &client,
             "e2e-namespaced",
@@ -663,7 +667,6 @@ fn a_namespaced_install_runs_only_its_namespace() {
         .await
         .unwrap();
         for ns in [watched, other] {
-            ensure_namespace(&client, ns).await.unwrap();
             let mut cluster = capstan_e2e::cluster::load_example(
                 &capstan_e2e::cluster::example("minimal.yaml"),
                 ns,
