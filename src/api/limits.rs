@@ -9,6 +9,8 @@
 
 use std::ops::RangeInclusive;
 
+use crate::postgres::roles;
+
 /// `metadata.name`: it prefixes child names such as `<name>-pooler-<hash>`,
 /// and Services must be DNS-1035 labels (at most 63 characters).
 pub const CLUSTER_NAME_MAX: usize = 50;
@@ -86,12 +88,11 @@ pub const ROLE_MEMBERSHIPS_MAX: usize = 32;
 /// `spec.databases[].extensions`; extension names may hold `-` (`uuid-ossp`).
 pub const DATABASE_EXTENSIONS_MAX: usize = 32;
 pub const EXTENSION_NAME_PATTERN: &str = "^[a-z_][a-z0-9_-]{0,62}$";
-/// Role names PostgreSQL itself reserves (`CREATE ROLE public` fails) or
-/// Capstan manages; `pg_*` is refused by prefix.
-pub const RESERVED_ROLES: &[&str] = &[
-    "postgres",
-    "streaming_replica",
-    "capstan_pooler",
+/// Roles Capstan creates and manages in every cluster.
+pub const MANAGED_ROLES: &[&str] = &[roles::SUPERUSER, roles::REPLICATION, roles::POOLER];
+/// Role names PostgreSQL reserves (`CREATE ROLE public` fails); `pg_*` is
+/// refused by prefix.
+pub const POSTGRES_RESERVED_ROLES: &[&str] = &[
     "public",
     "none",
     "current_user",

@@ -270,7 +270,7 @@ pub fn pool_size(field: &str) -> Rule {
 /// keeping them to plain identifiers avoids quoting surprises for users.
 pub fn sql_identifier(field: &str) -> Rule {
     let max = limits::SQL_IDENTIFIER_MAX;
-    Rule::new(format!("self.matches('^[a-z_][a-z0-9_]{{0,{}}}$') && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])", max - 1))
+    Rule::new(format!("{} && !(self in ['postgres', 'template0', 'template1', 'streaming_replica', 'capstan_pooler'])", identifier("self")))
         .message(Message::Message(format!(
             "{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}) and not a name Capstan reserves (postgres, template0, template1, streaming_replica, capstan_pooler)"
         )))
@@ -279,18 +279,27 @@ pub fn sql_identifier(field: &str) -> Rule {
 
 // --- Roles and databases -----------------------------------------------
 
+/// `self.matches(…)` of a plain lowercase SQL identifier, on `var`.
+fn identifier(var: &str) -> String {
+    format!(
+        "{var}.matches('^[a-z_][a-z0-9_]{{0,{}}}$')",
+        limits::SQL_IDENTIFIER_MAX - 1
+    )
+}
+
 /// A role Capstan may create: a plain identifier, none PostgreSQL reserves
 /// (`pg_*`, `public`, …) and none Capstan manages.
 pub fn role_name(field: &str) -> Rule {
     let max = limits::SQL_IDENTIFIER_MAX;
-    let reserved = cel_string_list(limits::RESERVED_ROLES);
+    let reserved = [limits::MANAGED_ROLES, limits::POSTGRES_RESERVED_ROLES].concat();
     Rule::new(format!(
-        "self.matches('^[a-z_][a-z0-9_]{{0,{}}}$') && !self.startsWith('pg_') && !(self in {reserved})",
-        max - 1
+        "{} && !self.startsWith('pg_') && !(self in {})",
+        identifier("self"),
+        cel_string_list(&reserved)
     ))
     .message(Message::Message(format!(
         "{field} must be a lowercase SQL identifier (letters, digits, '_', at most {max}), not start with pg_ and not be one of {}: those are reserved by PostgreSQL or managed by Capstan",
-        limits::RESERVED_ROLES.join(", ")
+        reserved.join(", ")
     )))
     .reason(Reason::FieldValueInvalid)
 }
@@ -298,13 +307,14 @@ pub fn role_name(field: &str) -> Rule {
 /// Granting a role Capstan manages would hand out its privileges (the
 /// superuser's, replication, the pooler's password lookup).
 pub fn member_of() -> Rule {
-    let managed = cel_string_list(&limits::RESERVED_ROLES[..3]);
     Rule::new(format!(
-        "self.all(r, r.matches('^[a-z_][a-z0-9_]{{0,62}}$') && !(r in {managed}))"
+        "self.all(r, {} && !(r in {}))",
+        identifier("r"),
+        cel_string_list(limits::MANAGED_ROLES)
     ))
     .message(Message::Message(format!(
         "spec.roles[].inRoles must list lowercase role names, none of {}: membership in a role Capstan manages would grant its privileges",
-        limits::RESERVED_ROLES[..3].join(", ")
+        limits::MANAGED_ROLES.join(", ")
     )))
     .reason(Reason::FieldValueInvalid)
 }
