@@ -429,44 +429,15 @@ pub fn compute(r: &Report<'_>) -> (PostgresClusterStatus, Vec<Transition>) {
 
     archiving_condition(r, &mut conditions, &mut transitions);
 
-    let reported = r
-        .observed
-        .reports
-        .get(&r.plan.target_primary)
-        .and_then(|p| p.managed.as_ref());
-    let before = |pick: fn(&PostgresClusterStatus) -> &Vec<crate::api::ManagedObjectStatus>| {
-        r.previous.map(pick).cloned().unwrap_or_default()
-    };
-    let (roles_before, databases_before) = (before(|s| &s.roles), before(|s| &s.databases));
-    let role_names: Vec<&str> = model.spec.roles.iter().map(|e| e.name.as_str()).collect();
-    let roles = managed::entries(
-        &role_names,
-        reported.map(|m| m.roles.as_slice()),
-        &roles_before,
+    let (roles, databases, failed) = managed::statuses(
+        &model.spec,
+        r.observed
+            .reports
+            .get(&r.plan.target_primary)
+            .and_then(|p| p.managed.as_ref()),
+        r.previous,
     );
-    let database_names: Vec<&str> = model
-        .spec
-        .databases
-        .iter()
-        .map(|e| e.name.as_str())
-        .collect();
-    let databases = managed::entries(
-        &database_names,
-        reported.map(|m| m.databases.as_slice()),
-        &databases_before,
-    );
-    transitions.extend(managed::newly_failed(
-        reason::ROLE_NOT_APPLIED,
-        "role",
-        &roles,
-        &roles_before,
-    ));
-    transitions.extend(managed::newly_failed(
-        reason::DATABASE_NOT_APPLIED,
-        "database",
-        &databases,
-        &databases_before,
-    ));
+    transitions.extend(failed);
 
     let tls = tls_sources(model);
     let not_after = |kind: CertKind| {

@@ -1,15 +1,54 @@
 //! `status.roles` and `status.databases`: what the primary reported of each
 //! entry of the spec, and an Event when one starts failing.
 
-use crate::api::ManagedObjectStatus;
-use crate::contract::roles::{EntryReport, EntryState};
+use crate::api::{ManagedObjectStatus, PostgresClusterSpec, PostgresClusterStatus};
+use crate::contract::roles::{EntryReport, EntryState, ManagedReport};
+use crate::operator::report::reason;
 
 use super::Transition;
+
+/// `status.roles`, `status.databases`, and a Warning for each entry that
+/// started failing. `reported`: the primary's last pass.
+pub(super) fn statuses(
+    spec: &PostgresClusterSpec,
+    reported: Option<&ManagedReport>,
+    previous: Option<&PostgresClusterStatus>,
+) -> (
+    Vec<ManagedObjectStatus>,
+    Vec<ManagedObjectStatus>,
+    Vec<Transition>,
+) {
+    let mut events = Vec::new();
+    let mut kind = |names: Vec<&str>,
+                    now: Option<&[EntryReport]>,
+                    before: &[ManagedObjectStatus],
+                    reason: &'static str,
+                    what: &str| {
+        let list = entries(&names, now, before);
+        events.extend(newly_failed(reason, what, &list, before));
+        list
+    };
+    let roles = kind(
+        spec.roles.iter().map(|e| e.name.as_str()).collect(),
+        reported.map(|m| m.roles.as_slice()),
+        previous.map_or(&[], |p| p.roles.as_slice()),
+        reason::ROLE_NOT_APPLIED,
+        "role",
+    );
+    let databases = kind(
+        spec.databases.iter().map(|e| e.name.as_str()).collect(),
+        reported.map(|m| m.databases.as_slice()),
+        previous.map_or(&[], |p| p.databases.as_slice()),
+        reason::DATABASE_NOT_APPLIED,
+        "database",
+    );
+    (roles, databases, events)
+}
 
 /// One status per spec entry, in spec order: the primary's report when it
 /// has one, else the previous status (a primary not reachable this pass),
 /// else `Pending`.
-pub(super) fn entries(
+fn entries(
     names: &[&str],
     reported: Option<&[EntryReport]>,
     previous: &[ManagedObjectStatus],
@@ -44,7 +83,7 @@ pub(super) fn entries(
 
 /// A Warning for each entry that failed now and did not fail the same way
 /// before.
-pub(super) fn newly_failed(
+fn newly_failed(
     reason: &'static str,
     kind: &str,
     now: &[ManagedObjectStatus],
