@@ -102,21 +102,44 @@ impl Needles {
             secret.metadata.name.as_deref().unwrap_or_default()
         );
         self.secrets.insert(name.clone());
-        for (key, value) in secret.data.iter().flatten() {
-            self.add_value(&name, key, &value.0);
-        }
-        // Only set on objects not read back from the API server.
-        for (key, value) in secret.string_data.iter().flatten() {
-            self.add_value(&name, key, value.as_bytes());
+        let values: Vec<(&String, &[u8])> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.0.as_slice()))
+            // Only set on objects not read back from the API server.
+            .chain(
+                secret
+                    .string_data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.as_bytes())),
+            )
+            .collect();
+        // A PKCS#8 key holds its public key, which the certificate beside
+        // it carries too: a key line that also stands in a certificate is
+        // public, and logging the certificate is no leak.
+        let public: Vec<&[u8]> = values
+            .iter()
+            .map(|(_, v)| *v)
+            .filter(|v| contains(v, b"-----BEGIN CERTIFICATE"))
+            .collect();
+        for (key, value) in &values {
+            self.add_value_except(&name, key, value, &public);
         }
     }
 
     /// The secret material of one data value of Secret `secret`.
     pub fn add_value(&mut self, secret: &str, key: &str, value: &[u8]) {
+        self.add_value_except(secret, key, value, &[]);
+    }
+
+    /// [`Self::add_value`], leaving out what also stands in `public`.
+    fn add_value_except(&mut self, secret: &str, key: &str, value: &[u8], public: &[&[u8]]) {
         let mut found = Vec::new();
         classify(key, key, value, 0, &mut found);
         for (path, needle, form) in found {
-            if needle.len() < MIN_SECRET_BYTES {
+            if needle.len() < MIN_SECRET_BYTES || public.iter().any(|p| contains(p, &needle)) {
                 continue;
             }
             let origin = Origin {
@@ -861,6 +884,10 @@ fn count_newlines(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|b| **b == b'\n').count() as u64
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,9 +1036,13 @@ mod tests {
                 ("tls.key", key.as_bytes()),
             ],
         ));
-        // Only the key's body lines of 40+ characters are looked for.
+        // Only the key's body lines of 40+ characters are looked for, and
+        // not one that the certificates carry too (the public key).
         let key_lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
-        let long = key_lines.iter().filter(|l| l.len() >= MIN_PEM_LINE).count();
+        let long = key_lines
+            .iter()
+            .filter(|l| l.len() >= MIN_PEM_LINE && !cert.contains(**l) && !ca.contains(**l))
+            .count();
         assert!(long >= 2, "{key}");
         assert_eq!(needles.len(), long);
         let certs = write_log(
